@@ -1,0 +1,74 @@
+//! The golden cases: a committed sequence model, requests, and the rankings a float64 reference computed for
+//! them (`scripts/gen_golden.py`). Every runtime must return the same items with scores within
+//! [`SCORE_TOLERANCE`].
+
+use std::path::PathBuf;
+
+use edgerec_core::{RankRequest, Ranking, ScoredItem};
+use serde::Deserialize;
+
+/// Largest difference allowed between a runtime's score and the reference.
+pub const SCORE_TOLERANCE: f32 = 1e-5;
+
+/// One golden request and its expected ranking.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GoldenCase {
+    pub name: String,
+    pub request: RankRequest,
+    pub expected: Vec<ScoredItem>,
+}
+
+/// The folder holding the golden bundle and cases.
+pub fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden")
+}
+
+/// `manifest.json` and `model.onnx` of the golden bundle.
+pub fn golden_bundle() -> (Vec<u8>, Vec<u8>) {
+    let dir = golden_dir().join("bundle");
+    let read = |name: &str| {
+        std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("reading golden {name} in {}: {e}", dir.display()))
+    };
+    (read("manifest.json"), read("model.onnx"))
+}
+
+pub fn golden_cases() -> Vec<GoldenCase> {
+    let path = golden_dir().join("cases.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+}
+
+/// Compares a runtime's ranking with the expectation: the same items in the same order, scores within
+/// [`SCORE_TOLERANCE`]. Two items whose reference scores are closer than twice the tolerance may come in either
+/// order, since float32 rounding can legitimately swap them.
+pub fn check_ranking(case: &GoldenCase, got: &Ranking) -> Result<(), String> {
+    let expected = &case.expected;
+    if got.items.len() != expected.len() {
+        return Err(format!("{}: {} items returned, expected {}", case.name, got.items.len(), expected.len()));
+    }
+    let reference = |item: &str| expected.iter().find(|e| e.item == item).map(|e| e.score);
+    for (rank, (g, e)) in got.items.iter().zip(expected).enumerate() {
+        let Some(reference_score) = reference(&g.item) else {
+            return Err(format!("{}: rank {rank} is {}, which the reference does not return", case.name, g.item));
+        };
+        let diff = (g.score - reference_score).abs();
+        if diff > SCORE_TOLERANCE {
+            return Err(format!(
+                "{}: {} scored {} but the reference says {reference_score} (difference {diff:e})",
+                case.name, g.item, g.score
+            ));
+        }
+        if g.item != e.item && (reference_score - e.score).abs() > 2.0 * SCORE_TOLERANCE {
+            return Err(format!("{}: rank {rank} is {}, expected {}", case.name, g.item, e.item));
+        }
+    }
+    Ok(())
+}
+
+/// Largest score difference from the reference over the items both return.
+pub fn max_abs_diff(case: &GoldenCase, got: &Ranking) -> f32 {
+    got.items
+        .iter()
+        .filter_map(|g| case.expected.iter().find(|e| e.item == g.item).map(|e| (g.score - e.score).abs()))
+        .fold(0.0, f32::max)
+}

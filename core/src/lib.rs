@@ -1,0 +1,55 @@
+//! EdgeRec's ranking core.
+//!
+//! Everything that decides what a user is shown lives here, with no I/O, so that the browser ranker, the WASI
+//! ranker run by edge nodes, the native tools and the trainer all compute the same thing:
+//! - [`FeatureSpec::encode`] is the one function that turns raw features into model input tensors;
+//! - [`Bundle::verify`] checks a model bundle (manifest, digests, vocabulary, feature specification);
+//! - [`Ranker`] scores the catalogue (or a candidate list) with any [`Scorer`], masks what must not be shown and
+//!   returns the top-k.
+//!
+//! [`TractScorer`] is the scorer used at the edge and in browsers.
+
+mod bundle;
+mod digest;
+mod rank;
+mod spec;
+mod tract_scorer;
+mod vocab;
+
+pub use bundle::{Bundle, BundleError, FileEntry, MANIFEST_FORMAT_VERSION, MODEL_FILE, Manifest};
+pub use digest::{Digest, DigestParseError};
+pub use rank::{
+    ErrorReport, MAX_CANDIDATES, MAX_EXCLUDE, MAX_HISTORY, RankError, RankRequest, Ranker, Ranking, ScoredItem,
+};
+pub use spec::{
+    ContextFeatureSpec, ContextKind, ElemType, FEATURE_SPEC_VERSION, FeatureError, FeatureSpec, InputTensor,
+    ItemFeatureSpec, ModelInputs, OutputSpec, Padding, SequenceSpec, SignatureError, SpecError, TensorData,
+    TensorSignature,
+};
+pub use tract_scorer::{LoadError, TractScorer, load_tract_ranker};
+pub use vocab::{ItemVocabulary, MAX_ITEM_ID_LEN, VocabError};
+
+/// A model runtime that turns encoded inputs into one score per model index.
+///
+/// Implemented by [`TractScorer`] here and by the ONNX Runtime adapter, so that every runtime is driven by the
+/// same feature encoding and the same ranking code.
+pub trait Scorer {
+    /// Runs the model once and returns its output scores (one per model index, padding included).
+    fn score(&mut self, inputs: &ModelInputs) -> Result<Vec<f32>, ScoreError>;
+}
+
+/// A model that a runtime cannot load for its feature specification.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ModelError {
+    #[error("the model cannot be loaded: {0}")]
+    Load(String),
+    #[error("the model does not match its feature specification: {0}")]
+    Signature(#[from] SignatureError),
+}
+
+/// A failure inside a model runtime while scoring.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ScoreError {
+    #[error("the model runtime failed: {0}")]
+    Runtime(String),
+}
