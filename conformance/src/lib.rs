@@ -27,14 +27,16 @@ pub fn golden_dir() -> PathBuf {
 pub fn golden_bundle() -> (Vec<u8>, Vec<u8>) {
     let dir = golden_dir().join("bundle");
     let read = |name: &str| {
-        std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("reading golden {name} in {}: {e}", dir.display()))
+        std::fs::read(dir.join(name))
+            .unwrap_or_else(|e| panic!("reading golden {name} in {}: {e}", dir.display()))
     };
     (read("manifest.json"), read("model.onnx"))
 }
 
 pub fn golden_cases() -> Vec<GoldenCase> {
     let path = golden_dir().join("cases.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
 }
 
@@ -44,12 +46,20 @@ pub fn golden_cases() -> Vec<GoldenCase> {
 pub fn check_ranking(case: &GoldenCase, got: &Ranking) -> Result<(), String> {
     let expected = &case.expected;
     if got.items.len() != expected.len() {
-        return Err(format!("{}: {} items returned, expected {}", case.name, got.items.len(), expected.len()));
+        return Err(format!(
+            "{}: {} items returned, expected {}",
+            case.name,
+            got.items.len(),
+            expected.len()
+        ));
     }
     let reference = |item: &str| expected.iter().find(|e| e.item == item).map(|e| e.score);
     for (rank, (g, e)) in got.items.iter().zip(expected).enumerate() {
         let Some(reference_score) = reference(&g.item) else {
-            return Err(format!("{}: rank {rank} is {}, which the reference does not return", case.name, g.item));
+            return Err(format!(
+                "{}: rank {rank} is {}, which the reference does not return",
+                case.name, g.item
+            ));
         };
         let diff = (g.score - reference_score).abs();
         if diff > SCORE_TOLERANCE {
@@ -59,7 +69,10 @@ pub fn check_ranking(case: &GoldenCase, got: &Ranking) -> Result<(), String> {
             ));
         }
         if g.item != e.item && (reference_score - e.score).abs() > 2.0 * SCORE_TOLERANCE {
-            return Err(format!("{}: rank {rank} is {}, expected {}", case.name, g.item, e.item));
+            return Err(format!(
+                "{}: rank {rank} is {}, expected {}",
+                case.name, g.item, e.item
+            ));
         }
     }
     Ok(())
@@ -69,6 +82,34 @@ pub fn check_ranking(case: &GoldenCase, got: &Ranking) -> Result<(), String> {
 pub fn max_abs_diff(case: &GoldenCase, got: &Ranking) -> f32 {
     got.items
         .iter()
-        .filter_map(|g| case.expected.iter().find(|e| e.item == g.item).map(|e| (g.score - e.score).abs()))
+        .filter_map(|g| {
+            case.expected
+                .iter()
+                .find(|e| e.item == g.item)
+                .map(|e| (g.score - e.score).abs())
+        })
         .fold(0.0, f32::max)
+}
+
+/// Where `scripts/build-wasm.sh` leaves the Wasm rankers: `$EDGEREC_WASM_DIR`, else `edgerec-wasm` in the cargo
+/// target folder.
+pub fn wasm_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("EDGEREC_WASM_DIR") {
+        return PathBuf::from(dir);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("edgerec-wasm")
+}
+
+/// A built Wasm artifact, or a panic that says how to build it.
+pub fn wasm_artifact(relative: &str) -> PathBuf {
+    let path = wasm_dir().join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing: build the Wasm rankers first with scripts/build-wasm.sh (scripts/test.sh does)",
+        path.display()
+    );
+    path
 }

@@ -46,7 +46,9 @@ pub struct FileEntry {
 pub enum BundleError {
     #[error("manifest.json is not a valid manifest: {0}")]
     ManifestJson(String),
-    #[error("manifest format version {found} is not supported (this build reads version {supported})")]
+    #[error(
+        "manifest format version {found} is not supported (this build reads version {supported})"
+    )]
     UnsupportedFormat { found: u32, supported: u32 },
     #[error("the manifest's {field} is empty or longer than 128 characters")]
     BadField { field: &'static str },
@@ -57,9 +59,19 @@ pub enum BundleError {
     #[error("the bundle contains `{0}`, which the manifest does not list")]
     UnlistedFile(String),
     #[error("`{file}` is {actual} bytes but the manifest says {expected} (truncated or replaced?)")]
-    SizeMismatch { file: String, expected: u64, actual: u64 },
-    #[error("`{file}` has sha256 {actual} but the manifest says {expected} (corrupted or tampered with)")]
-    DigestMismatch { file: String, expected: Digest, actual: Digest },
+    SizeMismatch {
+        file: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error(
+        "`{file}` has sha256 {actual} but the manifest says {expected} (corrupted or tampered with)"
+    )]
+    DigestMismatch {
+        file: String,
+        expected: Digest,
+        actual: Digest,
+    },
     #[error("the item vocabulary is invalid: {0}")]
     Vocabulary(#[from] VocabError),
     #[error("the feature specification is invalid: {0}")]
@@ -83,8 +95,8 @@ impl<'a> Bundle<'a> {
     /// Every listed file must be present with its size and sha256; unlisted files are refused so that nothing
     /// unverified travels with a bundle.
     pub fn verify(manifest_json: &[u8], files: &[(&str, &'a [u8])]) -> Result<Self, BundleError> {
-        let manifest: Manifest =
-            serde_json::from_slice(manifest_json).map_err(|e| BundleError::ManifestJson(e.to_string()))?;
+        let manifest: Manifest = serde_json::from_slice(manifest_json)
+            .map_err(|e| BundleError::ManifestJson(e.to_string()))?;
         if manifest.format_version != MANIFEST_FORMAT_VERSION {
             return Err(BundleError::UnsupportedFormat {
                 found: manifest.format_version,
@@ -99,25 +111,48 @@ impl<'a> Bundle<'a> {
         if !manifest.files.contains_key(MODEL_FILE) {
             return Err(BundleError::NoModelFile);
         }
-        if let Some((name, _)) = files.iter().find(|(name, _)| !manifest.files.contains_key(*name)) {
+        if let Some((name, _)) = files
+            .iter()
+            .find(|(name, _)| !manifest.files.contains_key(*name))
+        {
             return Err(BundleError::UnlistedFile((*name).to_string()));
         }
         for (name, entry) in &manifest.files {
-            let bytes =
-                files.iter().find(|(n, _)| n == name).map(|(_, b)| *b).ok_or_else(|| BundleError::MissingFile(name.clone()))?;
+            let bytes = files
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, b)| *b)
+                .ok_or_else(|| BundleError::MissingFile(name.clone()))?;
             let actual_size = bytes.len() as u64;
             if actual_size != entry.size {
-                return Err(BundleError::SizeMismatch { file: name.clone(), expected: entry.size, actual: actual_size });
+                return Err(BundleError::SizeMismatch {
+                    file: name.clone(),
+                    expected: entry.size,
+                    actual: actual_size,
+                });
             }
             let actual = Digest::of(bytes);
             if actual != entry.sha256 {
-                return Err(BundleError::DigestMismatch { file: name.clone(), expected: entry.sha256, actual });
+                return Err(BundleError::DigestMismatch {
+                    file: name.clone(),
+                    expected: entry.sha256,
+                    actual,
+                });
             }
         }
         let vocab = ItemVocabulary::new(manifest.items.clone())?;
         manifest.feature_spec.validate(vocab.len())?;
-        let model = files.iter().find(|(n, _)| *n == MODEL_FILE).map(|(_, b)| *b).ok_or(BundleError::NoModelFile)?;
-        Ok(Self { manifest_digest: Digest::of(manifest_json), manifest, vocab, model })
+        let model = files
+            .iter()
+            .find(|(n, _)| *n == MODEL_FILE)
+            .map(|(_, b)| *b)
+            .ok_or(BundleError::NoModelFile)?;
+        Ok(Self {
+            manifest_digest: Digest::of(manifest_json),
+            manifest,
+            vocab,
+            model,
+        })
     }
 }
 
@@ -135,17 +170,27 @@ mod tests {
             version: "1".into(),
             feature_spec: FeatureSpec {
                 version: FEATURE_SPEC_VERSION,
-                sequence: SequenceSpec { input: "item_ids".into(), max_len: 4, padding: Padding::Left },
+                sequence: SequenceSpec {
+                    input: "item_ids".into(),
+                    max_len: 4,
+                    padding: Padding::Left,
+                },
                 item_features: vec![],
                 context: vec![],
-                output: OutputSpec { name: "scores".into(), num_items: 3 },
+                output: OutputSpec {
+                    name: "scores".into(),
+                    num_items: 3,
+                },
             },
             items: vec!["a".into(), "b".into()],
             metrics: BTreeMap::new(),
             lineage: BTreeMap::new(),
             files: BTreeMap::from([(
                 MODEL_FILE.to_string(),
-                FileEntry { sha256: Digest::of(model), size: model.len() as u64 },
+                FileEntry {
+                    sha256: Digest::of(model),
+                    size: model.len() as u64,
+                },
             )]),
         }
     }
@@ -177,7 +222,10 @@ mod tests {
             Bundle::verify(&manifest, &[(MODEL_FILE, &tampered)]),
             Err(BundleError::DigestMismatch { .. })
         ));
-        assert_eq!(Bundle::verify(&manifest, &[]).err(), Some(BundleError::MissingFile(MODEL_FILE.into())));
+        assert_eq!(
+            Bundle::verify(&manifest, &[]).err(),
+            Some(BundleError::MissingFile(MODEL_FILE.into()))
+        );
         assert_eq!(
             Bundle::verify(&manifest, &[(MODEL_FILE, MODEL), ("extra.bin", b"x")]).err(),
             Some(BundleError::UnlistedFile("extra.bin".into()))
@@ -186,7 +234,10 @@ mod tests {
 
     #[test]
     fn refuses_malformed_manifests() {
-        assert!(matches!(Bundle::verify(b"{", &[(MODEL_FILE, MODEL)]), Err(BundleError::ManifestJson(_))));
+        assert!(matches!(
+            Bundle::verify(b"{", &[(MODEL_FILE, MODEL)]),
+            Err(BundleError::ManifestJson(_))
+        ));
         let full = json(&manifest_for(MODEL));
         assert!(matches!(
             Bundle::verify(&full[..full.len() / 2], &[(MODEL_FILE, MODEL)]),
@@ -194,20 +245,37 @@ mod tests {
         ));
         let mut m = manifest_for(MODEL);
         m.format_version = 9;
-        assert!(matches!(Bundle::verify(&json(&m), &[(MODEL_FILE, MODEL)]), Err(BundleError::UnsupportedFormat { .. })));
+        assert!(matches!(
+            Bundle::verify(&json(&m), &[(MODEL_FILE, MODEL)]),
+            Err(BundleError::UnsupportedFormat { .. })
+        ));
         let mut m = manifest_for(MODEL);
         m.items.push("a".into());
-        assert!(matches!(Bundle::verify(&json(&m), &[(MODEL_FILE, MODEL)]), Err(BundleError::Vocabulary(_))));
+        assert!(matches!(
+            Bundle::verify(&json(&m), &[(MODEL_FILE, MODEL)]),
+            Err(BundleError::Vocabulary(_))
+        ));
         let mut m = manifest_for(MODEL);
         m.items.push("c".into());
-        assert!(matches!(Bundle::verify(&json(&m), &[(MODEL_FILE, MODEL)]), Err(BundleError::FeatureSpec(_))));
+        assert!(matches!(
+            Bundle::verify(&json(&m), &[(MODEL_FILE, MODEL)]),
+            Err(BundleError::FeatureSpec(_))
+        ));
         let mut m = manifest_for(MODEL);
         m.files.clear();
-        assert_eq!(Bundle::verify(&json(&m), &[]).err(), Some(BundleError::NoModelFile));
+        assert_eq!(
+            Bundle::verify(&json(&m), &[]).err(),
+            Some(BundleError::NoModelFile)
+        );
         let mut m = manifest_for(MODEL);
         m.name.clear();
-        assert_eq!(Bundle::verify(&json(&m), &[(MODEL_FILE, MODEL)]).err(), Some(BundleError::BadField { field: "name" }));
-        let with_bad_digest = String::from_utf8(full.clone()).expect("utf8").replace(&Digest::of(MODEL).to_string(), "beef");
+        assert_eq!(
+            Bundle::verify(&json(&m), &[(MODEL_FILE, MODEL)]).err(),
+            Some(BundleError::BadField { field: "name" })
+        );
+        let with_bad_digest = String::from_utf8(full.clone())
+            .expect("utf8")
+            .replace(&Digest::of(MODEL).to_string(), "beef");
         assert!(matches!(
             Bundle::verify(with_bad_digest.as_bytes(), &[(MODEL_FILE, MODEL)]),
             Err(BundleError::ManifestJson(msg)) if msg.contains("sha256")

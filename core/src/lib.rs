@@ -19,12 +19,13 @@ mod vocab;
 pub use bundle::{Bundle, BundleError, FileEntry, MANIFEST_FORMAT_VERSION, MODEL_FILE, Manifest};
 pub use digest::{Digest, DigestParseError};
 pub use rank::{
-    ErrorReport, MAX_CANDIDATES, MAX_EXCLUDE, MAX_HISTORY, RankError, RankRequest, Ranker, Ranking, ScoredItem,
+    ErrorReport, MAX_CANDIDATES, MAX_EXCLUDE, MAX_HISTORY, RankError, RankRequest, Ranker, Ranking,
+    ScoredItem,
 };
 pub use spec::{
-    ContextFeatureSpec, ContextKind, ElemType, FEATURE_SPEC_VERSION, FeatureError, FeatureSpec, InputTensor,
-    ItemFeatureSpec, ModelInputs, OutputSpec, Padding, SequenceSpec, SignatureError, SpecError, TensorData,
-    TensorSignature,
+    ContextFeatureSpec, ContextKind, ElemType, FEATURE_SPEC_VERSION, FeatureError, FeatureSpec,
+    InputTensor, ItemFeatureSpec, ModelInputs, OutputSpec, Padding, SequenceSpec, SignatureError,
+    SpecError, TensorData, TensorSignature,
 };
 pub use tract_scorer::{LoadError, TractScorer, load_tract_ranker};
 pub use vocab::{ItemVocabulary, MAX_ITEM_ID_LEN, VocabError};

@@ -79,7 +79,11 @@ pub enum RankError {
     #[error("k must be at least 1")]
     ZeroK,
     #[error("{field} has {len} entries, more than the limit of {max}")]
-    TooLarge { field: &'static str, len: usize, max: usize },
+    TooLarge {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
     #[error("candidate `{0}` is not in the model's item vocabulary")]
     UnknownCandidate(String),
     #[error(transparent)]
@@ -117,7 +121,10 @@ pub struct ErrorReport {
 
 impl ErrorReport {
     pub fn new(kind: impl Into<String>, message: impl ToString) -> Self {
-        Self { kind: kind.into(), message: message.to_string() }
+        Self {
+            kind: kind.into(),
+            message: message.to_string(),
+        }
     }
 }
 
@@ -177,7 +184,11 @@ impl<S: Scorer> Ranker<S> {
         for (field, len, max) in [
             ("recent_items", request.recent_items.len(), MAX_HISTORY),
             ("exclude", request.exclude.len(), MAX_EXCLUDE),
-            ("candidates", request.candidates.as_ref().map_or(0, Vec::len), MAX_CANDIDATES),
+            (
+                "candidates",
+                request.candidates.as_ref().map_or(0, Vec::len),
+                MAX_CANDIDATES,
+            ),
         ] {
             if len > max {
                 return Err(RankError::TooLarge { field, len, max });
@@ -195,7 +206,11 @@ impl<S: Scorer> Ranker<S> {
         let candidates = match &request.candidates {
             Some(ids) => Some(
                 ids.iter()
-                    .map(|id| self.vocab.index_of(id).ok_or_else(|| RankError::UnknownCandidate(id.clone())))
+                    .map(|id| {
+                        self.vocab
+                            .index_of(id)
+                            .ok_or_else(|| RankError::UnknownCandidate(id.clone()))
+                    })
                     .collect::<Result<Vec<u32>, _>>()?,
             ),
             None => None,
@@ -205,10 +220,17 @@ impl<S: Scorer> Ranker<S> {
         let scores = self.scorer.score(&inputs)?;
         let expected = self.spec.output.num_items;
         if scores.len() != expected {
-            return Err(RankError::OutputLength { expected, actual: scores.len() });
+            return Err(RankError::OutputLength {
+                expected,
+                actual: scores.len(),
+            });
         }
 
-        let mut masked: HashSet<u32> = request.exclude.iter().filter_map(|id| self.vocab.index_of(id)).collect();
+        let mut masked: HashSet<u32> = request
+            .exclude
+            .iter()
+            .filter_map(|id| self.vocab.index_of(id))
+            .collect();
         if request.exclude_seen {
             masked.extend(&history);
         }
@@ -216,15 +238,22 @@ impl<S: Scorer> Ranker<S> {
         let eligible: Vec<u32> = match candidates {
             Some(list) => {
                 let mut seen = HashSet::with_capacity(list.len());
-                list.into_iter().filter(|i| !masked.contains(i) && seen.insert(*i)).collect()
+                list.into_iter()
+                    .filter(|i| !masked.contains(i) && seen.insert(*i))
+                    .collect()
             }
-            None => (1..expected as u32).filter(|i| !masked.contains(i)).collect(),
+            None => (1..expected as u32)
+                .filter(|i| !masked.contains(i))
+                .collect(),
         };
         let mut scored = Vec::with_capacity(eligible.len());
         for index in eligible {
             let score = scores[index as usize];
             if !score.is_finite() {
-                return Err(RankError::NonFiniteScore { index: index as usize, score });
+                return Err(RankError::NonFiniteScore {
+                    index: index as usize,
+                    score,
+                });
             }
             scored.push((score, index));
         }
@@ -237,7 +266,10 @@ impl<S: Scorer> Ranker<S> {
                 score,
             })
             .collect();
-        Ok(Ranking { items, unknown_items })
+        Ok(Ranking {
+            items,
+            unknown_items,
+        })
     }
 }
 
@@ -257,7 +289,9 @@ mod tests {
     use super::*;
     use crate::bundle::{FileEntry, MANIFEST_FORMAT_VERSION, MODEL_FILE, Manifest};
     use crate::digest::Digest;
-    use crate::spec::{FEATURE_SPEC_VERSION, ModelInputs, OutputSpec, Padding, SequenceSpec, TensorData};
+    use crate::spec::{
+        FEATURE_SPEC_VERSION, ModelInputs, OutputSpec, Padding, SequenceSpec, TensorData,
+    };
 
     /// Scores each index by a fixed table, and remembers the inputs it saw.
     struct TableScorer {
@@ -282,22 +316,38 @@ mod tests {
             version: "7".into(),
             feature_spec: FeatureSpec {
                 version: FEATURE_SPEC_VERSION,
-                sequence: SequenceSpec { input: "item_ids".into(), max_len: 3, padding: Padding::Left },
+                sequence: SequenceSpec {
+                    input: "item_ids".into(),
+                    max_len: 3,
+                    padding: Padding::Left,
+                },
                 item_features: vec![],
                 context: vec![],
-                output: OutputSpec { name: "scores".into(), num_items: scores.len() },
+                output: OutputSpec {
+                    name: "scores".into(),
+                    num_items: scores.len(),
+                },
             },
             items,
             metrics: BTreeMap::new(),
             lineage: BTreeMap::new(),
             files: BTreeMap::from([(
                 MODEL_FILE.to_string(),
-                FileEntry { sha256: Digest::of(MODEL), size: MODEL.len() as u64 },
+                FileEntry {
+                    sha256: Digest::of(MODEL),
+                    size: MODEL.len() as u64,
+                },
             )]),
         };
         let json = serde_json::to_vec(&manifest).expect("serialises");
         let bundle = Bundle::verify(&json, &[(MODEL_FILE, MODEL)]).expect("valid");
-        Ranker::new(&bundle, TableScorer { scores, seen: vec![] })
+        Ranker::new(
+            &bundle,
+            TableScorer {
+                scores,
+                seen: vec![],
+            },
+        )
     }
 
     fn ids(ranking: &Ranking) -> Vec<&str> {
@@ -311,7 +361,9 @@ mod tests {
     #[test]
     fn ranks_best_first_and_masks_padding_and_seen_items() {
         let mut r = ranker(vec![100.0, 0.1, 0.9, 0.5, 0.7]);
-        let ranking = r.rank(&RankRequest::new(strings(&["i2"]), 10)).expect("ranks");
+        let ranking = r
+            .rank(&RankRequest::new(strings(&["i2"]), 10))
+            .expect("ranks");
         assert_eq!(ids(&ranking), ["i4", "i3", "i1"]);
         assert_eq!(r.scorer.seen[0][0].data, TensorData::I64(vec![0, 0, 2]));
     }
@@ -336,7 +388,10 @@ mod tests {
         assert_eq!(ids(&r.rank(&request).expect("ranks")), ["i3"]);
 
         request.candidates = Some(strings(&["i3", "nope"]));
-        assert_eq!(r.rank(&request).err(), Some(RankError::UnknownCandidate("nope".into())));
+        assert_eq!(
+            r.rank(&request).err(),
+            Some(RankError::UnknownCandidate("nope".into()))
+        );
     }
 
     #[test]
@@ -350,30 +405,49 @@ mod tests {
     #[test]
     fn k_zero_huge_and_oversized_requests() {
         let mut r = ranker(vec![0.0, 0.1, 0.9]);
-        assert_eq!(r.rank(&RankRequest::new(vec![], 0)).err(), Some(RankError::ZeroK));
-        assert_eq!(r.rank(&RankRequest::new(vec![], usize::MAX)).expect("ranks").items.len(), 2);
+        assert_eq!(
+            r.rank(&RankRequest::new(vec![], 0)).err(),
+            Some(RankError::ZeroK)
+        );
+        assert_eq!(
+            r.rank(&RankRequest::new(vec![], usize::MAX))
+                .expect("ranks")
+                .items
+                .len(),
+            2
+        );
         let huge = vec!["i1".to_string(); MAX_HISTORY + 1];
         assert!(matches!(
             r.rank(&RankRequest::new(huge, 1)),
-            Err(RankError::TooLarge { field: "recent_items", .. })
+            Err(RankError::TooLarge {
+                field: "recent_items",
+                ..
+            })
         ));
     }
 
     #[test]
     fn non_finite_scores_and_wrong_output_length_are_errors() {
         let mut r = ranker(vec![0.0, f32::NAN, 0.3]);
-        assert!(matches!(r.rank(&RankRequest::new(vec![], 1)), Err(RankError::NonFiniteScore { index: 1, .. })));
+        assert!(matches!(
+            r.rank(&RankRequest::new(vec![], 1)),
+            Err(RankError::NonFiniteScore { index: 1, .. })
+        ));
         let mut r = ranker(vec![0.0, 0.1, 0.3]);
         r.scorer.scores.pop();
         assert_eq!(
             r.rank(&RankRequest::new(vec![], 1)).err(),
-            Some(RankError::OutputLength { expected: 3, actual: 2 })
+            Some(RankError::OutputLength {
+                expected: 3,
+                actual: 2
+            })
         );
     }
 
     #[test]
     fn request_json_defaults_and_unknown_fields() {
-        let request: RankRequest = serde_json::from_str(r#"{"k": 3}"#).expect("minimal request parses");
+        let request: RankRequest =
+            serde_json::from_str(r#"{"k": 3}"#).expect("minimal request parses");
         assert_eq!(request, RankRequest::new(vec![], 3));
         assert!(serde_json::from_str::<RankRequest>(r#"{"k": 3, "recentItems": []}"#).is_err());
     }

@@ -91,16 +91,29 @@ pub struct OutputSpec {
 /// A specification that cannot describe a usable model.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SpecError {
-    #[error("feature specification version {found} is not supported (this build reads version {supported})")]
+    #[error(
+        "feature specification version {found} is not supported (this build reads version {supported})"
+    )]
     UnsupportedVersion { found: u32, supported: u32 },
     #[error("sequence max_len {0} is outside 1..={MAX_SEQUENCE_LEN}")]
     BadSequenceLength(usize),
     #[error("the output scores {declared} model indices but the vocabulary has {vocabulary} items (expected {expected})", expected = vocabulary + 1)]
     OutputSize { declared: usize, vocabulary: usize },
     #[error("item feature `{name}` has {found} values, expected one per model index ({expected})")]
-    ItemFeatureLength { name: String, found: usize, expected: usize },
-    #[error("item feature `{name}` gives model index {index} the value {value}, outside its cardinality {cardinality}")]
-    ItemFeatureValue { name: String, index: usize, value: u32, cardinality: u32 },
+    ItemFeatureLength {
+        name: String,
+        found: usize,
+        expected: usize,
+    },
+    #[error(
+        "item feature `{name}` gives model index {index} the value {value}, outside its cardinality {cardinality}"
+    )]
+    ItemFeatureValue {
+        name: String,
+        index: usize,
+        value: u32,
+        cardinality: u32,
+    },
     #[error("feature `{0}` has a cardinality of 0")]
     ZeroCardinality(String),
     #[error("model input `{0}` is named twice in the feature specification")]
@@ -117,7 +130,11 @@ pub enum FeatureError {
     #[error("context feature `{0}` is not part of this model's feature specification")]
     UnknownContext(String),
     #[error("context feature `{name}` must be an integer in 0..{cardinality}, got {value}")]
-    BadCategorical { name: String, value: f64, cardinality: u32 },
+    BadCategorical {
+        name: String,
+        value: f64,
+        cardinality: u32,
+    },
     #[error("context feature `{name}` must be a finite number, got {value}")]
     BadNumeric { name: String, value: f64 },
     #[error("model index {index} is outside the {num_items} indices this model scores")]
@@ -189,9 +206,17 @@ pub enum SignatureError {
     #[error("the model takes an input `{0}` that the feature specification does not describe")]
     UnexpectedInput(String),
     #[error("model tensor `{name}` is {found}, the feature specification says {expected}")]
-    ElemType { name: String, expected: ElemType, found: ElemType },
+    ElemType {
+        name: String,
+        expected: ElemType,
+        found: ElemType,
+    },
     #[error("model tensor `{name}` has shape {found}, the feature specification says {expected:?}")]
-    Shape { name: String, expected: Vec<usize>, found: String },
+    Shape {
+        name: String,
+        expected: Vec<usize>,
+        found: String,
+    },
     #[error("the model has no output `{0}`")]
     MissingOutput(String),
 }
@@ -200,13 +225,19 @@ impl FeatureSpec {
     /// Checks the specification against itself and the vocabulary size (padding excluded).
     pub fn validate(&self, vocabulary: usize) -> Result<(), SpecError> {
         if self.version != FEATURE_SPEC_VERSION {
-            return Err(SpecError::UnsupportedVersion { found: self.version, supported: FEATURE_SPEC_VERSION });
+            return Err(SpecError::UnsupportedVersion {
+                found: self.version,
+                supported: FEATURE_SPEC_VERSION,
+            });
         }
         if !(1..=MAX_SEQUENCE_LEN).contains(&self.sequence.max_len) {
             return Err(SpecError::BadSequenceLength(self.sequence.max_len));
         }
         if self.output.num_items != vocabulary + 1 {
-            return Err(SpecError::OutputSize { declared: self.output.num_items, vocabulary });
+            return Err(SpecError::OutputSize {
+                declared: self.output.num_items,
+                vocabulary,
+            });
         }
         let mut inputs = BTreeSet::new();
         let mut names = BTreeSet::new();
@@ -218,7 +249,11 @@ impl FeatureSpec {
                 return Err(SpecError::DuplicateInput(input.name));
             }
         }
-        let feature_names = self.item_features.iter().map(|f| &f.name).chain(self.context.iter().map(|c| &c.name));
+        let feature_names = self
+            .item_features
+            .iter()
+            .map(|f| &f.name)
+            .chain(self.context.iter().map(|c| &c.name));
         for name in feature_names {
             if name.is_empty() {
                 return Err(SpecError::EmptyName);
@@ -238,7 +273,12 @@ impl FeatureSpec {
                     expected: self.output.num_items,
                 });
             }
-            if let Some((index, &value)) = feature.values.iter().enumerate().find(|(_, v)| **v >= feature.cardinality) {
+            if let Some((index, &value)) = feature
+                .values
+                .iter()
+                .enumerate()
+                .find(|(_, v)| **v >= feature.cardinality)
+            {
                 return Err(SpecError::ItemFeatureValue {
                     name: feature.name.clone(),
                     index,
@@ -311,7 +351,10 @@ impl FeatureSpec {
                 .ok_or_else(|| SignatureError::MissingInput(expected.name.clone()))?;
             check_tensor(expected, found)?;
         }
-        if let Some(extra) = model_inputs.iter().find(|m| !expected_inputs.iter().any(|e| e.name == m.name)) {
+        if let Some(extra) = model_inputs
+            .iter()
+            .find(|m| !expected_inputs.iter().any(|e| e.name == m.name))
+        {
             return Err(SignatureError::UnexpectedInput(extra.name.clone()));
         }
         Ok(())
@@ -331,12 +374,25 @@ impl FeatureSpec {
     ///
     /// `history` holds model indices in chronological order (oldest first); only the last `max_len` are used.
     /// Context features missing from `context` encode as 0.
-    pub fn encode(&self, history: &[u32], context: &BTreeMap<String, f64>) -> Result<ModelInputs, FeatureError> {
-        if let Some(name) = context.keys().find(|name| !self.context.iter().any(|c| &c.name == *name)) {
+    pub fn encode(
+        &self,
+        history: &[u32],
+        context: &BTreeMap<String, f64>,
+    ) -> Result<ModelInputs, FeatureError> {
+        if let Some(name) = context
+            .keys()
+            .find(|name| !self.context.iter().any(|c| &c.name == *name))
+        {
             return Err(FeatureError::UnknownContext(name.clone()));
         }
-        if let Some(&index) = history.iter().find(|&&i| i as usize >= self.output.num_items) {
-            return Err(FeatureError::IndexOutOfRange { index, num_items: self.output.num_items });
+        if let Some(&index) = history
+            .iter()
+            .find(|&&i| i as usize >= self.output.num_items)
+        {
+            return Err(FeatureError::IndexOutOfRange {
+                index,
+                num_items: self.output.num_items,
+            });
         }
         let max_len = self.sequence.max_len;
         let recent = &history[history.len().saturating_sub(max_len)..];
@@ -374,7 +430,11 @@ impl FeatureSpec {
                 ContextKind::Categorical { cardinality } => {
                     let value = value.unwrap_or(0.0);
                     if value.fract() != 0.0 || !(0.0..f64::from(cardinality)).contains(&value) {
-                        return Err(FeatureError::BadCategorical { name: feature.name.clone(), value, cardinality });
+                        return Err(FeatureError::BadCategorical {
+                            name: feature.name.clone(),
+                            value,
+                            cardinality,
+                        });
                     }
                     // Exact: an integer below a u32 cardinality.
                     TensorData::I64(vec![value as i64])
@@ -382,12 +442,19 @@ impl FeatureSpec {
                 ContextKind::Numeric => {
                     let value = value.unwrap_or(0.0);
                     if !value.is_finite() {
-                        return Err(FeatureError::BadNumeric { name: feature.name.clone(), value });
+                        return Err(FeatureError::BadNumeric {
+                            name: feature.name.clone(),
+                            value,
+                        });
                     }
                     TensorData::F32(vec![value as f32])
                 }
             };
-            inputs.push(InputTensor { name: feature.input.clone(), shape: vec![1], data });
+            inputs.push(InputTensor {
+                name: feature.input.clone(),
+                shape: vec![1],
+                data,
+            });
         }
         Ok(inputs)
     }
@@ -397,14 +464,24 @@ fn check_tensor(expected: &TensorSignature, found: &TensorSignature) -> Result<(
     if let (Some(expected_type), Some(found_type)) = (expected.elem_type, found.elem_type)
         && expected_type != found_type
     {
-        return Err(SignatureError::ElemType { name: expected.name.clone(), expected: expected_type, found: found_type });
+        return Err(SignatureError::ElemType {
+            name: expected.name.clone(),
+            expected: expected_type,
+            found: found_type,
+        });
     }
     let expected_dims: Vec<usize> = expected.shape.iter().flatten().flatten().copied().collect();
     if let Some(found_dims) = &found.shape {
         let compatible = found_dims.len() == expected_dims.len()
-            && found_dims.iter().zip(&expected_dims).all(|(f, e)| f.is_none_or(|f| f == *e));
+            && found_dims
+                .iter()
+                .zip(&expected_dims)
+                .all(|(f, e)| f.is_none_or(|f| f == *e));
         if !compatible {
-            let shown: Vec<String> = found_dims.iter().map(|d| d.map_or("?".to_string(), |d| d.to_string())).collect();
+            let shown: Vec<String> = found_dims
+                .iter()
+                .map(|d| d.map_or("?".to_string(), |d| d.to_string()))
+                .collect();
             return Err(SignatureError::Shape {
                 name: expected.name.clone(),
                 expected: expected_dims,
@@ -422,7 +499,11 @@ mod tests {
     pub(crate) fn spec(max_len: usize, padding: Padding) -> FeatureSpec {
         FeatureSpec {
             version: FEATURE_SPEC_VERSION,
-            sequence: SequenceSpec { input: "item_ids".into(), max_len, padding },
+            sequence: SequenceSpec {
+                input: "item_ids".into(),
+                max_len,
+                padding,
+            },
             item_features: vec![ItemFeatureSpec {
                 name: "genre".into(),
                 input: "item_genre".into(),
@@ -435,9 +516,16 @@ mod tests {
                     input: "hour".into(),
                     kind: ContextKind::Categorical { cardinality: 24 },
                 },
-                ContextFeatureSpec { name: "price".into(), input: "price".into(), kind: ContextKind::Numeric },
+                ContextFeatureSpec {
+                    name: "price".into(),
+                    input: "price".into(),
+                    kind: ContextKind::Numeric,
+                },
             ],
-            output: OutputSpec { name: "scores".into(), num_items: 6 },
+            output: OutputSpec {
+                name: "scores".into(),
+                num_items: 6,
+            },
         }
     }
 
@@ -447,26 +535,34 @@ mod tests {
 
     #[test]
     fn left_padding_keeps_the_most_recent_items_last() {
-        let inputs = spec(4, Padding::Left).encode(&[1, 2, 3, 4, 5], &ctx(&[("hour", 7.0)])).expect("encodes");
+        let inputs = spec(4, Padding::Left)
+            .encode(&[1, 2, 3, 4, 5], &ctx(&[("hour", 7.0)]))
+            .expect("encodes");
         assert_eq!(inputs[0].data, TensorData::I64(vec![2, 3, 4, 5]));
         assert_eq!(inputs[1].data, TensorData::I64(vec![2, 3, 1, 2]));
         assert_eq!(inputs[2].data, TensorData::I64(vec![7]));
         assert_eq!(inputs[3].data, TensorData::F32(vec![0.0]));
-        let short = spec(4, Padding::Left).encode(&[5], &ctx(&[])).expect("encodes");
+        let short = spec(4, Padding::Left)
+            .encode(&[5], &ctx(&[]))
+            .expect("encodes");
         assert_eq!(short[0].data, TensorData::I64(vec![0, 0, 0, 5]));
         assert_eq!(short[1].data, TensorData::I64(vec![0, 0, 0, 2]));
     }
 
     #[test]
     fn right_padding_puts_items_first() {
-        let inputs = spec(4, Padding::Right).encode(&[3, 5], &ctx(&[("price", 2.5)])).expect("encodes");
+        let inputs = spec(4, Padding::Right)
+            .encode(&[3, 5], &ctx(&[("price", 2.5)]))
+            .expect("encodes");
         assert_eq!(inputs[0].data, TensorData::I64(vec![3, 5, 0, 0]));
         assert_eq!(inputs[3].data, TensorData::F32(vec![2.5]));
     }
 
     #[test]
     fn empty_history_is_all_padding() {
-        let inputs = spec(3, Padding::Left).encode(&[], &ctx(&[])).expect("cold start encodes");
+        let inputs = spec(3, Padding::Left)
+            .encode(&[], &ctx(&[]))
+            .expect("cold start encodes");
         assert_eq!(inputs[0].data, TensorData::I64(vec![0, 0, 0]));
         assert_eq!(inputs[0].shape, vec![1, 3]);
     }
@@ -474,28 +570,68 @@ mod tests {
     #[test]
     fn rejects_bad_context_and_indices() {
         let s = spec(3, Padding::Left);
-        assert_eq!(s.encode(&[], &ctx(&[("hours", 1.0)])), Err(FeatureError::UnknownContext("hours".into())));
-        assert!(matches!(s.encode(&[], &ctx(&[("hour", 24.0)])), Err(FeatureError::BadCategorical { .. })));
-        assert!(matches!(s.encode(&[], &ctx(&[("hour", 1.5)])), Err(FeatureError::BadCategorical { .. })));
-        assert!(matches!(s.encode(&[], &ctx(&[("hour", -1.0)])), Err(FeatureError::BadCategorical { .. })));
-        assert!(matches!(s.encode(&[], &ctx(&[("price", f64::NAN)])), Err(FeatureError::BadNumeric { .. })));
-        assert_eq!(s.encode(&[6], &ctx(&[])), Err(FeatureError::IndexOutOfRange { index: 6, num_items: 6 }));
+        assert_eq!(
+            s.encode(&[], &ctx(&[("hours", 1.0)])),
+            Err(FeatureError::UnknownContext("hours".into()))
+        );
+        assert!(matches!(
+            s.encode(&[], &ctx(&[("hour", 24.0)])),
+            Err(FeatureError::BadCategorical { .. })
+        ));
+        assert!(matches!(
+            s.encode(&[], &ctx(&[("hour", 1.5)])),
+            Err(FeatureError::BadCategorical { .. })
+        ));
+        assert!(matches!(
+            s.encode(&[], &ctx(&[("hour", -1.0)])),
+            Err(FeatureError::BadCategorical { .. })
+        ));
+        assert!(matches!(
+            s.encode(&[], &ctx(&[("price", f64::NAN)])),
+            Err(FeatureError::BadNumeric { .. })
+        ));
+        assert_eq!(
+            s.encode(&[6], &ctx(&[])),
+            Err(FeatureError::IndexOutOfRange {
+                index: 6,
+                num_items: 6
+            })
+        );
     }
 
     #[test]
     fn validate_catches_inconsistent_specs() {
         assert_eq!(spec(3, Padding::Left).validate(5), Ok(()));
-        assert!(matches!(spec(3, Padding::Left).validate(4), Err(SpecError::OutputSize { .. })));
-        assert_eq!(spec(0, Padding::Left).validate(5), Err(SpecError::BadSequenceLength(0)));
+        assert!(matches!(
+            spec(3, Padding::Left).validate(4),
+            Err(SpecError::OutputSize { .. })
+        ));
+        assert_eq!(
+            spec(0, Padding::Left).validate(5),
+            Err(SpecError::BadSequenceLength(0))
+        );
         let mut s = spec(3, Padding::Left);
         s.version = 2;
-        assert!(matches!(s.validate(5), Err(SpecError::UnsupportedVersion { found: 2, .. })));
+        assert!(matches!(
+            s.validate(5),
+            Err(SpecError::UnsupportedVersion { found: 2, .. })
+        ));
         let mut s = spec(3, Padding::Left);
         s.item_features[0].values[2] = 9;
-        assert!(matches!(s.validate(5), Err(SpecError::ItemFeatureValue { index: 2, value: 9, .. })));
+        assert!(matches!(
+            s.validate(5),
+            Err(SpecError::ItemFeatureValue {
+                index: 2,
+                value: 9,
+                ..
+            })
+        ));
         let mut s = spec(3, Padding::Left);
         s.item_features[0].values.pop();
-        assert!(matches!(s.validate(5), Err(SpecError::ItemFeatureLength { .. })));
+        assert!(matches!(
+            s.validate(5),
+            Err(SpecError::ItemFeatureLength { .. })
+        ));
         let mut s = spec(3, Padding::Left);
         s.context[1].input = "hour".into();
         assert_eq!(s.validate(5), Err(SpecError::DuplicateInput("hour".into())));
@@ -506,11 +642,17 @@ mod tests {
         let s = spec(3, Padding::Left);
         let inputs = s.input_signatures();
         let output = s.output_signature();
-        assert_eq!(s.check_signature(&inputs, std::slice::from_ref(&output)), Ok(()));
+        assert_eq!(
+            s.check_signature(&inputs, std::slice::from_ref(&output)),
+            Ok(())
+        );
 
         let mut dynamic = inputs.clone();
         dynamic[0].shape = Some(vec![None, Some(3)]);
-        assert_eq!(s.check_signature(&dynamic, std::slice::from_ref(&output)), Ok(()));
+        assert_eq!(
+            s.check_signature(&dynamic, std::slice::from_ref(&output)),
+            Ok(())
+        );
 
         let missing = &inputs[1..];
         assert_eq!(
@@ -518,7 +660,11 @@ mod tests {
             Err(SignatureError::MissingInput("item_ids".into()))
         );
         let mut extra = inputs.clone();
-        extra.push(TensorSignature { name: "mystery".into(), elem_type: None, shape: None });
+        extra.push(TensorSignature {
+            name: "mystery".into(),
+            elem_type: None,
+            shape: None,
+        });
         assert_eq!(
             s.check_signature(&extra, std::slice::from_ref(&output)),
             Err(SignatureError::UnexpectedInput("mystery".into()))
@@ -535,7 +681,10 @@ mod tests {
             s.check_signature(&wrong_shape, std::slice::from_ref(&output)),
             Err(SignatureError::Shape { .. })
         ));
-        assert_eq!(s.check_signature(&inputs, &[]), Err(SignatureError::MissingOutput("scores".into())));
+        assert_eq!(
+            s.check_signature(&inputs, &[]),
+            Err(SignatureError::MissingOutput("scores".into()))
+        );
     }
 
     proptest::proptest! {

@@ -1,13 +1,13 @@
 //! The tract scorer: what ranks in browsers and edge nodes.
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::internal::SimpleState;
 use tract_onnx::tract_core::internal::DimLike;
+use tract_onnx::tract_core::internal::SimpleState;
 use tract_onnx::tract_hir::infer::{Factoid, InferenceFact};
 
-use crate::spec::{ElemType, FeatureSpec, ModelInputs, TensorData, TensorSignature};
 use crate::bundle::{Bundle, BundleError, MODEL_FILE};
 use crate::rank::{ErrorReport, RankError, Ranker};
+use crate::spec::{ElemType, FeatureSpec, ModelInputs, TensorData, TensorSignature};
 use crate::{ModelError, ScoreError, Scorer};
 
 /// A model loaded, checked against its feature specification and optimised by tract.
@@ -23,7 +23,9 @@ impl TractScorer {
     /// defines and optimises the graph for them.
     pub fn load(spec: &FeatureSpec, onnx: &[u8]) -> Result<Self, ModelError> {
         let load_error = |e: TractError| ModelError::Load(format!("{e:#}"));
-        let mut model = tract_onnx::onnx().model_for_read(&mut &onnx[..]).map_err(load_error)?;
+        let mut model = tract_onnx::onnx()
+            .model_for_read(&mut &onnx[..])
+            .map_err(load_error)?;
 
         let mut inputs = Vec::new();
         for outlet in model.input_outlets().map_err(load_error)?.to_vec() {
@@ -31,7 +33,12 @@ impl TractScorer {
             let shape = if fact.shape.is_open() {
                 None
             } else {
-                Some(fact.shape.dims().map(|d| d.concretize().and_then(|d| d.to_usize().ok())).collect())
+                Some(
+                    fact.shape
+                        .dims()
+                        .map(|d| d.concretize().and_then(|d| d.to_usize().ok()))
+                        .collect(),
+                )
             };
             inputs.push(TensorSignature {
                 name: model.node(outlet.node).name.clone(),
@@ -43,16 +50,27 @@ impl TractScorer {
         spec.check_inputs(&inputs)?;
         let expected = spec.input_signatures();
         for (ix, found) in inputs.iter().enumerate() {
-            let Some(want) = expected.iter().find(|e| e.name == found.name) else { continue };
+            let Some(want) = expected.iter().find(|e| e.name == found.name) else {
+                continue;
+            };
             let dims: TVec<usize> = want.shape.iter().flatten().flatten().copied().collect();
-            let datum = if want.elem_type == Some(ElemType::F32) { f32::datum_type() } else { i64::datum_type() };
-            model.set_input_fact(ix, InferenceFact::dt_shape(datum, dims)).map_err(load_error)?;
+            let datum = if want.elem_type == Some(ElemType::F32) {
+                f32::datum_type()
+            } else {
+                i64::datum_type()
+            };
+            model
+                .set_input_fact(ix, InferenceFact::dt_shape(datum, dims))
+                .map_err(load_error)?;
         }
         let typed = model.into_typed().map_err(load_error)?;
         let mut outputs = Vec::new();
         for &outlet in typed.output_outlets().map_err(load_error)? {
             let fact = typed.outlet_fact(outlet).map_err(load_error)?;
-            let name = typed.outlet_label(outlet).unwrap_or(&typed.node(outlet.node).name).to_string();
+            let name = typed
+                .outlet_label(outlet)
+                .unwrap_or(&typed.node(outlet.node).name)
+                .to_string();
             outputs.push(TensorSignature {
                 name,
                 elem_type: Some(elem_type(fact.datum_type)),
@@ -60,11 +78,22 @@ impl TractScorer {
             });
         }
         spec.check_output(&outputs)?;
-        let output_ix = outputs.iter().position(|o| o.name == spec.output.name).unwrap_or_default();
+        let output_ix = outputs
+            .iter()
+            .position(|o| o.name == spec.output.name)
+            .unwrap_or_default();
 
-        let plan = typed.into_optimized().map_err(load_error)?.into_runnable().map_err(load_error)?;
+        let plan = typed
+            .into_optimized()
+            .map_err(load_error)?
+            .into_runnable()
+            .map_err(load_error)?;
         let state = SimpleState::new(&plan).map_err(load_error)?;
-        Ok(Self { state, input_names: inputs.into_iter().map(|i| i.name).collect(), output_ix })
+        Ok(Self {
+            state,
+            input_names: inputs.into_iter().map(|i| i.name).collect(),
+            output_ix,
+        })
     }
 }
 
@@ -81,10 +110,9 @@ impl Scorer for TractScorer {
         let runtime = |e: TractError| ScoreError::Runtime(format!("{e:#}"));
         let mut values: TVec<TValue> = TVec::with_capacity(self.input_names.len());
         for name in &self.input_names {
-            let input = inputs
-                .iter()
-                .find(|i| &i.name == name)
-                .ok_or_else(|| ScoreError::Runtime(format!("no value given for model input `{name}`")))?;
+            let input = inputs.iter().find(|i| &i.name == name).ok_or_else(|| {
+                ScoreError::Runtime(format!("no value given for model input `{name}`"))
+            })?;
             let tensor = match &input.data {
                 TensorData::I64(data) => Tensor::from_shape(&input.shape, data),
                 TensorData::F32(data) => Tensor::from_shape(&input.shape, data),
@@ -132,7 +160,10 @@ impl From<&LoadError> for ErrorReport {
 
 /// Verifies a bundle (manifest and `model.onnx`), loads its model with tract and probes it once, so that what
 /// comes back is ready to serve.
-pub fn load_tract_ranker(manifest_json: &[u8], model_onnx: &[u8]) -> Result<Ranker<TractScorer>, LoadError> {
+pub fn load_tract_ranker(
+    manifest_json: &[u8],
+    model_onnx: &[u8],
+) -> Result<Ranker<TractScorer>, LoadError> {
     let bundle = Bundle::verify(manifest_json, &[(MODEL_FILE, model_onnx)])?;
     let scorer = TractScorer::load(&bundle.manifest.feature_spec, bundle.model)?;
     let mut ranker = Ranker::new(&bundle, scorer);

@@ -38,7 +38,8 @@ impl ItemVocabulary {
             if id.is_empty() || id.len() > MAX_ITEM_ID_LEN {
                 return Err(VocabError::BadId { position });
             }
-            let model_index = u32::try_from(position + 1).map_err(|_| VocabError::TooLarge { len: ids.len() })?;
+            let model_index =
+                u32::try_from(position + 1).map_err(|_| VocabError::TooLarge { len: ids.len() })?;
             if index.insert(id.clone(), model_index).is_some() {
                 return Err(VocabError::Duplicate { id: id.clone() });
             }
@@ -93,9 +94,18 @@ mod tests {
     #[test]
     fn rejects_bad_vocabularies() {
         assert_eq!(vocab(&[]).err(), Some(VocabError::Empty));
-        assert_eq!(vocab(&["a", ""]).err(), Some(VocabError::BadId { position: 1 }));
-        assert_eq!(vocab(&["a", "b", "a"]).err(), Some(VocabError::Duplicate { id: "a".into() }));
+        assert_eq!(
+            vocab(&["a", ""]).err(),
+            Some(VocabError::BadId { position: 1 })
+        );
+        assert_eq!(
+            vocab(&["a", "b", "a"]).err(),
+            Some(VocabError::Duplicate { id: "a".into() })
+        );
         let long = "x".repeat(MAX_ITEM_ID_LEN + 1);
-        assert_eq!(vocab(&[long.as_str()]).err(), Some(VocabError::BadId { position: 0 }));
+        assert_eq!(
+            vocab(&[long.as_str()]).err(),
+            Some(VocabError::BadId { position: 0 })
+        );
     }
 }

@@ -1,0 +1,168 @@
+//! `edgerec`: one command for every EdgeRec job. Subcommands grow as the system does.
+
+mod bench;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use edgerec_core::{RankRequest, Ranking, load_tract_ranker};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "edgerec",
+    version,
+    about = "EdgeRec: recommendations ranked at the edge, in WebAssembly"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Rank items for one user with a model bundle.
+    Rank(RankArgs),
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Ranking latency of one user on every runtime: tract, wasmtime (SIMD and not), Node, ONNX Runtime.
+    Rank(bench::BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RankArgs {
+    /// Bundle folder holding manifest.json and model.onnx.
+    #[arg(long)]
+    bundle: PathBuf,
+    /// The user's recent item ids, oldest first, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    recent: Vec<String>,
+    /// How many items to return.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Items never to return, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    exclude: Vec<String>,
+    /// Context feature values, as name=value.
+    #[arg(long = "context", value_parser = parse_context)]
+    context: Vec<(String, f64)>,
+    /// Which ranker runs the model.
+    #[arg(long, value_enum, default_value_t = Runtime::Tract)]
+    runtime: Runtime,
+    /// The WASI ranker module, for --runtime wasmtime.
+    #[arg(long, env = "EDGEREC_WASI_RANKER")]
+    wasm: Option<PathBuf>,
+    /// Print the ranking as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Runtime {
+    /// tract, natively.
+    Tract,
+    /// The WASI ranker in wasmtime, as edge nodes run it.
+    Wasmtime,
+}
+
+fn parse_context(text: &str) -> Result<(String, f64), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not name=value"))?;
+    let value: f64 = value
+        .parse()
+        .map_err(|_| format!("`{value}` is not a number"))?;
+    Ok((name.to_string(), value))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Rank(args) => rank(args),
+        Command::Bench {
+            what: BenchCommand::Rank(args),
+        } => bench::run(args),
+    }
+}
+
+/// `manifest.json` and `model.onnx` of a bundle folder.
+pub(crate) fn read_bundle(dir: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    Ok((read("manifest.json")?, read(edgerec_core::MODEL_FILE)?))
+}
+
+/// The default location of a built Wasm ranker (scripts/build-wasm.sh).
+pub(crate) fn default_wasm_path(name: &str) -> PathBuf {
+    let dir = std::env::var_os("EDGEREC_WASM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "target".into());
+            target.join("edgerec-wasm")
+        });
+    dir.join(name)
+}
+
+fn rank(args: RankArgs) -> Result<()> {
+    let (manifest, model) = read_bundle(&args.bundle)?;
+    let mut request = RankRequest::new(args.recent, args.k);
+    request.exclude = args.exclude;
+    request.context = args.context.into_iter().collect();
+    let (ranking, version): (Ranking, String) = match args.runtime {
+        Runtime::Tract => {
+            let mut ranker = load_tract_ranker(&manifest, &model).context("loading the bundle")?;
+            (ranker.rank(&request)?, ranker.model_version().to_string())
+        }
+        Runtime::Wasmtime => {
+            let wasm = args
+                .wasm
+                .unwrap_or_else(|| default_wasm_path("ranker-wasi.wasm"));
+            if !wasm.is_file() {
+                bail!(
+                    "no WASI ranker at {} (build it with scripts/build-wasm.sh or pass --wasm)",
+                    wasm.display()
+                );
+            }
+            let engine =
+                edgerec_node::RankerEngine::load(&wasm, &edgerec_node::default_cache_dir())?;
+            let mut instance = engine.instantiate()?;
+            let loaded =
+                instance.load_bundle(&manifest, &model, edgerec_node::DEFAULT_LOAD_DEADLINE)?;
+            (
+                instance.rank(&request, Duration::from_secs(5))?,
+                loaded.version,
+            )
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&ranking)?);
+        return Ok(());
+    }
+    println!(
+        "model version {version}, top {} of {} requested:",
+        ranking.items.len(),
+        args.k
+    );
+    for (rank, item) in ranking.items.iter().enumerate() {
+        println!("{:>4}. {:<24} {:>10.5}", rank + 1, item.item, item.score);
+    }
+    if !ranking.unknown_items.is_empty() {
+        println!(
+            "skipped recent items the model does not know: {}",
+            ranking.unknown_items.join(", ")
+        );
+    }
+    Ok(())
+}

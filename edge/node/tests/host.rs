@@ -1,0 +1,182 @@
+//! The wasmtime host against the real WASI ranker: caching, deadlines, poisoning, bad modules and bad bundles.
+
+use std::time::Duration;
+
+use edgerec_conformance::{golden_bundle, wasm_artifact};
+use edgerec_core::RankRequest;
+use edgerec_node::{DEFAULT_LOAD_DEADLINE, HostError, RankerEngine};
+
+fn engine(cache: &std::path::Path) -> RankerEngine {
+    RankerEngine::load(&wasm_artifact("ranker-wasi.wasm"), cache).expect("the WASI ranker compiles")
+}
+
+#[test]
+fn compiled_module_is_cached_and_a_corrupt_cache_is_recompiled() {
+    let cache = tempfile::tempdir().expect("temp dir");
+    drop(engine(cache.path()));
+    let cached: Vec<_> = std::fs::read_dir(cache.path())
+        .expect("cache dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(cached.len(), 1, "one precompiled module: {cached:?}");
+    assert!(cached[0].extension().is_some_and(|e| e == "cwasm"));
+
+    // A second engine deserialises the cached code, and ranks exactly like a fresh compile.
+    let (manifest, model) = golden_bundle();
+    let request = RankRequest::new(vec!["m1".into(), "m7".into()], 5);
+    let mut rankings = Vec::new();
+    for _ in 0..2 {
+        let mut instance = engine(cache.path()).instantiate().expect("instantiates");
+        instance
+            .load_bundle(&manifest, &model, DEFAULT_LOAD_DEADLINE)
+            .expect("loads");
+        rankings.push(
+            instance
+                .rank(&request, Duration::from_secs(5))
+                .expect("ranks"),
+        );
+    }
+    assert_eq!(rankings[0], rankings[1]);
+
+    std::fs::write(&cached[0], b"not machine code").expect("corrupt the cache");
+    let mut instance = engine(cache.path())
+        .instantiate()
+        .expect("recompiled after a corrupt cache");
+    instance
+        .load_bundle(&manifest, &model, DEFAULT_LOAD_DEADLINE)
+        .expect("loads");
+    assert_eq!(
+        instance
+            .rank(&request, Duration::from_secs(5))
+            .expect("ranks"),
+        rankings[0]
+    );
+}
+
+#[test]
+fn deadline_stops_the_call_and_poisons_only_that_instance() {
+    let cache = tempfile::tempdir().expect("temp dir");
+    let engine = engine(cache.path());
+    let (manifest, model) = golden_bundle();
+    let mut instance = engine.instantiate().expect("instantiates");
+    // Parsing and optimising the model takes tens of milliseconds: far beyond one millisecond.
+    let err = instance
+        .load_bundle(&manifest, &model, Duration::from_millis(1))
+        .expect_err("deadline");
+    assert!(matches!(err, HostError::DeadlineExceeded(_)), "{err}");
+    assert!(instance.is_poisoned());
+    assert!(matches!(
+        instance.rank(&RankRequest::new(vec![], 3), Duration::from_secs(1)),
+        Err(HostError::Poisoned)
+    ));
+
+    let mut fresh = engine.instantiate().expect("a new instance");
+    fresh
+        .load_bundle(&manifest, &model, DEFAULT_LOAD_DEADLINE)
+        .expect("loads");
+    assert_eq!(
+        fresh
+            .rank(&RankRequest::new(vec![], 3), Duration::from_secs(5))
+            .expect("ranks")
+            .items
+            .len(),
+        3
+    );
+}
+
+#[test]
+fn bad_bundles_and_requests_are_refused_and_the_current_model_keeps_serving() {
+    let cache = tempfile::tempdir().expect("temp dir");
+    let mut instance = engine(cache.path()).instantiate().expect("instantiates");
+    let (manifest, model) = golden_bundle();
+
+    let no_model = instance
+        .rank(&RankRequest::new(vec![], 3), Duration::from_secs(1))
+        .expect_err("no model yet");
+    assert!(
+        matches!(&no_model, HostError::Guest(r) if r.kind == "no_model"),
+        "{no_model}"
+    );
+
+    instance
+        .load_bundle(&manifest, &model, DEFAULT_LOAD_DEADLINE)
+        .expect("loads");
+    let before = instance
+        .rank(
+            &RankRequest::new(vec!["m3".into()], 5),
+            Duration::from_secs(5),
+        )
+        .expect("ranks");
+
+    let mut tampered = model.clone();
+    tampered[500] ^= 0x55;
+    let truncated = &model[..model.len() / 2];
+    for (what, bad_manifest, bad_model) in [
+        ("tampered model", manifest.as_slice(), tampered.as_slice()),
+        ("truncated model", manifest.as_slice(), truncated),
+        (
+            "manifest that is not JSON",
+            b"{\"format_version\": 1".as_slice(),
+            model.as_slice(),
+        ),
+        ("empty bundle", b"".as_slice(), b"".as_slice()),
+    ] {
+        let err = instance
+            .load_bundle(bad_manifest, bad_model, DEFAULT_LOAD_DEADLINE)
+            .expect_err(what);
+        assert!(
+            matches!(&err, HostError::Guest(r) if r.kind == "invalid_bundle"),
+            "{what}: {err}"
+        );
+    }
+    let after = instance
+        .rank(
+            &RankRequest::new(vec!["m3".into()], 5),
+            Duration::from_secs(5),
+        )
+        .expect("still ranks");
+    assert_eq!(
+        before, after,
+        "a refused bundle must leave the current model serving"
+    );
+
+    let mut zero_k = RankRequest::new(vec![], 0);
+    let err = instance
+        .rank(&zero_k, Duration::from_secs(1))
+        .expect_err("k = 0");
+    assert!(
+        matches!(&err, HostError::Guest(r) if r.kind == "invalid_k"),
+        "{err}"
+    );
+    zero_k.k = usize::MAX;
+    assert_eq!(
+        instance
+            .rank(&zero_k, Duration::from_secs(5))
+            .expect("huge k ranks everything")
+            .items
+            .len(),
+        3706
+    );
+    let err = instance
+        .rank_json(b"{\"k\": 3, \"recent\": []}", Duration::from_secs(1))
+        .expect_err("unknown field");
+    assert!(
+        matches!(&err, HostError::Guest(r) if r.kind == "invalid_request"),
+        "{err}"
+    );
+    assert!(
+        !instance.is_poisoned(),
+        "refused input must not poison the instance"
+    );
+}
+
+#[test]
+fn modules_that_are_not_the_ranker_are_refused() {
+    let err = RankerEngine::from_wasm(b"definitely not wasm").expect_err("garbage");
+    assert!(matches!(err, HostError::Compile(_)), "{err}");
+    // The smallest valid module: it compiles and instantiates, but exports nothing.
+    let empty = RankerEngine::from_wasm(b"\0asm\x01\0\0\0").expect("an empty module compiles");
+    let err = empty.instantiate().expect_err("no exports");
+    assert!(matches!(err, HostError::MissingExport("memory")), "{err}");
+}

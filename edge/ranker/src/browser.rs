@@ -1,0 +1,128 @@
+//! The browser API (wasm-bindgen).
+
+use std::collections::BTreeMap;
+
+use edgerec_core::{ErrorReport, RankRequest, TractScorer, load_tract_ranker};
+use serde::Deserialize;
+use wasm_bindgen::prelude::*;
+
+#[wasm_bindgen(typescript_custom_section)]
+const TYPES: &'static str = r#"
+/** What to rank for the visitor. */
+export interface RecommendOptions {
+  /** The visitor's recent item ids, oldest first. Ids the model does not know are skipped. */
+  recentItems?: string[];
+  /** How many items to return (at least 1). */
+  k: number;
+  /** Item ids never to return. */
+  exclude?: string[];
+  /** Rank only these item ids (all known to the model); the whole catalogue when absent. */
+  candidates?: string[];
+  /** Context feature values by name, for models that take them. */
+  context?: Record<string, number>;
+  /** Leave the recent items out of the results (default true). */
+  excludeSeen?: boolean;
+}
+
+/** One recommended item. */
+export interface ScoredItem {
+  item: string;
+  score: number;
+}
+
+/** Errors thrown by the ranker carry a stable `kind` (for example "invalid_bundle", "invalid_k"). */
+export interface RankerError extends Error {
+  kind: string;
+}
+"#;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RecommendOptions {
+    #[serde(default)]
+    recent_items: Vec<String>,
+    k: usize,
+    #[serde(default)]
+    exclude: Vec<String>,
+    #[serde(default)]
+    candidates: Option<Vec<String>>,
+    #[serde(default)]
+    context: BTreeMap<String, f64>,
+    #[serde(default = "default_true")]
+    exclude_seen: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A model bundle loaded into the page, ranking on the device.
+#[wasm_bindgen]
+pub struct Ranker {
+    inner: edgerec_core::Ranker<TractScorer>,
+}
+
+#[wasm_bindgen]
+impl Ranker {
+    /// Verifies a bundle (`manifest.json` and `model.onnx` bytes: every digest, the feature specification, the
+    /// model's inputs) and loads it. Throws a `RankerError` if anything does not check out.
+    pub fn load(manifest: &[u8], model: &[u8]) -> Result<Ranker, JsValue> {
+        let inner =
+            load_tract_ranker(manifest, model).map_err(|e| js_error(&ErrorReport::from(&e)))?;
+        Ok(Ranker { inner })
+    }
+
+    /// Model name from the bundle manifest.
+    #[wasm_bindgen(getter, js_name = modelName)]
+    pub fn model_name(&self) -> String {
+        self.inner.model_name().to_string()
+    }
+
+    /// Model version from the bundle manifest.
+    #[wasm_bindgen(getter, js_name = modelVersion)]
+    pub fn model_version(&self) -> String {
+        self.inner.model_version().to_string()
+    }
+
+    /// Number of items the model can recommend.
+    #[wasm_bindgen(getter, js_name = itemCount)]
+    pub fn item_count(&self) -> usize {
+        self.inner.vocab().len()
+    }
+
+    /// The top-k items for the visitor, best first.
+    #[wasm_bindgen(unchecked_return_type = "ScoredItem[]")]
+    pub fn recommend(
+        &mut self,
+        #[wasm_bindgen(unchecked_param_type = "RecommendOptions")] options: JsValue,
+    ) -> Result<JsValue, JsValue> {
+        let options: RecommendOptions = serde_wasm_bindgen::from_value(options)
+            .map_err(|e| js_error(&ErrorReport::new("invalid_request", e)))?;
+        let request = RankRequest {
+            recent_items: options.recent_items,
+            k: options.k,
+            exclude: options.exclude,
+            candidates: options.candidates,
+            context: options.context,
+            exclude_seen: options.exclude_seen,
+        };
+        let ranking = self
+            .inner
+            .rank(&request)
+            .map_err(|e| js_error(&ErrorReport::from(&e)))?;
+        let serializer = serde_wasm_bindgen::Serializer::json_compatible();
+        serde::Serialize::serialize(&ranking.items, &serializer)
+            .map_err(|e| js_error(&ErrorReport::new("internal", e)))
+    }
+}
+
+fn js_error(report: &ErrorReport) -> JsValue {
+    let error = js_sys::Error::new(&report.message);
+    // Setting a property on a fresh Error object cannot fail.
+    let _ = js_sys::Reflect::set(
+        &error,
+        &JsValue::from_str("kind"),
+        &JsValue::from_str(&report.kind),
+    );
+    error.into()
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Builds the two Wasm rankers once each and leaves them in $EDGEREC_WASM_DIR:
+#   ranker-wasi.wasm          the WASI ranker edge nodes run in wasmtime (wasm SIMD, speed-optimised)
+#   browser/                  the wasm-bindgen ES module for browsers (wasm SIMD, size-optimised, wasm-opt -Oz)
+#   ranker-wasi-nosimd.wasm   only with --no-simd-too: the WASI ranker without SIMD, for the benchmark
+# Prints raw and gzip sizes.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/env.sh"
+cd "$here/.."
+mkdir -p "$EDGEREC_WASM_DIR/browser"
+
+echo "==> WASI ranker (wasm32-wasip1, profile wasm-speed)"
+cargo build --locked -p edgerec-ranker --target wasm32-wasip1 --profile wasm-speed
+cp "$CARGO_TARGET_DIR/wasm32-wasip1/wasm-speed/edgerec_ranker.wasm" "$EDGEREC_WASM_DIR/ranker-wasi.wasm"
+
+echo "==> browser ranker (wasm32-unknown-unknown, profile wasm-size)"
+cargo build --locked -p edgerec-ranker --target wasm32-unknown-unknown --profile wasm-size
+raw="$CARGO_TARGET_DIR/wasm32-unknown-unknown/wasm-size/edgerec_ranker.wasm"
+stamp="$EDGEREC_WASM_DIR/browser/.built-from"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$(sha256sum "$raw" | cut -d' ' -f1)" ]; then
+  wasm-bindgen --target web --out-dir "$EDGEREC_WASM_DIR/browser" "$raw"
+  wasm-opt -Oz --enable-simd --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
+    --enable-mutable-globals -o "$EDGEREC_WASM_DIR/browser/edgerec_ranker_bg.wasm" \
+    "$EDGEREC_WASM_DIR/browser/edgerec_ranker_bg.wasm"
+  sha256sum "$raw" | cut -d' ' -f1 >"$stamp"
+fi
+
+if [ "${1:-}" = "--no-simd-too" ]; then
+  echo "==> WASI ranker without SIMD (benchmark only)"
+  CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="-C target-feature=-simd128" \
+    cargo build --locked -p edgerec-ranker --target wasm32-wasip1 --profile wasm-speed \
+    --target-dir "$CARGO_TARGET_DIR/nosimd"
+  cp "$CARGO_TARGET_DIR/nosimd/wasm32-wasip1/wasm-speed/edgerec_ranker.wasm" "$EDGEREC_WASM_DIR/ranker-wasi-nosimd.wasm"
+fi
+
+echo "==> sizes (bytes, raw / gzip -9)"
+for f in "$EDGEREC_WASM_DIR"/ranker-wasi*.wasm "$EDGEREC_WASM_DIR/browser/edgerec_ranker_bg.wasm"; do
+  printf '%-60s %10d %10d\n' "${f#"$EDGEREC_WASM_DIR"/}" "$(stat -c %s "$f")" "$(gzip -9 -c "$f" | wc -c)"
+done

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what building, testing and benchmarking EdgeRec needs. Idempotent: a second run checks and skips.
+# Needs network access to the package registries only (crates.io, PyPI, Debian).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/env.sh"
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Rust targets for the Wasm rankers"
+installed="$(rustup target list --installed)"
+for target in wasm32-unknown-unknown wasm32-wasip1; do
+  grep -qx "$target" <<<"$installed" || rustup target add "$target"
+done
+
+apt_install() {
+  if [ "$(id -u)" = 0 ]; then
+    [ -n "${EDGEREC_APT_UPDATED:-}" ] || { apt-get update -qq; export EDGEREC_APT_UPDATED=1; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  fi
+}
+
+step "Debian packages: binaryen (wasm-opt), Node.js, unzip"
+missing=()
+command -v wasm-opt >/dev/null || missing+=(binaryen)
+command -v node >/dev/null || missing+=(nodejs)
+command -v unzip >/dev/null || missing+=(unzip)
+if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+[ "$node_major" -ge 18 ] || { echo "Node.js 18 or newer is needed (found $(node --version))" >&2; exit 1; }
+
+step "ONNX Runtime $ORT_VERSION (from the onnxruntime wheel on PyPI)"
+if [ ! -f "$ORT_DYLIB_PATH" ]; then
+  wheel_dir="$(mktemp -d)"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
+    --platform manylinux_2_28_x86_64 "onnxruntime==$ORT_VERSION" -d "$wheel_dir"
+  mkdir -p "$(dirname "$ORT_DYLIB_PATH")"
+  unzip -q -j -o "$wheel_dir"/onnxruntime-*.whl "onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" \
+    -d "$(dirname "$ORT_DYLIB_PATH")"
+  rm -rf "$wheel_dir"
+fi
+echo "ORT_DYLIB_PATH=$ORT_DYLIB_PATH"
+
+step "wasm-bindgen-cli $WASM_BINDGEN_VERSION"
+if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$WASM_BINDGEN_VERSION" ]; then
+  cargo install --quiet wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --root "$EDGEREC_TOOLS"
+fi
+wasm-bindgen --version
