@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the two Wasm rankers once each and leaves them in $EDGEREC_WASM_DIR:
 #   ranker-wasi.wasm          the WASI ranker edge nodes run in wasmtime (wasm SIMD, speed-optimised)
-#   browser/                  the wasm-bindgen ES module for browsers (wasm SIMD, size-optimised, wasm-opt -Oz)
+#   browser/                  the wasm-bindgen ES module for browsers (wasm SIMD, size-optimised)
 #   ranker-wasi-nosimd.wasm   only with --no-simd-too: the WASI ranker without SIMD, for the benchmark
 # Prints raw and gzip sizes.
 set -euo pipefail
@@ -17,14 +17,10 @@ cp "$CARGO_TARGET_DIR/wasm32-wasip1/wasm-speed/edgerec_ranker.wasm" "$EDGEREC_WA
 echo "==> browser ranker (wasm32-unknown-unknown, profile wasm-size)"
 cargo build --locked -p edgerec-ranker --target wasm32-unknown-unknown --profile wasm-size
 raw="$CARGO_TARGET_DIR/wasm32-unknown-unknown/wasm-size/edgerec_ranker.wasm"
-stamp="$EDGEREC_WASM_DIR/browser/.built-from"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$(sha256sum "$raw" | cut -d' ' -f1)" ]; then
-  wasm-bindgen --target web --out-dir "$EDGEREC_WASM_DIR/browser" "$raw"
-  wasm-opt -Oz --enable-simd --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
-    --enable-mutable-globals -o "$EDGEREC_WASM_DIR/browser/edgerec_ranker_bg.wasm" \
-    "$EDGEREC_WASM_DIR/browser/edgerec_ranker_bg.wasm"
-  sha256sum "$raw" | cut -d' ' -f1 >"$stamp"
-fi
+# No wasm-opt pass: Debian's binaryen (108) breaks the externref table wasm-bindgen emits, and its -Oz made the
+# gzip download larger, not smaller (docs/benchmarks.md).
+wasm-bindgen --target web --remove-name-section --remove-producers-section \
+  --out-dir "$EDGEREC_WASM_DIR/browser" "$raw"
 
 if [ "${1:-}" = "--no-simd-too" ]; then
   echo "==> WASI ranker without SIMD (benchmark only)"

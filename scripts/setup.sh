@@ -21,9 +21,8 @@ apt_install() {
   fi
 }
 
-step "Debian packages: binaryen (wasm-opt), Node.js, unzip"
+step "Debian packages: Node.js, unzip"
 missing=()
-command -v wasm-opt >/dev/null || missing+=(binaryen)
 command -v node >/dev/null || missing+=(nodejs)
 command -v unzip >/dev/null || missing+=(unzip)
 if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi

@@ -19,7 +19,7 @@ pub struct BenchArgs {
     iterations: usize,
     /// Items returned per ranking.
     #[arg(long, default_value_t = 10)]
-    k: usize,
+    k: u32,
     /// Number of candidates in the candidate scenario.
     #[arg(long, default_value_t = 1000)]
     candidates: usize,
@@ -114,7 +114,7 @@ impl SplitMix {
 fn requests(
     ids: &[String],
     max_len: usize,
-    k: usize,
+    k: u32,
     candidates: usize,
 ) -> (Vec<RankRequest>, Vec<RankRequest>) {
     let mut rng = SplitMix(20_261_126);

@@ -47,7 +47,7 @@ struct RankArgs {
     recent: Vec<String>,
     /// How many items to return.
     #[arg(long, default_value_t = 10)]
-    k: usize,
+    k: u32,
     /// Items never to return, comma-separated.
     #[arg(long, value_delimiter = ',')]
     exclude: Vec<String>,

@@ -23,8 +23,9 @@ pub struct RankRequest {
     /// The user's recent items, oldest first. Ids the model does not know are skipped.
     #[serde(default)]
     pub recent_items: Vec<String>,
-    /// How many items to return (at least 1; fewer come back when fewer are eligible).
-    pub k: usize,
+    /// How many items to return (at least 1; fewer come back when fewer are eligible). A `u32`, so that a request
+    /// means the same to 32-bit Wasm rankers and 64-bit hosts.
+    pub k: u32,
     /// Items never to return. Ids the model does not know are ignored.
     #[serde(default)]
     pub exclude: Vec<String>,
@@ -45,7 +46,7 @@ fn default_true() -> bool {
 
 impl RankRequest {
     /// A request for the top `k` of the whole catalogue after `recent_items`.
-    pub fn new(recent_items: Vec<String>, k: usize) -> Self {
+    pub fn new(recent_items: Vec<String>, k: u32) -> Self {
         Self {
             recent_items,
             k,
@@ -257,7 +258,7 @@ impl<S: Scorer> Ranker<S> {
             }
             scored.push((score, index));
         }
-        let top = top_k(scored, request.k);
+        let top = top_k(scored, request.k as usize);
         let items = top
             .into_iter()
             .map(|(score, index)| ScoredItem {
@@ -410,7 +411,7 @@ mod tests {
             Some(RankError::ZeroK)
         );
         assert_eq!(
-            r.rank(&RankRequest::new(vec![], usize::MAX))
+            r.rank(&RankRequest::new(vec![], u32::MAX))
                 .expect("ranks")
                 .items
                 .len(),

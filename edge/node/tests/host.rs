@@ -149,7 +149,7 @@ fn bad_bundles_and_requests_are_refused_and_the_current_model_keeps_serving() {
         matches!(&err, HostError::Guest(r) if r.kind == "invalid_k"),
         "{err}"
     );
-    zero_k.k = usize::MAX;
+    zero_k.k = u32::MAX;
     assert_eq!(
         instance
             .rank(&zero_k, Duration::from_secs(5))

@@ -41,7 +41,7 @@ export interface RankerError extends Error {
 struct RecommendOptions {
     #[serde(default)]
     recent_items: Vec<String>,
-    k: usize,
+    k: u32,
     #[serde(default)]
     exclude: Vec<String>,
     #[serde(default)]
@@ -58,6 +58,7 @@ fn default_true() -> bool {
 
 /// A model bundle loaded into the page, ranking on the device.
 #[wasm_bindgen]
+#[derive(Debug)]
 pub struct Ranker {
     inner: edgerec_core::Ranker<TractScorer>,
 }
@@ -96,6 +97,7 @@ impl Ranker {
         &mut self,
         #[wasm_bindgen(unchecked_param_type = "RecommendOptions")] options: JsValue,
     ) -> Result<JsValue, JsValue> {
+        reject_unknown_options(&options)?;
         let options: RecommendOptions = serde_wasm_bindgen::from_value(options)
             .map_err(|e| js_error(&ErrorReport::new("invalid_request", e)))?;
         let request = RankRequest {
@@ -114,6 +116,24 @@ impl Ranker {
         serde::Serialize::serialize(&ranking.items, &serializer)
             .map_err(|e| js_error(&ErrorReport::new("internal", e)))
     }
+}
+
+const OPTION_NAMES: [&str; 6] = ["recentItems", "k", "exclude", "candidates", "context", "excludeSeen"];
+
+/// serde-wasm-bindgen reads only the fields it knows, so a misspelt option (`recent_items`) would be silently
+/// ignored: refuse it here, as the JSON APIs do.
+fn reject_unknown_options(options: &JsValue) -> Result<(), JsValue> {
+    if !options.is_object() {
+        return Err(js_error(&ErrorReport::new("invalid_request", "recommend() takes an options object")));
+    }
+    for key in js_sys::Object::keys(options.unchecked_ref::<js_sys::Object>()).iter() {
+        let key = key.as_string().unwrap_or_default();
+        if !OPTION_NAMES.contains(&key.as_str()) {
+            let message = format!("unknown option `{key}`, expected one of {}", OPTION_NAMES.join(", "));
+            return Err(js_error(&ErrorReport::new("invalid_request", message)));
+        }
+    }
+    Ok(())
 }
 
 fn js_error(report: &ErrorReport) -> JsValue {
