@@ -49,6 +49,7 @@ expectError("manifest that is not JSON", () => ranker.Ranker.load(new TextEncode
 expectError("k = 0", () => r.recommend({ k: 0 }));
 expectError("unknown candidate", () => r.recommend({ k: 3, candidates: ["no-such-item"] }));
 expectError("misspelt option", () => r.recommend({ k: 3, recent_items: ["m1"] }));
+expectError("options that are not an object", () => r.recommend(undefined));
 expectError("context out of range", () => r.recommend({ k: 3, context: { hour: 24 } }));
 
 process.stdout.write(JSON.stringify(report));

@@ -125,6 +125,7 @@ fn browser_build_under_node_matches_golden_cases_and_refuses_bad_input() {
         ("k = 0", "invalid_k"),
         ("unknown candidate", "unknown_candidate"),
         ("misspelt option", "invalid_request"),
+        ("options that are not an object", "invalid_request"),
         ("context out of range", "invalid_features"),
     ];
     let expected: Vec<NodeError> = expected
