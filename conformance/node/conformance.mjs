@@ -45,6 +45,13 @@ const tampered = Uint8Array.from(model);
 tampered[1000] ^= 0xff;
 expectError("tampered model", () => ranker.Ranker.load(manifest, tampered));
 expectError("truncated model", () => ranker.Ranker.load(manifest, model.subarray(0, model.length - 1)));
+{
+  // Digests right, but the specification says the model takes 40 recent items; it takes 50.
+  const spec = JSON.parse(new TextDecoder().decode(manifest));
+  spec.feature_spec.sequence.max_len = 40;
+  const mismatched = new TextEncoder().encode(JSON.stringify(spec));
+  expectError("model that does not match its spec", () => ranker.Ranker.load(mismatched, model));
+}
 expectError("manifest that is not JSON", () => ranker.Ranker.load(new TextEncoder().encode("{"), model));
 expectError("k = 0", () => r.recommend({ k: 0 }));
 expectError("unknown candidate", () => r.recommend({ k: 3, candidates: ["no-such-item"] }));

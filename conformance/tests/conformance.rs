@@ -121,6 +121,7 @@ fn browser_build_under_node_matches_golden_cases_and_refuses_bad_input() {
     let expected = [
         ("tampered model", "invalid_bundle"),
         ("truncated model", "invalid_bundle"),
+        ("model that does not match its spec", "invalid_model"),
         ("manifest that is not JSON", "invalid_bundle"),
         ("k = 0", "invalid_k"),
         ("unknown candidate", "unknown_candidate"),
