@@ -302,6 +302,33 @@ impl RankerInstance {
         self.poisoned
     }
 
+    /// Copies each input into a buffer allocated in the module, recording every buffer it allocated (so the
+    /// caller frees them even when a later copy fails).
+    fn copy_in(
+        &mut self,
+        inputs: &[&[u8]],
+        buffers: &mut Vec<(u32, u32)>,
+        trap: &impl Fn(wasmtime::Error) -> HostError,
+    ) -> Result<(), HostError> {
+        for bytes in inputs {
+            let len =
+                u32::try_from(bytes.len()).map_err(|_| HostError::InputTooLarge(bytes.len()))?;
+            if len == 0 {
+                buffers.push((0, 0));
+                continue;
+            }
+            let ptr = self.alloc.call(&mut self.store, len).map_err(trap)?;
+            if ptr == 0 {
+                return Err(HostError::OutOfMemory(bytes.len()));
+            }
+            buffers.push((ptr, len));
+            self.memory
+                .write(&mut self.store, ptr as usize, bytes)
+                .map_err(|e| HostError::BadAnswer(format!("buffer outside memory: {e}")))?;
+        }
+        Ok(())
+    }
+
     /// Copies `inputs` into the module, runs `entry` under the deadline and returns the answer (or the module's
     /// error report). A trap or a deadline leaves the module in an unknown state, so the instance is poisoned.
     fn call(
@@ -336,25 +363,14 @@ impl RankerInstance {
         };
 
         let mut buffers = Vec::with_capacity(inputs.len());
-        for bytes in inputs {
-            let len =
-                u32::try_from(bytes.len()).map_err(|_| HostError::InputTooLarge(bytes.len()))?;
-            let ptr = if len == 0 {
-                0
-            } else {
-                self.alloc.call(&mut self.store, len).map_err(trap)?
-            };
-            if len > 0 && ptr == 0 {
-                return Err(HostError::OutOfMemory(bytes.len()));
-            }
-            self.memory
-                .write(&mut self.store, ptr as usize, bytes)
-                .map_err(|e| HostError::BadAnswer(format!("buffer outside memory: {e}")))?;
-            buffers.push((ptr, len));
-        }
-        let status = entry(self, &buffers).map_err(trap);
-        for &(ptr, len) in &buffers {
-            if len > 0 && status.is_ok() {
+        let copied = self.copy_in(inputs, &mut buffers, &trap);
+        let status = match copied {
+            Ok(()) => entry(self, &buffers).map_err(trap),
+            Err(e) => Err(e),
+        };
+        // After a trap the module's allocator may be mid-update: leave it alone, the instance is poisoned.
+        if !status.as_ref().is_err_and(HostError::poisons_instance) {
+            for &(ptr, len) in &buffers {
                 self.free.call(&mut self.store, (ptr, len)).map_err(trap)?;
             }
         }
