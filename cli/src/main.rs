@@ -1,6 +1,7 @@
 //! `edgerec`: one command for every EdgeRec job. Subcommands grow as the system does.
 
 mod bench;
+mod data;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,6 +25,13 @@ struct Cli {
 enum Command {
     /// Rank items for one user with a model bundle.
     Rank(RankArgs),
+    /// Public datasets and the leave-last-out split.
+    Data {
+        #[command(subcommand)]
+        what: data::DataCommand,
+    },
+    /// Evaluate a reference ranker on a dataset's leave-last-out split.
+    Eval(data::EvalArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -87,6 +95,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Rank(args) => rank(args),
+        Command::Data { what } => data::run(what),
+        Command::Eval(args) => data::eval(args),
         Command::Bench {
             what: BenchCommand::Rank(args),
         } => bench::run(args),

@@ -11,6 +11,7 @@
 
 mod bundle;
 mod digest;
+mod metrics;
 mod rank;
 mod spec;
 mod tract_scorer;
@@ -18,6 +19,7 @@ mod vocab;
 
 pub use bundle::{Bundle, BundleError, FileEntry, MANIFEST_FORMAT_VERSION, MODEL_FILE, Manifest};
 pub use digest::{Digest, DigestParseError};
+pub use metrics::{MetricsAccumulator, RankingMetrics, target_rank};
 pub use rank::{
     ErrorReport, MAX_CANDIDATES, MAX_EXCLUDE, MAX_HISTORY, RankError, RankRequest, Ranker, Ranking,
     ScoredItem,

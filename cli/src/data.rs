@@ -1,0 +1,152 @@
+//! `edgerec data` and `edgerec eval`: public datasets, the leave-last-out split, reference baselines.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow};
+use clap::{Subcommand, ValueEnum};
+use edgerec_trainer::baseline::{Transitions, popularity};
+use edgerec_trainer::fetch::{self, KnownDataset};
+use edgerec_trainer::split::{Split, Stage};
+
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Fetch a public dataset (movielens-1m, movielens-100k), checking pinned digests.
+    Fetch(DatasetArgs),
+    /// Write the leave-last-out split (train.tsv, valid.tsv, test.tsv) so other tools score on the same rows.
+    Split {
+        #[command(flatten)]
+        dataset: DatasetArgs,
+        /// Folder for the split files.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DatasetArgs {
+    /// movielens-1m (ml-1m) or movielens-100k (ml-100k).
+    dataset: String,
+    /// Where datasets are kept (default ~/.cache/edgerec/data).
+    #[arg(long, env = "EDGEREC_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl DatasetArgs {
+    fn resolve(&self) -> Result<(KnownDataset, PathBuf)> {
+        let dataset = KnownDataset::parse(&self.dataset).ok_or_else(|| {
+            let known: Vec<&str> = KnownDataset::ALL.iter().map(|d| d.name()).collect();
+            anyhow!(
+                "unknown dataset `{}` (known: {})",
+                self.dataset,
+                known.join(", ")
+            )
+        })?;
+        let dir = self.data_dir.clone().unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default()
+                .join(".cache/edgerec/data")
+        });
+        Ok((dataset, dir))
+    }
+
+    /// Fetches if needed, loads and splits, reporting as it goes.
+    fn split(&self) -> Result<Split> {
+        let (dataset, dir) = self.resolve()?;
+        fetch::fetch(dataset, &dir)?;
+        let started = Instant::now();
+        let data =
+            fetch::load(dataset, &dir).with_context(|| format!("loading {}", dataset.name()))?;
+        let split = Split::leave_last_out(&data.interactions);
+        eprintln!(
+            "{}: {} interactions, {} users ({} evaluated), {} items, loaded and split in {:.1} s",
+            data.name,
+            data.interactions.len(),
+            split.users.len(),
+            split.evaluated_users(),
+            split.items.len(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(split)
+    }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Baseline {
+    /// Most interacted-with items first.
+    Popularity,
+    /// Sum of how often each item followed the user's last 5 items.
+    Transitions,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StageArg {
+    Validation,
+    Test,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    dataset: DatasetArgs,
+    /// Which reference ranker to evaluate.
+    #[arg(long, value_enum, default_value_t = Baseline::Transitions)]
+    baseline: Baseline,
+    /// Rank the validation or the test targets.
+    #[arg(long, value_enum, default_value_t = StageArg::Test)]
+    stage: StageArg,
+}
+
+pub fn run(command: DataCommand) -> Result<()> {
+    match command {
+        DataCommand::Fetch(args) => {
+            let (dataset, dir) = args.resolve()?;
+            let path = fetch::fetch(dataset, &dir)?;
+            println!("{}", path.display());
+        }
+        DataCommand::Split { dataset, out } => {
+            let split = dataset.split()?;
+            split
+                .write_tsv(&out)
+                .with_context(|| format!("writing the split to {}", out.display()))?;
+            println!(
+                "wrote train.tsv, valid.tsv and test.tsv to {}",
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn eval(args: EvalArgs) -> Result<()> {
+    let split = args.dataset.split()?;
+    let stage = match args.stage {
+        StageArg::Validation => Stage::Validation,
+        StageArg::Test => Stage::Test,
+    };
+    let started = Instant::now();
+    let metrics = match args.baseline {
+        Baseline::Popularity => {
+            let scores = popularity(&split, stage);
+            split.evaluate(stage, |_| scores.clone())
+        }
+        Baseline::Transitions => {
+            let model = Transitions::fit(&split, stage);
+            split.evaluate(stage, |history| model.score(history))
+        }
+    };
+    println!(
+        "{:?} on {} ({:?} targets, full ranking minus seen items, {} users, {:.1} s):",
+        args.baseline,
+        args.dataset.dataset,
+        args.stage,
+        metrics.users,
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "HR@10 {:.4}  NDCG@10 {:.4}  Recall@20 {:.4}  MRR {:.4}",
+        metrics.hr_at_10, metrics.ndcg_at_10, metrics.recall_at_20, metrics.mrr
+    );
+    Ok(())
+}

@@ -1,0 +1,369 @@
+//! Interaction logs and item metadata: MovieLens `ratings.dat` and `u.data`, RecBole atomic `.inter` / `.item`,
+//! and a generic CSV/TSV with a `user,item,timestamp[,value]` header.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+/// One interaction: a user and an item at a time (seconds), with an optional value (a rating).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Interaction {
+    pub user: String,
+    pub item: String,
+    pub timestamp: i64,
+    pub value: Option<f32>,
+}
+
+/// What a catalogue says of an item.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ItemMeta {
+    pub title: String,
+    pub genres: Vec<String>,
+}
+
+/// Interactions in file order, and item metadata where the dataset has it.
+#[derive(Debug, Clone, Default)]
+pub struct Dataset {
+    pub name: String,
+    pub interactions: Vec<Interaction>,
+    pub items: BTreeMap<String, ItemMeta>,
+}
+
+/// Data that cannot be read, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} holds no interactions")]
+    Empty { path: PathBuf },
+    #[error("{path}: the header has no `{column}` column (found: {found})")]
+    MissingColumn {
+        path: PathBuf,
+        column: &'static str,
+        found: String,
+    },
+    #[error("{path}, line {line}: {reason}")]
+    BadLine {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error("unknown data format of {path}: expected ratings.dat, u.data, .inter, .csv or .tsv")]
+    UnknownFormat { path: PathBuf },
+}
+
+/// The layouts [`read_interactions`] understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `user::item::rating::timestamp` (MovieLens-1M `ratings.dat`).
+    MovieLensDat,
+    /// `user<TAB>item<TAB>rating<TAB>timestamp` (MovieLens-100k `u.data`).
+    MovieLensUData,
+    /// RecBole atomic file: a `name:type` header, tab-separated.
+    AtomicInter,
+    /// A header naming `user`, `item`, `timestamp` and optionally `value` (or `rating`), comma- or tab-separated.
+    Delimited(u8),
+}
+
+impl Format {
+    /// The format a file name implies.
+    pub fn of(path: &Path) -> Result<Self, DataError> {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let extension = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or_default();
+        Ok(match (name, extension) {
+            ("ratings.dat", _) => Format::MovieLensDat,
+            ("u.data", _) => Format::MovieLensUData,
+            (_, "inter") => Format::AtomicInter,
+            (_, "csv") => Format::Delimited(b','),
+            (_, "tsv") => Format::Delimited(b'\t'),
+            _ => return Err(DataError::UnknownFormat { path: path.into() }),
+        })
+    }
+}
+
+/// Reads interactions from a file in the format its name implies.
+pub fn read_interactions(path: &Path) -> Result<Vec<Interaction>, DataError> {
+    let format = Format::of(path)?;
+    let file = std::fs::File::open(path).map_err(|source| DataError::Io {
+        path: path.into(),
+        source,
+    })?;
+    parse_interactions(std::io::BufReader::new(file), format, path)
+}
+
+/// Parses interactions; `path` only names the source in errors.
+pub fn parse_interactions(
+    reader: impl BufRead,
+    format: Format,
+    path: &Path,
+) -> Result<Vec<Interaction>, DataError> {
+    let bad = |line: usize, reason: String| DataError::BadLine {
+        path: path.into(),
+        line,
+        reason,
+    };
+    let mut lines = reader.lines().enumerate().map(|(i, l)| (i + 1, l));
+    let mut interactions = Vec::new();
+    // Column positions of user, item, timestamp and value.
+    let (separator, columns): (&str, [Option<usize>; 4]) = match format {
+        Format::MovieLensDat => ("::", [Some(0), Some(1), Some(3), Some(2)]),
+        Format::MovieLensUData => ("\t", [Some(0), Some(1), Some(3), Some(2)]),
+        Format::AtomicInter | Format::Delimited(_) => {
+            let separator = if format == Format::Delimited(b',') {
+                ","
+            } else {
+                "\t"
+            };
+            let header = match lines.next() {
+                Some((_, line)) => line.map_err(|source| DataError::Io {
+                    path: path.into(),
+                    source,
+                })?,
+                None => return Err(DataError::Empty { path: path.into() }),
+            };
+            let names: Vec<String> = header
+                .trim_end_matches('\r')
+                .split(separator)
+                .map(|c| {
+                    c.split(':')
+                        .next()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_ascii_lowercase()
+                })
+                .collect();
+            let find = |wanted: &[&str]| names.iter().position(|n| wanted.contains(&n.as_str()));
+            let require = |column: &'static str, wanted: &[&str]| {
+                find(wanted).ok_or_else(|| DataError::MissingColumn {
+                    path: path.into(),
+                    column,
+                    found: names.join(", "),
+                })
+            };
+            let user = require("user", &["user", "user_id", "userid"])?;
+            let item = require("item", &["item", "item_id", "itemid"])?;
+            let timestamp = require("timestamp", &["timestamp", "time", "ts"])?;
+            let value = find(&["value", "rating"]);
+            (separator, [Some(user), Some(item), Some(timestamp), value])
+        }
+    };
+    for (number, line) in lines {
+        let line = line.map_err(|source| DataError::Io {
+            path: path.into(),
+            source,
+        })?;
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(separator).collect();
+        let field = |ix: usize, name: &str| {
+            fields
+                .get(ix)
+                .copied()
+                .ok_or_else(|| bad(number, format!("no {name} field ({} fields)", fields.len())))
+        };
+        let [user, item, timestamp, value] = columns;
+        let user = field(user.unwrap_or_default(), "user")?.trim();
+        let item = field(item.unwrap_or_default(), "item")?.trim();
+        if user.is_empty() || item.is_empty() {
+            return Err(bad(number, "empty user or item id".into()));
+        }
+        let ts_text = field(timestamp.unwrap_or_default(), "timestamp")?.trim();
+        // RecBole writes timestamps as floats ("978300760.0").
+        let timestamp = ts_text
+            .parse::<i64>()
+            .ok()
+            .or_else(|| {
+                ts_text
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|t| t.is_finite())
+                    .map(|t| t as i64)
+            })
+            .ok_or_else(|| bad(number, format!("timestamp `{ts_text}` is not a number")))?;
+        let value = match value {
+            Some(ix) => {
+                let text = field(ix, "value")?.trim();
+                Some(
+                    text.parse::<f32>()
+                        .map_err(|_| bad(number, format!("value `{text}` is not a number")))?,
+                )
+            }
+            None => None,
+        };
+        interactions.push(Interaction {
+            user: user.into(),
+            item: item.into(),
+            timestamp,
+            value,
+        });
+    }
+    if interactions.is_empty() {
+        return Err(DataError::Empty { path: path.into() });
+    }
+    Ok(interactions)
+}
+
+/// Reads a RecBole atomic `.item` file: the item id, a title column (`movie_title`, `title`) and a genre column
+/// (`genre`, `class`, `genres`) of space-separated tokens.
+pub fn read_atomic_items(path: &Path) -> Result<BTreeMap<String, ItemMeta>, DataError> {
+    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let mut lines = text.lines();
+    let header = lines
+        .next()
+        .ok_or_else(|| DataError::Empty { path: path.into() })?;
+    let names: Vec<&str> = header
+        .split('\t')
+        .map(|c| c.split(':').next().unwrap_or_default())
+        .collect();
+    let find = |wanted: &[&str]| names.iter().position(|n| wanted.contains(n));
+    let id = find(&["item_id", "item"]).ok_or_else(|| DataError::MissingColumn {
+        path: path.into(),
+        column: "item_id",
+        found: names.join(", "),
+    })?;
+    let title = find(&["movie_title", "title"]);
+    let genres = find(&["genre", "genres", "class"]);
+    let mut items = BTreeMap::new();
+    for line in lines.filter(|l| !l.trim().is_empty()) {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let Some(item) = fields.get(id) else { continue };
+        let meta = ItemMeta {
+            title: title
+                .and_then(|t| fields.get(t))
+                .map_or_else(|| item.to_string(), |t| t.to_string()),
+            genres: genres
+                .and_then(|g| fields.get(g))
+                .map(|g| g.split_whitespace().map(String::from).collect())
+                .unwrap_or_default(),
+        };
+        items.insert(item.to_string(), meta);
+    }
+    Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, format: Format) -> Result<Vec<Interaction>, DataError> {
+        parse_interactions(text.as_bytes(), format, Path::new("test"))
+    }
+
+    #[test]
+    fn reads_every_format() {
+        let dat = parse(
+            "1::1193::5::978300760\n1::661::3::978302109\n",
+            Format::MovieLensDat,
+        )
+        .expect("dat");
+        assert_eq!(
+            dat[1],
+            Interaction {
+                user: "1".into(),
+                item: "661".into(),
+                timestamp: 978302109,
+                value: Some(3.0)
+            }
+        );
+        let udata = parse("196\t242\t3\t881250949\n", Format::MovieLensUData).expect("u.data");
+        assert_eq!(udata[0].item, "242");
+        let atomic = parse(
+            "user_id:token\titem_id:token\trating:float\ttimestamp:float\n1m_1\tToy Story (1995)\t5\t978300760.0\n",
+            Format::AtomicInter,
+        )
+        .expect("atomic");
+        assert_eq!(
+            (atomic[0].item.as_str(), atomic[0].timestamp),
+            ("Toy Story (1995)", 978300760)
+        );
+        let csv = parse(
+            "timestamp,item,user\r\n10,a,u1\r\n\r\n11,b,u1\r\n",
+            Format::Delimited(b','),
+        )
+        .expect("csv");
+        assert_eq!(csv.len(), 2);
+        assert_eq!((csv[1].user.as_str(), csv[1].value), ("u1", None));
+    }
+
+    #[test]
+    fn bad_data_gets_a_precise_error() {
+        let err =
+            parse("user,item\nu,a\n", Format::Delimited(b',')).expect_err("no timestamp column");
+        assert!(
+            matches!(
+                err,
+                DataError::MissingColumn {
+                    column: "timestamp",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = parse(
+            "user,item,timestamp\nu,a,yesterday\n",
+            Format::Delimited(b','),
+        )
+        .expect_err("bad time");
+        assert!(
+            matches!(&err, DataError::BadLine { line: 2, reason, .. } if reason.contains("yesterday")),
+            "{err}"
+        );
+        let err = parse("1::2::5\n", Format::MovieLensDat).expect_err("short line");
+        assert!(matches!(err, DataError::BadLine { line: 1, .. }), "{err}");
+        assert!(matches!(
+            parse("", Format::MovieLensDat),
+            Err(DataError::Empty { .. })
+        ));
+        assert!(matches!(
+            parse("", Format::Delimited(b',')),
+            Err(DataError::Empty { .. })
+        ));
+        assert!(matches!(
+            parse("user,item,timestamp\n", Format::Delimited(b',')),
+            Err(DataError::Empty { .. })
+        ));
+        let err = parse(
+            "user,item,timestamp,value\nu,a,1,five\n",
+            Format::Delimited(b','),
+        )
+        .expect_err("value");
+        assert!(matches!(err, DataError::BadLine { line: 2, .. }), "{err}");
+        assert!(matches!(
+            Format::of(Path::new("x.parquet")),
+            Err(DataError::UnknownFormat { .. })
+        ));
+    }
+
+    #[test]
+    fn reads_item_metadata() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("x.item");
+        std::fs::write(
+            &path,
+            "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n1\tToy Story\t1995\tAnimation Comedy\n",
+        )
+        .expect("write");
+        let items = read_atomic_items(&path).expect("reads");
+        assert_eq!(
+            items["1"],
+            ItemMeta {
+                title: "Toy Story".into(),
+                genres: vec!["Animation".into(), "Comedy".into()]
+            }
+        );
+    }
+}
