@@ -5,4 +5,5 @@ pub mod baseline;
 pub mod data;
 pub mod fetch;
 pub mod graph;
+pub mod model;
 pub mod split;
