@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use edgerec_core::{Bundle, MODEL_FILE, RankRequest, Ranker, Ranking, load_tract_ranker};
+use edgerec_trainer::rng::SplitMix;
 use serde::{Deserialize, Serialize};
 
 #[derive(clap::Args, Debug)]
@@ -92,23 +93,6 @@ fn figures(runtime: BenchRuntime, scenario: &'static str, mut micros: Vec<f64>) 
     }
 }
 
-/// A small deterministic generator, so every run and every runtime ranks the same users.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// Sixteen users with full histories (`max_len` items), and for the candidate scenario the same users with a
 /// distinct candidate list each.
 fn requests(
@@ -117,7 +101,7 @@ fn requests(
     k: u32,
     candidates: usize,
 ) -> (Vec<RankRequest>, Vec<RankRequest>) {
-    let mut rng = SplitMix(20_261_126);
+    let mut rng = SplitMix::new(20_261_126);
     let full: Vec<RankRequest> = (0..16)
         .map(|_| {
             RankRequest::new(

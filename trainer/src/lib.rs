@@ -6,4 +6,5 @@ pub mod data;
 pub mod fetch;
 pub mod graph;
 pub mod model;
+pub mod rng;
 pub mod split;

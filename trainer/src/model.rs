@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use edgerec_core::{ContextKind, ElemType, FeatureSpec, Padding};
 
 use crate::graph::{Attr, GraphBuilder, Value};
+use crate::rng::SplitMix;
 
 /// Added to attention logits that must be ignored; finite, so an all-padding history still gives finite scores.
 const MASKED: f32 = -1e9;
@@ -124,21 +125,10 @@ fn check_supported(spec: &FeatureSpec, arch: &Architecture) -> Result<(), BuildE
 }
 
 impl Parameters {
-    /// Seeded initialisation: embeddings and weights normal with standard deviation 0.1 (Box–Muller over a
-    /// SplitMix stream), biases 0, layer-norm scales 1.
+    /// Seeded initialisation: embeddings and weights normal with standard deviation 0.1 ([`SplitMix`]),
+    /// biases 0, layer-norm scales 1.
     pub fn init(spec: &FeatureSpec, arch: &Architecture, seed: u64) -> Result<Self, BuildError> {
-        let mut state = seed;
-        let mut uniform = move || {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-        };
-        let mut normal = move || {
-            let (u1, u2) = (uniform().max(f64::MIN_POSITIVE), uniform());
-            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-        };
+        let mut rng = SplitMix::new(seed);
         let mut parameters = BTreeMap::new();
         for (name, dims) in parameter_shapes(spec, arch)? {
             let len = dims.iter().product::<i64>() as usize;
@@ -148,7 +138,7 @@ impl Parameters {
             } else if is_vector {
                 vec![0.0; len]
             } else {
-                (0..len).map(|_| 0.1 * normal()).collect()
+                (0..len).map(|_| (0.1 * rng.normal()) as f32).collect()
             };
             parameters.insert(name, (dims, data));
         }
