@@ -25,7 +25,8 @@ pub enum DataCommand {
 
 #[derive(clap::Args, Debug)]
 pub struct DatasetArgs {
-    /// movielens-1m (ml-1m) or movielens-100k (ml-100k).
+    /// movielens-1m (ml-1m), movielens-100k (ml-100k), or the path of an interaction file (ratings.dat, u.data,
+    /// RecBole .inter, or .csv/.tsv with a user,item,timestamp header).
     dataset: String,
     /// Where datasets are kept (default ~/.cache/edgerec/data).
     #[arg(long, env = "EDGEREC_DATA_DIR")]
@@ -37,7 +38,7 @@ impl DatasetArgs {
         let dataset = KnownDataset::parse(&self.dataset).ok_or_else(|| {
             let known: Vec<&str> = KnownDataset::ALL.iter().map(|d| d.name()).collect();
             anyhow!(
-                "unknown dataset `{}` (known: {})",
+                "unknown dataset `{}` (known: {}; or the path of an interaction file)",
                 self.dataset,
                 known.join(", ")
             )
@@ -53,11 +54,20 @@ impl DatasetArgs {
 
     /// Fetches if needed, loads and splits, reporting as it goes.
     fn split(&self) -> Result<Split> {
-        let (dataset, dir) = self.resolve()?;
-        fetch::fetch(dataset, &dir)?;
         let started = Instant::now();
-        let data =
-            fetch::load(dataset, &dir).with_context(|| format!("loading {}", dataset.name()))?;
+        let path = std::path::Path::new(&self.dataset);
+        let data = if KnownDataset::parse(&self.dataset).is_none() && path.is_file() {
+            let interactions = edgerec_trainer::data::read_interactions(path)?;
+            edgerec_trainer::data::Dataset {
+                name: self.dataset.clone(),
+                interactions,
+                items: Default::default(),
+            }
+        } else {
+            let (dataset, dir) = self.resolve()?;
+            fetch::fetch(dataset, &dir)?;
+            fetch::load(dataset, &dir).with_context(|| format!("loading {}", dataset.name()))?
+        };
         let split = Split::leave_last_out(&data.interactions);
         eprintln!(
             "{}: {} interactions, {} users ({} evaluated), {} items, loaded and split in {:.1} s",
