@@ -88,8 +88,46 @@ pub struct RankerEngine {
     engine: Engine,
     module: Module,
     linker: Arc<Linker<WasiP1Ctx>>,
-    ticker: Option<JoinHandle<()>>,
-    stop_ticker: Arc<AtomicBool>,
+    ticker: Arc<EpochTicker>,
+}
+
+/// The thread that advances the engine's epoch, which is what makes deadlines fire. Shared by the engine and every
+/// instance, so an instance keeps its deadlines even after the engine that made it is dropped.
+#[derive(Debug)]
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Result<Self, HostError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("edgerec-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| HostError::Engine(format!("cannot start the epoch thread: {e}")))?
+        };
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl RankerEngine {
@@ -102,15 +140,15 @@ impl RankerEngine {
             source,
         })?;
         let cached = cache_dir.join(cache_file_name(&engine, &wasm));
-        let module = if cached.is_file() {
-            // SAFETY: the file is one this host wrote with `Module::serialize` under a name keyed by the module's
-            // digest and the engine's compatibility hash; wasmtime also checks the header before using it.
-            match unsafe { Module::deserialize_file(&engine, &cached) } {
-                Ok(module) => module,
-                Err(_) => compile_and_cache(&engine, &wasm, &cached)?,
-            }
-        } else {
-            compile_and_cache(&engine, &wasm, &cached)?
+        // SAFETY: the file is one this host wrote with `Module::serialize` under a name keyed by the module's
+        // digest and the engine's compatibility hash; wasmtime also checks its header before using it.
+        let deserialized = cached
+            .is_file()
+            .then(|| unsafe { Module::deserialize_file(&engine, &cached) });
+        let module = match deserialized {
+            Some(Ok(module)) => module,
+            // Missing, or unreadable (corrupt, from another wasmtime): compile and replace it.
+            _ => compile_and_cache(&engine, &wasm, &cached)?,
         };
         Self::with_module(engine, module)
     }
@@ -126,26 +164,12 @@ impl RankerEngine {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |cx: &mut WasiP1Ctx| cx)
             .map_err(|e| HostError::Engine(wasm_error(e)))?;
-        let stop_ticker = Arc::new(AtomicBool::new(false));
-        let ticker = {
-            let engine = engine.clone();
-            let stop = stop_ticker.clone();
-            std::thread::Builder::new()
-                .name("edgerec-epoch".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(EPOCH_TICK);
-                        engine.increment_epoch();
-                    }
-                })
-                .map_err(|e| HostError::Engine(format!("cannot start the epoch thread: {e}")))?
-        };
+        let ticker = Arc::new(EpochTicker::start(engine.clone())?);
         Ok(Self {
             engine,
             module,
             linker: Arc::new(linker),
-            ticker: Some(ticker),
-            stop_ticker,
+            ticker,
         })
     }
 
@@ -158,7 +182,7 @@ impl RankerEngine {
             .linker
             .instantiate(&mut store, &self.module)
             .map_err(|e| HostError::Instantiate(wasm_error(e)))?;
-        let mut ranker = RankerInstance::bind(store, instance)?;
+        let mut ranker = RankerInstance::bind(store, instance, self.ticker.clone())?;
         let found = ranker
             .abi_version
             .call(&mut ranker.store, ())
@@ -170,15 +194,6 @@ impl RankerEngine {
             });
         }
         Ok(ranker)
-    }
-}
-
-impl Drop for RankerEngine {
-    fn drop(&mut self) {
-        self.stop_ticker.store(true, Ordering::Relaxed);
-        if let Some(ticker) = self.ticker.take() {
-            let _ = ticker.join();
-        }
     }
 }
 
@@ -228,6 +243,7 @@ pub struct RankerInstance {
     result_ptr: TypedFunc<(), u32>,
     result_len: TypedFunc<(), u32>,
     poisoned: bool,
+    _ticker: Arc<EpochTicker>,
 }
 
 impl std::fmt::Debug for RankerInstance {
@@ -239,7 +255,11 @@ impl std::fmt::Debug for RankerInstance {
 }
 
 impl RankerInstance {
-    fn bind(mut store: Store<WasiP1Ctx>, instance: Instance) -> Result<Self, HostError> {
+    fn bind(
+        mut store: Store<WasiP1Ctx>,
+        instance: Instance,
+        ticker: Arc<EpochTicker>,
+    ) -> Result<Self, HostError> {
         macro_rules! func {
             ($name:literal) => {
                 instance
@@ -261,6 +281,7 @@ impl RankerInstance {
             memory,
             store,
             poisoned: false,
+            _ticker: ticker,
         })
     }
 

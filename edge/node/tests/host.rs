@@ -83,6 +83,14 @@ fn deadline_stops_the_call_and_poisons_only_that_instance() {
             .len(),
         3
     );
+
+    // Deadlines keep firing for an instance that outlives its engine.
+    let mut orphan = engine.instantiate().expect("another instance");
+    drop(engine);
+    let err = orphan
+        .load_bundle(&manifest, &model, Duration::from_millis(1))
+        .expect_err("deadline");
+    assert!(matches!(err, HostError::DeadlineExceeded(_)), "{err}");
 }
 
 #[test]
