@@ -197,17 +197,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 } else {
                     "ranker-wasi-nosimd.wasm"
                 };
-                let wasm = crate::default_wasm_path(name);
-                if !wasm.is_file() {
-                    bail!(
-                        "{} is missing: run scripts/build-wasm.sh --no-simd-too",
-                        wasm.display()
-                    );
-                }
-                let engine =
-                    edgerec_node::RankerEngine::load(&wasm, &edgerec_node::default_cache_dir())?;
-                let mut instance = engine.instantiate()?;
-                instance.load_bundle(&manifest, &model, edgerec_node::DEFAULT_LOAD_DEADLINE)?;
+                let (_engine, mut instance, _) =
+                    crate::wasi_ranker(&crate::paths::wasm_artifact(name), &manifest, &model)?;
                 let mut rank = |r: &RankRequest| Ok(instance.rank(r, Duration::from_secs(1))?);
                 (
                     time_runs(args.iterations, &full, &mut rank)?,
@@ -269,7 +260,7 @@ fn node_runs(
     full: &[RankRequest],
     with_candidates: &[RankRequest],
 ) -> Result<(Vec<f64>, Vec<f64>)> {
-    let package = crate::default_wasm_path("browser/edgerec_ranker.js");
+    let package = crate::paths::wasm_artifact("browser/edgerec_ranker.js");
     if !package.is_file() {
         bail!(
             "{} is missing: run scripts/build-wasm.sh",

@@ -43,12 +43,7 @@ impl DatasetArgs {
                 known.join(", ")
             )
         })?;
-        let dir = self.data_dir.clone().unwrap_or_else(|| {
-            std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default()
-                .join(".cache/edgerec/data")
-        });
+        let dir = self.data_dir.clone().unwrap_or_else(crate::paths::data_dir);
         Ok((dataset, dir))
     }
 

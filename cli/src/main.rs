@@ -2,6 +2,7 @@
 
 mod bench;
 mod data;
+mod paths;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -112,17 +113,27 @@ pub(crate) fn read_bundle(dir: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
     Ok((read("manifest.json")?, read(edgerec_core::MODEL_FILE)?))
 }
 
-/// The default location of a built Wasm ranker (scripts/build-wasm.sh).
-pub(crate) fn default_wasm_path(name: &str) -> PathBuf {
-    let dir = std::env::var_os("EDGEREC_WASM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| "target".into());
-            target.join("edgerec-wasm")
-        });
-    dir.join(name)
+/// The WASI ranker from `wasm` in wasmtime, with the bundle loaded, as an edge node runs it. The engine comes
+/// back too: it owns the compiled module.
+pub(crate) fn wasi_ranker(
+    wasm: &Path,
+    manifest: &[u8],
+    model: &[u8],
+) -> Result<(
+    edgerec_node::RankerEngine,
+    edgerec_node::RankerInstance,
+    edgerec_node::Loaded,
+)> {
+    if !wasm.is_file() {
+        bail!(
+            "no WASI ranker at {} (build it with scripts/build-wasm.sh)",
+            wasm.display()
+        );
+    }
+    let engine = edgerec_node::RankerEngine::load(wasm, &paths::module_cache_dir())?;
+    let mut instance = engine.instantiate()?;
+    let loaded = instance.load_bundle(manifest, model, edgerec_node::DEFAULT_LOAD_DEADLINE)?;
+    Ok((engine, instance, loaded))
 }
 
 fn rank(args: RankArgs) -> Result<()> {
@@ -138,18 +149,8 @@ fn rank(args: RankArgs) -> Result<()> {
         Runtime::Wasmtime => {
             let wasm = args
                 .wasm
-                .unwrap_or_else(|| default_wasm_path("ranker-wasi.wasm"));
-            if !wasm.is_file() {
-                bail!(
-                    "no WASI ranker at {} (build it with scripts/build-wasm.sh or pass --wasm)",
-                    wasm.display()
-                );
-            }
-            let engine =
-                edgerec_node::RankerEngine::load(&wasm, &edgerec_node::default_cache_dir())?;
-            let mut instance = engine.instantiate()?;
-            let loaded =
-                instance.load_bundle(&manifest, &model, edgerec_node::DEFAULT_LOAD_DEADLINE)?;
+                .unwrap_or_else(|| paths::wasm_artifact("ranker-wasi.wasm"));
+            let (_engine, mut instance, loaded) = wasi_ranker(&wasm, &manifest, &model)?;
             (
                 instance.rank(&request, Duration::from_secs(5))?,
                 loaded.version,

@@ -91,16 +91,11 @@ pub fn max_abs_diff(case: &GoldenCase, got: &Ranking) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// Where `scripts/build-wasm.sh` leaves the Wasm rankers: `$EDGEREC_WASM_DIR`, else `edgerec-wasm` in the cargo
-/// target folder.
+/// Where `scripts/build-wasm.sh` leaves the Wasm rankers: `$EDGEREC_WASM_DIR`, which `scripts/test.sh` sets.
 pub fn wasm_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("EDGEREC_WASM_DIR") {
-        return PathBuf::from(dir);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("edgerec-wasm")
+    std::env::var_os("EDGEREC_WASM_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        panic!("EDGEREC_WASM_DIR is not set: run the tests through scripts/test.sh, or source scripts/env.sh")
+    })
 }
 
 /// A built Wasm artifact, or a panic that says how to build it.

@@ -413,12 +413,3 @@ impl RankerInstance {
         }
     }
 }
-
-/// Where a node keeps compiled modules by default.
-pub fn default_cache_dir() -> PathBuf {
-    std::env::var_os("EDGEREC_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/edgerec")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("modules")
-}

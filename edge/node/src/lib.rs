@@ -7,5 +7,4 @@ mod host;
 
 pub use host::{
     DEFAULT_CALL_DEADLINE, DEFAULT_LOAD_DEADLINE, HostError, Loaded, RankerEngine, RankerInstance,
-    default_cache_dir,
 };
