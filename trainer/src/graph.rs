@@ -25,29 +25,41 @@ pub enum Attr {
 impl Attr {
     fn to_proto(&self) -> pb::AttributeProto {
         use pb::attribute_proto::AttributeType;
-        let mut proto = pb::AttributeProto::default();
-        match self {
-            Attr::Int(name, value) => {
-                proto.name = (*name).into();
-                proto.r#type = AttributeType::Int as i32;
-                proto.i = *value;
-            }
-            Attr::Ints(name, values) => {
-                proto.name = (*name).into();
-                proto.r#type = AttributeType::Ints as i32;
-                proto.ints = values.clone();
-            }
-            Attr::Float(name, value) => {
-                proto.name = (*name).into();
-                proto.r#type = AttributeType::Float as i32;
-                proto.f = *value;
-            }
-            Attr::Str(name, value) => {
-                proto.name = (*name).into();
-                proto.r#type = AttributeType::String as i32;
-                proto.s = value.as_bytes().to_vec();
-            }
-        }
+        let (name, mut proto) = match self {
+            Attr::Int(name, i) => (
+                name,
+                pb::AttributeProto {
+                    r#type: AttributeType::Int as i32,
+                    i: *i,
+                    ..Default::default()
+                },
+            ),
+            Attr::Ints(name, ints) => (
+                name,
+                pb::AttributeProto {
+                    r#type: AttributeType::Ints as i32,
+                    ints: ints.clone(),
+                    ..Default::default()
+                },
+            ),
+            Attr::Float(name, f) => (
+                name,
+                pb::AttributeProto {
+                    r#type: AttributeType::Float as i32,
+                    f: *f,
+                    ..Default::default()
+                },
+            ),
+            Attr::Str(name, s) => (
+                name,
+                pb::AttributeProto {
+                    r#type: AttributeType::String as i32,
+                    s: s.as_bytes().to_vec(),
+                    ..Default::default()
+                },
+            ),
+        };
+        proto.name = (*name).into();
         proto
     }
 }

@@ -106,11 +106,6 @@ pub extern "C" fn edgerec_result_len() -> u32 {
     u32::try_from(lock(&RESULT).len()).unwrap_or(u32::MAX)
 }
 
-/// The answer of the last call, for native callers (tests).
-pub fn last_result() -> Vec<u8> {
-    lock(&RESULT).clone()
-}
-
 /// Loads a bundle; the Rust form of [`edgerec_load`].
 pub fn load(manifest: &[u8], model: &[u8]) -> Result<Vec<u8>, ErrorReport> {
     let ranker = load_tract_ranker(manifest, model).map_err(|e| ErrorReport::from(&e))?;
@@ -170,6 +165,10 @@ mod tests {
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/golden/bundle");
         let read = |n: &str| std::fs::read(dir.join(n)).expect("golden bundle is committed");
         (read("manifest.json"), read("model.onnx"))
+    }
+
+    fn last_result() -> Vec<u8> {
+        lock(&RESULT).clone()
     }
 
     fn call_rank(request: &str) -> (u32, serde_json::Value) {
