@@ -54,7 +54,8 @@ pub fn init_from(path: &Path) -> Result<(), RuntimeError> {
     result.as_ref().map(|_| ()).map_err(Clone::clone)
 }
 
-fn environment() -> Result<&'static ort::environment::Environment, ModelError> {
+/// The process-wide ONNX Runtime environment, once [`init`] has succeeded.
+pub fn environment() -> Result<&'static ort::environment::Environment, ModelError> {
     match ENVIRONMENT.get() {
         Some(Ok(env)) => Ok(env),
         Some(Err(e)) => Err(ModelError::Load(e.to_string())),

@@ -1,5 +1,10 @@
 //! Building ONNX graphs in Rust: the model builder and the training-step graphs emit their nodes through
 //! [`GraphBuilder`], which writes the ONNX protobuf (tract-onnx's generated types) that ONNX Runtime and tract load.
+//!
+//! Every value's element type and static shape is known as it is created: training graphs have a fixed batch
+//! shape, and [`crate::autodiff`] needs the shapes to undo broadcasting.
+
+use std::collections::HashMap;
 
 use edgerec_core::ElemType;
 use prost::Message;
@@ -68,7 +73,8 @@ fn data_type(elem: ElemType) -> i32 {
     use pb::tensor_proto::DataType;
     match elem {
         ElemType::I64 => DataType::Int64 as i32,
-        ElemType::F32 | ElemType::Other => DataType::Float as i32,
+        ElemType::F32 => DataType::Float as i32,
+        ElemType::Other => DataType::Bool as i32,
     }
 }
 
@@ -96,16 +102,82 @@ fn value_info(name: &str, elem: ElemType, dims: &[i64]) -> pb::ValueInfoProto {
     }
 }
 
+/// One node as it was added: what differentiation reads back.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub op_type: String,
+    pub inputs: Vec<Value>,
+    pub output: Value,
+    pub attrs: Vec<Attr>,
+}
+
+impl Node {
+    pub fn int(&self, name: &str) -> Option<i64> {
+        self.attrs.iter().find_map(|a| match a {
+            Attr::Int(n, i) if *n == name => Some(*i),
+            _ => None,
+        })
+    }
+
+    pub fn ints(&self, name: &str) -> Option<&[i64]> {
+        self.attrs.iter().find_map(|a| match a {
+            Attr::Ints(n, i) if *n == name => Some(i.as_slice()),
+            _ => None,
+        })
+    }
+
+    pub fn float(&self, name: &str) -> Option<f32> {
+        self.attrs.iter().find_map(|a| match a {
+            Attr::Float(n, f) if *n == name => Some(*f),
+            _ => None,
+        })
+    }
+}
+
+/// The element type and static shape of a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorType {
+    pub elem: ElemType,
+    pub dims: Vec<i64>,
+}
+
 /// An ONNX graph under construction. Node outputs get unique generated names; inputs, parameters and outputs keep
 /// the names they are given.
 #[derive(Debug, Default)]
 pub struct GraphBuilder {
     name: String,
-    nodes: Vec<pb::NodeProto>,
+    nodes: Vec<Node>,
     initializers: Vec<pb::TensorProto>,
     inputs: Vec<pb::ValueInfoProto>,
     outputs: Vec<pb::ValueInfoProto>,
+    types: HashMap<String, TensorType>,
+    /// int64 constants (shapes, axes, slice bounds), which shape inference and differentiation read.
+    constants: HashMap<String, Vec<i64>>,
     counter: usize,
+}
+
+/// numpy-style broadcasting of two shapes.
+pub fn broadcast(a: &[i64], b: &[i64]) -> Option<Vec<i64>> {
+    let rank = a.len().max(b.len());
+    let at = |s: &[i64], i: usize| {
+        let offset = rank - s.len();
+        if i < offset { 1 } else { s[i - offset] }
+    };
+    (0..rank)
+        .map(|i| match (at(a, i), at(b, i)) {
+            (x, y) if x == y => Some(x),
+            (1, y) => Some(y),
+            (x, 1) => Some(x),
+            _ => None,
+        })
+        .collect()
+}
+
+fn normalise_axis(axis: i64, rank: usize) -> usize {
+    let rank = rank as i64;
+    let axis = if axis < 0 { axis + rank } else { axis };
+    assert!((0..rank).contains(&axis), "axis {axis} out of range for rank {rank}");
+    axis as usize
 }
 
 impl GraphBuilder {
@@ -121,15 +193,41 @@ impl GraphBuilder {
         format!("{hint}_{}", self.counter)
     }
 
+    /// The element type and shape of `value`.
+    pub fn tensor_type(&self, value: &Value) -> &TensorType {
+        self.types
+            .get(&value.0)
+            .unwrap_or_else(|| panic!("`{}` is not a value of this graph", value.0))
+    }
+
+    pub fn dims(&self, value: &Value) -> &[i64] {
+        &self.tensor_type(value).dims
+    }
+
+    /// The values of an int64 constant.
+    pub fn constant(&self, value: &Value) -> Option<&[i64]> {
+        self.constants.get(&value.0).map(Vec::as_slice)
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
     /// A graph input fed at run time.
     pub fn input(&mut self, name: &str, elem: ElemType, dims: &[i64]) -> Value {
         self.inputs.push(value_info(name, elem, dims));
+        self.define(name, elem, dims.to_vec())
+    }
+
+    fn define(&mut self, name: &str, elem: ElemType, dims: Vec<i64>) -> Value {
+        let previous = self.types.insert(name.into(), TensorType { elem, dims });
+        assert!(previous.is_none(), "`{name}` is defined twice");
         Value(name.into())
     }
 
     /// A float32 tensor stored in the graph (a parameter or a constant).
     pub fn f32_tensor(&mut self, name: &str, dims: &[i64], data: Vec<f32>) -> Value {
-        debug_assert_eq!(
+        assert_eq!(
             dims.iter().product::<i64>() as usize,
             data.len(),
             "{name}: data does not fill its shape"
@@ -141,7 +239,7 @@ impl GraphBuilder {
             float_data: data,
             ..Default::default()
         });
-        Value(name.into())
+        self.define(name, ElemType::F32, dims.to_vec())
     }
 
     /// An int64 constant (shapes, axes, indices), under a generated name.
@@ -151,10 +249,16 @@ impl GraphBuilder {
             name: name.clone(),
             dims: dims.to_vec(),
             data_type: data_type(ElemType::I64),
-            int64_data: data,
+            int64_data: data.clone(),
             ..Default::default()
         });
-        Value(name)
+        self.constants.insert(name.clone(), data);
+        self.define(&name, ElemType::I64, dims.to_vec())
+    }
+
+    /// A one-dimensional int64 constant.
+    pub fn i64s(&mut self, data: &[i64]) -> Value {
+        self.i64_constant(&[data.len() as i64], data.to_vec())
     }
 
     /// A float32 scalar constant, under a generated name.
@@ -163,34 +267,198 @@ impl GraphBuilder {
         self.f32_tensor(&name, &[], vec![value])
     }
 
-    /// Adds a node with one output and returns it.
+    /// Adds a node with one output and returns it. Panics where the inputs' shapes do not fit the operator: the
+    /// graphs are written by this crate, so that is a bug in the caller.
     pub fn op(&mut self, op_type: &str, inputs: &[&Value], attrs: &[Attr]) -> Value {
-        let output = self.fresh(&op_type.to_ascii_lowercase());
-        self.nodes.push(pb::NodeProto {
-            input: inputs.iter().map(|v| v.0.clone()).collect(),
-            output: vec![output.clone()],
-            name: format!("{output}_node"),
+        let node_output = self.fresh(&op_type.to_ascii_lowercase());
+        let node = Node {
             op_type: op_type.into(),
-            attribute: attrs.iter().map(Attr::to_proto).collect(),
-            ..Default::default()
-        });
-        Value(output)
+            inputs: inputs.iter().map(|&v| v.clone()).collect(),
+            output: Value(node_output.clone()),
+            attrs: attrs.to_vec(),
+        };
+        let TensorType { elem, dims } = self.infer(&node);
+        self.nodes.push(node);
+        self.define(&node_output, elem, dims)
     }
 
     /// Declares `value` a graph output named `name`.
-    pub fn output(&mut self, value: &Value, name: &str, elem: ElemType, dims: &[i64]) {
-        self.nodes.push(pb::NodeProto {
-            input: vec![value.0.clone()],
-            output: vec![name.into()],
-            name: format!("{name}_output"),
+    pub fn output(&mut self, value: &Value, name: &str) {
+        let TensorType { elem, dims } = self.tensor_type(value).clone();
+        self.nodes.push(Node {
             op_type: "Identity".into(),
-            ..Default::default()
+            inputs: vec![value.clone()],
+            output: Value(name.into()),
+            attrs: vec![],
         });
-        self.outputs.push(value_info(name, elem, dims));
+        self.outputs.push(value_info(name, elem, &dims));
+        self.define(name, elem, dims);
+    }
+
+    fn infer(&self, node: &Node) -> TensorType {
+        let input = |i: usize| self.tensor_type(&node.inputs[i]);
+        let constant = |i: usize| {
+            self.constant(&node.inputs[i]).unwrap_or_else(|| {
+                panic!("{}: input {i} must be an int64 constant", node.op_type)
+            })
+        };
+        let same = |i: usize| input(i).clone();
+        let float = |dims: Vec<i64>| TensorType {
+            elem: ElemType::F32,
+            dims,
+        };
+        let broadcast_all = || {
+            node.inputs.iter().fold(Vec::new(), |acc, v| {
+                broadcast(&acc, self.dims(v)).unwrap_or_else(|| {
+                    panic!(
+                        "{}: shapes {acc:?} and {:?} do not broadcast",
+                        node.op_type,
+                        self.dims(v)
+                    )
+                })
+            })
+        };
+        match node.op_type.as_str() {
+            "Identity" | "Relu" | "Neg" | "Exp" | "Log" | "Sqrt" | "Reciprocal" | "Softmax"
+            | "LogSoftmax" | "LayerNormalization" | "ScatterND" | "ScatterElements" => same(0),
+            "Add" | "Sub" | "Mul" | "Div" | "Max" | "Min" | "Pow" => TensorType {
+                elem: input(0).elem,
+                dims: broadcast_all(),
+            },
+            "Greater" | "Less" | "Equal" => TensorType {
+                elem: ElemType::Other,
+                dims: broadcast_all(),
+            },
+            "Where" => TensorType {
+                elem: input(1).elem,
+                dims: broadcast_all(),
+            },
+            "Cast" => TensorType {
+                elem: match node.int("to") {
+                    Some(1) => ElemType::F32,
+                    Some(7) => ElemType::I64,
+                    _ => ElemType::Other,
+                },
+                dims: input(0).dims.clone(),
+            },
+            "MatMul" => {
+                let (a, b) = (&input(0).dims, &input(1).dims);
+                assert!(a.len() >= 2 && b.len() >= 2, "MatMul of {a:?} and {b:?}");
+                let (m, k, k2, n) = (a[a.len() - 2], a[a.len() - 1], b[b.len() - 2], b[b.len() - 1]);
+                assert_eq!(k, k2, "MatMul of {a:?} and {b:?}");
+                let mut dims = broadcast(&a[..a.len() - 2], &b[..b.len() - 2])
+                    .unwrap_or_else(|| panic!("MatMul batch dimensions of {a:?} and {b:?}"));
+                dims.extend([m, n]);
+                float(dims)
+            }
+            "Transpose" => {
+                let dims = &input(0).dims;
+                let perm = node.ints("perm").expect("Transpose needs perm");
+                float(perm.iter().map(|&p| dims[p as usize]).collect())
+            }
+            "Gather" => {
+                let (data, indices) = (&input(0).dims, &input(1).dims);
+                let axis = normalise_axis(node.int("axis").unwrap_or(0), data.len());
+                let mut dims = data[..axis].to_vec();
+                dims.extend(indices);
+                dims.extend(&data[axis + 1..]);
+                TensorType {
+                    elem: input(0).elem,
+                    dims,
+                }
+            }
+            "GatherElements" => TensorType {
+                elem: input(0).elem,
+                dims: input(1).dims.clone(),
+            },
+            "Slice" => {
+                let mut dims = input(0).dims.clone();
+                let (starts, ends, axes) = (constant(1), constant(2), constant(3));
+                for ((&start, &end), &axis) in starts.iter().zip(ends).zip(axes) {
+                    let axis = normalise_axis(axis, dims.len());
+                    let size = dims[axis];
+                    let clamp = |i: i64| if i < 0 { (i + size).max(0) } else { i.min(size) };
+                    dims[axis] = (clamp(end) - clamp(start)).max(0);
+                }
+                same_elem(input(0), dims)
+            }
+            "Reshape" => {
+                let from = &input(0).dims;
+                let total: i64 = from.iter().product();
+                let mut dims: Vec<i64> = constant(1)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &d)| if d == 0 { from[i] } else { d })
+                    .collect();
+                if let Some(unknown) = dims.iter().position(|&d| d == -1) {
+                    let known: i64 = dims.iter().filter(|&&d| d != -1).product();
+                    dims[unknown] = total / known;
+                }
+                assert_eq!(dims.iter().product::<i64>(), total, "Reshape {from:?} to {dims:?}");
+                same_elem(input(0), dims)
+            }
+            "Unsqueeze" => {
+                let from = &input(0).dims;
+                let axes = constant(1);
+                let rank = from.len() + axes.len();
+                let axes: Vec<usize> = axes.iter().map(|&a| normalise_axis(a, rank)).collect();
+                let mut rest = from.iter();
+                let dims = (0..rank)
+                    .map(|i| if axes.contains(&i) { 1 } else { *rest.next().unwrap() })
+                    .collect();
+                same_elem(input(0), dims)
+            }
+            "ReduceSum" => {
+                let from = &input(0).dims;
+                let keep = node.int("keepdims").unwrap_or(1) == 1;
+                let axes: Vec<usize> = if node.inputs.len() > 1 {
+                    constant(1).iter().map(|&a| normalise_axis(a, from.len())).collect()
+                } else {
+                    (0..from.len()).collect()
+                };
+                let dims = from
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, &d)| match (axes.contains(&i), keep) {
+                        (false, _) => Some(d),
+                        (true, true) => Some(1),
+                        (true, false) => None,
+                    })
+                    .collect();
+                same_elem(input(0), dims)
+            }
+            "Expand" => same_elem(
+                input(0),
+                broadcast(&input(0).dims, constant(1)).expect("Expand to an incompatible shape"),
+            ),
+            "ConstantOfShape" => float(constant(0).to_vec()),
+            "Pad" => {
+                let pads = constant(1);
+                let dims = &input(0).dims;
+                let rank = dims.len();
+                same_elem(
+                    input(0),
+                    (0..rank).map(|i| dims[i] + pads[i] + pads[i + rank]).collect(),
+                )
+            }
+            other => panic!("the graph builder has no shape rule for {other}"),
+        }
     }
 
     /// The ONNX model, serialised.
     pub fn to_bytes(&self) -> Vec<u8> {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|node| pb::NodeProto {
+                input: node.inputs.iter().map(|v| v.0.clone()).collect(),
+                output: vec![node.output.0.clone()],
+                name: format!("{}_node", node.output.0),
+                op_type: node.op_type.clone(),
+                attribute: node.attrs.iter().map(Attr::to_proto).collect(),
+                ..Default::default()
+            })
+            .collect();
         let model = pb::ModelProto {
             ir_version: IR_VERSION,
             producer_name: "edgerec".into(),
@@ -200,7 +468,7 @@ impl GraphBuilder {
             }],
             graph: Some(pb::GraphProto {
                 name: self.name.clone(),
-                node: self.nodes.clone(),
+                node: nodes,
                 initializer: self.initializers.clone(),
                 input: self.inputs.clone(),
                 output: self.outputs.clone(),
@@ -209,6 +477,13 @@ impl GraphBuilder {
             ..Default::default()
         };
         model.encode_to_vec()
+    }
+}
+
+fn same_elem(input: &TensorType, dims: Vec<i64>) -> TensorType {
+    TensorType {
+        elem: input.elem,
+        dims,
     }
 }
 
@@ -230,7 +505,8 @@ mod tests {
         let shifted = g.op("Add", &[&projected, &b], &[]);
         let shape = g.i64_constant(&[2], vec![1, 3]);
         let flat = g.op("Reshape", &[&shifted, &shape], &[]);
-        g.output(&flat, "scores", ElemType::F32, &[1, 3]);
+        assert_eq!(g.dims(&flat), &[1, 3]);
+        g.output(&flat, "scores");
         let bytes = g.to_bytes();
 
         let model = tract_onnx::onnx()

@@ -282,11 +282,6 @@ pub fn inference_graph(
     }
     let items_t = g.op("Transpose", &[&w("E")], &[Attr::Ints("perm", vec![1, 0])]);
     let scores = g.op("MatMul", &[&user, &items_t], &[]);
-    g.output(
-        &scores,
-        &spec.output.name,
-        ElemType::F32,
-        &[1, spec.output.num_items as i64],
-    );
+    g.output(&scores, &spec.output.name);
     Ok(g.to_bytes())
 }
