@@ -38,7 +38,11 @@ pub fn gradients(g: &mut GraphBuilder, loss: &Value, wrt: &[Value]) -> Vec<Value
     }
 
     let mut adjoints: HashMap<String, Value> = HashMap::new();
-    let seed = g.f32_tensor(&format!("{}_seed", loss.0), &g.dims(loss).to_vec(), vec![1.0]);
+    let seed = g.f32_tensor(
+        &format!("{}_seed", loss.0),
+        &g.dims(loss).to_vec(),
+        vec![1.0],
+    );
     adjoints.insert(loss.0.clone(), seed);
     for node in forward.iter().rev() {
         let Some(dy) = adjoints.get(&node.output.0).cloned() else {
@@ -200,7 +204,11 @@ fn input_gradient(g: &mut GraphBuilder, node: &Node, index: usize, dy: &Value) -
         }
         ("LayerNormalization", _) => layer_norm_gradient(g, node, index, dy),
         ("Gather", 0) => {
-            assert_eq!(node.int("axis").unwrap_or(0), 0, "Gather is differentiated on axis 0 only");
+            assert_eq!(
+                node.int("axis").unwrap_or(0),
+                0,
+                "Gather is differentiated on axis 0 only"
+            );
             let table = zeros(g, &dims);
             let last = g.i64s(&[-1]);
             let indices = g.op("Unsqueeze", &[&x(1), &last], &[]);
@@ -232,7 +240,13 @@ fn input_gradient(g: &mut GraphBuilder, node: &Node, index: usize, dy: &Value) -
             for ((start, end), axis) in starts.into_iter().zip(ends).zip(axes) {
                 let axis = if axis < 0 { axis + rank as i64 } else { axis } as usize;
                 let size = dims[axis];
-                let clamp = |i: i64| if i < 0 { (i + size).max(0) } else { i.min(size) };
+                let clamp = |i: i64| {
+                    if i < 0 {
+                        (i + size).max(0)
+                    } else {
+                        i.min(size)
+                    }
+                };
                 pads[axis] = clamp(start);
                 pads[axis + rank] = size - clamp(end);
             }

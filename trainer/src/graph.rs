@@ -176,7 +176,10 @@ pub fn broadcast(a: &[i64], b: &[i64]) -> Option<Vec<i64>> {
 fn normalise_axis(axis: i64, rank: usize) -> usize {
     let rank = rank as i64;
     let axis = if axis < 0 { axis + rank } else { axis };
-    assert!((0..rank).contains(&axis), "axis {axis} out of range for rank {rank}");
+    assert!(
+        (0..rank).contains(&axis),
+        "axis {axis} out of range for rank {rank}"
+    );
     axis as usize
 }
 
@@ -298,9 +301,8 @@ impl GraphBuilder {
     fn infer(&self, node: &Node) -> TensorType {
         let input = |i: usize| self.tensor_type(&node.inputs[i]);
         let constant = |i: usize| {
-            self.constant(&node.inputs[i]).unwrap_or_else(|| {
-                panic!("{}: input {i} must be an int64 constant", node.op_type)
-            })
+            self.constant(&node.inputs[i])
+                .unwrap_or_else(|| panic!("{}: input {i} must be an int64 constant", node.op_type))
         };
         let same = |i: usize| input(i).clone();
         let float = |dims: Vec<i64>| TensorType {
@@ -344,7 +346,12 @@ impl GraphBuilder {
             "MatMul" => {
                 let (a, b) = (&input(0).dims, &input(1).dims);
                 assert!(a.len() >= 2 && b.len() >= 2, "MatMul of {a:?} and {b:?}");
-                let (m, k, k2, n) = (a[a.len() - 2], a[a.len() - 1], b[b.len() - 2], b[b.len() - 1]);
+                let (m, k, k2, n) = (
+                    a[a.len() - 2],
+                    a[a.len() - 1],
+                    b[b.len() - 2],
+                    b[b.len() - 1],
+                );
                 assert_eq!(k, k2, "MatMul of {a:?} and {b:?}");
                 let mut dims = broadcast(&a[..a.len() - 2], &b[..b.len() - 2])
                     .unwrap_or_else(|| panic!("MatMul batch dimensions of {a:?} and {b:?}"));
@@ -377,7 +384,13 @@ impl GraphBuilder {
                 for ((&start, &end), &axis) in starts.iter().zip(ends).zip(axes) {
                     let axis = normalise_axis(axis, dims.len());
                     let size = dims[axis];
-                    let clamp = |i: i64| if i < 0 { (i + size).max(0) } else { i.min(size) };
+                    let clamp = |i: i64| {
+                        if i < 0 {
+                            (i + size).max(0)
+                        } else {
+                            i.min(size)
+                        }
+                    };
                     dims[axis] = (clamp(end) - clamp(start)).max(0);
                 }
                 same_elem(input(0), dims)
@@ -394,7 +407,11 @@ impl GraphBuilder {
                     let known: i64 = dims.iter().filter(|&&d| d != -1).product();
                     dims[unknown] = total / known;
                 }
-                assert_eq!(dims.iter().product::<i64>(), total, "Reshape {from:?} to {dims:?}");
+                assert_eq!(
+                    dims.iter().product::<i64>(),
+                    total,
+                    "Reshape {from:?} to {dims:?}"
+                );
                 same_elem(input(0), dims)
             }
             "Unsqueeze" => {
@@ -404,7 +421,13 @@ impl GraphBuilder {
                 let axes: Vec<usize> = axes.iter().map(|&a| normalise_axis(a, rank)).collect();
                 let mut rest = from.iter();
                 let dims = (0..rank)
-                    .map(|i| if axes.contains(&i) { 1 } else { *rest.next().unwrap() })
+                    .map(|i| {
+                        if axes.contains(&i) {
+                            1
+                        } else {
+                            *rest.next().unwrap()
+                        }
+                    })
                     .collect();
                 same_elem(input(0), dims)
             }
@@ -412,7 +435,10 @@ impl GraphBuilder {
                 let from = &input(0).dims;
                 let keep = node.int("keepdims").unwrap_or(1) == 1;
                 let axes: Vec<usize> = if node.inputs.len() > 1 {
-                    constant(1).iter().map(|&a| normalise_axis(a, from.len())).collect()
+                    constant(1)
+                        .iter()
+                        .map(|&a| normalise_axis(a, from.len()))
+                        .collect()
                 } else {
                     (0..from.len()).collect()
                 };
@@ -438,7 +464,9 @@ impl GraphBuilder {
                 let rank = dims.len();
                 same_elem(
                     input(0),
-                    (0..rank).map(|i| dims[i] + pads[i] + pads[i + rank]).collect(),
+                    (0..rank)
+                        .map(|i| dims[i] + pads[i] + pads[i + rank])
+                        .collect(),
                 )
             }
             other => panic!("the graph builder has no shape rule for {other}"),

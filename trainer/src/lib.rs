@@ -4,9 +4,13 @@
 pub mod autodiff;
 pub mod baseline;
 pub mod data;
+pub mod export;
 pub mod fetch;
 pub mod graph;
 pub mod model;
 pub mod rng;
 pub mod runtime;
 pub mod split;
+pub mod step;
+pub mod stepper;
+pub mod train;

@@ -165,27 +165,44 @@ impl Parameters {
     }
 }
 
-/// The serving graph for one user: inputs as `spec` describes them, output `[1, num_items]` scores. Only the last
-/// position is computed in the last block, since only it is scored.
-pub fn inference_graph(
+/// How [`sequence_model`] is unrolled: the serving graph scores the last position of one user; the training graph
+/// runs every position of a batch, with dropout.
+#[derive(Debug, Clone)]
+pub(crate) struct Unroll {
+    pub batch: i64,
+    /// Compute only the last position in the last block (serving: only it is scored).
+    pub last_only: bool,
+    /// Dropout masks (`0` or `1 / (1 - p)` per element, `[batch, len, dim]`), one per dropout site, fed at run time
+    /// so that training is reproducible from the seed and the step number.
+    pub dropout: Vec<Value>,
+}
+
+/// Number of dropout sites: after the embeddings and after each block's attention and feed-forward outputs.
+pub fn dropout_sites(arch: &Architecture) -> usize {
+    1 + 2 * arch.blocks
+}
+
+/// The shared body of the serving and training graphs: embeddings, causal self-attention blocks and the final
+/// layer norm; returns the user states `[batch, positions, dim]` (`positions` is 1 when `last_only`).
+pub(crate) fn sequence_model(
+    g: &mut GraphBuilder,
     spec: &FeatureSpec,
     arch: &Architecture,
-    params: &Parameters,
-) -> Result<Vec<u8>, BuildError> {
-    let shapes = parameter_shapes(spec, arch)?;
-    let (l, d) = (spec.sequence.max_len as i64, arch.dim as i64);
-    let mut g = GraphBuilder::new("edgerec-sasrec");
-    let mut p = BTreeMap::new();
-    for (name, _) in &shapes {
-        p.insert(name.clone(), params.tensor(&mut g, name)?);
-    }
+    p: &BTreeMap<String, Value>,
+    unroll: &Unroll,
+) -> Value {
+    let (batch, l) = (unroll.batch, spec.sequence.max_len as i64);
     let w = |name: &str| p[name].clone();
+    let dropout = |g: &mut GraphBuilder, v: Value, site: usize| match unroll.dropout.get(site) {
+        Some(mask) => g.op("Mul", &[&v, mask], &[]),
+        None => v,
+    };
 
-    let ids = g.input(&spec.sequence.input, ElemType::I64, &[1, l]);
+    let ids = g.input(&spec.sequence.input, ElemType::I64, &[batch, l]);
     let mut x = g.op("Gather", &[&w("E"), &ids], &[Attr::Int("axis", 0)]);
     x = g.op("Add", &[&x, &w("P")], &[]);
     for feature in &spec.item_features {
-        let values = g.input(&feature.input, ElemType::I64, &[1, l]);
+        let values = g.input(&feature.input, ElemType::I64, &[batch, l]);
         let embedded = g.op(
             "Gather",
             &[&w(&format!("emb_{}", feature.name)), &values],
@@ -193,29 +210,26 @@ pub fn inference_graph(
         );
         x = g.op("Add", &[&x, &embedded], &[]);
     }
+    x = dropout(g, x, 0);
     let zero = g.i64_constant(&[], vec![0]);
     let present = g.op("Greater", &[&ids, &zero], &[]);
     let mask = g.op("Cast", &[&present], &[Attr::Int("to", 1)]);
-    let axis2 = g.i64_constant(&[1], vec![2]);
-    let mask3 = g.op("Unsqueeze", &[&mask, &axis2], &[]); // [1, L, 1]
+    let axis2 = g.i64s(&[2]);
+    let mask3 = g.op("Unsqueeze", &[&mask, &axis2], &[]); // [B, L, 1]
     x = g.op("Mul", &[&x, &mask3], &[]);
     let one = g.f32_scalar(1.0);
     let masked = g.f32_scalar(MASKED);
     let absent = g.op("Sub", &[&one, &mask], &[]);
     let key_penalty = g.op("Mul", &[&absent, &masked], &[]);
-    let axis1 = g.i64_constant(&[1], vec![1]);
-    let key_penalty = g.op("Unsqueeze", &[&key_penalty, &axis1], &[]); // [1, 1, L]
+    let axis1 = g.i64s(&[1]);
+    let key_penalty = g.op("Unsqueeze", &[&key_penalty, &axis1], &[]); // [B, 1, L]
     let causal: Vec<f32> = (0..l)
         .flat_map(|q| (0..l).map(move |k| if k <= q { 0.0 } else { MASKED }))
         .collect();
     let causal = g.f32_tensor("causal_mask", &[l, l], causal);
     let scale = g.f32_scalar(1.0 / (arch.dim as f32).sqrt());
     let last = |g: &mut GraphBuilder, v: &Value| {
-        let (start, end, axis) = (
-            g.i64_constant(&[1], vec![l - 1]),
-            g.i64_constant(&[1], vec![l]),
-            g.i64_constant(&[1], vec![1]),
-        );
+        let (start, end, axis) = (g.i64s(&[l - 1]), g.i64s(&[l]), g.i64s(&[1]));
         g.op("Slice", &[v, &start, &end, &axis], &[])
     };
     let layer_norm = |g: &mut GraphBuilder, v: &Value, s: Value, b: Value| {
@@ -236,52 +250,131 @@ pub fn inference_graph(
     let mut mask_rows = mask3.clone();
     for block in 0..arch.blocks {
         let b = |s: &str| w(&format!("b{block}_{s}"));
-        let last_block = block + 1 == arch.blocks;
-        let a = layer_norm(&mut g, &x, b("ln1_s"), b("ln1_b"));
-        let (a_q, x_q) = if last_block {
-            (last(&mut g, &a), last(&mut g, &x))
+        let shortened = unroll.last_only && block + 1 == arch.blocks;
+        let a = layer_norm(g, &x, b("ln1_s"), b("ln1_b"));
+        let (a_q, x_q) = if shortened {
+            mask_rows = last(g, &mask3);
+            (last(g, &a), last(g, &x))
         } else {
             (a.clone(), x.clone())
         };
-        if last_block {
-            mask_rows = last(&mut g, &mask3);
-        }
-        let q = linear(&mut g, &a_q, b("Wq"), b("bq"));
-        let k = linear(&mut g, &a, b("Wk"), b("bk"));
-        let v = linear(&mut g, &a, b("Wv"), b("bv"));
+        let q = linear(g, &a_q, b("Wq"), b("bq"));
+        let k = linear(g, &a, b("Wk"), b("bk"));
+        let v = linear(g, &a, b("Wv"), b("bv"));
         let k_t = g.op("Transpose", &[&k], &[Attr::Ints("perm", vec![0, 2, 1])]);
         let mut logits = g.op("MatMul", &[&q, &k_t], &[]);
         logits = g.op("Mul", &[&logits, &scale], &[]);
-        if !last_block {
+        if !shortened {
             // The last position may attend to every earlier one: the causal mask only matters for the others.
             logits = g.op("Add", &[&logits, &causal], &[]);
         }
         logits = g.op("Add", &[&logits, &key_penalty], &[]);
         let attention = g.op("Softmax", &[&logits], &[Attr::Int("axis", -1)]);
         let mixed = g.op("MatMul", &[&attention, &v], &[]);
-        let attended = linear(&mut g, &mixed, b("Wo"), b("bo"));
+        let attended = linear(g, &mixed, b("Wo"), b("bo"));
+        let attended = dropout(g, attended, 1 + 2 * block);
         let mut h = g.op("Add", &[&x_q, &attended], &[]);
-        let z = layer_norm(&mut g, &h, b("ln2_s"), b("ln2_b"));
-        let hidden = linear(&mut g, &z, b("W1"), b("b1"));
+        let z = layer_norm(g, &h, b("ln2_s"), b("ln2_b"));
+        let hidden = linear(g, &z, b("W1"), b("b1"));
         let hidden = g.op("Relu", &[&hidden], &[]);
-        let ffn = linear(&mut g, &hidden, b("W2"), b("b2"));
+        let ffn = linear(g, &hidden, b("W2"), b("b2"));
+        let ffn = dropout(g, ffn, 2 + 2 * block);
         h = g.op("Add", &[&h, &ffn], &[]);
         x = g.op("Mul", &[&h, &mask_rows], &[]);
     }
-    let normalised = layer_norm(&mut g, &x, w("lnf_s"), w("lnf_b")); // [1, 1, d]
-    let row = g.i64_constant(&[2], vec![1, d]);
-    let mut user = g.op("Reshape", &[&normalised, &row], &[]);
+    layer_norm(g, &x, w("lnf_s"), w("lnf_b"))
+}
+
+/// Adds the context embeddings to user states `[batch, positions, dim]`; context inputs are `[batch, positions]`.
+fn add_context(
+    g: &mut GraphBuilder,
+    spec: &FeatureSpec,
+    p: &BTreeMap<String, Value>,
+    user: Value,
+    input_dims: &[i64],
+) -> Value {
+    let mut user = user;
     for feature in &spec.context {
-        let value = g.input(&feature.input, ElemType::I64, &[1]);
+        let value = g.input(&feature.input, ElemType::I64, input_dims);
         let embedded = g.op(
             "Gather",
-            &[&w(&format!("emb_{}", feature.name)), &value],
+            &[&p[&format!("emb_{}", feature.name)], &value],
             &[Attr::Int("axis", 0)],
         );
         user = g.op("Add", &[&user, &embedded], &[]);
     }
-    let items_t = g.op("Transpose", &[&w("E")], &[Attr::Ints("perm", vec![1, 0])]);
+    user
+}
+
+/// The serving graph for one user: inputs as `spec` describes them, output `[1, num_items]` scores. Only the last
+/// position is computed in the last block, since only it is scored.
+pub fn inference_graph(
+    spec: &FeatureSpec,
+    arch: &Architecture,
+    params: &Parameters,
+) -> Result<Vec<u8>, BuildError> {
+    let shapes = parameter_shapes(spec, arch)?;
+    let d = arch.dim as i64;
+    let mut g = GraphBuilder::new("edgerec-sasrec");
+    let mut p = BTreeMap::new();
+    for (name, _) in &shapes {
+        p.insert(name.clone(), params.tensor(&mut g, name)?);
+    }
+    let unroll = Unroll {
+        batch: 1,
+        last_only: true,
+        dropout: vec![],
+    };
+    let states = sequence_model(&mut g, spec, arch, &p, &unroll); // [1, 1, d]
+    let row = g.i64s(&[1, d]);
+    let user = g.op("Reshape", &[&states, &row], &[]);
+    let user = add_context(&mut g, spec, &p, user, &[1]);
+    let items_t = g.op("Transpose", &[&p["E"]], &[Attr::Ints("perm", vec![1, 0])]);
     let scores = g.op("MatMul", &[&user, &items_t], &[]);
     g.output(&scores, &spec.output.name);
     Ok(g.to_bytes())
 }
+
+/// The training loss of a batch on graph `g`: every position predicts the item that follows it, full-softmax
+/// cross-entropy over the catalogue, weighted by `target_weights` (`0` at padding, `1 / targets in the batch`
+/// elsewhere). Parameters are the values `p`; context inputs are `[batch, len]` (the context of each target).
+pub(crate) fn training_loss(
+    g: &mut GraphBuilder,
+    spec: &FeatureSpec,
+    arch: &Architecture,
+    p: &BTreeMap<String, Value>,
+    batch: i64,
+    dropout: Vec<Value>,
+) -> Value {
+    let (l, d) = (spec.sequence.max_len as i64, arch.dim as i64);
+    let unroll = Unroll {
+        batch,
+        last_only: false,
+        dropout,
+    };
+    let states = sequence_model(g, spec, arch, p, &unroll); // [B, L, d]
+    let states = add_context(g, spec, p, states, &[batch, l]);
+    let rows = g.i64s(&[batch * l, d]);
+    let users = g.op("Reshape", &[&states, &rows], &[]);
+    let items_t = g.op("Transpose", &[&p["E"]], &[Attr::Ints("perm", vec![1, 0])]);
+    let logits = g.op("MatMul", &[&users, &items_t], &[]); // [B·L, N]
+    let log_probabilities = g.op("LogSoftmax", &[&logits], &[Attr::Int("axis", -1)]);
+    let targets = g.input(TARGETS, ElemType::I64, &[batch, l]);
+    let weights = g.input(TARGET_WEIGHTS, ElemType::F32, &[batch, l]);
+    let column = g.i64s(&[batch * l, 1]);
+    let targets = g.op("Reshape", &[&targets, &column], &[]);
+    let weights = g.op("Reshape", &[&weights, &column], &[]);
+    let picked = g.op(
+        "GatherElements",
+        &[&log_probabilities, &targets],
+        &[Attr::Int("axis", 1)],
+    );
+    let weighted = g.op("Mul", &[&picked, &weights], &[]);
+    let total = g.op("ReduceSum", &[&weighted], &[Attr::Int("keepdims", 0)]);
+    g.op("Neg", &[&total], &[])
+}
+
+/// Training graph input: the next item at each position (`[batch, len]`, 0 where there is none).
+pub const TARGETS: &str = "targets";
+/// Training graph input: each target's weight in the loss (`[batch, len]`).
+pub const TARGET_WEIGHTS: &str = "target_weights";

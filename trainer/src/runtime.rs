@@ -56,8 +56,8 @@ pub enum RuntimeError {
 /// use from `ORT_DYLIB_PATH`.
 pub fn session(onnx: &[u8], device: Device, threads: usize) -> Result<Session, RuntimeError> {
     edgerec_onnxruntime::init().map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
-    let env = edgerec_onnxruntime::environment()
-        .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
+    let env =
+        edgerec_onnxruntime::environment().map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
     let refused = |e: ort::Error| RuntimeError::Session(e.to_string());
     let mut builder = Session::builder(env)
         .map_err(refused)?

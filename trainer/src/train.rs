@@ -1,0 +1,917 @@
+//! The training loop: examples from the split (encoded by the feature specification, exactly as serving encodes a
+//! history), seeded shuffling and dropout, the step graph on ONNX Runtime, validation NDCG@10 on the exported
+//! graph after every epoch, early stopping, checkpoints and resume.
+//!
+//! Everything random is derived from the seed and the epoch or step number, so a run resumed from a checkpoint
+//! continues exactly as the uninterrupted run would have.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use edgerec_core::{
+    FEATURE_SPEC_VERSION, FeatureSpec, OutputSpec, Padding, RankingMetrics, Scorer, SequenceSpec,
+    TensorData,
+};
+use edgerec_onnxruntime::OrtScorer;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Architecture, BuildError, Parameters, inference_graph};
+use crate::rng::SplitMix;
+use crate::runtime::{Device, RuntimeError};
+use crate::split::{Split, Stage};
+use crate::step::{AdamW, step_graph};
+use crate::stepper::{Batch, ModelState, StepRunner};
+
+/// Everything that decides a training run. Read from a JSON config file and overridden by flags; every field has a
+/// default that works without per-dataset tuning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Recent items the model sees (the feature specification's `max_len`).
+    pub max_len: usize,
+    pub dim: usize,
+    pub blocks: usize,
+    pub ffn_dim: usize,
+    pub dropout: f32,
+    pub batch_size: usize,
+    /// Upper bound; early stopping usually ends the run sooner.
+    pub max_epochs: usize,
+    /// Epochs without a better validation NDCG@10 before stopping.
+    pub patience: usize,
+    pub learning_rate: f64,
+    /// Linear warm-up over this many steps, then the learning rate decays with a cosine to
+    /// `final_learning_rate_fraction` of its peak at `max_epochs`.
+    pub warmup_steps: u64,
+    pub final_learning_rate_fraction: f64,
+    pub optimiser: AdamW,
+    pub seed: u64,
+    /// ONNX Runtime intra-op threads (0: all cores).
+    pub threads: usize,
+    pub device: Device,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            max_len: 50,
+            dim: 64,
+            blocks: 2,
+            ffn_dim: 128,
+            dropout: 0.2,
+            batch_size: 128,
+            max_epochs: 200,
+            patience: 5,
+            learning_rate: 1e-3,
+            warmup_steps: 100,
+            final_learning_rate_fraction: 0.1,
+            optimiser: AdamW::default(),
+            seed: 42,
+            threads: 0,
+            device: Device::Cpu,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn architecture(&self) -> Architecture {
+        Architecture {
+            dim: self.dim,
+            blocks: self.blocks,
+            ffn_dim: self.ffn_dim,
+        }
+    }
+
+    fn check(&self) -> Result<(), TrainError> {
+        let bad = |message: String| Err(TrainError::Config(message));
+        if self.max_len == 0 || self.batch_size == 0 || self.max_epochs == 0 {
+            return bad("max_len, batch_size and max_epochs must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout must be in [0, 1), not {}", self.dropout));
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return bad(format!(
+                "learning_rate must be positive, not {}",
+                self.learning_rate
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.final_learning_rate_fraction) {
+            return bad("final_learning_rate_fraction must be in [0, 1]".into());
+        }
+        Ok(())
+    }
+
+    fn threads(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// The learning rate at optimiser step `step` (1-based) of a run of `total` steps.
+    pub fn learning_rate_at(&self, step: u64, total: u64) -> f64 {
+        if step <= self.warmup_steps {
+            return self.learning_rate * step as f64 / self.warmup_steps.max(1) as f64;
+        }
+        let span = total.saturating_sub(self.warmup_steps).max(1) as f64;
+        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
+        let floor = self.final_learning_rate_fraction;
+        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+        self.learning_rate * (floor + (1.0 - floor) * cosine)
+    }
+}
+
+/// Why training stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("invalid training configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(
+        "no training examples: every user has fewer than 2 interactions before the validation target"
+    )]
+    NoExamples,
+    #[error("the loss became {loss} at epoch {epoch}, step {step}: lower the learning rate")]
+    Diverged { epoch: usize, step: u64, loss: f32 },
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+}
+
+/// The feature specification of a sequence model over `split`'s items.
+pub fn sequence_spec(split: &Split, max_len: usize) -> FeatureSpec {
+    FeatureSpec {
+        version: FEATURE_SPEC_VERSION,
+        sequence: SequenceSpec {
+            input: "item_ids".into(),
+            max_len,
+            padding: Padding::Left,
+        },
+        item_features: vec![],
+        context: vec![],
+        output: OutputSpec {
+            name: "scores".into(),
+            num_items: split.items.len() + 1,
+        },
+    }
+}
+
+/// A training window: up to `max_len` consecutive items of one user and the item after each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    user: u32,
+    start: u32,
+    end: u32,
+}
+
+/// Cuts each user's training items (everything before the validation target) into windows of `max_len`
+/// predictions, newest first, so every training interaction is a target exactly once per epoch.
+fn windows(split: &Split, max_len: usize) -> Vec<Window> {
+    let mut windows = Vec::new();
+    for (user, sequence) in split.users.iter().enumerate() {
+        let items = Stage::Validation.training_items(sequence);
+        // Histories end at index `end` (exclusive); the target of the last one is `items[end]`.
+        let mut end = items.len().saturating_sub(1);
+        while end > 0 {
+            let start = end.saturating_sub(max_len);
+            windows.push(Window {
+                user: user as u32,
+                start: start as u32,
+                end: end as u32,
+            });
+            end = start;
+        }
+    }
+    windows
+}
+
+/// Per-epoch results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub steps: u64,
+    pub train_loss: f64,
+    pub learning_rate: f64,
+    pub validation: RankingMetrics,
+    pub seconds: f64,
+    pub examples_per_second: f64,
+}
+
+/// What the CLI shows while training.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    EpochStarted {
+        epoch: usize,
+        batches: usize,
+    },
+    Step {
+        batch: usize,
+        loss: f32,
+        examples_per_second: f64,
+    },
+    Evaluating,
+    EpochFinished(EpochRecord),
+}
+
+/// The state a checkpoint restores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct CheckpointMeta {
+    config: TrainConfig,
+    spec: FeatureSpec,
+    epochs_done: usize,
+    steps_done: u64,
+    history: Vec<EpochRecord>,
+    best_epoch: Option<usize>,
+    /// Tensor names and lengths, in the order `state.bin` and `best.bin` hold them.
+    layout: Vec<(String, usize)>,
+}
+
+const CHECKPOINT_META: &str = "checkpoint.json";
+const CHECKPOINT_STATE: &str = "state.bin";
+const CHECKPOINT_BEST: &str = "best.bin";
+
+/// A finished run: the parameters of the best validation epoch and the history.
+#[derive(Debug, Clone)]
+pub struct Trained {
+    pub spec: FeatureSpec,
+    pub architecture: Architecture,
+    pub parameters: Parameters,
+    pub history: Vec<EpochRecord>,
+    pub best_epoch: usize,
+    pub validation: RankingMetrics,
+    pub seconds: f64,
+}
+
+/// Trains on `split` with `config`. With `checkpoints`, state is saved there after every epoch, and `resume`
+/// continues from what is saved. `progress` sees every step and epoch; answering `Break` to an
+/// [`Progress::EpochFinished`] ends the run there (after its checkpoint), as an interruption would.
+pub fn train(
+    split: &Split,
+    config: &TrainConfig,
+    checkpoints: Option<&Path>,
+    resume: bool,
+    progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+) -> Result<Trained, TrainError> {
+    config.check()?;
+    let started = Instant::now();
+    let spec = sequence_spec(split, config.max_len);
+    let arch = config.architecture();
+    let windows = windows(split, config.max_len);
+    if windows.is_empty() {
+        return Err(TrainError::NoExamples);
+    }
+    let batches_per_epoch = windows.len().div_ceil(config.batch_size);
+    let total_steps = (batches_per_epoch * config.max_epochs) as u64;
+    let graph = step_graph(
+        &spec,
+        &arch,
+        config.batch_size,
+        config.dropout > 0.0,
+        &config.optimiser,
+    )?;
+
+    let mut state = ModelState {
+        parameters: Parameters::init(&spec, &arch, config.seed)?
+            .0
+            .into_iter()
+            .map(|(name, (_, data))| (name, data))
+            .collect(),
+        ..Default::default()
+    };
+    for (name, data) in &state.parameters {
+        state
+            .first_moments
+            .insert(name.clone(), vec![0.0; data.len()]);
+        state
+            .second_moments
+            .insert(name.clone(), vec![0.0; data.len()]);
+    }
+    let mut meta = CheckpointMeta {
+        config: config.clone(),
+        spec: spec.clone(),
+        epochs_done: 0,
+        steps_done: 0,
+        history: vec![],
+        best_epoch: None,
+        layout: vec![],
+    };
+    let mut best = state.parameters.clone();
+    if resume {
+        let dir = checkpoints
+            .ok_or_else(|| TrainError::Config("--resume needs a checkpoint folder".into()))?;
+        (meta, state, best) = load_checkpoint(dir, config, &spec)?;
+    }
+
+    let inputs: Vec<String> = std::iter::once(spec.sequence.input.clone())
+        .chain(spec.item_features.iter().map(|f| f.input.clone()))
+        .collect();
+    let mut runner = StepRunner::new(
+        &graph,
+        &inputs,
+        config.max_len,
+        config.dim,
+        &state,
+        config.device,
+        config.threads(),
+    )?;
+    let mut step = meta.steps_done;
+    while meta.epochs_done < config.max_epochs && !patience_exhausted(&meta, config.patience) {
+        let epoch = meta.epochs_done + 1;
+        let epoch_started = Instant::now();
+        let _ = progress(Progress::EpochStarted {
+            epoch,
+            batches: batches_per_epoch,
+        });
+        let order = shuffled(windows.len(), config.seed, epoch);
+        let (mut loss_sum, mut learning_rate) = (0.0, 0.0);
+        for (index, chunk) in order.chunks(config.batch_size).enumerate() {
+            step += 1;
+            let batch = make_batch(split, &spec, &windows, chunk, config.batch_size)?;
+            let masks = dropout_masks(config, graph.dropout_sites, step);
+            learning_rate = config.learning_rate_at(step, total_steps);
+            let step_size = config.optimiser.step_size(learning_rate, step);
+            let decay = (learning_rate * f64::from(config.optimiser.weight_decay)) as f32;
+            let (loss, _norm) = runner.step(&batch, &masks, step_size, decay)?;
+            if !loss.is_finite() {
+                return Err(TrainError::Diverged { epoch, step, loss });
+            }
+            loss_sum += f64::from(loss);
+            let examples = ((index + 1) * config.batch_size) as f64;
+            let _ = progress(Progress::Step {
+                batch: index + 1,
+                loss,
+                examples_per_second: examples / epoch_started.elapsed().as_secs_f64(),
+            });
+        }
+        let train_seconds = epoch_started.elapsed().as_secs_f64();
+        let _ = progress(Progress::Evaluating);
+        state = runner.state()?;
+        let validation = evaluate(
+            split,
+            &spec,
+            &arch,
+            &state.parameters,
+            Stage::Validation,
+            config.threads(),
+        )?;
+        let record = EpochRecord {
+            epoch,
+            steps: step,
+            train_loss: loss_sum / batches_per_epoch as f64,
+            learning_rate,
+            validation,
+            seconds: epoch_started.elapsed().as_secs_f64(),
+            examples_per_second: windows.len() as f64 / train_seconds,
+        };
+        let improved = meta
+            .best_epoch
+            .is_none_or(|b| validation.ndcg_at_10 > meta.history[b - 1].validation.ndcg_at_10);
+        if improved {
+            meta.best_epoch = Some(epoch);
+            best = state.parameters.clone();
+        }
+        meta.history.push(record.clone());
+        meta.epochs_done = epoch;
+        meta.steps_done = step;
+        if let Some(dir) = checkpoints {
+            save_checkpoint(dir, &mut meta, &state, &best)?;
+        }
+        if progress(Progress::EpochFinished(record)).is_break() {
+            break;
+        }
+    }
+    let best_epoch = meta.best_epoch.unwrap_or(meta.epochs_done);
+    Ok(Trained {
+        parameters: parameters_with_shapes(&spec, &arch, best)?,
+        validation: meta
+            .history
+            .get(best_epoch.wrapping_sub(1))
+            .map(|r| r.validation)
+            .unwrap_or_default(),
+        spec,
+        architecture: arch,
+        history: meta.history,
+        best_epoch,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn patience_exhausted(meta: &CheckpointMeta, patience: usize) -> bool {
+    meta.best_epoch
+        .is_some_and(|best| meta.epochs_done >= best + patience.max(1))
+}
+
+/// A permutation of `0..n` for `epoch`.
+fn shuffled(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut rng = SplitMix::new(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    order
+}
+
+/// Inverted-dropout masks for `step`: each element is kept with probability `1 - p` and scaled by `1 / (1 - p)`.
+fn dropout_masks(config: &TrainConfig, sites: usize, step: u64) -> Vec<Vec<f32>> {
+    let len = config.batch_size * config.max_len * config.dim;
+    let keep = 1.0 - config.dropout;
+    let scale = 1.0 / keep;
+    // Compare 32-bit draws with a threshold: two masks per random word.
+    let threshold = (f64::from(keep) * f64::from(u32::MAX)) as u32;
+    (0..sites)
+        .map(|site| {
+            let mut rng = SplitMix::new(
+                config.seed ^ step.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ (site as u64) << 56,
+            );
+            let mut mask = Vec::with_capacity(len);
+            while mask.len() < len {
+                let word = rng.next_u64();
+                for half in [word as u32, (word >> 32) as u32] {
+                    if mask.len() < len {
+                        mask.push(if half < threshold { scale } else { 0.0 });
+                    }
+                }
+            }
+            mask
+        })
+        .collect()
+}
+
+/// Lays out the windows `chunk` (indices into `windows`) as a batch of `batch_size` rows; missing rows are
+/// padding with weight 0. Histories are encoded by the feature specification, as serving encodes them.
+fn make_batch(
+    split: &Split,
+    spec: &FeatureSpec,
+    windows: &[Window],
+    chunk: &[usize],
+    batch_size: usize,
+) -> Result<Batch, TrainError> {
+    let len = spec.sequence.max_len;
+    let mut inputs: Vec<(String, Vec<i64>)> = std::iter::once(spec.sequence.input.clone())
+        .chain(spec.item_features.iter().map(|f| f.input.clone()))
+        .map(|name| (name, vec![0; batch_size * len]))
+        .collect();
+    let mut targets = vec![0i64; batch_size * len];
+    for (row, &w) in chunk.iter().enumerate() {
+        let window = windows[w];
+        let items = &split.users[window.user as usize].items;
+        let (start, end) = (window.start as usize, window.end as usize);
+        let encoded = spec
+            .encode(&items[start..end], &BTreeMap::new())
+            .map_err(|e| TrainError::Config(format!("encoding a training history: {e}")))?;
+        for ((_, rows), tensor) in inputs.iter_mut().zip(&encoded) {
+            let TensorData::I64(values) = &tensor.data else {
+                return Err(TrainError::Config(format!(
+                    "input `{}` is not int64",
+                    tensor.name
+                )));
+            };
+            rows[row * len..(row + 1) * len].copy_from_slice(values);
+        }
+        let pad = len - (end - start);
+        for (offset, &target) in items[start + 1..=end].iter().enumerate() {
+            targets[row * len + pad + offset] = i64::from(target);
+        }
+    }
+    let count = targets.iter().filter(|&&t| t > 0).count().max(1);
+    let weights = targets
+        .iter()
+        .map(|&t| if t > 0 { 1.0 / count as f32 } else { 0.0 })
+        .collect();
+    Ok(Batch {
+        inputs,
+        targets,
+        weights,
+    })
+}
+
+fn parameters_with_shapes(
+    spec: &FeatureSpec,
+    arch: &Architecture,
+    values: BTreeMap<String, Vec<f32>>,
+) -> Result<Parameters, TrainError> {
+    let mut values = values;
+    let mut parameters = Parameters::default();
+    for (name, dims) in crate::model::parameter_shapes(spec, arch)? {
+        let data = values.remove(&name).unwrap_or_default();
+        parameters.0.insert(name, (dims, data));
+    }
+    Ok(parameters)
+}
+
+/// Ranks every evaluated user's target at `stage` with the serving graph built from `values`, on ONNX Runtime.
+pub fn evaluate(
+    split: &Split,
+    spec: &FeatureSpec,
+    arch: &Architecture,
+    values: &BTreeMap<String, Vec<f32>>,
+    stage: Stage,
+    threads: usize,
+) -> Result<RankingMetrics, TrainError> {
+    let parameters = parameters_with_shapes(spec, arch, values.clone())?;
+    let onnx = inference_graph(spec, arch, &parameters)?;
+    evaluate_model(split, spec, &onnx, stage, threads)
+}
+
+/// Ranks every evaluated user's target at `stage` with the serving model `onnx`, on ONNX Runtime.
+pub fn evaluate_model(
+    split: &Split,
+    spec: &FeatureSpec,
+    onnx: &[u8],
+    stage: Stage,
+    threads: usize,
+) -> Result<RankingMetrics, TrainError> {
+    edgerec_onnxruntime::init().map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
+    let mut scorer =
+        OrtScorer::load(spec, onnx, threads).map_err(|e| RuntimeError::Session(e.to_string()))?;
+    let mut failure = None;
+    let metrics = split.evaluate(stage, |history| {
+        let scored = spec
+            .encode(history, &BTreeMap::new())
+            .map_err(|e| e.to_string())
+            .and_then(|inputs| scorer.score(&inputs).map_err(|e| e.to_string()));
+        match scored {
+            Ok(scores) => scores,
+            Err(message) => {
+                failure.get_or_insert(message);
+                vec![0.0; spec.output.num_items]
+            }
+        }
+    });
+    match failure {
+        Some(message) => Err(RuntimeError::Run(message).into()),
+        None => Ok(metrics),
+    }
+}
+
+fn checkpoint_error(path: &Path, message: impl std::fmt::Display) -> TrainError {
+    TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
+}
+
+fn write_tensors(path: &Path, tensors: &[&Vec<f32>]) -> Result<(), TrainError> {
+    let temporary = path.with_extension("partial");
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(&temporary).map_err(|e| checkpoint_error(&temporary, e))?,
+    );
+    for tensor in tensors {
+        for value in tensor.iter() {
+            file.write_all(&value.to_le_bytes())
+                .map_err(|e| checkpoint_error(&temporary, e))?;
+        }
+    }
+    file.flush().map_err(|e| checkpoint_error(&temporary, e))?;
+    drop(file);
+    std::fs::rename(&temporary, path).map_err(|e| checkpoint_error(path, e))
+}
+
+fn read_tensors(path: &Path, layout: &[usize]) -> Result<Vec<Vec<f32>>, TrainError> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| checkpoint_error(path, e))?;
+    let expected: usize = layout.iter().sum::<usize>() * 4;
+    if bytes.len() != expected {
+        return Err(checkpoint_error(
+            path,
+            format!("{} bytes where the layout needs {expected}", bytes.len()),
+        ));
+    }
+    let mut values = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+    Ok(layout
+        .iter()
+        .map(|&n| values.by_ref().take(n).collect())
+        .collect())
+}
+
+/// Writes the state, then the best parameters, then the metadata that names them, each through a rename, so an
+/// interrupted save leaves the previous checkpoint usable.
+fn save_checkpoint(
+    dir: &Path,
+    meta: &mut CheckpointMeta,
+    state: &ModelState,
+    best: &BTreeMap<String, Vec<f32>>,
+) -> Result<(), TrainError> {
+    std::fs::create_dir_all(dir).map_err(|e| checkpoint_error(dir, e))?;
+    meta.layout = state
+        .parameters
+        .iter()
+        .map(|(name, data)| (name.clone(), data.len()))
+        .collect();
+    let mut tensors: Vec<&Vec<f32>> = state.parameters.values().collect();
+    tensors.extend(state.first_moments.values());
+    tensors.extend(state.second_moments.values());
+    write_tensors(&dir.join(CHECKPOINT_STATE), &tensors)?;
+    write_tensors(
+        &dir.join(CHECKPOINT_BEST),
+        &best.values().collect::<Vec<_>>(),
+    )?;
+    let path = dir.join(CHECKPOINT_META);
+    let temporary = path.with_extension("partial");
+    let json = serde_json::to_vec_pretty(meta).map_err(|e| checkpoint_error(&path, e))?;
+    std::fs::write(&temporary, json).map_err(|e| checkpoint_error(&temporary, e))?;
+    std::fs::rename(&temporary, &path).map_err(|e| checkpoint_error(&path, e))
+}
+
+type Restored = (CheckpointMeta, ModelState, BTreeMap<String, Vec<f32>>);
+
+fn load_checkpoint(
+    dir: &Path,
+    config: &TrainConfig,
+    spec: &FeatureSpec,
+) -> Result<Restored, TrainError> {
+    let path = dir.join(CHECKPOINT_META);
+    let json = std::fs::read(&path).map_err(|e| checkpoint_error(&path, e))?;
+    let meta: CheckpointMeta =
+        serde_json::from_slice(&json).map_err(|e| checkpoint_error(&path, e))?;
+    // The run may be given more epochs or patience; everything that shapes the numbers must match.
+    let comparable = |c: &TrainConfig| TrainConfig {
+        max_epochs: 0,
+        patience: 0,
+        threads: 0,
+        ..c.clone()
+    };
+    if comparable(&meta.config) != comparable(config) {
+        return Err(checkpoint_error(
+            &path,
+            "was written with a different configuration (only max_epochs, patience and threads may change)",
+        ));
+    }
+    if &meta.spec != spec {
+        return Err(checkpoint_error(
+            &path,
+            "was written for different data (another item vocabulary)",
+        ));
+    }
+    let lengths: Vec<usize> = meta.layout.iter().map(|(_, n)| *n).collect();
+    let names: Vec<&String> = meta.layout.iter().map(|(name, _)| name).collect();
+    let mut state = ModelState::default();
+    let all: Vec<usize> = lengths
+        .iter()
+        .cycle()
+        .take(3 * lengths.len())
+        .copied()
+        .collect();
+    let tensors = read_tensors(&dir.join(CHECKPOINT_STATE), &all)?;
+    for (i, tensor) in tensors.into_iter().enumerate() {
+        let name = names[i % names.len()].clone();
+        match i / names.len() {
+            0 => state.parameters.insert(name, tensor),
+            1 => state.first_moments.insert(name, tensor),
+            _ => state.second_moments.insert(name, tensor),
+        };
+    }
+    let best = names
+        .iter()
+        .map(|n| (*n).clone())
+        .zip(read_tensors(&dir.join(CHECKPOINT_BEST), &lengths)?)
+        .collect();
+    Ok((meta, state, best))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Interaction;
+
+    /// Users walk a cycle of 40 items (item `i` is followed by `i + 1`), each from a random start.
+    fn planted_pattern(users: usize) -> Split {
+        let mut rng = SplitMix::new(3);
+        let mut interactions = Vec::new();
+        for user in 0..users {
+            let start = rng.below(40);
+            let length = 6 + rng.below(10);
+            for step in 0..length {
+                interactions.push(Interaction {
+                    user: format!("u{user}"),
+                    item: format!("i{}", (start + step) % 40),
+                    timestamp: step as i64,
+                    value: None,
+                });
+            }
+        }
+        Split::leave_last_out(&interactions)
+    }
+
+    fn small_config() -> TrainConfig {
+        TrainConfig {
+            max_len: 8,
+            dim: 16,
+            blocks: 1,
+            ffn_dim: 32,
+            dropout: 0.1,
+            batch_size: 32,
+            max_epochs: 12,
+            patience: 12,
+            learning_rate: 1e-2,
+            warmup_steps: 5,
+            threads: 1,
+            ..TrainConfig::default()
+        }
+    }
+
+    #[test]
+    fn learns_a_planted_sequential_pattern() {
+        let split = planted_pattern(200);
+        let trained = train(&split, &small_config(), None, false, &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .expect("trains");
+        let first = trained.history[0].validation.hr_at_10;
+        let test = evaluate(
+            &split,
+            &trained.spec,
+            &trained.architecture,
+            &trained
+                .parameters
+                .0
+                .iter()
+                .map(|(name, (_, data))| (name.clone(), data.clone()))
+                .collect(),
+            Stage::Test,
+            1,
+        )
+        .expect("evaluates");
+        assert!(
+            trained.validation.hr_at_10 > 0.95 && test.hr_at_10 > 0.95,
+            "validation {:?}, test {test:?} (first epoch HR@10 {first})",
+            trained.validation
+        );
+        assert!(test.mrr > 0.8, "{test:?}");
+        let losses: Vec<f64> = trained.history.iter().map(|r| r.train_loss).collect();
+        assert!(
+            losses.last() < losses.first(),
+            "loss did not fall: {losses:?}"
+        );
+    }
+
+    #[test]
+    fn resuming_gives_the_parameters_of_an_uninterrupted_run() {
+        let split = planted_pattern(60);
+        let config = TrainConfig {
+            max_epochs: 4,
+            patience: 10,
+            ..small_config()
+        };
+        let whole = tempfile::tempdir().unwrap();
+        let uninterrupted = train(&split, &config, Some(whole.path()), false, &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .expect("trains");
+
+        let parts = tempfile::tempdir().unwrap();
+        let interrupt_after_two = &mut |p| match p {
+            Progress::EpochFinished(record) if record.epoch == 2 => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        };
+        let first_half = train(
+            &split,
+            &config,
+            Some(parts.path()),
+            false,
+            interrupt_after_two,
+        )
+        .expect("first half");
+        assert_eq!(first_half.history.len(), 2);
+        let mut epochs_seen = vec![];
+        let resumed = train(&split, &config, Some(parts.path()), true, &mut |p| {
+            if let Progress::EpochStarted { epoch, .. } = p {
+                epochs_seen.push(epoch);
+            }
+            ControlFlow::Continue(())
+        })
+        .expect("resumes");
+        assert_eq!(epochs_seen, vec![3, 4], "resumed at the wrong epoch");
+        assert_eq!(resumed.history, {
+            // Timings differ between runs; everything else must not.
+            let mut expected = uninterrupted.history.clone();
+            for (e, r) in expected.iter_mut().zip(&resumed.history) {
+                e.seconds = r.seconds;
+                e.examples_per_second = r.examples_per_second;
+            }
+            expected
+        });
+        assert_eq!(resumed.parameters, uninterrupted.parameters);
+        let final_state = |dir: &Path| std::fs::read(dir.join(CHECKPOINT_STATE)).unwrap();
+        assert_eq!(final_state(parts.path()), final_state(whole.path()));
+    }
+
+    #[test]
+    fn resume_refuses_a_checkpoint_of_another_configuration() {
+        let split = planted_pattern(30);
+        let config = TrainConfig {
+            max_epochs: 1,
+            ..small_config()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        train(&split, &config, Some(dir.path()), false, &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .expect("trains");
+        let other = TrainConfig {
+            dim: 8,
+            ..config.clone()
+        };
+        let error = train(&split, &other, Some(dir.path()), true, &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("different configuration"),
+            "{error}"
+        );
+        let missing = tempfile::tempdir().unwrap();
+        let error = train(&split, &config, Some(missing.path()), true, &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap_err();
+        assert!(error.to_string().contains("checkpoint.json"), "{error}");
+    }
+
+    #[test]
+    fn users_with_one_interaction_give_no_examples() {
+        let interactions: Vec<Interaction> = (0..5)
+            .map(|u| Interaction {
+                user: format!("u{u}"),
+                item: format!("i{u}"),
+                timestamp: 0,
+                value: None,
+            })
+            .collect();
+        let split = Split::leave_last_out(&interactions);
+        let error = train(&split, &small_config(), None, false, &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap_err();
+        assert!(matches!(error, TrainError::NoExamples), "{error}");
+    }
+
+    #[test]
+    fn windows_cover_every_training_target_once() {
+        let split = planted_pattern(20);
+        let windows = windows(&split, 4);
+        for (user, sequence) in split.users.iter().enumerate() {
+            let items = Stage::Validation.training_items(sequence);
+            let mut covered: Vec<u32> = windows
+                .iter()
+                .filter(|w| w.user as usize == user)
+                .flat_map(|w| (w.start + 1..=w.end).collect::<Vec<_>>())
+                .collect();
+            covered.sort_unstable();
+            let expected: Vec<u32> = (1..items.len() as u32).collect();
+            assert_eq!(covered, expected);
+            assert!(
+                windows
+                    .iter()
+                    .all(|w| w.end - w.start <= 4 && w.end > w.start)
+            );
+        }
+    }
+
+    #[test]
+    fn learning_rate_warms_up_then_decays_to_the_floor() {
+        let config = TrainConfig {
+            learning_rate: 1.0,
+            warmup_steps: 10,
+            final_learning_rate_fraction: 0.1,
+            ..TrainConfig::default()
+        };
+        assert!((config.learning_rate_at(5, 110) - 0.5).abs() < 1e-12);
+        assert!((config.learning_rate_at(10, 110) - 1.0).abs() < 1e-12);
+        assert!((config.learning_rate_at(60, 110) - 0.55).abs() < 1e-12);
+        assert!((config.learning_rate_at(110, 110) - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn dropout_masks_keep_the_expected_share_and_repeat_per_step() {
+        let config = TrainConfig {
+            batch_size: 4,
+            max_len: 10,
+            dim: 50,
+            dropout: 0.2,
+            ..TrainConfig::default()
+        };
+        let masks = dropout_masks(&config, 3, 7);
+        assert_eq!(masks.len(), 3);
+        let kept = masks[0].iter().filter(|&&v| v > 0.0).count() as f64 / 2000.0;
+        assert!((kept - 0.8).abs() < 0.04, "kept {kept}");
+        assert!(
+            masks[0]
+                .iter()
+                .all(|&v| v == 0.0 || (v - 1.25).abs() < 1e-6)
+        );
+        assert_ne!(masks[0], masks[1]);
+        assert_eq!(masks, dropout_masks(&config, 3, 7));
+        assert_ne!(masks, dropout_masks(&config, 3, 8));
+    }
+}
