@@ -49,6 +49,11 @@ impl DatasetArgs {
 
     /// Fetches if needed, loads and splits, reporting as it goes.
     fn split(&self) -> Result<Split> {
+        Ok(self.load()?.split)
+    }
+
+    /// Fetches if needed, loads and splits, reporting as it goes; with the dataset's name and digest.
+    pub fn load(&self) -> Result<LoadedDataset> {
         let started = Instant::now();
         let path = std::path::Path::new(&self.dataset);
         let data = if KnownDataset::parse(&self.dataset).is_none() && path.is_file() {
@@ -73,8 +78,35 @@ impl DatasetArgs {
             split.items.len(),
             started.elapsed().as_secs_f64()
         );
-        Ok(split)
+        let name = match KnownDataset::parse(&self.dataset) {
+            Some(known) => known.name().to_string(),
+            None => path
+                .file_stem()
+                .map_or("interactions".into(), |s| s.to_string_lossy().into_owned()),
+        };
+        Ok(LoadedDataset {
+            name,
+            interactions_sha256: interactions_digest(&data.interactions),
+            split,
+        })
     }
+}
+
+/// A dataset read and split.
+pub struct LoadedDataset {
+    pub name: String,
+    /// sha256 of the interactions as `user\titem\ttimestamp\n` lines in file order: the same for the same data in
+    /// any file format.
+    pub interactions_sha256: String,
+    pub split: Split,
+}
+
+fn interactions_digest(interactions: &[edgerec_trainer::data::Interaction]) -> String {
+    let mut text = Vec::with_capacity(interactions.len() * 24);
+    for i in interactions {
+        text.extend_from_slice(format!("{}\t{}\t{}\n", i.user, i.item, i.timestamp).as_bytes());
+    }
+    edgerec_core::Digest::of(&text).to_string()
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

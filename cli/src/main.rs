@@ -3,6 +3,7 @@
 mod bench;
 mod data;
 mod paths;
+mod train;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,6 +34,8 @@ enum Command {
     },
     /// Evaluate a reference ranker on a dataset's leave-last-out split.
     Eval(data::EvalArgs),
+    /// Train the sequence model on a dataset and export it as a bundle.
+    Train(Box<train::TrainArgs>),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -98,6 +101,7 @@ fn main() -> Result<()> {
         Command::Rank(args) => rank(args),
         Command::Data { what } => data::run(what),
         Command::Eval(args) => data::eval(args),
+        Command::Train(args) => train::run(*args),
         Command::Bench {
             what: BenchCommand::Rank(args),
         } => bench::run(args),

@@ -8,6 +8,7 @@ pub mod export;
 pub mod fetch;
 pub mod graph;
 pub mod model;
+pub mod report;
 pub mod rng;
 pub mod runtime;
 pub mod split;

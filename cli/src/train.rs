@@ -1,0 +1,269 @@
+//! `edgerec train`: trains the sequence model on a dataset's leave-last-out split and exports it as a bundle,
+//! with a JSON report, the training curve and checkpoints beside it.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use edgerec_core::{RankingMetrics, load_tract_ranker};
+use edgerec_trainer::export::{BundleInfo, serving_model, write_bundle};
+use edgerec_trainer::report::training_curve_svg;
+use edgerec_trainer::runtime::Device;
+use edgerec_trainer::split::Stage;
+use edgerec_trainer::train::{Progress, TrainConfig, evaluate_model, train};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::data::DatasetArgs;
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    dataset: DatasetArgs,
+    /// Where the run goes: bundle/ (manifest.json, model.onnx), report.json, training-curve.svg, checkpoints/.
+    /// Default: runs/<dataset>.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// A JSON file of training settings (any subset of the fields `edgerec train --print-config` shows); flags
+    /// override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the effective settings as JSON and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Continue from the checkpoint in <out>/checkpoints.
+    #[arg(long)]
+    resume: bool,
+    /// cpu, or cuda (the CUDA execution provider of the onnxruntime-gpu library).
+    #[arg(long)]
+    device: Option<Device>,
+    #[arg(long)]
+    max_epochs: Option<usize>,
+    #[arg(long)]
+    patience: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    #[arg(long)]
+    max_len: Option<usize>,
+    #[arg(long)]
+    dim: Option<usize>,
+    #[arg(long)]
+    blocks: Option<usize>,
+    #[arg(long)]
+    dropout: Option<f32>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// ONNX Runtime threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+impl TrainArgs {
+    fn config(&self) -> Result<TrainConfig> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not a training configuration", path.display()))?
+            }
+            None => TrainConfig::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => {$(if let Some(value) = self.$field { config.$field = value; })*};
+        }
+        set!(
+            device,
+            max_epochs,
+            patience,
+            batch_size,
+            learning_rate,
+            max_len,
+            dim,
+            blocks,
+            dropout,
+            seed,
+            threads
+        );
+        Ok(config)
+    }
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    dataset: &'a str,
+    interactions_sha256: String,
+    protocol: &'static str,
+    config: &'a TrainConfig,
+    epochs: &'a [edgerec_trainer::train::EpochRecord],
+    best_epoch: usize,
+    validation: RankingMetrics,
+    test: RankingMetrics,
+    training_seconds: f64,
+    code_version: String,
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let config = args.config()?;
+    if args.print_config {
+        println!("{}", serde_json::to_string_pretty(&config)?);
+        return Ok(());
+    }
+    let loaded = args.dataset.load()?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(&loaded.name));
+    let checkpoints = out.join("checkpoints");
+    if !args.resume && checkpoints.join("checkpoint.json").exists() {
+        bail!(
+            "{} already holds a run: pass --resume to continue it, or choose another --out",
+            out.display()
+        );
+    }
+    eprintln!(
+        "training on {} ({} users, up to {} recent items), {} on {} thread(s); writing to {}",
+        config.device,
+        loaded.split.users.len(),
+        config.max_len,
+        if config.dropout > 0.0 { "with dropout" } else { "without dropout" },
+        if config.threads == 0 { "all".to_string() } else { config.threads.to_string() },
+        out.display()
+    );
+
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} batches  {msg}  ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    let trained = train(
+        &loaded.split,
+        &config,
+        Some(&checkpoints),
+        args.resume,
+        &mut |event| {
+            match event {
+                Progress::EpochStarted { epoch, batches } => {
+                    bar.reset();
+                    bar.set_length(batches as u64);
+                    bar.set_prefix(format!("epoch {epoch}/{}", config.max_epochs));
+                }
+                Progress::Step {
+                    batch,
+                    loss,
+                    examples_per_second,
+                } => {
+                    bar.set_position(batch as u64);
+                    bar.set_message(format!("loss {loss:.4}  {examples_per_second:.0} sequences/s"));
+                }
+                Progress::Evaluating => bar.set_message("evaluating on the validation targets"),
+                Progress::EpochFinished(record) => bar.suspend(|| eprintln!(
+                    "epoch {:>3}  loss {:.4}  validation HR@10 {:.4}  NDCG@10 {:.4}  lr {:.2e}  {:.1} s",
+                    record.epoch,
+                    record.train_loss,
+                    record.validation.hr_at_10,
+                    record.validation.ndcg_at_10,
+                    record.learning_rate,
+                    record.seconds
+                )),
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
+    bar.finish_and_clear();
+
+    let model = serving_model(&trained)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let test = evaluate_model(&loaded.split, &trained.spec, &model, Stage::Test, threads)?;
+    let code_version = format!(
+        "edgerec {} ({})",
+        env!("CARGO_PKG_VERSION"),
+        option_env!("EDGEREC_REVISION").unwrap_or("unknown revision")
+    );
+    let metrics = BTreeMap::from([
+        ("test_hr@10".to_string(), test.hr_at_10),
+        ("test_ndcg@10".to_string(), test.ndcg_at_10),
+        ("test_recall@20".to_string(), test.recall_at_20),
+        ("test_mrr".to_string(), test.mrr),
+        ("validation_ndcg@10".to_string(), trained.validation.ndcg_at_10),
+    ]);
+    let lineage = BTreeMap::from([
+        ("dataset".to_string(), serde_json::json!(loaded.name)),
+        (
+            "interactions_sha256".to_string(),
+            serde_json::json!(loaded.interactions_sha256),
+        ),
+        (
+            "split".to_string(),
+            serde_json::json!("leave-last-out by timestamp; trained on history before each validation target"),
+        ),
+        ("config".to_string(), serde_json::to_value(&config)?),
+        ("best_epoch".to_string(), serde_json::json!(trained.best_epoch)),
+        ("code_version".to_string(), serde_json::json!(code_version)),
+    ]);
+    let bundle_dir = out.join("bundle");
+    let manifest = write_bundle(
+        &bundle_dir,
+        BundleInfo {
+            name: format!("{}-sasrec", loaded.name),
+            version: format!("1.0.{}", trained.best_epoch),
+            spec: trained.spec.clone(),
+            items: loaded.split.items.clone(),
+            metrics,
+            lineage,
+        },
+        &model,
+    )?;
+    // What the edge will do with it: load in the tract ranker, which verifies and probes the model.
+    let manifest_json = std::fs::read(bundle_dir.join("manifest.json"))?;
+    load_tract_ranker(&manifest_json, &model).context("the exported bundle does not load in tract")?;
+
+    let report = Report {
+        dataset: &loaded.name,
+        interactions_sha256: loaded.interactions_sha256.clone(),
+        protocol: "leave-last-out; full ranking over all items minus the user's seen items",
+        config: &config,
+        epochs: &trained.history,
+        best_epoch: trained.best_epoch,
+        validation: trained.validation,
+        test,
+        training_seconds: trained.seconds,
+        code_version,
+    };
+    std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
+    std::fs::write(
+        out.join("training-curve.svg"),
+        training_curve_svg(
+            &format!("{} sequence model", loaded.name),
+            &trained.history,
+            trained.best_epoch,
+        ),
+    )?;
+    println!(
+        "best epoch {} of {}; test HR@10 {:.4}  NDCG@10 {:.4}  Recall@20 {:.4}  MRR {:.4}  ({} users, {:.0} s in all)",
+        trained.best_epoch,
+        trained.history.len(),
+        test.hr_at_10,
+        test.ndcg_at_10,
+        test.recall_at_20,
+        test.mrr,
+        test.users,
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "bundle {} ({} items, model {} bytes); report.json and training-curve.svg in {}",
+        bundle_dir.display(),
+        manifest.items.len(),
+        model.len(),
+        out.display()
+    );
+    Ok(())
+}
