@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job, for now: build everything, rank for a user with the golden SASRec-shaped model in every ranker
-# build, and benchmark ranking latency on every runtime. (The full demo arrives with the edge node.)
+# The main job: build everything, train the sequence model on MovieLens-100k and export it as a bundle, rank for a
+# user with it natively and in the WASI ranker under wasmtime, and benchmark ranking latency on every runtime.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/env.sh"
@@ -9,12 +9,17 @@ source "$here/env.sh"
 cd "$here/.."
 cargo build --locked -p edgerec
 edgerec="$CARGO_TARGET_DIR/debug/edgerec"
-bundle=testdata/golden/bundle
-history="m12,m408,m77,m1999,m3021"
+run=runs/movielens-100k
 
+echo; echo "==> training the sequence model on MovieLens-100k (about a minute on 2 cores)"
+rm -rf "$run"
+"$edgerec" train movielens-100k --out "$run"
+
+# Star Wars, The Empire Strikes Back, Return of the Jedi, Raiders of the Lost Ark, Independence Day.
+history="50,172,181,174,121"
 echo; echo "==> ranking natively (tract) for a user who just watched $history"
-"$edgerec" rank --bundle "$bundle" --recent "$history" --k 5 --context hour=20
+"$edgerec" rank --bundle "$run/bundle" --recent "$history" --k 5
 echo; echo "==> the same in the WASI ranker under wasmtime, as an edge node runs it"
-"$edgerec" rank --bundle "$bundle" --recent "$history" --k 5 --context hour=20 --runtime wasmtime
-echo; echo "==> ranking latency on every runtime"
-"$edgerec" bench rank --bundle "$bundle" "$@"
+"$edgerec" rank --bundle "$run/bundle" --recent "$history" --k 5 --runtime wasmtime
+echo; echo "==> ranking latency on every runtime (the ML-1M-sized golden model)"
+"$edgerec" bench rank --bundle testdata/golden/bundle "$@"

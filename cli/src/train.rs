@@ -55,6 +55,9 @@ pub struct TrainArgs {
     blocks: Option<usize>,
     #[arg(long)]
     dropout: Option<f32>,
+    /// Softmax against this many sampled negatives instead of the whole catalogue (0: whole catalogue).
+    #[arg(long)]
+    sampled_negatives: Option<usize>,
     #[arg(long)]
     seed: Option<u64>,
     /// ONNX Runtime threads (default: all cores).
@@ -68,8 +71,9 @@ impl TrainArgs {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?;
-                serde_json::from_str(&text)
-                    .with_context(|| format!("{} is not a training configuration", path.display()))?
+                serde_json::from_str(&text).with_context(|| {
+                    format!("{} is not a training configuration", path.display())
+                })?
             }
             None => TrainConfig::default(),
         };
@@ -86,6 +90,7 @@ impl TrainArgs {
             dim,
             blocks,
             dropout,
+            sampled_negatives,
             seed,
             threads
         );
@@ -130,18 +135,24 @@ pub fn run(args: TrainArgs) -> Result<()> {
         config.device,
         loaded.split.users.len(),
         config.max_len,
-        if config.dropout > 0.0 { "with dropout" } else { "without dropout" },
-        if config.threads == 0 { "all".to_string() } else { config.threads.to_string() },
+        if config.dropout > 0.0 {
+            "with dropout"
+        } else {
+            "without dropout"
+        },
+        if config.threads == 0 {
+            "all".to_string()
+        } else {
+            config.threads.to_string()
+        },
         out.display()
     );
 
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {pos}/{len} batches  {msg}  ETA {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} batches  {msg}  ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     let started = Instant::now();
     let trained = train(
@@ -193,7 +204,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         ("test_ndcg@10".to_string(), test.ndcg_at_10),
         ("test_recall@20".to_string(), test.recall_at_20),
         ("test_mrr".to_string(), test.mrr),
-        ("validation_ndcg@10".to_string(), trained.validation.ndcg_at_10),
+        (
+            "validation_ndcg@10".to_string(),
+            trained.validation.ndcg_at_10,
+        ),
     ]);
     let lineage = BTreeMap::from([
         ("dataset".to_string(), serde_json::json!(loaded.name)),
@@ -203,10 +217,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
         ),
         (
             "split".to_string(),
-            serde_json::json!("leave-last-out by timestamp; trained on history before each validation target"),
+            serde_json::json!(
+                "leave-last-out by timestamp; trained on history before each validation target"
+            ),
         ),
         ("config".to_string(), serde_json::to_value(&config)?),
-        ("best_epoch".to_string(), serde_json::json!(trained.best_epoch)),
+        (
+            "best_epoch".to_string(),
+            serde_json::json!(trained.best_epoch),
+        ),
         ("code_version".to_string(), serde_json::json!(code_version)),
     ]);
     let bundle_dir = out.join("bundle");
@@ -224,7 +243,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     )?;
     // What the edge will do with it: load in the tract ranker, which verifies and probes the model.
     let manifest_json = std::fs::read(bundle_dir.join("manifest.json"))?;
-    load_tract_ranker(&manifest_json, &model).context("the exported bundle does not load in tract")?;
+    load_tract_ranker(&manifest_json, &model)
+        .context("the exported bundle does not load in tract")?;
 
     let report = Report {
         dataset: &loaded.name,

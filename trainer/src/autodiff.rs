@@ -38,11 +38,8 @@ pub fn gradients(g: &mut GraphBuilder, loss: &Value, wrt: &[Value]) -> Vec<Value
     }
 
     let mut adjoints: HashMap<String, Value> = HashMap::new();
-    let seed = g.f32_tensor(
-        &format!("{}_seed", loss.0),
-        &g.dims(loss).to_vec(),
-        vec![1.0],
-    );
+    let loss_dims = g.dims(loss).to_vec();
+    let seed = g.f32_tensor(&format!("{}_seed", loss.0), &loss_dims, vec![1.0]);
     adjoints.insert(loss.0.clone(), seed);
     for node in forward.iter().rev() {
         let Some(dy) = adjoints.get(&node.output.0).cloned() else {
@@ -64,7 +61,8 @@ pub fn gradients(g: &mut GraphBuilder, loss: &Value, wrt: &[Value]) -> Vec<Value
         .map(|v| match adjoints.get(&v.0) {
             Some(gradient) => gradient.clone(),
             None => {
-                let shape = g.i64s(&g.dims(v).to_vec());
+                let dims = g.dims(v).to_vec();
+                let shape = g.i64s(&dims);
                 g.op("ConstantOfShape", &[&shape], &[])
             }
         })
@@ -277,6 +275,21 @@ fn input_gradient(g: &mut GraphBuilder, node: &Node, index: usize, dy: &Value) -
             g.op("Expand", &[&kept, &shape], &[])
         }
         ("Expand", 0) => unbroadcast(g, dy, &dims),
+        ("Concat", _) => {
+            let rank = dims.len() as i64;
+            let axis = node.int("axis").expect("Concat has axis");
+            let axis = if axis < 0 { axis + rank } else { axis };
+            let offset: i64 = node.inputs[..index]
+                .iter()
+                .map(|v| g.dims(v)[axis as usize])
+                .sum();
+            let (start, end, axes) = (
+                g.i64s(&[offset]),
+                g.i64s(&[offset + dims[axis as usize]]),
+                g.i64s(&[axis]),
+            );
+            g.op("Slice", &[dy, &start, &end, &axes], &[])
+        }
         (op, index) => panic!("no gradient rule for input {index} of {op}"),
     }
 }
@@ -528,6 +541,13 @@ mod tests {
     }
 
     #[test]
+    fn concat() {
+        check_gradients(&[input(&[2, 1]), input(&[2, 3])], |g, x| {
+            g.op("Concat", &[&x[0], &x[1]], &[Attr::Int("axis", 1)])
+        });
+    }
+
+    #[test]
     fn reduce_sum() {
         check_gradients(&[input(&[2, 3, 4])], |g, x| {
             let axes = g.i64s(&[1]);
@@ -558,6 +578,9 @@ mod tests {
         let loss = g.op("ReduceSum", &[&used], &[Attr::Int("keepdims", 0)]);
         let grads = gradients(&mut g, &loss, &[used, unused]);
         assert_eq!(g.dims(&grads[1]), &[3]);
-        assert_eq!(g.nodes().last().unwrap().op_type, "ConstantOfShape");
+        assert_eq!(
+            g.nodes().last().expect("test step succeeds").op_type,
+            "ConstantOfShape"
+        );
     }
 }

@@ -425,7 +425,7 @@ impl GraphBuilder {
                         if axes.contains(&i) {
                             1
                         } else {
-                            *rest.next().unwrap()
+                            *rest.next().expect("one input axis per output axis")
                         }
                     })
                     .collect();
@@ -458,6 +458,12 @@ impl GraphBuilder {
                 broadcast(&input(0).dims, constant(1)).expect("Expand to an incompatible shape"),
             ),
             "ConstantOfShape" => float(constant(0).to_vec()),
+            "Concat" => {
+                let mut dims = input(0).dims.clone();
+                let axis = normalise_axis(node.int("axis").expect("Concat needs axis"), dims.len());
+                dims[axis] = node.inputs.iter().map(|v| self.dims(v)[axis]).sum();
+                same_elem(input(0), dims)
+            }
             "Pad" => {
                 let pads = constant(1);
                 let dims = &input(0).dims;

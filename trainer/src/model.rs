@@ -335,9 +335,11 @@ pub fn inference_graph(
     Ok(g.to_bytes())
 }
 
-/// The training loss of a batch on graph `g`: every position predicts the item that follows it, full-softmax
-/// cross-entropy over the catalogue, weighted by `target_weights` (`0` at padding, `1 / targets in the batch`
-/// elsewhere). Parameters are the values `p`; context inputs are `[batch, len]` (the context of each target).
+/// The training loss of a batch on graph `g`: every position predicts the item that follows it, with
+/// cross-entropy weighted by `target_weights` (`0` at padding, `1 / targets in the batch` elsewhere). With
+/// `sampled_negatives` = 0 the softmax runs over the whole catalogue; otherwise over the target and that many
+/// negatives drawn uniformly for the batch (input [`NEGATIVES`]), a negative equal to the target being masked.
+/// Parameters are the values `p`; context inputs are `[batch, len]` (the context of each target).
 pub(crate) fn training_loss(
     g: &mut GraphBuilder,
     spec: &FeatureSpec,
@@ -345,6 +347,7 @@ pub(crate) fn training_loss(
     p: &BTreeMap<String, Value>,
     batch: i64,
     dropout: Vec<Value>,
+    sampled_negatives: usize,
 ) -> Value {
     let (l, d) = (spec.sequence.max_len as i64, arch.dim as i64);
     let unroll = Unroll {
@@ -356,25 +359,147 @@ pub(crate) fn training_loss(
     let states = add_context(g, spec, p, states, &[batch, l]);
     let rows = g.i64s(&[batch * l, d]);
     let users = g.op("Reshape", &[&states, &rows], &[]);
-    let items_t = g.op("Transpose", &[&p["E"]], &[Attr::Ints("perm", vec![1, 0])]);
-    let logits = g.op("MatMul", &[&users, &items_t], &[]); // [B·L, N]
-    let log_probabilities = g.op("LogSoftmax", &[&logits], &[Attr::Int("axis", -1)]);
     let targets = g.input(TARGETS, ElemType::I64, &[batch, l]);
     let weights = g.input(TARGET_WEIGHTS, ElemType::F32, &[batch, l]);
     let column = g.i64s(&[batch * l, 1]);
     let targets = g.op("Reshape", &[&targets, &column], &[]);
     let weights = g.op("Reshape", &[&weights, &column], &[]);
-    let picked = g.op(
-        "GatherElements",
-        &[&log_probabilities, &targets],
-        &[Attr::Int("axis", 1)],
-    );
+    let picked = if sampled_negatives == 0 {
+        let items_t = g.op("Transpose", &[&p["E"]], &[Attr::Ints("perm", vec![1, 0])]);
+        let logits = g.op("MatMul", &[&users, &items_t], &[]); // [B·L, N]
+        let log_probabilities = g.op("LogSoftmax", &[&logits], &[Attr::Int("axis", -1)]);
+        g.op(
+            "GatherElements",
+            &[&log_probabilities, &targets],
+            &[Attr::Int("axis", 1)],
+        )
+    } else {
+        let k = sampled_negatives as i64;
+        let negatives = g.input(NEGATIVES, ElemType::I64, &[k]);
+        let flat = g.i64s(&[batch * l]);
+        let target_ids = g.op("Reshape", &[&targets, &flat], &[]);
+        let positive = g.op("Gather", &[&p["E"], &target_ids], &[Attr::Int("axis", 0)]);
+        let product = g.op("Mul", &[&users, &positive], &[]);
+        let axis1 = g.i64s(&[1]);
+        let positive_logit = g.op(
+            "ReduceSum",
+            &[&product, &axis1],
+            &[Attr::Int("keepdims", 1)],
+        );
+        let sampled = g.op("Gather", &[&p["E"], &negatives], &[Attr::Int("axis", 0)]); // [K, d]
+        let sampled_t = g.op("Transpose", &[&sampled], &[Attr::Ints("perm", vec![1, 0])]);
+        let negative_logits = g.op("MatMul", &[&users, &sampled_t], &[]); // [B·L, K]
+        let hit = g.op("Equal", &[&targets, &negatives], &[]);
+        let hit = g.op("Cast", &[&hit], &[Attr::Int("to", 1)]);
+        let masked = g.f32_scalar(MASKED);
+        let penalty = g.op("Mul", &[&hit, &masked], &[]);
+        let negative_logits = g.op("Add", &[&negative_logits, &penalty], &[]);
+        let logits = g.op(
+            "Concat",
+            &[&positive_logit, &negative_logits],
+            &[Attr::Int("axis", 1)],
+        );
+        let log_probabilities = g.op("LogSoftmax", &[&logits], &[Attr::Int("axis", -1)]);
+        let (start, end) = (g.i64s(&[0]), g.i64s(&[1]));
+        g.op("Slice", &[&log_probabilities, &start, &end, &axis1], &[])
+    };
     let weighted = g.op("Mul", &[&picked, &weights], &[]);
     let total = g.op("ReduceSum", &[&weighted], &[Attr::Int("keepdims", 0)]);
     g.op("Neg", &[&total], &[])
 }
 
+/// Training graph input with sampled softmax: the negative item indices of the batch (`[negatives]`).
+pub const NEGATIVES: &str = "negatives";
 /// Training graph input: the next item at each position (`[batch, len]`, 0 where there is none).
 pub const TARGETS: &str = "targets";
 /// Training graph input: each target's weight in the loss (`[batch, len]`).
 pub const TARGET_WEIGHTS: &str = "target_weights";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{Device, Feed, run_once, session};
+    use edgerec_core::{OutputSpec, SequenceSpec};
+
+    fn spec() -> FeatureSpec {
+        FeatureSpec {
+            version: edgerec_core::FEATURE_SPEC_VERSION,
+            sequence: SequenceSpec {
+                input: "item_ids".into(),
+                max_len: 6,
+                padding: Padding::Left,
+            },
+            item_features: vec![],
+            context: vec![],
+            output: OutputSpec {
+                name: "scores".into(),
+                num_items: 13,
+            },
+        }
+    }
+
+    /// The served graph (last position only in the last block) computes what training optimises: the training
+    /// loss of a single target at the last position is minus the log-softmax of the served scores there.
+    #[test]
+    fn served_scores_are_the_trained_forward_pass() {
+        let (spec, arch) = (
+            spec(),
+            Architecture {
+                dim: 8,
+                blocks: 2,
+                ffn_dim: 16,
+            },
+        );
+        let params = Parameters::init(&spec, &arch, 11).expect("initialises");
+        let mut served = session(
+            &inference_graph(&spec, &arch, &params).expect("test step succeeds"),
+            Device::Cpu,
+            1,
+        )
+        .expect("serving session");
+
+        let mut g = GraphBuilder::new("training-forward");
+        let mut p = BTreeMap::new();
+        for (name, _) in parameter_shapes(&spec, &arch).expect("test step succeeds") {
+            p.insert(
+                name.clone(),
+                params.tensor(&mut g, &name).expect("test step succeeds"),
+            );
+        }
+        let loss = training_loss(&mut g, &spec, &arch, &p, 1, vec![], 0);
+        g.output(&loss, "loss");
+        let mut trained = session(&g.to_bytes(), Device::Cpu, 1).expect("training session");
+
+        for (history, target) in [
+            (vec![0, 0, 3, 7, 1, 12], 5i64),
+            (vec![0, 0, 0, 0, 0, 4], 4),
+            (vec![2, 9, 3, 7, 1, 5], 12),
+        ] {
+            let scores = &run_once(
+                &mut served,
+                &[("item_ids", Feed::I64(vec![1, 6], history.clone()))],
+            )
+            .expect("test step succeeds")["scores"];
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let log_sum = max + scores.iter().map(|s| (s - max).exp()).sum::<f32>().ln();
+            let expected = log_sum - scores[target as usize];
+            let mut targets = vec![0i64; 6];
+            targets[5] = target;
+            let mut weights = vec![0f32; 6];
+            weights[5] = 1.0;
+            let loss = run_once(
+                &mut trained,
+                &[
+                    ("item_ids", Feed::I64(vec![1, 6], history)),
+                    (TARGETS, Feed::I64(vec![1, 6], targets)),
+                    (TARGET_WEIGHTS, Feed::F32(vec![1, 6], weights)),
+                ],
+            )
+            .expect("test step succeeds")["loss"][0];
+            assert!(
+                (loss - expected).abs() < 1e-4,
+                "training loss {loss}, served {expected}"
+            );
+        }
+    }
+}

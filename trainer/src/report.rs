@@ -25,7 +25,15 @@ pub fn training_curve_svg(title: &str, history: &[EpochRecord], best_epoch: usiz
     let epochs: Vec<f64> = history.iter().map(|r| r.epoch as f64).collect();
     let losses: Vec<f64> = history.iter().map(|r| r.train_loss).collect();
     let ndcg: Vec<f64> = history.iter().map(|r| r.validation.ndcg_at_10).collect();
-    panel(&mut svg, MARGIN, "training loss", &epochs, &losses, "#1f77b4", best_epoch);
+    panel(
+        &mut svg,
+        MARGIN,
+        "training loss",
+        &epochs,
+        &losses,
+        "#1f77b4",
+        best_epoch,
+    );
     panel(
         &mut svg,
         2.0 * MARGIN + PANEL_WIDTH,
@@ -40,10 +48,20 @@ pub fn training_curve_svg(title: &str, history: &[EpochRecord], best_epoch: usiz
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
-fn panel(svg: &mut String, left: f64, label: &str, xs: &[f64], ys: &[f64], colour: &str, best: usize) {
+fn panel(
+    svg: &mut String,
+    left: f64,
+    label: &str,
+    xs: &[f64],
+    ys: &[f64],
+    colour: &str,
+    best: usize,
+) {
     let top = MARGIN;
     let (x_min, x_max) = (1.0, xs.last().copied().unwrap_or(1.0).max(2.0));
     let finite = ys.iter().copied().filter(|y| y.is_finite());
@@ -125,8 +143,19 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
         assert!(svg.contains("ml-1m &lt;sasrec&gt;"));
         assert_eq!(svg.matches("<polyline").count(), 2);
-        let polyline = svg.split("<polyline points=\"").nth(1).unwrap();
-        assert_eq!(polyline.split('"').next().unwrap().split(' ').count(), 3);
+        let polyline = svg
+            .split("<polyline points=\"")
+            .nth(1)
+            .expect("test step succeeds");
+        assert_eq!(
+            polyline
+                .split('"')
+                .next()
+                .expect("test step succeeds")
+                .split(' ')
+                .count(),
+            3
+        );
         assert_eq!(svg.matches("stroke-dasharray").count(), 2);
     }
 }

@@ -106,3 +106,50 @@ pub fn run_once(
     }
     Ok(result)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::GraphBuilder;
+    use edgerec_core::ElemType;
+
+    fn tiny_graph() -> Vec<u8> {
+        let mut g = GraphBuilder::new("tiny");
+        let x = g.input("x", ElemType::F32, &[2]);
+        let y = g.op("Relu", &[&x], &[]);
+        g.output(&y, "y");
+        g.to_bytes()
+    }
+
+    #[test]
+    fn runs_on_the_cpu() {
+        let mut session = session(&tiny_graph(), Device::Cpu, 1).expect("CPU session");
+        let out = run_once(&mut session, &[("x", Feed::F32(vec![2], vec![-1.0, 2.0]))])
+            .expect("test step succeeds");
+        assert_eq!(out["y"], vec![0.0, 2.0]);
+    }
+
+    /// The CPU library of the test set-up has no CUDA provider: asking for it must fail with a message that says
+    /// what to install, never fall back silently.
+    #[test]
+    fn cuda_without_a_gpu_library_is_a_clear_error() {
+        if std::env::var("EDGEREC_EXPECT_CUDA").is_ok() {
+            return; // A GPU machine with the onnxruntime-gpu library: covered by the CUDA check instead.
+        }
+        let error = session(&tiny_graph(), Device::Cuda, 1).expect_err("must be refused");
+        assert!(matches!(error, RuntimeError::Cuda(_)), "{error:?}");
+        assert!(error.to_string().contains("onnxruntime-gpu"), "{error}");
+    }
+
+    #[test]
+    fn devices_parse_and_print() {
+        assert_eq!("cuda".parse::<Device>(), Ok(Device::Cuda));
+        assert_eq!(Device::Cpu.to_string(), "cpu");
+        assert!(
+            "tpu"
+                .parse::<Device>()
+                .expect_err("must be refused")
+                .contains("cpu or cuda")
+        );
+    }
+}

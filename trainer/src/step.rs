@@ -78,17 +78,20 @@ pub struct StepGraph {
     pub batch: usize,
     /// Parameters in graph order, with shapes.
     pub parameters: Vec<(String, Vec<i64>)>,
-    /// Whether the graph has dropout inputs ([`dropout_input`], `[batch, len, dim]` each).
+    /// Dropout inputs of the graph ([`dropout_input`], `[batch, len, dim]` each).
     pub dropout_sites: usize,
+    /// Length of the [`crate::model::NEGATIVES`] input; 0 for full softmax, which has none.
+    pub sampled_negatives: usize,
 }
 
 /// The training step for batches of `batch` sequences. `dropout` only decides whether dropout inputs exist; the
-/// runner draws the masks.
+/// runner draws the masks (and the negatives, with `sampled_negatives` > 0).
 pub fn step_graph(
     spec: &FeatureSpec,
     arch: &Architecture,
     batch: usize,
     dropout: bool,
+    sampled_negatives: usize,
     optimiser: &AdamW,
 ) -> Result<StepGraph, BuildError> {
     let shapes = parameter_shapes(spec, arch)?;
@@ -105,7 +108,7 @@ pub fn step_graph(
     let masks = (0..sites)
         .map(|site| g.input(&dropout_input(site), ElemType::F32, &[b, l, d]))
         .collect();
-    let loss = training_loss(&mut g, spec, arch, &p, b, masks);
+    let loss = training_loss(&mut g, spec, arch, &p, b, masks, sampled_negatives);
     debug_assert!(g.nodes().iter().any(|n| {
         n.inputs
             .iter()
@@ -170,6 +173,7 @@ pub fn step_graph(
         batch,
         parameters: shapes,
         dropout_sites: sites,
+        sampled_negatives,
     })
 }
 

@@ -12,7 +12,7 @@ use ort::memory::Allocator;
 use ort::session::{IoBinding, Session};
 use ort::value::Tensor;
 
-use crate::model::{TARGET_WEIGHTS, TARGETS};
+use crate::model::{NEGATIVES, TARGET_WEIGHTS, TARGETS};
 use crate::runtime::{Device, RuntimeError, session};
 use crate::step::{
     DECAY, GRADIENT_NORM, LOSS, STEP_SIZE, StepGraph, dropout_input, first_moment, second_moment,
@@ -34,6 +34,8 @@ pub struct Batch {
     pub inputs: Vec<(String, Vec<i64>)>,
     pub targets: Vec<i64>,
     pub weights: Vec<f32>,
+    /// Negative item indices, with sampled softmax.
+    pub negatives: Vec<i64>,
 }
 
 struct StateTensors {
@@ -54,6 +56,7 @@ pub struct StepRunner {
     inputs: Vec<(String, Tensor<i64>)>,
     targets: Tensor<i64>,
     weights: Tensor<f32>,
+    negatives: Option<Tensor<i64>>,
     dropout: Vec<Tensor<f32>>,
     step_size: Tensor<f32>,
     decay: Tensor<f32>,
@@ -168,6 +171,10 @@ impl StepRunner {
             inputs: runner_inputs,
             targets: owned::<i64>(&batch_dims, None)?,
             weights: owned::<f32>(&batch_dims, None)?,
+            negatives: match graph.sampled_negatives {
+                0 => None,
+                k => Some(owned::<i64>(&[k as i64], None)?),
+            },
             dropout,
             step_size: owned::<f32>(&[], Some(&[0.0]))?,
             decay: owned::<f32>(&[], Some(&[0.0]))?,
@@ -199,6 +206,11 @@ impl StepRunner {
             binding
                 .bind_input(TARGET_WEIGHTS, &self.weights)
                 .map_err(ort_error)?;
+            if let Some(negatives) = &self.negatives {
+                binding
+                    .bind_input(NEGATIVES, negatives)
+                    .map_err(ort_error)?;
+            }
             for (site, mask) in self.dropout.iter().enumerate() {
                 binding
                     .bind_input(dropout_input(site), mask)
@@ -233,6 +245,9 @@ impl StepRunner {
         }
         fill(&mut self.targets, &batch.targets)?;
         fill(&mut self.weights, &batch.weights)?;
+        if let Some(negatives) = &mut self.negatives {
+            fill(negatives, &batch.negatives)?;
+        }
         if dropout.len() != self.dropout.len() {
             return Err(RuntimeError::Run(format!(
                 "the step graph has {} dropout sites, {} masks were given",

@@ -36,6 +36,9 @@ pub struct TrainConfig {
     pub blocks: usize,
     pub ffn_dim: usize,
     pub dropout: f32,
+    /// 0: softmax over the whole catalogue. Otherwise the softmax of each target runs against this many
+    /// negatives drawn uniformly per batch (for catalogues too large to score whole at every step).
+    pub sampled_negatives: usize,
     pub batch_size: usize,
     /// Upper bound; early stopping usually ends the run sooner.
     pub max_epochs: usize,
@@ -61,6 +64,7 @@ impl Default for TrainConfig {
             blocks: 2,
             ffn_dim: 128,
             dropout: 0.2,
+            sampled_negatives: 0,
             batch_size: 128,
             max_epochs: 200,
             patience: 5,
@@ -273,6 +277,7 @@ pub fn train(
         &arch,
         config.batch_size,
         config.dropout > 0.0,
+        config.sampled_negatives,
         &config.optimiser,
     )?;
 
@@ -332,7 +337,8 @@ pub fn train(
         let (mut loss_sum, mut learning_rate) = (0.0, 0.0);
         for (index, chunk) in order.chunks(config.batch_size).enumerate() {
             step += 1;
-            let batch = make_batch(split, &spec, &windows, chunk, config.batch_size)?;
+            let mut batch = make_batch(split, &spec, &windows, chunk, config.batch_size)?;
+            batch.negatives = negatives(config, spec.output.num_items, step);
             let masks = dropout_masks(config, graph.dropout_sites, step);
             learning_rate = config.learning_rate_at(step, total_steps);
             let step_size = config.optimiser.step_size(learning_rate, step);
@@ -417,6 +423,14 @@ fn shuffled(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
+/// Uniformly drawn negative item indices for `step` (padding excluded).
+fn negatives(config: &TrainConfig, num_items: usize, step: u64) -> Vec<i64> {
+    let mut rng = SplitMix::new(config.seed ^ step.wrapping_mul(0xA24B_AED4_963E_E407));
+    (0..config.sampled_negatives)
+        .map(|_| 1 + rng.below(num_items - 1) as i64)
+        .collect()
+}
+
 /// Inverted-dropout masks for `step`: each element is kept with probability `1 - p` and scaled by `1 / (1 - p)`.
 fn dropout_masks(config: &TrainConfig, sites: usize, step: u64) -> Vec<Vec<f32>> {
     let len = config.batch_size * config.max_len * config.dim;
@@ -488,6 +502,7 @@ fn make_batch(
         inputs,
         targets,
         weights,
+        negatives: vec![],
     })
 }
 
@@ -756,6 +771,24 @@ mod tests {
     }
 
     #[test]
+    fn learns_the_pattern_with_sampled_softmax_too() {
+        let split = planted_pattern(200);
+        let config = TrainConfig {
+            sampled_negatives: 8,
+            ..small_config()
+        };
+        let trained = train(&split, &config, None, false, &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .expect("trains");
+        assert!(
+            trained.validation.hr_at_10 > 0.9,
+            "{:?}",
+            trained.validation
+        );
+    }
+
+    #[test]
     fn resuming_gives_the_parameters_of_an_uninterrupted_run() {
         let split = planted_pattern(60);
         let config = TrainConfig {
@@ -763,13 +796,13 @@ mod tests {
             patience: 10,
             ..small_config()
         };
-        let whole = tempfile::tempdir().unwrap();
+        let whole = tempfile::tempdir().expect("test step succeeds");
         let uninterrupted = train(&split, &config, Some(whole.path()), false, &mut |_| {
             ControlFlow::Continue(())
         })
         .expect("trains");
 
-        let parts = tempfile::tempdir().unwrap();
+        let parts = tempfile::tempdir().expect("test step succeeds");
         let interrupt_after_two = &mut |p| match p {
             Progress::EpochFinished(record) if record.epoch == 2 => ControlFlow::Break(()),
             _ => ControlFlow::Continue(()),
@@ -802,7 +835,8 @@ mod tests {
             expected
         });
         assert_eq!(resumed.parameters, uninterrupted.parameters);
-        let final_state = |dir: &Path| std::fs::read(dir.join(CHECKPOINT_STATE)).unwrap();
+        let final_state =
+            |dir: &Path| std::fs::read(dir.join(CHECKPOINT_STATE)).expect("test step succeeds");
         assert_eq!(final_state(parts.path()), final_state(whole.path()));
     }
 
@@ -813,7 +847,7 @@ mod tests {
             max_epochs: 1,
             ..small_config()
         };
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test step succeeds");
         train(&split, &config, Some(dir.path()), false, &mut |_| {
             ControlFlow::Continue(())
         })
@@ -825,16 +859,16 @@ mod tests {
         let error = train(&split, &other, Some(dir.path()), true, &mut |_| {
             ControlFlow::Continue(())
         })
-        .unwrap_err();
+        .expect_err("must be refused");
         assert!(
             error.to_string().contains("different configuration"),
             "{error}"
         );
-        let missing = tempfile::tempdir().unwrap();
+        let missing = tempfile::tempdir().expect("test step succeeds");
         let error = train(&split, &config, Some(missing.path()), true, &mut |_| {
             ControlFlow::Continue(())
         })
-        .unwrap_err();
+        .expect_err("must be refused");
         assert!(error.to_string().contains("checkpoint.json"), "{error}");
     }
 
@@ -852,7 +886,7 @@ mod tests {
         let error = train(&split, &small_config(), None, false, &mut |_| {
             ControlFlow::Continue(())
         })
-        .unwrap_err();
+        .expect_err("must be refused");
         assert!(matches!(error, TrainError::NoExamples), "{error}");
     }
 
