@@ -1,0 +1,121 @@
+//! What the registry stores: model versions, deployment plans, the audit log and access tokens.
+
+use std::collections::BTreeMap;
+
+use edgerec_core::Digest;
+use serde::{Deserialize, Serialize};
+
+/// A published, immutable model version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    pub model: String,
+    pub version: String,
+    /// sha256 of `manifest.json` exactly as published: the address edge nodes verify and the signature covers.
+    pub manifest_digest: Digest,
+    /// Each bundle file and its digest (the blobs to fetch).
+    pub files: BTreeMap<String, Digest>,
+    pub metrics: BTreeMap<String, f64>,
+    pub lineage: BTreeMap<String, serde_json::Value>,
+    pub items: usize,
+    pub published_by: String,
+    /// Milliseconds since the Unix epoch.
+    pub published_at: u64,
+    /// ed25519 signature of the manifest digest's 32 bytes, hex.
+    pub signature: String,
+}
+
+/// One arm of a deployment plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    pub name: String,
+    pub model: String,
+    pub version: String,
+    /// Share of traffic in percent; the variants of a plan sum to 100.
+    pub weight: u32,
+}
+
+/// Which model versions serve a surface (for example `home`), and how traffic splits between them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub surface: String,
+    /// 1 for the first plan of a surface, then +1 per change (rollbacks included): the plan's ETag.
+    pub revision: u64,
+    pub variants: Vec<Variant>,
+    /// Mixed into the hash that assigns users to variants, so a new salt reshuffles assignments.
+    pub salt: String,
+    pub updated_by: String,
+    pub updated_at: u64,
+    pub reason: String,
+}
+
+/// An entry of the append-only audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub sequence: u64,
+    pub at: u64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub reason: String,
+    #[serde(default)]
+    pub detail: serde_json::Value,
+}
+
+/// What a token allows. `admin` allows everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Read,
+    Publish,
+    Deploy,
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 4] = [Scope::Read, Scope::Publish, Scope::Deploy, Scope::Admin];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Publish => "publish",
+            Scope::Deploy => "deploy",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Scope::ALL
+            .into_iter()
+            .find(|s| s.name() == text)
+            .ok_or_else(|| format!("unknown scope `{text}` (read, publish, deploy, admin)"))
+    }
+}
+
+/// An access token as stored: only the sha256 of the secret is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    pub secret_sha256: String,
+    pub created_at: u64,
+    pub revoked: bool,
+}
+
+impl TokenRecord {
+    pub fn allows(&self, scope: Scope) -> bool {
+        !self.revoked && (self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin))
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

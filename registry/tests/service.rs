@@ -1,0 +1,324 @@
+//! The registry's rules over the embedded store: publishing verifies and signs, versions are immutable, plans are
+//! validated, conditional and audited, rollback restores the previous plan, tokens authorise by scope.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::task::{Context, Poll, Waker};
+
+use edgerec_core::{Digest, MODEL_FILE, Manifest};
+use edgerec_registry::embedded::EmbeddedStore;
+use edgerec_registry::records::{Scope, Variant};
+use edgerec_registry::service::{PlanRequest, Registry, RegistryError};
+use edgerec_registry::signing::{ManifestSigner, verify_manifest_signature};
+use edgerec_registry::store::Store;
+
+/// The embedded store never suspends, so its futures complete on the first poll.
+fn run<T>(future: impl Future<Output = T>) -> T {
+    let mut future = std::pin::pin!(future);
+    let mut context = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(value) = future.as_mut().poll(&mut context) {
+            return value;
+        }
+    }
+}
+
+fn golden() -> (Vec<u8>, Vec<u8>) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden/bundle");
+    (
+        std::fs::read(dir.join("manifest.json")).expect("golden manifest"),
+        std::fs::read(dir.join(MODEL_FILE)).expect("golden model"),
+    )
+}
+
+/// The golden bundle re-labelled as `version`.
+fn golden_as(version: &str) -> Vec<u8> {
+    let (manifest, _) = golden();
+    let mut manifest: Manifest = serde_json::from_slice(&manifest).expect("parses");
+    manifest.version = version.into();
+    serde_json::to_vec_pretty(&manifest).expect("serialises")
+}
+
+fn open_registry(dir: &std::path::Path) -> Registry<EmbeddedStore> {
+    Registry {
+        store: EmbeddedStore::open(dir).expect("opens"),
+        signer: ManifestSigner::load_or_create(&dir.join("signing.key")).expect("key"),
+        max_upload_bytes: 8 << 20,
+    }
+}
+
+fn publish(registry: &Registry<EmbeddedStore>, version: &str) {
+    let (_, model) = golden();
+    run(registry.upload_blob(&Digest::of(&model).to_string(), &model)).expect("uploads the model");
+    run(registry.publish("golden-sasrec", &golden_as(version), "alice")).expect("publishes");
+}
+
+fn plan(variants: &[(&str, &str, u32)], reason: &str) -> PlanRequest {
+    PlanRequest {
+        variants: variants
+            .iter()
+            .map(|&(name, version, weight)| Variant {
+                name: name.into(),
+                model: "golden-sasrec".into(),
+                version: version.into(),
+                weight,
+            })
+            .collect(),
+        salt: None,
+        reason: reason.into(),
+    }
+}
+
+#[test]
+fn publishing_verifies_signs_and_keeps_versions_immutable() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let registry = open_registry(dir.path());
+    let (manifest, model) = golden();
+
+    // Nothing uploaded yet: the manifest names a blob the registry lacks.
+    let error = run(registry.publish("golden-sasrec", &manifest, "alice")).expect_err("refused");
+    assert!(
+        matches!(&error, RegistryError::Unprocessable(m) if m.contains("has not been uploaded")),
+        "{error}"
+    );
+
+    // A truncated upload does not hash to its digest and is not stored.
+    let digest = Digest::of(&model).to_string();
+    let error = run(registry.upload_blob(&digest, &model[..1000])).expect_err("refused");
+    assert!(
+        matches!(error, RegistryError::DigestMismatch { .. }),
+        "{error}"
+    );
+    assert!(matches!(
+        run(registry.blob(&digest)),
+        Err(RegistryError::NotFound(_))
+    ));
+    let small = Registry {
+        max_upload_bytes: 1000,
+        ..open_registry(tempfile::tempdir().expect("dir").path())
+    };
+    assert!(matches!(
+        run(small.upload_blob(&digest, &model)),
+        Err(RegistryError::TooLarge { .. })
+    ));
+
+    run(registry.upload_blob(&format!("sha256:{digest}"), &model)).expect("uploads");
+    let record = run(registry.publish("golden-sasrec", &manifest, "alice")).expect("publishes");
+    assert_eq!(record.manifest_digest, Digest::of(&manifest));
+    assert_eq!(
+        (record.items, record.published_by.as_str()),
+        (3706, "alice")
+    );
+    verify_manifest_signature(
+        &registry.signer.public_key_hex(),
+        &record.manifest_digest,
+        &record.signature,
+    )
+    .expect("the registry's signature verifies");
+    assert_eq!(
+        run(registry.blob(&record.manifest_digest.to_string())).expect("manifest blob"),
+        manifest
+    );
+
+    // Same manifest again: the same version. Another manifest under the same version: refused.
+    assert_eq!(
+        run(registry.publish("golden-sasrec", &manifest, "bob")).expect("idempotent"),
+        record
+    );
+    let mut changed: Manifest = serde_json::from_slice(&manifest).expect("parses");
+    changed.metrics.insert("hr@10".into(), 0.5);
+    let changed = serde_json::to_vec(&changed).expect("serialises");
+    assert!(matches!(
+        run(registry.publish("golden-sasrec", &changed, "bob")),
+        Err(RegistryError::Conflict(_))
+    ));
+
+    // A manifest that names another model, or is not JSON.
+    assert!(matches!(
+        run(registry.publish("other", &manifest, "bob")),
+        Err(RegistryError::BadRequest(_))
+    ));
+    assert!(matches!(
+        run(registry.publish("golden-sasrec", b"{", "bob")),
+        Err(RegistryError::BadRequest(_))
+    ));
+}
+
+#[test]
+fn a_model_that_does_not_serve_is_refused_and_leaves_nothing() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let registry = open_registry(dir.path());
+    // Valid digests, but the "model" is not ONNX.
+    let not_onnx = b"definitely not a protobuf".to_vec();
+    let mut manifest: Manifest = serde_json::from_slice(&golden().0).expect("parses");
+    manifest.version = "9.9.9".into();
+    let entry = manifest.files.get_mut(MODEL_FILE).expect("model entry");
+    entry.sha256 = Digest::of(&not_onnx);
+    entry.size = not_onnx.len() as u64;
+    let manifest = serde_json::to_vec(&manifest).expect("serialises");
+    run(registry.upload_blob(&Digest::of(&not_onnx).to_string(), &not_onnx)).expect("uploads");
+    let error = run(registry.publish("golden-sasrec", &manifest, "alice")).expect_err("refused");
+    assert!(
+        matches!(&error, RegistryError::Unprocessable(m) if m.contains("not servable")),
+        "{error}"
+    );
+    assert!(
+        run(registry.store.list_versions(None))
+            .expect("lists")
+            .is_empty()
+    );
+    assert!(run(registry.store.audit(10)).expect("audit").is_empty());
+}
+
+#[test]
+fn plans_are_validated_conditional_audited_and_roll_back() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let registry = open_registry(dir.path());
+    publish(&registry, "1.0.0");
+    publish(&registry, "1.1.0");
+
+    for (bad, why) in [
+        (
+            plan(&[("a", "1.0.0", 50), ("b", "1.1.0", 40)], "x"),
+            "sum to 90%",
+        ),
+        (plan(&[("a", "2.0.0", 100)], "x"), "not published"),
+        (
+            plan(&[("a", "1.0.0", 50), ("a", "1.1.0", 50)], "x"),
+            "appears twice",
+        ),
+        (plan(&[], "x"), "at least one variant"),
+    ] {
+        let error = run(registry.deploy("home", bad, None, "carol")).expect_err("refused");
+        assert!(
+            matches!(&error, RegistryError::Unprocessable(m) if m.contains(why)),
+            "{error}"
+        );
+    }
+    assert!(
+        run(registry.store.get_plan("home"))
+            .expect("reads")
+            .is_none()
+    );
+
+    let first = run(registry.deploy(
+        "home",
+        plan(&[("control", "1.0.0", 100)], "launch"),
+        None,
+        "carol",
+    ))
+    .expect("first plan");
+    assert_eq!(first.revision, 1);
+    // Updating without the revision read, or with a stale one, is refused.
+    let update = plan(
+        &[("control", "1.0.0", 90), ("candidate", "1.1.0", 10)],
+        "A/B test 1.1.0",
+    );
+    assert!(matches!(
+        run(registry.deploy("home", update.clone(), None, "carol")),
+        Err(RegistryError::PreconditionRequired(_))
+    ));
+    assert!(matches!(
+        run(registry.deploy("home", update.clone(), Some(7), "carol")),
+        Err(RegistryError::PreconditionFailed(_))
+    ));
+    let second = run(registry.deploy("home", update.clone(), Some(1), "carol")).expect("updates");
+    assert_eq!(
+        (second.revision, second.salt.as_str()),
+        (2, first.salt.as_str())
+    );
+    // Two writers who both read revision 1: the second loses, nothing is overwritten.
+    assert!(matches!(
+        run(registry.deploy(
+            "home",
+            plan(&[("control", "1.1.0", 100)], "race"),
+            Some(1),
+            "dave"
+        )),
+        Err(RegistryError::PreconditionFailed(_))
+    ));
+
+    // A version a plan serves cannot be deleted; rollback restores revision 1's variants as revision 3.
+    assert!(matches!(
+        run(registry.delete_version("golden-sasrec", "1.1.0", "carol", "cleanup")),
+        Err(RegistryError::Conflict(_))
+    ));
+    let rolled =
+        run(registry.rollback("home", "candidate regressed", None, "carol")).expect("rolls back");
+    assert_eq!((rolled.revision, &rolled.variants), (3, &first.variants));
+    run(registry.delete_version("golden-sasrec", "1.1.0", "carol", "cleanup")).expect("deletes");
+    // Rolling back again would restore a plan naming the deleted version.
+    assert!(matches!(
+        run(registry.rollback("home", "again", Some(3), "carol")),
+        Err(RegistryError::Unprocessable(_))
+    ));
+
+    let history = run(registry.store.plan_history("home")).expect("history");
+    assert_eq!(
+        history.iter().map(|p| p.revision).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    let audit = run(registry.store.audit(100)).expect("audit");
+    let actions: Vec<&str> = audit.iter().rev().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "version.publish",
+            "version.publish",
+            "plan.update",
+            "plan.update",
+            "plan.rollback",
+            "version.delete"
+        ]
+    );
+    assert_eq!(audit[1].reason, "candidate regressed");
+    assert!(audit.windows(2).all(|w| w[0].sequence == w[1].sequence + 1));
+}
+
+#[test]
+fn tokens_authorise_by_scope_and_are_stored_hashed() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let registry = open_registry(dir.path());
+    let issued = run(registry.create_token("ci", vec![Scope::Publish, Scope::Read], "admin"))
+        .expect("issues");
+    assert!(issued.secret.starts_with("erk_"));
+    let stored = run(registry.store.list_tokens()).expect("lists");
+    assert_eq!(stored.len(), 1);
+    assert_ne!(stored[0].secret_sha256, issued.secret);
+    assert!(
+        !std::fs::read(dir.path().join("registry.redb"))
+            .expect("database file")
+            .windows(issued.secret.len())
+            .any(|w| w == issued.secret.as_bytes())
+    );
+
+    run(registry.authorize(Some(&issued.secret), Scope::Publish)).expect("publish allowed");
+    assert!(matches!(
+        run(registry.authorize(Some(&issued.secret), Scope::Deploy)),
+        Err(RegistryError::Forbidden(_))
+    ));
+    assert!(matches!(
+        run(registry.authorize(Some("erk_wrong"), Scope::Read)),
+        Err(RegistryError::Unauthenticated(_))
+    ));
+    assert!(matches!(
+        run(registry.authorize(None, Scope::Read)),
+        Err(RegistryError::Unauthenticated(_))
+    ));
+    let admin = run(registry.create_token("root", vec![Scope::Admin], "admin")).expect("issues");
+    run(registry.authorize(Some(&admin.secret), Scope::Deploy)).expect("admin allows everything");
+
+    run(registry.revoke_token(&issued.token.id, "admin")).expect("revokes");
+    assert!(matches!(
+        run(registry.authorize(Some(&issued.secret), Scope::Read)),
+        Err(RegistryError::Unauthenticated(_))
+    ));
+}
+
+#[test]
+fn a_second_process_cannot_open_a_registry_in_use() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let _first = EmbeddedStore::open(dir.path()).expect("opens");
+    let error = EmbeddedStore::open(dir.path()).expect_err("refused");
+    assert!(error.to_string().contains("in use"), "{error}");
+}
