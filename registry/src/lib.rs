@@ -5,7 +5,9 @@
 //! backend (a folder and a redb file).
 
 pub mod embedded;
+pub mod http;
 pub mod records;
+pub mod server;
 pub mod service;
 pub mod signing;
 pub mod store;

@@ -1,0 +1,227 @@
+//! Running the registry: configuration from a file and the environment, and the HTTP server.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use serde::{Deserialize, Serialize};
+
+use crate::embedded::EmbeddedStore;
+use crate::http::{Metrics, configure, json_config, observe};
+use crate::service::Registry;
+use crate::signing::ManifestSigner;
+use crate::store::Store;
+
+/// How a registry runs. Read from a JSON file, then overridden by `EDGEREC_REGISTRY_*` environment variables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Address to listen on (`EDGEREC_REGISTRY_LISTEN`); port 0 picks a free port.
+    pub listen: String,
+    /// Folder of the embedded backend: `registry.redb`, `blobs/`, and the signing key unless `signing_key` is set
+    /// (`EDGEREC_REGISTRY_ROOT`).
+    pub root: PathBuf,
+    /// The ed25519 signing key file, created on first start (`EDGEREC_REGISTRY_SIGNING_KEY`).
+    pub signing_key: Option<PathBuf>,
+    /// Largest accepted upload in bytes (`EDGEREC_REGISTRY_MAX_UPLOAD_BYTES`).
+    pub max_upload_bytes: u64,
+    /// HTTP worker threads (`EDGEREC_REGISTRY_WORKERS`; 0: one per core).
+    pub workers: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7070".into(),
+            root: default_root(),
+            signing_key: None,
+            max_upload_bytes: 256 << 20,
+            workers: 0,
+        }
+    }
+}
+
+/// `~/.cache/edgerec/registry`, or `EDGEREC_CACHE/registry`.
+fn default_root() -> PathBuf {
+    std::env::var_os("EDGEREC_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/edgerec")))
+        .unwrap_or_else(|| PathBuf::from(".edgerec"))
+        .join("registry")
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{variable}=`{value}` is not {expected}")]
+    Environment {
+        variable: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+impl RegistryConfig {
+    /// The file's settings (defaults where it is silent or absent), then the environment's.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut config = match file {
+            Some(path) => {
+                let error = |message: String| ConfigError::File {
+                    path: path.to_path_buf(),
+                    message,
+                };
+                let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+                serde_json::from_str(&text).map_err(|e| error(e.to_string()))?
+            }
+            None => Self::default(),
+        };
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        if let Some(listen) = var("EDGEREC_REGISTRY_LISTEN") {
+            config.listen = listen;
+        }
+        if let Some(root) = var("EDGEREC_REGISTRY_ROOT") {
+            config.root = root.into();
+        }
+        if let Some(key) = var("EDGEREC_REGISTRY_SIGNING_KEY") {
+            config.signing_key = Some(key.into());
+        }
+        let number = |variable: &'static str, value: String| {
+            value.parse::<u64>().map_err(|_| ConfigError::Environment {
+                variable,
+                value,
+                expected: "a whole number",
+            })
+        };
+        if let Some(value) = var("EDGEREC_REGISTRY_MAX_UPLOAD_BYTES") {
+            config.max_upload_bytes = number("EDGEREC_REGISTRY_MAX_UPLOAD_BYTES", value)?;
+        }
+        if let Some(value) = var("EDGEREC_REGISTRY_WORKERS") {
+            config.workers = number("EDGEREC_REGISTRY_WORKERS", value)? as usize;
+        }
+        Ok(config)
+    }
+
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.signing_key
+            .clone()
+            .unwrap_or_else(|| self.root.join("signing.key"))
+    }
+
+    /// Opens the embedded backend and the signing key.
+    pub fn open_embedded(
+        &self,
+    ) -> Result<Registry<EmbeddedStore>, Box<dyn std::error::Error + Send + Sync>> {
+        let store = EmbeddedStore::open(&self.root)?;
+        let signer = ManifestSigner::load_or_create(&self.signing_key_path())?;
+        Ok(Registry {
+            store,
+            signer,
+            max_upload_bytes: self.max_upload_bytes,
+        })
+    }
+}
+
+fn http_server<S: Store + Send + Sync + 'static>(
+    registry: Registry<S>,
+    listen: &str,
+    workers: usize,
+) -> std::io::Result<(Vec<SocketAddr>, actix_web::dev::Server)> {
+    let registry = web::Data::new(registry);
+    let metrics = web::Data::new(Metrics::default());
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(registry.clone())
+            .app_data(metrics.clone())
+            .app_data(json_config())
+            .wrap(from_fn(observe))
+            .configure(configure::<S>)
+    })
+    .shutdown_timeout(5);
+    if workers > 0 {
+        server = server.workers(workers);
+    }
+    let server = server.bind(listen)?;
+    let addresses = server.addrs();
+    Ok((addresses, server.run()))
+}
+
+/// Serves on `listen` until SIGINT or SIGTERM; `on_bound` learns the bound addresses first.
+pub fn serve<S: Store + Send + Sync + 'static>(
+    registry: Registry<S>,
+    listen: &str,
+    workers: usize,
+    on_bound: impl FnOnce(&[SocketAddr]),
+) -> std::io::Result<()> {
+    actix_web::rt::System::new().block_on(async move {
+        let (addresses, server) = http_server(registry, listen, workers)?;
+        on_bound(&addresses);
+        server.await
+    })
+}
+
+/// A registry serving on a background thread (tests, embedding).
+#[derive(Debug)]
+pub struct RunningServer {
+    pub address: SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl RunningServer {
+    /// Starts `registry` on `listen` (port 0 for a free port) on its own thread.
+    pub fn start<S: Store + Send + Sync + 'static>(
+        registry: Registry<S>,
+        listen: &str,
+    ) -> std::io::Result<Self> {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let listen = listen.to_string();
+        let thread = std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                match http_server(registry, &listen, 2) {
+                    Ok((addresses, server)) => {
+                        let _ = sender.send(Ok((addresses, server.handle())));
+                        server.await
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        let _ = sender.send(Err(e));
+                        Err(std::io::Error::other(message))
+                    }
+                }
+            })
+        });
+        let (addresses, handle) = receiver
+            .recv()
+            .map_err(|_| std::io::Error::other("the registry thread ended before binding"))??;
+        Ok(Self {
+            address: addresses[0],
+            handle,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// Stops the server and waits for it.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            actix_web::rt::System::new().block_on(self.handle.stop(true));
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,523 @@
+//! The real registry server on port 0 (embedded backend), driven over HTTP: the API, auth, signing, conditional
+//! plan updates, rollback, metrics and the bad-input paths.
+
+use std::path::PathBuf;
+
+use edgerec_core::{Digest, MODEL_FILE, Manifest};
+use edgerec_registry::embedded::EmbeddedStore;
+use edgerec_registry::records::Scope;
+use edgerec_registry::server::RunningServer;
+use edgerec_registry::service::Registry;
+use edgerec_registry::signing::{ManifestSigner, verify_manifest_signature};
+use serde_json::{Value, json};
+
+struct Client {
+    agent: ureq::Agent,
+    base: String,
+    token: Option<String>,
+}
+
+struct Reply {
+    status: u16,
+    etag: Option<String>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    fn kind(&self) -> String {
+        self.json()["error"]["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+impl Client {
+    fn new(base: &str, token: Option<&str>) -> Self {
+        Self {
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into(),
+            base: base.to_string(),
+            token: token.map(str::to_string),
+        }
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let url = format!("{}{path}", self.base);
+        let mut request = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(body.map(<[u8]>::to_vec).unwrap_or_default())
+            .expect("request");
+        let mut response = self.agent.run(request).expect("the registry answers");
+        Reply {
+            status: response.status().as_u16(),
+            etag: response
+                .headers()
+                .get("etag")
+                .map(|v| v.to_str().expect("ascii").to_string()),
+            body: response.body_mut().read_to_vec().expect("body"),
+        }
+    }
+
+    fn get(&self, path: &str) -> Reply {
+        self.send("GET", path, None, &[])
+    }
+
+    fn json(&self, method: &str, path: &str, body: &Value, headers: &[(&str, &str)]) -> Reply {
+        let mut headers = headers.to_vec();
+        headers.push(("Content-Type", "application/json"));
+        self.send(
+            method,
+            path,
+            Some(&serde_json::to_vec(body).expect("json")),
+            &headers,
+        )
+    }
+}
+
+fn golden() -> (Vec<u8>, Vec<u8>) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden/bundle");
+    (
+        std::fs::read(dir.join("manifest.json")).expect("golden manifest"),
+        std::fs::read(dir.join(MODEL_FILE)).expect("golden model"),
+    )
+}
+
+fn golden_as(version: &str) -> Vec<u8> {
+    let mut manifest: Manifest = serde_json::from_slice(&golden().0).expect("parses");
+    manifest.version = version.into();
+    serde_json::to_vec_pretty(&manifest).expect("serialises")
+}
+
+struct Fixture {
+    server: RunningServer,
+    admin: String,
+    _dir: tempfile::TempDir,
+}
+
+fn start(max_upload_bytes: u64) -> Fixture {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let registry = Registry {
+        store: EmbeddedStore::open(dir.path()).expect("opens"),
+        signer: ManifestSigner::load_or_create(&dir.path().join("signing.key")).expect("key"),
+        max_upload_bytes,
+    };
+    let admin = run(registry.create_token("root", vec![Scope::Admin], "setup"))
+        .expect("admin token")
+        .secret;
+    let server = RunningServer::start(registry, "127.0.0.1:0").expect("serves on port 0");
+    Fixture {
+        server,
+        admin,
+        _dir: dir,
+    }
+}
+
+fn run<T>(future: impl std::future::Future<Output = T>) -> T {
+    let mut future = std::pin::pin!(future);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(value) = future.as_mut().poll(&mut context) {
+            return value;
+        }
+    }
+}
+
+fn token(admin: &Client, name: &str, scopes: &[&str]) -> String {
+    let reply = admin.json(
+        "POST",
+        "/v1/tokens",
+        &json!({"name": name, "scopes": scopes}),
+        &[],
+    );
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()["secret"].as_str().expect("secret").to_string()
+}
+
+fn publish(client: &Client, version: &str) -> Reply {
+    let (_, model) = golden();
+    let digest = Digest::of(&model);
+    let upload = client.send(
+        "PUT",
+        &format!("/v1/blobs/sha256:{digest}"),
+        Some(&model),
+        &[],
+    );
+    assert_eq!(
+        upload.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&upload.body)
+    );
+    client.send(
+        "POST",
+        "/v1/models/golden-sasrec/versions",
+        Some(&golden_as(version)),
+        &[],
+    )
+}
+
+#[test]
+fn public_endpoints_and_auth() {
+    let fixture = start(64 << 20);
+    let anonymous = Client::new(&fixture.server.url(), None);
+    assert_eq!(anonymous.get("/healthz").json()["status"], "ok");
+    let openapi = anonymous.get("/openapi.json").json();
+    for (method, path) in [
+        ("put", "/v1/blobs/{digest}"),
+        ("get", "/v1/blobs/{digest}"),
+        ("get", "/v1/models"),
+        ("post", "/v1/models/{model}/versions"),
+        ("get", "/v1/models/{model}/versions/{version}"),
+        ("delete", "/v1/models/{model}/versions/{version}"),
+        ("get", "/v1/plans/{surface}"),
+        ("put", "/v1/plans/{surface}"),
+        ("post", "/v1/plans/{surface}/rollback"),
+        ("get", "/v1/plans/{surface}/history"),
+        ("get", "/v1/audit"),
+        ("post", "/v1/tokens"),
+        ("delete", "/v1/tokens/{id}"),
+        ("get", "/v1/signing-key"),
+    ] {
+        assert!(
+            openapi["paths"][path][method].is_object(),
+            "{method} {path} is not documented"
+        );
+    }
+    assert_eq!(
+        anonymous.get("/v1/signing-key").json()["algorithm"],
+        "ed25519"
+    );
+
+    let reply = anonymous.get("/v1/models");
+    assert_eq!(
+        (reply.status, reply.kind().as_str()),
+        (401, "unauthenticated")
+    );
+    let stranger = Client::new(&fixture.server.url(), Some("erk_not_a_token"));
+    assert_eq!(stranger.get("/v1/models").status, 401);
+    let admin = Client::new(&fixture.server.url(), Some(&fixture.admin));
+    let reader = Client::new(
+        &fixture.server.url(),
+        Some(&token(&admin, "dashboards", &["read"])),
+    );
+    assert_eq!(reader.get("/v1/models").status, 200);
+    let reply = publish_attempt(&reader);
+    assert_eq!((reply.status, reply.kind().as_str()), (403, "forbidden"));
+    assert_eq!(reader.get("/v1/audit").status, 403);
+
+    let listed = admin.get("/v1/tokens").json();
+    assert_eq!(listed.as_array().expect("tokens").len(), 2);
+    let id = listed
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .find(|t| t["name"] == "dashboards")
+        .and_then(|t| t["id"].as_str())
+        .expect("the reader's token is listed")
+        .to_string();
+    assert!(
+        listed.to_string().find("erk_").is_none(),
+        "secrets are never listed"
+    );
+    assert_eq!(
+        admin
+            .send("DELETE", &format!("/v1/tokens/{id}"), None, &[])
+            .status,
+        204
+    );
+    assert_eq!(
+        reader.get("/v1/models").status,
+        401,
+        "a revoked token still works"
+    );
+
+    let metrics = String::from_utf8(anonymous.get("/metrics").body).expect("text");
+    assert!(
+        metrics.contains(
+            r#"edgerec_registry_requests_total{method="GET",route="/v1/models",status="401"} 3"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("edgerec_registry_request_seconds_bucket"));
+}
+
+fn publish_attempt(client: &Client) -> Reply {
+    let (_, model) = golden();
+    client.send(
+        "PUT",
+        &format!("/v1/blobs/sha256:{}", Digest::of(&model)),
+        Some(&model),
+        &[],
+    )
+}
+
+#[test]
+fn publish_download_and_bad_uploads() {
+    let fixture = start(2 << 20);
+    let admin = Client::new(&fixture.server.url(), Some(&fixture.admin));
+    let publisher = Client::new(
+        &fixture.server.url(),
+        Some(&token(&admin, "trainer", &["publish", "read"])),
+    );
+    let (manifest, model) = golden();
+    let digest = Digest::of(&model);
+
+    // Truncated: the body does not hash to the digest in the path.
+    let reply = publisher.send(
+        "PUT",
+        &format!("/v1/blobs/sha256:{digest}"),
+        Some(&model[..4096]),
+        &[],
+    );
+    assert_eq!(
+        (reply.status, reply.kind().as_str()),
+        (400, "digest_mismatch")
+    );
+    // Not a digest at all.
+    assert_eq!(
+        publisher
+            .send("PUT", "/v1/blobs/model.onnx", Some(b"x"), &[])
+            .status,
+        400
+    );
+    // Larger than the configured 2 MiB.
+    let big = vec![7u8; 3 << 20];
+    let reply = publisher.send(
+        "PUT",
+        &format!("/v1/blobs/sha256:{}", Digest::of(&big)),
+        Some(&big),
+        &[],
+    );
+    assert_eq!((reply.status, reply.kind().as_str()), (413, "too_large"));
+    // A manifest whose model was never uploaded.
+    let reply = publisher.send(
+        "POST",
+        "/v1/models/golden-sasrec/versions",
+        Some(&manifest),
+        &[],
+    );
+    assert_eq!(
+        reply.status,
+        422,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(publisher.get("/v1/models").json(), json!([]));
+
+    let reply = publish(&publisher, "1.0.0");
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let version = reply.json();
+    assert_eq!(
+        publish(&publisher, "1.0.0").status,
+        200,
+        "re-publishing the same manifest"
+    );
+    let key = publisher.get("/v1/signing-key").json();
+    let manifest_digest: Digest = version["manifest_digest"]
+        .as_str()
+        .expect("digest")
+        .parse()
+        .expect("hex");
+    verify_manifest_signature(
+        key["public_key"].as_str().expect("key"),
+        &manifest_digest,
+        version["signature"].as_str().expect("signature"),
+    )
+    .expect("the served signature verifies with the served key");
+
+    let fetched = publisher.get(&format!("/v1/blobs/sha256:{manifest_digest}"));
+    assert_eq!((fetched.status, fetched.body), (200, golden_as("1.0.0")));
+    assert_eq!(
+        publisher.get(&format!("/v1/blobs/sha256:{digest}")).body,
+        model
+    );
+    let shown = publisher
+        .get("/v1/models/golden-sasrec/versions/1.0.0")
+        .json();
+    assert_eq!(
+        (shown["items"].as_u64(), shown["published_by"].as_str()),
+        (Some(3706), Some("trainer"))
+    );
+    assert_eq!(
+        publisher
+            .get("/v1/models/golden-sasrec/versions/9.9.9")
+            .status,
+        404
+    );
+    assert_eq!(
+        publisher.get("/v1/models").json()[0]["versions"],
+        json!(["1.0.0"])
+    );
+}
+
+#[test]
+fn plans_are_conditional_cached_and_roll_back() {
+    let fixture = start(64 << 20);
+    let admin = Client::new(&fixture.server.url(), Some(&fixture.admin));
+    let deployer = Client::new(
+        &fixture.server.url(),
+        Some(&token(&admin, "ml-team", &["publish", "deploy", "read"])),
+    );
+    assert_eq!(publish(&deployer, "1.0.0").status, 201);
+    assert_eq!(publish(&deployer, "1.1.0").status, 201);
+    let plan = |variants: Value, reason: &str| json!({"variants": variants, "reason": reason});
+    let single = plan(
+        json!([{"name": "control", "model": "golden-sasrec", "version": "1.0.0", "weight": 100}]),
+        "launch",
+    );
+    let split = plan(
+        json!([
+            {"name": "control", "model": "golden-sasrec", "version": "1.0.0", "weight": 80},
+            {"name": "candidate", "model": "golden-sasrec", "version": "1.1.0", "weight": 20}
+        ]),
+        "try 1.1.0 on 20%",
+    );
+
+    let bad = plan(
+        json!([{"name": "a", "model": "golden-sasrec", "version": "1.0.0", "weight": 60}]),
+        "x",
+    );
+    let reply = deployer.json("PUT", "/v1/plans/home", &bad, &[]);
+    assert_eq!(
+        (reply.status, reply.kind().as_str()),
+        (422, "invalid_bundle_or_plan")
+    );
+    let unknown = plan(
+        json!([{"name": "a", "model": "golden-sasrec", "version": "7.0.0", "weight": 100}]),
+        "x",
+    );
+    assert_eq!(
+        deployer.json("PUT", "/v1/plans/home", &unknown, &[]).status,
+        422
+    );
+    assert_eq!(
+        deployer
+            .send(
+                "PUT",
+                "/v1/plans/home",
+                Some(b"{not json"),
+                &[("Content-Type", "application/json")]
+            )
+            .status,
+        400
+    );
+
+    let first = deployer.json("PUT", "/v1/plans/home", &single, &[]);
+    assert_eq!((first.status, first.etag.as_deref()), (200, Some("\"1\"")));
+    let read = deployer.get("/v1/plans/home");
+    assert_eq!(read.etag.as_deref(), Some("\"1\""));
+    assert_eq!(
+        deployer
+            .send("GET", "/v1/plans/home", None, &[("If-None-Match", "\"1\"")])
+            .status,
+        304
+    );
+
+    assert_eq!(
+        deployer.json("PUT", "/v1/plans/home", &split, &[]).status,
+        428
+    );
+    assert_eq!(
+        deployer
+            .json("PUT", "/v1/plans/home", &split, &[("If-Match", "\"5\"")])
+            .status,
+        412
+    );
+
+    // Two deployers who both read revision 1 update at once: exactly one wins.
+    let url = fixture.server.url();
+    let secret = deployer.token.clone().expect("token");
+    let racers: Vec<_> = (0..2)
+        .map(|i| {
+            let (url, secret, body) = (
+                url.clone(),
+                secret.clone(),
+                if i == 0 {
+                    split.clone()
+                } else {
+                    single.clone()
+                },
+            );
+            std::thread::spawn(move || {
+                Client::new(&url, Some(&secret))
+                    .json("PUT", "/v1/plans/home", &body, &[("If-Match", "\"1\"")])
+                    .status
+            })
+        })
+        .collect();
+    let mut statuses: Vec<u16> = racers
+        .into_iter()
+        .map(|t| t.join().expect("racer"))
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, vec![200, 412]);
+    assert_eq!(
+        deployer
+            .send("GET", "/v1/plans/home", None, &[("If-None-Match", "\"1\"")])
+            .status,
+        200
+    );
+
+    let reply = deployer.send(
+        "DELETE",
+        "/v1/models/golden-sasrec/versions/1.0.0",
+        None,
+        &[],
+    );
+    assert_eq!(reply.status, 403, "deleting needs admin");
+    let reply = admin.send(
+        "DELETE",
+        "/v1/models/golden-sasrec/versions/1.0.0?reason=cleanup",
+        None,
+        &[],
+    );
+    assert_eq!((reply.status, reply.kind().as_str()), (409, "conflict"));
+
+    let rolled = deployer.json(
+        "POST",
+        "/v1/plans/home/rollback",
+        &json!({"reason": "regressed"}),
+        &[],
+    );
+    assert_eq!(
+        (rolled.status, rolled.etag.as_deref()),
+        (200, Some("\"3\""))
+    );
+    let history = deployer.get("/v1/plans/home/history").json();
+    assert_eq!(history.as_array().expect("history").len(), 3);
+    assert_eq!(history[2]["variants"], history[0]["variants"]);
+    assert_eq!(history[2]["reason"], "regressed");
+    let audit = admin.get("/v1/audit?limit=3").json();
+    assert_eq!(audit[0]["action"], "plan.rollback");
+    assert_eq!(audit[0]["actor"], "ml-team");
+}
