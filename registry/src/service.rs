@@ -113,7 +113,7 @@ pub struct PlanRequest {
 }
 
 /// A newly created token: the secret is shown once and never stored.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IssuedToken {
     pub secret: String,
     pub token: TokenRecord,

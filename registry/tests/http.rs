@@ -521,3 +521,85 @@ fn plans_are_conditional_cached_and_roll_back() {
     assert_eq!(audit[0]["action"], "plan.rollback");
     assert_eq!(audit[0]["actor"], "ml-team");
 }
+
+#[test]
+fn the_client_publishes_a_bundle_folder_and_follows_plans() {
+    use edgerec_registry::client::{PlanRead, RegistryClient};
+    use edgerec_registry::records::Variant;
+    use edgerec_registry::service::PlanRequest;
+
+    let fixture = start(64 << 20);
+    let client = RegistryClient::new(&fixture.server.url(), Some(&fixture.admin));
+    let bundle = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden/bundle");
+    let (version, created) = client
+        .publish_bundle(&bundle)
+        .expect("publishes the folder");
+    assert!(created);
+    assert_eq!(client.publish_bundle(&bundle).expect("again").1, false);
+    assert_eq!(client.versions("golden-sasrec").expect("lists")[0], version);
+    verify_manifest_signature(
+        &client.signing_key().expect("key"),
+        &version.manifest_digest,
+        &version.signature,
+    )
+    .expect("verifies");
+    assert_eq!(
+        client.blob(&version.manifest_digest).expect("manifest"),
+        golden().0
+    );
+
+    assert_eq!(client.plan("home").expect("reads"), None);
+    let request = PlanRequest {
+        variants: vec![Variant {
+            name: "control".into(),
+            model: "golden-sasrec".into(),
+            version: version.version.clone(),
+            weight: 100,
+        }],
+        salt: Some("s1".into()),
+        reason: "launch".into(),
+    };
+    let plan = client.deploy("home", &request, None).expect("deploys");
+    assert_eq!(
+        client
+            .plan_if_changed("home", plan.revision)
+            .expect("reads"),
+        PlanRead::Unchanged
+    );
+    let error = client.deploy("home", &request, Some(9)).expect_err("stale");
+    assert_eq!(error.status(), Some(412));
+    let second = client
+        .deploy("home", &request, Some(plan.revision))
+        .expect("updates");
+    assert_eq!(
+        client
+            .plan_if_changed("home", plan.revision)
+            .expect("reads"),
+        PlanRead::Changed(second)
+    );
+    assert_eq!(
+        client
+            .rollback("home", "undo")
+            .expect("rolls back")
+            .revision,
+        3
+    );
+    assert_eq!(client.history("home").expect("history").len(), 3);
+    assert_eq!(client.audit(1).expect("audit")[0].action, "plan.rollback");
+
+    let issued = client
+        .create_token("ci", &[Scope::Publish])
+        .expect("issues");
+    let ci = RegistryClient::new(&fixture.server.url(), Some(&issued.secret));
+    assert_eq!(ci.models().expect_err("no read scope").status(), Some(403));
+    client.revoke_token(&issued.token.id).expect("revokes");
+    assert_eq!(
+        ci.upload_blob(b"x").expect_err("revoked").status(),
+        Some(401)
+    );
+    let nowhere = RegistryClient::new("http://127.0.0.1:9", None);
+    assert!(matches!(
+        nowhere.models(),
+        Err(edgerec_registry::client::ClientError::Transport { .. })
+    ));
+}
