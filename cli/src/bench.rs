@@ -80,16 +80,27 @@ struct Figures {
     mean_us: f64,
 }
 
-fn figures(runtime: BenchRuntime, scenario: &'static str, mut micros: Vec<f64>) -> Figures {
-    micros.sort_by(f64::total_cmp);
-    let at = |q: f64| micros[((micros.len() as f64 - 1.0) * q).round() as usize];
+/// p50, p99 and mean of `samples` (not empty).
+pub(crate) fn percentiles(mut samples: Vec<f64>) -> (f64, f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    (
+        at(0.5),
+        at(0.99),
+        samples.iter().sum::<f64>() / samples.len() as f64,
+    )
+}
+
+fn figures(runtime: BenchRuntime, scenario: &'static str, micros: Vec<f64>) -> Figures {
+    let iterations = micros.len();
+    let (p50_us, p99_us, mean_us) = percentiles(micros);
     Figures {
         runtime,
         scenario,
-        iterations: micros.len(),
-        p50_us: at(0.5),
-        p99_us: at(0.99),
-        mean_us: micros.iter().sum::<f64>() / micros.len() as f64,
+        iterations,
+        p50_us,
+        p99_us,
+        mean_us,
     }
 }
 

@@ -1,8 +1,10 @@
 //! `edgerec`: one command for every EdgeRec job. Subcommands grow as the system does.
 
 mod bench;
+mod bench_registry;
 mod data;
 mod paths;
+mod registry;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -36,6 +38,16 @@ enum Command {
     Eval(data::EvalArgs),
     /// Train the sequence model on a dataset and export it as a bundle.
     Train(Box<train::TrainArgs>),
+    /// Run the model registry and manage its tokens.
+    Registry {
+        #[command(subcommand)]
+        what: registry::RegistryCommand,
+    },
+    /// Publish, list, show and deploy models through a registry.
+    Model {
+        #[command(subcommand)]
+        what: registry::ModelCommand,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -47,6 +59,8 @@ enum Command {
 enum BenchCommand {
     /// Ranking latency of one user on every runtime: tract, wasmtime (SIMD and not), Node, ONNX Runtime.
     Rank(bench::BenchArgs),
+    /// Publish and plan-read latency of a registry on the embedded backend.
+    Registry(bench_registry::RegistryBenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -102,9 +116,14 @@ fn main() -> Result<()> {
         Command::Data { what } => data::run(what),
         Command::Eval(args) => data::eval(args),
         Command::Train(args) => train::run(*args),
+        Command::Registry { what } => registry::run_registry(what),
+        Command::Model { what } => registry::run_model(what),
         Command::Bench {
             what: BenchCommand::Rank(args),
         } => bench::run(args),
+        Command::Bench {
+            what: BenchCommand::Registry(args),
+        } => bench_registry::run(args),
     }
 }
 

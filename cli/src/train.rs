@@ -63,6 +63,11 @@ pub struct TrainArgs {
     /// ONNX Runtime threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Publish the exported bundle to the registry (--registry / EDGEREC_REGISTRY, --token / EDGEREC_TOKEN).
+    #[arg(long)]
+    publish: bool,
+    #[command(flatten)]
+    registry: crate::registry::RegistryAddress,
 }
 
 impl TrainArgs {
@@ -285,5 +290,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
         model.len(),
         out.display()
     );
+    if args.publish {
+        let (version, _) = args
+            .registry
+            .client()
+            .publish_bundle(&bundle_dir)
+            .with_context(|| format!("publishing to {}", args.registry.registry))?;
+        println!(
+            "published {} {} to {} (manifest sha256:{})",
+            version.model, version.version, args.registry.registry, version.manifest_digest
+        );
+    }
     Ok(())
 }

@@ -1,0 +1,378 @@
+//! `edgerec registry` (run the model registry, manage its tokens) and `edgerec model` (publish and deploy through
+//! it).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Subcommand;
+use edgerec_registry::client::RegistryClient;
+use edgerec_registry::records::{Plan, Scope, Variant};
+use edgerec_registry::server::{RegistryConfig, serve};
+use edgerec_registry::service::PlanRequest;
+
+#[derive(Subcommand, Debug)]
+pub enum RegistryCommand {
+    /// Serve the registry API (embedded backend: a folder with a redb file and the blobs).
+    Serve {
+        /// JSON configuration file (listen, root, signing_key, max_upload_bytes, workers); EDGEREC_REGISTRY_*
+        /// variables override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on, e.g. 127.0.0.1:7070.
+        #[arg(long)]
+        listen: Option<String>,
+        /// The registry's folder (default ~/.cache/edgerec/registry).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+    /// Access tokens: on a registry folder directly (while no server holds it), or through a running registry
+    /// with --registry and an admin token.
+    Token {
+        #[command(subcommand)]
+        what: TokenCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a token and print its secret (shown once).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// read, publish, deploy or admin; repeat for several.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<Scope>,
+        #[command(flatten)]
+        target: TokenTarget,
+    },
+    List {
+        #[command(flatten)]
+        target: TokenTarget,
+    },
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        target: TokenTarget,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TokenTarget {
+    /// The registry folder to open directly (default ~/.cache/edgerec/registry).
+    #[arg(long, conflicts_with = "registry")]
+    root: Option<PathBuf>,
+    /// A running registry to manage tokens through (needs an admin --token).
+    #[arg(long)]
+    registry: Option<String>,
+    #[arg(long, env = "EDGEREC_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RegistryAddress {
+    /// The registry's URL.
+    #[arg(
+        long,
+        env = "EDGEREC_REGISTRY",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub registry: String,
+    /// Bearer token.
+    #[arg(long, env = "EDGEREC_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl RegistryAddress {
+    pub fn client(&self) -> RegistryClient {
+        RegistryClient::new(&self.registry, self.token.as_deref())
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelCommand {
+    /// Upload a bundle folder (manifest.json and its files) and publish it as a version.
+    Publish {
+        bundle: PathBuf,
+        #[command(flatten)]
+        registry: RegistryAddress,
+    },
+    /// Models and their versions.
+    List {
+        #[command(flatten)]
+        registry: RegistryAddress,
+    },
+    /// A model's versions, or one version, with metrics and lineage.
+    Show {
+        model: String,
+        version: Option<String>,
+        #[command(flatten)]
+        registry: RegistryAddress,
+    },
+    /// Set the plan of a surface: --variant name=model@version:weight, weights summing to 100.
+    Deploy {
+        surface: String,
+        #[arg(long = "variant", required = true, value_parser = parse_variant)]
+        variants: Vec<Variant>,
+        /// Why (kept in the audit log).
+        #[arg(long)]
+        reason: String,
+        /// New bucketing salt (reshuffles users between variants); default: keep the current one.
+        #[arg(long)]
+        salt: Option<String>,
+        #[command(flatten)]
+        registry: RegistryAddress,
+    },
+    /// Restore the plan that preceded the current one.
+    Rollback {
+        surface: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        registry: RegistryAddress,
+    },
+    /// Every revision of a surface's plan.
+    History {
+        surface: String,
+        #[command(flatten)]
+        registry: RegistryAddress,
+    },
+}
+
+/// `name=model@version:weight`.
+fn parse_variant(text: &str) -> Result<Variant, String> {
+    let usage = || {
+        format!(
+            "`{text}` is not name=model@version:weight (for example control=ml-1m-sasrec@1.0.48:90)"
+        )
+    };
+    let (name, rest) = text.split_once('=').ok_or_else(usage)?;
+    let (model, rest) = rest.split_once('@').ok_or_else(usage)?;
+    let (version, weight) = rest.rsplit_once(':').ok_or_else(usage)?;
+    Ok(Variant {
+        name: name.into(),
+        model: model.into(),
+        version: version.into(),
+        weight: weight.parse().map_err(|_| usage())?,
+    })
+}
+
+pub fn run_registry(command: RegistryCommand) -> Result<()> {
+    match command {
+        RegistryCommand::Serve {
+            config,
+            listen,
+            root,
+        } => {
+            let mut config = RegistryConfig::load(config.as_deref())?;
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+            if let Some(root) = root {
+                config.root = root;
+            }
+            let registry = config
+                .open_embedded()
+                .map_err(|e| anyhow!("{e}"))
+                .with_context(|| format!("opening the registry in {}", config.root.display()))?;
+            let public_key = registry.signer.public_key_hex();
+            let no_tokens =
+                block_on(edgerec_registry::store::Store::list_tokens(&registry.store))?.is_empty();
+            serve(registry, &config.listen, config.workers, |addresses| {
+                for address in addresses {
+                    eprintln!("edgerec registry listening on http://{address} (folder {})", config.root.display());
+                }
+                eprintln!("signing key (configure edge nodes with it): {public_key}");
+                if no_tokens {
+                    eprintln!(
+                        "no tokens yet: stop the registry and run `edgerec registry token create --name admin --scope admin --root {}`",
+                        config.root.display()
+                    );
+                }
+            })
+            .with_context(|| format!("serving on {}", config.listen))
+        }
+        RegistryCommand::Token { what } => token(what),
+    }
+}
+
+/// The embedded store's futures complete on their first poll.
+pub(crate) fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+    let mut future = std::pin::pin!(future);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(value) = future.as_mut().poll(&mut context) {
+            return value;
+        }
+    }
+}
+
+fn local_registry(
+    root: Option<PathBuf>,
+) -> Result<edgerec_registry::service::Registry<edgerec_registry::embedded::EmbeddedStore>> {
+    let mut config = RegistryConfig::load(None)?;
+    if let Some(root) = root {
+        config.root = root;
+    }
+    config
+        .open_embedded()
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("opening the registry in {}", config.root.display()))
+}
+
+fn token(command: TokenCommand) -> Result<()> {
+    let remote = |target: &TokenTarget| {
+        target
+            .registry
+            .as_ref()
+            .map(|url| RegistryClient::new(url, target.token.as_deref()))
+    };
+    match command {
+        TokenCommand::Create {
+            name,
+            scopes,
+            target,
+        } => {
+            let issued = match remote(&target) {
+                Some(client) => client.create_token(&name, &scopes)?,
+                None => block_on(local_registry(target.root)?.create_token(
+                    &name,
+                    scopes,
+                    "local-admin",
+                ))?,
+            };
+            eprintln!(
+                "token {} ({}) with scopes {}; its secret, shown only now:",
+                issued.token.id,
+                issued.token.name,
+                issued
+                    .token
+                    .scopes
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            println!("{}", issued.secret);
+        }
+        TokenCommand::List { target } => {
+            let tokens = match remote(&target) {
+                Some(client) => client.tokens()?,
+                None => block_on(edgerec_registry::store::Store::list_tokens(
+                    &local_registry(target.root)?.store,
+                ))?,
+            };
+            for token in tokens {
+                println!(
+                    "{}  {:<20} {:<28} {}",
+                    token.id,
+                    token.name,
+                    token
+                        .scopes
+                        .iter()
+                        .map(|s| s.name())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    if token.revoked { "revoked" } else { "active" }
+                );
+            }
+        }
+        TokenCommand::Revoke { id, target } => {
+            match remote(&target) {
+                Some(client) => client.revoke_token(&id)?,
+                None => block_on(local_registry(target.root)?.revoke_token(&id, "local-admin"))?,
+            }
+            println!("revoked {id}");
+        }
+    }
+    Ok(())
+}
+
+fn print_plan(plan: &Plan) {
+    println!(
+        "{} revision {} (salt {}, by {}: {})",
+        plan.surface, plan.revision, plan.salt, plan.updated_by, plan.reason
+    );
+    for v in &plan.variants {
+        println!("  {:<16} {}@{}  {}%", v.name, v.model, v.version, v.weight);
+    }
+}
+
+pub fn run_model(command: ModelCommand) -> Result<()> {
+    match command {
+        ModelCommand::Publish { bundle, registry } => {
+            let (version, created) = registry.client().publish_bundle(&bundle)?;
+            println!(
+                "{} {} {} (manifest sha256:{}, signed)",
+                if created {
+                    "published"
+                } else {
+                    "already published:"
+                },
+                version.model,
+                version.version,
+                version.manifest_digest
+            );
+        }
+        ModelCommand::List { registry } => {
+            let models = registry.client().models()?;
+            for model in models.as_array().into_iter().flatten() {
+                println!(
+                    "{:<32} latest {:<12} versions {}",
+                    model["model"].as_str().unwrap_or_default(),
+                    model["latest"].as_str().unwrap_or("-"),
+                    model["versions"].as_array().map_or(0, Vec::len)
+                );
+            }
+        }
+        ModelCommand::Show {
+            model,
+            version,
+            registry,
+        } => {
+            let client = registry.client();
+            let versions = match version {
+                Some(version) => vec![client.version(&model, &version)?],
+                None => client.versions(&model)?,
+            };
+            println!("{}", serde_json::to_string_pretty(&versions)?);
+        }
+        ModelCommand::Deploy {
+            surface,
+            variants,
+            reason,
+            salt,
+            registry,
+        } => {
+            let client = registry.client();
+            let current = client.plan(&surface)?;
+            let plan = client.deploy(
+                &surface,
+                &PlanRequest {
+                    variants,
+                    salt,
+                    reason,
+                },
+                current.as_ref().map(|p| p.revision),
+            )?;
+            print_plan(&plan);
+        }
+        ModelCommand::Rollback {
+            surface,
+            reason,
+            registry,
+        } => {
+            let plan = registry.client().rollback(&surface, &reason)?;
+            print_plan(&plan);
+        }
+        ModelCommand::History { surface, registry } => {
+            let history = registry.client().history(&surface)?;
+            if history.is_empty() {
+                bail!("surface `{surface}` has no plan");
+            }
+            for plan in &history {
+                print_plan(plan);
+            }
+        }
+    }
+    Ok(())
+}
