@@ -376,3 +376,31 @@ pub fn run_model(command: ModelCommand) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_parse_from_the_command_line() {
+        let variant = parse_variant("control=ml-1m-sasrec@1.0.48:90").expect("parses");
+        assert_eq!(
+            variant,
+            Variant {
+                name: "control".into(),
+                model: "ml-1m-sasrec".into(),
+                version: "1.0.48".into(),
+                weight: 90,
+            }
+        );
+        for bad in [
+            "control",
+            "control=model:90",
+            "control=model@1.0",
+            "control=model@1.0:ninety",
+        ] {
+            let error = parse_variant(bad).expect_err("refused");
+            assert!(error.contains("name=model@version:weight"), "{error}");
+        }
+    }
+}

@@ -225,3 +225,33 @@ impl Drop for RunningServer {
         self.shutdown();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configuration_files_set_fields_and_refuse_unknown_ones() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let path = dir.path().join("registry.json");
+        std::fs::write(
+            &path,
+            r#"{"listen": "127.0.0.1:9999", "max_upload_bytes": 1024}"#,
+        )
+        .expect("writes");
+        let config = RegistryConfig::load(Some(&path)).expect("loads");
+        assert_eq!(
+            (config.listen.as_str(), config.max_upload_bytes),
+            ("127.0.0.1:9999", 1024)
+        );
+        assert_eq!(config.workers, RegistryConfig::default().workers);
+        std::fs::write(&path, r#"{"listen_on": "x"}"#).expect("writes");
+        let error = RegistryConfig::load(Some(&path))
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains("listen_on"), "{error}");
+        let error =
+            RegistryConfig::load(Some(&dir.path().join("missing.json"))).expect_err("refused");
+        assert!(error.to_string().contains("missing.json"), "{error}");
+    }
+}
