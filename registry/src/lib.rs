@@ -4,6 +4,7 @@
 //! [`service::Registry`] holds the rules over any [`store::Store`]; [`embedded::EmbeddedStore`] is the default
 //! backend (a folder and a redb file).
 
+pub mod aws;
 pub mod client;
 pub mod embedded;
 pub mod http;

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use edgerec_core::{Digest, MODEL_FILE, Manifest};
+use edgerec_registry::aws::{AwsConfig, AwsStore};
 use edgerec_registry::embedded::EmbeddedStore;
 use edgerec_registry::records::Scope;
 use edgerec_registry::server::RunningServer;
@@ -132,14 +133,52 @@ fn start(max_upload_bytes: u64) -> Fixture {
     }
 }
 
-fn run<T>(future: impl std::future::Future<Output = T>) -> T {
-    let mut future = std::pin::pin!(future);
-    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
-    loop {
-        if let std::task::Poll::Ready(value) = future.as_mut().poll(&mut context) {
-            return value;
-        }
+/// The same server on S3 + DynamoDB (the test servers `scripts/aws-local.sh` starts).
+fn start_on_aws(test: &str) -> Fixture {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!("{name} is not set: start the test servers with `eval \"$(scripts/aws-local.sh start)\"` (scripts/test.sh does)")
+        })
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .subsec_nanos();
+    let name = format!("edgerec-http-{test}-{}-{nanos}", std::process::id());
+    let config = AwsConfig {
+        region: "us-east-1".into(),
+        dynamodb_endpoint: Some(var("EDGEREC_TEST_DYNAMODB")),
+        s3_endpoint: Some(var("EDGEREC_TEST_S3")),
+        table: name.clone(),
+        bucket: name,
+        access_key_id: Some(var("EDGEREC_TEST_AWS_KEY")),
+        secret_access_key: Some(var("EDGEREC_TEST_AWS_SECRET")),
+    };
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let store = AwsStore::connect(&config);
+    run(store.ensure_created()).expect("creates the table and bucket");
+    let registry = Registry {
+        store,
+        signer: ManifestSigner::load_or_create(&dir.path().join("signing.key")).expect("key"),
+        max_upload_bytes: 64 << 20,
+    };
+    let admin = run(registry.create_token("root", vec![Scope::Admin], "setup"))
+        .expect("admin token")
+        .secret;
+    let server = RunningServer::start(registry, "127.0.0.1:0").expect("serves on port 0");
+    Fixture {
+        server,
+        admin,
+        _dir: dir,
     }
+}
+
+fn run<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(future)
 }
 
 fn token(admin: &Client, name: &str, scopes: &[&str]) -> String {
@@ -382,7 +421,15 @@ fn publish_download_and_bad_uploads() {
 
 #[test]
 fn plans_are_conditional_cached_and_roll_back() {
-    let fixture = start(64 << 20);
+    plans_on(start(64 << 20));
+}
+
+#[test]
+fn plans_are_conditional_cached_and_roll_back_on_s3_and_dynamodb() {
+    plans_on(start_on_aws("plans"));
+}
+
+fn plans_on(fixture: Fixture) {
     let admin = Client::new(&fixture.server.url(), Some(&fixture.admin));
     let deployer = Client::new(
         &fixture.server.url(),

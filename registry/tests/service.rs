@@ -1,26 +1,80 @@
-//! The registry's rules over the embedded store: publishing verifies and signs, versions are immutable, plans are
-//! validated, conditional and audited, rollback restores the previous plan, tokens authorise by scope.
+//! The registry's rules, run against both backends — the embedded store, and S3 + DynamoDB (s3s-fs and DynamoDB
+//! Local on 127.0.0.1, which `scripts/test.sh` starts through `scripts/aws-local.sh`): publishing verifies and
+//! signs, versions are immutable, plans are validated, conditional and audited, rollback restores the previous
+//! plan, tokens authorise by scope, and an unreachable backend loses nothing.
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::task::{Context, Poll, Waker};
 
 use edgerec_core::{Digest, MODEL_FILE, Manifest};
+use edgerec_registry::aws::{AwsConfig, AwsStore};
 use edgerec_registry::embedded::EmbeddedStore;
 use edgerec_registry::records::{Scope, Variant};
 use edgerec_registry::service::{PlanRequest, Registry, RegistryError};
 use edgerec_registry::signing::{ManifestSigner, verify_manifest_signature};
 use edgerec_registry::store::Store;
 
-/// The embedded store never suspends, so its futures complete on the first poll.
 fn run<T>(future: impl Future<Output = T>) -> T {
-    let mut future = std::pin::pin!(future);
-    let mut context = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(value) = future.as_mut().poll(&mut context) {
-            return value;
-        }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(future)
+}
+
+/// Where the test servers are: `scripts/aws-local.sh start` prints these variables.
+fn aws_config(test: &str) -> AwsConfig {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!("{name} is not set: start the test servers with `eval \"$(scripts/aws-local.sh start)\"` (scripts/test.sh does)")
+        })
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .subsec_nanos();
+    // S3 bucket names: 3-63 lowercase letters, digits and hyphens.
+    let short: String = test.chars().take(24).collect();
+    let name = format!("edgerec-{short}-{}-{nanos}", std::process::id()).replace('_', "-");
+    AwsConfig {
+        region: "us-east-1".into(),
+        dynamodb_endpoint: Some(var("EDGEREC_TEST_DYNAMODB")),
+        s3_endpoint: Some(var("EDGEREC_TEST_S3")),
+        table: name.clone(),
+        bucket: name,
+        access_key_id: Some(var("EDGEREC_TEST_AWS_KEY")),
+        secret_access_key: Some(var("EDGEREC_TEST_AWS_SECRET")),
     }
+}
+
+fn aws_registry(config: &AwsConfig, dir: &std::path::Path) -> Registry<AwsStore> {
+    let store = AwsStore::connect(config);
+    run(store.ensure_created()).expect("creates the table and bucket");
+    Registry {
+        store,
+        signer: ManifestSigner::load_or_create(&dir.join("signing.key")).expect("key"),
+        max_upload_bytes: 8 << 20,
+    }
+}
+
+/// Runs `check` on a fresh embedded registry and on a fresh S3 + DynamoDB registry.
+macro_rules! on_both_backends {
+    ($check:ident) => {
+        mod $check {
+            #[test]
+            fn embedded() {
+                let dir = tempfile::tempdir().expect("temporary folder");
+                super::$check(&super::open_registry(dir.path()));
+            }
+
+            #[test]
+            fn s3_and_dynamodb() {
+                let dir = tempfile::tempdir().expect("temporary folder");
+                let config = super::aws_config(stringify!($check));
+                super::$check(&super::aws_registry(&config, dir.path()));
+            }
+        }
+    };
 }
 
 fn golden() -> (Vec<u8>, Vec<u8>) {
@@ -47,7 +101,7 @@ fn open_registry(dir: &std::path::Path) -> Registry<EmbeddedStore> {
     }
 }
 
-fn publish(registry: &Registry<EmbeddedStore>, version: &str) {
+fn publish<S: Store>(registry: &Registry<S>, version: &str) {
     let (_, model) = golden();
     run(registry.upload_blob(&Digest::of(&model).to_string(), &model)).expect("uploads the model");
     run(registry.publish("golden-sasrec", &golden_as(version), "alice")).expect("publishes");
@@ -69,10 +123,8 @@ fn plan(variants: &[(&str, &str, u32)], reason: &str) -> PlanRequest {
     }
 }
 
-#[test]
-fn publishing_verifies_signs_and_keeps_versions_immutable() {
-    let dir = tempfile::tempdir().expect("temporary folder");
-    let registry = open_registry(dir.path());
+on_both_backends!(publishing_verifies_signs_and_keeps_versions_immutable);
+fn publishing_verifies_signs_and_keeps_versions_immutable<S: Store>(registry: &Registry<S>) {
     let (manifest, model) = golden();
 
     // Nothing uploaded yet: the manifest names a blob the registry lacks.
@@ -93,9 +145,10 @@ fn publishing_verifies_signs_and_keeps_versions_immutable() {
         run(registry.blob(&digest)),
         Err(RegistryError::NotFound(_))
     ));
+    let small_dir = tempfile::tempdir().expect("dir");
     let small = Registry {
         max_upload_bytes: 1000,
-        ..open_registry(tempfile::tempdir().expect("dir").path())
+        ..open_registry(small_dir.path())
     };
     assert!(matches!(
         run(small.upload_blob(&digest, &model)),
@@ -144,10 +197,8 @@ fn publishing_verifies_signs_and_keeps_versions_immutable() {
     ));
 }
 
-#[test]
-fn a_model_that_does_not_serve_is_refused_and_leaves_nothing() {
-    let dir = tempfile::tempdir().expect("temporary folder");
-    let registry = open_registry(dir.path());
+on_both_backends!(a_model_that_does_not_serve_is_refused_and_leaves_nothing);
+fn a_model_that_does_not_serve_is_refused_and_leaves_nothing<S: Store>(registry: &Registry<S>) {
     // Valid digests, but the "model" is not ONNX.
     let not_onnx = b"definitely not a protobuf".to_vec();
     let mut manifest: Manifest = serde_json::from_slice(&golden().0).expect("parses");
@@ -170,12 +221,10 @@ fn a_model_that_does_not_serve_is_refused_and_leaves_nothing() {
     assert!(run(registry.store.audit(10)).expect("audit").is_empty());
 }
 
-#[test]
-fn plans_are_validated_conditional_audited_and_roll_back() {
-    let dir = tempfile::tempdir().expect("temporary folder");
-    let registry = open_registry(dir.path());
-    publish(&registry, "1.0.0");
-    publish(&registry, "1.1.0");
+on_both_backends!(plans_are_validated_conditional_audited_and_roll_back);
+fn plans_are_validated_conditional_audited_and_roll_back<S: Store>(registry: &Registry<S>) {
+    publish(registry, "1.0.0");
+    publish(registry, "1.1.0");
 
     for (bad, why) in [
         (
@@ -275,10 +324,8 @@ fn plans_are_validated_conditional_audited_and_roll_back() {
     assert!(audit.windows(2).all(|w| w[0].sequence == w[1].sequence + 1));
 }
 
-#[test]
-fn tokens_authorise_by_scope_and_are_stored_hashed() {
-    let dir = tempfile::tempdir().expect("temporary folder");
-    let registry = open_registry(dir.path());
+on_both_backends!(tokens_authorise_by_scope_and_are_stored_hashed);
+fn tokens_authorise_by_scope_and_are_stored_hashed<S: Store>(registry: &Registry<S>) {
     let issued = run(registry.create_token("ci", vec![Scope::Publish, Scope::Read], "admin"))
         .expect("issues");
     assert!(issued.secret.starts_with("erk_"));
@@ -286,10 +333,9 @@ fn tokens_authorise_by_scope_and_are_stored_hashed() {
     assert_eq!(stored.len(), 1);
     assert_ne!(stored[0].secret_sha256, issued.secret);
     assert!(
-        !std::fs::read(dir.path().join("registry.redb"))
-            .expect("database file")
-            .windows(issued.secret.len())
-            .any(|w| w == issued.secret.as_bytes())
+        !serde_json::to_string(&stored)
+            .expect("json")
+            .contains(&issued.secret)
     );
 
     run(registry.authorize(Some(&issued.secret), Scope::Publish)).expect("publish allowed");
@@ -321,4 +367,45 @@ fn a_second_process_cannot_open_a_registry_in_use() {
     let _first = EmbeddedStore::open(dir.path()).expect("opens");
     let error = EmbeddedStore::open(dir.path()).expect_err("refused");
     assert!(error.to_string().contains("in use"), "{error}");
+}
+
+/// The metadata store goes away between the blob upload and the publish: 503, and nothing becomes visible. Then S3
+/// goes away: the upload is refused the same way.
+#[test]
+fn an_unreachable_backend_is_unavailable_and_leaves_nothing() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let config = aws_config("unreachable");
+    let registry = aws_registry(&config, dir.path());
+    let (_, model) = golden();
+    run(registry.upload_blob(&Digest::of(&model).to_string(), &model)).expect("uploads");
+    let nowhere = Some("http://127.0.0.1:9".to_string());
+    let without_dynamodb = Registry {
+        store: AwsStore::connect(&AwsConfig {
+            dynamodb_endpoint: nowhere.clone(),
+            ..config.clone()
+        }),
+        signer: ManifestSigner::load_or_create(&dir.path().join("signing.key")).expect("key"),
+        max_upload_bytes: 8 << 20,
+    };
+    let error = run(without_dynamodb.publish("golden-sasrec", &golden_as("2.0.0"), "alice"))
+        .expect_err("refused");
+    assert!(matches!(error, RegistryError::Unavailable(_)), "{error}");
+    assert!(
+        run(registry.store.list_versions(None))
+            .expect("lists")
+            .is_empty()
+    );
+    assert!(run(registry.store.audit(10)).expect("audit").is_empty());
+
+    let without_s3 = Registry {
+        store: AwsStore::connect(&AwsConfig {
+            s3_endpoint: nowhere,
+            ..config
+        }),
+        signer: ManifestSigner::load_or_create(&dir.path().join("signing.key")).expect("key"),
+        max_upload_bytes: 8 << 20,
+    };
+    let error =
+        run(without_s3.upload_blob(&Digest::of(b"x").to_string(), b"x")).expect_err("refused");
+    assert!(matches!(error, RegistryError::Unavailable(_)), "{error}");
 }
