@@ -61,6 +61,9 @@ pub struct TokenTarget {
     /// The registry folder to open directly (default ~/.cache/edgerec/registry).
     #[arg(long, conflicts_with = "registry")]
     root: Option<PathBuf>,
+    /// The registry's configuration file, to open its backend directly (S3 + DynamoDB included).
+    #[arg(long, conflicts_with = "registry")]
+    config: Option<PathBuf>,
     /// A running registry to manage tokens through (needs an admin --token).
     #[arg(long)]
     registry: Option<String>,
@@ -170,29 +173,56 @@ pub fn run_registry(command: RegistryCommand) -> Result<()> {
             if let Some(root) = root {
                 config.root = root;
             }
-            let registry = config
-                .open_embedded()
-                .map_err(|e| anyhow!("{e}"))
-                .with_context(|| format!("opening the registry in {}", config.root.display()))?;
-            let public_key = registry.signer.public_key_hex();
-            let no_tokens =
-                block_on(edgerec_registry::store::Store::list_tokens(&registry.store))?.is_empty();
-            serve(registry, &config.listen, config.workers, |addresses| {
-                for address in addresses {
-                    eprintln!("edgerec registry listening on http://{address} (folder {})", config.root.display());
+            let announce = |public_key: String, no_tokens: bool| {
+                let root = config.root.display().to_string();
+                let backend = match &config.aws {
+                    Some(aws) => {
+                        format!("DynamoDB table {} and S3 bucket {}", aws.table, aws.bucket)
+                    }
+                    None => format!("folder {root}"),
+                };
+                move |addresses: &[std::net::SocketAddr]| {
+                    for address in addresses {
+                        eprintln!("edgerec registry listening on http://{address} ({backend})");
+                    }
+                    eprintln!("signing key (configure edge nodes with it): {public_key}");
+                    if no_tokens {
+                        eprintln!(
+                            "no tokens yet: create an admin token with `edgerec registry token create --name admin --scope admin` (registry stopped, same --root or --config)"
+                        );
+                    }
                 }
-                eprintln!("signing key (configure edge nodes with it): {public_key}");
-                if no_tokens {
-                    eprintln!(
-                        "no tokens yet: stop the registry and run `edgerec registry token create --name admin --scope admin --root {}`",
-                        config.root.display()
-                    );
+            };
+            let opened =
+                |e: Box<dyn std::error::Error + Send + Sync>| anyhow!("opening the registry: {e}");
+            match &config.aws {
+                Some(aws) => {
+                    let registry = config.open_aws(aws).map_err(opened)?;
+                    let no_tokens = actix_rt_block_on(
+                        edgerec_registry::store::Store::list_tokens(&registry.store),
+                    )??
+                    .is_empty();
+                    let on_bound = announce(registry.signer.public_key_hex(), no_tokens);
+                    serve(registry, &config.listen, config.workers, on_bound)
                 }
-            })
+                None => {
+                    let registry = config.open_embedded().map_err(opened)?;
+                    let no_tokens =
+                        block_on(edgerec_registry::store::Store::list_tokens(&registry.store))?
+                            .is_empty();
+                    let on_bound = announce(registry.signer.public_key_hex(), no_tokens);
+                    serve(registry, &config.listen, config.workers, on_bound)
+                }
+            }
             .with_context(|| format!("serving on {}", config.listen))
         }
         RegistryCommand::Token { what } => token(what),
     }
+}
+
+/// Runs a future of the S3 + DynamoDB backend, which needs a Tokio runtime.
+fn actix_rt_block_on<T>(future: impl std::future::Future<Output = T>) -> Result<T> {
+    Ok(actix_web::rt::Runtime::new()?.block_on(future))
 }
 
 /// The embedded store's futures complete on their first poll.
@@ -206,85 +236,99 @@ pub(crate) fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
     }
 }
 
-fn local_registry(
-    root: Option<PathBuf>,
-) -> Result<edgerec_registry::service::Registry<edgerec_registry::embedded::EmbeddedStore>> {
-    let mut config = RegistryConfig::load(None)?;
-    if let Some(root) = root {
-        config.root = root;
-    }
-    config
-        .open_embedded()
-        .map_err(|e| anyhow!("{e}"))
-        .with_context(|| format!("opening the registry in {}", config.root.display()))
+/// What a token command does to a registry opened directly.
+enum LocalTokenCommand {
+    Create { name: String, scopes: Vec<Scope> },
+    List,
+    Revoke { id: String },
 }
 
-fn token(command: TokenCommand) -> Result<()> {
-    let remote = |target: &TokenTarget| {
-        target
-            .registry
-            .as_ref()
-            .map(|url| RegistryClient::new(url, target.token.as_deref()))
-    };
+async fn local_token<S: edgerec_registry::store::Store>(
+    registry: &edgerec_registry::service::Registry<S>,
+    command: LocalTokenCommand,
+) -> Result<()> {
     match command {
-        TokenCommand::Create {
-            name,
-            scopes,
-            target,
-        } => {
-            let issued = match remote(&target) {
-                Some(client) => client.create_token(&name, &scopes)?,
-                None => block_on(local_registry(target.root)?.create_token(
-                    &name,
-                    scopes,
-                    "local-admin",
-                ))?,
-            };
-            eprintln!(
-                "token {} ({}) with scopes {}; its secret, shown only now:",
-                issued.token.id,
-                issued.token.name,
-                issued
-                    .token
-                    .scopes
-                    .iter()
-                    .map(|s| s.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            println!("{}", issued.secret);
+        LocalTokenCommand::Create { name, scopes } => {
+            print_issued(&registry.create_token(&name, scopes, "local-admin").await?)
         }
-        TokenCommand::List { target } => {
-            let tokens = match remote(&target) {
-                Some(client) => client.tokens()?,
-                None => block_on(edgerec_registry::store::Store::list_tokens(
-                    &local_registry(target.root)?.store,
-                ))?,
-            };
-            for token in tokens {
-                println!(
-                    "{}  {:<20} {:<28} {}",
-                    token.id,
-                    token.name,
-                    token
-                        .scopes
-                        .iter()
-                        .map(|s| s.name())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    if token.revoked { "revoked" } else { "active" }
-                );
-            }
-        }
-        TokenCommand::Revoke { id, target } => {
-            match remote(&target) {
-                Some(client) => client.revoke_token(&id)?,
-                None => block_on(local_registry(target.root)?.revoke_token(&id, "local-admin"))?,
-            }
+        LocalTokenCommand::List => print_tokens(registry.store.list_tokens().await?),
+        LocalTokenCommand::Revoke { id } => {
+            registry.revoke_token(&id, "local-admin").await?;
             println!("revoked {id}");
         }
     }
     Ok(())
+}
+
+fn print_issued(issued: &edgerec_registry::service::IssuedToken) {
+    eprintln!(
+        "token {} ({}) with scopes {}; its secret, shown only now:",
+        issued.token.id,
+        issued.token.name,
+        issued
+            .token
+            .scopes
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("{}", issued.secret);
+}
+
+fn print_tokens(tokens: Vec<edgerec_registry::records::TokenRecord>) {
+    for token in tokens {
+        println!(
+            "{}  {:<20} {:<28} {}",
+            token.id,
+            token.name,
+            token
+                .scopes
+                .iter()
+                .map(|s| s.name())
+                .collect::<Vec<_>>()
+                .join(","),
+            if token.revoked { "revoked" } else { "active" }
+        );
+    }
+}
+
+fn token(command: TokenCommand) -> Result<()> {
+    let (target, local) = match command {
+        TokenCommand::Create {
+            name,
+            scopes,
+            target,
+        } => (target, LocalTokenCommand::Create { name, scopes }),
+        TokenCommand::List { target } => (target, LocalTokenCommand::List),
+        TokenCommand::Revoke { id, target } => (target, LocalTokenCommand::Revoke { id }),
+    };
+    if let Some(url) = &target.registry {
+        let client = RegistryClient::new(url, target.token.as_deref());
+        match local {
+            LocalTokenCommand::Create { name, scopes } => {
+                print_issued(&client.create_token(&name, &scopes)?)
+            }
+            LocalTokenCommand::List => print_tokens(client.tokens()?),
+            LocalTokenCommand::Revoke { id } => {
+                client.revoke_token(&id)?;
+                println!("revoked {id}");
+            }
+        }
+        return Ok(());
+    }
+    let mut config = RegistryConfig::load(target.config.as_deref())?;
+    if let Some(root) = target.root {
+        config.root = root;
+    }
+    let opened = |e: Box<dyn std::error::Error + Send + Sync>| anyhow!("opening the registry: {e}");
+    match &config.aws {
+        Some(aws) => {
+            let registry = config.open_aws(aws).map_err(opened)?;
+            actix_rt_block_on(local_token(&registry, local))?
+        }
+        None => block_on(local_token(&config.open_embedded().map_err(opened)?, local)),
+    }
 }
 
 fn print_plan(plan: &Plan) {

@@ -7,6 +7,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use serde::{Deserialize, Serialize};
 
+use crate::aws::{AwsConfig, AwsStore};
 use crate::embedded::EmbeddedStore;
 use crate::http::{Metrics, configure, json_config, observe};
 use crate::service::Registry;
@@ -28,6 +29,8 @@ pub struct RegistryConfig {
     pub max_upload_bytes: u64,
     /// HTTP worker threads (`EDGEREC_REGISTRY_WORKERS`; 0: one per core).
     pub workers: usize,
+    /// The production backend (S3 for blobs, DynamoDB for the rest) instead of the embedded one under `root`.
+    pub aws: Option<AwsConfig>,
 }
 
 impl Default for RegistryConfig {
@@ -38,6 +41,7 @@ impl Default for RegistryConfig {
             signing_key: None,
             max_upload_bytes: 256 << 20,
             workers: 0,
+            aws: None,
         }
     }
 }
@@ -108,6 +112,22 @@ impl RegistryConfig {
         self.signing_key
             .clone()
             .unwrap_or_else(|| self.root.join("signing.key"))
+    }
+
+    /// Connects to the S3 + DynamoDB backend of `aws`, creating the table and bucket if needed, with the signing
+    /// key.
+    pub fn open_aws(
+        &self,
+        aws: &AwsConfig,
+    ) -> Result<Registry<AwsStore>, Box<dyn std::error::Error + Send + Sync>> {
+        let store = AwsStore::connect(aws);
+        actix_web::rt::Runtime::new()?.block_on(store.ensure_created())?;
+        let signer = ManifestSigner::load_or_create(&self.signing_key_path())?;
+        Ok(Registry {
+            store,
+            signer,
+            max_upload_bytes: self.max_upload_bytes,
+        })
     }
 
     /// Opens the embedded backend and the signing key.
