@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 
 use edgerec_core::ElemType;
 
-use crate::graph::{Attr, GraphBuilder, Node, Value, broadcast};
+use crate::graph::{Attr, GraphBuilder, Node, Value, broadcast, normalise_axis, slice_bounds};
 
 /// Operators through which no gradient flows (their outputs are indices, masks or shapes).
 const NOT_DIFFERENTIABLE: &[&str] = &["Cast", "Greater", "Less", "Equal", "ConstantOfShape"];
@@ -236,17 +236,10 @@ fn input_gradient(g: &mut GraphBuilder, node: &Node, index: usize, dy: &Value) -
             let rank = dims.len();
             let mut pads = vec![0i64; 2 * rank];
             for ((start, end), axis) in starts.into_iter().zip(ends).zip(axes) {
-                let axis = if axis < 0 { axis + rank as i64 } else { axis } as usize;
-                let size = dims[axis];
-                let clamp = |i: i64| {
-                    if i < 0 {
-                        (i + size).max(0)
-                    } else {
-                        i.min(size)
-                    }
-                };
-                pads[axis] = clamp(start);
-                pads[axis + rank] = size - clamp(end);
+                let axis = normalise_axis(axis, rank);
+                let (begin, end) = slice_bounds(dims[axis], start, end);
+                pads[axis] = begin;
+                pads[axis + rank] = dims[axis] - end;
             }
             let pads = g.i64s(&pads);
             g.op("Pad", &[dy, &pads], &[])
@@ -262,7 +255,7 @@ fn input_gradient(g: &mut GraphBuilder, node: &Node, index: usize, dy: &Value) -
                         .constant(axes)
                         .expect("constant axes")
                         .iter()
-                        .map(|&a| if a < 0 { a + dims.len() as i64 } else { a } as usize)
+                        .map(|&a| normalise_axis(a, dims.len()))
                         .collect(),
                     None => (0..dims.len()).collect(),
                 };
@@ -276,17 +269,12 @@ fn input_gradient(g: &mut GraphBuilder, node: &Node, index: usize, dy: &Value) -
         }
         ("Expand", 0) => unbroadcast(g, dy, &dims),
         ("Concat", _) => {
-            let rank = dims.len() as i64;
-            let axis = node.int("axis").expect("Concat has axis");
-            let axis = if axis < 0 { axis + rank } else { axis };
-            let offset: i64 = node.inputs[..index]
-                .iter()
-                .map(|v| g.dims(v)[axis as usize])
-                .sum();
+            let axis = normalise_axis(node.int("axis").expect("Concat has axis"), dims.len());
+            let offset: i64 = node.inputs[..index].iter().map(|v| g.dims(v)[axis]).sum();
             let (start, end, axes) = (
                 g.i64s(&[offset]),
-                g.i64s(&[offset + dims[axis as usize]]),
-                g.i64s(&[axis]),
+                g.i64s(&[offset + dims[axis]]),
+                g.i64s(&[axis as i64]),
             );
             g.op("Slice", &[dy, &start, &end, &axes], &[])
         }

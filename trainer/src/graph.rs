@@ -173,7 +173,21 @@ pub fn broadcast(a: &[i64], b: &[i64]) -> Option<Vec<i64>> {
         .collect()
 }
 
-fn normalise_axis(axis: i64, rank: usize) -> usize {
+/// The half-open range `[begin, end)` a Slice with `start` and `end` takes from an axis of `size` (steps of 1;
+/// negative indices count from the end; out-of-range ones are clamped, as ONNX specifies).
+pub fn slice_bounds(size: i64, start: i64, end: i64) -> (i64, i64) {
+    let clamp = |i: i64| {
+        if i < 0 {
+            (i + size).max(0)
+        } else {
+            i.min(size)
+        }
+    };
+    let begin = clamp(start);
+    (begin, clamp(end).max(begin))
+}
+
+pub fn normalise_axis(axis: i64, rank: usize) -> usize {
     let rank = rank as i64;
     let axis = if axis < 0 { axis + rank } else { axis };
     assert!(
@@ -383,15 +397,8 @@ impl GraphBuilder {
                 let (starts, ends, axes) = (constant(1), constant(2), constant(3));
                 for ((&start, &end), &axis) in starts.iter().zip(ends).zip(axes) {
                     let axis = normalise_axis(axis, dims.len());
-                    let size = dims[axis];
-                    let clamp = |i: i64| {
-                        if i < 0 {
-                            (i + size).max(0)
-                        } else {
-                            i.min(size)
-                        }
-                    };
-                    dims[axis] = (clamp(end) - clamp(start)).max(0);
+                    let (begin, end) = slice_bounds(dims[axis], start, end);
+                    dims[axis] = end - begin;
                 }
                 same_elem(input(0), dims)
             }
