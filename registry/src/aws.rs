@@ -291,15 +291,23 @@ impl AwsStore {
         }
     }
 
-    fn put(&self, item: Vec<(&str, AttributeValue)>, condition: Option<&str>) -> Put {
-        let mut put = Put::builder().table_name(&self.table);
-        for (name, value) in item {
-            put = put.item(name, value);
-        }
+    /// A transaction write of the item `pk`/`sk` with one more attribute, under `condition`.
+    fn write(
+        &self,
+        pk: &str,
+        sk: &str,
+        (name, value): (&str, AttributeValue),
+        condition: Option<&str>,
+    ) -> TransactWriteItem {
+        let mut put = Put::builder()
+            .table_name(&self.table)
+            .item("pk", s(pk))
+            .item("sk", s(sk))
+            .item(name, value);
         if let Some(condition) = condition {
             put = put.condition_expression(condition);
         }
-        built(put.build())
+        TransactWriteItem::builder().put(built(put.build())).build()
     }
 
     /// Runs `writes` and the audit entry of `draft` in one transaction. `writes` is rebuilt on every attempt;
@@ -348,18 +356,12 @@ impl AwsStore {
                     .put(built(counter_put.build()))
                     .build(),
             );
-            items.push(
-                TransactWriteItem::builder()
-                    .put(self.put(
-                        vec![
-                            ("pk", s("audit")),
-                            ("sk", s(format!("{sequence:020}"))),
-                            ("record", encode(&entry)),
-                        ],
-                        None,
-                    ))
-                    .build(),
-            );
+            items.push(self.write(
+                "audit",
+                &format!("{sequence:020}"),
+                ("record", encode(&entry)),
+                None,
+            ));
             let result = self
                 .dynamodb
                 .transact_write_items()
@@ -444,18 +446,12 @@ impl Store for AwsStore {
         self.transact(
             &audit,
             || {
-                vec![
-                    TransactWriteItem::builder()
-                        .put(self.put(
-                            vec![
-                                ("pk", s("versions")),
-                                ("sk", s(key.clone())),
-                                ("record", encode(record)),
-                            ],
-                            Some("attribute_not_exists(pk)"),
-                        ))
-                        .build(),
-                ]
+                vec![self.write(
+                    "versions",
+                    &key,
+                    ("record", encode(record)),
+                    Some("attribute_not_exists(pk)"),
+                )]
             },
             |_| {
                 StoreError::Conflict(format!(
@@ -601,16 +597,12 @@ impl Store for AwsStore {
                     TransactWriteItem::builder()
                         .put(built(head.build()))
                         .build(),
-                    TransactWriteItem::builder()
-                        .put(self.put(
-                            vec![
-                                ("pk", s("plans")),
-                                ("sk", s(plan_key(&plan.surface, plan.revision))),
-                                ("record", encode(plan)),
-                            ],
-                            Some("attribute_not_exists(pk)"),
-                        ))
-                        .build(),
+                    self.write(
+                        "plans",
+                        &plan_key(&plan.surface, plan.revision),
+                        ("record", encode(plan)),
+                        Some("attribute_not_exists(pk)"),
+                    ),
                 ]
             },
             |_| {
@@ -650,26 +642,18 @@ impl Store for AwsStore {
             &audit,
             || {
                 vec![
-                    TransactWriteItem::builder()
-                        .put(self.put(
-                            vec![
-                                ("pk", s("tokens")),
-                                ("sk", s(token.id.clone())),
-                                ("record", encode(token)),
-                            ],
-                            Some("attribute_not_exists(pk)"),
-                        ))
-                        .build(),
-                    TransactWriteItem::builder()
-                        .put(self.put(
-                            vec![
-                                ("pk", s("token-secrets")),
-                                ("sk", s(token.secret_sha256.clone())),
-                                ("id", s(token.id.clone())),
-                            ],
-                            Some("attribute_not_exists(pk)"),
-                        ))
-                        .build(),
+                    self.write(
+                        "tokens",
+                        &token.id,
+                        ("record", encode(token)),
+                        Some("attribute_not_exists(pk)"),
+                    ),
+                    self.write(
+                        "token-secrets",
+                        &token.secret_sha256,
+                        ("id", s(token.id.clone())),
+                        Some("attribute_not_exists(pk)"),
+                    ),
                 ]
             },
             |_| StoreError::Conflict(format!("token {} exists", token.id)),
@@ -707,18 +691,12 @@ impl Store for AwsStore {
         self.transact(
             &audit,
             || {
-                vec![
-                    TransactWriteItem::builder()
-                        .put(self.put(
-                            vec![
-                                ("pk", s("tokens")),
-                                ("sk", s(id.to_string())),
-                                ("record", encode(&record)),
-                            ],
-                            Some("attribute_exists(pk)"),
-                        ))
-                        .build(),
-                ]
+                vec![self.write(
+                    "tokens",
+                    id,
+                    ("record", encode(&record)),
+                    Some("attribute_exists(pk)"),
+                )]
             },
             |_| StoreError::NotFound(format!("token {id}")),
         )

@@ -152,29 +152,13 @@ async fn publish<S: Store + 'static>(
 ) -> Result<HttpResponse, RegistryError> {
     let who = actor(&registry, &request, Scope::Publish).await?;
     let manifest = body(&registry, &request, payload).await?;
-    let existed = registry
-        .store
-        .get_version(&model, &peek_version(&manifest))
-        .await?
-        .is_some();
-    let record = registry.publish(&model, &manifest, &who).await?;
-    let status = if existed {
-        StatusCode::OK
-    } else {
+    let published = registry.publish(&model, &manifest, &who).await?;
+    let status = if published.created {
         StatusCode::CREATED
+    } else {
+        StatusCode::OK
     };
-    Ok(HttpResponse::build(status).json(record))
-}
-
-/// The `version` field of a manifest, if it has one (only to tell a re-publish from a new version).
-fn peek_version(manifest: &[u8]) -> String {
-    #[derive(Deserialize)]
-    struct Versioned {
-        version: String,
-    }
-    serde_json::from_slice::<Versioned>(manifest)
-        .map(|v| v.version)
-        .unwrap_or_default()
+    Ok(HttpResponse::build(status).json(published.version))
 }
 
 async fn list_models<S: Store + 'static>(

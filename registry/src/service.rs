@@ -119,6 +119,14 @@ pub struct IssuedToken {
     pub token: TokenRecord,
 }
 
+/// A publish's outcome: the version, and whether this call created it (false: the identical manifest was already
+/// published).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    pub version: VersionRecord,
+    pub created: bool,
+}
+
 /// The registry: a store, a signing key, and the upload limit.
 #[derive(Debug)]
 pub struct Registry<S> {
@@ -187,7 +195,7 @@ impl<S: Store> Registry<S> {
         model: &str,
         manifest_json: &[u8],
         actor: &str,
-    ) -> Result<VersionRecord, RegistryError> {
+    ) -> Result<Published, RegistryError> {
         check_name("model", model)?;
         let manifest: Manifest = serde_json::from_slice(manifest_json).map_err(|e| {
             RegistryError::BadRequest(format!("manifest.json is not a valid manifest: {e}"))
@@ -202,7 +210,10 @@ impl<S: Store> Registry<S> {
         let manifest_digest = Digest::of(manifest_json);
         if let Some(existing) = self.store.get_version(model, &manifest.version).await? {
             return if existing.manifest_digest == manifest_digest {
-                Ok(existing)
+                Ok(Published {
+                    version: existing,
+                    created: false,
+                })
             } else {
                 Err(RegistryError::Conflict(format!(
                     "{model} {} is already published with another manifest; versions are immutable",
@@ -273,7 +284,10 @@ impl<S: Store> Registry<S> {
                 StoreError::Conflict(m) => RegistryError::Conflict(m),
                 other => other.into(),
             })?;
-        Ok(record)
+        Ok(Published {
+            version: record,
+            created: true,
+        })
     }
 
     pub async fn version(

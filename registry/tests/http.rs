@@ -1,15 +1,16 @@
-//! The real registry server on port 0 (embedded backend), driven over HTTP: the API, auth, signing, conditional
-//! plan updates, rollback, metrics and the bad-input paths.
+//! The real registry server on port 0 (embedded backend, and S3 + DynamoDB for the plan tests), driven over HTTP:
+//! the API, auth, signing, conditional plan updates, rollback, metrics and the bad-input paths.
 
-use std::path::PathBuf;
+mod support;
 
-use edgerec_core::{Digest, MODEL_FILE, Manifest};
-use edgerec_registry::aws::{AwsConfig, AwsStore};
-use edgerec_registry::embedded::EmbeddedStore;
+use support::{aws_config, aws_registry, embedded_registry, golden, golden_as, run};
+
+use edgerec_core::Digest;
 use edgerec_registry::records::Scope;
 use edgerec_registry::server::RunningServer;
 use edgerec_registry::service::Registry;
-use edgerec_registry::signing::{ManifestSigner, verify_manifest_signature};
+use edgerec_registry::signing::verify_manifest_signature;
+use edgerec_registry::store::Store;
 use serde_json::{Value, json};
 
 struct Client {
@@ -95,20 +96,6 @@ impl Client {
     }
 }
 
-fn golden() -> (Vec<u8>, Vec<u8>) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden/bundle");
-    (
-        std::fs::read(dir.join("manifest.json")).expect("golden manifest"),
-        std::fs::read(dir.join(MODEL_FILE)).expect("golden model"),
-    )
-}
-
-fn golden_as(version: &str) -> Vec<u8> {
-    let mut manifest: Manifest = serde_json::from_slice(&golden().0).expect("parses");
-    manifest.version = version.into();
-    serde_json::to_vec_pretty(&manifest).expect("serialises")
-}
-
 struct Fixture {
     server: RunningServer,
     admin: String,
@@ -117,51 +104,21 @@ struct Fixture {
 
 fn start(max_upload_bytes: u64) -> Fixture {
     let dir = tempfile::tempdir().expect("temporary folder");
-    let registry = Registry {
-        store: EmbeddedStore::open(dir.path()).expect("opens"),
-        signer: ManifestSigner::load_or_create(&dir.path().join("signing.key")).expect("key"),
-        max_upload_bytes,
-    };
-    let admin = run(registry.create_token("root", vec![Scope::Admin], "setup"))
-        .expect("admin token")
-        .secret;
-    let server = RunningServer::start(registry, "127.0.0.1:0").expect("serves on port 0");
-    Fixture {
-        server,
-        admin,
-        _dir: dir,
-    }
+    serve(embedded_registry(dir.path(), max_upload_bytes), dir)
 }
 
 /// The same server on S3 + DynamoDB (the test servers `scripts/aws-local.sh` starts).
 fn start_on_aws(test: &str) -> Fixture {
-    let var = |name: &str| {
-        std::env::var(name).unwrap_or_else(|_| {
-            panic!("{name} is not set: start the test servers with `eval \"$(scripts/aws-local.sh start)\"` (scripts/test.sh does)")
-        })
-    };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .subsec_nanos();
-    let name = format!("edgerec-http-{test}-{}-{nanos}", std::process::id());
-    let config = AwsConfig {
-        region: "us-east-1".into(),
-        dynamodb_endpoint: Some(var("EDGEREC_TEST_DYNAMODB")),
-        s3_endpoint: Some(var("EDGEREC_TEST_S3")),
-        table: name.clone(),
-        bucket: name,
-        access_key_id: Some(var("EDGEREC_TEST_AWS_KEY")),
-        secret_access_key: Some(var("EDGEREC_TEST_AWS_SECRET")),
-    };
     let dir = tempfile::tempdir().expect("temporary folder");
-    let store = AwsStore::connect(&config);
-    run(store.ensure_created()).expect("creates the table and bucket");
-    let registry = Registry {
-        store,
-        signer: ManifestSigner::load_or_create(&dir.path().join("signing.key")).expect("key"),
-        max_upload_bytes: 64 << 20,
-    };
+    let registry = aws_registry(&aws_config(&format!("http-{test}")), dir.path(), 64 << 20);
+    serve(registry, dir)
+}
+
+/// Serves `registry` on port 0 with an admin token.
+fn serve<S: Store + Send + Sync + 'static>(
+    registry: Registry<S>,
+    dir: tempfile::TempDir,
+) -> Fixture {
     let admin = run(registry.create_token("root", vec![Scope::Admin], "setup"))
         .expect("admin token")
         .secret;
@@ -171,14 +128,6 @@ fn start_on_aws(test: &str) -> Fixture {
         admin,
         _dir: dir,
     }
-}
-
-fn run<T>(future: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(future)
 }
 
 fn token(admin: &Client, name: &str, scopes: &[&str]) -> String {
@@ -577,7 +526,7 @@ fn the_client_publishes_a_bundle_folder_and_follows_plans() {
 
     let fixture = start(64 << 20);
     let client = RegistryClient::new(&fixture.server.url(), Some(&fixture.admin));
-    let bundle = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden/bundle");
+    let bundle = support::golden_dir();
     let (version, created) = client
         .publish_bundle(&bundle)
         .expect("publishes the folder");

@@ -3,59 +3,17 @@
 //! signs, versions are immutable, plans are validated, conditional and audited, rollback restores the previous
 //! plan, tokens authorise by scope, and an unreachable backend loses nothing.
 
-use std::future::Future;
-use std::path::PathBuf;
+mod support;
+
+use support::{aws_config, aws_registry, embedded_registry, golden, golden_as, run};
 
 use edgerec_core::{Digest, MODEL_FILE, Manifest};
 use edgerec_registry::aws::{AwsConfig, AwsStore};
 use edgerec_registry::embedded::EmbeddedStore;
 use edgerec_registry::records::{Scope, Variant};
-use edgerec_registry::service::{PlanRequest, Registry, RegistryError};
+use edgerec_registry::service::{PlanRequest, Published, Registry, RegistryError};
 use edgerec_registry::signing::{ManifestSigner, verify_manifest_signature};
 use edgerec_registry::store::Store;
-
-fn run<T>(future: impl Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(future)
-}
-
-/// Where the test servers are: `scripts/aws-local.sh start` prints these variables.
-fn aws_config(test: &str) -> AwsConfig {
-    let var = |name: &str| {
-        std::env::var(name).unwrap_or_else(|_| {
-            panic!("{name} is not set: start the test servers with `eval \"$(scripts/aws-local.sh start)\"` (scripts/test.sh does)")
-        })
-    };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .subsec_nanos();
-    // S3 bucket names: 3-63 lowercase letters, digits and hyphens.
-    let short: String = test.chars().take(24).collect();
-    let name = format!("edgerec-{short}-{}-{nanos}", std::process::id()).replace('_', "-");
-    AwsConfig {
-        region: "us-east-1".into(),
-        dynamodb_endpoint: Some(var("EDGEREC_TEST_DYNAMODB")),
-        s3_endpoint: Some(var("EDGEREC_TEST_S3")),
-        table: name.clone(),
-        bucket: name,
-        access_key_id: Some(var("EDGEREC_TEST_AWS_KEY")),
-        secret_access_key: Some(var("EDGEREC_TEST_AWS_SECRET")),
-    }
-}
-
-fn aws_registry(config: &AwsConfig, dir: &std::path::Path) -> Registry<AwsStore> {
-    let store = AwsStore::connect(config);
-    run(store.ensure_created()).expect("creates the table and bucket");
-    Registry {
-        store,
-        signer: ManifestSigner::load_or_create(&dir.join("signing.key")).expect("key"),
-        max_upload_bytes: 8 << 20,
-    }
-}
 
 /// Runs `check` on a fresh embedded registry and on a fresh S3 + DynamoDB registry.
 macro_rules! on_both_backends {
@@ -71,34 +29,14 @@ macro_rules! on_both_backends {
             fn s3_and_dynamodb() {
                 let dir = tempfile::tempdir().expect("temporary folder");
                 let config = super::aws_config(stringify!($check));
-                super::$check(&super::aws_registry(&config, dir.path()));
+                super::$check(&super::aws_registry(&config, dir.path(), 8 << 20));
             }
         }
     };
 }
 
-fn golden() -> (Vec<u8>, Vec<u8>) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden/bundle");
-    (
-        std::fs::read(dir.join("manifest.json")).expect("golden manifest"),
-        std::fs::read(dir.join(MODEL_FILE)).expect("golden model"),
-    )
-}
-
-/// The golden bundle re-labelled as `version`.
-fn golden_as(version: &str) -> Vec<u8> {
-    let (manifest, _) = golden();
-    let mut manifest: Manifest = serde_json::from_slice(&manifest).expect("parses");
-    manifest.version = version.into();
-    serde_json::to_vec_pretty(&manifest).expect("serialises")
-}
-
 fn open_registry(dir: &std::path::Path) -> Registry<EmbeddedStore> {
-    Registry {
-        store: EmbeddedStore::open(dir).expect("opens"),
-        signer: ManifestSigner::load_or_create(&dir.join("signing.key")).expect("key"),
-        max_upload_bytes: 8 << 20,
-    }
+    embedded_registry(dir, 8 << 20)
 }
 
 fn publish<S: Store>(registry: &Registry<S>, version: &str) {
@@ -156,7 +94,9 @@ fn publishing_verifies_signs_and_keeps_versions_immutable<S: Store>(registry: &R
     ));
 
     run(registry.upload_blob(&format!("sha256:{digest}"), &model)).expect("uploads");
-    let record = run(registry.publish("golden-sasrec", &manifest, "alice")).expect("publishes");
+    let published = run(registry.publish("golden-sasrec", &manifest, "alice")).expect("publishes");
+    assert!(published.created);
+    let record = published.version;
     assert_eq!(record.manifest_digest, Digest::of(&manifest));
     assert_eq!(
         (record.items, record.published_by.as_str()),
@@ -176,7 +116,10 @@ fn publishing_verifies_signs_and_keeps_versions_immutable<S: Store>(registry: &R
     // Same manifest again: the same version. Another manifest under the same version: refused.
     assert_eq!(
         run(registry.publish("golden-sasrec", &manifest, "bob")).expect("idempotent"),
-        record
+        Published {
+            version: record,
+            created: false
+        }
     );
     let mut changed: Manifest = serde_json::from_slice(&manifest).expect("parses");
     changed.metrics.insert("hr@10".into(), 0.5);
@@ -375,7 +318,7 @@ fn a_second_process_cannot_open_a_registry_in_use() {
 fn an_unreachable_backend_is_unavailable_and_leaves_nothing() {
     let dir = tempfile::tempdir().expect("temporary folder");
     let config = aws_config("unreachable");
-    let registry = aws_registry(&config, dir.path());
+    let registry = aws_registry(&config, dir.path(), 8 << 20);
     let (_, model) = golden();
     run(registry.upload_blob(&Digest::of(&model).to_string(), &model)).expect("uploads");
     let nowhere = Some("http://127.0.0.1:9".to_string());
