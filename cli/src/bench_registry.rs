@@ -34,7 +34,7 @@ pub fn run(args: RegistryBenchArgs) -> Result<()> {
     };
     let registry = config.open_embedded().map_err(|e| anyhow!("{e}"))?;
     let admin =
-        crate::registry::block_on(registry.create_token("bench", vec![Scope::Admin], "bench"))?;
+        crate::registry::block_on(registry.create_token("bench", vec![Scope::Admin], "bench"))??;
     let server = RunningServer::start(registry, "127.0.0.1:0")?;
     let client = RegistryClient::new(&server.url(), Some(&admin.secret));
 

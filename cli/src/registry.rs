@@ -8,7 +8,8 @@ use clap::Subcommand;
 use edgerec_registry::client::RegistryClient;
 use edgerec_registry::records::{Plan, Scope, Variant};
 use edgerec_registry::server::{RegistryConfig, serve};
-use edgerec_registry::service::PlanRequest;
+use edgerec_registry::service::{PlanRequest, Registry};
+use edgerec_registry::store::Store;
 
 #[derive(Subcommand, Debug)]
 pub enum RegistryCommand {
@@ -173,67 +174,45 @@ pub fn run_registry(command: RegistryCommand) -> Result<()> {
             if let Some(root) = root {
                 config.root = root;
             }
-            let announce = |public_key: String, no_tokens: bool| {
-                let root = config.root.display().to_string();
-                let backend = match &config.aws {
-                    Some(aws) => {
-                        format!("DynamoDB table {} and S3 bucket {}", aws.table, aws.bucket)
-                    }
-                    None => format!("folder {root}"),
-                };
-                move |addresses: &[std::net::SocketAddr]| {
-                    for address in addresses {
-                        eprintln!("edgerec registry listening on http://{address} ({backend})");
-                    }
-                    eprintln!("signing key (configure edge nodes with it): {public_key}");
-                    if no_tokens {
-                        eprintln!(
-                            "no tokens yet: create an admin token with `edgerec registry token create --name admin --scope admin` (registry stopped, same --root or --config)"
-                        );
-                    }
-                }
-            };
             let opened =
                 |e: Box<dyn std::error::Error + Send + Sync>| anyhow!("opening the registry: {e}");
             match &config.aws {
-                Some(aws) => {
-                    let registry = config.open_aws(aws).map_err(opened)?;
-                    let no_tokens = actix_rt_block_on(
-                        edgerec_registry::store::Store::list_tokens(&registry.store),
-                    )??
-                    .is_empty();
-                    let on_bound = announce(registry.signer.public_key_hex(), no_tokens);
-                    serve(registry, &config.listen, config.workers, on_bound)
-                }
-                None => {
-                    let registry = config.open_embedded().map_err(opened)?;
-                    let no_tokens =
-                        block_on(edgerec_registry::store::Store::list_tokens(&registry.store))?
-                            .is_empty();
-                    let on_bound = announce(registry.signer.public_key_hex(), no_tokens);
-                    serve(registry, &config.listen, config.workers, on_bound)
-                }
+                Some(aws) => serve_registry(config.open_aws(aws).map_err(opened)?, &config),
+                None => serve_registry(config.open_embedded().map_err(opened)?, &config),
             }
-            .with_context(|| format!("serving on {}", config.listen))
         }
         RegistryCommand::Token { what } => token(what),
     }
 }
 
-/// Runs a future of the S3 + DynamoDB backend, which needs a Tokio runtime.
-fn actix_rt_block_on<T>(future: impl std::future::Future<Output = T>) -> Result<T> {
-    Ok(actix_web::rt::Runtime::new()?.block_on(future))
+/// Serves `registry` as `config` says, telling the operator where, with which key, and whether a token exists.
+fn serve_registry<S: Store + Send + Sync + 'static>(
+    registry: Registry<S>,
+    config: &RegistryConfig,
+) -> Result<()> {
+    let backend = match &config.aws {
+        Some(aws) => format!("DynamoDB table {} and S3 bucket {}", aws.table, aws.bucket),
+        None => format!("folder {}", config.root.display()),
+    };
+    let public_key = registry.signer.public_key_hex();
+    let no_tokens = block_on(registry.store.list_tokens())??.is_empty();
+    serve(registry, &config.listen, config.workers, |addresses| {
+        for address in addresses {
+            eprintln!("edgerec registry listening on http://{address} ({backend})");
+        }
+        eprintln!("signing key (configure edge nodes with it): {public_key}");
+        if no_tokens {
+            eprintln!(
+                "no tokens yet: create an admin token with `edgerec registry token create --name admin --scope admin` (registry stopped, same --root or --config)"
+            );
+        }
+    })
+    .with_context(|| format!("serving on {}", config.listen))
 }
 
-/// The embedded store's futures complete on their first poll.
-pub(crate) fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
-    let mut future = std::pin::pin!(future);
-    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
-    loop {
-        if let std::task::Poll::Ready(value) = future.as_mut().poll(&mut context) {
-            return value;
-        }
-    }
+/// Runs a store future to completion (the S3 + DynamoDB backend needs a Tokio runtime).
+pub(crate) fn block_on<T>(future: impl std::future::Future<Output = T>) -> Result<T> {
+    Ok(actix_web::rt::Runtime::new()?.block_on(future))
 }
 
 /// What a token command does to a registry opened directly.
@@ -243,10 +222,7 @@ enum LocalTokenCommand {
     Revoke { id: String },
 }
 
-async fn local_token<S: edgerec_registry::store::Store>(
-    registry: &edgerec_registry::service::Registry<S>,
-    command: LocalTokenCommand,
-) -> Result<()> {
+async fn local_token<S: Store>(registry: &Registry<S>, command: LocalTokenCommand) -> Result<()> {
     match command {
         LocalTokenCommand::Create { name, scopes } => {
             print_issued(&registry.create_token(&name, scopes, "local-admin").await?)
@@ -323,11 +299,8 @@ fn token(command: TokenCommand) -> Result<()> {
     }
     let opened = |e: Box<dyn std::error::Error + Send + Sync>| anyhow!("opening the registry: {e}");
     match &config.aws {
-        Some(aws) => {
-            let registry = config.open_aws(aws).map_err(opened)?;
-            actix_rt_block_on(local_token(&registry, local))?
-        }
-        None => block_on(local_token(&config.open_embedded().map_err(opened)?, local)),
+        Some(aws) => block_on(local_token(&config.open_aws(aws).map_err(opened)?, local))?,
+        None => block_on(local_token(&config.open_embedded().map_err(opened)?, local))?,
     }
 }
 

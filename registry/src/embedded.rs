@@ -283,25 +283,23 @@ impl Store for EmbeddedStore {
     }
 
     async fn list_plans(&self) -> Result<Vec<Plan>, StoreError> {
-        let surfaces: Vec<String> = self.read(|txn| {
+        // Heads and plans from one snapshot, so no plan is read at a revision its head has moved past.
+        self.read(|txn| {
             let heads = txn.open_table(PLAN_HEADS).map_err(unavailable)?;
-            heads
-                .iter()
-                .map_err(unavailable)?
-                .map(|entry| {
-                    entry
-                        .map(|(surface, _)| surface.value().to_string())
-                        .map_err(unavailable)
-                })
-                .collect()
-        })?;
-        let mut plans = Vec::with_capacity(surfaces.len());
-        for surface in surfaces {
-            if let Some(plan) = self.get_plan(&surface).await? {
-                plans.push(plan);
+            let plans = txn.open_table(PLANS).map_err(unavailable)?;
+            let mut current = Vec::new();
+            for head in heads.iter().map_err(unavailable)? {
+                let (surface, revision) = head.map_err(unavailable)?;
+                let key = plan_key(surface.value(), revision.value());
+                match plans.get(key.as_str()).map_err(unavailable)? {
+                    Some(bytes) => current.push(decode(bytes.value())?),
+                    None => {
+                        return Err(StoreError::Corrupt(format!("plan head {key} has no plan")));
+                    }
+                }
             }
-        }
-        Ok(plans)
+            Ok(current)
+        })
     }
 
     async fn put_plan(&self, plan: &Plan, audit: AuditDraft) -> Result<(), StoreError> {

@@ -513,6 +513,15 @@ fn plans_on(fixture: Fixture) {
     assert_eq!(history.as_array().expect("history").len(), 3);
     assert_eq!(history[2]["variants"], history[0]["variants"]);
     assert_eq!(history[2]["reason"], "regressed");
+    let current = deployer.get("/v1/plans").json();
+    assert_eq!(current.as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        (
+            current[0]["surface"].as_str(),
+            current[0]["revision"].as_u64()
+        ),
+        (Some("home"), Some(3))
+    );
     let audit = admin.get("/v1/audit?limit=3").json();
     assert_eq!(audit[0]["action"], "plan.rollback");
     assert_eq!(audit[0]["actor"], "ml-team");
