@@ -230,12 +230,12 @@ impl StepRunner {
         Ok(())
     }
 
-    /// One optimiser step on `batch` with the given dropout masks; returns the loss and the gradient norm (before
-    /// clipping).
+    /// One optimiser step on `batch`; `fill_dropout(site, mask)` writes each dropout mask straight into its input
+    /// tensor. Returns the loss and the gradient norm (before clipping).
     pub fn step(
         &mut self,
         batch: &Batch,
-        dropout: &[Vec<f32>],
+        mut fill_dropout: impl FnMut(usize, &mut [f32]),
         step_size: f32,
         decay: f32,
     ) -> Result<(f32, f32), RuntimeError> {
@@ -248,15 +248,9 @@ impl StepRunner {
         if let Some(negatives) = &mut self.negatives {
             fill(negatives, &batch.negatives)?;
         }
-        if dropout.len() != self.dropout.len() {
-            return Err(RuntimeError::Run(format!(
-                "the step graph has {} dropout sites, {} masks were given",
-                self.dropout.len(),
-                dropout.len()
-            )));
-        }
-        for (tensor, mask) in self.dropout.iter_mut().zip(dropout) {
-            fill(tensor, mask)?;
+        for (site, tensor) in self.dropout.iter_mut().enumerate() {
+            let (_, mask) = tensor.try_extract_tensor_mut::<f32>().map_err(ort_error)?;
+            fill_dropout(site, mask);
         }
         fill(&mut self.step_size, &[step_size])?;
         fill(&mut self.decay, &[decay])?;

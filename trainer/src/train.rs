@@ -339,11 +339,15 @@ pub fn train(
             step += 1;
             let mut batch = make_batch(split, &spec, &windows, chunk, config.batch_size)?;
             batch.negatives = negatives(config, spec.output.num_items, step);
-            let masks = dropout_masks(config, graph.dropout_sites, step);
             learning_rate = config.learning_rate_at(step, total_steps);
             let step_size = config.optimiser.step_size(learning_rate, step);
             let decay = (learning_rate * f64::from(config.optimiser.weight_decay)) as f32;
-            let (loss, _norm) = runner.step(&batch, &masks, step_size, decay)?;
+            let (loss, _norm) = runner.step(
+                &batch,
+                |site, mask| fill_dropout_mask(config, site, step, mask),
+                step_size,
+                decay,
+            )?;
             if !loss.is_finite() {
                 return Err(TrainError::Diverged { epoch, step, loss });
             }
@@ -431,30 +435,21 @@ fn negatives(config: &TrainConfig, num_items: usize, step: u64) -> Vec<i64> {
         .collect()
 }
 
-/// Inverted-dropout masks for `step`: each element is kept with probability `1 - p` and scaled by `1 / (1 - p)`.
-fn dropout_masks(config: &TrainConfig, sites: usize, step: u64) -> Vec<Vec<f32>> {
-    let len = config.batch_size * config.max_len * config.dim;
+/// Fills the inverted-dropout mask of `site` at `step`: each element is kept with probability `1 - p` and scaled
+/// by `1 / (1 - p)`.
+fn fill_dropout_mask(config: &TrainConfig, site: usize, step: u64, mask: &mut [f32]) {
     let keep = 1.0 - config.dropout;
     let scale = 1.0 / keep;
-    // Compare 32-bit draws with a threshold: two masks per random word.
+    // Compare 32-bit draws with a threshold: two mask elements per random word.
     let threshold = (f64::from(keep) * f64::from(u32::MAX)) as u32;
-    (0..sites)
-        .map(|site| {
-            let mut rng = SplitMix::new(
-                config.seed ^ step.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ (site as u64) << 56,
-            );
-            let mut mask = Vec::with_capacity(len);
-            while mask.len() < len {
-                let word = rng.next_u64();
-                for half in [word as u32, (word >> 32) as u32] {
-                    if mask.len() < len {
-                        mask.push(if half < threshold { scale } else { 0.0 });
-                    }
-                }
-            }
-            mask
-        })
-        .collect()
+    let mut rng =
+        SplitMix::new(config.seed ^ step.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ (site as u64) << 56);
+    for pair in mask.chunks_mut(2) {
+        let word = rng.next_u64();
+        for (value, half) in pair.iter_mut().zip([word as u32, (word >> 32) as u32]) {
+            *value = if half < threshold { scale } else { 0.0 };
+        }
+    }
 }
 
 /// Lays out the windows `chunk` (indices into `windows`) as a batch of `batch_size` rows; missing rows are
@@ -935,7 +930,16 @@ mod tests {
             dropout: 0.2,
             ..TrainConfig::default()
         };
-        let masks = dropout_masks(&config, 3, 7);
+        let masks_at = |step: u64| -> Vec<Vec<f32>> {
+            (0..3)
+                .map(|site| {
+                    let mut mask = vec![f32::NAN; 2000];
+                    fill_dropout_mask(&config, site, step, &mut mask);
+                    mask
+                })
+                .collect()
+        };
+        let masks = masks_at(7);
         assert_eq!(masks.len(), 3);
         let kept = masks[0].iter().filter(|&&v| v > 0.0).count() as f64 / 2000.0;
         assert!((kept - 0.8).abs() < 0.04, "kept {kept}");
@@ -945,7 +949,7 @@ mod tests {
                 .all(|&v| v == 0.0 || (v - 1.25).abs() < 1e-6)
         );
         assert_ne!(masks[0], masks[1]);
-        assert_eq!(masks, dropout_masks(&config, 3, 7));
-        assert_ne!(masks, dropout_masks(&config, 3, 8));
+        assert_eq!(masks, masks_at(7));
+        assert_ne!(masks, masks_at(8));
     }
 }
