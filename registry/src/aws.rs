@@ -14,14 +14,10 @@
 //! | token secret hash (attribute `id`) | `token-secrets` | `<sha256>` |
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, KeySchemaElement,
-    KeyType, Put, ScalarAttributeType, TransactWriteItem,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem};
 use aws_sdk_s3::primitives::ByteStream;
 use edgerec_core::Digest;
 use serde::Serialize;
@@ -30,27 +26,12 @@ use serde::de::DeserializeOwned;
 use crate::records::{AuditEntry, Plan, TokenRecord, VersionRecord, now_millis};
 use crate::store::{AuditDraft, Store, StoreError};
 
-/// Where the backend's services are and how to reach them.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AwsConfig {
-    pub region: String,
-    /// A custom endpoint (DynamoDB Local, a test server); `None` for AWS itself.
-    pub dynamodb_endpoint: Option<String>,
-    pub s3_endpoint: Option<String>,
-    pub table: String,
-    pub bucket: String,
-    /// Static credentials. Without them the standard `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` variables are
-    /// read.
-    pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
-}
+pub use edgerec_aws::AwsConfig;
 
 /// Blobs in S3, metadata in DynamoDB.
 #[derive(Debug, Clone)]
 pub struct AwsStore {
-    dynamodb: aws_sdk_dynamodb::Client,
-    s3: aws_sdk_s3::Client,
+    clients: edgerec_aws::Clients,
     table: String,
     bucket: String,
 }
@@ -63,18 +44,7 @@ fn sdk_error<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt:
     what: &str,
     e: SdkError<E, R>,
 ) -> StoreError {
-    let detail = match &e {
-        SdkError::ServiceError(service) => {
-            let err = service.err();
-            format!(
-                "{}: {}",
-                err.code().unwrap_or("error"),
-                err.message().unwrap_or_default()
-            )
-        }
-        other => aws_sdk_dynamodb::error::DisplayErrorContext(other).to_string(),
-    };
-    StoreError::Unavailable(format!("{what}: {detail}"))
+    StoreError::Unavailable(edgerec_aws::describe(what, e))
 }
 
 fn encode<T: Serialize>(value: &T) -> AttributeValue {
@@ -112,74 +82,15 @@ fn plan_key(surface: &str, revision: u64) -> String {
     format!("{surface}\0{revision:020}")
 }
 
-fn built<T>(result: Result<T, aws_sdk_dynamodb::error::BuildError>) -> T {
-    result.expect("every required field is set")
-}
-
 /// Attempts of a transaction whose only conflict was another writer taking the same audit sequence number.
 const AUDIT_RETRIES: usize = 8;
 
 impl AwsStore {
-    /// Clients for `config`, failing fast (one attempt, short timeouts) so an unreachable service is reported at
-    /// once rather than after minutes of retries.
+    /// Clients for `config` (see [`edgerec_aws::Clients::connect`]).
     pub fn connect(config: &AwsConfig) -> Self {
-        let timeouts = aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .operation_attempt_timeout(Duration::from_secs(30))
-            .build();
-        let credentials = match (&config.access_key_id, &config.secret_access_key) {
-            (Some(id), Some(secret)) => Some(aws_sdk_dynamodb::config::Credentials::new(
-                id,
-                secret,
-                None,
-                None,
-                "edgerec-config",
-            )),
-            _ => std::env::var("AWS_ACCESS_KEY_ID")
-                .ok()
-                .zip(std::env::var("AWS_SECRET_ACCESS_KEY").ok())
-                .map(|(id, secret)| {
-                    aws_sdk_dynamodb::config::Credentials::new(
-                        id,
-                        secret,
-                        std::env::var("AWS_SESSION_TOKEN").ok(),
-                        None,
-                        "environment",
-                    )
-                }),
-        };
-        let mut dynamodb = aws_sdk_dynamodb::Config::builder()
-            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
-            .region(aws_sdk_dynamodb::config::Region::new(config.region.clone()))
-            .retry_config(
-                aws_sdk_dynamodb::config::retry::RetryConfig::standard().with_max_attempts(2),
-            )
-            .timeout_config(timeouts.clone());
-        let mut s3 = aws_sdk_s3::Config::builder()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .region(aws_sdk_s3::config::Region::new(config.region.clone()))
-            .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(2))
-            .timeout_config(timeouts)
-            .force_path_style(true)
-            .request_checksum_calculation(
-                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
-            )
-            .response_checksum_validation(
-                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
-            );
-        if let Some(endpoint) = &config.dynamodb_endpoint {
-            dynamodb = dynamodb.endpoint_url(endpoint);
-        }
-        if let Some(endpoint) = &config.s3_endpoint {
-            s3 = s3.endpoint_url(endpoint);
-        }
-        if let Some(credentials) = credentials {
-            dynamodb = dynamodb.credentials_provider(credentials.clone());
-            s3 = s3.credentials_provider(credentials);
-        }
+        let clients = edgerec_aws::Clients::connect(config);
         Self {
-            dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb.build()),
-            s3: aws_sdk_s3::Client::from_conf(s3.build()),
+            clients,
             table: config.table.clone(),
             bucket: config.bucket.clone(),
         }
@@ -187,51 +98,14 @@ impl AwsStore {
 
     /// Creates the table and the bucket if they do not exist.
     pub async fn ensure_created(&self) -> Result<(), StoreError> {
-        let attribute = |name: &str| {
-            built(
-                AttributeDefinition::builder()
-                    .attribute_name(name)
-                    .attribute_type(ScalarAttributeType::S)
-                    .build(),
-            )
-        };
-        let key = |name: &str, kind: KeyType| {
-            built(
-                KeySchemaElement::builder()
-                    .attribute_name(name)
-                    .key_type(kind)
-                    .build(),
-            )
-        };
-        let created = self
-            .dynamodb
-            .create_table()
-            .table_name(&self.table)
-            .attribute_definitions(attribute("pk"))
-            .attribute_definitions(attribute("sk"))
-            .key_schema(key("pk", KeyType::Hash))
-            .key_schema(key("sk", KeyType::Range))
-            .billing_mode(BillingMode::PayPerRequest)
-            .send()
-            .await;
-        match created {
-            Ok(_) => {}
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_in_use_exception()) => {}
-            Err(e) => return Err(sdk_error("creating the DynamoDB table", e)),
-        }
-        match self.s3.create_bucket().bucket(&self.bucket).send().await {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error().is_some_and(|s| {
-                    s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists()
-                }) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(sdk_error("creating the S3 bucket", e)),
-        }
+        self.clients
+            .ensure_table(&self.table)
+            .await
+            .map_err(StoreError::Unavailable)?;
+        self.clients
+            .ensure_bucket(&self.bucket)
+            .await
+            .map_err(StoreError::Unavailable)
     }
 
     fn blob_key(digest: &Digest) -> String {
@@ -244,6 +118,7 @@ impl AwsStore {
         sk: &str,
     ) -> Result<Option<HashMap<String, AttributeValue>>, StoreError> {
         let out = self
+            .clients
             .dynamodb
             .get_item()
             .table_name(&self.table)
@@ -266,6 +141,7 @@ impl AwsStore {
         let mut start = None;
         loop {
             let mut query = self
+                .clients
                 .dynamodb
                 .query()
                 .table_name(&self.table)
@@ -307,7 +183,9 @@ impl AwsStore {
         if let Some(condition) = condition {
             put = put.condition_expression(condition);
         }
-        TransactWriteItem::builder().put(built(put.build())).build()
+        TransactWriteItem::builder()
+            .put(edgerec_aws::built(put.build()))
+            .build()
     }
 
     /// Runs `writes` and the audit entry of `draft` in one transaction. `writes` is rebuilt on every attempt;
@@ -353,7 +231,7 @@ impl AwsStore {
             }
             items.push(
                 TransactWriteItem::builder()
-                    .put(built(counter_put.build()))
+                    .put(edgerec_aws::built(counter_put.build()))
                     .build(),
             );
             items.push(self.write(
@@ -363,6 +241,7 @@ impl AwsStore {
                 None,
             ));
             let result = self
+                .clients
                 .dynamodb
                 .transact_write_items()
                 .set_transact_items(Some(items))
@@ -404,7 +283,8 @@ impl AwsStore {
 
 impl Store for AwsStore {
     async fn put_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
-        self.s3
+        self.clients
+            .s3
             .put_object()
             .bucket(&self.bucket)
             .key(Self::blob_key(digest))
@@ -417,6 +297,7 @@ impl Store for AwsStore {
 
     async fn get_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
         match self
+            .clients
             .s3
             .get_object()
             .bucket(&self.bucket)
@@ -516,7 +397,7 @@ impl Store for AwsStore {
             || {
                 let mut items = vec![
                     TransactWriteItem::builder()
-                        .delete(built(
+                        .delete(edgerec_aws::built(
                             Delete::builder()
                                 .table_name(&self.table)
                                 .key("pk", s("versions"))
@@ -530,7 +411,7 @@ impl Store for AwsStore {
                 for (surface, revision) in &checks {
                     items.push(
                         TransactWriteItem::builder()
-                            .condition_check(built(
+                            .condition_check(edgerec_aws::built(
                                 ConditionCheck::builder()
                                     .table_name(&self.table)
                                     .key("pk", s("plan-heads"))
@@ -595,7 +476,7 @@ impl Store for AwsStore {
                 };
                 vec![
                     TransactWriteItem::builder()
-                        .put(built(head.build()))
+                        .put(edgerec_aws::built(head.build()))
                         .build(),
                     self.write(
                         "plans",
@@ -618,6 +499,7 @@ impl Store for AwsStore {
 
     async fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         let out = self
+            .clients
             .dynamodb
             .query()
             .table_name(&self.table)

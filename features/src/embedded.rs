@@ -1,0 +1,144 @@
+//! The embedded backend: one redb file. A batch of events commits in one transaction, without waiting for the
+//! disk (the write-ahead log is the durable copy until [`FeatureStore::sync`] says otherwise).
+
+use std::path::Path;
+
+use redb::{Database, Durability, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::item::ItemFeatures;
+use crate::store::{
+    FeatureSettings, FeatureStore, ItemRecord, Sequenced, StoreError, UserRecord, by_entity,
+};
+use crate::user::UserFeatures;
+
+/// user id → [`UserRecord`] JSON.
+const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+/// item id → [`ItemRecord`] JSON.
+const ITEMS: TableDefinition<&str, &[u8]> = TableDefinition::new("items");
+
+#[derive(Debug)]
+pub struct EmbeddedFeatureStore {
+    db: Database,
+    settings: FeatureSettings,
+}
+
+fn unavailable(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Unavailable(e.into().to_string())
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records serialise")
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn read<T: DeserializeOwned + Default>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    match table.get(key).map_err(unavailable)? {
+        Some(bytes) => decode(bytes.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+impl EmbeddedFeatureStore {
+    /// Opens (or creates, with its tables) the store file at `path`.
+    pub fn open(path: &Path, settings: FeatureSettings) -> Result<Self, StoreError> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::Unavailable(format!("{}: {e}", parent.display())))?;
+        }
+        let db = Database::create(path)
+            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(unavailable)?;
+        txn.open_table(USERS).map_err(unavailable)?;
+        txn.open_table(ITEMS).map_err(unavailable)?;
+        txn.commit().map_err(unavailable)?;
+        Ok(Self { db, settings })
+    }
+
+    fn apply_now(&self, node: &str, events: &[Sequenced]) -> Result<(), StoreError> {
+        let (users, items) = by_entity(events);
+        let mut txn = self.db.begin_write().map_err(unavailable)?;
+        txn.set_durability(Durability::None);
+        {
+            let mut table = txn.open_table(USERS).map_err(unavailable)?;
+            for (user, events) in users {
+                let mut record: UserRecord = read(&table, user)?.unwrap_or_default();
+                if record.apply(node, events, &self.settings) {
+                    table
+                        .insert(user, encode(&record).as_slice())
+                        .map_err(unavailable)?;
+                }
+            }
+            let mut table = txn.open_table(ITEMS).map_err(unavailable)?;
+            for (item, events) in items {
+                let mut record: ItemRecord = read(&table, item)?.unwrap_or_default();
+                if record.apply(node, events, &self.settings) {
+                    table
+                        .insert(item, encode(&record).as_slice())
+                        .map_err(unavailable)?;
+                }
+            }
+        }
+        txn.commit().map_err(unavailable)
+    }
+
+    fn read_all<T: DeserializeOwned + Default>(
+        &self,
+        table: TableDefinition<&'static str, &'static [u8]>,
+        ids: &[String],
+    ) -> Result<Vec<Option<T>>, StoreError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(table).map_err(unavailable)?;
+        ids.iter().map(|id| read(&table, id)).collect()
+    }
+}
+
+impl FeatureStore for EmbeddedFeatureStore {
+    async fn apply(&self, node: &str, events: &[Sequenced]) -> Result<(), StoreError> {
+        self.apply_now(node, events)
+    }
+
+    async fn users(&self, ids: &[String]) -> Result<Vec<UserFeatures>, StoreError> {
+        Ok(self
+            .read_all::<UserRecord>(USERS, ids)?
+            .into_iter()
+            .map(|r| r.unwrap_or_default().features)
+            .collect())
+    }
+
+    async fn items(&self, ids: &[String]) -> Result<Vec<Option<ItemFeatures>>, StoreError> {
+        Ok(self
+            .read_all::<ItemRecord>(ITEMS, ids)?
+            .into_iter()
+            .map(|r| r.map(|r| r.features))
+            .collect())
+    }
+
+    async fn put_items(&self, items: &[(String, ItemFeatures)]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(unavailable)?;
+        {
+            let mut table = txn.open_table(ITEMS).map_err(unavailable)?;
+            for (item, features) in items {
+                let mut record: ItemRecord = read(&table, item)?.unwrap_or_default();
+                record.features = features.clone();
+                table
+                    .insert(item.as_str(), encode(&record).as_slice())
+                    .map_err(unavailable)?;
+            }
+        }
+        txn.commit().map_err(unavailable)
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        // An immediate commit makes every earlier non-durable one durable too.
+        let txn = self.db.begin_write().map_err(unavailable)?;
+        txn.commit().map_err(unavailable)
+    }
+}

@@ -1,0 +1,167 @@
+//! The feature store: hot user features and cold item features, read in batches by serving and updated by the
+//! ingest. Two backends pass one conformance suite (`tests/store.rs`): [`crate::embedded`] and
+//! [`crate::dynamodb`].
+//!
+//! Updates are idempotent: every event carries the sequence number its node's write-ahead log gave it, and each
+//! user and item remembers, per node, the last sequence number it applied. Replaying a log after a crash therefore
+//! applies nothing twice, on either backend, whatever was or was not committed before the crash.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::Event;
+use crate::item::{DEFAULT_HALF_LIFE_MS, ItemFeatures};
+use crate::user::{DEFAULT_CAPACITY, UserFeatures};
+
+/// An event with the sequence number its node's write-ahead log gave it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sequenced {
+    pub seq: u64,
+    pub event: Event,
+}
+
+/// How events become features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeatureSettings {
+    /// Recent items kept per user (the model's `max_len`).
+    pub history_len: usize,
+    pub popularity_half_life_ms: i64,
+}
+
+impl Default for FeatureSettings {
+    fn default() -> Self {
+        Self {
+            history_len: DEFAULT_CAPACITY,
+            popularity_half_life_ms: DEFAULT_HALF_LIFE_MS,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend could not be reached or refused the operation; nothing was changed by the failed call beyond
+    /// what a retry makes good.
+    #[error("the feature store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the feature store holds a record it cannot read: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Reads and idempotent updates of user and item features.
+pub trait FeatureStore: Send + Sync + 'static {
+    /// Applies `events` (ascending sequence numbers, all from the write-ahead log of `node`). Each user and item
+    /// skips the events it has already applied for `node`.
+    fn apply(
+        &self,
+        node: &str,
+        events: &[Sequenced],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The features of each user, in order; a user never seen has the default (cold start).
+    fn users(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<UserFeatures>, StoreError>> + Send;
+
+    /// The features of each item, in order; `None` for an item neither the catalogue nor an event has named.
+    fn items(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<Option<ItemFeatures>>, StoreError>> + Send;
+
+    /// Replaces the metadata, popularity and interaction count of items (the scheduled refresh). What each item
+    /// has applied is kept, so later events add to the new figures.
+    fn put_items(
+        &self,
+        items: &[(String, ItemFeatures)],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Makes every applied change durable (the ingest calls it before a write-ahead log segment may be removed).
+    fn sync(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// A stored user: features and, per node, the last sequence number applied.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct UserRecord {
+    pub features: UserFeatures,
+    pub applied: BTreeMap<String, u64>,
+}
+
+/// A stored item: features and, per node, the last sequence number applied.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct ItemRecord {
+    pub features: ItemFeatures,
+    pub applied: BTreeMap<String, u64>,
+}
+
+/// Runs `update` for each event `node` has not applied yet, then records the last one. Says whether anything
+/// changed.
+fn apply_new<'a>(
+    applied: &mut BTreeMap<String, u64>,
+    node: &str,
+    events: impl IntoIterator<Item = &'a Sequenced>,
+    mut update: impl FnMut(&Event),
+) -> bool {
+    let done = applied.get(node).copied().unwrap_or(0);
+    let mut last = None;
+    for sequenced in events {
+        if sequenced.seq > done {
+            update(&sequenced.event);
+            last = Some(sequenced.seq);
+        }
+    }
+    if let Some(last) = last {
+        applied.insert(node.to_owned(), last);
+    }
+    last.is_some()
+}
+
+impl UserRecord {
+    pub fn apply<'a>(
+        &mut self,
+        node: &str,
+        events: impl IntoIterator<Item = &'a Sequenced>,
+        settings: &FeatureSettings,
+    ) -> bool {
+        let features = &mut self.features;
+        apply_new(&mut self.applied, node, events, |e| {
+            features.apply(e, settings.history_len)
+        })
+    }
+}
+
+impl ItemRecord {
+    pub fn apply<'a>(
+        &mut self,
+        node: &str,
+        events: impl IntoIterator<Item = &'a Sequenced>,
+        settings: &FeatureSettings,
+    ) -> bool {
+        let features = &mut self.features;
+        apply_new(&mut self.applied, node, events, |e| {
+            features.interactions += 1;
+            features
+                .popularity
+                .add(1.0, e.time_ms, settings.popularity_half_life_ms);
+        })
+    }
+}
+
+/// Events by entity id, in sequence order.
+pub(crate) type Grouped<'a> = BTreeMap<&'a str, Vec<&'a Sequenced>>;
+
+/// Events grouped by user and by item.
+pub(crate) fn by_entity(events: &[Sequenced]) -> (Grouped<'_>, Grouped<'_>) {
+    let mut users: BTreeMap<&str, Vec<&Sequenced>> = BTreeMap::new();
+    let mut items: BTreeMap<&str, Vec<&Sequenced>> = BTreeMap::new();
+    for e in events {
+        users.entry(&e.event.user).or_default().push(e);
+        items.entry(&e.event.item).or_default().push(e);
+    }
+    (users, items)
+}

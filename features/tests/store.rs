@@ -1,0 +1,219 @@
+//! One conformance suite, run on the embedded store and on DynamoDB Local.
+
+mod support;
+
+use std::sync::Arc;
+
+use edgerec_features::dynamodb::DynamoFeatureStore;
+use edgerec_features::embedded::EmbeddedFeatureStore;
+use edgerec_features::event::EventKind;
+use edgerec_features::item::{ItemFeatures, ItemMetadata, Popularity};
+use edgerec_features::store::{FeatureSettings, FeatureStore, Sequenced};
+use edgerec_features::user::UserFeatures;
+use support::event;
+
+fn settings() -> FeatureSettings {
+    FeatureSettings {
+        history_len: 3,
+        ..FeatureSettings::default()
+    }
+}
+
+fn sequenced(seq: u64, user: &str, item: &str, time_ms: i64) -> Sequenced {
+    Sequenced {
+        seq,
+        event: event(&format!("e{seq}"), user, item, time_ms),
+    }
+}
+
+async fn updates_are_applied_once_and_read_in_batches<S: FeatureStore>(store: &S) {
+    let batch: Vec<Sequenced> = [
+        ("u1", "a", 10),
+        ("u1", "b", 20),
+        ("u2", "a", 30),
+        ("u1", "c", 40),
+        ("u1", "d", 50),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, &(u, item, t))| sequenced(i as u64 + 1, u, item, t))
+    .collect();
+    store.apply("n1", &batch).await.expect("applies");
+    // A replay of the same log, and of part of it, changes nothing.
+    store.apply("n1", &batch).await.expect("re-applies");
+    store
+        .apply("n1", &batch[2..])
+        .await
+        .expect("re-applies a suffix");
+
+    let ids = ["u1", "nobody", "u2"].map(String::from);
+    let users = store.users(&ids).await.expect("reads users");
+    assert_eq!(
+        users[0].history(),
+        ["b", "c", "d"],
+        "bounded to 3, oldest dropped"
+    );
+    assert_eq!(users[0].counts[&EventKind::View], 4);
+    assert_eq!(users[0].last_seen_ms, Some(50));
+    assert_eq!(users[1], UserFeatures::default(), "cold start: the default");
+    assert_eq!(users[2].history(), ["a"]);
+
+    // Another node's log has its own numbering: its events are applied too.
+    store
+        .apply("n2", &[sequenced(1, "u2", "z", 60)])
+        .await
+        .expect("applies another node's events");
+    let u2 = &store.users(&ids[2..]).await.expect("reads")[0];
+    assert_eq!(u2.history(), ["a", "z"]);
+
+    let items = store
+        .items(&["a", "never"].map(String::from))
+        .await
+        .expect("reads items");
+    let a = items[0].as_ref().expect("item a exists");
+    assert_eq!(a.interactions, 2);
+    assert!(
+        a.popularity.score > 1.99 && a.popularity.score <= 2.0,
+        "{:?}",
+        a.popularity
+    );
+    assert!(items[1].is_none());
+
+    // A refresh replaces metadata and popularity; later events add on top, earlier ones stay applied once.
+    let refreshed = ItemFeatures {
+        metadata: Some(ItemMetadata {
+            title: "A".into(),
+            genres: vec!["g".into()],
+        }),
+        popularity: Popularity {
+            score: 10.0,
+            at_ms: 100,
+        },
+        interactions: 10,
+    };
+    store
+        .put_items(&[("a".into(), refreshed.clone())])
+        .await
+        .expect("puts items");
+    store.apply("n1", &batch).await.expect("replays again");
+    store
+        .apply("n1", &[sequenced(6, "u3", "a", 100)])
+        .await
+        .expect("applies a new event");
+    let a = store.items(&["a".into()]).await.expect("reads")[0]
+        .clone()
+        .expect("a");
+    assert_eq!(a.metadata, refreshed.metadata);
+    assert_eq!(a.interactions, 11);
+    assert_eq!(
+        a.popularity,
+        Popularity {
+            score: 11.0,
+            at_ms: 100
+        }
+    );
+    store.sync().await.expect("syncs");
+
+    // Many events: batched reads beyond one request's 100 keys.
+    let many: Vec<Sequenced> = (0..250)
+        .map(|i| {
+            sequenced(
+                100 + i,
+                &format!("m{i}"),
+                &format!("i{}", i % 7),
+                1000 + i as i64,
+            )
+        })
+        .collect();
+    store.apply("n1", &many).await.expect("applies many");
+    let ids: Vec<String> = (0..250).map(|i| format!("m{i}")).collect();
+    let users = store.users(&ids).await.expect("reads many");
+    assert!(
+        users
+            .iter()
+            .enumerate()
+            .all(|(i, u)| u.history() == [format!("i{}", i % 7)])
+    );
+}
+
+/// Two writers updating one user at once (two nodes): no update is lost.
+async fn concurrent_writers_lose_no_update<S: FeatureStore>(store: Arc<S>) {
+    let tasks: Vec<_> = (0..4)
+        .map(|node| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for seq in 1..=10u64 {
+                    let e = sequenced(
+                        seq,
+                        "hot",
+                        &format!("n{node}-{seq}"),
+                        (node * 100 + seq) as i64,
+                    );
+                    store
+                        .apply(&format!("node{node}"), &[e])
+                        .await
+                        .expect("applies");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let user = &store.users(&["hot".into()]).await.expect("reads")[0];
+    assert_eq!(
+        user.counts[&EventKind::View],
+        40,
+        "every event of every node counted once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embedded_store_conforms() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store =
+        EmbeddedFeatureStore::open(&dir.path().join("features.redb"), settings()).expect("opens");
+    updates_are_applied_once_and_read_in_batches(&store).await;
+    concurrent_writers_lose_no_update(Arc::new(store)).await;
+    // Reopening keeps everything.
+    let store =
+        EmbeddedFeatureStore::open(&dir.path().join("features.redb"), settings()).expect("reopens");
+    assert_eq!(
+        store.users(&["hot".into()]).await.expect("reads")[0].interactions(),
+        40
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dynamodb_store_conforms() {
+    let config = support::aws_config("store");
+    let store = DynamoFeatureStore::connect(&config, settings());
+    store
+        .ensure_created(&config)
+        .await
+        .expect("creates the table");
+    store
+        .ensure_created(&config)
+        .await
+        .expect("creating twice is fine");
+    updates_are_applied_once_and_read_in_batches(&store).await;
+    concurrent_writers_lose_no_update(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_dynamodb_is_a_clear_error() {
+    let mut config = support::aws_config("unreachable");
+    config.dynamodb_endpoint = Some("http://127.0.0.1:9".into());
+    let store = DynamoFeatureStore::connect(&config, settings());
+    let e = store.users(&["u".into()]).await.expect_err("unreachable");
+    let text = e.to_string();
+    assert!(
+        text.contains("feature store is unavailable") && text.contains("reading DynamoDB"),
+        "{text}"
+    );
+    let e = store
+        .apply("n", &[sequenced(1, "u", "i", 1)])
+        .await
+        .expect_err("unreachable");
+    assert!(e.to_string().contains("unavailable"), "{e}");
+}
