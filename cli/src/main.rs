@@ -3,6 +3,7 @@
 mod bench;
 mod bench_registry;
 mod data;
+mod features;
 mod paths;
 mod registry;
 mod train;
@@ -47,6 +48,16 @@ enum Command {
     Model {
         #[command(subcommand)]
         what: registry::ModelCommand,
+    },
+    /// The feature store: scheduled item refresh, inspection.
+    Features {
+        #[command(subcommand)]
+        what: features::FeaturesCommand,
+    },
+    /// Durable event ingest and shipping to the event log.
+    Events {
+        #[command(subcommand)]
+        what: features::EventsCommand,
     },
     /// Benchmarks.
     Bench {
@@ -118,6 +129,8 @@ fn main() -> Result<()> {
         Command::Train(args) => train::run(*args),
         Command::Registry { what } => registry::run_registry(what),
         Command::Model { what } => registry::run_model(what),
+        Command::Features { what } => features::run_features(what),
+        Command::Events { what } => features::run_events(what),
         Command::Bench {
             what: BenchCommand::Rank(args),
         } => bench::run(args),

@@ -13,6 +13,7 @@
 //! - [`catalogue`]: item metadata from catalogue files and popularity recomputed from the log.
 
 pub mod catalogue;
+pub mod config;
 pub mod dynamodb;
 pub mod embedded;
 pub mod event;

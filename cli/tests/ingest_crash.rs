@@ -1,0 +1,221 @@
+//! `kill -9` at random points, 20 times over: the ingest process and the shipper die mid-work, and afterwards every
+//! acknowledged event is in the store and in the event log exactly once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use edgerec_features::event::{Event, EventKind};
+use edgerec_features::log::EventLog;
+use edgerec_features::store::{FeatureSettings, FeatureStore};
+use edgerec_features::user::UserFeatures;
+
+const TRIALS: usize = 20;
+/// New events per trial; each trial also resends the last half of the previous trial's events.
+const PER_TRIAL: usize = 2000;
+const EVENTS: usize = TRIALS * PER_TRIAL;
+
+/// A small generator so the kill times differ per run; the seed is printed for reproducing a failure.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+fn edgerec(args: &[&str], data: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_edgerec"));
+    command
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .env_remove("EDGEREC_FEATURES_CONFIG")
+        .env_remove("EDGEREC_FEATURES_DATA_DIR");
+    command
+}
+
+/// Runs the ingest of `file` and kills it after `kill_after` (if given); returns the ids it acknowledged.
+fn ingest(file: &Path, data: &Path, kill_after: Option<Duration>) -> Vec<String> {
+    let mut child = edgerec(
+        &[
+            "events",
+            "ingest",
+            "--batch",
+            "40",
+            "--concurrency",
+            "4",
+            "--print-acked",
+        ],
+        data,
+    )
+    .arg(file)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("starts edgerec");
+    let stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    match kill_after {
+        Some(delay) => {
+            std::thread::sleep(delay);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        None => assert!(
+            child.wait().expect("waits").success(),
+            "the last ingest succeeds"
+        ),
+    }
+    reader.join().expect("reader")
+}
+
+#[test]
+fn acknowledged_events_survive_kill_9_exactly_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let file = dir.path().join("events.jsonl");
+    let start = edgerec_features::now_ms() - 3600 * 1000;
+    let events: Vec<Event> = (0..EVENTS)
+        .map(|i| Event {
+            id: format!("ev-{i}"),
+            user: format!("user-{}", i % 37),
+            item: format!("item-{}", (i * 7) % 211),
+            kind: if i % 5 == 0 {
+                EventKind::Click
+            } else {
+                EventKind::View
+            },
+            time_ms: start + i as i64 * 10,
+            value: None,
+            request_id: None,
+        })
+        .collect();
+    let write = |path: &Path, events: &[Event]| {
+        let mut out = std::fs::File::create(path).expect("creates");
+        for e in events {
+            writeln!(out, "{}", serde_json::to_string(e).expect("json")).expect("writes");
+        }
+    };
+    write(&file, &events);
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64;
+    println!("seed {seed}");
+    let mut random = Lcg(seed);
+    // Kill times are spread over the length of an uninterrupted run (process start included), measured here.
+    let trial_file = dir.path().join("trial.jsonl");
+    write(&trial_file, &events[..PER_TRIAL + PER_TRIAL / 2]);
+    let timing = std::time::Instant::now();
+    ingest(&trial_file, &dir.path().join("timing"), None);
+    let full_ms = timing.elapsed().as_millis() as u64;
+    let mut acked = BTreeSet::new();
+    let mut interrupted = 0;
+    for trial in 0..TRIALS {
+        // Each run sends new events after resending some of the previous run's: what that run wrote comes back
+        // as duplicates, what it did not is new.
+        let range = (trial * PER_TRIAL).saturating_sub(PER_TRIAL / 2)..(trial + 1) * PER_TRIAL;
+        let sent = range.len();
+        write(&trial_file, &events[range]);
+        let delay = Duration::from_millis(full_ms / 10 + random.below(full_ms));
+        let this_run = ingest(&trial_file, &data, Some(delay));
+        if this_run.len() < sent {
+            interrupted += 1;
+        }
+        acked.extend(this_run);
+        if trial % 3 == 2 {
+            let mut shipper = edgerec(&["events", "ship"], &data)
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starts the shipper");
+            std::thread::sleep(Duration::from_millis(20 + random.below(300)));
+            let _ = shipper.kill();
+            let _ = shipper.wait();
+        }
+    }
+    println!(
+        "a full run takes {full_ms} ms; {interrupted} of {TRIALS} runs were killed before finishing; {} events acknowledged before the last run",
+        acked.len()
+    );
+    assert!(interrupted >= TRIALS / 2, "most runs are killed mid-ingest");
+    // The last run sends everything: whatever no earlier run acknowledged gets in now.
+    acked.extend(ingest(&file, &data, None));
+    let shipped = edgerec(&["events", "ship"], &data)
+        .stderr(Stdio::inherit())
+        .status()
+        .expect("ships");
+    assert!(shipped.success());
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let slice = EventLog::Folder(data.join("log"))
+            .read(start - 1000, start + 3600 * 1000)
+            .await
+            .expect("reads the log");
+        // The reader keeps one row per id; count raw rows to catch any duplicate the shipper wrote.
+        let mut rows: BTreeMap<String, usize> = BTreeMap::new();
+        for key in EventLog::Folder(data.join("log"))
+            .list("events/")
+            .await
+            .expect("lists")
+        {
+            let bytes = std::fs::read(data.join("log").join(&key)).expect("reads");
+            let single = tempfile::tempdir().expect("temp dir");
+            let target = single.path().join(&key);
+            std::fs::create_dir_all(target.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&target, bytes).expect("copies");
+            for e in EventLog::Folder(single.path().to_owned())
+                .read(i64::MIN / 2, i64::MAX / 2)
+                .await
+                .expect("reads one file")
+                .events
+            {
+                *rows.entry(e.event.id).or_default() += 1;
+            }
+        }
+        assert_eq!(rows.len(), EVENTS, "every event is in the log");
+        assert!(
+            rows.values().all(|&n| n == 1),
+            "no event is in the log twice"
+        );
+        assert!(acked.iter().all(|id| rows.contains_key(id)));
+        assert_eq!(slice.events.len(), EVENTS);
+
+        let store = edgerec_features::embedded::EmbeddedFeatureStore::open(
+            &data.join("features.redb"),
+            FeatureSettings::default(),
+        )
+        .expect("opens the store");
+        let users: Vec<String> = (0..37).map(|u| format!("user-{u}")).collect();
+        let stored = store.users(&users).await.expect("reads");
+        for (user, features) in users.iter().zip(stored) {
+            let mut expected = UserFeatures::default();
+            for e in events.iter().filter(|e| &e.user == user) {
+                expected.apply(e, FeatureSettings::default().history_len);
+            }
+            assert_eq!(
+                features, expected,
+                "{user}: every event applied exactly once"
+            );
+        }
+    });
+    // Everything shipped: only the (empty) active segment is left.
+    let left = edgerec_features::wal::segments(&data.join("wal")).expect("lists");
+    assert_eq!(left.len(), 1);
+}
