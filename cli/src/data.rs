@@ -26,8 +26,8 @@ pub enum DataCommand {
 #[derive(clap::Args, Debug)]
 pub struct DatasetArgs {
     /// movielens-1m (ml-1m), movielens-100k (ml-100k), or the path of an interaction file (ratings.dat, u.data,
-    /// RecBole .inter, or .csv/.tsv with a user,item,timestamp header).
-    dataset: String,
+    /// RecBole .inter, or .csv/.tsv with a user,item,timestamp header); `edgerec train` also takes `event-log`.
+    pub(crate) dataset: String,
     /// Where datasets are kept (default ~/.cache/edgerec/data).
     #[arg(long, env = "EDGEREC_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -88,6 +88,7 @@ impl DatasetArgs {
             name,
             interactions_sha256: interactions_digest(&data.interactions),
             split,
+            source: None,
         })
     }
 }
@@ -99,9 +100,11 @@ pub struct LoadedDataset {
     /// any file format.
     pub interactions_sha256: String,
     pub split: Split,
+    /// Where the data came from beyond the dataset's name (the event log's range and files).
+    pub source: Option<serde_json::Value>,
 }
 
-fn interactions_digest(interactions: &[edgerec_trainer::data::Interaction]) -> String {
+pub(crate) fn interactions_digest(interactions: &[edgerec_trainer::data::Interaction]) -> String {
     let mut text = Vec::with_capacity(interactions.len() * 24);
     for i in interactions {
         text.extend_from_slice(format!("{}\t{}\t{}\n", i.user, i.item, i.timestamp).as_bytes());

@@ -1,6 +1,7 @@
 //! `edgerec`: one command for every EdgeRec job. Subcommands grow as the system does.
 
 mod bench;
+mod bench_features;
 mod bench_registry;
 mod data;
 mod features;
@@ -72,6 +73,8 @@ enum BenchCommand {
     Rank(bench::BenchArgs),
     /// Publish and plan-read latency of a registry on the embedded backend.
     Registry(bench_registry::RegistryBenchArgs),
+    /// Durable ingest rate, event-to-visible lag and batched feature reads (embedded, and DynamoDB if given).
+    Features(bench_features::FeaturesBenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -137,6 +140,9 @@ fn main() -> Result<()> {
         Command::Bench {
             what: BenchCommand::Registry(args),
         } => bench_registry::run(args),
+        Command::Bench {
+            what: BenchCommand::Features(args),
+        } => bench_features::run(args),
     }
 }
 

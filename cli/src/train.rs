@@ -68,6 +68,64 @@ pub struct TrainArgs {
     publish: bool,
     #[command(flatten)]
     registry: crate::registry::RegistryAddress,
+    /// With the dataset `event-log`: the features configuration naming the log (default: embedded, under
+    /// --log-data).
+    #[arg(long)]
+    log_config: Option<PathBuf>,
+    /// With the dataset `event-log`: the features data folder whose `log/` is read.
+    #[arg(long)]
+    log_data: Option<PathBuf>,
+    /// With the dataset `event-log`: read the last this many days of the log.
+    #[arg(long, default_value_t = 30)]
+    log_days: i64,
+}
+
+/// The split of a time range of the event log, with the range and the files read (and their digests) as lineage.
+fn load_event_log(args: &TrainArgs) -> Result<crate::data::LoadedDataset> {
+    let mut config = edgerec_features::config::FeaturesConfig::load(args.log_config.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    if let Some(dir) = &args.log_data {
+        config.data_dir = dir.clone();
+    }
+    let to_ms = edgerec_features::now_ms() + 3600 * 1000;
+    let from_ms = to_ms - (args.log_days + 1) * 24 * 3600 * 1000;
+    let slice = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(config.event_log().read(from_ms, to_ms))?;
+    if slice.events.is_empty() {
+        bail!(
+            "the event log ({}) holds no events from the last {} days: ingest and ship some first (`edgerec events ingest`, `edgerec events ship`)",
+            match &config.aws {
+                Some(aws) => format!("s3://{}", aws.bucket),
+                None => config.data_dir.join("log").display().to_string(),
+            },
+            args.log_days
+        );
+    }
+    let data = edgerec_trainer::log_data::from_log(&slice);
+    eprintln!(
+        "event log: {} events and {} served requests in {} files; {} users, {} items; {} targets learnt from logged histories",
+        slice.events.len(),
+        slice.served.len(),
+        slice.files.len(),
+        data.split.users.len(),
+        data.split.items.len(),
+        data.logged_histories
+    );
+    Ok(crate::data::LoadedDataset {
+        name: "event-log".into(),
+        interactions_sha256: crate::data::interactions_digest(&data.interactions),
+        split: data.split,
+        source: Some(serde_json::json!({
+            "from_ms": from_ms,
+            "to_ms": to_ms,
+            "events": slice.events.len(),
+            "served_requests": slice.served.len(),
+            "logged_histories": data.logged_histories,
+            "files": slice.files,
+        })),
+    })
 }
 
 impl TrainArgs {
@@ -123,7 +181,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&config)?);
         return Ok(());
     }
-    let loaded = args.dataset.load()?;
+    let loaded = if args.dataset.dataset == "event-log" {
+        load_event_log(&args)?
+    } else {
+        args.dataset.load()?
+    };
     let out = args
         .out
         .clone()
@@ -214,7 +276,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             trained.validation.ndcg_at_10,
         ),
     ]);
-    let lineage = BTreeMap::from([
+    let mut lineage = BTreeMap::from([
         ("dataset".to_string(), serde_json::json!(loaded.name)),
         (
             "interactions_sha256".to_string(),
@@ -233,6 +295,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         ),
         ("code_version".to_string(), serde_json::json!(code_version)),
     ]);
+    if let Some(source) = &loaded.source {
+        lineage.insert("event_log".to_string(), source.clone());
+    }
     let bundle_dir = out.join("bundle");
     let manifest = write_bundle(
         &bundle_dir,

@@ -7,6 +7,7 @@ pub mod data;
 pub mod export;
 pub mod fetch;
 pub mod graph;
+pub mod log_data;
 pub mod model;
 pub mod report;
 pub mod rng;

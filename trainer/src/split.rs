@@ -60,6 +60,18 @@ impl Stage {
 pub struct Split {
     pub items: Vec<String>,
     pub users: Vec<UserSequence>,
+    /// Training targets whose history serving logged: they are learnt from that exact history instead of the one
+    /// rebuilt from the sequence.
+    pub logged: Vec<LoggedHistory>,
+}
+
+/// The history a served request fed the model, for the interaction at `position` of user `user`'s sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedHistory {
+    pub user: u32,
+    pub position: u32,
+    /// Model indices, oldest first.
+    pub history: Vec<u32>,
 }
 
 impl Split {
@@ -93,7 +105,11 @@ impl Split {
                 }
             })
             .collect();
-        Self { items, users }
+        Self {
+            items,
+            users,
+            logged: Vec::new(),
+        }
     }
 
     pub fn evaluated_users(&self) -> usize {

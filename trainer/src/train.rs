@@ -5,7 +5,7 @@
 //! Everything random is derived from the seed and the epoch or step number, so a run resumed from a checkpoint
 //! continues exactly as the uninterrupted run would have.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Architecture, BuildError, Parameters, inference_graph};
 use crate::rng::SplitMix;
 use crate::runtime::{Device, RuntimeError};
-use crate::split::{Split, Stage};
+use crate::split::{LoggedHistory, Split, Stage};
 use crate::step::{AdamW, step_graph};
 use crate::stepper::{Batch, ModelState, StepRunner};
 
@@ -166,16 +166,17 @@ pub fn sequence_spec(split: &Split, max_len: usize) -> FeatureSpec {
     }
 }
 
-/// A training window: up to `max_len` consecutive items of one user and the item after each.
+/// A training window: up to `max_len` consecutive items of one user and the item after each, or one logged
+/// history and the item that followed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Window {
-    user: u32,
-    start: u32,
-    end: u32,
+enum Window {
+    Sequence { user: u32, start: u32, end: u32 },
+    Logged(u32),
 }
 
 /// Cuts each user's training items (everything before the validation target) into windows of `max_len`
-/// predictions, newest first, so every training interaction is a target exactly once per epoch.
+/// predictions, newest first, so every training interaction is a target exactly once per epoch: in a sequence
+/// window, or, when serving logged its history, in a window of that history alone.
 fn windows(split: &Split, max_len: usize) -> Vec<Window> {
     let mut windows = Vec::new();
     for (user, sequence) in split.users.iter().enumerate() {
@@ -184,7 +185,7 @@ fn windows(split: &Split, max_len: usize) -> Vec<Window> {
         let mut end = items.len().saturating_sub(1);
         while end > 0 {
             let start = end.saturating_sub(max_len);
-            windows.push(Window {
+            windows.push(Window::Sequence {
                 user: user as u32,
                 start: start as u32,
                 end: end as u32,
@@ -192,7 +193,21 @@ fn windows(split: &Split, max_len: usize) -> Vec<Window> {
             end = start;
         }
     }
+    for (i, logged) in split.logged.iter().enumerate() {
+        if is_logged_training_target(split, logged) {
+            windows.push(Window::Logged(i as u32));
+        }
+    }
     windows
+}
+
+/// Whether a logged history's target is a training interaction (not a held-out one) with a history to learn from.
+fn is_logged_training_target(split: &Split, logged: &LoggedHistory) -> bool {
+    let Some(sequence) = split.users.get(logged.user as usize) else {
+        return false;
+    };
+    let training = Stage::Validation.training_items(sequence).len();
+    logged.position > 0 && (logged.position as usize) < training && !logged.history.is_empty()
 }
 
 /// Per-epoch results.
@@ -467,12 +482,42 @@ fn make_batch(
         .map(|name| (name, vec![0; batch_size * len]))
         .collect();
     let mut targets = vec![0i64; batch_size * len];
+    let logged_targets: HashSet<(u32, u32)> = split
+        .logged
+        .iter()
+        .filter(|l| is_logged_training_target(split, l))
+        .map(|l| (l.user, l.position))
+        .collect();
     for (row, &w) in chunk.iter().enumerate() {
-        let window = windows[w];
-        let items = &split.users[window.user as usize].items;
-        let (start, end) = (window.start as usize, window.end as usize);
+        let (history, row_targets): (&[u32], Vec<i64>) = match windows[w] {
+            Window::Sequence { user, start, end } => {
+                let items = &split.users[user as usize].items;
+                let (start, end) = (start as usize, end as usize);
+                // A target whose logged history has a window of its own is not learnt twice.
+                let targets = (start + 1..=end)
+                    .map(|p| {
+                        if logged_targets.contains(&(user, p as u32)) {
+                            0
+                        } else {
+                            i64::from(items[p])
+                        }
+                    })
+                    .collect();
+                (&items[start..end], targets)
+            }
+            Window::Logged(i) => {
+                let logged = &split.logged[i as usize];
+                let history = &logged.history[logged.history.len().saturating_sub(len)..];
+                let target = split.users[logged.user as usize].items[logged.position as usize];
+                let mut targets = vec![0; history.len()];
+                if let Some(last) = targets.last_mut() {
+                    *last = i64::from(target);
+                }
+                (history, targets)
+            }
+        };
         let encoded = spec
-            .encode(&items[start..end], &BTreeMap::new())
+            .encode(history, &BTreeMap::new())
             .map_err(|e| TrainError::Config(format!("encoding a training history: {e}")))?;
         for ((_, rows), tensor) in inputs.iter_mut().zip(&encoded) {
             let TensorData::I64(values) = &tensor.data else {
@@ -483,10 +528,8 @@ fn make_batch(
             };
             rows[row * len..(row + 1) * len].copy_from_slice(values);
         }
-        let pad = len - (end - start);
-        for (offset, &target) in items[start + 1..=end].iter().enumerate() {
-            targets[row * len + pad + offset] = i64::from(target);
-        }
+        let pad = len - history.len();
+        targets[row * len + pad..(row + 1) * len].copy_from_slice(&row_targets);
     }
     let count = targets.iter().filter(|&&t| t > 0).count().max(1);
     let weights = targets
@@ -887,24 +930,82 @@ mod tests {
 
     #[test]
     fn windows_cover_every_training_target_once() {
-        let split = planted_pattern(20);
+        let mut split = planted_pattern(20);
+        // Serving logged the history of user 0's third and user 1's second interactions; one log points at a
+        // held-out target and is not trained on.
+        let held_out = split.users[2].items.len() as u32 - 1;
+        split.logged = vec![
+            LoggedHistory {
+                user: 0,
+                position: 2,
+                history: vec![7, 8, 9],
+            },
+            LoggedHistory {
+                user: 1,
+                position: 1,
+                history: vec![5],
+            },
+            LoggedHistory {
+                user: 2,
+                position: held_out,
+                history: vec![1],
+            },
+        ];
         let windows = windows(&split, 4);
-        for (user, sequence) in split.users.iter().enumerate() {
-            let items = Stage::Validation.training_items(sequence);
-            let mut covered: Vec<u32> = windows
-                .iter()
-                .filter(|w| w.user as usize == user)
-                .flat_map(|w| (w.start + 1..=w.end).collect::<Vec<_>>())
-                .collect();
-            covered.sort_unstable();
-            let expected: Vec<u32> = (1..items.len() as u32).collect();
-            assert_eq!(covered, expected);
-            assert!(
-                windows
-                    .iter()
-                    .all(|w| w.end - w.start <= 4 && w.end > w.start)
-            );
+        let spec = sequence_spec(&split, 4);
+        let all: Vec<usize> = (0..windows.len()).collect();
+        let batch = make_batch(&split, &spec, &windows, &all, windows.len()).expect("batch");
+        // (user, target) of every nonzero target, from each row's window.
+        let mut covered = Vec::new();
+        for (row, window) in windows.iter().enumerate() {
+            let targets = &batch.targets[row * 4..(row + 1) * 4];
+            match *window {
+                Window::Sequence { user, start, end } => {
+                    assert!(end > start && end - start <= 4);
+                    let items = &split.users[user as usize].items;
+                    for p in start + 1..=end {
+                        let t = targets[4 - (end - p) as usize - 1];
+                        if t != 0 {
+                            assert_eq!(t, i64::from(items[p as usize]));
+                            covered.push((user, p));
+                        }
+                    }
+                }
+                Window::Logged(i) => {
+                    let logged = &split.logged[i as usize];
+                    let target = split.users[logged.user as usize].items[logged.position as usize];
+                    assert_eq!(targets[..3], [0, 0, 0]);
+                    assert_eq!(targets[3], i64::from(target));
+                    let history = &batch.inputs[0].1[row * 4..(row + 1) * 4];
+                    let padded: Vec<i64> = std::iter::repeat_n(0, 4 - logged.history.len())
+                        .chain(logged.history.iter().map(|&h| i64::from(h)))
+                        .collect();
+                    assert_eq!(
+                        history,
+                        padded.as_slice(),
+                        "the logged history, as serving fed it"
+                    );
+                    covered.push((logged.user, logged.position));
+                }
+            }
         }
+        covered.sort_unstable();
+        let expected: Vec<(u32, u32)> = split
+            .users
+            .iter()
+            .enumerate()
+            .flat_map(|(u, s)| {
+                (1..Stage::Validation.training_items(s).len() as u32).map(move |p| (u as u32, p))
+            })
+            .collect();
+        assert_eq!(covered, expected, "each training target once");
+        assert_eq!(
+            windows
+                .iter()
+                .filter(|w| matches!(w, Window::Logged(_)))
+                .count(),
+            2
+        );
     }
 
     #[test]
