@@ -242,3 +242,101 @@ async fn the_log_ships_to_s3_and_an_unreachable_s3_loses_nothing() {
     );
     ingest.close().await.expect("closes");
 }
+
+/// A store that is unreachable for its first `failures` updates, as DynamoDB is during an outage.
+struct FlakyStore {
+    inner: EmbeddedFeatureStore,
+    failures: std::sync::atomic::AtomicUsize,
+}
+
+impl FeatureStore for FlakyStore {
+    async fn apply(
+        &self,
+        node: &str,
+        events: &[edgerec_features::store::Sequenced],
+    ) -> Result<(), edgerec_features::store::StoreError> {
+        let left = self.failures.load(std::sync::atomic::Ordering::SeqCst);
+        if left > 0 {
+            self.failures
+                .store(left - 1, std::sync::atomic::Ordering::SeqCst);
+            return Err(edgerec_features::store::StoreError::Unavailable(
+                "connection refused".into(),
+            ));
+        }
+        self.inner.apply(node, events).await
+    }
+
+    async fn users(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<edgerec_features::user::UserFeatures>, edgerec_features::store::StoreError>
+    {
+        self.inner.users(ids).await
+    }
+
+    async fn items(
+        &self,
+        ids: &[String],
+    ) -> Result<
+        Vec<Option<edgerec_features::item::ItemFeatures>>,
+        edgerec_features::store::StoreError,
+    > {
+        self.inner.items(ids).await
+    }
+
+    async fn put_items(
+        &self,
+        items: &[(String, edgerec_features::item::ItemFeatures)],
+    ) -> Result<(), edgerec_features::store::StoreError> {
+        self.inner.put_items(items).await
+    }
+
+    async fn sync(&self) -> Result<(), edgerec_features::store::StoreError> {
+        self.inner.sync().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_delays_updates_but_loses_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(FlakyStore {
+        inner: EmbeddedFeatureStore::open(
+            &dir.path().join("features.redb"),
+            FeatureSettings::default(),
+        )
+        .expect("opens"),
+        failures: std::sync::atomic::AtomicUsize::new(3),
+    });
+    let ingest = Ingest::open(&dir.path().join("wal"), config(1 << 20), store).expect("opens");
+    let now = now_ms();
+    // Acknowledged while the store is down: the log has them.
+    let ack = ingest
+        .ingest(
+            (0..10)
+                .map(|i| event(&format!("f{i}"), "u", &format!("i{i}"), now + i))
+                .collect(),
+        )
+        .await
+        .expect("acknowledged although the store is down");
+    // Nothing may be shipped (and removed from the log) before the store has it.
+    let report = ingest
+        .ship(&EventLog::Folder(dir.path().join("log")), false)
+        .await
+        .expect("ships nothing yet");
+    assert_eq!(report.segments, 0);
+    ingest
+        .wait_applied(ack.last_seq.expect("wrote"))
+        .await
+        .expect("applied after retries");
+    let stats = ingest.stats();
+    assert_eq!(stats.apply_failures, 3);
+    assert!(
+        stats
+            .last_apply_error
+            .expect("recorded")
+            .contains("connection refused")
+    );
+    let user = &ingest.store().users(&["u".into()]).await.expect("reads")[0];
+    assert_eq!(user.interactions(), 10);
+    ingest.close().await.expect("closes");
+}
