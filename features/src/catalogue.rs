@@ -187,7 +187,9 @@ pub struct RefreshReport {
 
 /// Item features from `catalogue` and the logged `events`: popularity is the decayed count of each item's events
 /// as of the latest one; items without events start at `prior` (worth that many fresh interactions). The result
-/// depends only on the inputs, so running the refresh twice writes the same features.
+/// depends only on the inputs, so running the refresh twice writes the same features. The figures replace what the
+/// streaming updates built, so events acknowledged but not yet shipped when the refresh reads the log count again
+/// only from the next refresh on (minutes of data, at the shipping interval).
 pub fn item_features(
     catalogue: &BTreeMap<String, ItemMetadata>,
     events: &[LoggedEvent],

@@ -1,7 +1,8 @@
 //! A training set from a time range of the event log: the events become the interaction sequences, and an event
 //! that answers a served request (a click on a recommendation) is learnt from the history that request fed the
 //! model, exactly as serving saw it. Every other target's history is rebuilt from the sequence by the feature
-//! specification, as serving builds it.
+//! specification, as serving builds it. (The sequence keeps repeated items where the feature store keeps each item
+//! once, at its latest time: the two agree on logs without repeats, such as MovieLens.)
 
 use std::collections::HashMap;
 
