@@ -97,61 +97,90 @@ impl Clients {
             s3: aws_sdk_s3::Client::from_conf(s3.build()),
         }
     }
+}
 
-    /// Creates `table` (string keys `pk` and `sk`, on demand billing) unless it exists.
-    pub async fn ensure_table(&self, table: &str) -> Result<(), String> {
-        let attribute = |name: &str| {
-            built(
-                AttributeDefinition::builder()
-                    .attribute_name(name)
-                    .attribute_type(ScalarAttributeType::S)
-                    .build(),
-            )
-        };
-        let key = |name: &str, kind: KeyType| {
-            built(
-                KeySchemaElement::builder()
-                    .attribute_name(name)
-                    .key_type(kind)
-                    .build(),
-            )
-        };
-        let created = self
-            .dynamodb
-            .create_table()
-            .table_name(table)
-            .attribute_definitions(attribute("pk"))
-            .attribute_definitions(attribute("sk"))
-            .key_schema(key("pk", KeyType::Hash))
-            .key_schema(key("sk", KeyType::Range))
-            .billing_mode(BillingMode::PayPerRequest)
-            .send()
-            .await;
-        match created {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_in_use_exception()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(describe("creating the DynamoDB table", e)),
+/// Creates `table` (string keys `pk` and `sk`, on demand billing) unless it exists.
+pub async fn ensure_table(dynamodb: &aws_sdk_dynamodb::Client, table: &str) -> Result<(), String> {
+    let attribute = |name: &str| {
+        built(
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build(),
+        )
+    };
+    let key = |name: &str, kind: KeyType| {
+        built(
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build(),
+        )
+    };
+    let created = dynamodb
+        .create_table()
+        .table_name(table)
+        .attribute_definitions(attribute("pk"))
+        .attribute_definitions(attribute("sk"))
+        .key_schema(key("pk", KeyType::Hash))
+        .key_schema(key("sk", KeyType::Range))
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await;
+    match created {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_in_use_exception()) =>
+        {
+            Ok(())
         }
+        Err(e) => Err(describe("creating the DynamoDB table", e)),
     }
+}
 
-    /// Creates `bucket` unless it exists.
-    pub async fn ensure_bucket(&self, bucket: &str) -> Result<(), String> {
-        match self.s3.create_bucket().bucket(bucket).send().await {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error().is_some_and(|s| {
-                    s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists()
-                }) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(describe("creating the S3 bucket", e)),
+/// Creates `bucket` unless it exists.
+pub async fn ensure_bucket(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<(), String> {
+    match s3.create_bucket().bucket(bucket).send().await {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.as_service_error().is_some_and(|s| {
+                s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists()
+            }) =>
+        {
+            Ok(())
         }
+        Err(e) => Err(describe("creating the S3 bucket", e)),
+    }
+}
+
+impl AwsConfig {
+    /// A fresh table and bucket named after `label` on the test servers that `scripts/aws-local.sh start` runs
+    /// (its `EDGEREC_TEST_*` variables say where, and with which keys).
+    pub fn for_test_servers(label: &str) -> Result<Self, String> {
+        let var = |name: &str| {
+            std::env::var(name).map_err(|_| {
+                format!("{name} is not set: start the test servers with `eval \"$(scripts/aws-local.sh start)\"` (scripts/test.sh does)")
+            })
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        // S3 bucket names: 3-63 lowercase letters, digits and hyphens.
+        let short: String = label.chars().take(24).collect();
+        let name = format!("edgerec-{short}-{}-{nanos}", std::process::id())
+            .to_lowercase()
+            .replace('_', "-");
+        Ok(AwsConfig {
+            region: "us-east-1".into(),
+            dynamodb_endpoint: Some(var("EDGEREC_TEST_DYNAMODB")?),
+            s3_endpoint: Some(var("EDGEREC_TEST_S3")?),
+            table: name.clone(),
+            bucket: name,
+            access_key_id: Some(var("EDGEREC_TEST_AWS_KEY")?),
+            secret_access_key: Some(var("EDGEREC_TEST_AWS_SECRET")?),
+        })
     }
 }
 

@@ -156,7 +156,7 @@ async fn bench(args: FeaturesBenchArgs) -> Result<()> {
             secret_access_key: Some(args.aws_secret.clone()),
         };
         let dynamo = DynamoFeatureStore::connect(&config, FeatureSettings::default());
-        dynamo.ensure_created(&config).await?;
+        dynamo.ensure_created().await?;
         // The same user and items as the embedded read: one event per item.
         let events: Vec<Sequenced> = (0..100)
             .map(|i| Sequenced {

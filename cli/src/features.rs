@@ -271,7 +271,7 @@ async fn ingest_file<S: FeatureStore>(
 
 async fn ship<S: FeatureStore>(config: &FeaturesConfig, store: Arc<S>) -> Result<()> {
     let log = config.event_log();
-    log.ensure_created(config.aws.as_ref()).await?;
+    log.ensure_created().await?;
     let ingest = Ingest::open(&config.wal_dir(), config.ingest.clone(), store)?;
     let report = ingest.ship(&log, true).await?;
     ingest.close().await?;

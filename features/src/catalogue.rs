@@ -287,6 +287,19 @@ mod tests {
         .expect(".item");
         assert_eq!(atomic["1"].title, "Toy Story");
         assert_eq!(atomic["1"].genres, ["Animation", "Comedy"]);
+        let class = read_catalogue(&write(
+            dir.path(),
+            "x.item",
+            b"item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n1\tToy Story\t1995\tAnimation Comedy\n",
+        ))
+        .expect(".item with a class column");
+        assert_eq!(
+            class["1"],
+            ItemMetadata {
+                title: "Toy Story".into(),
+                genres: vec!["Animation".into(), "Comedy".into()]
+            }
+        );
 
         let csv = read_catalogue(&write(
             dir.path(),

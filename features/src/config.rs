@@ -76,7 +76,7 @@ impl FeaturesConfig {
     /// The DynamoDB store of `aws`, its table created if missing.
     pub async fn open_dynamodb(&self, aws: &AwsConfig) -> Result<DynamoFeatureStore, StoreError> {
         let store = DynamoFeatureStore::connect(aws, self.features);
-        store.ensure_created(aws).await?;
+        store.ensure_created().await?;
         Ok(store)
     }
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 use edgerec_aws::{AwsConfig, Clients, describe};
-use futures::future::try_join_all;
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -65,6 +65,16 @@ fn decode<T: DeserializeOwned>(item: &Item) -> Result<(T, u64), StoreError> {
     Ok((record, version))
 }
 
+/// Runs `updates` with at most [`CONCURRENT_UPDATES`] in flight, stopping at the first error.
+async fn bounded(
+    updates: impl IntoIterator<Item = impl Future<Output = Result<(), StoreError>>>,
+) -> Result<(), StoreError> {
+    futures::stream::iter(updates)
+        .buffer_unordered(CONCURRENT_UPDATES)
+        .try_collect()
+        .await
+}
+
 impl DynamoFeatureStore {
     pub fn connect(config: &AwsConfig, settings: FeatureSettings) -> Self {
         Self {
@@ -75,9 +85,8 @@ impl DynamoFeatureStore {
     }
 
     /// Creates the table unless it exists.
-    pub async fn ensure_created(&self, config: &AwsConfig) -> Result<(), StoreError> {
-        Clients::connect(config)
-            .ensure_table(&self.table)
+    pub async fn ensure_created(&self) -> Result<(), StoreError> {
+        edgerec_aws::ensure_table(&self.client, &self.table)
             .await
             .map_err(StoreError::Unavailable)
     }
@@ -227,14 +236,7 @@ impl FeatureStore for DynamoFeatureStore {
                 move |r: &mut ItemRecord| r.apply(node, events.iter().copied(), &settings),
             )));
         }
-        let mut updates = updates.into_iter();
-        loop {
-            let wave: Vec<_> = updates.by_ref().take(CONCURRENT_UPDATES).collect();
-            if wave.is_empty() {
-                return Ok(());
-            }
-            try_join_all(wave).await?;
-        }
+        bounded(updates).await
     }
 
     async fn users(&self, ids: &[String]) -> Result<Vec<UserFeatures>, StoreError> {
@@ -264,21 +266,18 @@ impl FeatureStore for DynamoFeatureStore {
     async fn put_items(&self, items: &[(String, ItemFeatures)]) -> Result<(), StoreError> {
         let pks: Vec<String> = items.iter().map(|(id, _)| item_key(id)).collect();
         let mut read = self.batch_get(&pks).await?;
-        let mut updates = items.iter().map(|(id, features)| {
-            let pk = item_key(id);
-            let first = read.remove(&pk);
-            self.update(pk, first, move |r: &mut ItemRecord| {
-                r.features = features.clone();
-                true
+        let updates: Vec<_> = items
+            .iter()
+            .map(|(id, features)| {
+                let pk = item_key(id);
+                let first = read.remove(&pk);
+                self.update(pk, first, move |r: &mut ItemRecord| {
+                    r.features = features.clone();
+                    true
+                })
             })
-        });
-        loop {
-            let wave: Vec<_> = updates.by_ref().take(CONCURRENT_UPDATES).collect();
-            if wave.is_empty() {
-                return Ok(());
-            }
-            try_join_all(wave).await?;
-        }
+            .collect();
+        bounded(updates).await
     }
 
     async fn sync(&self) -> Result<(), StoreError> {

@@ -99,6 +99,61 @@ fn id_key(id: &str) -> u128 {
     u128::from_le_bytes(hash[..16].try_into().expect("16 bytes"))
 }
 
+/// The ids of shipped events, remembered for deduplication once their segment is gone.
+#[derive(Debug)]
+struct ShippedIds {
+    db: Database,
+    path: PathBuf,
+}
+
+impl ShippedIds {
+    fn error(&self, e: impl std::fmt::Display) -> IngestError {
+        IngestError::Dedupe {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Opens (or creates) the index at `path`, forgets ids older than `oldest`, and returns those left.
+    fn open(path: PathBuf, oldest: i64) -> Result<(Self, HashMap<u128, i64>), IngestError> {
+        let db = Database::create(&path).map_err(|e| IngestError::Dedupe {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let index = Self { db, path };
+        let mut seen = HashMap::new();
+        let txn = index.db.begin_write().map_err(|e| index.error(e))?;
+        {
+            let mut table = txn.open_table(SHIPPED_IDS).map_err(|e| index.error(e))?;
+            table
+                .retain(|_, time| time >= oldest)
+                .map_err(|e| index.error(e))?;
+            for entry in table.iter().map_err(|e| index.error(e))? {
+                let (key, time) = entry.map_err(|e| index.error(e))?;
+                seen.insert(key.value(), time.value());
+            }
+        }
+        txn.commit().map_err(|e| index.error(e))?;
+        Ok((index, seen))
+    }
+
+    /// Durably records the event ids of `records`.
+    fn remember(&self, records: &[WalRecord]) -> Result<(), IngestError> {
+        let txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        {
+            let mut table = txn.open_table(SHIPPED_IDS).map_err(|e| self.error(e))?;
+            for record in records {
+                if let WalEntry::Event(event) = &record.entry {
+                    table
+                        .insert(id_key(&event.id), event.time_ms)
+                        .map_err(|e| self.error(e))?;
+                }
+            }
+        }
+        txn.commit().map_err(|e| self.error(e))
+    }
+}
+
 /// Durable ingest into a store `S`.
 #[derive(Debug)]
 pub struct Ingest<S> {
@@ -108,7 +163,7 @@ pub struct Ingest<S> {
     commands: mpsc::Sender<Command>,
     applied: watch::Receiver<u64>,
     stats: Arc<std::sync::Mutex<IngestStats>>,
-    dedupe: Arc<Database>,
+    shipped_ids: ShippedIds,
     shipping: tokio::sync::Mutex<()>,
     writer: Option<std::thread::JoinHandle<()>>,
     applier: Option<tokio::task::JoinHandle<()>>,
@@ -119,28 +174,10 @@ impl<S: FeatureStore> Ingest<S> {
     /// Records already in the log are re-applied first; the store skips what it had applied.
     pub fn open(dir: &Path, config: IngestConfig, store: Arc<S>) -> Result<Self, IngestError> {
         let (wal, replay) = Wal::open(dir, config.segment_bytes)?;
-        let dedupe_path = dir.join("dedupe.redb");
-        let dedupe_error = |e: &dyn std::fmt::Display| IngestError::Dedupe {
-            path: dedupe_path.clone(),
-            message: e.to_string(),
-        };
-        let dedupe = Database::create(&dedupe_path).map_err(|e| dedupe_error(&e))?;
-        let oldest = crate::now_ms() - config.limits.max_age_ms;
-        let mut seen: HashMap<u128, i64> = HashMap::new();
-        {
-            let txn = dedupe.begin_write().map_err(|e| dedupe_error(&e))?;
-            {
-                let mut table = txn.open_table(SHIPPED_IDS).map_err(|e| dedupe_error(&e))?;
-                table
-                    .retain(|_, time| time >= oldest)
-                    .map_err(|e| dedupe_error(&e))?;
-                for entry in table.iter().map_err(|e| dedupe_error(&e))? {
-                    let (key, time) = entry.map_err(|e| dedupe_error(&e))?;
-                    seen.insert(key.value(), time.value());
-                }
-            }
-            txn.commit().map_err(|e| dedupe_error(&e))?;
-        }
+        let (shipped_ids, mut seen) = ShippedIds::open(
+            dir.join("dedupe.redb"),
+            crate::now_ms() - config.limits.max_age_ms,
+        )?;
         let mut pending = Vec::new();
         for record in &replay {
             if let WalEntry::Event(event) = &record.entry {
@@ -156,7 +193,6 @@ impl<S: FeatureStore> Ingest<S> {
         let (applied_tx, applied) = watch::channel(already_applied);
         let stats = Arc::new(std::sync::Mutex::new(IngestStats {
             durable_seq: durable,
-            applied_seq: already_applied,
             ..IngestStats::default()
         }));
         let (to_applier, from_writer) = tokio::sync::mpsc::unbounded_channel();
@@ -192,7 +228,7 @@ impl<S: FeatureStore> Ingest<S> {
             commands,
             applied,
             stats,
-            dedupe: Arc::new(dedupe),
+            shipped_ids,
             shipping: tokio::sync::Mutex::new(()),
             writer: Some(writer),
             applier: Some(applier),
@@ -242,7 +278,10 @@ impl<S: FeatureStore> Ingest<S> {
     }
 
     pub fn stats(&self) -> IngestStats {
-        self.stats.lock().expect("stats lock").clone()
+        IngestStats {
+            applied_seq: self.applied(),
+            ..self.stats.lock().expect("stats lock").clone()
+        }
     }
 
     pub fn store(&self) -> &Arc<S> {
@@ -296,30 +335,11 @@ impl<S: FeatureStore> Ingest<S> {
                 log.ship_segment(&self.config.node_id, segment.first_seq, &records)
                     .await?,
             );
-            self.remember_shipped(&records)?;
+            self.shipped_ids.remember(&records)?;
             remove_segment(segment)?;
             report.segments += 1;
         }
         Ok(report)
-    }
-
-    fn remember_shipped(&self, records: &[WalRecord]) -> Result<(), IngestError> {
-        let error = |e: &dyn std::fmt::Display| IngestError::Dedupe {
-            path: self.dir.join("dedupe.redb"),
-            message: e.to_string(),
-        };
-        let txn = self.dedupe.begin_write().map_err(|e| error(&e))?;
-        {
-            let mut table = txn.open_table(SHIPPED_IDS).map_err(|e| error(&e))?;
-            for record in records {
-                if let WalEntry::Event(event) = &record.entry {
-                    table
-                        .insert(id_key(&event.id), event.time_ms)
-                        .map_err(|e| error(&e))?;
-                }
-            }
-        }
-        txn.commit().map_err(|e| error(&e))
     }
 
     /// Stops taking events, waits for the store to apply everything written, and stops.
@@ -504,7 +524,6 @@ async fn apply_loop<S: FeatureStore>(
                 }
             }
         }
-        stats.lock().expect("stats lock").applied_seq = upto;
         let _ = applied.send(upto);
     }
 }

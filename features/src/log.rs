@@ -383,20 +383,18 @@ impl EventLog {
     }
 
     /// Creates the bucket (S3) or folder unless it exists.
-    pub async fn ensure_created(&self, config: Option<&AwsConfig>) -> Result<(), LogError> {
-        match (self, config) {
-            (EventLog::Folder(dir), _) => std::fs::create_dir_all(dir).map_err(|e| LogError::Io {
+    pub async fn ensure_created(&self) -> Result<(), LogError> {
+        match self {
+            EventLog::Folder(dir) => std::fs::create_dir_all(dir).map_err(|e| LogError::Io {
                 location: dir.display().to_string(),
                 message: e.to_string(),
             }),
-            (EventLog::S3 { bucket, .. }, Some(config)) => Clients::connect(config)
-                .ensure_bucket(bucket)
+            EventLog::S3 { client, bucket } => edgerec_aws::ensure_bucket(client, bucket)
                 .await
                 .map_err(|message| LogError::Io {
                     location: format!("s3://{bucket}"),
                     message,
                 }),
-            (EventLog::S3 { .. }, None) => Ok(()),
         }
     }
 
@@ -554,6 +552,13 @@ impl EventLog {
         }
         keys.sort();
         Ok(keys)
+    }
+
+    /// The rows of one events file (`events/...`), as written.
+    pub async fn events_of(&self, key: &str) -> Result<Vec<LoggedEvent>, LogError> {
+        let mut events = Vec::new();
+        read_events(key, self.get(key).await?, &mut events)?;
+        Ok(events)
     }
 
     /// Every event and served request with `from_ms <= time < to_ms`, and the files read.

@@ -85,70 +85,55 @@ pub trait FeatureStore: Send + Sync + 'static {
     fn sync(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
-/// A stored user: features and, per node, the last sequence number applied.
+/// Features that events update: a user's or an item's.
+pub(crate) trait Updated: Default {
+    fn update(&mut self, event: &Event, settings: &FeatureSettings);
+}
+
+impl Updated for UserFeatures {
+    fn update(&mut self, event: &Event, settings: &FeatureSettings) {
+        self.apply(event, settings.history_len);
+    }
+}
+
+impl Updated for ItemFeatures {
+    fn update(&mut self, event: &Event, settings: &FeatureSettings) {
+        self.interactions += 1;
+        self.popularity
+            .add(1.0, event.time_ms, settings.popularity_half_life_ms);
+    }
+}
+
+/// A stored user or item: its features and, per node, the last sequence number applied.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct UserRecord {
-    pub features: UserFeatures,
+pub(crate) struct Record<F> {
+    pub features: F,
     pub applied: BTreeMap<String, u64>,
 }
 
-/// A stored item: features and, per node, the last sequence number applied.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct ItemRecord {
-    pub features: ItemFeatures,
-    pub applied: BTreeMap<String, u64>,
-}
+pub(crate) type UserRecord = Record<UserFeatures>;
+pub(crate) type ItemRecord = Record<ItemFeatures>;
 
-/// Runs `update` for each event `node` has not applied yet, then records the last one. Says whether anything
-/// changed.
-fn apply_new<'a>(
-    applied: &mut BTreeMap<String, u64>,
-    node: &str,
-    events: impl IntoIterator<Item = &'a Sequenced>,
-    mut update: impl FnMut(&Event),
-) -> bool {
-    let done = applied.get(node).copied().unwrap_or(0);
-    let mut last = None;
-    for sequenced in events {
-        if sequenced.seq > done {
-            update(&sequenced.event);
-            last = Some(sequenced.seq);
+impl<F: Updated> Record<F> {
+    /// Applies each event `node` has not applied yet, then records the last one. Says whether anything changed.
+    pub fn apply<'a>(
+        &mut self,
+        node: &str,
+        events: impl IntoIterator<Item = &'a Sequenced>,
+        settings: &FeatureSettings,
+    ) -> bool {
+        let done = self.applied.get(node).copied().unwrap_or(0);
+        let mut last = None;
+        for sequenced in events {
+            if sequenced.seq > done {
+                self.features.update(&sequenced.event, settings);
+                last = Some(sequenced.seq);
+            }
         }
-    }
-    if let Some(last) = last {
-        applied.insert(node.to_owned(), last);
-    }
-    last.is_some()
-}
-
-impl UserRecord {
-    pub fn apply<'a>(
-        &mut self,
-        node: &str,
-        events: impl IntoIterator<Item = &'a Sequenced>,
-        settings: &FeatureSettings,
-    ) -> bool {
-        let features = &mut self.features;
-        apply_new(&mut self.applied, node, events, |e| {
-            features.apply(e, settings.history_len)
-        })
-    }
-}
-
-impl ItemRecord {
-    pub fn apply<'a>(
-        &mut self,
-        node: &str,
-        events: impl IntoIterator<Item = &'a Sequenced>,
-        settings: &FeatureSettings,
-    ) -> bool {
-        let features = &mut self.features;
-        apply_new(&mut self.applied, node, events, |e| {
-            features.interactions += 1;
-            features
-                .popularity
-                .add(1.0, e.time_ms, settings.popularity_half_life_ms);
-        })
+        if let Some(last) = last {
+            self.applied.insert(node.to_owned(), last);
+        }
+        last.is_some()
     }
 }
 

@@ -172,7 +172,6 @@ pub struct Wal {
     dir: PathBuf,
     file: File,
     path: PathBuf,
-    first_seq: u64,
     next_seq: u64,
     /// Valid bytes in the active segment; the next frame goes here.
     len: u64,
@@ -237,7 +236,6 @@ impl Wal {
                 dir: dir.to_owned(),
                 file,
                 path: active.path.clone(),
-                first_seq: active.first_seq,
                 next_seq,
                 len,
                 segment_bytes,
@@ -292,23 +290,12 @@ impl Wal {
         sync_dir(&self.dir)?;
         self.file = file;
         self.path = path;
-        self.first_seq = self.next_seq;
         self.len = 0;
         Ok(())
     }
 
-    /// The sequence number of the first record of the active segment: every record before it is in a closed
-    /// segment.
-    pub fn active_first_seq(&self) -> u64 {
-        self.first_seq
-    }
-
     pub fn next_seq(&self) -> u64 {
         self.next_seq
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 

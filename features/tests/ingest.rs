@@ -196,9 +196,7 @@ async fn the_log_ships_to_s3_and_an_unreachable_s3_loses_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = support::aws_config("log");
     let log = EventLog::s3(&config);
-    log.ensure_created(Some(&config))
-        .await
-        .expect("creates the bucket");
+    log.ensure_created().await.expect("creates the bucket");
     let ingest = open(dir.path(), 1 << 20);
     let now = now_ms();
     ingest

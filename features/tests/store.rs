@@ -188,12 +188,9 @@ async fn embedded_store_conforms() {
 async fn dynamodb_store_conforms() {
     let config = support::aws_config("store");
     let store = DynamoFeatureStore::connect(&config, settings());
+    store.ensure_created().await.expect("creates the table");
     store
-        .ensure_created(&config)
-        .await
-        .expect("creates the table");
-    store
-        .ensure_created(&config)
+        .ensure_created()
         .await
         .expect("creating twice is fine");
     updates_are_applied_once_and_read_in_batches(&store).await;

@@ -98,12 +98,10 @@ impl AwsStore {
 
     /// Creates the table and the bucket if they do not exist.
     pub async fn ensure_created(&self) -> Result<(), StoreError> {
-        self.clients
-            .ensure_table(&self.table)
+        edgerec_aws::ensure_table(&self.clients.dynamodb, &self.table)
             .await
             .map_err(StoreError::Unavailable)?;
-        self.clients
-            .ensure_bucket(&self.bucket)
+        edgerec_aws::ensure_bucket(&self.clients.s3, &self.bucket)
             .await
             .map_err(StoreError::Unavailable)
     }

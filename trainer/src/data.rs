@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
+use edgerec_features::catalogue::CatalogueError;
+use edgerec_features::item::ItemMetadata;
+
 /// One interaction: a user and an item at a time (seconds), with an optional value (a rating).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Interaction {
@@ -14,19 +17,12 @@ pub struct Interaction {
     pub value: Option<f32>,
 }
 
-/// What a catalogue says of an item.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ItemMeta {
-    pub title: String,
-    pub genres: Vec<String>,
-}
-
 /// Interactions in file order, and item metadata where the dataset has it.
 #[derive(Debug, Clone, Default)]
 pub struct Dataset {
     pub name: String,
     pub interactions: Vec<Interaction>,
-    pub items: BTreeMap<String, ItemMeta>,
+    pub items: BTreeMap<String, ItemMetadata>,
 }
 
 /// Data that cannot be read, with where and why.
@@ -53,6 +49,8 @@ pub enum DataError {
     },
     #[error("unknown data format of {path}: expected ratings.dat, u.data, .inter, .csv or .tsv")]
     UnknownFormat { path: PathBuf },
+    #[error(transparent)]
+    Catalogue(#[from] CatalogueError),
 }
 
 /// The layouts [`read_interactions`] understands.
@@ -214,47 +212,6 @@ pub fn parse_interactions(
     Ok(interactions)
 }
 
-/// Reads a RecBole atomic `.item` file: the item id, a title column (`movie_title`, `title`) and a genre column
-/// (`genre`, `class`, `genres`) of space-separated tokens.
-pub fn read_atomic_items(path: &Path) -> Result<BTreeMap<String, ItemMeta>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
-        path: path.into(),
-        source,
-    })?;
-    let mut lines = text.lines();
-    let header = lines
-        .next()
-        .ok_or_else(|| DataError::Empty { path: path.into() })?;
-    let names: Vec<&str> = header
-        .split('\t')
-        .map(|c| c.split(':').next().unwrap_or_default())
-        .collect();
-    let find = |wanted: &[&str]| names.iter().position(|n| wanted.contains(n));
-    let id = find(&["item_id", "item"]).ok_or_else(|| DataError::MissingColumn {
-        path: path.into(),
-        column: "item_id",
-        found: names.join(", "),
-    })?;
-    let title = find(&["movie_title", "title"]);
-    let genres = find(&["genre", "genres", "class"]);
-    let mut items = BTreeMap::new();
-    for line in lines.filter(|l| !l.trim().is_empty()) {
-        let fields: Vec<&str> = line.split('\t').collect();
-        let Some(item) = fields.get(id) else { continue };
-        let meta = ItemMeta {
-            title: title
-                .and_then(|t| fields.get(t))
-                .map_or_else(|| item.to_string(), |t| t.to_string()),
-            genres: genres
-                .and_then(|g| fields.get(g))
-                .map(|g| g.split_whitespace().map(String::from).collect())
-                .unwrap_or_default(),
-        };
-        items.insert(item.to_string(), meta);
-    }
-    Ok(items)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,24 +303,5 @@ mod tests {
             Format::of(Path::new("x.parquet")),
             Err(DataError::UnknownFormat { .. })
         ));
-    }
-
-    #[test]
-    fn reads_item_metadata() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("x.item");
-        std::fs::write(
-            &path,
-            "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n1\tToy Story\t1995\tAnimation Comedy\n",
-        )
-        .expect("write");
-        let items = read_atomic_items(&path).expect("reads");
-        assert_eq!(
-            items["1"],
-            ItemMeta {
-                title: "Toy Story".into(),
-                genres: vec!["Animation".into(), "Comedy".into()]
-            }
-        );
     }
 }

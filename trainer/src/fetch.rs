@@ -222,7 +222,7 @@ pub fn load(dataset: KnownDataset, data_dir: &Path) -> Result<Dataset, DataError
     let dir = dataset_dir(dataset, data_dir);
     let short = dataset.short_name();
     let interactions = data::read_interactions(&dir.join(format!("{short}.inter")))?;
-    let items = data::read_atomic_items(&dir.join(format!("{short}.item")))?;
+    let items = edgerec_features::catalogue::read_catalogue(&dir.join(format!("{short}.item")))?;
     Ok(Dataset {
         name: dataset.name().to_string(),
         interactions,

@@ -201,6 +201,16 @@ fn windows(split: &Split, max_len: usize) -> Vec<Window> {
     windows
 }
 
+/// The (user, position) of every target learnt from a logged history, which sequence windows leave out.
+fn logged_targets(split: &Split) -> HashSet<(u32, u32)> {
+    split
+        .logged
+        .iter()
+        .filter(|l| is_logged_training_target(split, l))
+        .map(|l| (l.user, l.position))
+        .collect()
+}
+
 /// Whether a logged history's target is a training interaction (not a held-out one) with a history to learn from.
 fn is_logged_training_target(split: &Split, logged: &LoggedHistory) -> bool {
     let Some(sequence) = split.users.get(logged.user as usize) else {
@@ -282,6 +292,7 @@ pub fn train(
     let spec = sequence_spec(split, config.max_len);
     let arch = config.architecture();
     let windows = windows(split, config.max_len);
+    let logged_targets = logged_targets(split);
     if windows.is_empty() {
         return Err(TrainError::NoExamples);
     }
@@ -352,7 +363,14 @@ pub fn train(
         let (mut loss_sum, mut learning_rate) = (0.0, 0.0);
         for (index, chunk) in order.chunks(config.batch_size).enumerate() {
             step += 1;
-            let mut batch = make_batch(split, &spec, &windows, chunk, config.batch_size)?;
+            let mut batch = make_batch(
+                split,
+                &spec,
+                &windows,
+                &logged_targets,
+                chunk,
+                config.batch_size,
+            )?;
             batch.negatives = negatives(config, spec.output.num_items, step);
             learning_rate = config.learning_rate_at(step, total_steps);
             let step_size = config.optimiser.step_size(learning_rate, step);
@@ -473,6 +491,7 @@ fn make_batch(
     split: &Split,
     spec: &FeatureSpec,
     windows: &[Window],
+    logged_targets: &HashSet<(u32, u32)>,
     chunk: &[usize],
     batch_size: usize,
 ) -> Result<Batch, TrainError> {
@@ -482,12 +501,6 @@ fn make_batch(
         .map(|name| (name, vec![0; batch_size * len]))
         .collect();
     let mut targets = vec![0i64; batch_size * len];
-    let logged_targets: HashSet<(u32, u32)> = split
-        .logged
-        .iter()
-        .filter(|l| is_logged_training_target(split, l))
-        .map(|l| (l.user, l.position))
-        .collect();
     for (row, &w) in chunk.iter().enumerate() {
         let (history, row_targets): (&[u32], Vec<i64>) = match windows[w] {
             Window::Sequence { user, start, end } => {
@@ -954,7 +967,15 @@ mod tests {
         let windows = windows(&split, 4);
         let spec = sequence_spec(&split, 4);
         let all: Vec<usize> = (0..windows.len()).collect();
-        let batch = make_batch(&split, &spec, &windows, &all, windows.len()).expect("batch");
+        let batch = make_batch(
+            &split,
+            &spec,
+            &windows,
+            &logged_targets(&split),
+            &all,
+            windows.len(),
+        )
+        .expect("batch");
         // (user, target) of every nonzero target, from each row's window.
         let mut covered = Vec::new();
         for (row, window) in windows.iter().enumerate() {

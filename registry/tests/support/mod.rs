@@ -54,27 +54,7 @@ pub fn embedded_registry(dir: &Path, max_upload_bytes: u64) -> Registry<Embedded
 
 /// A fresh table and bucket on the test servers `scripts/aws-local.sh start` runs (its variables say where).
 pub fn aws_config(test: &str) -> AwsConfig {
-    let var = |name: &str| {
-        std::env::var(name).unwrap_or_else(|_| {
-            panic!("{name} is not set: start the test servers with `eval \"$(scripts/aws-local.sh start)\"` (scripts/test.sh does)")
-        })
-    };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .subsec_nanos();
-    // S3 bucket names: 3-63 lowercase letters, digits and hyphens.
-    let short: String = test.chars().take(24).collect();
-    let name = format!("edgerec-{short}-{}-{nanos}", std::process::id()).replace('_', "-");
-    AwsConfig {
-        region: "us-east-1".into(),
-        dynamodb_endpoint: Some(var("EDGEREC_TEST_DYNAMODB")),
-        s3_endpoint: Some(var("EDGEREC_TEST_S3")),
-        table: name.clone(),
-        bucket: name,
-        access_key_id: Some(var("EDGEREC_TEST_AWS_KEY")),
-        secret_access_key: Some(var("EDGEREC_TEST_AWS_SECRET")),
-    }
+    AwsConfig::for_test_servers(test).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A registry on the S3 + DynamoDB backend of `config`, its table and bucket created.
