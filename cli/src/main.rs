@@ -4,6 +4,7 @@ mod bench;
 mod bench_features;
 mod bench_registry;
 mod data;
+mod edge;
 mod features;
 mod paths;
 mod registry;
@@ -59,6 +60,11 @@ enum Command {
     Events {
         #[command(subcommand)]
         what: features::EventsCommand,
+    },
+    /// The edge node: recommendations and events over HTTP, following the registry.
+    Edge {
+        #[command(subcommand)]
+        what: edge::EdgeCommand,
     },
     /// Benchmarks.
     Bench {
@@ -134,6 +140,7 @@ fn main() -> Result<()> {
         Command::Model { what } => registry::run_model(what),
         Command::Features { what } => features::run_features(what),
         Command::Events { what } => features::run_events(what),
+        Command::Edge { what } => edge::run(what),
         Command::Bench {
             what: BenchCommand::Rank(args),
         } => bench::run(args),

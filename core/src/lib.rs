@@ -7,8 +7,11 @@
 //! - [`Ranker`] scores the catalogue (or a candidate list) with any [`Scorer`], masks what must not be shown and
 //!   returns the top-k.
 //!
+//! - [`ab::assign`] puts a user in a variant of a deployment plan, the same on every node and in every report.
+//!
 //! [`TractScorer`] is the scorer used at the edge and in browsers.
 
+pub mod ab;
 mod bundle;
 mod digest;
 mod metrics;

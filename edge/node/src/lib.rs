@@ -1,10 +1,210 @@
-//! The EdgeRec edge node.
-//!
-//! For now: the wasmtime host that runs the WASI ranker ([`RankerEngine`], [`RankerInstance`]). The HTTP service,
-//! registry follower and feature cache build on it.
+//! The EdgeRec edge node: serves `/v1/recommend` from the WASI ranker under wasmtime ([`RankerEngine`]), takes
+//! `/v1/events` into the durable ingest, follows the registry's deployment plans ([`follower`]) and swaps models
+//! atomically, reads features through a short-lived cache, and degrades instead of failing when a dependency does.
 
+pub mod config;
+pub mod deployment;
+pub mod features;
+pub mod follower;
 mod host;
+pub mod http;
+pub mod metrics;
+pub mod model;
+pub mod service;
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use edgerec_features::ingest::{Ingest, IngestError};
+use edgerec_features::store::{FeatureStore, StoreError};
 pub use host::{
     DEFAULT_CALL_DEADLINE, DEFAULT_LOAD_DEADLINE, HostError, Loaded, RankerEngine, RankerInstance,
 };
+
+use crate::config::NodeConfig;
+use crate::deployment::Deployments;
+use crate::features::{Popularity, UserFeatureReader};
+use crate::follower::Follower;
+use crate::metrics::NodeMetrics;
+use crate::service::NodeState;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(
+        "no ranker module given: set `ranker_wasm` (scripts/build-wasm.sh builds ranker-wasi.wasm)"
+    )]
+    NoRanker,
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error("the feature store: {0}")]
+    Store(#[from] StoreError),
+    #[error("the ingest: {0}")]
+    Ingest(#[from] IngestError),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Writes one JSON log line to stderr.
+pub(crate) fn log_line(target: &str, mut fields: serde_json::Value) {
+    if let Some(map) = fields.as_object_mut() {
+        map.insert("at_ms".into(), edgerec_features::now_ms().into());
+        map.insert("target".into(), format!("edgerec_node::{target}").into());
+    }
+    eprintln!("{fields}");
+}
+
+/// Runs a node on the feature store its configuration names (DynamoDB with an `aws` section, else the embedded
+/// one) until SIGINT or SIGTERM. `on_listening` gets the bound addresses once the node accepts connections.
+pub fn run(config: NodeConfig, on_listening: impl FnOnce(&[SocketAddr])) -> Result<(), NodeError> {
+    let background = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("edgerec-node-bg")
+        .enable_all()
+        .build()?;
+    match config.features.aws.clone() {
+        Some(aws) => {
+            let store = background.block_on(config.features.open_dynamodb(&aws))?;
+            run_with(config, Arc::new(store), background, on_listening)
+        }
+        None => {
+            let store = config.features.open_embedded()?;
+            run_with(config, Arc::new(store), background, on_listening)
+        }
+    }
+}
+
+/// Runs a node on `store`, whose clients live on `background` (the runtime that also runs the ingest's applier,
+/// the log shipper and the popularity refresh).
+pub fn run_with<S: FeatureStore>(
+    config: NodeConfig,
+    store: Arc<S>,
+    background: tokio::runtime::Runtime,
+    on_listening: impl FnOnce(&[SocketAddr]),
+) -> Result<(), NodeError> {
+    let wasm = config.ranker_wasm.clone().ok_or(NodeError::NoRanker)?;
+    let cache = config
+        .module_cache
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&config.features.data_dir).join("modules"));
+    let engine = Arc::new(RankerEngine::load(&wasm, &cache)?);
+    let metrics = NodeMetrics::new();
+    let deployments = Arc::new(Deployments::default());
+
+    let ingest = {
+        let _inside = background.enter();
+        Arc::new(Ingest::open(
+            &config.features.wal_dir(),
+            config.features.ingest.clone(),
+            store.clone(),
+        )?)
+    };
+
+    let (stop_follower, follower_stopped) = std::sync::mpsc::channel();
+    let follower = {
+        let follower = Follower::new(&config, engine, deployments.clone(), metrics.clone());
+        std::thread::Builder::new()
+            .name("edgerec-follower".into())
+            .spawn(move || follower.run(follower_stopped))?
+    };
+
+    let popularity = Arc::new(Popularity::default());
+    let refresh = background.spawn({
+        let (popularity, store, deployments) =
+            (popularity.clone(), store.clone(), deployments.clone());
+        let every = Duration::from_millis(config.popularity_refresh_ms);
+        let half_life = config.features.features.popularity_half_life_ms;
+        async move {
+            let mut known_items = 0;
+            loop {
+                // Until a model is loaded there are no items to rank; look again soon.
+                let wait = if known_items == 0 {
+                    every.min(Duration::from_secs(1))
+                } else {
+                    every
+                };
+                tokio::time::sleep(wait).await;
+                match popularity.refresh(&*store, &deployments, half_life).await {
+                    Ok(count) => known_items = count,
+                    Err(e) => log_line("popularity", serde_json::json!({ "error": e })),
+                }
+            }
+        }
+    });
+    let event_log = config.features.event_log();
+    let shipper = background.spawn({
+        let (ingest, log) = (ingest.clone(), event_log.clone());
+        let every = Duration::from_millis(config.ship_interval_ms);
+        async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = ingest.ship(&log, true).await {
+                    log_line("shipper", serde_json::json!({ "error": e.to_string() }));
+                }
+            }
+        }
+    });
+
+    let state = actix_web::web::Data::new(NodeState {
+        node_id: config.features.ingest.node_id.clone(),
+        surfaces: config.surfaces.clone(),
+        limits: config.limits.clone(),
+        access_log: config.access_log,
+        deployments,
+        features: UserFeatureReader::new(
+            store,
+            background.handle().clone(),
+            &config.feature_cache,
+            &config.deadlines,
+        ),
+        popularity,
+        ingest: ingest.clone(),
+        metrics,
+        boot_ms: edgerec_features::now_ms(),
+        requests: AtomicU64::new(0),
+    });
+    let served = actix_web::rt::System::new().block_on(async {
+        let server = actix_web::HttpServer::new(move || {
+            let state = state.clone();
+            actix_web::App::new().configure(move |c| http::configure(c, state))
+        })
+        .workers(config.worker_count())
+        .bind(&config.listen)
+        .map_err(|source| NodeError::Listen {
+            address: config.listen.clone(),
+            source,
+        })?;
+        on_listening(&server.addrs());
+        server.run().await.map_err(NodeError::from)
+    });
+
+    // Stopped (or failed to start): stop following, ship what was acknowledged, close the log.
+    drop(stop_follower);
+    let _ = follower.join();
+    refresh.abort();
+    shipper.abort();
+    background.block_on(async {
+        let shipped =
+            tokio::time::timeout(Duration::from_secs(10), ingest.ship(&event_log, true)).await;
+        if !matches!(shipped, Ok(Ok(_))) {
+            log_line(
+                "shipper",
+                serde_json::json!({"warning": "not everything was shipped at shutdown; the write-ahead log keeps it for the next start"}),
+            );
+        }
+    });
+    if let Ok(ingest) = Arc::try_unwrap(ingest) {
+        background.block_on(async {
+            let _ = tokio::time::timeout(Duration::from_secs(10), ingest.close()).await;
+        });
+    }
+    served
+}

@@ -1,0 +1,259 @@
+//! An edge node's configuration: a JSON file, then `EDGEREC_NODE_*` variables over it. Every field has a default,
+//! so an empty file (or none) runs a node on the embedded feature store that follows a registry on localhost.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edgerec_features::config::FeaturesConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Address to listen on; port 0 picks a free port (the node prints the one it got).
+    pub listen: String,
+    /// HTTP workers, each with its own ranker instance per model; 0 means one per core.
+    pub workers: usize,
+    /// The surfaces (plan names in the registry) this node serves.
+    pub surfaces: Vec<String>,
+    pub registry: FollowerConfig,
+    /// The WASI ranker module (`ranker-wasi.wasm` from `scripts/build-wasm.sh`).
+    pub ranker_wasm: Option<PathBuf>,
+    /// Where the compiled ranker is cached.
+    pub module_cache: Option<PathBuf>,
+    pub limits: RequestLimits,
+    pub deadlines: Deadlines,
+    pub feature_cache: FeatureCacheConfig,
+    /// How often the write-ahead log is closed and shipped to the event log.
+    pub ship_interval_ms: u64,
+    /// How often item popularity (the fallback ranking) is re-read from the feature store.
+    pub popularity_refresh_ms: u64,
+    /// One JSON line per request on stderr (errors and lifecycle events are always logged).
+    pub access_log: bool,
+    /// Feature store, write-ahead log and event log (embedded under `features.data_dir` unless it has `aws`).
+    /// The node also keeps its verified bundles and last deployments there, to serve after a restart while the
+    /// registry is unreachable.
+    pub features: FeaturesConfig,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            workers: 0,
+            surfaces: vec!["home".into()],
+            registry: FollowerConfig::default(),
+            ranker_wasm: None,
+            module_cache: None,
+            limits: RequestLimits::default(),
+            deadlines: Deadlines::default(),
+            feature_cache: FeatureCacheConfig::default(),
+            ship_interval_ms: 60_000,
+            popularity_refresh_ms: 60_000,
+            access_log: false,
+            features: FeaturesConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FollowerConfig {
+    pub url: String,
+    /// A token with the `read` scope, if the registry requires one.
+    pub token: Option<String>,
+    /// The registry's ed25519 public key (hex, from `GET /v1/signing-key`). When absent the node asks the registry
+    /// once and pins the answer in its data folder (trust on first use); set it to trust nothing unverified.
+    pub public_key: Option<String>,
+    /// How often each surface's plan is polled (a conditional GET, so an unchanged plan costs a 304).
+    pub poll_interval_ms: u64,
+}
+
+impl Default for FollowerConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:7070".into(),
+            token: None,
+            public_key: None,
+            poll_interval_ms: 2_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestLimits {
+    pub max_k: u32,
+    /// Recent items a request may carry (the model reads only its last `max_len`).
+    pub max_recent_items: usize,
+    pub max_exclude: usize,
+    /// Bytes of a `/v1/recommend` body.
+    pub max_recommend_bytes: usize,
+    /// Bytes of a `/v1/events` body.
+    pub max_events_bytes: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_k: 500,
+            max_recent_items: 500,
+            max_exclude: 2_000,
+            max_recommend_bytes: 256 << 10,
+            max_events_bytes: 2 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Deadlines {
+    /// CPU time one ranking may take before the node answers by popularity instead.
+    pub rank_ms: u64,
+    /// Loading and warming up a model in one ranker instance.
+    pub load_ms: u64,
+    /// Reading a user's features; past it the request is ranked from its own recent items.
+    pub features_ms: u64,
+    /// After a failed feature read, the store is not asked again for this long (requests go straight to the
+    /// fallback instead of each waiting for the deadline).
+    pub features_retry_ms: u64,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self {
+            rank_ms: 50,
+            load_ms: 30_000,
+            features_ms: 50,
+            features_retry_ms: 1_000,
+        }
+    }
+}
+
+impl Deadlines {
+    pub fn rank(&self) -> Duration {
+        Duration::from_millis(self.rank_ms)
+    }
+
+    pub fn load(&self) -> Duration {
+        Duration::from_millis(self.load_ms)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeatureCacheConfig {
+    /// How long a user's features are reused before the store is asked again.
+    pub ttl_ms: u64,
+    /// Users kept; past it, expired entries are dropped first, then the oldest.
+    pub capacity: usize,
+}
+
+impl Default for FeatureCacheConfig {
+    fn default() -> Self {
+        Self {
+            ttl_ms: 2_000,
+            capacity: 100_000,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// The file at `path` (defaults where absent), then `EDGEREC_NODE_LISTEN`, `EDGEREC_NODE_REGISTRY`,
+    /// `EDGEREC_NODE_DATA_DIR` and `EDGEREC_NODE_ID` over it.
+    pub fn load(path: Option<&Path>) -> Result<Self, String> {
+        let mut config: Self = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            None => Self::default(),
+        };
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        if let Some(listen) = var("EDGEREC_NODE_LISTEN") {
+            config.listen = listen;
+        }
+        if let Some(url) = var("EDGEREC_NODE_REGISTRY") {
+            config.registry.url = url;
+        }
+        if let Some(dir) = var("EDGEREC_NODE_DATA_DIR") {
+            config.features.data_dir = dir.into();
+        }
+        if let Some(id) = var("EDGEREC_NODE_ID") {
+            config.features.ingest.node_id = id;
+        }
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.surfaces.is_empty() {
+            return Err("`surfaces` is empty: name at least one surface to serve".into());
+        }
+        for (name, value) in [
+            ("registry.poll_interval_ms", self.registry.poll_interval_ms),
+            ("deadlines.rank_ms", self.deadlines.rank_ms),
+            ("deadlines.load_ms", self.deadlines.load_ms),
+            ("deadlines.features_ms", self.deadlines.features_ms),
+            ("ship_interval_ms", self.ship_interval_ms),
+            ("popularity_refresh_ms", self.popularity_refresh_ms),
+        ] {
+            if value == 0 {
+                return Err(format!("`{name}` must be at least 1"));
+            }
+        }
+        if self.limits.max_k == 0 {
+            return Err("`limits.max_k` must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Worker threads (and ranker instances per model).
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        }
+    }
+
+    /// Verified bundles, the pinned registry key and the last deployment of each surface.
+    pub fn models_dir(&self) -> PathBuf {
+        self.features.data_dir.join("node")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_bad_values_are_refused() {
+        let empty: NodeConfig = serde_json::from_str("{}").expect("an empty file is all defaults");
+        assert_eq!(empty, NodeConfig::default());
+        assert!(empty.check().is_ok());
+
+        let unknown = serde_json::from_str::<NodeConfig>(r#"{"listn": "x"}"#);
+        assert!(
+            unknown
+                .expect_err("typo refused")
+                .to_string()
+                .contains("listn")
+        );
+
+        let mut config = NodeConfig {
+            surfaces: Vec::new(),
+            ..NodeConfig::default()
+        };
+        assert!(config.check().expect_err("no surface").contains("surfaces"));
+        config.surfaces = vec!["home".into()];
+        config.deadlines.rank_ms = 0;
+        assert!(
+            config
+                .check()
+                .expect_err("zero deadline")
+                .contains("rank_ms")
+        );
+    }
+}

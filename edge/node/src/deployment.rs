@@ -1,0 +1,117 @@
+//! What each surface serves right now: a plan revision, its variants and their loaded models. A new deployment
+//! replaces the old one in one pointer swap, so a request sees either the old plan or the new one, never a mix.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use edgerec_core::ab;
+use serde::Serialize;
+
+use crate::model::LoadedModel;
+
+#[derive(Debug)]
+pub struct ServingVariant {
+    pub name: String,
+    pub weight: u32,
+    pub model: Arc<LoadedModel>,
+}
+
+#[derive(Debug)]
+pub struct Deployment {
+    pub surface: String,
+    pub revision: u64,
+    pub salt: String,
+    pub variants: Vec<ServingVariant>,
+    /// When this node started serving it, milliseconds since the Unix epoch.
+    pub since_ms: i64,
+}
+
+impl Deployment {
+    /// The variant of `user_key` (the user id, or the request id for anonymous requests): the same on every node
+    /// that serves this plan, as the bucket depends only on the plan's salt and the key.
+    pub fn variant_for(&self, user_key: &str) -> &ServingVariant {
+        let weights: Vec<u32> = self.variants.iter().map(|v| v.weight).collect();
+        let index = ab::assign(&self.salt, user_key, &weights).unwrap_or(0);
+        &self.variants[index]
+    }
+
+    pub fn describe(&self) -> DeploymentStatus {
+        DeploymentStatus {
+            surface: self.surface.clone(),
+            revision: self.revision,
+            salt: self.salt.clone(),
+            since_ms: self.since_ms,
+            variants: self
+                .variants
+                .iter()
+                .map(|v| VariantStatus {
+                    name: v.name.clone(),
+                    weight: v.weight,
+                    model: v.model.model().to_string(),
+                    version: v.model.version().to_string(),
+                    manifest_digest: v.model.files.record.manifest_digest.to_string(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A deployment as `GET /v1/deployments` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct DeploymentStatus {
+    pub surface: String,
+    pub revision: u64,
+    pub salt: String,
+    pub since_ms: i64,
+    pub variants: Vec<VariantStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct VariantStatus {
+    pub name: String,
+    pub weight: u32,
+    pub model: String,
+    pub version: String,
+    pub manifest_digest: String,
+}
+
+/// The current deployment of every surface.
+#[derive(Debug, Default)]
+pub struct Deployments {
+    current: RwLock<HashMap<String, Arc<Deployment>>>,
+}
+
+impl Deployments {
+    pub fn get(&self, surface: &str) -> Option<Arc<Deployment>> {
+        self.read().get(surface).cloned()
+    }
+
+    /// Puts `deployment` into service for its surface and returns the one it replaces.
+    pub fn install(&self, deployment: Deployment) -> Option<Arc<Deployment>> {
+        self.current
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(deployment.surface.clone(), Arc::new(deployment))
+    }
+
+    pub fn all(&self) -> Vec<Arc<Deployment>> {
+        let mut all: Vec<_> = self.read().values().cloned().collect();
+        all.sort_by(|a, b| a.surface.cmp(&b.surface));
+        all
+    }
+
+    /// A loaded model of `model@version`, if any surface serves it (so a plan change reuses it as it is).
+    pub fn loaded(&self, model: &str, version: &str) -> Option<Arc<LoadedModel>> {
+        self.read().values().find_map(|deployment| {
+            deployment
+                .variants
+                .iter()
+                .find(|v| v.model.model() == model && v.model.version() == version)
+                .map(|v| v.model.clone())
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Deployment>>> {
+        self.current.read().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,191 @@
+//! Features as the node reads them: users' recent items through a short-lived cache with a deadline and a pause
+//! after failures, and item popularity for answers that cannot come from the model.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use edgerec_core::ScoredItem;
+use edgerec_features::store::FeatureStore;
+use tokio::runtime::Handle;
+
+use crate::config::{Deadlines, FeatureCacheConfig};
+use crate::deployment::Deployments;
+
+/// Why a user's features could not be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FeatureReadError {
+    #[error("the feature store failed: {0}")]
+    Store(String),
+    #[error("the feature store did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the feature store failed recently; not asked again until it has had time to recover")]
+    Paused,
+}
+
+/// Where a user's recent items came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeatureSource {
+    Cache,
+    Store,
+}
+
+/// Recent items by user, with when they were read.
+type CachedUsers = HashMap<String, (Instant, Arc<[String]>)>;
+
+pub struct UserFeatureReader<S> {
+    store: Arc<S>,
+    runtime: Handle,
+    ttl: Duration,
+    capacity: usize,
+    timeout: Duration,
+    retry_after: Duration,
+    cache: Mutex<CachedUsers>,
+    paused_until: Mutex<Option<Instant>>,
+}
+
+impl<S> std::fmt::Debug for UserFeatureReader<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserFeatureReader")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: FeatureStore> UserFeatureReader<S> {
+    /// Reads from `store` on `runtime` (the node's background runtime, so store clients live on one runtime).
+    pub fn new(
+        store: Arc<S>,
+        runtime: Handle,
+        cache: &FeatureCacheConfig,
+        deadlines: &Deadlines,
+    ) -> Self {
+        Self {
+            store,
+            runtime,
+            ttl: Duration::from_millis(cache.ttl_ms),
+            capacity: cache.capacity.max(1),
+            timeout: Duration::from_millis(deadlines.features_ms),
+            retry_after: Duration::from_millis(deadlines.features_retry_ms),
+            cache: Mutex::new(HashMap::new()),
+            paused_until: Mutex::new(None),
+        }
+    }
+
+    /// The user's recent items, oldest first.
+    pub async fn recent_items(
+        &self,
+        user: &str,
+    ) -> Result<(Arc<[String]>, FeatureSource), FeatureReadError> {
+        let now = Instant::now();
+        if let Some((at, items)) = self.lock_cache().get(user)
+            && now.duration_since(*at) < self.ttl
+        {
+            return Ok((items.clone(), FeatureSource::Cache));
+        }
+        if let Some(until) = *self.lock_pause()
+            && now < until
+        {
+            return Err(FeatureReadError::Paused);
+        }
+        let store = self.store.clone();
+        let id = vec![user.to_string()];
+        let read = self
+            .runtime
+            .spawn(async move { store.users(&id).await.map(|mut u| u.pop()) });
+        let result = match tokio::time::timeout(self.timeout, read).await {
+            Err(_) => Err(FeatureReadError::Timeout(self.timeout)),
+            Ok(Err(join)) => Err(FeatureReadError::Store(join.to_string())),
+            Ok(Ok(Err(e))) => Err(FeatureReadError::Store(e.to_string())),
+            Ok(Ok(Ok(user))) => Ok(user.map(|u| u.history()).unwrap_or_default()),
+        };
+        match result {
+            Ok(history) => {
+                let items: Arc<[String]> = history.into();
+                self.remember(user, items.clone());
+                Ok((items, FeatureSource::Store))
+            }
+            Err(e) => {
+                *self.lock_pause() = Some(Instant::now() + self.retry_after);
+                Err(e)
+            }
+        }
+    }
+
+    fn remember(&self, user: &str, items: Arc<[String]>) {
+        let mut cache = self.lock_cache();
+        if cache.len() >= self.capacity {
+            let now = Instant::now();
+            cache.retain(|_, (at, _)| now.duration_since(*at) < self.ttl);
+            if cache.len() >= self.capacity {
+                // All fresh: drop the oldest half rather than one at a time.
+                let mut ages: Vec<Instant> = cache.values().map(|(at, _)| *at).collect();
+                ages.sort_unstable();
+                let cut = ages[ages.len() / 2];
+                cache.retain(|_, (at, _)| *at > cut);
+            }
+        }
+        cache.insert(user.to_string(), (Instant::now(), items));
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, CachedUsers> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_pause(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.paused_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Items by popularity, best first, over the items the served models know.
+#[derive(Debug, Default)]
+pub struct Popularity {
+    ranked: RwLock<Arc<Vec<ScoredItem>>>,
+}
+
+impl Popularity {
+    pub fn ranked(&self) -> Arc<Vec<ScoredItem>> {
+        self.ranked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Re-reads the popularity of every item a served model knows. On failure the previous figures stay.
+    pub async fn refresh<S: FeatureStore>(
+        &self,
+        store: &S,
+        deployments: &Deployments,
+        half_life_ms: i64,
+    ) -> Result<usize, String> {
+        let mut ids: Vec<String> = Vec::new();
+        let mut seen = HashSet::new();
+        for deployment in deployments.all() {
+            for variant in &deployment.variants {
+                for item in variant.model.items() {
+                    if seen.insert(item.clone()) {
+                        ids.push(item.clone());
+                    }
+                }
+            }
+        }
+        let now = edgerec_features::now_ms();
+        let features = store.items(&ids).await.map_err(|e| e.to_string())?;
+        let mut ranked: Vec<ScoredItem> = ids
+            .into_iter()
+            .zip(features)
+            .filter_map(|(item, features)| {
+                let score = features?.popularity.at(now, half_life_ms);
+                (score > 0.0).then_some(ScoredItem {
+                    item,
+                    score: score as f32,
+                })
+            })
+            .collect();
+        // Stable: equal figures keep catalogue order.
+        ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
+        let count = ranked.len();
+        *self.ranked.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ranked);
+        Ok(count)
+    }
+}

@@ -1,0 +1,376 @@
+//! The registry follower: polls each surface's plan, fetches and verifies the bundles it names, loads and warms
+//! them, and swaps the surface to the new deployment in one step. Any failure leaves the serving deployment in
+//! place. Verified bundles and the last deployment are kept on disk, so a restarted node serves at once, even
+//! while the registry is unreachable.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use edgerec_core::MODEL_FILE;
+use edgerec_registry::client::{PlanRead, RegistryClient};
+use edgerec_registry::records::{Plan, VersionRecord};
+use serde::{Deserialize, Serialize};
+
+use crate::config::NodeConfig;
+use crate::deployment::{Deployment, Deployments, ServingVariant};
+use crate::host::RankerEngine;
+use crate::metrics::NodeMetrics;
+use crate::model::{LoadedModel, ModelFiles, RolloutError};
+
+/// What is kept of a surface's deployment across restarts.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedDeployment {
+    plan: Plan,
+    records: Vec<VersionRecord>,
+}
+
+/// Where the records come from during a roll-out.
+enum Source<'a> {
+    Registry,
+    Saved(&'a [VersionRecord]),
+}
+
+pub struct Follower {
+    client: RegistryClient,
+    configured_key: Option<String>,
+    public_key: Option<String>,
+    surfaces: Vec<String>,
+    dir: PathBuf,
+    poll_interval: Duration,
+    engine: Arc<RankerEngine>,
+    deployments: Arc<Deployments>,
+    metrics: NodeMetrics,
+    instances: usize,
+    rank_deadline: Duration,
+    load_deadline: Duration,
+    /// The plan revision of each surface whose roll-out failed for good (bad signature, model that does not load):
+    /// not retried until the plan changes again.
+    refused: HashMap<String, u64>,
+    /// Surfaces whose registry error was already logged (logged again only after a success).
+    unreachable: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for Follower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follower")
+            .field("surfaces", &self.surfaces)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Follower {
+    pub fn new(
+        config: &NodeConfig,
+        engine: Arc<RankerEngine>,
+        deployments: Arc<Deployments>,
+        metrics: NodeMetrics,
+    ) -> Self {
+        Self {
+            client: RegistryClient::new(&config.registry.url, config.registry.token.as_deref()),
+            configured_key: config.registry.public_key.clone(),
+            public_key: None,
+            surfaces: config.surfaces.clone(),
+            dir: config.models_dir(),
+            poll_interval: Duration::from_millis(config.registry.poll_interval_ms),
+            engine,
+            deployments,
+            metrics,
+            instances: config.worker_count(),
+            rank_deadline: config.deadlines.rank(),
+            load_deadline: config.deadlines.load(),
+            refused: HashMap::new(),
+            unreachable: HashMap::new(),
+        }
+    }
+
+    /// Restores the saved deployments, then polls until `stop` is signalled or dropped.
+    pub fn run(mut self, stop: Receiver<()>) {
+        self.restore();
+        loop {
+            for surface in self.surfaces.clone() {
+                self.poll(&surface);
+            }
+            match stop.recv_timeout(self.poll_interval) {
+                Err(RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+        }
+    }
+
+    fn restore(&mut self) {
+        for surface in self.surfaces.clone() {
+            let path = self.saved_path(&surface);
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            let saved: SavedDeployment = match serde_json::from_slice(&bytes) {
+                Ok(saved) => saved,
+                Err(e) => {
+                    crate::log_line(
+                        "follower",
+                        serde_json::json!({"surface": surface, "error": format!("ignoring {}: {e}", path.display())}),
+                    );
+                    continue;
+                }
+            };
+            let Some(key) = self.key() else {
+                return;
+            };
+            match self.roll_out(&key, &saved.plan, Source::Saved(&saved.records)) {
+                Ok(()) => crate::log_line(
+                    "follower",
+                    serde_json::json!({"surface": surface, "restored_revision": saved.plan.revision}),
+                ),
+                Err(e) => self.failed(&surface, saved.plan.revision, &e),
+            }
+        }
+    }
+
+    fn poll(&mut self, surface: &str) {
+        let Some(key) = self.key() else {
+            return;
+        };
+        let known = self.deployments.get(surface).map_or(0, |d| d.revision);
+        let plan = match self.client.plan_if_changed(surface, known) {
+            Ok(PlanRead::Unchanged) => {
+                self.unreachable.remove(surface);
+                return;
+            }
+            Ok(PlanRead::Changed(plan)) => plan,
+            Err(e) if e.status() == Some(404) => {
+                self.unreachable.remove(surface);
+                return;
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if self.unreachable.get(surface) != Some(&message) {
+                    crate::log_line(
+                        "follower",
+                        serde_json::json!({"surface": surface, "error": message, "serving_revision": known}),
+                    );
+                    self.unreachable.insert(surface.to_string(), message);
+                }
+                self.metrics.errors.with_label_values(&["registry"]).inc();
+                return;
+            }
+        };
+        self.unreachable.remove(surface);
+        if self.refused.get(surface) == Some(&plan.revision) {
+            return;
+        }
+        if let Err(e) = self.roll_out(&key, &plan, Source::Registry) {
+            self.failed(surface, plan.revision, &e);
+        }
+    }
+
+    fn failed(&mut self, surface: &str, revision: u64, error: &RolloutError) {
+        self.metrics
+            .rollout_failures
+            .with_label_values(&[surface, error.reason()])
+            .inc();
+        let serving = self.deployments.get(surface).map(|d| d.revision);
+        crate::log_line(
+            "follower",
+            serde_json::json!({
+                "surface": surface,
+                "refused_revision": revision,
+                "reason": error.reason(),
+                "error": error.to_string(),
+                "serving_revision": serving,
+            }),
+        );
+        if error.is_permanent() {
+            self.refused.insert(surface.to_string(), revision);
+        }
+    }
+
+    /// The registry key signatures are checked against: configured, else pinned on disk, else asked of the
+    /// registry once and pinned.
+    fn key(&mut self) -> Option<String> {
+        if self.public_key.is_none() {
+            self.public_key = self.configured_key.clone().or_else(|| {
+                let pinned = self.dir.join("registry-key.hex");
+                if let Ok(key) = std::fs::read_to_string(&pinned) {
+                    return Some(key.trim().to_string());
+                }
+                let key = self.client.signing_key().ok().filter(|k| !k.is_empty())?;
+                let written = std::fs::create_dir_all(&self.dir)
+                    .and_then(|()| std::fs::write(&pinned, &key));
+                crate::log_line(
+                    "follower",
+                    serde_json::json!({
+                        "pinned_registry_key": key,
+                        "path": pinned.display().to_string(),
+                        "warning": "trusting the registry's key on first use; set registry.public_key to pin it explicitly",
+                        "error": written.err().map(|e| e.to_string()),
+                    }),
+                );
+                Some(key)
+            });
+        }
+        self.public_key.clone()
+    }
+
+    fn roll_out(&mut self, key: &str, plan: &Plan, source: Source) -> Result<(), RolloutError> {
+        let started = Instant::now();
+        let mut variants = Vec::with_capacity(plan.variants.len());
+        let mut records = Vec::with_capacity(plan.variants.len());
+        for variant in &plan.variants {
+            let model = match self.deployments.loaded(&variant.model, &variant.version) {
+                Some(model) => model,
+                None => {
+                    let record = match &source {
+                        Source::Registry => {
+                            self.client.version(&variant.model, &variant.version)?
+                        }
+                        Source::Saved(saved) => saved
+                            .iter()
+                            .find(|r| r.model == variant.model && r.version == variant.version)
+                            .cloned()
+                            .ok_or_else(|| RolloutError::Io {
+                                path: self.saved_path(&plan.surface).display().to_string(),
+                                message: format!(
+                                    "no saved record of {}@{}",
+                                    variant.model, variant.version
+                                ),
+                            })?,
+                    };
+                    let files = self.files(record, matches!(source, Source::Registry))?;
+                    files.verify(key)?;
+                    let loaded = LoadedModel::load(
+                        self.engine.clone(),
+                        files,
+                        self.instances,
+                        self.rank_deadline,
+                        self.load_deadline,
+                    )?;
+                    if let Err(e) = self.keep(&loaded.files) {
+                        crate::log_line("follower", serde_json::json!({"warning": e.to_string()}));
+                    }
+                    Arc::new(loaded)
+                }
+            };
+            records.push(model.files.record.clone());
+            variants.push(ServingVariant {
+                name: variant.name.clone(),
+                weight: variant.weight,
+                model,
+            });
+        }
+        let deployment = Deployment {
+            surface: plan.surface.clone(),
+            revision: plan.revision,
+            salt: plan.salt.clone(),
+            variants,
+            since_ms: edgerec_features::now_ms(),
+        };
+        let status = deployment.describe();
+        let previous = self.deployments.install(deployment);
+        self.metrics
+            .swaps
+            .with_label_values(&[plan.surface.as_str()])
+            .inc();
+        self.metrics
+            .plan_revision
+            .with_label_values(&[plan.surface.as_str()])
+            .set(plan.revision as i64);
+        self.refused.remove(&plan.surface);
+        crate::log_line(
+            "follower",
+            serde_json::json!({
+                "surface": plan.surface,
+                "serving_revision": plan.revision,
+                "previous_revision": previous.map(|p| p.revision),
+                "variants": status.variants,
+                "rollout_ms": started.elapsed().as_millis() as u64,
+            }),
+        );
+        // Serving goes on if this fails; only a restart without the registry would miss it.
+        if let Err(e) = self.save(&SavedDeployment {
+            plan: plan.clone(),
+            records,
+        }) {
+            crate::log_line("follower", serde_json::json!({"warning": e.to_string()}));
+        }
+        Ok(())
+    }
+
+    /// The files of `record`: from this node's verified copies when it has them, else from the registry.
+    fn files(&self, record: VersionRecord, online: bool) -> Result<ModelFiles, RolloutError> {
+        let dir = self.bundle_dir(&record);
+        let local = std::fs::read(dir.join("manifest.json"))
+            .and_then(|m| Ok((m, std::fs::read(dir.join(MODEL_FILE))?)));
+        let (manifest, model) = match local {
+            Ok(files) => files,
+            Err(_) if online => {
+                let model_digest = record.files.get(MODEL_FILE).ok_or_else(|| {
+                    RolloutError::NoModelFile(format!("{}@{}", record.model, record.version))
+                })?;
+                (
+                    self.client.blob(&record.manifest_digest)?,
+                    self.client.blob(model_digest)?,
+                )
+            }
+            Err(e) => {
+                return Err(RolloutError::Io {
+                    path: dir.display().to_string(),
+                    message: e.to_string(),
+                });
+            }
+        };
+        Ok(ModelFiles {
+            record,
+            manifest: manifest.into(),
+            model: model.into(),
+        })
+    }
+
+    fn bundle_dir(&self, record: &VersionRecord) -> PathBuf {
+        self.dir
+            .join("models")
+            .join(record.manifest_digest.to_string())
+    }
+
+    fn saved_path(&self, surface: &str) -> PathBuf {
+        self.dir.join("deployments").join(format!("{surface}.json"))
+    }
+
+    /// Keeps verified files, written to a temporary folder first so that a crash never leaves a partial bundle.
+    fn keep(&self, files: &ModelFiles) -> Result<(), RolloutError> {
+        let dir = self.bundle_dir(&files.record);
+        if dir.join(MODEL_FILE).is_file() {
+            return Ok(());
+        }
+        let partial = dir.with_extension(format!("partial-{}", std::process::id()));
+        let io = |path: &Path, e: std::io::Error| RolloutError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(&partial).map_err(|e| io(&partial, e))?;
+        for (name, bytes) in [
+            ("manifest.json", &files.manifest[..]),
+            (MODEL_FILE, &files.model[..]),
+        ] {
+            std::fs::write(partial.join(name), bytes).map_err(|e| io(&partial, e))?;
+        }
+        std::fs::rename(&partial, &dir).map_err(|e| io(&dir, e))
+    }
+
+    fn save(&self, saved: &SavedDeployment) -> Result<(), RolloutError> {
+        let path = self.saved_path(&saved.plan.surface);
+        let io = |e: std::io::Error| RolloutError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let partial = path.with_extension("json.partial");
+        let bytes = serde_json::to_vec_pretty(saved).expect("records serialise");
+        std::fs::write(&partial, bytes).map_err(io)?;
+        std::fs::rename(&partial, &path).map_err(io)
+    }
+}

@@ -1,0 +1,410 @@
+//! What the node does per request, apart from HTTP: pick the variant, read features, rank (or fall back), log the
+//! answer; and take events into the durable ingest.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use edgerec_core::{MAX_ITEM_ID_LEN, RankRequest, ScoredItem};
+use edgerec_features::event::{Event, ServedRequest};
+use edgerec_features::ingest::{Ack, Ingest, IngestError};
+use edgerec_features::store::FeatureStore;
+use serde::{Deserialize, Serialize};
+
+use crate::config::RequestLimits;
+use crate::deployment::Deployments;
+use crate::features::{FeatureSource, Popularity, UserFeatureReader};
+use crate::host::HostError;
+use crate::metrics::NodeMetrics;
+use crate::model::LoadedModel;
+
+/// `POST /v1/recommend`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecommendRequest {
+    /// Known users get their recent items from the feature store and a sticky A/B variant.
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// Items the client knows the user just interacted with, oldest first (added after the stored ones).
+    #[serde(default)]
+    pub recent_items: Vec<String>,
+    pub k: u32,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    pub surface: String,
+    #[serde(default)]
+    pub context: BTreeMap<String, f64>,
+}
+
+/// The answer to a recommendation request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecommendResponse {
+    /// Quote it in events that answer this request (`request_id`), to tie them to what was served.
+    pub request_id: String,
+    pub items: Vec<ScoredItem>,
+    pub model: String,
+    pub model_version: String,
+    pub variant: String,
+    pub plan_revision: u64,
+    /// Present when the answer did not come from the model's full path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<Degraded>,
+    /// Recent items the model does not know (skipped).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unknown_items: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Degraded {
+    /// `feature_store_unavailable`, `deadline_exceeded` or `ranker_error`.
+    pub reason: String,
+    /// What the answer was made from instead: `recent_items` (the model, on the request's own items) or
+    /// `popularity`.
+    pub fallback: String,
+    pub message: String,
+}
+
+/// `POST /v1/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventBatch {
+    pub events: Vec<Event>,
+}
+
+/// A request the node did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{message}")]
+    BadRequest { kind: String, message: String },
+    #[error("this node does not serve surface `{0}`")]
+    UnknownSurface(String),
+    #[error("no verified model is loaded for surface `{0}` yet")]
+    NotReady(String),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+}
+
+impl ServiceError {
+    fn bad(kind: &str, message: impl Into<String>) -> Self {
+        ServiceError::BadRequest {
+            kind: kind.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn kind(&self) -> &str {
+        match self {
+            ServiceError::BadRequest { kind, .. } => kind,
+            ServiceError::UnknownSurface(_) => "unknown_surface",
+            ServiceError::NotReady(_) => "not_ready",
+            ServiceError::Ingest(IngestError::Invalid(_)) => "invalid_events",
+            ServiceError::Ingest(_) => "ingest_unavailable",
+        }
+    }
+}
+
+/// Everything a request needs, shared by the HTTP workers.
+pub struct NodeState<S> {
+    pub(crate) node_id: String,
+    pub(crate) surfaces: Vec<String>,
+    pub(crate) limits: RequestLimits,
+    pub(crate) access_log: bool,
+    pub(crate) deployments: Arc<Deployments>,
+    pub(crate) features: UserFeatureReader<S>,
+    pub(crate) popularity: Arc<Popularity>,
+    pub(crate) ingest: Arc<Ingest<S>>,
+    pub(crate) metrics: NodeMetrics,
+    /// Request ids are `<node>-<boot time>-<counter>`: unique across nodes and restarts without coordination.
+    pub(crate) boot_ms: i64,
+    pub(crate) requests: AtomicU64,
+}
+
+impl<S> std::fmt::Debug for NodeState<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeState")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Model errors that say something about the model, not the request: answered by popularity.
+const MODEL_FAULTS: [&str; 3] = ["non_finite_score", "runtime_error", "model_output_mismatch"];
+
+impl<S: FeatureStore> NodeState<S> {
+    /// Surfaces with no deployment yet (empty: ready).
+    pub fn unready_surfaces(&self) -> Vec<String> {
+        self.surfaces
+            .iter()
+            .filter(|s| self.deployments.get(s).is_none())
+            .cloned()
+            .collect()
+    }
+
+    fn next_request_id(&self) -> String {
+        let n = self.requests.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{:x}-{n:x}", self.node_id, self.boot_ms)
+    }
+
+    fn check(&self, request: &RecommendRequest) -> Result<(), ServiceError> {
+        let limits = &self.limits;
+        if request.k == 0 || request.k > limits.max_k {
+            return Err(ServiceError::bad(
+                "invalid_k",
+                format!("k must be between 1 and {}", limits.max_k),
+            ));
+        }
+        for (field, len, max) in [
+            (
+                "recent_items",
+                request.recent_items.len(),
+                limits.max_recent_items,
+            ),
+            ("exclude", request.exclude.len(), limits.max_exclude),
+        ] {
+            if len > max {
+                return Err(ServiceError::bad(
+                    "request_too_large",
+                    format!("{field} has {len} entries, more than the limit of {max}"),
+                ));
+            }
+        }
+        let ids = request
+            .user_id
+            .iter()
+            .chain(&request.recent_items)
+            .chain(&request.exclude);
+        for id in ids {
+            if id.is_empty() || id.len() > MAX_ITEM_ID_LEN {
+                return Err(ServiceError::bad(
+                    "invalid_id",
+                    format!(
+                        "ids must be 1 to {MAX_ITEM_ID_LEN} bytes; got one of {} bytes",
+                        id.len()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn recommend(
+        &self,
+        request: RecommendRequest,
+    ) -> Result<RecommendResponse, ServiceError> {
+        self.check(&request)?;
+        if !self.surfaces.contains(&request.surface) {
+            return Err(ServiceError::UnknownSurface(request.surface));
+        }
+        let deployment = self
+            .deployments
+            .get(&request.surface)
+            .ok_or_else(|| ServiceError::NotReady(request.surface.clone()))?;
+        let request_id = self.next_request_id();
+        let variant = deployment.variant_for(request.user_id.as_deref().unwrap_or(&request_id));
+        let model = &variant.model;
+
+        let mut degraded = None;
+        let mut history: Vec<String> = Vec::new();
+        if let Some(user) = &request.user_id {
+            match self.features.recent_items(user).await {
+                Ok((items, source)) => {
+                    let outcome = match source {
+                        FeatureSource::Cache => "cache_hit",
+                        FeatureSource::Store => "store",
+                    };
+                    self.metrics
+                        .feature_reads
+                        .with_label_values(&[outcome])
+                        .inc();
+                    history.extend(items.iter().cloned());
+                }
+                Err(e) => {
+                    self.metrics
+                        .feature_reads
+                        .with_label_values(&["unavailable"])
+                        .inc();
+                    degraded = Some(Degraded {
+                        reason: "feature_store_unavailable".into(),
+                        fallback: if request.recent_items.is_empty() {
+                            "popularity".into()
+                        } else {
+                            "recent_items".into()
+                        },
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        merge_recent(&mut history, &request.recent_items);
+        let keep_from = history.len().saturating_sub(self.limits.max_recent_items);
+        history.drain(..keep_from);
+
+        let mut unknown_items = Vec::new();
+        let items = if degraded.is_some() && history.is_empty() {
+            self.by_popularity(model, &history, &request.exclude, request.k)
+        } else {
+            let rank_request = RankRequest {
+                recent_items: history.clone(),
+                k: request.k,
+                exclude: request.exclude.clone(),
+                candidates: None,
+                context: request.context.clone(),
+                exclude_seen: true,
+            };
+            let started = Instant::now();
+            let ranked = model.rank(&rank_request);
+            self.metrics
+                .rank_seconds
+                .with_label_values(&[request.surface.as_str()])
+                .observe(started.elapsed().as_secs_f64());
+            match ranked {
+                Ok(ranking) => {
+                    unknown_items = ranking.unknown_items;
+                    ranking.items
+                }
+                Err(HostError::Guest(report)) if !MODEL_FAULTS.contains(&report.kind.as_str()) => {
+                    return Err(ServiceError::BadRequest {
+                        kind: report.kind,
+                        message: report.message,
+                    });
+                }
+                Err(e) => {
+                    let reason = match e {
+                        HostError::DeadlineExceeded(_) => "deadline_exceeded",
+                        _ => "ranker_error",
+                    };
+                    self.metrics.errors.with_label_values(&[reason]).inc();
+                    degraded = Some(Degraded {
+                        reason: reason.into(),
+                        fallback: "popularity".into(),
+                        message: e.to_string(),
+                    });
+                    self.by_popularity(model, &history, &request.exclude, request.k)
+                }
+            }
+        };
+        if let Some(degraded) = &degraded {
+            self.metrics
+                .fallbacks
+                .with_label_values(&[degraded.reason.as_str()])
+                .inc();
+        }
+        self.metrics
+            .recommendations
+            .with_label_values(&[request.surface.as_str(), &variant.name, model.version()])
+            .inc();
+
+        let served = ServedRequest {
+            request_id: request_id.clone(),
+            time_ms: edgerec_features::now_ms(),
+            user: request.user_id,
+            surface: request.surface,
+            history,
+            context: request.context,
+            model_version: model.version().to_string(),
+            variant: variant.name.clone(),
+            items: items.iter().map(|s| s.item.clone()).collect(),
+            scores: items.iter().map(|s| s.score).collect(),
+            degraded: degraded.as_ref().map(|d| d.reason.clone()),
+        };
+        // The answer is not withheld when the serving log fails: users would pay for a logging fault. The failure
+        // is counted and logged, and the write-ahead log refuses writes until it is healthy again.
+        if let Err(e) = self.ingest.log_served(vec![served]).await {
+            self.metrics
+                .errors
+                .with_label_values(&["serving_log"])
+                .inc();
+            crate::log_line(
+                "serving_log",
+                serde_json::json!({"request_id": request_id, "error": e.to_string()}),
+            );
+        }
+        Ok(RecommendResponse {
+            request_id,
+            items,
+            model: model.model().to_string(),
+            model_version: model.version().to_string(),
+            variant: variant.name.clone(),
+            plan_revision: deployment.revision,
+            degraded,
+            unknown_items,
+        })
+    }
+
+    /// The most popular items not in `history` or `exclude`; the model's no-history ranking while no popularity
+    /// figures are known.
+    fn by_popularity(
+        &self,
+        model: &LoadedModel,
+        history: &[String],
+        exclude: &[String],
+        k: u32,
+    ) -> Vec<ScoredItem> {
+        let skip: HashSet<&str> = history.iter().chain(exclude).map(String::as_str).collect();
+        let popular = self.popularity.ranked();
+        let source: &[ScoredItem] = if popular.is_empty() {
+            model.prior()
+        } else {
+            &popular
+        };
+        source
+            .iter()
+            .filter(|s| !skip.contains(s.item.as_str()))
+            .take(k as usize)
+            .cloned()
+            .collect()
+    }
+
+    pub async fn ingest(&self, batch: EventBatch) -> Result<Ack, ServiceError> {
+        match self.ingest.ingest(batch.events).await {
+            Ok(ack) => {
+                let events = &self.metrics.events;
+                events
+                    .with_label_values(&["accepted"])
+                    .inc_by(ack.accepted as u64);
+                events
+                    .with_label_values(&["duplicate"])
+                    .inc_by(ack.duplicates as u64);
+                Ok(ack)
+            }
+            Err(e) => {
+                self.metrics.events.with_label_values(&["refused"]).inc();
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// Appends `recent` to `history`, each item once at its latest position (as the feature store keeps them).
+fn merge_recent(history: &mut Vec<String>, recent: &[String]) {
+    if recent.is_empty() {
+        return;
+    }
+    let newer: HashSet<&String> = recent.iter().collect();
+    history.retain(|item| !newer.contains(item));
+    let mut seen = HashSet::new();
+    let mut tail: Vec<&String> = recent.iter().rev().filter(|i| seen.insert(*i)).collect();
+    tail.reverse();
+    history.extend(tail.into_iter().cloned());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn recent_items_follow_stored_ones_each_once_at_its_latest() {
+        let mut history = ids(&["a", "b", "c"]);
+        merge_recent(&mut history, &ids(&["b", "d", "b"]));
+        assert_eq!(history, ids(&["a", "c", "d", "b"]));
+
+        let mut unchanged = ids(&["a"]);
+        merge_recent(&mut unchanged, &[]);
+        assert_eq!(unchanged, ids(&["a"]));
+    }
+}
