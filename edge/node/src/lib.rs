@@ -73,6 +73,10 @@ pub fn run(config: NodeConfig, on_listening: impl FnOnce(&[SocketAddr])) -> Resu
     match config.features.aws.clone() {
         Some(aws) => {
             let store = background.block_on(config.features.open_dynamodb(&aws))?;
+            // The bucket is only needed when shipping, which retries: a failure here must not stop serving.
+            if let Err(e) = background.block_on(config.features.event_log().ensure_created()) {
+                log_line("shipper", serde_json::json!({ "warning": e.to_string() }));
+            }
             run_with(config, Arc::new(store), background, on_listening)
         }
         None => {

@@ -1,0 +1,713 @@
+//! A registry and two edge nodes as real processes on 127.0.0.1, with a client sending requests the whole time:
+//! deploy, A/B split, tampered and broken bundles, a registry outage, rollback, and a feature store outage. Every
+//! request must be answered; no unverified or broken model may ever serve.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use edgerec_core::{Digest, FileEntry, MODEL_FILE, Manifest};
+use edgerec_registry::client::RegistryClient;
+use edgerec_registry::embedded::EmbeddedStore;
+use edgerec_registry::records::{Variant, VersionRecord};
+use edgerec_registry::service::PlanRequest;
+use edgerec_registry::signing::ManifestSigner;
+use edgerec_registry::store::{AuditDraft, Store};
+use prost::Message;
+use serde_json::{Value, json};
+
+const POLL_MS: u64 = 300;
+const SURFACE: &str = "home";
+
+fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden/bundle")
+}
+
+fn wasm() -> PathBuf {
+    edgerec_conformance::wasm_artifact("ranker-wasi.wasm")
+}
+
+fn edgerec() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_edgerec"));
+    for name in [
+        "EDGEREC_TOKEN",
+        "EDGEREC_REGISTRY",
+        "EDGEREC_NODE_LISTEN",
+        "EDGEREC_NODE_REGISTRY",
+        "EDGEREC_NODE_DATA_DIR",
+        "EDGEREC_NODE_ID",
+        "EDGEREC_FEATURES_DATA_DIR",
+        "EDGEREC_FEATURES_NODE_ID",
+    ] {
+        command.env_remove(name);
+    }
+    command
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn run<T>(future: impl Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(future)
+}
+
+/// A child process stopped (SIGTERM, then SIGKILL) when dropped.
+struct Process {
+    child: Child,
+    name: String,
+}
+
+impl Process {
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("{} did not stop on SIGTERM; killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+struct Registry {
+    process: Option<Process>,
+    root: PathBuf,
+    url: String,
+    port: u16,
+}
+
+impl Registry {
+    fn start(root: &Path) -> Self {
+        let port = free_port();
+        let mut registry = Self {
+            process: None,
+            root: root.into(),
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+        };
+        registry.restart();
+        registry
+    }
+
+    fn restart(&mut self) {
+        let log = std::fs::File::create(self.root.with_extension("log")).expect("log file");
+        let child = edgerec()
+            .args(["registry", "serve", "--listen"])
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--root")
+            .arg(&self.root)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starts the registry");
+        self.process = Some(Process {
+            child,
+            name: "registry".into(),
+        });
+        wait_for(Duration::from_secs(30), "the registry to answer", || {
+            ureq::get(format!("{}/healthz", self.url)).call().is_ok()
+        });
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.stop();
+        }
+    }
+}
+
+struct Node {
+    process: Process,
+    url: String,
+    agent: ureq::Agent,
+}
+
+impl Node {
+    fn start(name: &str, dir: &Path, config: Value) -> Self {
+        let config_path = dir.join(format!("{name}.json"));
+        std::fs::write(&config_path, config.to_string()).expect("writes the node config");
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
+        let mut child = edgerec()
+            .args(["edge", "serve", "--config"])
+            .arg(&config_path)
+            .arg("--wasm")
+            .arg(wasm())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("starts the node");
+        let mut first_line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut first_line)
+            .expect("reads the address line");
+        let url = first_line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("{name} printed no address: {first_line:?}"))
+            .to_string();
+        Self {
+            process: Process {
+                child,
+                name: name.into(),
+            },
+            url,
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(10)))
+                .build()
+                .into(),
+        }
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let mut response = self
+            .agent
+            .get(format!("{}{path}", self.url))
+            .call()
+            .expect("the node answers");
+        let body = response.body_mut().read_to_string().unwrap_or_default();
+        (response.status().as_u16(), body)
+    }
+
+    fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), String> {
+        let mut response = self
+            .agent
+            .post(format!("{}{path}", self.url))
+            .header("Content-Type", "application/json")
+            .send(body.to_string())
+            .map_err(|e| e.to_string())?;
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let json = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+        Ok((response.status().as_u16(), json))
+    }
+
+    fn recommend(&self, body: Value) -> Value {
+        let (status, answer) = self.post("/v1/recommend", &body).expect("answers");
+        assert_eq!(status, 200, "{answer}");
+        answer
+    }
+
+    fn revision(&self) -> Option<u64> {
+        let (_, body) = self.get("/v1/deployments");
+        let status: Value = serde_json::from_str(&body).ok()?;
+        status["deployments"]
+            .as_array()?
+            .iter()
+            .find(|d| d["surface"] == SURFACE)?["revision"]
+            .as_u64()
+    }
+
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (_, text) = self.get("/metrics");
+        text.lines()
+            .filter(|line| line.starts_with(name) && !line.starts_with('#'))
+            .filter(|line| {
+                labels
+                    .iter()
+                    .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
+}
+
+/// Waits until every node serves `revision`; returns how long it took.
+fn converge(nodes: &[&Node], revision: u64) -> Duration {
+    wait_for(
+        Duration::from_secs(60),
+        &format!("every node to serve revision {revision}"),
+        || nodes.iter().all(|n| n.revision() == Some(revision)),
+    )
+}
+
+/// A TCP forwarder in front of the feature store that can be cut, as a network failure would.
+struct Proxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(upstream: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binds");
+        let port = listener.local_addr().expect("address").port();
+        let up = Arc::new(AtomicBool::new(true));
+        let connections: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        {
+            let (up, connections) = (up.clone(), connections.clone());
+            std::thread::spawn(move || {
+                for client in listener.incoming().flatten() {
+                    let server = match up.load(Ordering::SeqCst) {
+                        true => TcpStream::connect(&upstream).ok(),
+                        false => None,
+                    };
+                    let Some(server) = server else {
+                        let _ = client.shutdown(Shutdown::Both);
+                        continue;
+                    };
+                    let mut open = connections.lock().expect("lock");
+                    for (from, to) in [(&client, &server), (&server, &client)] {
+                        let (mut from, mut to) = (
+                            from.try_clone().expect("clone"),
+                            to.try_clone().expect("clone"),
+                        );
+                        std::thread::spawn(move || {
+                            let mut buffer = [0u8; 16 << 10];
+                            while let Ok(n) = from.read(&mut buffer) {
+                                if n == 0 || to.write_all(&buffer[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                            let _ = to.shutdown(Shutdown::Both);
+                        });
+                    }
+                    open.push(client);
+                    open.push(server);
+                }
+            });
+        }
+        Self {
+            port,
+            up,
+            connections,
+        }
+    }
+
+    /// Refuses new connections and cuts the open ones.
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for stream in self.connections.lock().expect("lock").drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// The golden manifest relabelled as `version`, with `model` as its model file.
+fn manifest_for(version: &str, model: &[u8]) -> Vec<u8> {
+    let golden = std::fs::read(golden_dir().join("manifest.json")).expect("golden manifest");
+    let mut manifest: Manifest = serde_json::from_slice(&golden).expect("parses");
+    manifest.version = version.into();
+    manifest.files.insert(
+        MODEL_FILE.into(),
+        FileEntry {
+            sha256: Digest::of(model),
+            size: model.len() as u64,
+        },
+    );
+    serde_json::to_vec_pretty(&manifest).expect("serialises")
+}
+
+/// The golden model with every float constant replaced by NaN: it loads, and every score it gives is NaN.
+fn nan_model() -> Vec<u8> {
+    let bytes = std::fs::read(golden_dir().join(MODEL_FILE)).expect("golden model");
+    let mut model = tract_onnx::pb::ModelProto::decode(&bytes[..]).expect("decodes");
+    let graph = model.graph.as_mut().expect("a graph");
+    let mut replaced = 0;
+    for tensor in &mut graph.initializer {
+        if tensor.data_type == tract_onnx::pb::tensor_proto::DataType::Float as i32 {
+            for chunk in tensor.raw_data.chunks_exact_mut(4) {
+                chunk.copy_from_slice(&f32::NAN.to_le_bytes());
+            }
+            tensor.float_data.iter_mut().for_each(|v| *v = f32::NAN);
+            replaced += 1;
+        }
+    }
+    assert!(replaced > 0, "the golden model has float constants");
+    model.encode_to_vec()
+}
+
+/// Writes a version straight into a stopped registry's store, as tampering with its storage would: `sign` says
+/// whether it carries the registry's real signature or a forged one.
+fn plant_version(root: &Path, template: &VersionRecord, version: &str, model: &[u8], sign: bool) {
+    let manifest = manifest_for(version, model);
+    let manifest_digest = Digest::of(&manifest);
+    let signer = ManifestSigner::load_or_create(&root.join("signing.key")).expect("registry key");
+    let signature = if sign {
+        signer.sign(&manifest_digest)
+    } else {
+        // A well-formed signature, of other content.
+        signer.sign(&Digest::of(b"something else"))
+    };
+    let record = VersionRecord {
+        version: version.into(),
+        manifest_digest,
+        files: BTreeMap::from([(MODEL_FILE.to_string(), Digest::of(model))]),
+        signature,
+        ..template.clone()
+    };
+    run(async {
+        let store = EmbeddedStore::open(root).expect("opens the stopped registry's store");
+        store
+            .put_blob(&manifest_digest, &manifest)
+            .await
+            .expect("manifest blob");
+        store
+            .put_blob(&Digest::of(model), model)
+            .await
+            .expect("model blob");
+        store
+            .insert_version(
+                &record,
+                AuditDraft {
+                    actor: "test".into(),
+                    action: "model.publish",
+                    target: format!("{}@{version}", record.model),
+                    reason: "planted".into(),
+                    detail: Value::Null,
+                },
+            )
+            .await
+            .expect("inserts the version");
+    });
+}
+
+fn deploy(client: &RegistryClient, variants: &[(&str, &str, u32)], reason: &str) -> u64 {
+    let current = client.plan(SURFACE).expect("reads the plan");
+    let request = PlanRequest {
+        variants: variants
+            .iter()
+            .map(|(name, version, weight)| Variant {
+                name: (*name).into(),
+                model: "golden-sasrec".into(),
+                version: (*version).into(),
+                weight: *weight,
+            })
+            .collect(),
+        salt: None,
+        reason: reason.into(),
+    };
+    client
+        .deploy(SURFACE, &request, current.map(|p| p.revision))
+        .expect("deploys")
+        .revision
+}
+
+/// What the background client saw.
+#[derive(Default)]
+struct Traffic {
+    answered: AtomicU64,
+    failures: Mutex<Vec<String>>,
+    versions: Mutex<BTreeSet<String>>,
+}
+
+#[test]
+fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let registry_root = dir.path().join("registry");
+    let created = edgerec()
+        .args([
+            "registry", "token", "create", "--name", "admin", "--scope", "admin", "--root",
+        ])
+        .arg(&registry_root)
+        .output()
+        .expect("creates a token");
+    let token = String::from_utf8_lossy(&created.stdout)
+        .split_whitespace()
+        .chain(String::from_utf8_lossy(&created.stderr).split_whitespace())
+        .find(|w| w.starts_with("erk_"))
+        .expect("prints the secret")
+        .to_string();
+    let mut registry = Registry::start(&registry_root);
+    let client = RegistryClient::new(&registry.url, Some(&token));
+    let golden_model = std::fs::read(golden_dir().join(MODEL_FILE)).expect("golden model");
+    for version in ["1.0.0", "2.0.0"] {
+        let bundle = dir.path().join(format!("bundle-{version}"));
+        std::fs::create_dir_all(&bundle).expect("bundle dir");
+        std::fs::write(
+            bundle.join("manifest.json"),
+            manifest_for(version, &golden_model),
+        )
+        .expect("manifest");
+        std::fs::write(bundle.join(MODEL_FILE), &golden_model).expect("model");
+        client.publish_bundle(&bundle).expect("publishes");
+    }
+    let revision = deploy(&client, &[("control", "1.0.0", 100)], "first deployment");
+
+    // Node A: embedded features. Node B: DynamoDB (the local test server) behind a proxy that can be cut.
+    let aws =
+        edgerec_aws::AwsConfig::for_test_servers("edge-nodes").unwrap_or_else(|e| panic!("{e}"));
+    let proxy = Proxy::start(
+        aws.dynamodb_endpoint
+            .clone()
+            .expect("an endpoint")
+            .trim_start_matches("http://")
+            .to_string(),
+    );
+    let node_config = |name: &str, aws: Option<&edgerec_aws::AwsConfig>| {
+        let mut config = json!({
+            "listen": "127.0.0.1:0",
+            "workers": 2,
+            "surfaces": [SURFACE],
+            "registry": { "url": registry.url, "token": token, "poll_interval_ms": POLL_MS },
+            "deadlines": { "features_ms": 2000 },
+            "ship_interval_ms": 3_600_000,
+            "features": {
+                "data_dir": dir.path().join(name),
+                "ingest": { "node_id": name },
+            },
+        });
+        if let Some(aws) = aws {
+            config["features"]["aws"] = serde_json::to_value(aws).expect("serialises");
+        }
+        config
+    };
+    let mut proxied = aws.clone();
+    proxied.dynamodb_endpoint = Some(format!("http://127.0.0.1:{}", proxy.port));
+    let node_a = Node::start("node-a", dir.path(), node_config("node-a", None));
+    let node_b = Node::start("node-b", dir.path(), node_config("node-b", Some(&proxied)));
+    let nodes = [&node_a, &node_b];
+    converge(&nodes, revision);
+    for node in nodes {
+        assert_eq!(node.get("/readyz").0, 200);
+    }
+
+    // A client sends requests to both nodes for the whole test.
+    let traffic = Arc::new(Traffic::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender =
+        {
+            let (traffic, stop) = (traffic.clone(), stop.clone());
+            let urls = [node_a.url.clone(), node_b.url.clone()];
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(10)))
+                    .build()
+                    .into();
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let node = (n % 2) as usize;
+                    let body = json!({
+                        "user_id": format!("user-{}", n % 40),
+                        "recent_items": ["m1", "m7"],
+                        "k": 5,
+                        "surface": SURFACE,
+                    });
+                    let result = agent
+                        .post(format!("{}/v1/recommend", urls[node]))
+                        .header("Content-Type", "application/json")
+                        .send(body.to_string());
+                    match result {
+                        Ok(mut response) if response.status() == 200 => {
+                            let answer: Value = serde_json::from_str(
+                                &response.body_mut().read_to_string().unwrap_or_default(),
+                            )
+                            .unwrap_or_default();
+                            traffic.answered.fetch_add(1, Ordering::SeqCst);
+                            if answer["items"].as_array().is_none_or(|i| i.len() != 5) {
+                                traffic
+                                    .failures
+                                    .lock()
+                                    .expect("lock")
+                                    .push(answer.to_string());
+                            }
+                            traffic.versions.lock().expect("lock").insert(
+                                answer["model_version"].as_str().unwrap_or("?").to_string(),
+                            );
+                        }
+                        Ok(mut response) => traffic.failures.lock().expect("lock").push(format!(
+                            "{}: {}",
+                            response.status(),
+                            response.body_mut().read_to_string().unwrap_or_default()
+                        )),
+                        Err(e) => traffic.failures.lock().expect("lock").push(e.to_string()),
+                    }
+                    n += 1;
+                }
+            })
+        };
+
+    // 50/50 split: both nodes converge and put each user in the same variant.
+    let split = deploy(
+        &client,
+        &[("control", "1.0.0", 50), ("candidate", "2.0.0", 50)],
+        "A/B test",
+    );
+    let took = converge(&nodes, split);
+    eprintln!(
+        "50/50 plan served by both nodes {took:?} after the deployment (poll interval {POLL_MS} ms)"
+    );
+    let mut by_variant: BTreeMap<String, usize> = BTreeMap::new();
+    for user in 0..60 {
+        let request = json!({"user_id": format!("ab-{user}"), "k": 3, "surface": SURFACE});
+        let a = node_a.recommend(request.clone());
+        let b = node_b.recommend(request);
+        assert_eq!(
+            a["variant"], b["variant"],
+            "user ab-{user} differs across nodes"
+        );
+        assert_eq!(a["plan_revision"], split);
+        let expected_version = if a["variant"] == "control" {
+            "1.0.0"
+        } else {
+            "2.0.0"
+        };
+        assert_eq!(a["model_version"], expected_version);
+        *by_variant
+            .entry(a["variant"].as_str().unwrap_or("?").into())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        by_variant.len(),
+        2,
+        "both variants get users: {by_variant:?}"
+    );
+
+    // Rollback: every node returns to v1.
+    let rolled_back = client
+        .rollback(SURFACE, "candidate regressed")
+        .expect("rolls back")
+        .revision;
+    converge(&nodes, rolled_back);
+    for user in 0..20 {
+        let answer =
+            node_b.recommend(json!({"user_id": format!("rb-{user}"), "k": 3, "surface": SURFACE}));
+        assert_eq!(answer["model_version"], "1.0.0");
+    }
+
+    // The registry goes away (nodes keep serving), and its storage is tampered with: a bundle with a forged
+    // signature and a correctly signed bundle whose model scores NaN.
+    let template = client
+        .version("golden-sasrec", "1.0.0")
+        .expect("v1's record");
+    registry.stop();
+    std::thread::sleep(Duration::from_millis(3 * POLL_MS));
+    for node in nodes {
+        assert_eq!(node.revision(), Some(rolled_back));
+        assert!(node.metric("edgerec_node_errors_total", &[("kind", "registry")]) >= 1.0);
+    }
+    plant_version(&registry.root, &template, "3.0.0", &golden_model, false);
+    plant_version(&registry.root, &template, "4.0.0", &nan_model(), true);
+    registry.restart();
+
+    for (version, reason) in [("3.0.0", "signature"), ("4.0.0", "load")] {
+        let bad = deploy(&client, &[("control", version, 100)], "bad bundle");
+        wait_for(
+            Duration::from_secs(60),
+            &format!("both nodes to refuse {version}"),
+            || {
+                nodes.iter().all(|n| {
+                    n.metric("edgerec_node_rollout_failures_total", &[("reason", reason)]) >= 1.0
+                })
+            },
+        );
+        std::thread::sleep(Duration::from_millis(2 * POLL_MS));
+        for node in nodes {
+            assert_ne!(
+                node.revision(),
+                Some(bad),
+                "a node put {version} into service"
+            );
+            assert_eq!(node.revision(), Some(rolled_back));
+        }
+    }
+
+    // A good plan after the refused ones is followed again.
+    let recovered = deploy(&client, &[("control", "2.0.0", 100)], "recover");
+    converge(&nodes, recovered);
+
+    // The feature store goes away under node B: answers continue, flagged degraded.
+    let fresh = node_b
+        .recommend(json!({"user_id": "fs-0", "recent_items": ["m1"], "k": 3, "surface": SURFACE}));
+    assert!(fresh.get("degraded").is_none(), "{fresh}");
+    proxy.cut();
+    for user in 1..20 {
+        let answer = node_b.recommend(json!({"user_id": format!("fs-{user}"), "recent_items": ["m1"], "k": 3, "surface": SURFACE}));
+        assert_eq!(
+            answer["degraded"]["reason"], "feature_store_unavailable",
+            "{answer}"
+        );
+        assert_eq!(answer["degraded"]["fallback"], "recent_items");
+        assert_eq!(answer["items"].as_array().map(Vec::len), Some(3));
+    }
+    let popular = node_b.recommend(json!({"user_id": "fs-new", "k": 4, "surface": SURFACE}));
+    assert_eq!(popular["degraded"]["fallback"], "popularity", "{popular}");
+    assert_eq!(popular["items"].as_array().map(Vec::len), Some(4));
+    // Events are still taken: the write-ahead log holds them until the store is back.
+    let (status, ack) = node_b
+        .post(
+            "/v1/events",
+            &json!({"events": [{"id": "outage-1", "user": "fs-1", "item": "m5", "kind": "click", "time_ms": edgerec_features::now_ms()}]}),
+        )
+        .expect("answers");
+    assert_eq!((status, ack["accepted"].as_u64()), (200, Some(1)), "{ack}");
+    assert!(
+        node_b.metric(
+            "edgerec_node_fallbacks_total",
+            &[("reason", "feature_store_unavailable")]
+        ) >= 19.0
+    );
+    let untouched = node_a
+        .recommend(json!({"user_id": "fs-0", "recent_items": ["m1"], "k": 3, "surface": SURFACE}));
+    assert!(untouched.get("degraded").is_none());
+
+    stop.store(true, Ordering::SeqCst);
+    sender.join().expect("the client thread");
+
+    // Every answer node A gave is in its serving log once it has shipped (it ships everything when stopped).
+    let answered_by_a = node_a.metric("edgerec_node_recommendations_total", &[]);
+    let Node { mut process, .. } = node_a;
+    process.stop();
+    let log = edgerec_features::log::EventLog::Folder(dir.path().join("node-a/log"));
+    let served = run(log.read(0, i64::MAX))
+        .expect("reads node A's log")
+        .served;
+    assert_eq!(served.len() as f64, answered_by_a);
+    assert!(
+        served
+            .iter()
+            .any(|s| s.variant == "candidate" && s.model_version == "2.0.0")
+    );
+    let failures = traffic.failures.lock().expect("lock").clone();
+    let answered = traffic.answered.load(Ordering::SeqCst);
+    eprintln!(
+        "background client: {answered} answers, {} failures",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(
+        answered > 100,
+        "the client kept sending ({answered} answers)"
+    );
+    let versions = traffic.versions.lock().expect("lock").clone();
+    assert!(
+        versions.iter().all(|v| v == "1.0.0" || v == "2.0.0"),
+        "served versions: {versions:?}"
+    );
+}
