@@ -281,3 +281,105 @@ async fn ship<S: FeatureStore>(config: &FeaturesConfig, store: Arc<S>) -> Result
     );
     Ok(())
 }
+
+#[derive(Subcommand, Debug)]
+pub enum AbCommand {
+    /// Per-variant click-through and hit rate of a surface from the event log, with 95% intervals and each
+    /// variant's difference from the first one served (the control).
+    Report {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        surface: String,
+        /// How many days back to read.
+        #[arg(long, default_value_t = 7.0)]
+        days: f64,
+        /// A hit is the user's next interaction within this many minutes of the request.
+        #[arg(long, default_value_t = 30)]
+        window_minutes: i64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run_ab(command: AbCommand) -> Result<()> {
+    let AbCommand::Report {
+        store,
+        surface,
+        days,
+        window_minutes,
+        json,
+    } = command;
+    let config = store.load()?;
+    let to = edgerec_features::now_ms() + 60_000;
+    let from = to - (days * 86_400_000.0) as i64;
+    let log = config.event_log();
+    let slice = runtime()?
+        .block_on(log.read(from, to))
+        .context("reading the event log")?;
+    let report = edgerec_features::ab_report::ab_report(&slice, &surface, window_minutes * 60_000);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    if report.variants.is_empty() {
+        println!(
+            "no served requests for surface `{surface}` in the last {days} days of {} ({} served requests on other surfaces)",
+            log.describe(),
+            slice.served.len()
+        );
+        return Ok(());
+    }
+    println!(
+        "surface {surface}: {} served requests, {} events in the last {days} days (95% intervals)",
+        slice.served.iter().filter(|s| s.surface == surface).count(),
+        slice.events.len()
+    );
+    println!(
+        "{:<12} {:<14} {:>8} {:>8}  {:<26} {:<26}",
+        "variant", "versions", "requests", "degraded", "click-through", "hit rate"
+    );
+    let pct = |p: &edgerec_features::ab_report::Proportion| {
+        format!(
+            "{:.2}% [{:.2}, {:.2}]",
+            100.0 * p.rate,
+            100.0 * p.low,
+            100.0 * p.high
+        )
+    };
+    for v in &report.variants {
+        println!(
+            "{:<12} {:<14} {:>8} {:>8}  {:<26} {:<26}",
+            v.variant,
+            v.model_versions.join(","),
+            v.requests,
+            v.degraded,
+            pct(&v.click_through),
+            format!("{} of {}", pct(&v.hit_rate), v.hit_rate.trials)
+        );
+    }
+    for v in report.variants.iter().skip(1) {
+        for (what, d) in [
+            ("click-through", &v.click_through_vs_control),
+            ("hit rate", &v.hit_rate_vs_control),
+        ] {
+            if let Some(d) = d {
+                println!(
+                    "{} vs {}: {what} {:+.2} points [{:+.2}, {:+.2}]{}",
+                    v.variant,
+                    report.variants[0].variant,
+                    100.0 * d.delta,
+                    100.0 * d.low,
+                    100.0 * d.high,
+                    if d.significant() {
+                        " (significant)"
+                    } else {
+                        " (not significant)"
+                    }
+                );
+            }
+        }
+    }
+    Ok(())
+}

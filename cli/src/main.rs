@@ -61,6 +61,11 @@ enum Command {
         #[command(subcommand)]
         what: features::EventsCommand,
     },
+    /// A/B tests: what each variant achieved, from the event log.
+    Ab {
+        #[command(subcommand)]
+        what: features::AbCommand,
+    },
     /// The edge node: recommendations and events over HTTP, following the registry.
     Edge {
         #[command(subcommand)]
@@ -141,6 +146,7 @@ fn main() -> Result<()> {
         Command::Features { what } => features::run_features(what),
         Command::Events { what } => features::run_events(what),
         Command::Edge { what } => edge::run(what),
+        Command::Ab { what } => features::run_ab(what),
         Command::Bench {
             what: BenchCommand::Rank(args),
         } => bench::run(args),

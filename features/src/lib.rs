@@ -11,7 +11,9 @@
 //!   acknowledged, then the store; replay after a crash applies nothing twice.
 //! - [`log`]: WAL segments shipped as time-partitioned Parquet files to a folder or S3, and read back by time range.
 //! - [`catalogue`]: item metadata from catalogue files and popularity recomputed from the log.
+//! - [`ab_report`]: each A/B variant's click-through and hit rate from the log, with confidence intervals.
 
+pub mod ab_report;
 pub mod catalogue;
 pub mod config;
 pub mod dynamodb;

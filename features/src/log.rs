@@ -382,6 +382,14 @@ impl EventLog {
         }
     }
 
+    /// Where the log is, for messages: a folder path or `s3://bucket`.
+    pub fn describe(&self) -> String {
+        match self {
+            EventLog::Folder(dir) => dir.display().to_string(),
+            EventLog::S3 { bucket, .. } => format!("s3://{bucket}"),
+        }
+    }
+
     /// Creates the bucket (S3) or folder unless it exists.
     pub async fn ensure_created(&self) -> Result<(), LogError> {
         match self {

@@ -181,6 +181,7 @@ pub fn run_with<S: FeatureStore>(
             actix_web::App::new().configure(move |c| http::configure(c, state))
         })
         .workers(config.worker_count())
+        .shutdown_timeout(5)
         .bind(&config.listen)
         .map_err(|source| NodeError::Listen {
             address: config.listen.clone(),
@@ -195,20 +196,27 @@ pub fn run_with<S: FeatureStore>(
     let _ = follower.join();
     refresh.abort();
     shipper.abort();
-    background.block_on(async {
-        let shipped =
-            tokio::time::timeout(Duration::from_secs(10), ingest.ship(&event_log, true)).await;
-        if !matches!(shipped, Ok(Ok(_))) {
-            log_line(
-                "shipper",
-                serde_json::json!({"warning": "not everything was shipped at shutdown; the write-ahead log keeps it for the next start"}),
-            );
-        }
+    // With the store down nothing can be applied, so nothing can be shipped: give up quickly, the write-ahead log
+    // keeps every acknowledged record for the next start.
+    let shipped = background.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), ingest.ship(&event_log, true)).await
     });
-    if let Ok(ingest) = Arc::try_unwrap(ingest) {
-        background.block_on(async {
-            let _ = tokio::time::timeout(Duration::from_secs(10), ingest.close()).await;
-        });
+    match shipped {
+        Ok(Ok(_)) => {
+            if let Ok(ingest) = Arc::try_unwrap(ingest) {
+                let _ = background.block_on(ingest.close());
+            }
+        }
+        failed => log_line(
+            "shipper",
+            serde_json::json!({
+                "warning": "not everything was shipped at shutdown; the write-ahead log keeps it for the next start",
+                "error": match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out waiting for the feature store".into(),
+                },
+            }),
+        ),
     }
     served
 }
