@@ -30,7 +30,7 @@ pub struct DatasetArgs {
     pub(crate) dataset: String,
     /// Where datasets are kept (default ~/.cache/edgerec/data).
     #[arg(long, env = "EDGEREC_DATA_DIR")]
-    data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
 }
 
 impl DatasetArgs {
@@ -89,6 +89,7 @@ impl DatasetArgs {
             interactions_sha256: interactions_digest(&data.interactions),
             split,
             source: None,
+            catalogue: data.items,
         })
     }
 }
@@ -102,6 +103,8 @@ pub struct LoadedDataset {
     pub split: Split,
     /// Where the data came from beyond the dataset's name (the event log's range and files).
     pub source: Option<serde_json::Value>,
+    /// Titles and genres of the items, where the dataset has them.
+    pub catalogue: std::collections::BTreeMap<String, edgerec_features::item::ItemMetadata>,
 }
 
 pub(crate) fn interactions_digest(interactions: &[edgerec_trainer::data::Interaction]) -> String {

@@ -50,6 +50,9 @@ pub struct ServeArgs {
     /// Plan poll interval in milliseconds.
     #[arg(long)]
     poll_ms: Option<u64>,
+    /// Serve this folder's static files at `/` (the web demo page).
+    #[arg(long)]
+    web_demo: Option<PathBuf>,
     /// The WASI ranker module (default: the one scripts/build-wasm.sh built).
     #[arg(long, env = "EDGEREC_WASI_RANKER")]
     wasm: Option<PathBuf>,
@@ -84,6 +87,9 @@ impl ServeArgs {
         }
         if let Some(poll) = self.poll_ms {
             config.registry.poll_interval_ms = poll.max(1);
+        }
+        if let Some(dir) = self.web_demo {
+            config.web_demo = Some(dir);
         }
         if let Some(wasm) = self.wasm {
             config.ranker_wasm = Some(wasm);

@@ -4,6 +4,7 @@ mod bench;
 mod bench_features;
 mod bench_registry;
 mod data;
+mod demo;
 mod edge;
 mod features;
 mod paths;
@@ -30,6 +31,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// The whole system on this machine: train, publish, deploy, serve, replay MovieLens as live traffic.
+    Demo(Box<demo::DemoArgs>),
     /// Rank items for one user with a model bundle.
     Rank(RankArgs),
     /// Public datasets and the leave-last-out split.
@@ -137,6 +140,7 @@ fn parse_context(text: &str) -> Result<(String, f64), String> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Demo(args) => demo::run(*args),
         Command::Rank(args) => rank(args),
         Command::Data { what } => data::run(what),
         Command::Eval(args) => data::eval(args),

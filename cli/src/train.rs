@@ -125,6 +125,7 @@ fn load_event_log(args: &TrainArgs) -> Result<crate::data::LoadedDataset> {
             "logged_histories": data.logged_histories,
             "files": slice.files,
         })),
+        catalogue: Default::default(),
     })
 }
 

@@ -162,7 +162,8 @@ pub fn ab_report(slice: &LogSlice, surface: &str, window_ms: i64) -> AbReport {
         }
         let next = request.user.as_deref().and_then(|user| {
             let events = by_user.get(user)?;
-            let after = events.partition_point(|(time, _)| *time <= request.time_ms);
+            // At or after: a reaction logged in the same millisecond as the answer counts.
+            let after = events.partition_point(|(time, _)| *time < request.time_ms);
             events
                 .get(after)
                 .filter(|(time, _)| *time - request.time_ms <= window_ms)

@@ -28,6 +28,8 @@ pub struct NodeConfig {
     pub ship_interval_ms: u64,
     /// How often item popularity (the fallback ranking) is re-read from the feature store.
     pub popularity_refresh_ms: u64,
+    /// A folder served as static files at `/` (the web demo).
+    pub web_demo: Option<PathBuf>,
     /// One JSON line per request on stderr (errors and lifecycle events are always logged).
     pub access_log: bool,
     /// Feature store, write-ahead log and event log (embedded under `features.data_dir` unless it has `aws`).
@@ -50,6 +52,7 @@ impl Default for NodeConfig {
             feature_cache: FeatureCacheConfig::default(),
             ship_interval_ms: 60_000,
             popularity_refresh_ms: 60_000,
+            web_demo: None,
             access_log: false,
             features: FeaturesConfig::default(),
         }
@@ -114,8 +117,8 @@ pub struct Deadlines {
     pub load_ms: u64,
     /// Reading a user's features; past it the request is ranked from its own recent items.
     pub features_ms: u64,
-    /// After a failed feature read, the store is not asked again for this long (requests go straight to the
-    /// fallback instead of each waiting for the deadline).
+    /// After three failed feature reads in a row, the store is not asked again for this long (requests go
+    /// straight to the fallback instead of each waiting for the deadline).
     pub features_retry_ms: u64,
 }
 

@@ -2,12 +2,12 @@
 //! after failures, and item popularity for answers that cannot come from the model.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use edgerec_core::ScoredItem;
 use edgerec_features::store::FeatureStore;
-use tokio::runtime::Handle;
 
 use crate::config::{Deadlines, FeatureCacheConfig};
 use crate::deployment::Deployments;
@@ -19,7 +19,9 @@ pub enum FeatureReadError {
     Store(String),
     #[error("the feature store did not answer within {0:?}")]
     Timeout(Duration),
-    #[error("the feature store failed recently; not asked again until it has had time to recover")]
+    #[error(
+        "the feature store failed several times in a row; not asked again until it has had time to recover"
+    )]
     Paused,
 }
 
@@ -35,14 +37,18 @@ type CachedUsers = HashMap<String, (Instant, Arc<[String]>)>;
 
 pub struct UserFeatureReader<S> {
     store: Arc<S>,
-    runtime: Handle,
     ttl: Duration,
     capacity: usize,
     timeout: Duration,
     retry_after: Duration,
     cache: Mutex<CachedUsers>,
+    consecutive_failures: AtomicU32,
     paused_until: Mutex<Option<Instant>>,
 }
+
+/// Failed reads in a row after which the store is left alone for `features_retry_ms`: one slow read is noise, a
+/// run of them is an outage that would otherwise cost every request the full deadline.
+const FAILURES_BEFORE_PAUSE: u32 = 3;
 
 impl<S> std::fmt::Debug for UserFeatureReader<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -53,21 +59,15 @@ impl<S> std::fmt::Debug for UserFeatureReader<S> {
 }
 
 impl<S: FeatureStore> UserFeatureReader<S> {
-    /// Reads from `store` on `runtime` (the node's background runtime, so store clients live on one runtime).
-    pub fn new(
-        store: Arc<S>,
-        runtime: Handle,
-        cache: &FeatureCacheConfig,
-        deadlines: &Deadlines,
-    ) -> Self {
+    pub fn new(store: Arc<S>, cache: &FeatureCacheConfig, deadlines: &Deadlines) -> Self {
         Self {
             store,
-            runtime,
             ttl: Duration::from_millis(cache.ttl_ms),
             capacity: cache.capacity.max(1),
             timeout: Duration::from_millis(deadlines.features_ms),
             retry_after: Duration::from_millis(deadlines.features_retry_ms),
             cache: Mutex::new(HashMap::new()),
+            consecutive_failures: AtomicU32::new(0),
             paused_until: Mutex::new(None),
         }
     }
@@ -88,25 +88,27 @@ impl<S: FeatureStore> UserFeatureReader<S> {
         {
             return Err(FeatureReadError::Paused);
         }
-        let store = self.store.clone();
-        let id = vec![user.to_string()];
-        let read = self
-            .runtime
-            .spawn(async move { store.users(&id).await.map(|mut u| u.pop()) });
-        let result = match tokio::time::timeout(self.timeout, read).await {
+        // Read on the caller's runtime: the background runtime also ships the log, whose Parquet encoding would
+        // hold a read up past its deadline.
+        let id = [user.to_string()];
+        let result = match tokio::time::timeout(self.timeout, self.store.users(&id)).await {
             Err(_) => Err(FeatureReadError::Timeout(self.timeout)),
-            Ok(Err(join)) => Err(FeatureReadError::Store(join.to_string())),
-            Ok(Ok(Err(e))) => Err(FeatureReadError::Store(e.to_string())),
-            Ok(Ok(Ok(user))) => Ok(user.map(|u| u.history()).unwrap_or_default()),
+            Ok(Err(e)) => Err(FeatureReadError::Store(e.to_string())),
+            Ok(Ok(mut users)) => Ok(users.pop().map(|u| u.history()).unwrap_or_default()),
         };
         match result {
             Ok(history) => {
+                self.consecutive_failures.store(0, Ordering::Relaxed);
                 let items: Arc<[String]> = history.into();
                 self.remember(user, items.clone());
                 Ok((items, FeatureSource::Store))
             }
             Err(e) => {
-                *self.lock_pause() = Some(Instant::now() + self.retry_after);
+                if self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
+                    >= FAILURES_BEFORE_PAUSE
+                {
+                    *self.lock_pause() = Some(Instant::now() + self.retry_after);
+                }
                 Err(e)
             }
         }

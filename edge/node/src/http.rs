@@ -80,6 +80,15 @@ async fn readyz<S: FeatureStore>(state: Shared<S>) -> HttpResponse {
 }
 
 async fn metrics<S: FeatureStore>(state: Shared<S>) -> HttpResponse {
+    let ingest = state.ingest.stats();
+    state
+        .metrics
+        .ingest_backlog
+        .set(ingest.durable_seq.saturating_sub(ingest.applied_seq) as i64);
+    state
+        .metrics
+        .ingest_apply_failures
+        .set(ingest.apply_failures as i64);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())
@@ -141,8 +150,12 @@ async fn observe<S: FeatureStore>(
     Ok(response)
 }
 
-/// Registers every route on `config`.
-pub fn configure<S: FeatureStore>(config: &mut web::ServiceConfig, state: Shared<S>) {
+/// Registers every route on `config`, and the static web demo at `/` when `web_demo` names its folder.
+pub fn configure<S: FeatureStore>(
+    config: &mut web::ServiceConfig,
+    state: Shared<S>,
+    web_demo: Option<std::path::PathBuf>,
+) {
     let limits = state.limits.clone();
     config
         .app_data(state)
@@ -163,8 +176,11 @@ pub fn configure<S: FeatureStore>(config: &mut web::ServiceConfig, state: Shared
                         .route(web::post().to(events::<S>)),
                 )
                 .route("/deployments", web::get().to(deployments::<S>)),
-        )
-        .default_service(web::to(|| async {
-            error_body(StatusCode::NOT_FOUND, "not_found", "no such route")
-        }));
+        );
+    if let Some(dir) = web_demo {
+        config.service(actix_files::Files::new("/", dir).index_file("index.html"));
+    }
+    config.default_service(web::to(|| async {
+        error_body(StatusCode::NOT_FOUND, "not_found", "no such route")
+    }));
 }

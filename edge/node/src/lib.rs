@@ -163,22 +163,18 @@ pub fn run_with<S: FeatureStore>(
         limits: config.limits.clone(),
         access_log: config.access_log,
         deployments,
-        features: UserFeatureReader::new(
-            store,
-            background.handle().clone(),
-            &config.feature_cache,
-            &config.deadlines,
-        ),
+        features: UserFeatureReader::new(store, &config.feature_cache, &config.deadlines),
         popularity,
         ingest: ingest.clone(),
         metrics,
         boot_ms: edgerec_features::now_ms(),
         requests: AtomicU64::new(0),
     });
+    let web_demo = config.web_demo.clone();
     let served = actix_web::rt::System::new().block_on(async {
         let server = actix_web::HttpServer::new(move || {
-            let state = state.clone();
-            actix_web::App::new().configure(move |c| http::configure(c, state))
+            let (state, web_demo) = (state.clone(), web_demo.clone());
+            actix_web::App::new().configure(move |c| http::configure(c, state, web_demo))
         })
         .workers(config.worker_count())
         .shutdown_timeout(5)

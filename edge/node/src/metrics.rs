@@ -22,6 +22,9 @@ pub struct NodeMetrics {
     pub plan_revision: IntGaugeVec,
     pub feature_reads: IntCounterVec,
     pub events: IntCounterVec,
+    /// Write-ahead log records not yet applied to the feature store (set when metrics are read).
+    pub ingest_backlog: prometheus::IntGauge,
+    pub ingest_apply_failures: prometheus::IntGauge,
 }
 
 impl Default for NodeMetrics {
@@ -111,6 +114,14 @@ impl NodeMetrics {
                 ),
                 &["outcome"]
             )),
+            ingest_backlog: register!(prometheus::IntGauge::with_opts(counter(
+                "ingest_backlog_records",
+                "Acknowledged records the feature store has not applied yet."
+            ))),
+            ingest_apply_failures: register!(prometheus::IntGauge::with_opts(counter(
+                "ingest_apply_failures",
+                "Failed attempts to apply acknowledged records to the feature store (retried)."
+            ))),
             registry,
         }
     }
