@@ -24,8 +24,8 @@ const EVENT_BATCH: usize = 1_000;
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// Train with the full settings (about 25 minutes on 2 cores, test HR@10 about 0.31) instead of the quick
-    /// ones (4 epochs, a few minutes).
+    /// Train with the full settings (about 25 minutes on 2 cores, test HR@10 about 0.31 on ML-1M) instead of the
+    /// quick ones (8 epochs at a higher learning rate, about 4 minutes).
     #[arg(long)]
     full: bool,
     /// The data set (default movielens-1m); any `edgerec train` data set works.
@@ -357,8 +357,10 @@ fn train(exe: &Path, args: &DemoArgs, loaded: &LoadedDataset) -> Result<(PathBuf
             (Some(config), _) => {
                 command.arg("--config").arg(config);
             }
+            // A short cosine schedule at twice the default rate: about 4 minutes on 2 cores, test HR@10 about
+            // 0.25 on ML-1M (the full setting: 0.31 in 26 minutes).
             (None, false) => {
-                command.args(["--max-epochs", "4"]);
+                command.args(["--max-epochs", "8", "--learning-rate", "0.002"]);
             }
             (None, true) => {}
         }
@@ -475,7 +477,7 @@ fn load_history(node_url: &str, loaded: &LoadedDataset, stop: &AtomicBool) -> Re
                         return;
                     }
                     let done = sent.fetch_add(batch.len(), Ordering::SeqCst) + batch.len();
-                    if i % 100 == 0 {
+                    if i.is_multiple_of(100) {
                         eprint!("\rhistory: {done}/{} events sent", events.len());
                     }
                 }
