@@ -19,15 +19,15 @@ pub enum EdgeCommand {
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// JSON configuration file (every field optional; see `edgerec edge print-config`); EDGEREC_NODE_* variables
-    /// and these flags override it.
+    /// JSON configuration file (every field optional; see `edgerec edge print-config`); EDGEREC_NODE_LISTEN,
+    /// EDGEREC_NODE_DATA_DIR, EDGEREC_NODE_ID and these flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Address to listen on (port 0: any free port).
     #[arg(long)]
     listen: Option<String>,
-    /// The registry to follow.
-    #[arg(long)]
+    /// The registry to follow (default http://127.0.0.1:7070).
+    #[arg(long, env = "EDGEREC_REGISTRY")]
     registry: Option<String>,
     /// A registry token with the `read` scope.
     #[arg(long, env = "EDGEREC_TOKEN", hide_env_values = true)]

@@ -38,7 +38,6 @@ fn edgerec() -> Command {
         "EDGEREC_TOKEN",
         "EDGEREC_REGISTRY",
         "EDGEREC_NODE_LISTEN",
-        "EDGEREC_NODE_REGISTRY",
         "EDGEREC_NODE_DATA_DIR",
         "EDGEREC_NODE_ID",
         "EDGEREC_FEATURES_DATA_DIR",

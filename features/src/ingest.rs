@@ -243,7 +243,17 @@ impl<S: FeatureStore> Ingest<S> {
 
     /// Writes served requests durably (the serving log); they go to the event log with the events.
     pub async fn log_served(&self, served: Vec<ServedRequest>) -> Result<Ack, IngestError> {
-        self.send(Vec::new(), served).await
+        self.queue_served(served)?.await
+    }
+
+    /// Hands served requests to the log writer now and returns a future of their acknowledgement, so that an
+    /// answer need not wait for the sync: the records are in the writer's queue, ahead of any later roll or
+    /// shutdown, before this returns.
+    pub fn queue_served(
+        &self,
+        served: Vec<ServedRequest>,
+    ) -> Result<impl Future<Output = Result<Ack, IngestError>> + use<S>, IngestError> {
+        self.enqueue(Vec::new(), served)
     }
 
     async fn send(
@@ -251,6 +261,14 @@ impl<S: FeatureStore> Ingest<S> {
         events: Vec<Event>,
         served: Vec<ServedRequest>,
     ) -> Result<Ack, IngestError> {
+        self.enqueue(events, served)?.await
+    }
+
+    fn enqueue(
+        &self,
+        events: Vec<Event>,
+        served: Vec<ServedRequest>,
+    ) -> Result<impl Future<Output = Result<Ack, IngestError>> + use<S>, IngestError> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Append {
@@ -259,7 +277,7 @@ impl<S: FeatureStore> Ingest<S> {
                 reply,
             })
             .map_err(|_| IngestError::Stopped)?;
-        answer.await.map_err(|_| IngestError::Stopped)?
+        Ok(async move { answer.await.map_err(|_| IngestError::Stopped)? })
     }
 
     /// The highest sequence number up to which the store has applied everything.

@@ -162,8 +162,8 @@ impl Default for FeatureCacheConfig {
 }
 
 impl NodeConfig {
-    /// The file at `path` (defaults where absent), then `EDGEREC_NODE_LISTEN`, `EDGEREC_NODE_REGISTRY`,
-    /// `EDGEREC_NODE_DATA_DIR` and `EDGEREC_NODE_ID` over it.
+    /// The file at `path` (defaults where absent), then `EDGEREC_NODE_LISTEN`, `EDGEREC_NODE_DATA_DIR` and
+    /// `EDGEREC_NODE_ID` over it.
     pub fn load(path: Option<&Path>) -> Result<Self, String> {
         let mut config: Self = match path {
             Some(path) => {
@@ -176,9 +176,6 @@ impl NodeConfig {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         if let Some(listen) = var("EDGEREC_NODE_LISTEN") {
             config.listen = listen;
-        }
-        if let Some(url) = var("EDGEREC_NODE_REGISTRY") {
-            config.registry.url = url;
         }
         if let Some(dir) = var("EDGEREC_NODE_DATA_DIR") {
             config.features.data_dir = dir.into();

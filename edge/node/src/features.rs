@@ -191,3 +191,162 @@ impl Popularity {
         Ok(count)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU8;
+
+    use edgerec_features::embedded::EmbeddedFeatureStore;
+    use edgerec_features::event::{Event, EventKind};
+    use edgerec_features::item::ItemFeatures;
+    use edgerec_features::store::{FeatureSettings, Sequenced, StoreError};
+    use edgerec_features::user::UserFeatures;
+
+    use super::*;
+
+    const UP: u8 = 0;
+    const FAILING: u8 = 1;
+    const HANGING: u8 = 2;
+
+    /// The embedded store behind a switch that makes user reads fail or hang, as an unreachable store would.
+    struct Switched {
+        inner: EmbeddedFeatureStore,
+        mode: AtomicU8,
+        reads: AtomicU32,
+    }
+
+    impl FeatureStore for Switched {
+        async fn apply(&self, node: &str, events: &[Sequenced]) -> Result<(), StoreError> {
+            self.inner.apply(node, events).await
+        }
+
+        async fn users(&self, ids: &[String]) -> Result<Vec<UserFeatures>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            match self.mode.load(Ordering::SeqCst) {
+                FAILING => Err(StoreError::Unavailable("switched off".into())),
+                HANGING => std::future::pending().await,
+                _ => self.inner.users(ids).await,
+            }
+        }
+
+        async fn items(&self, ids: &[String]) -> Result<Vec<Option<ItemFeatures>>, StoreError> {
+            self.inner.items(ids).await
+        }
+
+        async fn put_items(&self, items: &[(String, ItemFeatures)]) -> Result<(), StoreError> {
+            self.inner.put_items(items).await
+        }
+
+        async fn sync(&self) -> Result<(), StoreError> {
+            self.inner.sync().await
+        }
+    }
+
+    fn view(seq: u64, user: &str, item: &str) -> Sequenced {
+        Sequenced {
+            seq,
+            event: Event {
+                id: format!("e{seq}"),
+                user: user.into(),
+                item: item.into(),
+                kind: EventKind::View,
+                time_ms: 1_000 + seq as i64,
+                value: None,
+                request_id: None,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn cache_serves_within_its_ttl_and_repeated_failures_pause_the_store() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(Switched {
+            inner: EmbeddedFeatureStore::open(
+                &dir.path().join("f.redb"),
+                FeatureSettings::default(),
+            )
+            .expect("opens"),
+            mode: AtomicU8::new(UP),
+            reads: AtomicU32::new(0),
+        });
+        store
+            .apply("n", &[view(1, "u1", "a"), view(2, "u1", "b")])
+            .await
+            .expect("applies");
+        let reader = UserFeatureReader::new(
+            store.clone(),
+            &FeatureCacheConfig {
+                ttl_ms: 60_000,
+                capacity: 10,
+            },
+            &Deadlines {
+                features_ms: 50,
+                features_retry_ms: 60_000,
+                ..Deadlines::default()
+            },
+        );
+
+        let (items, source) = reader.recent_items("u1").await.expect("reads");
+        assert_eq!(
+            (&items[..], source),
+            (
+                &["a".to_string(), "b".to_string()][..],
+                FeatureSource::Store
+            )
+        );
+        // Within the TTL the store is not asked again, even while it is down.
+        store.mode.store(FAILING, Ordering::SeqCst);
+        let (_, source) = reader.recent_items("u1").await.expect("cached");
+        assert_eq!(source, FeatureSource::Cache);
+        assert_eq!(store.reads.load(Ordering::SeqCst), 1);
+
+        // Unknown users go to the store: two failures are reported as such, a hang as a timeout...
+        for user in ["u2", "u3"] {
+            assert!(matches!(
+                reader.recent_items(user).await,
+                Err(FeatureReadError::Store(_))
+            ));
+        }
+        store.mode.store(HANGING, Ordering::SeqCst);
+        assert_eq!(
+            reader.recent_items("u4").await,
+            Err(FeatureReadError::Timeout(Duration::from_millis(50)))
+        );
+        // ...and after the third failure in a row the store is left alone.
+        let reads = store.reads.load(Ordering::SeqCst);
+        assert_eq!(
+            reader.recent_items("u5").await,
+            Err(FeatureReadError::Paused)
+        );
+        assert_eq!(store.reads.load(Ordering::SeqCst), reads);
+    }
+
+    #[tokio::test]
+    async fn one_failure_between_successes_does_not_pause() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(Switched {
+            inner: EmbeddedFeatureStore::open(
+                &dir.path().join("f.redb"),
+                FeatureSettings::default(),
+            )
+            .expect("opens"),
+            mode: AtomicU8::new(UP),
+            reads: AtomicU32::new(0),
+        });
+        let reader = UserFeatureReader::new(
+            store.clone(),
+            &FeatureCacheConfig::default(),
+            &Deadlines::default(),
+        );
+        for round in 0..5 {
+            store.mode.store(FAILING, Ordering::SeqCst);
+            assert!(reader.recent_items(&format!("f{round}")).await.is_err());
+            store.mode.store(UP, Ordering::SeqCst);
+            let (items, _) = reader
+                .recent_items(&format!("ok{round}"))
+                .await
+                .expect("a new user reads fine");
+            assert!(items.is_empty());
+        }
+    }
+}

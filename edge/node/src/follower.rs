@@ -196,7 +196,26 @@ impl Follower {
                 if let Ok(key) = std::fs::read_to_string(&pinned) {
                     return Some(key.trim().to_string());
                 }
-                let key = self.client.signing_key().ok().filter(|k| !k.is_empty())?;
+                let key = match self.client.signing_key() {
+                    Ok(key) if !key.is_empty() => key,
+                    answer => {
+                        let error = match answer {
+                            Err(e) => e.to_string(),
+                            Ok(_) => "the registry returned an empty key".into(),
+                        };
+                        // Logged once per distinct error, like the plan polls.
+                        if self.unreachable.get("") != Some(&error) {
+                            crate::log_line(
+                                "follower",
+                                serde_json::json!({
+                                    "error": format!("cannot get the registry's signing key, so no model can be verified yet: {error}"),
+                                }),
+                            );
+                            self.unreachable.insert(String::new(), error);
+                        }
+                        return None;
+                    }
+                };
                 let written = std::fs::create_dir_all(&self.dir)
                     .and_then(|()| std::fs::write(&pinned, &key));
                 crate::log_line(

@@ -308,17 +308,29 @@ impl<S: FeatureStore> NodeState<S> {
             scores: items.iter().map(|s| s.score).collect(),
             degraded: degraded.as_ref().map(|d| d.reason.clone()),
         };
-        // The answer is not withheld when the serving log fails: users would pay for a logging fault. The failure
-        // is counted and logged, and the write-ahead log refuses writes until it is healthy again.
-        if let Err(e) = self.ingest.log_served(vec![served]).await {
-            self.metrics
-                .errors
-                .with_label_values(&["serving_log"])
-                .inc();
+        // The record is queued for the write-ahead log before the answer leaves, but the answer does not wait for
+        // the log's sync: that wait tripled the latency under load (docs/benchmarks.md). A crash can lose the last
+        // few milliseconds of served requests; events quoting them are then learnt from rebuilt histories. A failed
+        // write is counted and logged, never turned into a failed answer.
+        let written = self.ingest.queue_served(vec![served]);
+        let metrics = self.metrics.clone();
+        let id = request_id.clone();
+        let report = move |e: IngestError| {
+            metrics.errors.with_label_values(&["serving_log"]).inc();
             crate::log_line(
                 "serving_log",
-                serde_json::json!({"request_id": request_id, "error": e.to_string()}),
+                serde_json::json!({"request_id": id, "error": e.to_string()}),
             );
+        };
+        match written {
+            Ok(ack) => {
+                actix_web::rt::spawn(async move {
+                    if let Err(e) = ack.await {
+                        report(e);
+                    }
+                });
+            }
+            Err(e) => report(e),
         }
         Ok(RecommendResponse {
             request_id,
