@@ -468,12 +468,13 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
             .trim_start_matches("http://")
             .to_string(),
     );
+    let registry_url = registry.url.clone();
     let node_config = |name: &str, aws: Option<&edgerec_aws::AwsConfig>| {
         let mut config = json!({
             "listen": "127.0.0.1:0",
             "workers": 2,
             "surfaces": [SURFACE],
-            "registry": { "url": registry.url, "token": token, "poll_interval_ms": POLL_MS },
+            "registry": { "url": registry_url, "token": token, "poll_interval_ms": POLL_MS },
             "deadlines": { "features_ms": 2000 },
             "ship_interval_ms": 3_600_000,
             "features": {
@@ -594,6 +595,9 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
         .expect("rolls back")
         .revision;
     converge(&nodes, rolled_back);
+    // A third node, outside the client's rotation, learns the plan now and is restarted while the registry is down.
+    let node_c = Node::start("node-c", dir.path(), node_config("node-c", None));
+    converge(&[&node_c], rolled_back);
     for user in 0..20 {
         let answer =
             node_b.recommend(json!({"user_id": format!("rb-{user}"), "k": 3, "surface": SURFACE}));
@@ -607,6 +611,21 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
         .expect("v1's record");
     registry.stop();
     std::thread::sleep(Duration::from_millis(3 * POLL_MS));
+    // A node restarted without a registry serves the last plan it verified, from its own disk.
+    let Node { mut process, .. } = node_c;
+    process.stop();
+    let node_c = Node::start("node-c", dir.path(), node_config("node-c", None));
+    wait_for(
+        Duration::from_secs(60),
+        "the restarted node to be ready",
+        || node_c.get("/readyz").0 == 200,
+    );
+    assert_eq!(node_c.revision(), Some(rolled_back));
+    assert_eq!(
+        node_c.recommend(json!({"user_id": "restarted", "k": 3, "surface": SURFACE}))["model_version"],
+        "1.0.0"
+    );
+    drop(node_c);
     for node in nodes {
         assert_eq!(node.revision(), Some(rolled_back));
         assert!(node.metric("edgerec_node_errors_total", &[("kind", "registry")]) >= 1.0);

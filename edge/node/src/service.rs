@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use edgerec_core::{MAX_ITEM_ID_LEN, RankRequest, ScoredItem};
+use edgerec_core::{MAX_ITEM_ID_LEN, RankRequest, Ranking, ScoredItem};
 use edgerec_features::event::{Event, ServedRequest};
 use edgerec_features::ingest::{Ack, Ingest, IngestError};
 use edgerec_features::store::FeatureStore;
@@ -258,28 +258,17 @@ impl<S: FeatureStore> NodeState<S> {
                 .rank_seconds
                 .with_label_values(&[request.surface.as_str()])
                 .observe(started.elapsed().as_secs_f64());
-            match ranked {
+            match model_answer(ranked)? {
                 Ok(ranking) => {
                     unknown_items = ranking.unknown_items;
                     ranking.items
                 }
-                Err(HostError::Guest(report)) if !MODEL_FAULTS.contains(&report.kind.as_str()) => {
-                    return Err(ServiceError::BadRequest {
-                        kind: report.kind,
-                        message: report.message,
-                    });
-                }
-                Err(e) => {
-                    let reason = match e {
-                        HostError::DeadlineExceeded(_) => "deadline_exceeded",
-                        _ => "ranker_error",
-                    };
-                    self.metrics.errors.with_label_values(&[reason]).inc();
-                    degraded = Some(Degraded {
-                        reason: reason.into(),
-                        fallback: "popularity".into(),
-                        message: e.to_string(),
-                    });
+                Err(fault) => {
+                    self.metrics
+                        .errors
+                        .with_label_values(&[fault.reason.as_str()])
+                        .inc();
+                    degraded = Some(fault);
                     self.by_popularity(model, &history, &request.exclude, request.k)
                 }
             }
@@ -388,6 +377,31 @@ impl<S: FeatureStore> NodeState<S> {
     }
 }
 
+/// What a ranking attempt means for the answer: the ranking; a refusal of the request (the caller's error); or a
+/// fault of the model or ranker (deadline, trap, non-finite scores), answered by popularity and flagged.
+fn model_answer(
+    ranked: Result<Ranking, HostError>,
+) -> Result<Result<Ranking, Degraded>, ServiceError> {
+    match ranked {
+        Ok(ranking) => Ok(Ok(ranking)),
+        Err(HostError::Guest(report)) if !MODEL_FAULTS.contains(&report.kind.as_str()) => {
+            Err(ServiceError::BadRequest {
+                kind: report.kind,
+                message: report.message,
+            })
+        }
+        Err(e) => Ok(Err(Degraded {
+            reason: match e {
+                HostError::DeadlineExceeded(_) => "deadline_exceeded",
+                _ => "ranker_error",
+            }
+            .into(),
+            fallback: "popularity".into(),
+            message: e.to_string(),
+        })),
+    }
+}
+
 /// Appends `recent` to `history`, each item once at its latest position (as the feature store keeps them).
 fn merge_recent(history: &mut Vec<String>, recent: &[String]) {
     if recent.is_empty() {
@@ -407,6 +421,46 @@ mod tests {
 
     fn ids(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn model_faults_fall_back_and_request_errors_are_refused() {
+        use edgerec_core::ErrorReport;
+        let fault = |e: HostError| match model_answer(Err(e)) {
+            Ok(Err(degraded)) => degraded,
+            other => panic!("expected a fallback, got {other:?}"),
+        };
+        let late = fault(HostError::DeadlineExceeded(
+            std::time::Duration::from_millis(50),
+        ));
+        assert_eq!(
+            (late.reason.as_str(), late.fallback.as_str()),
+            ("deadline_exceeded", "popularity")
+        );
+        assert_eq!(
+            fault(HostError::Trap("unreachable".into())).reason,
+            "ranker_error"
+        );
+        assert_eq!(
+            fault(HostError::Guest(ErrorReport::new(
+                "non_finite_score",
+                "NaN"
+            )))
+            .reason,
+            "ranker_error"
+        );
+        match model_answer(Err(HostError::Guest(ErrorReport::new(
+            "invalid_features",
+            "bad context",
+        )))) {
+            Err(ServiceError::BadRequest { kind, .. }) => assert_eq!(kind, "invalid_features"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let ranking = Ranking {
+            items: Vec::new(),
+            unknown_items: vec!["x".into()],
+        };
+        assert!(matches!(model_answer(Ok(ranking.clone())), Ok(Ok(r)) if r == ranking));
     }
 
     #[test]
