@@ -417,6 +417,59 @@ fn deploy(client: &RegistryClient, variants: &[(&str, &str, u32)], reason: &str)
         .revision
 }
 
+/// Every kind of bad request gets a precise JSON error, and the node keeps answering good ones.
+fn refuses_bad_requests(node: &Node) {
+    let refused = |body: Value, status: u16, kind: &str| {
+        let (got, answer) = node.post("/v1/recommend", &body).expect("answers");
+        assert_eq!(
+            (got, answer["error"]["kind"].as_str()),
+            (status, Some(kind)),
+            "{body}: {answer}"
+        );
+    };
+    refused(
+        json!({"k": 3, "surface": "checkout"}),
+        404,
+        "unknown_surface",
+    );
+    refused(json!({"k": 0, "surface": SURFACE}), 400, "invalid_k");
+    refused(json!({"k": 100000, "surface": SURFACE}), 400, "invalid_k");
+    refused(json!({"k": 3}), 400, "invalid_json");
+    refused(
+        json!({"k": 3, "surface": SURFACE, "colour": "red"}),
+        400,
+        "invalid_json",
+    );
+    refused(
+        json!({"k": 3, "surface": SURFACE, "user_id": ""}),
+        400,
+        "invalid_id",
+    );
+    refused(
+        json!({"k": 3, "surface": SURFACE, "recent_items": vec!["m1"; 501]}),
+        400,
+        "request_too_large",
+    );
+    refused(
+        json!({"k": 3, "surface": SURFACE, "exclude": vec!["x".repeat(100); 3000]}),
+        413,
+        "too_large",
+    );
+    let (status, answer) = node
+        .post("/v1/events", &json!({"events": [{"id": "e", "user": "u", "item": "i", "kind": "view", "time_ms": 0}]}))
+        .expect("answers");
+    assert_eq!(
+        (status, answer["error"]["kind"].as_str()),
+        (400, Some("invalid_events")),
+        "{answer}"
+    );
+    // Items the model does not know are skipped and reported, not an error.
+    let answer =
+        node.recommend(json!({"k": 3, "surface": SURFACE, "recent_items": ["m1", "no-such-item"]}));
+    assert_eq!(answer["unknown_items"], json!(["no-such-item"]));
+    assert_eq!(answer["items"].as_array().map(Vec::len), Some(3));
+}
+
 /// What the background client saw.
 #[derive(Default)]
 struct Traffic {
@@ -496,6 +549,27 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
     for node in nodes {
         assert_eq!(node.get("/readyz").0, 200);
     }
+    refuses_bad_requests(&node_a);
+
+    // A node with a wrong registry token never becomes ready, says why, and refuses to guess an answer.
+    let mut bad_token = node_config("node-bad-token", None);
+    bad_token["registry"]["token"] = json!("erk_not-a-real-token");
+    let locked_out = Node::start("node-bad-token", dir.path(), bad_token);
+    let log = dir.path().join("node-bad-token.log");
+    wait_for(
+        Duration::from_secs(30),
+        "the node to log the refusal",
+        || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("401")),
+    );
+    assert_eq!(locked_out.get("/readyz").0, 503);
+    let (status, answer) = locked_out
+        .post("/v1/recommend", &json!({"k": 3, "surface": SURFACE}))
+        .expect("answers");
+    assert_eq!(
+        (status, answer["error"]["kind"].as_str()),
+        (503, Some("not_ready"))
+    );
+    drop(locked_out);
 
     // A client sends requests to both nodes for the whole test.
     let traffic = Arc::new(Traffic::default());
