@@ -136,6 +136,17 @@ pub fn run(args: DemoArgs) -> Result<()> {
         });
     }
     std::fs::create_dir_all(&args.dir)?;
+    // A registry or node already listening there would answer in place of ours (and refuse our token).
+    for (what, address, flag) in [
+        ("registry", &args.registry_listen, "--registry-listen"),
+        ("edge node", &args.node_listen, "--node-listen"),
+    ] {
+        if let Err(e) = std::net::TcpListener::bind(address) {
+            bail!(
+                "cannot use {address} for the demo's {what}: {e} (is another demo or server running? pass {flag})"
+            );
+        }
+    }
 
     let dataset = DatasetArgs {
         dataset: args.dataset.clone(),

@@ -75,6 +75,20 @@ fn demo_trains_serves_replays_and_stops() {
         TcpListener::bind(("127.0.0.1", port))
             .unwrap_or_else(|e| panic!("port {port} still taken after the demo: {e}"));
     }
+    // A port in use is refused up front, with the flag that changes it.
+    let taken = TcpListener::bind("127.0.0.1:0").expect("binds");
+    let busy = Command::new(env!("CARGO_BIN_EXE_edgerec"))
+        .current_dir(dir.path())
+        .args(["demo", "--dataset", "walks.csv", "--dir", "run"])
+        .args([
+            "--registry-listen",
+            &taken.local_addr().expect("address").to_string(),
+        ])
+        .output()
+        .expect("runs the demo");
+    assert!(!busy.status.success());
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("--registry-listen"));
+
     // The node shipped its log when it stopped: the A/B report sees every replayed request.
     let report = Command::new(env!("CARGO_BIN_EXE_edgerec"))
         .current_dir(dir.path())
