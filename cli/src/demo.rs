@@ -350,6 +350,18 @@ fn train(exe: &Path, args: &DemoArgs, loaded: &LoadedDataset) -> Result<(PathBuf
         (None, true) => "full",
         (None, false) => "quick",
     };
+    // A custom settings file gets its own folder per content, so editing it trains again.
+    let setting = match &args.train_config {
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            format!(
+                "{setting}-{}",
+                &edgerec_core::Digest::of(&bytes).to_string()[..12]
+            )
+        }
+        None => setting.to_string(),
+    };
     let out = args.dir.join(format!("model-{}-{setting}", loaded.name));
     let bundle = out.join("bundle");
     let report = out.join("report.json");

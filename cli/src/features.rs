@@ -294,6 +294,9 @@ pub enum AbCommand {
         /// How many days back to read.
         #[arg(long, default_value_t = 7.0)]
         days: f64,
+        /// The variant the others are compared with (the first one served if no variant has this name).
+        #[arg(long, default_value = "control")]
+        control: String,
         /// A hit is the user's next interaction within this many minutes of the request.
         #[arg(long, default_value_t = 30)]
         window_minutes: i64,
@@ -307,6 +310,7 @@ pub fn run_ab(command: AbCommand) -> Result<()> {
     let AbCommand::Report {
         store,
         surface,
+        control,
         days,
         window_minutes,
         json,
@@ -318,7 +322,8 @@ pub fn run_ab(command: AbCommand) -> Result<()> {
     let slice = runtime()?
         .block_on(log.read(from, to))
         .context("reading the event log")?;
-    let report = edgerec_features::ab_report::ab_report(&slice, &surface, window_minutes * 60_000);
+    let report =
+        edgerec_features::ab_report::ab_report(&slice, &surface, &control, window_minutes * 60_000);
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

@@ -332,7 +332,8 @@ fn manifest_for(version: &str, model: &[u8]) -> Vec<u8> {
     serde_json::to_vec_pretty(&manifest).expect("serialises")
 }
 
-/// The golden model with every float constant replaced by NaN: it loads, and every score it gives is NaN.
+/// The golden model with every float constant replaced by NaN: it parses, and every score it gives is NaN, so the
+/// ranker's load-time probe refuses it.
 fn nan_model() -> Vec<u8> {
     let bytes = std::fs::read(golden_dir().join(MODEL_FILE)).expect("golden model");
     let mut model = tract_onnx::pb::ModelProto::decode(&bytes[..]).expect("decodes");
@@ -559,7 +560,10 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
     wait_for(
         Duration::from_secs(30),
         "the node to log the refusal",
-        || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("401")),
+        || {
+            std::fs::read_to_string(&log)
+                .is_ok_and(|l| l.contains("answered 401 (unauthenticated)"))
+        },
     );
     assert_eq!(locked_out.get("/readyz").0, 503);
     let (status, answer) = locked_out
@@ -656,6 +660,15 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
         *by_variant
             .entry(a["variant"].as_str().unwrap_or("?").into())
             .or_default() += 1;
+        // Candidate users click what node A showed them; control users do not.
+        if a["variant"] == "candidate" {
+            let click = json!({"events": [{
+                "id": format!("click-{user}"), "user": format!("ab-{user}"), "item": a["items"][0]["item"],
+                "kind": "click", "time_ms": edgerec_features::now_ms(), "request_id": a["request_id"],
+            }]});
+            let (status, ack) = node_a.post("/v1/events", &click).expect("answers");
+            assert_eq!((status, ack["accepted"].as_u64()), (200, Some(1)), "{ack}");
+        }
     }
     assert_eq!(
         by_variant.len(),
@@ -786,6 +799,40 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
             .iter()
             .any(|s| s.variant == "candidate" && s.model_version == "2.0.0")
     );
+
+    // The A/B report reads node A's log: every candidate click is attributed, none to control.
+    let report = edgerec()
+        .args(["ab", "report", "--surface", SURFACE, "--json", "--data"])
+        .arg(dir.path().join("node-a"))
+        .output()
+        .expect("runs the report");
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let report: Value = serde_json::from_slice(&report.stdout).expect("JSON report");
+    let outcome = |variant: &str| {
+        report["variants"]
+            .as_array()
+            .and_then(|v| v.iter().find(|o| o["variant"] == variant))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {variant} in {report}"))
+    };
+    assert_eq!(
+        report["variants"][0]["variant"], "control",
+        "the control comes first"
+    );
+    assert_eq!(outcome("control")["click_through"]["successes"], 0);
+    assert_eq!(
+        outcome("candidate")["click_through"]["successes"].as_u64(),
+        Some(by_variant["candidate"] as u64)
+    );
+    let requests: u64 = report["variants"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|o| o["requests"].as_u64()).sum())
+        .unwrap_or(0);
+    assert_eq!(requests as usize, served.len());
     let failures = traffic.failures.lock().expect("lock").clone();
     let answered = traffic.answered.load(Ordering::SeqCst);
     eprintln!(

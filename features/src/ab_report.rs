@@ -48,22 +48,21 @@ impl Proportion {
         }
     }
 
-    /// This rate minus `control`'s, with a 95% interval (unpooled normal approximation).
-    pub fn difference(&self, control: &Proportion) -> Difference {
-        let variance = |p: &Proportion| {
-            if p.trials == 0 {
-                0.0
-            } else {
-                p.rate * (1.0 - p.rate) / p.trials as f64
-            }
-        };
-        let delta = self.rate - control.rate;
-        let half = Z95 * (variance(self) + variance(control)).sqrt();
-        Difference {
-            delta,
-            low: delta - half,
-            high: delta + half,
+    /// This rate minus `control`'s, with Newcombe's hybrid score interval (95%; built from the two Wilson
+    /// intervals, so it stays sensible near 0% and 100%, where the normal approximation claims certainty), or
+    /// `None` when either side has no trials.
+    pub fn difference(&self, control: &Proportion) -> Option<Difference> {
+        if self.trials == 0 || control.trials == 0 {
+            return None;
         }
+        let delta = self.rate - control.rate;
+        Some(Difference {
+            delta,
+            low: delta
+                - ((self.rate - self.low).powi(2) + (control.high - control.rate).powi(2)).sqrt(),
+            high: delta
+                + ((self.high - self.rate).powi(2) + (control.rate - control.low).powi(2)).sqrt(),
+        })
     }
 }
 
@@ -103,8 +102,9 @@ pub struct AbReport {
 }
 
 /// The report of `surface` over `slice`. A hit counts only if the next interaction comes within `window_ms` of
-/// the request. Variants are listed in order of first appearance, so the control is the first one served.
-pub fn ab_report(slice: &LogSlice, surface: &str, window_ms: i64) -> AbReport {
+/// the request. The variant named `control` comes first and the others are compared with it; without it in the
+/// log, the first variant served is the reference.
+pub fn ab_report(slice: &LogSlice, surface: &str, control: &str, window_ms: i64) -> AbReport {
     let served: Vec<&ServedRequest> = slice
         .served
         .iter()
@@ -174,6 +174,10 @@ pub fn ab_report(slice: &LogSlice, surface: &str, window_ms: i64) -> AbReport {
         }
     }
 
+    if let Some(position) = order.iter().position(|v| *v == control) {
+        let named = order.remove(position);
+        order.insert(0, named);
+    }
     let mut variants: Vec<VariantOutcome> = order
         .iter()
         .map(|name| {
@@ -192,9 +196,8 @@ pub fn ab_report(slice: &LogSlice, surface: &str, window_ms: i64) -> AbReport {
         .collect();
     if let Some((control, others)) = variants.split_first_mut() {
         for other in others {
-            other.click_through_vs_control =
-                Some(other.click_through.difference(&control.click_through));
-            other.hit_rate_vs_control = Some(other.hit_rate.difference(&control.hit_rate));
+            other.click_through_vs_control = other.click_through.difference(&control.click_through);
+            other.hit_rate_vs_control = other.hit_rate.difference(&control.hit_rate);
         }
     }
     AbReport {
@@ -224,18 +227,24 @@ mod tests {
     }
 
     #[test]
-    fn difference_interval_and_significance() {
-        let control = Proportion::new(100, 1000);
-        let better = Proportion::new(150, 1000);
-        let d = better.difference(&control);
-        assert!((d.delta - 0.05).abs() < 1e-12);
-        // sqrt(0.1*0.9/1000 + 0.15*0.85/1000) = 0.014748; × 1.96 = 0.028906.
-        assert!((d.high - d.delta - 0.028906).abs() < 1e-5, "{d:?}");
+    fn difference_interval_matches_newcombe() {
+        // Newcombe (1998), example (a): 56/70 against 48/80 → 0.2000, method 10 interval 0.0524 to 0.3339.
+        let d = Proportion::new(56, 70)
+            .difference(&Proportion::new(48, 80))
+            .expect("both have trials");
+        assert!((d.delta - 0.2).abs() < 1e-12);
+        assert!((d.low - 0.0524).abs() < 1e-4, "{d:?}");
+        assert!((d.high - 0.3339).abs() < 1e-4, "{d:?}");
         assert!(d.significant());
+        // One success in one trial is not evidence of anything.
+        let tiny = Proportion::new(1, 1)
+            .difference(&Proportion::new(0, 1))
+            .expect("trials");
+        assert!(!tiny.significant(), "{tiny:?}");
         assert!(
-            !Proportion::new(101, 1000)
-                .difference(&control)
-                .significant()
+            Proportion::new(1, 1)
+                .difference(&Proportion::new(0, 0))
+                .is_none()
         );
     }
 
@@ -304,7 +313,7 @@ mod tests {
             ],
             files: Vec::new(),
         };
-        let report = ab_report(&slice, "home", 1_000);
+        let report = ab_report(&slice, "home", "control", 1_000);
         assert_eq!(report.variants.len(), 2);
         let control = &report.variants[0];
         assert_eq!(control.variant, "control");
@@ -336,5 +345,10 @@ mod tests {
         let d = candidate.hit_rate_vs_control.as_ref().expect("compared");
         assert!((d.delta - 0.5).abs() < 1e-12);
         assert_eq!(candidate.model_versions, ["candidate-v"]);
+
+        // The named control comes first whatever was served first.
+        let flipped = ab_report(&slice, "home", "candidate", 1_000);
+        assert_eq!(flipped.variants[0].variant, "candidate");
+        assert!(flipped.variants[0].hit_rate_vs_control.is_none());
     }
 }

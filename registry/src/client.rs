@@ -56,10 +56,15 @@ struct Reply {
 
 impl RegistryClient {
     pub fn new(base_url: &str, token: Option<&str>) -> Self {
+        Self::with_timeout(base_url, token, std::time::Duration::from_secs(300))
+    }
+
+    /// A client whose every call (upload or download included) gives up after `timeout`.
+    pub fn with_timeout(base_url: &str, token: Option<&str>, timeout: std::time::Duration) -> Self {
         Self {
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
-                .timeout_global(Some(std::time::Duration::from_secs(300)))
+                .timeout_global(Some(timeout))
                 .build()
                 .into(),
             base_url: base_url.trim_end_matches('/').to_string(),

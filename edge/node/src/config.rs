@@ -111,7 +111,8 @@ impl Default for RequestLimits {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Deadlines {
-    /// CPU time one ranking may take before the node answers by popularity instead.
+    /// Time one ranking may take (wall-clock, counted in 1 ms ticks) before it is stopped and the node answers by
+    /// popularity instead.
     pub rank_ms: u64,
     /// Loading and warming up a model in one ranker instance.
     pub load_ms: u64,

@@ -322,6 +322,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_store_is_asked_again_once_the_pause_ends() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(Switched {
+            inner: EmbeddedFeatureStore::open(
+                &dir.path().join("f.redb"),
+                FeatureSettings::default(),
+            )
+            .expect("opens"),
+            mode: AtomicU8::new(FAILING),
+            reads: AtomicU32::new(0),
+        });
+        let reader = UserFeatureReader::new(
+            store.clone(),
+            &FeatureCacheConfig::default(),
+            &Deadlines {
+                features_retry_ms: 100,
+                ..Deadlines::default()
+            },
+        );
+        for user in ["a", "b", "c"] {
+            assert!(matches!(
+                reader.recent_items(user).await,
+                Err(FeatureReadError::Store(_))
+            ));
+        }
+        assert_eq!(
+            reader.recent_items("d").await,
+            Err(FeatureReadError::Paused)
+        );
+        store.mode.store(UP, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let (_, source) = reader.recent_items("d").await.expect("the store is back");
+        assert_eq!(source, FeatureSource::Store);
+    }
+
+    #[tokio::test]
     async fn one_failure_between_successes_does_not_pause() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Arc::new(Switched {

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use edgerec_core::MODEL_FILE;
+use edgerec_core::ab;
+use edgerec_core::{Digest, MODEL_FILE};
 use edgerec_registry::client::{PlanRead, RegistryClient};
 use edgerec_registry::records::{Plan, VersionRecord};
 use serde::{Deserialize, Serialize};
@@ -19,6 +20,35 @@ use crate::deployment::{Deployment, Deployments, ServingVariant};
 use crate::host::RankerEngine;
 use crate::metrics::NodeMetrics;
 use crate::model::{LoadedModel, ModelFiles, RolloutError};
+
+/// Longest a registry call may take (a bundle download included), so that a registry that stops answering cannot
+/// hold the follower, or the node's shutdown, for long.
+const REGISTRY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Refuses a plan the node cannot serve as it is meant: another surface's, without variants, or with weights that
+/// leave users unassigned (the registry validates plans, but they are not signed).
+fn check_plan(plan: &Plan, surfaces: &[String]) -> Result<(), RolloutError> {
+    let refuse = |message: String| {
+        Err(RolloutError::Plan {
+            surface: plan.surface.clone(),
+            message,
+        })
+    };
+    if !surfaces.contains(&plan.surface) {
+        return refuse("this node does not serve that surface".into());
+    }
+    if plan.variants.is_empty() {
+        return refuse("the plan has no variants".into());
+    }
+    let total: u32 = plan.variants.iter().map(|v| v.weight).sum();
+    if total != ab::BUCKETS {
+        return refuse(format!(
+            "the variants' weights sum to {total}, not {}",
+            ab::BUCKETS
+        ));
+    }
+    Ok(())
+}
 
 /// What is kept of a surface's deployment across restarts.
 #[derive(Debug, Serialize, Deserialize)]
@@ -69,7 +99,11 @@ impl Follower {
         metrics: NodeMetrics,
     ) -> Self {
         Self {
-            client: RegistryClient::new(&config.registry.url, config.registry.token.as_deref()),
+            client: RegistryClient::with_timeout(
+                &config.registry.url,
+                config.registry.token.as_deref(),
+                REGISTRY_TIMEOUT,
+            ),
             configured_key: config.registry.public_key.clone(),
             public_key: None,
             surfaces: config.surfaces.clone(),
@@ -161,6 +195,14 @@ impl Follower {
         if self.refused.get(surface) == Some(&plan.revision) {
             return;
         }
+        if plan.surface != surface {
+            let error = RolloutError::Plan {
+                surface: surface.to_string(),
+                message: format!("the registry answered with the plan of `{}`", plan.surface),
+            };
+            self.failed(surface, plan.revision, &error);
+            return;
+        }
         if let Err(e) = self.roll_out(&key, &plan, Source::Registry) {
             self.failed(surface, plan.revision, &e);
         }
@@ -235,6 +277,7 @@ impl Follower {
 
     fn roll_out(&mut self, key: &str, plan: &Plan, source: Source) -> Result<(), RolloutError> {
         let started = Instant::now();
+        check_plan(plan, &self.surfaces)?;
         let mut variants = Vec::with_capacity(plan.variants.len());
         let mut records = Vec::with_capacity(plan.variants.len());
         for variant in &plan.variants {
@@ -317,11 +360,23 @@ impl Follower {
         Ok(())
     }
 
-    /// The files of `record`: from this node's verified copies when it has them, else from the registry.
+    /// The files of `record`: from this node's copies when they still match the record, else from the registry
+    /// (a damaged copy is removed, so the fresh download replaces it).
     fn files(&self, record: VersionRecord, online: bool) -> Result<ModelFiles, RolloutError> {
         let dir = self.bundle_dir(&record);
         let local = std::fs::read(dir.join("manifest.json"))
-            .and_then(|m| Ok((m, std::fs::read(dir.join(MODEL_FILE))?)));
+            .and_then(|m| Ok((m, std::fs::read(dir.join(MODEL_FILE))?)))
+            .map_err(|e| e.to_string())
+            .and_then(|(manifest, model)| {
+                let intact = Digest::of(&manifest) == record.manifest_digest
+                    && record.files.get(MODEL_FILE) == Some(&Digest::of(&model));
+                if intact {
+                    Ok((manifest, model))
+                } else {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    Err("the local copy does not match the record's digests; removed".to_string())
+                }
+            });
         let (manifest, model) = match local {
             Ok(files) => files,
             Err(_) if online => {
@@ -333,10 +388,10 @@ impl Follower {
                     self.client.blob(model_digest)?,
                 )
             }
-            Err(e) => {
+            Err(message) => {
                 return Err(RolloutError::Io {
                     path: dir.display().to_string(),
-                    message: e.to_string(),
+                    message,
                 });
             }
         };

@@ -86,8 +86,9 @@ pub fn run(config: NodeConfig, on_listening: impl FnOnce(&[SocketAddr])) -> Resu
     }
 }
 
-/// Runs a node on `store`, whose clients live on `background` (the runtime that also runs the ingest's applier,
-/// the log shipper and the popularity refresh).
+/// Runs a node on `store`. `background` runs the ingest's applier, the log shipper and the popularity refresh;
+/// user feature reads run on the HTTP workers' own runtimes (tokio I/O works across runtimes, and the shipper's
+/// CPU-heavy Parquet encoding must not delay them).
 pub fn run_with<S: FeatureStore>(
     config: NodeConfig,
     store: Arc<S>,
@@ -187,9 +188,10 @@ pub fn run_with<S: FeatureStore>(
         server.run().await.map_err(NodeError::from)
     });
 
-    // Stopped (or failed to start): stop following, ship what was acknowledged, close the log.
+    // Stopped (or failed to start): stop following (without waiting for a roll-out in progress: it only writes
+    // through temporary files), ship what was acknowledged, close the log.
     drop(stop_follower);
-    let _ = follower.join();
+    drop(follower);
     refresh.abort();
     shipper.abort();
     // With the store down nothing can be applied, so nothing can be shipped: give up quickly, the write-ahead log
@@ -198,11 +200,18 @@ pub fn run_with<S: FeatureStore>(
         tokio::time::timeout(Duration::from_secs(5), ingest.ship(&event_log, true)).await
     });
     match shipped {
-        Ok(Ok(_)) => {
-            if let Ok(ingest) = Arc::try_unwrap(ingest) {
-                let _ = background.block_on(ingest.close());
+        Ok(Ok(_)) => match Arc::try_unwrap(ingest) {
+            Ok(ingest) => {
+                if let Err(e) = background.block_on(ingest.close()) {
+                    log_line("shipper", serde_json::json!({ "error": e.to_string() }));
+                }
             }
-        }
+            // Everything acknowledged is shipped; the writer stops when the last handle goes.
+            Err(_) => log_line(
+                "shipper",
+                serde_json::json!({"warning": "the ingest is still shared at shutdown; not closed explicitly"}),
+            ),
+        },
         failed => log_line(
             "shipper",
             serde_json::json!({

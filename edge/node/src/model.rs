@@ -1,6 +1,7 @@
 //! A model version in service: its verified files, a pool of ranker instances that have it loaded, and its
 //! ranking for a user with no history (the fallback of last resort).
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +45,8 @@ pub enum RolloutError {
     },
     #[error("cannot keep the verified bundle in {path}: {message}")]
     Io { path: String, message: String },
+    #[error("the plan of `{surface}` cannot be served: {message}")]
+    Plan { surface: String, message: String },
 }
 
 impl RolloutError {
@@ -57,12 +60,20 @@ impl RolloutError {
             RolloutError::Load { .. } => "load",
             RolloutError::WarmUp { .. } => "warm_up",
             RolloutError::Io { .. } => "io",
+            RolloutError::Plan { .. } => "plan",
         }
     }
 
-    /// Whether trying the same files again can only fail the same way (so they need not be fetched again).
+    /// Whether trying the same plan again can only fail the same way. Registry and disk errors, and loads or
+    /// warm-ups that ran out of time on a busy node, are worth another try.
     pub fn is_permanent(&self) -> bool {
-        !matches!(self, RolloutError::Registry(_) | RolloutError::Io { .. })
+        match self {
+            RolloutError::Registry(_) | RolloutError::Io { .. } => false,
+            RolloutError::Load { source, .. } | RolloutError::WarmUp { source, .. } => {
+                !matches!(source, HostError::DeadlineExceeded(_))
+            }
+            _ => true,
+        }
     }
 }
 
@@ -106,9 +117,10 @@ impl ModelFiles {
 pub struct LoadedModel {
     pub files: ModelFiles,
     engine: Arc<RankerEngine>,
-    idle: Mutex<Vec<RankerInstance>>,
+    idle: Arc<Mutex<Vec<RankerInstance>>>,
     prior: Vec<ScoredItem>,
     items: Vec<String>,
+    known: HashSet<String>,
     rank_deadline: Duration,
     load_deadline: Duration,
 }
@@ -142,8 +154,9 @@ impl LoadedModel {
         let mut this = Self {
             files,
             engine,
-            idle: Mutex::new(Vec::new()),
+            idle: Arc::default(),
             prior: Vec::new(),
+            known: manifest.items.iter().cloned().collect(),
             items: manifest.items,
             rank_deadline,
             load_deadline,
@@ -182,14 +195,12 @@ impl LoadedModel {
         for _ in 1..instances.max(1) {
             pool.push(this.new_instance().map_err(load_failed)?);
         }
-        this.idle = Mutex::new(pool);
+        this.idle = Arc::new(Mutex::new(pool));
         Ok(this)
     }
 
     fn new_instance(&self) -> Result<RankerInstance, HostError> {
-        let mut instance = self.engine.instantiate()?;
-        instance.load_bundle(&self.files.manifest, &self.files.model, self.load_deadline)?;
-        Ok(instance)
+        build_instance(&self.engine, &self.files, self.load_deadline)
     }
 
     pub fn model(&self) -> &str {
@@ -205,13 +216,18 @@ impl LoadedModel {
         &self.items
     }
 
+    pub fn knows(&self, item: &str) -> bool {
+        self.known.contains(item)
+    }
+
     /// The model's ranking for a user with no history, best first.
     pub fn prior(&self) -> &[ScoredItem] {
         &self.prior
     }
 
     /// Ranks in an idle instance (a new one when all are busy) under the rank deadline. An instance that ran past
-    /// its deadline or trapped is dropped; the pool grows a fresh one when next needed.
+    /// its deadline or trapped is in an unknown state and is dropped; a replacement is built on a thread of its
+    /// own, so the worker that hit the fault answers at once instead of loading a model.
     pub fn rank(&self, request: &RankRequest) -> Result<Ranking, HostError> {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut instance = match idle {
@@ -219,7 +235,20 @@ impl LoadedModel {
             None => self.new_instance()?,
         };
         let result = instance.rank(request, self.rank_deadline);
-        if !instance.is_poisoned() {
+        if instance.is_poisoned() {
+            let (engine, files, idle) =
+                (self.engine.clone(), self.files.clone(), self.idle.clone());
+            let deadline = self.load_deadline;
+            let spawned = std::thread::Builder::new()
+                .name("edgerec-instance".into())
+                .spawn(move || {
+                    if let Ok(fresh) = build_instance(&engine, &files, deadline) {
+                        idle.lock().unwrap_or_else(|e| e.into_inner()).push(fresh);
+                    }
+                });
+            // Without the thread the pool simply builds one on demand.
+            drop(spawned);
+        } else {
             self.idle
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -227,4 +256,14 @@ impl LoadedModel {
         }
         result
     }
+}
+
+fn build_instance(
+    engine: &RankerEngine,
+    files: &ModelFiles,
+    deadline: Duration,
+) -> Result<RankerInstance, HostError> {
+    let mut instance = engine.instantiate()?;
+    instance.load_bundle(&files.manifest, &files.model, deadline)?;
+    Ok(instance)
 }

@@ -128,8 +128,14 @@ impl<S> std::fmt::Debug for NodeState<S> {
     }
 }
 
-/// Model errors that say something about the model, not the request: answered by popularity.
-const MODEL_FAULTS: [&str; 3] = ["non_finite_score", "runtime_error", "model_output_mismatch"];
+/// Ranker errors that are the request's fault (the ranker's `RankError` kinds); every other error is a fault of
+/// the model or the node, answered by popularity.
+const REQUEST_ERRORS: [&str; 4] = [
+    "invalid_k",
+    "request_too_large",
+    "unknown_candidate",
+    "invalid_features",
+];
 
 impl<S: FeatureStore> NodeState<S> {
     /// Surfaces with no deployment yet (empty: ready).
@@ -333,8 +339,8 @@ impl<S: FeatureStore> NodeState<S> {
         })
     }
 
-    /// The most popular items not in `history` or `exclude`; the model's no-history ranking while no popularity
-    /// figures are known.
+    /// The most popular items the model knows, not in `history` or `exclude`, topped up from the model's
+    /// no-history ranking when fewer than `k` items have popularity figures (a new catalogue, a fresh node).
     fn by_popularity(
         &self,
         model: &LoadedModel,
@@ -342,19 +348,18 @@ impl<S: FeatureStore> NodeState<S> {
         exclude: &[String],
         k: u32,
     ) -> Vec<ScoredItem> {
-        let skip: HashSet<&str> = history.iter().chain(exclude).map(String::as_str).collect();
+        let mut skip: HashSet<&str> = history.iter().chain(exclude).map(String::as_str).collect();
         let popular = self.popularity.ranked();
-        let source: &[ScoredItem] = if popular.is_empty() {
-            model.prior()
-        } else {
-            &popular
-        };
-        source
-            .iter()
-            .filter(|s| !skip.contains(s.item.as_str()))
-            .take(k as usize)
-            .cloned()
-            .collect()
+        let mut answer = Vec::with_capacity(k as usize);
+        for item in popular.iter().chain(model.prior()) {
+            if answer.len() == k as usize {
+                break;
+            }
+            if model.knows(&item.item) && skip.insert(item.item.as_str()) {
+                answer.push(item.clone());
+            }
+        }
+        answer
     }
 
     pub async fn ingest(&self, batch: EventBatch) -> Result<Ack, ServiceError> {
@@ -384,7 +389,7 @@ fn model_answer(
 ) -> Result<Result<Ranking, Degraded>, ServiceError> {
     match ranked {
         Ok(ranking) => Ok(Ok(ranking)),
-        Err(HostError::Guest(report)) if !MODEL_FAULTS.contains(&report.kind.as_str()) => {
+        Err(HostError::Guest(report)) if REQUEST_ERRORS.contains(&report.kind.as_str()) => {
             Err(ServiceError::BadRequest {
                 kind: report.kind,
                 message: report.message,
