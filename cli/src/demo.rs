@@ -105,6 +105,11 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
+/// Whether `GET url` answers 200.
+fn answers_ok(url: &str) -> bool {
+    agent().get(url).call().is_ok_and(|r| r.status() == 200)
+}
+
 fn post(agent: &ureq::Agent, url: &str, body: &Value) -> Result<Value> {
     let mut response = agent
         .post(url)
@@ -182,12 +187,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         Duration::from_secs(30),
         "the registry to answer",
         &stop,
-        || {
-            agent()
-                .get(format!("{registry_url}/healthz"))
-                .call()
-                .is_ok_and(|r| r.status() == 200)
-        },
+        || answers_ok(&format!("{registry_url}/healthz")),
     )?;
     let client = RegistryClient::new(&registry_url, Some(&token));
     let (record, _) = client
@@ -268,12 +268,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         Duration::from_secs(120),
         "the edge node to load the model",
         &stop,
-        || {
-            agent()
-                .get(format!("{node_url}/readyz"))
-                .call()
-                .is_ok_and(|r| r.status() == 200)
-        },
+        || answers_ok(&format!("{node_url}/readyz")),
     )?;
     eprintln!(
         "edge node {node_url}: serving {}@{}; logs in {}",
@@ -434,17 +429,17 @@ fn load_catalogue(node_data: &Path, loaded: &LoadedDataset) -> Result<()> {
     };
     std::fs::create_dir_all(node_data)?;
     let store = config.open_embedded()?;
-    let (features, _) =
-        edgerec_features::catalogue::item_features(&loaded.catalogue, &[], &config.features, 0.0);
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(async {
-            edgerec_features::catalogue::write_items(&store, &features).await?;
-            edgerec_features::store::FeatureStore::sync(&store).await
-        })?;
-    eprintln!("catalogue: {} items with titles and genres", features.len());
-    Ok(())
+        .block_on(crate::features::refresh_items(
+            &config,
+            &store,
+            &loaded.catalogue,
+            &loaded.name,
+            0.0,
+            1,
+        ))
 }
 
 /// Sends every user's interactions but the last as events, in their original order, re-timed into the last hour

@@ -1,6 +1,7 @@
 //! `edgerec features …` and `edgerec events …`: the feature store, the durable ingest and the event log, on the
 //! embedded defaults or on DynamoDB + S3 (an `aws` section in `--config`).
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use edgerec_features::catalogue::{item_features, read_catalogue, write_items};
 use edgerec_features::config::FeaturesConfig;
 use edgerec_features::event::Event;
 use edgerec_features::ingest::Ingest;
+use edgerec_features::item::ItemMetadata;
 use edgerec_features::store::FeatureStore;
 use futures::StreamExt;
 
@@ -127,8 +129,10 @@ pub fn run_features(command: FeaturesCommand) -> Result<()> {
                 days,
             } => {
                 let config = store.load()?;
+                let items = read_catalogue(&catalogue)?;
+                let source = catalogue.display().to_string();
                 with_store!(config, |s| refresh_items(
-                    &config, s, &catalogue, prior, days
+                    &config, &*s, &items, &source, prior, days
                 )
                 .await)
             }
@@ -171,26 +175,28 @@ pub fn run_events(command: EventsCommand) -> Result<()> {
     })
 }
 
-async fn refresh_items<S: FeatureStore>(
+/// Writes `items`' metadata with popularity recomputed from the last `days` of the log (`prior` for items
+/// without events) into `store`, and syncs it. `source` names the catalogue in the report line.
+pub(crate) async fn refresh_items<S: FeatureStore>(
     config: &FeaturesConfig,
-    store: Arc<S>,
-    catalogue: &std::path::Path,
+    store: &S,
+    items: &BTreeMap<String, ItemMetadata>,
+    source: &str,
     prior: f64,
     days: i64,
 ) -> Result<()> {
-    let items = read_catalogue(catalogue)?;
     let log = config.event_log();
     let now = edgerec_features::now_ms();
     let slice = log
         .read(now - days * 24 * 3600 * 1000, now + 3600 * 1000)
         .await?;
-    let (features, report) = item_features(&items, &slice.events, &config.features, prior);
-    write_items(store.as_ref(), &features).await?;
+    let (features, report) = item_features(items, &slice.events, &config.features, prior);
+    write_items(store, &features).await?;
     store.sync().await?;
     eprintln!(
         "refreshed {} items from {} ({} with no logged events got the prior {prior}; {} logged items are not in the catalogue) and {} events in {} log files",
         report.items,
-        catalogue.display(),
+        source,
         report.cold_items,
         report.uncatalogued_items,
         report.events,

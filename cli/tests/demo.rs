@@ -5,12 +5,9 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::process::Command;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
+use support::free_port;
+
+mod support;
 
 #[test]
 fn demo_trains_serves_replays_and_stops() {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edgerec_core::{Digest, FileEntry, MODEL_FILE, Manifest};
+use edgerec_core::{Digest, MODEL_FILE};
 use edgerec_registry::client::RegistryClient;
 use edgerec_registry::embedded::EmbeddedStore;
 use edgerec_registry::records::{Variant, VersionRecord};
@@ -20,13 +20,12 @@ use edgerec_registry::signing::ManifestSigner;
 use edgerec_registry::store::{AuditDraft, Store};
 use prost::Message;
 use serde_json::{Value, json};
+use support::free_port;
+
+mod support;
 
 const POLL_MS: u64 = 300;
 const SURFACE: &str = "home";
-
-fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden/bundle")
-}
 
 fn wasm() -> PathBuf {
     edgerec_conformance::wasm_artifact("ranker-wasi.wasm")
@@ -46,13 +45,6 @@ fn edgerec() -> Command {
         command.env_remove(name);
     }
     command
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 fn run<T>(future: impl Future<Output = T>) -> T {
@@ -319,23 +311,13 @@ impl Proxy {
 
 /// The golden manifest relabelled as `version`, with `model` as its model file.
 fn manifest_for(version: &str, model: &[u8]) -> Vec<u8> {
-    let golden = std::fs::read(golden_dir().join("manifest.json")).expect("golden manifest");
-    let mut manifest: Manifest = serde_json::from_slice(&golden).expect("parses");
-    manifest.version = version.into();
-    manifest.files.insert(
-        MODEL_FILE.into(),
-        FileEntry {
-            sha256: Digest::of(model),
-            size: model.len() as u64,
-        },
-    );
-    serde_json::to_vec_pretty(&manifest).expect("serialises")
+    edgerec_conformance::golden_manifest_with(model, |m| m.version = version.into())
 }
 
 /// The golden model with every float constant replaced by NaN: it parses, and every score it gives is NaN, so the
 /// ranker's load-time probe refuses it.
 fn nan_model() -> Vec<u8> {
-    let bytes = std::fs::read(golden_dir().join(MODEL_FILE)).expect("golden model");
+    let (_, bytes) = edgerec_conformance::golden_bundle();
     let mut model = tract_onnx::pb::ModelProto::decode(&bytes[..]).expect("decodes");
     let graph = model.graph.as_mut().expect("a graph");
     let mut replaced = 0;
@@ -498,7 +480,7 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
         .to_string();
     let mut registry = Registry::start(&registry_root);
     let client = RegistryClient::new(&registry.url, Some(&token));
-    let golden_model = std::fs::read(golden_dir().join(MODEL_FILE)).expect("golden model");
+    let (_, golden_model) = edgerec_conformance::golden_bundle();
     for version in ["1.0.0", "2.0.0"] {
         let bundle = dir.path().join(format!("bundle-{version}"));
         std::fs::create_dir_all(&bundle).expect("bundle dir");

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use edgerec_core::{RankRequest, Ranking, ScoredItem};
+use edgerec_core::{Digest, FileEntry, MODEL_FILE, Manifest, RankRequest, Ranking, ScoredItem};
 use serde::Deserialize;
 
 /// Largest difference allowed between a runtime's score and the reference.
@@ -31,6 +31,22 @@ pub fn golden_bundle() -> (Vec<u8>, Vec<u8>) {
             .unwrap_or_else(|e| panic!("reading golden {name} in {}: {e}", dir.display()))
     };
     (read("manifest.json"), read("model.onnx"))
+}
+
+/// The golden manifest after `edit`, naming `model` (its digest and size) as the model file: a bundle whose only
+/// difference from the golden one is the edit and the model.
+pub fn golden_manifest_with(model: &[u8], edit: impl FnOnce(&mut Manifest)) -> Vec<u8> {
+    let (manifest, _) = golden_bundle();
+    let mut manifest: Manifest = serde_json::from_slice(&manifest).expect("golden manifest parses");
+    edit(&mut manifest);
+    manifest.files.insert(
+        MODEL_FILE.into(),
+        FileEntry {
+            sha256: Digest::of(model),
+            size: model.len() as u64,
+        },
+    );
+    serde_json::to_vec(&manifest).expect("serialises")
 }
 
 pub fn golden_cases() -> Vec<GoldenCase> {

@@ -1,26 +1,11 @@
 //! Models that do not match their feature specification, and files that are not models, are refused with a
 //! precise error by every runtime — never a panic.
 
-use edgerec_conformance::golden_bundle;
+use edgerec_conformance::{golden_bundle, golden_manifest_with as manifest_with};
 use edgerec_core::{
-    Bundle, ContextKind, Digest, FileEntry, LoadError, MODEL_FILE, Manifest, ModelError,
-    SignatureError, load_tract_ranker,
+    Bundle, ContextKind, LoadError, MODEL_FILE, Manifest, ModelError, SignatureError,
+    load_tract_ranker,
 };
-
-/// The golden manifest after `edit`, with `model`'s digest written in, so only the edit is wrong.
-fn manifest_with(model: &[u8], edit: impl FnOnce(&mut Manifest)) -> Vec<u8> {
-    let (manifest, _) = golden_bundle();
-    let mut manifest: Manifest = serde_json::from_slice(&manifest).expect("golden manifest parses");
-    edit(&mut manifest);
-    manifest.files.insert(
-        MODEL_FILE.into(),
-        FileEntry {
-            sha256: Digest::of(model),
-            size: model.len() as u64,
-        },
-    );
-    serde_json::to_vec(&manifest).expect("serialises")
-}
 
 type Edit = Box<dyn Fn(&mut Manifest)>;
 

@@ -30,8 +30,8 @@ impl Deployment {
     /// The variant of `user_key` (the user id, or the request id for anonymous requests): the same on every node
     /// that serves this plan, as the bucket depends only on the plan's salt and the key.
     pub fn variant_for(&self, user_key: &str) -> &ServingVariant {
-        let weights: Vec<u32> = self.variants.iter().map(|v| v.weight).collect();
-        let index = ab::assign(&self.salt, user_key, &weights).unwrap_or(0);
+        let weights = self.variants.iter().map(|v| v.weight);
+        let index = ab::assign(&self.salt, user_key, weights).unwrap_or(0);
         &self.variants[index]
     }
 

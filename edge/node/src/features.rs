@@ -242,6 +242,15 @@ mod tests {
         }
     }
 
+    fn switched(dir: &std::path::Path, mode: u8) -> Arc<Switched> {
+        Arc::new(Switched {
+            inner: EmbeddedFeatureStore::open(&dir.join("f.redb"), FeatureSettings::default())
+                .expect("opens"),
+            mode: AtomicU8::new(mode),
+            reads: AtomicU32::new(0),
+        })
+    }
+
     fn view(seq: u64, user: &str, item: &str) -> Sequenced {
         Sequenced {
             seq,
@@ -260,15 +269,7 @@ mod tests {
     #[tokio::test]
     async fn cache_serves_within_its_ttl_and_repeated_failures_pause_the_store() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(Switched {
-            inner: EmbeddedFeatureStore::open(
-                &dir.path().join("f.redb"),
-                FeatureSettings::default(),
-            )
-            .expect("opens"),
-            mode: AtomicU8::new(UP),
-            reads: AtomicU32::new(0),
-        });
+        let store = switched(dir.path(), UP);
         store
             .apply("n", &[view(1, "u1", "a"), view(2, "u1", "b")])
             .await
@@ -324,15 +325,7 @@ mod tests {
     #[tokio::test]
     async fn the_store_is_asked_again_once_the_pause_ends() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(Switched {
-            inner: EmbeddedFeatureStore::open(
-                &dir.path().join("f.redb"),
-                FeatureSettings::default(),
-            )
-            .expect("opens"),
-            mode: AtomicU8::new(FAILING),
-            reads: AtomicU32::new(0),
-        });
+        let store = switched(dir.path(), FAILING);
         let reader = UserFeatureReader::new(
             store.clone(),
             &FeatureCacheConfig::default(),
@@ -360,15 +353,7 @@ mod tests {
     #[tokio::test]
     async fn one_failure_between_successes_does_not_pause() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(Switched {
-            inner: EmbeddedFeatureStore::open(
-                &dir.path().join("f.redb"),
-                FeatureSettings::default(),
-            )
-            .expect("opens"),
-            mode: AtomicU8::new(UP),
-            reads: AtomicU32::new(0),
-        });
+        let store = switched(dir.path(), UP);
         let reader = UserFeatureReader::new(
             store.clone(),
             &FeatureCacheConfig::default(),

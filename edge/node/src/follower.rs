@@ -81,6 +81,8 @@ pub struct Follower {
     refused: HashMap<String, u64>,
     /// Surfaces whose registry error was already logged (logged again only after a success).
     unreachable: HashMap<String, String>,
+    /// The last error getting the registry's key, already logged.
+    key_error: Option<String>,
 }
 
 impl std::fmt::Debug for Follower {
@@ -117,6 +119,7 @@ impl Follower {
             load_deadline: config.deadlines.load(),
             refused: HashMap::new(),
             unreachable: HashMap::new(),
+            key_error: None,
         }
     }
 
@@ -246,14 +249,14 @@ impl Follower {
                             Ok(_) => "the registry returned an empty key".into(),
                         };
                         // Logged once per distinct error, like the plan polls.
-                        if self.unreachable.get("") != Some(&error) {
+                        if self.key_error.as_ref() != Some(&error) {
                             crate::log_line(
                                 "follower",
                                 serde_json::json!({
                                     "error": format!("cannot get the registry's signing key, so no model can be verified yet: {error}"),
                                 }),
                             );
-                            self.unreachable.insert(String::new(), error);
+                            self.key_error = Some(error);
                         }
                         return None;
                     }

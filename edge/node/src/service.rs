@@ -246,18 +246,27 @@ impl<S: FeatureStore> NodeState<S> {
         let keep_from = history.len().saturating_sub(self.limits.max_recent_items);
         history.drain(..keep_from);
 
+        // What the model is fed, and what the serving log records as fed.
+        let rank_request = RankRequest {
+            recent_items: history,
+            k: request.k,
+            exclude: request.exclude,
+            candidates: None,
+            context: request.context,
+            exclude_seen: true,
+        };
+        let popular = |model| {
+            self.by_popularity(
+                model,
+                &rank_request.recent_items,
+                &rank_request.exclude,
+                rank_request.k,
+            )
+        };
         let mut unknown_items = Vec::new();
-        let items = if degraded.is_some() && history.is_empty() {
-            self.by_popularity(model, &history, &request.exclude, request.k)
+        let items = if degraded.is_some() && rank_request.recent_items.is_empty() {
+            popular(model)
         } else {
-            let rank_request = RankRequest {
-                recent_items: history.clone(),
-                k: request.k,
-                exclude: request.exclude.clone(),
-                candidates: None,
-                context: request.context.clone(),
-                exclude_seen: true,
-            };
             let started = Instant::now();
             let ranked = model.rank(&rank_request);
             self.metrics
@@ -275,7 +284,7 @@ impl<S: FeatureStore> NodeState<S> {
                         .with_label_values(&[fault.reason.as_str()])
                         .inc();
                     degraded = Some(fault);
-                    self.by_popularity(model, &history, &request.exclude, request.k)
+                    popular(model)
                 }
             }
         };
@@ -295,8 +304,8 @@ impl<S: FeatureStore> NodeState<S> {
             time_ms: edgerec_features::now_ms(),
             user: request.user_id,
             surface: request.surface,
-            history,
-            context: request.context,
+            history: rank_request.recent_items,
+            context: rank_request.context,
             model_version: model.version().to_string(),
             variant: variant.name.clone(),
             items: items.iter().map(|s| s.item.clone()).collect(),
