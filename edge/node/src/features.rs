@@ -159,7 +159,7 @@ impl Popularity {
         store: &S,
         deployments: &Deployments,
         half_life_ms: i64,
-    ) -> Result<usize, String> {
+    ) -> Result<(), String> {
         let mut ids: Vec<String> = Vec::new();
         let mut seen = HashSet::new();
         for deployment in deployments.all() {
@@ -170,6 +170,9 @@ impl Popularity {
                     }
                 }
             }
+        }
+        if ids.is_empty() {
+            return Ok(());
         }
         let now = edgerec_features::now_ms();
         let features = store.items(&ids).await.map_err(|e| e.to_string())?;
@@ -186,9 +189,8 @@ impl Popularity {
             .collect();
         // Stable: equal figures keep catalogue order.
         ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
-        let count = ranked.len();
         *self.ranked.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ranked);
-        Ok(count)
+        Ok(())
     }
 }
 

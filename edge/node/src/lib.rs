@@ -128,18 +128,16 @@ pub fn run_with<S: FeatureStore>(
         let every = Duration::from_millis(config.popularity_refresh_ms);
         let half_life = config.features.features.popularity_half_life_ms;
         async move {
-            let mut known_items = 0;
             loop {
-                // Until a model is loaded there are no items to rank; look again soon.
-                let wait = if known_items == 0 {
+                // Until a model is loaded there are no items to read; look again soon.
+                let wait = if deployments.all().is_empty() {
                     every.min(Duration::from_secs(1))
                 } else {
                     every
                 };
                 tokio::time::sleep(wait).await;
-                match popularity.refresh(&*store, &deployments, half_life).await {
-                    Ok(count) => known_items = count,
-                    Err(e) => log_line("popularity", serde_json::json!({ "error": e })),
+                if let Err(e) = popularity.refresh(&*store, &deployments, half_life).await {
+                    log_line("popularity", serde_json::json!({ "error": e }));
                 }
             }
         }
