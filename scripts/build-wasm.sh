@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the two Wasm rankers once each and leaves them in $EDGEREC_WASM_DIR:
 #   ranker-wasi.wasm          the WASI ranker edge nodes run in wasmtime (wasm SIMD, speed-optimised)
-#   browser/                  the wasm-bindgen ES module for browsers (wasm SIMD, size-optimised)
+#   browser/                  the browser package: edgerec.js over the wasm-bindgen module (wasm SIMD, size-optimised)
 #   ranker-wasi-nosimd.wasm   only with --no-simd-too: the WASI ranker without SIMD, for the benchmark
 # Prints raw and gzip sizes.
 set -euo pipefail
@@ -21,6 +21,10 @@ raw="$CARGO_TARGET_DIR/wasm32-unknown-unknown/wasm-size/edgerec_ranker.wasm"
 # gzip download larger, not smaller (docs/benchmarks.md).
 wasm-bindgen --target web --remove-name-section --remove-producers-section \
   --out-dir "$EDGEREC_WASM_DIR/browser" "$raw"
+# The package a website embeds: our module over wasm-bindgen's, its types and package.json.
+cp edge/browser/edgerec.js edge/browser/edgerec.d.ts edge/browser/package.json "$EDGEREC_WASM_DIR/browser/"
+# Served as is to browsers that accept gzip (edge nodes compress other files on the fly, at a fast level).
+gzip -9 -k -f "$EDGEREC_WASM_DIR/browser/edgerec_ranker_bg.wasm"
 
 if [ "${1:-}" = "--no-simd-too" ]; then
   echo "==> WASI ranker without SIMD (benchmark only)"

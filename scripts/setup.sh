@@ -29,6 +29,15 @@ if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 node_major="$(node -p 'process.versions.node.split(".")[0]')"
 [ "$node_major" -ge 18 ] || { echo "Node.js 18 or newer is needed (found $(node --version))" >&2; exit 1; }
 
+step "Chromium (Debian) and playwright-core $PLAYWRIGHT_CORE_VERSION (npm), for the web demo's browser test"
+[ -x "$CHROMIUM" ] || apt_install chromium fonts-dejavu-core
+command -v npm >/dev/null || apt_install npm
+if [ "$(node -p "require('$EDGEREC_PLAYWRIGHT/node_modules/playwright-core/package.json').version" 2>/dev/null)" != "$PLAYWRIGHT_CORE_VERSION" ]; then
+  mkdir -p "$EDGEREC_PLAYWRIGHT"
+  (cd "$EDGEREC_PLAYWRIGHT" && npm install --no-audit --no-fund --silent "playwright-core@$PLAYWRIGHT_CORE_VERSION")
+fi
+"$CHROMIUM" --version 2>/dev/null | grep -v '^\[' || true
+
 step "ONNX Runtime $ORT_VERSION (from the onnxruntime wheel on PyPI)"
 if [ ! -f "$ORT_DYLIB_PATH" ]; then
   wheel_dir="$(mktemp -d)"

@@ -233,6 +233,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "registry": { "url": registry_url, "token": token, "poll_interval_ms": 1000 },
         "ship_interval_ms": 10_000,
         "web_demo": web_demo,
+        "browser_package": web_demo.as_ref().map(|_| crate::paths::wasm_artifact("browser")),
         "features": { "data_dir": node_data, "ingest": { "node_id": "demo-node" } },
     });
     let config_path = args.dir.join("node.json");

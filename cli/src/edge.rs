@@ -50,9 +50,15 @@ pub struct ServeArgs {
     /// Plan poll interval in milliseconds.
     #[arg(long)]
     poll_ms: Option<u64>,
-    /// Serve this folder's static files at `/` (the web demo page).
+    /// Serve this folder's static files at `/` (the web demo page: `web-demo/`).
     #[arg(long)]
     web_demo: Option<PathBuf>,
+    /// The browser package served at `/pkg/` (default with --web-demo: the one scripts/build-wasm.sh built).
+    #[arg(long)]
+    browser_package: Option<PathBuf>,
+    /// An origin whose pages may call this node from another site (repeat it; `*` for any).
+    #[arg(long = "allow-origin")]
+    allowed_origins: Vec<String>,
     /// The WASI ranker module (default: the one scripts/build-wasm.sh built).
     #[arg(long, env = "EDGEREC_WASI_RANKER")]
     wasm: Option<PathBuf>,
@@ -90,6 +96,15 @@ impl ServeArgs {
         }
         if let Some(dir) = self.web_demo {
             config.web_demo = Some(dir);
+        }
+        if let Some(dir) = self.browser_package {
+            config.browser_package = Some(dir);
+        }
+        if config.browser_package.is_none() && config.web_demo.is_some() {
+            config.browser_package = Some(paths::wasm_artifact("browser"));
+        }
+        if !self.allowed_origins.is_empty() {
+            config.allowed_origins = self.allowed_origins;
         }
         if let Some(wasm) = self.wasm {
             config.ranker_wasm = Some(wasm);

@@ -1,9 +1,13 @@
 //! `edgerec demo` end to end on a small synthetic data set: trains, publishes, deploys, starts the registry and an
-//! edge node, replays the held-out interactions, serves the web demo page, and stops everything it started.
+//! edge node, replays the held-out interactions, serves the web demo page (driven in headless Chromium while it
+//! serves: `web-demo/tests/e2e.mjs`), and stops everything it started.
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use support::free_port;
 
@@ -27,7 +31,7 @@ fn demo_trains_serves_replays_and_stops() {
     )
     .expect("writes the training settings");
     let (registry_port, node_port) = (free_port(), free_port());
-    let output = Command::new(env!("CARGO_BIN_EXE_edgerec"))
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_edgerec"))
         .current_dir(dir.path())
         .env_remove("EDGEREC_TOKEN")
         .env_remove("EDGEREC_REGISTRY")
@@ -38,13 +42,81 @@ fn demo_trains_serves_replays_and_stops() {
             "--train-config",
             "tiny.json",
         ])
-        .args(["--rate", "0", "--duration", "1", "--dir", "run"])
+        .args(["--rate", "0", "--duration", "600", "--dir", "run"])
         .args(["--registry-listen", &format!("127.0.0.1:{registry_port}")])
         .args(["--node-listen", &format!("127.0.0.1:{node_port}")])
-        .output()
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("runs the demo");
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the demo failed:\n{log}");
+    let (lines, logged) = mpsc::channel();
+    let stderr = demo.stderr.take().expect("piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("demo: {line}");
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = String::new();
+    loop {
+        let line = logged
+            .recv_timeout(Duration::from_secs(600))
+            .unwrap_or_else(|_| panic!("the demo stopped or stalled before serving:\n{log}"));
+        log.push_str(&line);
+        log.push('\n');
+        if line.starts_with("stopping in ") {
+            break;
+        }
+    }
+
+    // While it serves: the web demo in headless Chromium.
+    let screenshots = dir.path().join("screenshots");
+    std::fs::create_dir_all(&screenshots).expect("creates");
+    let figures = browser_checks(&format!("http://127.0.0.1:{node_port}"), &screenshots);
+    assert_eq!(figures["events_sent"], 5, "{figures}");
+    assert!(
+        figures["rank_ms_per_click"]["median"].as_f64().is_some(),
+        "{figures}"
+    );
+    for shot in ["web-demo-desktop.png", "web-demo-phone.png"] {
+        let size = std::fs::metadata(screenshots.join(shot)).map_or(0, |m| m.len());
+        assert!(size > 10_000, "{shot}: {size} bytes");
+    }
+
+    // The browser package under Node: from the registry and from the node, batching, privacy, refusals.
+    let node_config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("run/node.json"))
+            .expect("the demo wrote the node's settings"),
+    )
+    .expect("JSON");
+    let package_dir = std::env::var("EDGEREC_WASM_DIR").expect(
+        "EDGEREC_WASM_DIR is not set: run the tests through scripts/test.sh, which builds the browser package",
+    );
+    let package = Command::new("node")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../edge/browser/tests/package.mjs"))
+        .arg(Path::new(&package_dir).join("browser"))
+        .arg(format!("http://127.0.0.1:{registry_port}"))
+        .arg(node_config["registry"]["token"].as_str().expect("token"))
+        .arg(format!("http://127.0.0.1:{node_port}"))
+        .output()
+        .expect("runs node");
+    assert!(
+        package.status.success(),
+        "the browser package checks failed:\n{}{}",
+        String::from_utf8_lossy(&package.stdout),
+        String::from_utf8_lossy(&package.stderr)
+    );
+
+    // Ctrl-C stops the demo and everything it started.
+    let interrupted = Command::new("kill")
+        .args(["-INT", &demo.id().to_string()])
+        .status()
+        .expect("runs kill");
+    assert!(interrupted.success());
+    let status = demo.wait().expect("waits for the demo");
+    log.extend(logged.iter().map(|line| line + "\n"));
+    assert!(status.success(), "the demo failed:\n{log}");
 
     let replay = log
         .lines()
@@ -101,6 +173,36 @@ fn demo_trains_serves_replays_and_stops() {
         .output()
         .expect("runs the report");
     let report: serde_json::Value = serde_json::from_slice(&report.stdout).expect("JSON");
-    assert_eq!(report["variants"][0]["requests"], 60, "{report}");
-    assert_eq!(report["variants"][0]["hit_rate"]["trials"], 60, "{report}");
+    // The replay's 60 requests, and the browser's: 5 clicks on the device compared on the node, the node toggle
+    // (the private page asks the node nothing).
+    let variant = &report["variants"][0];
+    assert!(
+        variant["hit_rate"]["trials"].as_u64() >= Some(60),
+        "{report}"
+    );
+    assert!(variant["requests"].as_u64() > Some(60), "{report}");
+}
+
+/// Runs `web-demo/tests/e2e.mjs` against the page at `base` and returns the figures it prints.
+fn browser_checks(base: &str, screenshots: &Path) -> serde_json::Value {
+    let tools = std::env::var("EDGEREC_PLAYWRIGHT").unwrap_or_else(|_| {
+        panic!("EDGEREC_PLAYWRIGHT is not set: run the tests through scripts/test.sh (scripts/setup.sh installs playwright-core and Chromium)")
+    });
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../web-demo/tests/e2e.mjs");
+    let output = Command::new("node")
+        .arg(&script)
+        .arg(base)
+        .arg("--screenshots")
+        .arg(screenshots)
+        .env("EDGEREC_PLAYWRIGHT", tools)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("runs node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the browser checks failed (stderr above):\n{stdout}"
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("no figures from the browser checks ({e}):\n{stdout}"))
 }

@@ -26,6 +26,7 @@ mod support;
 
 const POLL_MS: u64 = 300;
 const SURFACE: &str = "home";
+const MODEL: &str = "golden-sasrec";
 
 fn wasm() -> PathBuf {
     edgerec_conformance::wasm_artifact("ranker-wasi.wasm")
@@ -386,7 +387,7 @@ fn deploy(client: &RegistryClient, variants: &[(&str, &str, u32)], reason: &str)
             .iter()
             .map(|(name, version, weight)| Variant {
                 name: (*name).into(),
-                model: "golden-sasrec".into(),
+                model: MODEL.into(),
                 version: (*version).into(),
                 weight: *weight,
             })
@@ -451,6 +452,51 @@ fn refuses_bad_requests(node: &Node) {
         node.recommend(json!({"k": 3, "surface": SURFACE, "recent_items": ["m1", "no-such-item"]}));
     assert_eq!(answer["unknown_items"], json!(["no-such-item"]));
     assert_eq!(answer["items"].as_array().map(Vec::len), Some(3));
+}
+
+/// What a page needs to rank on the device comes from the node at the registry's read paths, without a token:
+/// the plan, the record, the files by digest and the key, all as the registry has them; anything else is refused.
+fn serves_browsers(node: &Node, record: &VersionRecord, registry_key: &str) {
+    let (status, plan) = node.get(&format!("/v1/plans/{SURFACE}"));
+    assert_eq!(status, 200, "{plan}");
+    let plan: Value = serde_json::from_str(&plan).expect("JSON");
+    assert_eq!(plan["variants"][0]["version"], "1.0.0", "{plan}");
+    let (status, served) = node.get(&format!("/v1/models/{MODEL}/versions/1.0.0"));
+    assert_eq!(status, 200, "{served}");
+    let served: VersionRecord = serde_json::from_str(&served).expect("a version record");
+    assert_eq!(&served, record);
+    let (status, manifest) = node.get(&format!("/v1/blobs/{}", record.manifest_digest));
+    assert_eq!(status, 200);
+    assert_eq!(Digest::of(manifest.as_bytes()), record.manifest_digest);
+    let (status, key) = node.get("/v1/signing-key");
+    assert_eq!(status, 200, "{key}");
+    let key: Value = serde_json::from_str(&key).expect("JSON");
+    assert_eq!(key["public_key"], registry_key);
+
+    for (path, status, kind) in [
+        ("/v1/plans/checkout".to_string(), 404, "unknown_surface"),
+        (format!("/v1/models/{MODEL}/versions/9.9.9"), 404, "not_found"),
+        ("/v1/blobs/not-a-digest".to_string(), 400, "invalid_digest"),
+        (format!("/v1/blobs/{}", "0".repeat(64)), 404, "not_found"),
+        ("/v1/catalogue/checkout".to_string(), 404, "unknown_surface"),
+    ] {
+        let (got, body) = node.get(&path);
+        let body: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(
+            (got, body["error"]["kind"].as_str()),
+            (status, Some(kind)),
+            "{path}: {body}"
+        );
+    }
+    // The catalogue lists every item the served model knows (the golden model has no catalogue titles).
+    let (status, catalogue) = node.get(&format!("/v1/catalogue/{SURFACE}"));
+    assert_eq!(status, 200, "{catalogue}");
+    let catalogue: Value = serde_json::from_str(&catalogue).expect("JSON");
+    assert_eq!(
+        catalogue["items"].as_array().map(Vec::len),
+        Some(record.items),
+        "{catalogue}"
+    );
 }
 
 /// What the background client saw.
@@ -533,6 +579,11 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
         assert_eq!(node.get("/readyz").0, 200);
     }
     refuses_bad_requests(&node_a);
+    serves_browsers(
+        &node_a,
+        &client.version(MODEL, "1.0.0").expect("the record"),
+        &client.signing_key().expect("the key"),
+    );
 
     // A node with a wrong registry token never becomes ready, says why, and refuses to guess an answer.
     let mut bad_token = node_config("node-bad-token", None);

@@ -30,6 +30,12 @@ pub struct NodeConfig {
     pub popularity_refresh_ms: u64,
     /// A folder served as static files at `/` (the web demo).
     pub web_demo: Option<PathBuf>,
+    /// The browser package (`edgerec.js`, its types and the browser ranker from `scripts/build-wasm.sh`), served
+    /// at `/pkg/`.
+    pub browser_package: Option<PathBuf>,
+    /// Origins of other sites whose pages may call this node (`["*"]` for any). Pages the node serves itself need
+    /// none.
+    pub allowed_origins: Vec<String>,
     /// One JSON line per request on stderr (errors and lifecycle events are always logged).
     pub access_log: bool,
     /// Feature store, write-ahead log and event log (embedded under `features.data_dir` unless it has `aws`).
@@ -53,6 +59,8 @@ impl Default for NodeConfig {
             ship_interval_ms: 60_000,
             popularity_refresh_ms: 60_000,
             web_demo: None,
+            browser_package: None,
+            allowed_origins: Vec::new(),
             access_log: false,
             features: FeaturesConfig::default(),
         }

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use edgerec_core::ab;
+use edgerec_core::{Digest, ab};
+use edgerec_registry::records::{Plan, VersionRecord};
 use serde::Serialize;
 
 use crate::model::LoadedModel;
@@ -18,9 +19,8 @@ pub struct ServingVariant {
 
 #[derive(Debug)]
 pub struct Deployment {
-    pub surface: String,
-    pub revision: u64,
-    pub salt: String,
+    /// The registry's plan this deployment carries out (browsers fetch it to pick the same variant).
+    pub plan: Plan,
     pub variants: Vec<ServingVariant>,
     /// When this node started serving it, milliseconds since the Unix epoch.
     pub since_ms: i64,
@@ -31,15 +31,15 @@ impl Deployment {
     /// that serves this plan, as the bucket depends only on the plan's salt and the key.
     pub fn variant_for(&self, user_key: &str) -> &ServingVariant {
         let weights = self.variants.iter().map(|v| v.weight);
-        let index = ab::assign(&self.salt, user_key, weights).unwrap_or(0);
+        let index = ab::assign(&self.plan.salt, user_key, weights).unwrap_or(0);
         &self.variants[index]
     }
 
     pub fn describe(&self) -> DeploymentStatus {
         DeploymentStatus {
-            surface: self.surface.clone(),
-            revision: self.revision,
-            salt: self.salt.clone(),
+            surface: self.plan.surface.clone(),
+            revision: self.plan.revision,
+            salt: self.plan.salt.clone(),
             since_ms: self.since_ms,
             variants: self
                 .variants
@@ -79,6 +79,8 @@ pub struct VariantStatus {
 #[derive(Debug, Default)]
 pub struct Deployments {
     current: RwLock<HashMap<String, Arc<Deployment>>>,
+    /// The registry key every served model was verified against, once the follower has settled on one.
+    signing_key: RwLock<Option<String>>,
 }
 
 impl Deployments {
@@ -91,12 +93,12 @@ impl Deployments {
         self.current
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(deployment.surface.clone(), Arc::new(deployment))
+            .insert(deployment.plan.surface.clone(), Arc::new(deployment))
     }
 
     pub fn all(&self) -> Vec<Arc<Deployment>> {
         let mut all: Vec<_> = self.read().values().cloned().collect();
-        all.sort_by(|a, b| a.surface.cmp(&b.surface));
+        all.sort_by(|a, b| a.plan.surface.cmp(&b.plan.surface));
         all
     }
 
@@ -109,6 +111,38 @@ impl Deployments {
                 .find(|v| v.model.model() == model && v.model.version() == version)
                 .map(|v| v.model.clone())
         })
+    }
+
+    /// The version record of `model@version`, if any surface serves it.
+    pub fn record(&self, model: &str, version: &str) -> Option<VersionRecord> {
+        self.loaded(model, version).map(|m| m.files.record.clone())
+    }
+
+    /// The bytes of a bundle file a served model holds, by digest.
+    pub fn blob(&self, digest: &Digest) -> Option<Arc<[u8]>> {
+        self.read().values().find_map(|deployment| {
+            deployment.variants.iter().find_map(|v| {
+                let files = &v.model.files;
+                if files.record.manifest_digest == *digest {
+                    Some(files.manifest.clone())
+                } else if files.record.files.get(edgerec_core::MODEL_FILE) == Some(digest) {
+                    Some(files.model.clone())
+                } else {
+                    None
+                }
+            })
+        })
+    }
+
+    pub fn set_signing_key(&self, key: &str) {
+        *self.signing_key.write().unwrap_or_else(|e| e.into_inner()) = Some(key.to_string());
+    }
+
+    pub fn signing_key(&self) -> Option<String> {
+        self.signing_key
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Deployment>>> {

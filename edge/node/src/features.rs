@@ -72,6 +72,10 @@ impl<S: FeatureStore> UserFeatureReader<S> {
         }
     }
 
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
     /// The user's recent items, oldest first.
     pub async fn recent_items(
         &self,

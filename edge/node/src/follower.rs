@@ -170,7 +170,7 @@ impl Follower {
         let Some(key) = self.key() else {
             return;
         };
-        let known = self.deployments.get(surface).map_or(0, |d| d.revision);
+        let known = self.deployments.get(surface).map_or(0, |d| d.plan.revision);
         let plan = match self.client.plan_if_changed(surface, known) {
             Ok(PlanRead::Unchanged) => {
                 self.unreachable.remove(surface);
@@ -216,7 +216,7 @@ impl Follower {
             .rollout_failures
             .with_label_values(&[surface, error.reason()])
             .inc();
-        let serving = self.deployments.get(surface).map(|d| d.revision);
+        let serving = self.deployments.get(surface).map(|d| d.plan.revision);
         crate::log_line(
             "follower",
             serde_json::json!({
@@ -274,6 +274,9 @@ impl Follower {
                 );
                 Some(key)
             });
+            if let Some(key) = &self.public_key {
+                self.deployments.set_signing_key(key);
+            }
         }
         self.public_key.clone()
     }
@@ -326,9 +329,7 @@ impl Follower {
             });
         }
         let deployment = Deployment {
-            surface: plan.surface.clone(),
-            revision: plan.revision,
-            salt: plan.salt.clone(),
+            plan: plan.clone(),
             variants,
             since_ms: edgerec_features::now_ms(),
         };
@@ -348,7 +349,7 @@ impl Follower {
             serde_json::json!({
                 "surface": plan.surface,
                 "serving_revision": plan.revision,
-                "previous_revision": previous.map(|p| p.revision),
+                "previous_revision": previous.map(|p| p.plan.revision),
                 "variants": status.variants,
                 "rollout_ms": started.elapsed().as_millis() as u64,
             }),

@@ -1,13 +1,19 @@
-//! The node's HTTP API: `/v1/recommend`, `/v1/events`, `/v1/deployments`, `/healthz`, `/readyz`, `/metrics`.
+//! The node's HTTP API: `/v1/recommend`, `/v1/events`, `/v1/deployments`, `/healthz`, `/readyz`, `/metrics`; and
+//! for pages that rank on the device, read-only and without a token: `/v1/plans/{surface}`,
+//! `/v1/models/{model}/versions/{version}`, `/v1/blobs/{digest}` and `/v1/signing-key` (the registry's read API,
+//! limited to what this node serves, so the browser package reads either), and `/v1/catalogue/{surface}`.
 
 use std::time::Instant;
 
+use actix_files::NamedFile;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::error::JsonPayloadError;
-use actix_web::http::StatusCode;
-use actix_web::middleware::Next;
-use actix_web::{HttpResponse, ResponseError, web};
+use actix_web::http::header::ContentEncoding;
+use actix_web::http::{StatusCode, header};
+use actix_web::middleware::{Compress, Next};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use edgerec_core::Digest;
 use edgerec_features::store::FeatureStore;
 
 use crate::service::{EventBatch, NodeState, RecommendRequest, ServiceError};
@@ -19,8 +25,10 @@ impl ResponseError for ServiceError {
             | ServiceError::Ingest(edgerec_features::ingest::IngestError::Invalid(_)) => {
                 StatusCode::BAD_REQUEST
             }
-            ServiceError::UnknownSurface(_) => StatusCode::NOT_FOUND,
-            ServiceError::NotReady(_) | ServiceError::Ingest(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ServiceError::UnknownSurface(_) | ServiceError::NotServed(_) => StatusCode::NOT_FOUND,
+            ServiceError::NotReady(_) | ServiceError::Ingest(_) | ServiceError::FeatureStore(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -50,6 +58,74 @@ async fn events<S: FeatureStore>(
 ) -> Result<HttpResponse, ServiceError> {
     let ack = state.ingest(batch.into_inner()).await?;
     Ok(HttpResponse::Ok().json(ack))
+}
+
+/// The plan this node carries out for `surface` (what a browser needs to pick the same variant as the node).
+async fn plan<S: FeatureStore>(
+    state: Shared<S>,
+    surface: web::Path<String>,
+) -> Result<HttpResponse, ServiceError> {
+    let deployment = state.deployment(&surface)?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header((header::ETAG, format!("\"{}\"", deployment.plan.revision)))
+        .json(&deployment.plan))
+}
+
+/// The version record (file digests, signature) of a version this node serves.
+async fn version<S: FeatureStore>(
+    state: Shared<S>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ServiceError> {
+    let (model, version) = path.into_inner();
+    let record = state.deployments.record(&model, &version).ok_or_else(|| {
+        ServiceError::NotServed(format!("this node serves no version {model}@{version}"))
+    })?;
+    Ok(HttpResponse::Ok().json(record))
+}
+
+/// A bundle file of a served version, by digest. Content-addressed, so caches may keep it for good.
+async fn blob<S: FeatureStore>(
+    state: Shared<S>,
+    digest: web::Path<String>,
+) -> Result<HttpResponse, ServiceError> {
+    let parsed: Digest = digest.parse().map_err(|e| ServiceError::BadRequest {
+        kind: "invalid_digest".into(),
+        message: format!(
+            "`{}` is not a sha256 digest: {e}",
+            digest.chars().take(80).collect::<String>()
+        ),
+    })?;
+    let bytes = state.deployments.blob(&parsed).ok_or_else(|| {
+        ServiceError::NotServed(format!(
+            "no bundle file this node serves has digest {parsed}"
+        ))
+    })?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .insert_header((header::CACHE_CONTROL, "public, max-age=31536000, immutable"))
+        .body(bytes.to_vec()))
+}
+
+/// The registry key the node verified its models with; a page that pins its own key ignores this.
+async fn signing_key<S: FeatureStore>(state: Shared<S>) -> Result<HttpResponse, ServiceError> {
+    let key = state
+        .deployments
+        .signing_key()
+        .ok_or_else(|| ServiceError::NotReady("any".into()))?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "algorithm": "ed25519",
+        "signs": "the sha256 digest of manifest.json (32 bytes)",
+        "public_key": key,
+    })))
+}
+
+async fn catalogue<S: FeatureStore>(
+    state: Shared<S>,
+    surface: web::Path<String>,
+) -> Result<HttpResponse, ServiceError> {
+    let items = state.catalogue(&surface).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "surface": surface.as_str(), "items": items })))
 }
 
 async fn deployments<S: FeatureStore>(state: Shared<S>) -> HttpResponse {
@@ -150,11 +226,87 @@ async fn observe<S: FeatureStore>(
     Ok(response)
 }
 
-/// Registers every route on `config`, and the static web demo at `/` when `web_demo` names its folder.
+/// Static folders the node serves besides its API.
+#[derive(Debug, Clone, Default)]
+pub struct StaticFolders {
+    /// The web demo, at `/`.
+    pub web_demo: Option<std::path::PathBuf>,
+    /// The browser package (ES module, types, Wasm), at `/pkg/`.
+    pub browser_package: Option<std::path::PathBuf>,
+}
+
+/// Which other sites' pages may call the API (`*` for any): browsers need it to rank and send events from a
+/// page that the node does not serve itself.
+fn cors(allowed_origins: &[String]) -> actix_cors::Cors {
+    let cors = actix_cors::Cors::default()
+        .allowed_methods(["GET", "POST"])
+        .allowed_header(header::CONTENT_TYPE)
+        .expose_headers([header::ETAG])
+        .max_age(3600);
+    if allowed_origins.iter().any(|o| o == "*") {
+        cors.allow_any_origin()
+    } else {
+        allowed_origins
+            .iter()
+            .fold(cors, |cors, origin| cors.allowed_origin(origin))
+    }
+}
+
+#[derive(Debug)]
+struct BrowserPackage(std::path::PathBuf);
+
+/// A file of the browser package. A `.gz` copy next to it (build-wasm.sh writes one of the Wasm at gzip -9) is
+/// sent as is to clients that accept gzip: on-the-fly compression uses a fast level, 40% larger for the Wasm.
+async fn package_file(
+    request: HttpRequest,
+    file: web::Path<String>,
+    package: web::Data<BrowserPackage>,
+) -> actix_web::Result<HttpResponse> {
+    let name = file.into_inner();
+    if name.starts_with('.') || name.contains(['/', '\\']) {
+        return Ok(error_body(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such file",
+        ));
+    }
+    let accepts_gzip = request
+        .headers()
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("gzip"));
+    let compressed = package.0.join(format!("{name}.gz"));
+    let file = if accepts_gzip && compressed.is_file() {
+        let extension = name.rsplit('.').next().unwrap_or_default();
+        NamedFile::open(compressed)?
+            .set_content_type(actix_files::file_extension_to_mime(extension))
+            .set_content_encoding(ContentEncoding::Gzip)
+    } else {
+        match NamedFile::open(package.0.join(&name)) {
+            Ok(file) => file,
+            Err(_) => {
+                return Ok(error_body(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    &format!("the browser package has no file {name}"),
+                ));
+            }
+        }
+    };
+    let mut response = file.into_response(&request);
+    response.headers_mut().insert(
+        header::VARY,
+        header::HeaderValue::from_static("accept-encoding"),
+    );
+    Ok(response)
+}
+
+/// Registers every route on `config`, and the static folders.
 pub fn configure<S: FeatureStore>(
     config: &mut web::ServiceConfig,
     state: Shared<S>,
-    web_demo: Option<std::path::PathBuf>,
+    folders: StaticFolders,
+    allowed_origins: &[String],
 ) {
     let limits = state.limits.clone();
     config
@@ -164,6 +316,7 @@ pub fn configure<S: FeatureStore>(
         .route("/metrics", web::get().to(metrics::<S>))
         .service(
             web::scope("/v1")
+                .wrap(cors(allowed_origins))
                 .wrap(actix_web::middleware::from_fn(observe::<S>))
                 .service(
                     web::resource("/recommend")
@@ -175,10 +328,35 @@ pub fn configure<S: FeatureStore>(
                         .app_data(json_config(limits.max_events_bytes))
                         .route(web::post().to(events::<S>)),
                 )
-                .route("/deployments", web::get().to(deployments::<S>)),
+                .route("/deployments", web::get().to(deployments::<S>))
+                .route("/plans/{surface}", web::get().to(plan::<S>))
+                .route(
+                    "/models/{model}/versions/{version}",
+                    web::get().to(version::<S>),
+                )
+                .route("/blobs/{digest}", web::get().to(blob::<S>))
+                .route("/signing-key", web::get().to(signing_key::<S>))
+                .service(
+                    web::resource("/catalogue/{surface}")
+                        .wrap(Compress::default())
+                        .route(web::get().to(catalogue::<S>)),
+                ),
         );
-    if let Some(dir) = web_demo {
-        config.service(actix_files::Files::new("/", dir).index_file("index.html"));
+    // Blobs are not compressed on the fly: ONNX weights barely shrink and the files are cached for good.
+    if let Some(dir) = folders.browser_package {
+        config.service(
+            web::resource("/pkg/{file}")
+                .app_data(web::Data::new(BrowserPackage(dir)))
+                .wrap(Compress::default())
+                .route(web::get().to(package_file)),
+        );
+    }
+    if let Some(dir) = folders.web_demo {
+        config.service(
+            web::scope("")
+                .wrap(Compress::default())
+                .service(actix_files::Files::new("", dir).index_file("index.html")),
+        );
     }
     config.default_service(web::to(|| async {
         error_body(StatusCode::NOT_FOUND, "not_found", "no such route")

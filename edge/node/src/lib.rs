@@ -169,11 +169,17 @@ pub fn run_with<S: FeatureStore>(
         boot_ms: edgerec_features::now_ms(),
         requests: AtomicU64::new(0),
     });
-    let web_demo = config.web_demo.clone();
+    let folders = http::StaticFolders {
+        web_demo: config.web_demo.clone(),
+        browser_package: config.browser_package.clone(),
+    };
+    let allowed_origins = config.allowed_origins.clone();
     let served = actix_web::rt::System::new().block_on(async {
         let server = actix_web::HttpServer::new(move || {
-            let (state, web_demo) = (state.clone(), web_demo.clone());
-            actix_web::App::new().configure(move |c| http::configure(c, state, web_demo))
+            let (state, folders) = (state.clone(), folders.clone());
+            let allowed_origins = allowed_origins.clone();
+            actix_web::App::new()
+                .configure(move |c| http::configure(c, state, folders, &allowed_origins))
         })
         .workers(config.worker_count())
         .shutdown_timeout(5)

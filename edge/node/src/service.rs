@@ -13,7 +13,7 @@ use edgerec_features::store::FeatureStore;
 use serde::{Deserialize, Serialize};
 
 use crate::config::RequestLimits;
-use crate::deployment::Deployments;
+use crate::deployment::{Deployment, Deployments};
 use crate::features::{FeatureSource, Popularity, UserFeatureReader};
 use crate::host::HostError;
 use crate::metrics::NodeMetrics;
@@ -81,6 +81,10 @@ pub enum ServiceError {
     UnknownSurface(String),
     #[error("no verified model is loaded for surface `{0}` yet")]
     NotReady(String),
+    #[error("{0}")]
+    NotServed(String),
+    #[error("the feature store did not answer: {0}")]
+    FeatureStore(String),
     #[error(transparent)]
     Ingest(#[from] IngestError),
 }
@@ -98,10 +102,24 @@ impl ServiceError {
             ServiceError::BadRequest { kind, .. } => kind,
             ServiceError::UnknownSurface(_) => "unknown_surface",
             ServiceError::NotReady(_) => "not_ready",
+            ServiceError::NotServed(_) => "not_found",
+            ServiceError::FeatureStore(_) => "feature_store_unavailable",
             ServiceError::Ingest(IngestError::Invalid(_)) => "invalid_events",
             ServiceError::Ingest(_) => "ingest_unavailable",
         }
     }
+}
+
+/// An item as `GET /v1/catalogue/{surface}` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CatalogueItem {
+    pub id: String,
+    /// Absent until a catalogue refresh names the item.
+    pub title: Option<String>,
+    pub genres: Vec<String>,
+    /// 1 for the most popular item; absent for items without interactions yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub popular_rank: Option<usize>,
 }
 
 /// Everything a request needs, shared by the HTTP workers.
@@ -194,18 +212,68 @@ impl<S: FeatureStore> NodeState<S> {
         Ok(())
     }
 
+    /// The deployment serving `surface`.
+    pub fn deployment(&self, surface: &str) -> Result<Arc<Deployment>, ServiceError> {
+        if !self.surfaces.iter().any(|s| s == surface) {
+            return Err(ServiceError::UnknownSurface(surface.to_string()));
+        }
+        self.deployments
+            .get(surface)
+            .ok_or_else(|| ServiceError::NotReady(surface.to_string()))
+    }
+
+    /// Every item the models of `surface` know, most popular first, with what the catalogue says of it: what a
+    /// page shows next to the ranker's item ids.
+    pub async fn catalogue(&self, surface: &str) -> Result<Vec<CatalogueItem>, ServiceError> {
+        let deployment = self.deployment(surface)?;
+        let mut ids: Vec<String> = Vec::new();
+        let mut seen = HashSet::new();
+        let popular = self.popularity.ranked();
+        for item in popular.iter() {
+            let known = deployment
+                .variants
+                .iter()
+                .any(|v| v.model.knows(&item.item));
+            if known && seen.insert(item.item.as_str()) {
+                ids.push(item.item.clone());
+            }
+        }
+        let ranked = ids.len();
+        for variant in &deployment.variants {
+            for item in variant.model.items() {
+                if seen.insert(item.as_str()) {
+                    ids.push(item.clone());
+                }
+            }
+        }
+        let features = self
+            .features
+            .store()
+            .items(&ids)
+            .await
+            .map_err(|e| ServiceError::FeatureStore(e.to_string()))?;
+        Ok(ids
+            .into_iter()
+            .zip(features)
+            .enumerate()
+            .map(|(rank, (id, features))| {
+                let metadata = features.and_then(|f| f.metadata);
+                CatalogueItem {
+                    id,
+                    title: metadata.as_ref().map(|m| m.title.clone()),
+                    genres: metadata.map(|m| m.genres).unwrap_or_default(),
+                    popular_rank: (rank < ranked).then_some(rank + 1),
+                }
+            })
+            .collect())
+    }
+
     pub async fn recommend(
         &self,
         request: RecommendRequest,
     ) -> Result<RecommendResponse, ServiceError> {
         self.check(&request)?;
-        if !self.surfaces.contains(&request.surface) {
-            return Err(ServiceError::UnknownSurface(request.surface));
-        }
-        let deployment = self
-            .deployments
-            .get(&request.surface)
-            .ok_or_else(|| ServiceError::NotReady(request.surface.clone()))?;
+        let deployment = self.deployment(&request.surface)?;
         let request_id = self.next_request_id();
         let variant = deployment.variant_for(request.user_id.as_deref().unwrap_or(&request_id));
         let model = &variant.model;
@@ -342,7 +410,7 @@ impl<S: FeatureStore> NodeState<S> {
             model: model.model().to_string(),
             model_version: model.version().to_string(),
             variant: variant.name.clone(),
-            plan_revision: deployment.revision,
+            plan_revision: deployment.plan.revision,
             degraded,
             unknown_items,
         })

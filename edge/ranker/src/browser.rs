@@ -91,6 +91,15 @@ impl Ranker {
         self.inner.vocab().len()
     }
 
+    /// Every item id the model can recommend, in the model's order.
+    #[wasm_bindgen(unchecked_return_type = "string[]")]
+    pub fn items(&self) -> Result<JsValue, JsValue> {
+        let ids = serde_json::to_string(self.inner.vocab().ids())
+            .map_err(|e| js_error(&ErrorReport::new("internal", e)))?;
+        js_sys::JSON::parse(&ids)
+            .map_err(|_| js_error(&ErrorReport::new("internal", "item ids are not JSON")))
+    }
+
     /// The top-k items for the visitor, best first.
     #[wasm_bindgen(unchecked_return_type = "ScoredItem[]")]
     pub fn recommend(
@@ -130,6 +139,19 @@ impl Ranker {
         js_sys::JSON::parse(&answer)
             .map_err(|_| js_error(&ErrorReport::new("internal", "answer is not JSON")))
     }
+}
+
+/// The index of the plan variant `user` is assigned to, given each variant's weight in percent: the same
+/// assignment edge nodes make (`undefined` when the weights cover no bucket).
+#[wasm_bindgen(js_name = assignVariant)]
+pub fn assign_variant(salt: &str, user: &str, weights: &[u32]) -> Option<usize> {
+    edgerec_core::ab::assign(salt, user, weights.iter().copied())
+}
+
+/// The sha256 of `bytes` in hex, as version records and manifests write digests.
+#[wasm_bindgen(js_name = sha256Digest)]
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    edgerec_core::Digest::of(bytes).to_string()
 }
 
 fn js_error(report: &ErrorReport) -> JsValue {

@@ -1,0 +1,117 @@
+// Types of edgerec.js, EdgeRec's browser package.
+
+/** One recommended item. */
+export interface ScoredItem {
+  item: string;
+  score: number;
+}
+
+export interface ConnectOptions {
+  /** Base URL of an edge node: the bundle, ranking on the node and events all go there. */
+  node?: string;
+  /** Or load the bundle from the registry itself (a `read` token; the registry must allow the page's origin). */
+  registry?: { url: string; token?: string };
+  /** Plan name in the registry (default "home"). */
+  surface?: string;
+  /**
+   * The registry's ed25519 public key (hex, from `GET /v1/signing-key`). Without it the key the source names is
+   * pinned in storage on first use, and a later different key is refused.
+   */
+  publicKey?: string;
+  /** The visitor's id (default: a random id kept in storage). It picks the A/B variant, as on the edge node. */
+  userId?: string;
+  /**
+   * "share" (default): `track()` sends events to the edge node and `recommendOnNode()` is allowed.
+   * "local": nothing about the visitor leaves the device; the history stays in storage only.
+   */
+  privacy?: "share" | "local";
+  /** Where history, the event queue and pinned keys are kept (default localStorage; `null`: memory only). */
+  storage?: Pick<Storage, "getItem" | "setItem" | "removeItem"> | null;
+  /** Items of history kept (default 200; the model reads its own last few). */
+  maxHistory?: number;
+  /** Events sent together (default 20) and the longest an event waits (default 2000 ms). */
+  batchSize?: number;
+  flushIntervalMs?: number;
+  /** Where the Wasm ranker is fetched from (URL, Response, bytes or a compiled module); default next to edgerec.js. */
+  wasm?: string | URL | Response | BufferSource | WebAssembly.Module;
+  /** A fetch to use instead of the global one. */
+  fetch?: typeof fetch;
+}
+
+export interface RecommendOptions {
+  /** How many items (default 10). */
+  k?: number;
+  /** Item ids never to return. */
+  exclude?: string[];
+  /** Rank only these item ids (on the device only). */
+  candidates?: string[];
+  /** Context feature values by name, for models that take them. */
+  context?: Record<string, number>;
+}
+
+export interface Recommendation {
+  items: ScoredItem[];
+  /** Time to rank on the device, or the round trip to the node, in milliseconds. */
+  rankMs: number;
+  where: "device" | "node";
+  model: string;
+  modelVersion: string;
+  variant: string;
+  planRevision: number;
+  /** Node answers: the id to quote in `track({ requestId })`. */
+  requestId?: string;
+  /** Node answers made without the model or the stored features say why. */
+  degraded?: { reason: string; fallback: string; message: string };
+}
+
+export interface TrackedEvent {
+  item: string;
+  /** Default "click". */
+  kind?: "view" | "click" | "purchase" | "rating";
+  /** The node answer this event responds to. */
+  requestId?: string;
+  /** A rating's value. */
+  value?: number;
+  /** When it happened (default now), milliseconds since the Unix epoch. */
+  timeMs?: number;
+}
+
+export interface LoadedModel {
+  name: string;
+  version: string;
+  variant: string;
+  planRevision: number;
+  manifestDigest: string;
+  items: number;
+  /** Loaded from this page's cache because the source could not be reached. */
+  offline: boolean;
+}
+
+/** Errors carry a stable `kind`: "bad_signature", "digest_mismatch", "invalid_bundle", "network", "privacy", ... */
+export class EdgeRecError extends Error {
+  kind: string;
+  /** The HTTP status, when a server answered with an error. */
+  status?: number;
+}
+
+export class EdgeRec {
+  /** Fetches the plan, picks the visitor's variant, verifies and loads its bundle. */
+  static connect(options: ConnectOptions): Promise<EdgeRec>;
+  readonly userId: string;
+  readonly model: LoadedModel;
+  readonly privacy: "share" | "local";
+  /** Recent items, oldest first. */
+  readonly history: string[];
+  readonly pendingEvents: number;
+  items(): string[];
+  /** Ranks on the device; synchronous. */
+  recommend(options?: RecommendOptions): Recommendation;
+  /** The same history ranked by the edge node (refused in the local privacy mode). */
+  recommendOnNode(options?: RecommendOptions): Promise<Recommendation>;
+  /** Adds the item to the history and queues the event for the node (unless privacy is "local"). */
+  track(event: TrackedEvent): void;
+  flush(options?: { keepalive?: boolean }): Promise<{ sent: number }>;
+  clearHistory(): void;
+  reload(): Promise<void>;
+  on(listener: (event: { type: "sent"; count: number } | { type: "send-failed"; error: EdgeRecError }) => void): () => void;
+}

@@ -1,0 +1,516 @@
+// EdgeRec in the browser: ranks on the visitor's device with the model an edge node (or the registry) serves.
+//
+// The bundle is fetched by digest, checked against its version record (sha256 of both files) and the record's
+// ed25519 signature before the Wasm ranker loads it; the ranker checks the model against the manifest once more.
+// The visitor's history stays in this page's storage; `track()` sends events to the edge node in batches unless
+// the page chose the local privacy mode. Types: edgerec.d.ts.
+
+import initRanker, { Ranker, assignVariant, sha256Digest } from "./edgerec_ranker.js";
+
+const MODEL_FILE = "model.onnx";
+const DEFAULTS = {
+  surface: "home",
+  privacy: "share",
+  maxHistory: 200,
+  batchSize: 20,
+  flushIntervalMs: 2000,
+  storagePrefix: "edgerec:",
+  cacheName: "edgerec-bundles",
+};
+const TRACKED_KINDS = new Set(["view", "click", "purchase", "rating"]);
+
+/** An error with a stable `kind`, so a page can tell a refused bundle from a network failure. */
+export class EdgeRecError extends Error {
+  constructor(kind, message, options) {
+    super(message, options);
+    this.name = "EdgeRecError";
+    this.kind = kind;
+    this.status = options?.status;
+  }
+}
+
+let rankerReady = null;
+
+/** Loads the Wasm ranker once per page; `wasm` overrides where its `.wasm` file is fetched from. */
+function loadRankerModule(wasm) {
+  rankerReady ??= initRanker(wasm === undefined ? undefined : { module_or_path: wasm });
+  return rankerReady;
+}
+
+function memoryStorage() {
+  const values = new Map();
+  return {
+    getItem: (key) => (values.has(key) ? values.get(key) : null),
+    setItem: (key, value) => values.set(key, String(value)),
+    removeItem: (key) => values.delete(key),
+  };
+}
+
+function defaultStorage() {
+  try {
+    if (typeof localStorage !== "undefined") {
+      return localStorage;
+    }
+  } catch {
+    // Storage blocked by the browser's settings: keep everything in memory for this page's life.
+  }
+  return memoryStorage();
+}
+
+function hexToBytes(hex, what) {
+  const clean = String(hex).trim();
+  if (!/^([0-9a-fA-F]{2})+$/.test(clean)) {
+    throw new EdgeRecError("invalid_key", `${what} is not hex`);
+  }
+  const bytes = new Uint8Array(clean.length / 2);
+  for (let i = 0; i < bytes.length; i += 1) {
+    bytes[i] = parseInt(clean.slice(2 * i, 2 * i + 2), 16);
+  }
+  return bytes;
+}
+
+function randomId() {
+  if (globalThis.crypto?.randomUUID) {
+    return crypto.randomUUID();
+  }
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** Checks the ed25519 signature of a manifest digest with the browser's own Web Crypto. */
+async function verifySignature(publicKeyHex, digestHex, signatureHex) {
+  const subtle = globalThis.crypto?.subtle;
+  if (!subtle) {
+    throw new EdgeRecError(
+      "no_webcrypto",
+      "this page has no Web Crypto (it needs a secure context: https or localhost), so the bundle's signature cannot be checked",
+    );
+  }
+  let key;
+  try {
+    key = await subtle.importKey("raw", hexToBytes(publicKeyHex, "the public key"), { name: "Ed25519" }, false, [
+      "verify",
+    ]);
+  } catch (error) {
+    if (error instanceof EdgeRecError) throw error;
+    throw new EdgeRecError("no_webcrypto", `this browser cannot check ed25519 signatures: ${error.message}`, {
+      cause: error,
+    });
+  }
+  let signature;
+  try {
+    signature = hexToBytes(signatureHex, "the signature");
+  } catch {
+    return false;
+  }
+  return subtle.verify({ name: "Ed25519" }, key, signature, hexToBytes(digestHex, "the digest"));
+}
+
+/**
+ * A model bundle ranking on this device, the visitor's local history, and an event queue to the edge node.
+ * Create it with `EdgeRec.connect(...)`.
+ */
+export class EdgeRec {
+  /** Fetches, verifies and loads the bundle the plan of `options.surface` assigns to this visitor. */
+  static async connect(options) {
+    if (!options || typeof options !== "object") {
+      throw new EdgeRecError("invalid_options", "EdgeRec.connect() takes an options object");
+    }
+    const settings = { ...DEFAULTS, ...options };
+    if (!settings.node && !settings.registry) {
+      throw new EdgeRecError("invalid_options", "name an edge node (`node`) or a registry (`registry`) to load from");
+    }
+    if (!["share", "local"].includes(settings.privacy)) {
+      throw new EdgeRecError("invalid_options", `privacy is "share" or "local", not ${JSON.stringify(settings.privacy)}`);
+    }
+    const edge = new EdgeRec(EdgeRec.#token, settings);
+    await loadRankerModule(settings.wasm);
+    await edge.#load();
+    return edge;
+  }
+
+  static #token = Symbol("EdgeRec.connect");
+  #settings;
+  #source;
+  #headers;
+  #fetch;
+  #storage;
+  #ranker = null;
+  #deployment = null;
+  #queue;
+  #timer = null;
+  #flushing = null;
+  #listeners = new Set();
+
+  constructor(token, settings) {
+    if (token !== EdgeRec.#token) {
+      throw new EdgeRecError("invalid_options", "use `await EdgeRec.connect(options)`");
+    }
+    this.#settings = settings;
+    const base = settings.node ?? settings.registry?.url ?? settings.registry;
+    this.#source = String(base).replace(/\/+$/, "");
+    this.#headers = settings.registry?.token ? { Authorization: `Bearer ${settings.registry.token}` } : {};
+    this.#fetch = settings.fetch ?? globalThis.fetch.bind(globalThis);
+    this.#storage = settings.storage === null ? memoryStorage() : (settings.storage ?? defaultStorage());
+    this.userId = settings.userId ?? this.#read("user") ?? randomId();
+    this.#write("user", this.userId);
+    this.#queue = this.#readJson("queue") ?? [];
+    if (typeof addEventListener === "function") {
+      // Events still queued when the visitor leaves are sent with keepalive; they stay stored until acknowledged.
+      addEventListener("pagehide", () => this.flush({ keepalive: true }).catch(() => {}));
+      addEventListener("online", () => this.flush().catch(() => {}));
+    }
+  }
+
+  /** The loaded model: name, version, A/B variant, plan revision, where it came from and item count. */
+  get model() {
+    const d = this.#deployment;
+    return {
+      name: d.record.model,
+      version: d.record.version,
+      variant: d.variant,
+      planRevision: d.planRevision,
+      manifestDigest: d.record.manifest_digest,
+      items: this.#ranker.itemCount,
+      offline: d.offline,
+    };
+  }
+
+  /** "share" (events go to the edge node) or "local" (nothing about the visitor leaves the device). */
+  get privacy() {
+    return this.#settings.privacy;
+  }
+
+  /** The visitor's recent items, oldest first, each once at its latest position. */
+  get history() {
+    return this.#readJson("history") ?? [];
+  }
+
+  /** Every item id the model can recommend. */
+  items() {
+    return this.#ranker.items();
+  }
+
+  /** Events waiting to be sent to the edge node. */
+  get pendingEvents() {
+    return this.#queue.length;
+  }
+
+  /** Ranks on this device from the local history; synchronous, no network. */
+  recommend(options = {}) {
+    const started = performance.now();
+    const items = this.#ranker.recommend({
+      recentItems: this.history,
+      k: options.k ?? 10,
+      exclude: options.exclude,
+      candidates: options.candidates,
+      context: options.context,
+    });
+    const rankMs = performance.now() - started;
+    return { items, rankMs, where: "device", ...this.#answerModel() };
+  }
+
+  /**
+   * Asks the edge node to rank the same local history (with the visitor's id, so it picks the same variant).
+   * Refused in the local privacy mode, as it sends the history.
+   */
+  async recommendOnNode(options = {}) {
+    if (this.privacy === "local") {
+      throw new EdgeRecError("privacy", "the local privacy mode never sends the history to a server");
+    }
+    const node = this.#nodeUrl();
+    const started = performance.now();
+    const answer = await this.#json(`${node}/v1/recommend`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({
+        user_id: this.userId,
+        recent_items: this.history,
+        k: options.k ?? 10,
+        exclude: options.exclude,
+        context: options.context,
+        surface: this.#settings.surface,
+      }),
+    });
+    return {
+      items: answer.items,
+      rankMs: performance.now() - started,
+      where: "node",
+      model: answer.model,
+      modelVersion: answer.model_version,
+      variant: answer.variant,
+      planRevision: answer.plan_revision,
+      requestId: answer.request_id,
+      degraded: answer.degraded,
+    };
+  }
+
+  /**
+   * Records an interaction: it joins the local history at once, and (unless the privacy mode is local) is queued
+   * for the edge node, sent when `batchSize` events wait or after `flushIntervalMs`.
+   */
+  track(event) {
+    const kind = event?.kind ?? "click";
+    if (!event || typeof event.item !== "string" || event.item === "") {
+      throw new EdgeRecError("invalid_event", "track() takes { item, kind?, requestId?, value? } with an item id");
+    }
+    if (!TRACKED_KINDS.has(kind)) {
+      throw new EdgeRecError("invalid_event", `unknown event kind ${JSON.stringify(kind)}`);
+    }
+    this.#remember(event.item);
+    if (this.privacy === "local") {
+      return;
+    }
+    const record = {
+      id: randomId(),
+      user: this.userId,
+      item: event.item,
+      kind,
+      time_ms: event.timeMs ?? Date.now(),
+    };
+    if (event.requestId) record.request_id = event.requestId;
+    if (event.value !== undefined) record.value = event.value;
+    this.#queue.push(record);
+    this.#writeJson("queue", this.#queue);
+    if (this.#queue.length >= this.#settings.batchSize) {
+      this.flush().catch(() => {});
+    } else {
+      this.#timer ??= setTimeout(() => {
+        this.#timer = null;
+        this.flush().catch(() => {});
+      }, this.#settings.flushIntervalMs);
+    }
+  }
+
+  /** Sends the queued events now. Events stay queued (and stored) until the node acknowledges them. */
+  async flush({ keepalive = false } = {}) {
+    // One send at a time: a caller that waited must see the queue the previous send left.
+    while (this.#flushing) {
+      await this.#flushing.catch(() => {});
+    }
+    if (this.#queue.length === 0 || this.privacy === "local") {
+      return { sent: 0 };
+    }
+    const batch = this.#queue.slice(0, 500);
+    this.#flushing = (async () => {
+      try {
+        await this.#json(`${this.#nodeUrl()}/v1/events`, {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ events: batch }),
+          keepalive,
+        });
+        const sent = new Set(batch.map((e) => e.id));
+        this.#queue = this.#queue.filter((e) => !sent.has(e.id));
+        this.#writeJson("queue", this.#queue);
+        this.#emit({ type: "sent", count: batch.length });
+        return { sent: batch.length };
+      } catch (error) {
+        this.#emit({ type: "send-failed", error });
+        throw error;
+      } finally {
+        this.#flushing = null;
+      }
+    })();
+    return this.#flushing;
+  }
+
+  /**
+   * Forgets the local history and any unsent events. A generated visitor id is replaced too (the node's stored
+   * history belongs to the old one); the new id may fall in another A/B variant, so call `reload()` after.
+   */
+  clearHistory() {
+    this.#storage.removeItem(this.#key("history"));
+    this.#queue = [];
+    this.#writeJson("queue", this.#queue);
+    if (!this.#settings.userId) {
+      this.userId = randomId();
+      this.#write("user", this.userId);
+    }
+  }
+
+  /** Reloads the plan and bundle (for example after a deployment); keeps the current model if that fails. */
+  async reload() {
+    await this.#load();
+  }
+
+  /** Calls `listener({type, ...})` on "sent" and "send-failed"; returns a function that removes it. */
+  on(listener) {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  #emit(event) {
+    for (const listener of this.#listeners) listener(event);
+  }
+
+  #answerModel() {
+    const d = this.#deployment;
+    return { model: d.record.model, modelVersion: d.record.version, variant: d.variant, planRevision: d.planRevision };
+  }
+
+  #remember(item) {
+    const history = this.history.filter((i) => i !== item);
+    history.push(item);
+    this.#writeJson("history", history.slice(-this.#settings.maxHistory));
+  }
+
+  #nodeUrl() {
+    const node = this.#settings.node ?? this.#settings.eventsNode;
+    if (!node) {
+      throw new EdgeRecError("no_node", "no edge node was named (`node`), so there is nowhere to send this");
+    }
+    return String(node).replace(/\/+$/, "");
+  }
+
+  async #load() {
+    const surface = this.#settings.surface;
+    let deployment;
+    try {
+      const plan = await this.#json(`${this.#source}/v1/plans/${encodeURIComponent(surface)}`, {
+        headers: this.#headers,
+      });
+      const index = assignVariant(plan.salt, this.userId, new Uint32Array(plan.variants.map((v) => v.weight))) ?? 0;
+      const variant = plan.variants[index];
+      const path = `${encodeURIComponent(variant.model)}/versions/${encodeURIComponent(variant.version)}`;
+      const record = await this.#json(`${this.#source}/v1/models/${path}`, { headers: this.#headers });
+      deployment = { record, variant: variant.name, planRevision: plan.revision, offline: false };
+    } catch (error) {
+      // Offline (or the source is down): the last verified deployment, if its files are still cached.
+      const saved = this.#readJson(`deployment:${surface}`);
+      const unreachable = error instanceof EdgeRecError && (error.kind === "network" || error.status >= 500);
+      if (!saved || !unreachable) {
+        throw error;
+      }
+      deployment = { ...saved, offline: true };
+    }
+    const record = deployment.record;
+    const modelDigest = record.files?.[MODEL_FILE];
+    if (!modelDigest || !record.manifest_digest || !record.signature) {
+      throw new EdgeRecError("invalid_record", `the version record of ${record.model}@${record.version} is incomplete`);
+    }
+    const key = await this.#publicKey(deployment.offline);
+    if (!(await verifySignature(key, record.manifest_digest, record.signature))) {
+      throw new EdgeRecError(
+        "bad_signature",
+        `the signature of ${record.model}@${record.version} does not match the registry's key: the bundle was refused`,
+      );
+    }
+    const [manifest, model] = await Promise.all([
+      this.#blob(record.manifest_digest, "manifest.json", deployment.offline),
+      this.#blob(modelDigest, MODEL_FILE, deployment.offline),
+    ]);
+    let ranker;
+    try {
+      ranker = Ranker.load(manifest, model);
+    } catch (error) {
+      throw new EdgeRecError(error.kind ?? "invalid_bundle", `the bundle was refused: ${error.message}`, {
+        cause: error,
+      });
+    }
+    this.#ranker?.free();
+    this.#ranker = ranker;
+    this.#deployment = deployment;
+    if (!deployment.offline) {
+      const { offline, ...kept } = deployment;
+      this.#writeJson(`deployment:${surface}`, kept);
+    }
+  }
+
+  /** The key signatures are checked with: the page's own, else the source's pinned on first use. */
+  async #publicKey(offline) {
+    if (this.#settings.publicKey) {
+      return this.#settings.publicKey;
+    }
+    const pinned = this.#read(`key:${this.#source}`);
+    if (pinned || offline) {
+      if (!pinned) throw new EdgeRecError("network", "offline, and no signing key was pinned yet");
+      return pinned;
+    }
+    const answer = await this.#json(`${this.#source}/v1/signing-key`, { headers: this.#headers });
+    this.#write(`key:${this.#source}`, answer.public_key);
+    return answer.public_key;
+  }
+
+  /** A bundle file by digest: from the page's cache when there, else fetched; checked against its digest. */
+  async #blob(digest, file, offline) {
+    const url = `${this.#source}/v1/blobs/${digest}`;
+    const cache = await globalThis.caches?.open(this.#settings.cacheName).catch(() => null);
+    let bytes = null;
+    const cached = await cache?.match(url);
+    if (cached) {
+      bytes = new Uint8Array(await cached.arrayBuffer());
+    } else if (offline) {
+      throw new EdgeRecError("network", `offline, and ${file} (${digest}) is not in this page's cache`);
+    } else {
+      const response = await this.#request(url, { headers: this.#headers });
+      bytes = new Uint8Array(await response.arrayBuffer());
+    }
+    const actual = sha256Digest(bytes);
+    if (actual !== digest) {
+      await cache?.delete(url);
+      throw new EdgeRecError(
+        "digest_mismatch",
+        `${file} does not match its version record (expected sha256 ${digest}, got ${actual}): the bundle was refused`,
+      );
+    }
+    if (!cached) {
+      await cache?.put(url, new Response(bytes)).catch(() => {});
+    }
+    return bytes;
+  }
+
+  async #request(url, init) {
+    let response;
+    try {
+      response = await this.#fetch(url, init);
+    } catch (error) {
+      throw new EdgeRecError("network", `cannot reach ${url}: ${error.message}`, { cause: error });
+    }
+    if (!response.ok) {
+      let message = `${response.status} ${response.statusText}`;
+      let kind = "http";
+      try {
+        const body = await response.json();
+        if (body?.error?.message) message = `${response.status}: ${body.error.message}`;
+        if (body?.error?.kind) kind = body.error.kind;
+      } catch {
+        // Not a JSON error body; the status says enough.
+      }
+      throw new EdgeRecError(kind, `${url} answered ${message}`, { status: response.status });
+    }
+    return response;
+  }
+
+  async #json(url, init) {
+    return (await this.#request(url, init)).json();
+  }
+
+  #key(name) {
+    return `${this.#settings.storagePrefix}${name}`;
+  }
+
+  #read(name) {
+    return this.#storage.getItem(this.#key(name));
+  }
+
+  #write(name, value) {
+    try {
+      this.#storage.setItem(this.#key(name), value);
+    } catch {
+      // Storage full or blocked: the value lives for this page only.
+    }
+  }
+
+  #readJson(name) {
+    try {
+      return JSON.parse(this.#read(name) ?? "null");
+    } catch {
+      return null;
+    }
+  }
+
+  #writeJson(name, value) {
+    this.#write(name, JSON.stringify(value));
+  }
+}

@@ -1,0 +1,194 @@
+// The web demo in headless Chromium, against a running `edgerec demo` (or `edgerec edge serve --web-demo`):
+//   node web-demo/tests/e2e.mjs http://127.0.0.1:8080 [--screenshots DIR] [--clicks N]
+// Needs EDGEREC_PLAYWRIGHT (a folder with node_modules/playwright-core) and CHROMIUM (the browser binary);
+// scripts/setup.sh installs both. Every check throws on failure; the figures are printed as one JSON line last.
+
+import assert from "node:assert/strict";
+import { createRequire } from "node:module";
+import { join } from "node:path";
+
+const args = process.argv.slice(2);
+const base = args[0];
+const option = (name, fallback) => {
+  const at = args.indexOf(name);
+  return at >= 0 ? args[at + 1] : fallback;
+};
+const screenshots = option("--screenshots", null);
+const clicks = Number(option("--clicks", "5"));
+if (!base) {
+  console.error("usage: e2e.mjs BASE_URL [--screenshots DIR] [--clicks N]");
+  process.exit(2);
+}
+const toolDir = process.env.EDGEREC_PLAYWRIGHT;
+const executablePath = process.env.CHROMIUM ?? "/usr/bin/chromium";
+if (!toolDir) {
+  console.error("EDGEREC_PLAYWRIGHT is not set: run scripts/setup.sh, which installs playwright-core and Chromium");
+  process.exit(2);
+}
+const { chromium } = createRequire(join(toolDir, "package.json"))("playwright-core");
+
+const log = (...parts) => console.error("[e2e]", ...parts);
+// Headless Chromium as root needs --no-sandbox; no virtual time, so performance.now() is real. Each context below
+// is a fresh profile: nothing cached, nothing stored.
+const browser = await chromium.launch({
+  executablePath,
+  headless: true,
+  args: [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+  ],
+});
+const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+const figures = {};
+const ready = (page, timeout = 30_000) =>
+  page.waitForFunction(() => ["ready", "error"].includes(document.body.dataset.state), null, { timeout });
+const shown = (page) => page.$$eval("#recs button[data-item]", (buttons) => buttons.map((b) => b.dataset.item));
+
+try {
+  // 1. Cold load: page, package, Wasm and bundle fetched for the first time in a fresh profile.
+  const page = await context.newPage();
+  const consoleErrors = [];
+  page.on("pageerror", (error) => consoleErrors.push(error.message));
+  const navigationStarted = Date.now();
+  await page.goto(base, { waitUntil: "commit" });
+  await ready(page);
+  const error = await page.evaluate(() => window.edgerecDemo.error);
+  assert.equal(error, undefined, `the page failed to load its model: ${JSON.stringify(error)}`);
+  figures.first_recommendations_ms = await page.evaluate(() => window.edgerecDemo.coldMs);
+  figures.first_recommendations_wall_ms = Date.now() - navigationStarted;
+  figures.downloaded = await page.evaluate(() =>
+    performance
+      .getEntriesByType("resource")
+      .filter((e) => e.name.endsWith(".wasm") || e.name.includes("/v1/blobs/") || e.name.endsWith(".js"))
+      .map((e) => ({ name: new URL(e.name).pathname, transfer: e.transferSize, decoded: e.decodedBodySize })),
+  );
+  log(`first recommendations ${figures.first_recommendations_ms.toFixed(0)} ms after navigation`);
+  let before = await shown(page);
+  assert.ok(before.length > 0, "no recommendations on first load");
+  assert.equal(await page.textContent("#f-verified"), "verified ✓");
+
+  // 2. Clicks: each pick re-ranks on the device, and the edge node agrees on the same history.
+  const rankTimes = [];
+  for (let i = 0; i < clicks; i += 1) {
+    const target = before[i % before.length];
+    const renders = await page.evaluate(() => Number(document.body.dataset.renders));
+    await page.click(`#recs button[data-item="${target}"]`);
+    await page.waitForFunction(
+      (n) => Number(document.body.dataset.renders) > n && document.body.dataset.state === "ready",
+      renders,
+    );
+    const after = await shown(page);
+    const { last, agreement } = await page.evaluate(() => ({
+      last: window.edgerecDemo.last,
+      agreement: window.edgerecDemo.agreement,
+    }));
+    assert.equal(last.where, "device");
+    rankTimes.push(last.rankMs);
+    assert.notDeepEqual(after, before, `click ${i + 1} on ${target} did not change the recommendations`);
+    assert.ok(!after.includes(target), `the picked item ${target} is still recommended`);
+    assert.ok(agreement?.same, `device and node top-k differ after click ${i + 1}: ${JSON.stringify(agreement)}`);
+    before = after;
+  }
+  const history = await page.evaluate(() => window.edgerec.history);
+  assert.equal(history.length, clicks, `history ${JSON.stringify(history)}`);
+  rankTimes.sort((a, b) => a - b);
+  figures.rank_ms_per_click = { median: rankTimes[Math.floor(rankTimes.length / 2)], max: rankTimes.at(-1), clicks };
+  log(`ranking per click: median ${figures.rank_ms_per_click.median.toFixed(2)} ms, max ${figures.rank_ms_per_click.max.toFixed(2)} ms`);
+
+  // 3. The toggle: the edge node ranks the same history into the same list.
+  const onDevice = await shown(page);
+  await page.click("#mode-node");
+  await page.waitForFunction(() => window.edgerecDemo.last.where === "node" && document.body.dataset.state === "ready");
+  assert.deepEqual(await shown(page), onDevice, "the edge node's list differs from the device's");
+  await page.click("#mode-device");
+  await page.waitForFunction(() => window.edgerecDemo.last.where === "device");
+
+  // 4. Events reach the node in batches.
+  await page.evaluate(() => window.edgerec.flush());
+  assert.equal(await page.evaluate(() => window.edgerec.pendingEvents), 0, "events still waiting after flush");
+  figures.events_sent = await page.evaluate(() => window.edgerecDemo.sent);
+  assert.equal(figures.events_sent, clicks);
+
+  if (screenshots) {
+    await page.screenshot({ path: join(screenshots, "web-demo-desktop.png"), fullPage: false });
+  }
+
+  // 5. Offline once loaded: ranking still works with the network gone.
+  await context.setOffline(true);
+  const offlineBefore = await shown(page);
+  const renders = await page.evaluate(() => Number(document.body.dataset.renders));
+  await page.click(`#recs button[data-item="${offlineBefore[0]}"]`);
+  await page.waitForFunction((n) => Number(document.body.dataset.renders) > n, renders);
+  assert.notDeepEqual(await shown(page), offlineBefore, "no re-ranking offline");
+  await context.setOffline(false);
+  assert.deepEqual(consoleErrors, [], "errors thrown in the page");
+
+  // 6. Phone width: the layout fits without sideways scrolling.
+  await page.setViewportSize({ width: 390, height: 844 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `the page is ${overflow}px wider than a phone screen`);
+  if (screenshots) {
+    await page.screenshot({ path: join(screenshots, "web-demo-phone.png"), fullPage: false });
+  }
+  await page.close();
+
+  // 7. Private mode: nothing about the visitor is sent.
+  const isolated = await browser.newContext();
+  const privatePage = await isolated.newPage();
+  const sent = [];
+  privatePage.on("request", (request) => {
+    if (request.method() === "POST") sent.push(request.url());
+  });
+  await privatePage.addInitScript(() => localStorage.setItem("edgerec-demo:privacy", "local"));
+  await privatePage.goto(base);
+  await ready(privatePage);
+  const privateList = await shown(privatePage);
+  const privateRenders = await privatePage.evaluate(() => Number(document.body.dataset.renders));
+  await privatePage.click(`#recs button[data-item="${privateList[0]}"]`);
+  await privatePage.waitForFunction((n) => Number(document.body.dataset.renders) > n, privateRenders);
+  await privatePage.waitForTimeout(2500);
+  assert.deepEqual(sent, [], "the private mode sent requests");
+  assert.notDeepEqual(await shown(privatePage), privateList);
+  await isolated.close();
+
+  // 8. A tampered bundle is refused, visibly: one byte of the model changed in transit, then a forged signature.
+  for (const [what, route, expect] of [
+    ["model bytes", "**/v1/blobs/**", "digest_mismatch"],
+    ["signature", "**/v1/models/**", "bad_signature"],
+  ]) {
+    const tampered = await browser.newContext();
+    await tampered.route(route, async (intercepted) => {
+      const response = await intercepted.fetch();
+      let body = await response.body();
+      if (what === "model bytes") {
+        // The ONNX file, not the JSON manifest.
+        if (body[0] !== "{".charCodeAt(0)) {
+          body = Buffer.from(body);
+          body[body.length >> 1] ^= 0x01;
+        }
+      } else {
+        const record = JSON.parse(body.toString());
+        const flipped = record.signature[0] === "0" ? "1" : "0";
+        record.signature = flipped + record.signature.slice(1);
+        body = Buffer.from(JSON.stringify(record));
+      }
+      await intercepted.fulfill({ response, body });
+    });
+    const tamperedPage = await tampered.newPage();
+    await tamperedPage.goto(base);
+    await ready(tamperedPage);
+    const refused = await tamperedPage.evaluate(() => window.edgerecDemo.error);
+    assert.equal(refused?.kind, expect, `tampered ${what}: ${JSON.stringify(refused)}`);
+    assert.ok(await tamperedPage.isVisible("#error"), `tampered ${what}: no visible message`);
+    assert.match(await tamperedPage.textContent("#error"), /refused/);
+    assert.equal((await shown(tamperedPage)).length, 0, `tampered ${what}: recommendations shown anyway`);
+    await tampered.close();
+  }
+  console.log(JSON.stringify(figures));
+} finally {
+  await browser.close();
+}
