@@ -27,6 +27,8 @@ mod support;
 const POLL_MS: u64 = 300;
 const SURFACE: &str = "home";
 const MODEL: &str = "golden-sasrec";
+/// The one other site allowed to call the nodes from its pages.
+const SHOP: &str = "https://shop.example";
 
 fn wasm() -> PathBuf {
     edgerec_conformance::wasm_artifact("ranker-wasi.wasm")
@@ -475,7 +477,11 @@ fn serves_browsers(node: &Node, record: &VersionRecord, registry_key: &str) {
 
     for (path, status, kind) in [
         ("/v1/plans/checkout".to_string(), 404, "unknown_surface"),
-        (format!("/v1/models/{MODEL}/versions/9.9.9"), 404, "not_found"),
+        (
+            format!("/v1/models/{MODEL}/versions/9.9.9"),
+            404,
+            "not_found",
+        ),
         ("/v1/blobs/not-a-digest".to_string(), 400, "invalid_digest"),
         (format!("/v1/blobs/{}", "0".repeat(64)), 404, "not_found"),
         ("/v1/catalogue/checkout".to_string(), 404, "unknown_surface"),
@@ -488,6 +494,24 @@ fn serves_browsers(node: &Node, record: &VersionRecord, registry_key: &str) {
             "{path}: {body}"
         );
     }
+    // Another site's page may call the node only when its origin is allowed (the browser asks first).
+    for (origin, allowed) in [(SHOP, true), ("https://elsewhere.example", false)] {
+        let response = node
+            .agent
+            .options(format!("{}/v1/recommend", node.url))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header("Access-Control-Request-Headers", "content-type")
+            .call()
+            .expect("answers");
+        let allows = response
+            .headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok())
+            == Some(origin);
+        assert_eq!(allows, allowed, "{origin}: {:?}", response.headers());
+    }
+
     // The catalogue lists every item the served model knows (the golden model has no catalogue titles).
     let (status, catalogue) = node.get(&format!("/v1/catalogue/{SURFACE}"));
     assert_eq!(status, 200, "{catalogue}");
@@ -559,6 +583,7 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
             "registry": { "url": registry_url, "token": token, "poll_interval_ms": POLL_MS },
             "deadlines": { "features_ms": 2000 },
             "ship_interval_ms": 3_600_000,
+            "allowed_origins": [SHOP],
             "features": {
                 "data_dir": dir.path().join(name),
                 "ingest": { "node_id": name },
