@@ -48,8 +48,9 @@ fn demo_trains_serves_replays_and_stops() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("runs the demo");
-    let (lines, logged) = mpsc::channel();
     let stderr = demo.stderr.take().expect("piped");
+    let mut demo = Interrupted(Some(demo));
+    let (lines, logged) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             eprintln!("demo: {line}");
@@ -109,12 +110,7 @@ fn demo_trains_serves_replays_and_stops() {
     );
 
     // Ctrl-C stops the demo and everything it started.
-    let interrupted = Command::new("kill")
-        .args(["-INT", &demo.id().to_string()])
-        .status()
-        .expect("runs kill");
-    assert!(interrupted.success());
-    let status = demo.wait().expect("waits for the demo");
+    let status = demo.stop();
     log.extend(logged.iter().map(|line| line + "\n"));
     assert!(status.success(), "the demo failed:\n{log}");
 
@@ -181,6 +177,33 @@ fn demo_trains_serves_replays_and_stops() {
         "{report}"
     );
     assert!(variant["requests"].as_u64() > Some(60), "{report}");
+}
+
+/// The running demo, interrupted (Ctrl-C, so it stops the registry and node it started) when the test is done
+/// with it or fails.
+struct Interrupted(Option<std::process::Child>);
+
+impl Interrupted {
+    fn interrupt(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        let Some(mut child) = self.0.take() else {
+            return Err(std::io::Error::other("already stopped"));
+        };
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()?;
+        child.wait()
+    }
+
+    fn stop(&mut self) -> std::process::ExitStatus {
+        self.interrupt().expect("interrupts the demo")
+    }
+}
+
+impl Drop for Interrupted {
+    fn drop(&mut self) {
+        // Also while a failed assertion unwinds: nothing here may panic.
+        let _ = self.interrupt();
+    }
 }
 
 /// Runs `web-demo/tests/e2e.mjs` against the page at `base` and returns the figures it prints.

@@ -2,7 +2,7 @@
 //! acknowledged event is in the store and in the event log exactly once.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -57,7 +57,12 @@ fn ingest(file: &Path, data: &Path, kill_after: Option<Duration>) -> Vec<String>
     )
     .arg(file)
     .stdout(Stdio::piped())
-    .stderr(Stdio::null())
+    // A run that is not killed must succeed; its stderr says why if it does not.
+    .stderr(if kill_after.is_some() {
+        Stdio::null()
+    } else {
+        Stdio::piped()
+    })
     .spawn()
     .expect("starts edgerec");
     let stdout = child.stdout.take().expect("stdout");
@@ -73,10 +78,17 @@ fn ingest(file: &Path, data: &Path, kill_after: Option<Duration>) -> Vec<String>
             let _ = child.kill();
             let _ = child.wait();
         }
-        None => assert!(
-            child.wait().expect("waits").success(),
-            "the last ingest succeeds"
-        ),
+        None => {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = pipe.read_to_string(&mut stderr);
+            }
+            let status = child.wait().expect("waits");
+            assert!(
+                status.success(),
+                "an ingest run that is not killed fails ({status}):\n{stderr}"
+            );
+        }
     }
     reader.join().expect("reader")
 }

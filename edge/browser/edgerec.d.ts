@@ -9,13 +9,18 @@ export interface ScoredItem {
 export interface ConnectOptions {
   /** Base URL of an edge node: the bundle, ranking on the node and events all go there. */
   node?: string;
-  /** Or load the bundle from the registry itself (a `read` token; the registry must allow the page's origin). */
+  /**
+   * Or load the bundle from the registry itself, with a `read` token (sent to the registry only). The registry
+   * sends no CORS headers: use it from Node, a server, or a page on the registry's own origin. Events and
+   * `recommendOnNode()` still need `node`.
+   */
   registry?: { url: string; token?: string };
   /** Plan name in the registry (default "home"). */
   surface?: string;
   /**
-   * The registry's ed25519 public key (hex, from `GET /v1/signing-key`). Without it the key the source names is
-   * pinned in storage on first use, and a later different key is refused.
+   * The registry's ed25519 public key (hex, from `GET /v1/signing-key`). Set it: it is the only protection against
+   * a source that serves a bundle and a key of its own. Without it the source's key is pinned in storage after its
+   * first successful check, and a later different key is refused.
    */
   publicKey?: string;
   /** The visitor's id (default: a random id kept in storage). It picks the A/B variant, as on the edge node. */
@@ -27,7 +32,7 @@ export interface ConnectOptions {
   privacy?: "share" | "local";
   /** Where history, the event queue and pinned keys are kept (default localStorage; `null`: memory only). */
   storage?: Pick<Storage, "getItem" | "setItem" | "removeItem"> | null;
-  /** Items of history kept (default 200; the model reads its own last few). */
+  /** Items of history kept, 1 to 500 (default 200; the model reads its own last few; nodes take up to 500). */
   maxHistory?: number;
   /** Events sent together (default 20) and the longest an event waits (default 2000 ms). */
   batchSize?: number;
@@ -36,6 +41,10 @@ export interface ConnectOptions {
   wasm?: string | URL | Response | BufferSource | WebAssembly.Module;
   /** A fetch to use instead of the global one. */
   fetch?: typeof fetch;
+  /** Prefix of the storage keys (default "edgerec:"). */
+  storagePrefix?: string;
+  /** Cache API cache holding bundle files by digest (default "edgerec-bundles"). */
+  cacheName?: string;
 }
 
 export interface RecommendOptions {
@@ -85,10 +94,16 @@ export interface LoadedModel {
   items: number;
   /** Loaded from this page's cache because the source could not be reached. */
   offline: boolean;
+  /** The signature was checked with the source's own key, pinned on first use (no `publicKey` was given). */
+  keyPinnedOnFirstUse: boolean;
 }
 
-/** Errors carry a stable `kind`: "bad_signature", "digest_mismatch", "invalid_bundle", "network", "privacy", ... */
+/**
+ * Errors carry a stable `kind`: "bad_signature", "digest_mismatch", "record_mismatch", "invalid_bundle",
+ * "invalid_record", "network", "privacy", "invalid_options", "invalid_event", or the server's error kind.
+ */
 export class EdgeRecError extends Error {
+  constructor(kind: string, message: string, options?: { cause?: unknown; status?: number });
   kind: string;
   /** The HTTP status, when a server answered with an error. */
   status?: number;
@@ -108,10 +123,17 @@ export class EdgeRec {
   recommend(options?: RecommendOptions): Recommendation;
   /** The same history ranked by the edge node (refused in the local privacy mode). */
   recommendOnNode(options?: RecommendOptions): Promise<Recommendation>;
-  /** Adds the item to the history and queues the event for the node (unless privacy is "local"). */
+  /** Adds the item to the history and queues the event for the node (unless privacy is "local" or no node). */
   track(event: TrackedEvent): void;
   flush(options?: { keepalive?: boolean }): Promise<{ sent: number }>;
   clearHistory(): void;
   reload(): Promise<void>;
-  on(listener: (event: { type: "sent"; count: number } | { type: "send-failed"; error: EdgeRecError }) => void): () => void;
+  on(
+    listener: (
+      event:
+        | { type: "sent"; count: number }
+        | { type: "send-failed"; error: EdgeRecError }
+        | { type: "dropped"; count: number; reason: string },
+    ) => void,
+  ): () => void;
 }

@@ -12,12 +12,19 @@ const DEFAULTS = {
   surface: "home",
   privacy: "share",
   maxHistory: 200,
+  // Edge nodes take at most 500 recent items per request (limits.max_recent_items).
+  maxHistoryLimit: 500,
   batchSize: 20,
   flushIntervalMs: 2000,
   storagePrefix: "edgerec:",
   cacheName: "edgerec-bundles",
 };
 const TRACKED_KINDS = new Set(["view", "click", "purchase", "rating"]);
+// What edge nodes accept (features/src/event.rs): events at most 7 days old and 5 minutes ahead of their clock.
+const MAX_EVENT_AGE_MS = 7 * 24 * 3600 * 1000;
+// Chromium refuses keepalive requests whose bodies together pass 64 KiB.
+const KEEPALIVE_BYTES = 60_000;
+const DIGEST = /^[0-9a-f]{64}$/;
 
 /** An error with a stable `kind`, so a page can tell a refused bundle from a network failure. */
 export class EdgeRecError extends Error {
@@ -117,8 +124,14 @@ export class EdgeRec {
       throw new EdgeRecError("invalid_options", "EdgeRec.connect() takes an options object");
     }
     const settings = { ...DEFAULTS, ...options };
-    if (!settings.node && !settings.registry) {
-      throw new EdgeRecError("invalid_options", "name an edge node (`node`) or a registry (`registry`) to load from");
+    if (!settings.node && !settings.registry?.url) {
+      throw new EdgeRecError(
+        "invalid_options",
+        "name an edge node (`node`) or a registry (`registry: { url, token }`) to load from",
+      );
+    }
+    if (!(settings.maxHistory >= 1 && settings.maxHistory <= DEFAULTS.maxHistoryLimit)) {
+      throw new EdgeRecError("invalid_options", `maxHistory is 1 to ${DEFAULTS.maxHistoryLimit}`);
     }
     if (!["share", "local"].includes(settings.privacy)) {
       throw new EdgeRecError("invalid_options", `privacy is "share" or "local", not ${JSON.stringify(settings.privacy)}`);
@@ -126,6 +139,7 @@ export class EdgeRec {
     const edge = new EdgeRec(EdgeRec.#token, settings);
     await loadRankerModule(settings.wasm);
     await edge.#load();
+    edge.#scheduleFlush();
     return edge;
   }
 
@@ -140,6 +154,7 @@ export class EdgeRec {
   #queue;
   #timer = null;
   #flushing = null;
+  #inFlight = new Set();
   #listeners = new Set();
 
   constructor(token, settings) {
@@ -147,7 +162,8 @@ export class EdgeRec {
       throw new EdgeRecError("invalid_options", "use `await EdgeRec.connect(options)`");
     }
     this.#settings = settings;
-    const base = settings.node ?? settings.registry?.url ?? settings.registry;
+    // The bundle comes from the registry when one is named (its token goes there only), else from the node.
+    const base = settings.registry?.url ?? settings.node;
     this.#source = String(base).replace(/\/+$/, "");
     this.#headers = settings.registry?.token ? { Authorization: `Bearer ${settings.registry.token}` } : {};
     this.#fetch = settings.fetch ?? globalThis.fetch.bind(globalThis);
@@ -164,15 +180,17 @@ export class EdgeRec {
 
   /** The loaded model: name, version, A/B variant, plan revision, where it came from and item count. */
   get model() {
+    const { model, modelVersion, variant, planRevision } = this.#answerModel();
     const d = this.#deployment;
     return {
-      name: d.record.model,
-      version: d.record.version,
-      variant: d.variant,
-      planRevision: d.planRevision,
+      name: model,
+      version: modelVersion,
+      variant,
+      planRevision,
       manifestDigest: d.record.manifest_digest,
       items: this.#ranker.itemCount,
       offline: d.offline,
+      keyPinnedOnFirstUse: d.keyPinnedOnFirstUse,
     };
   }
 
@@ -181,9 +199,16 @@ export class EdgeRec {
     return this.#settings.privacy;
   }
 
-  /** The visitor's recent items, oldest first, each once at its latest position. */
+  /**
+   * The visitor's recent items, oldest first, each once at its latest position. The local privacy mode keeps its
+   * own, so picks made in it are never sent later from the sharing mode.
+   */
   get history() {
-    return this.#readJson("history") ?? [];
+    return this.#readJson(this.#historyKey()) ?? [];
+  }
+
+  #historyKey() {
+    return this.privacy === "local" ? "history:local" : "history";
   }
 
   /** Every item id the model can recommend. */
@@ -257,8 +282,12 @@ export class EdgeRec {
     if (!TRACKED_KINDS.has(kind)) {
       throw new EdgeRecError("invalid_event", `unknown event kind ${JSON.stringify(kind)}`);
     }
+    if ((kind === "rating") !== Number.isFinite(event.value)) {
+      throw new EdgeRecError("invalid_event", "a rating needs a finite `value`, and only a rating has one");
+    }
     this.#remember(event.item);
-    if (this.privacy === "local") {
+    // Nothing leaves the device in the local mode, and without a node there is nowhere to send events.
+    if (this.privacy === "local" || !this.#settings.node) {
       return;
     }
     const record = {
@@ -275,6 +304,12 @@ export class EdgeRec {
     if (this.#queue.length >= this.#settings.batchSize) {
       this.flush().catch(() => {});
     } else {
+      this.#scheduleFlush();
+    }
+  }
+
+  #scheduleFlush() {
+    if (this.#queue.length > 0) {
       this.#timer ??= setTimeout(() => {
         this.#timer = null;
         this.flush().catch(() => {});
@@ -282,17 +317,41 @@ export class EdgeRec {
     }
   }
 
-  /** Sends the queued events now. Events stay queued (and stored) until the node acknowledges them. */
+  /**
+   * Sends the queued events now. Events stay queued (and stored) until the node acknowledges them; a batch the
+   * node refuses as invalid (4xx) is dropped, with a "dropped" event, so one bad event cannot block the rest.
+   */
   async flush({ keepalive = false } = {}) {
-    // One send at a time: a caller that waited must see the queue the previous send left.
-    while (this.#flushing) {
-      await this.#flushing.catch(() => {});
+    // One send at a time (a caller that waited sees the queue the previous send left), except when the page is
+    // going away: then what is not already on its way goes at once, within the keepalive size limit.
+    while (this.#flushing && !keepalive) {
+      await this.#flushing;
     }
-    if (this.#queue.length === 0 || this.privacy === "local") {
+    const oldest = Date.now() - MAX_EVENT_AGE_MS;
+    const stale = this.#queue.filter((e) => e.time_ms < oldest).length;
+    if (stale > 0) {
+      this.#queue = this.#queue.filter((e) => e.time_ms >= oldest);
+      this.#writeJson("queue", this.#queue);
+      this.#emit({ type: "dropped", count: stale, reason: "older than the node accepts" });
+    }
+    const waiting = this.#queue.filter((e) => !this.#inFlight.has(e.id));
+    if (waiting.length === 0 || this.privacy === "local" || !this.#settings.node) {
       return { sent: 0 };
     }
-    const batch = this.#queue.slice(0, 500);
-    this.#flushing = (async () => {
+    let batch = waiting.slice(0, 500);
+    if (keepalive) {
+      while (batch.length > 1 && JSON.stringify({ events: batch }).length > KEEPALIVE_BYTES) {
+        batch = batch.slice(0, batch.length >> 1);
+      }
+    }
+    const ids = new Set(batch.map((e) => e.id));
+    const forget = (reason) => {
+      this.#queue = this.#queue.filter((e) => !ids.has(e.id));
+      this.#writeJson("queue", this.#queue);
+      return reason;
+    };
+    for (const id of ids) this.#inFlight.add(id);
+    const sending = (async () => {
       try {
         await this.#json(`${this.#nodeUrl()}/v1/events`, {
           method: "POST",
@@ -300,19 +359,35 @@ export class EdgeRec {
           body: JSON.stringify({ events: batch }),
           keepalive,
         });
-        const sent = new Set(batch.map((e) => e.id));
-        this.#queue = this.#queue.filter((e) => !sent.has(e.id));
-        this.#writeJson("queue", this.#queue);
+        forget();
         this.#emit({ type: "sent", count: batch.length });
         return { sent: batch.length };
       } catch (error) {
-        this.#emit({ type: "send-failed", error });
+        const refused = error.status >= 400 && error.status < 500 && error.status !== 408 && error.status !== 429;
+        if (refused) {
+          forget();
+          this.#emit({ type: "dropped", count: batch.length, reason: error.message });
+        } else {
+          this.#emit({ type: "send-failed", error });
+          this.#scheduleFlush();
+        }
         throw error;
       } finally {
-        this.#flushing = null;
+        for (const id of ids) this.#inFlight.delete(id);
       }
     })();
-    return this.#flushing;
+    if (!keepalive) {
+      // Waiters only need to know it ended; the caller gets the outcome from `sending`.
+      this.#flushing = sending
+        .then(
+          () => {},
+          () => {},
+        )
+        .finally(() => {
+          this.#flushing = null;
+        });
+    }
+    return sending;
   }
 
   /**
@@ -321,6 +396,7 @@ export class EdgeRec {
    */
   clearHistory() {
     this.#storage.removeItem(this.#key("history"));
+    this.#storage.removeItem(this.#key("history:local"));
     this.#queue = [];
     this.#writeJson("queue", this.#queue);
     if (!this.#settings.userId) {
@@ -334,7 +410,7 @@ export class EdgeRec {
     await this.#load();
   }
 
-  /** Calls `listener({type, ...})` on "sent" and "send-failed"; returns a function that removes it. */
+  /** Calls `listener({type, ...})` on "sent", "send-failed" and "dropped"; returns a function that removes it. */
   on(listener) {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
@@ -344,19 +420,25 @@ export class EdgeRec {
     for (const listener of this.#listeners) listener(event);
   }
 
+  /** Name and version from the signed manifest (the ranker's), variant and revision from the plan. */
   #answerModel() {
     const d = this.#deployment;
-    return { model: d.record.model, modelVersion: d.record.version, variant: d.variant, planRevision: d.planRevision };
+    return {
+      model: this.#ranker.modelName,
+      modelVersion: this.#ranker.modelVersion,
+      variant: d.variant,
+      planRevision: d.planRevision,
+    };
   }
 
   #remember(item) {
     const history = this.history.filter((i) => i !== item);
     history.push(item);
-    this.#writeJson("history", history.slice(-this.#settings.maxHistory));
+    this.#writeJson(this.#historyKey(), history.slice(-this.#settings.maxHistory));
   }
 
   #nodeUrl() {
-    const node = this.#settings.node ?? this.#settings.eventsNode;
+    const node = this.#settings.node;
     if (!node) {
       throw new EdgeRecError("no_node", "no edge node was named (`node`), so there is nowhere to send this");
     }
@@ -364,6 +446,16 @@ export class EdgeRec {
   }
 
   async #load() {
+    try {
+      await this.#loadOnce();
+    } catch (error) {
+      // A deployment that changed between the plan and the files: the next plan names files that exist.
+      if (!(error instanceof EdgeRecError) || error.kind !== "not_found") throw error;
+      await this.#loadOnce();
+    }
+  }
+
+  async #loadOnce() {
     const surface = this.#settings.surface;
     let deployment;
     try {
@@ -386,28 +478,42 @@ export class EdgeRec {
     }
     const record = deployment.record;
     const modelDigest = record.files?.[MODEL_FILE];
-    if (!modelDigest || !record.manifest_digest || !record.signature) {
-      throw new EdgeRecError("invalid_record", `the version record of ${record.model}@${record.version} is incomplete`);
+    const named = `${record.model}@${record.version}`;
+    if (!DIGEST.test(modelDigest) || !DIGEST.test(record.manifest_digest) || typeof record.signature !== "string") {
+      throw new EdgeRecError("invalid_record", `the version record of ${named} is incomplete or malformed`);
     }
-    const key = await this.#publicKey(deployment.offline);
+    const { key, pinnedOnFirstUse, pin } = await this.#publicKey(deployment.offline);
     if (!(await verifySignature(key, record.manifest_digest, record.signature))) {
       throw new EdgeRecError(
         "bad_signature",
-        `the signature of ${record.model}@${record.version} does not match the registry's key: the bundle was refused`,
+        `the signature of ${named} does not match the registry's key: the bundle was refused`,
       );
     }
-    const [manifest, model] = await Promise.all([
-      this.#blob(record.manifest_digest, "manifest.json", deployment.offline),
-      this.#blob(modelDigest, MODEL_FILE, deployment.offline),
-    ]);
+    pin?.();
+    const files = [
+      [record.manifest_digest, "manifest.json"],
+      [modelDigest, MODEL_FILE],
+    ];
+    const [manifest, model] = await Promise.all(files.map(([digest, file]) => this.#blob(digest, file, deployment.offline)));
     let ranker;
     try {
       ranker = Ranker.load(manifest, model);
     } catch (error) {
+      await this.#uncache(files.map(([digest]) => digest));
       throw new EdgeRecError(error.kind ?? "invalid_bundle", `the bundle was refused: ${error.message}`, {
         cause: error,
       });
     }
+    // The record's name and version are not signed; the manifest's are.
+    const signed = `${ranker.modelName}@${ranker.modelVersion}`;
+    if (ranker.modelName !== record.model || ranker.modelVersion !== record.version) {
+      ranker.free();
+      throw new EdgeRecError(
+        "record_mismatch",
+        `the record says ${named} but the signed manifest is ${signed}: the bundle was refused`,
+      );
+    }
+    deployment.keyPinnedOnFirstUse = pinnedOnFirstUse;
     this.#ranker?.free();
     this.#ranker = ranker;
     this.#deployment = deployment;
@@ -417,19 +523,27 @@ export class EdgeRec {
     }
   }
 
-  /** The key signatures are checked with: the page's own, else the source's pinned on first use. */
+  /**
+   * The key signatures are checked with: the page's own (`publicKey`: the only real protection against a source
+   * that serves a bundle and a key of its own), else the source's, pinned after its first successful check.
+   */
   async #publicKey(offline) {
     if (this.#settings.publicKey) {
-      return this.#settings.publicKey;
+      return { key: this.#settings.publicKey, pinnedOnFirstUse: false };
     }
     const pinned = this.#read(`key:${this.#source}`);
     if (pinned || offline) {
       if (!pinned) throw new EdgeRecError("network", "offline, and no signing key was pinned yet");
-      return pinned;
+      return { key: pinned, pinnedOnFirstUse: true };
     }
     const answer = await this.#json(`${this.#source}/v1/signing-key`, { headers: this.#headers });
-    this.#write(`key:${this.#source}`, answer.public_key);
-    return answer.public_key;
+    const key = String(answer.public_key ?? "");
+    return { key, pinnedOnFirstUse: true, pin: () => this.#write(`key:${this.#source}`, key) };
+  }
+
+  async #uncache(digests) {
+    const cache = await globalThis.caches?.open(this.#settings.cacheName).catch(() => null);
+    await Promise.all(digests.map((digest) => cache?.delete(`${this.#source}/v1/blobs/${digest}`)));
   }
 
   /** A bundle file by digest: from the page's cache when there, else fetched; checked against its digest. */

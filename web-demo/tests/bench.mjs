@@ -4,24 +4,13 @@
 // warm start = the same page loaded again with the browser's caches. Ranking per click = the ranker's time inside
 // the page for one on-device re-ranking. Needs EDGEREC_PLAYWRIGHT and CHROMIUM, as e2e.mjs.
 
-import { createRequire } from "node:module";
-import { join } from "node:path";
+import { launchChromium, option, ready } from "./chromium.mjs";
 
 const args = process.argv.slice(2);
 const base = args[0] ?? "http://127.0.0.1:8080";
-const option = (name, fallback) => {
-  const at = args.indexOf(name);
-  return Number(at >= 0 ? args[at + 1] : fallback);
-};
-const loads = option("--loads", 5);
-const clicks = option("--clicks", 100);
-const { chromium } = createRequire(join(process.env.EDGEREC_PLAYWRIGHT ?? ".", "package.json"))("playwright-core");
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
-});
-const ready = (page) => page.waitForFunction(() => document.body.dataset.state === "ready", null, { timeout: 60_000 });
+const loads = Number(option(args, "--loads", "5"));
+const clicks = Number(option(args, "--clicks", "100"));
+const browser = await launchChromium();
 const sorted = (values) => [...values].sort((a, b) => a - b);
 const quantile = (values, q) => sorted(values)[Math.min(values.length - 1, Math.floor(q * values.length))];
 

@@ -62,6 +62,29 @@ assert.equal(sent, 4);
 assert.equal(fromNode.pendingEvents, 0);
 assert.throws(() => fromNode.track({ item: "" }), /item id/);
 assert.throws(() => fromNode.track({ item: items[0], kind: "like" }), /unknown event kind/);
+assert.throws(() => fromNode.track({ item: items[0], kind: "rating" }), /finite `value`/);
+
+// An event the node refuses (its clock is 5 minutes behind this one) is dropped with its batch, not retried for
+// ever; the events after it go through.
+const dropped = [];
+fromNode.on((event) => {
+  if (event.type === "dropped") dropped.push(event);
+});
+fromNode.track({ item: items[5], timeMs: Date.now() + 3_600_000 });
+await rejects(fromNode.flush(), "invalid_events", "event from the future");
+assert.equal(fromNode.pendingEvents, 0);
+assert.equal(dropped.length, 1);
+fromNode.track({ item: items[6], timeMs: Date.now() - 8 * 24 * 3_600_000 });
+assert.deepEqual(await fromNode.flush(), { sent: 0 });
+assert.equal(dropped.length, 2, "an event older than the node accepts is dropped before sending");
+fromNode.track({ item: items[0] });
+assert.deepEqual(await fromNode.flush(), { sent: 1 });
+assert.equal(sent, 5);
+
+// The registry alone gives no node to send events to: the history is kept, nothing is queued.
+fromRegistry.track({ item: items[9] });
+assert.equal(fromRegistry.pendingEvents, 0);
+fromRegistry.clearHistory();
 
 // Same history → same top-k on the device (either source) and on the node.
 for (const item of fromNode.history) fromRegistry.track({ item });
@@ -90,7 +113,17 @@ await rejects(privateRec.recommendOnNode({ k: 5 }), "privacy", "private recommen
 assert.equal(requests.length, loads, `private mode sent ${requests.slice(loads)}`);
 assert.ok(requests.every((r) => r.startsWith("GET ")), `${requests}`);
 
-// Refusals: another key, a pinned key that changed, an unknown surface, a bad option.
+// Refusals: another key, a pinned key that changed, a record naming another version than its signed manifest, an
+// unknown surface, bad options.
+const relabel = async (url, init) => {
+  const response = await fetch(url, init);
+  if (!url.includes("/v1/models/")) return response;
+  const record = await response.json();
+  record.version = "99.0.0";
+  return new Response(JSON.stringify(record), { status: 200, headers: { "Content-Type": "application/json" } });
+};
+await rejects(EdgeRec.connect({ node, wasm, storage: null, fetch: relabel }), "record_mismatch", "relabelled record");
+await rejects(EdgeRec.connect({ node, wasm, storage: null, maxHistory: 501 }), "invalid_options", "maxHistory");
 const otherKey = "11".repeat(32);
 await rejects(EdgeRec.connect({ node, publicKey: otherKey, wasm, storage: null }), "bad_signature", "wrong key");
 const pinned = memory();

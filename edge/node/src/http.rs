@@ -26,9 +26,10 @@ impl ResponseError for ServiceError {
                 StatusCode::BAD_REQUEST
             }
             ServiceError::UnknownSurface(_) | ServiceError::NotServed(_) => StatusCode::NOT_FOUND,
-            ServiceError::NotReady(_) | ServiceError::Ingest(_) | ServiceError::FeatureStore(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ServiceError::NotReady(_)
+            | ServiceError::NoKeyYet
+            | ServiceError::Ingest(_)
+            | ServiceError::FeatureStore(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -68,7 +69,6 @@ async fn plan<S: FeatureStore>(
     let deployment = state.deployment(&surface)?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .insert_header((header::ETAG, format!("\"{}\"", deployment.plan.revision)))
         .json(&deployment.plan))
 }
 
@@ -104,7 +104,7 @@ async fn blob<S: FeatureStore>(
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
         .insert_header((header::CACHE_CONTROL, "public, max-age=31536000, immutable"))
-        .body(bytes.to_vec()))
+        .body(web::Bytes::from_owner(bytes)))
 }
 
 /// The registry key the node verified its models with; a page that pins its own key ignores this.
@@ -112,7 +112,7 @@ async fn signing_key<S: FeatureStore>(state: Shared<S>) -> Result<HttpResponse, 
     let key = state
         .deployments
         .signing_key()
-        .ok_or_else(|| ServiceError::NotReady("any".into()))?;
+        .ok_or(ServiceError::NoKeyYet)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "algorithm": "ed25519",
         "signs": "the sha256 digest of manifest.json (32 bytes)",
@@ -241,7 +241,6 @@ fn cors(allowed_origins: &[String]) -> actix_cors::Cors {
     let cors = actix_cors::Cors::default()
         .allowed_methods(["GET", "POST"])
         .allowed_header(header::CONTENT_TYPE)
-        .expose_headers([header::ETAG])
         .max_age(3600);
     if allowed_origins.iter().any(|o| o == "*") {
         cors.allow_any_origin()
@@ -348,6 +347,7 @@ pub fn configure<S: FeatureStore>(
             web::resource("/pkg/{file}")
                 .app_data(web::Data::new(BrowserPackage(dir)))
                 .wrap(Compress::default())
+                .wrap(cors(allowed_origins))
                 .route(web::get().to(package_file)),
         );
     }

@@ -83,6 +83,10 @@ pub enum ServiceError {
     NotReady(String),
     #[error("{0}")]
     NotServed(String),
+    #[error(
+        "this node has not settled on the registry's signing key yet (the registry has not answered)"
+    )]
+    NoKeyYet,
     #[error("the feature store did not answer: {0}")]
     FeatureStore(String),
     #[error(transparent)]
@@ -101,7 +105,7 @@ impl ServiceError {
         match self {
             ServiceError::BadRequest { kind, .. } => kind,
             ServiceError::UnknownSurface(_) => "unknown_surface",
-            ServiceError::NotReady(_) => "not_ready",
+            ServiceError::NotReady(_) | ServiceError::NoKeyYet => "not_ready",
             ServiceError::NotServed(_) => "not_found",
             ServiceError::FeatureStore(_) => "feature_store_unavailable",
             ServiceError::Ingest(IngestError::Invalid(_)) => "invalid_events",
