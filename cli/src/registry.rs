@@ -15,8 +15,8 @@ use edgerec_registry::store::Store;
 pub enum RegistryCommand {
     /// Serve the registry API (embedded backend: a folder with a redb file and the blobs).
     Serve {
-        /// JSON configuration file (listen, root, signing_key, max_upload_bytes, workers); EDGEREC_REGISTRY_*
-        /// variables override it.
+        /// JSON configuration file (listen, root, signing_key, max_upload_bytes, workers, allowed_origins);
+        /// EDGEREC_REGISTRY_* variables override it.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Address to listen on, e.g. 127.0.0.1:7070.
@@ -25,6 +25,9 @@ pub enum RegistryCommand {
         /// The registry's folder (default ~/.cache/edgerec/registry).
         #[arg(long)]
         root: Option<PathBuf>,
+        /// An origin whose web pages may call the registry from a browser (repeat it; `*` for any).
+        #[arg(long = "allow-origin")]
+        allowed_origins: Vec<String>,
     },
     /// Access tokens: on a registry folder directly (while no server holds it), or through a running registry
     /// with --registry and an admin token.
@@ -166,6 +169,7 @@ pub fn run_registry(command: RegistryCommand) -> Result<()> {
             config,
             listen,
             root,
+            allowed_origins,
         } => {
             let mut config = RegistryConfig::load(config.as_deref())?;
             if let Some(listen) = listen {
@@ -173,6 +177,9 @@ pub fn run_registry(command: RegistryCommand) -> Result<()> {
             }
             if let Some(root) = root {
                 config.root = root;
+            }
+            if !allowed_origins.is_empty() {
+                config.allowed_origins = allowed_origins;
             }
             let opened =
                 |e: Box<dyn std::error::Error + Send + Sync>| anyhow!("opening the registry: {e}");
@@ -196,7 +203,7 @@ fn serve_registry<S: Store + Send + Sync + 'static>(
     };
     let public_key = registry.signer.public_key_hex();
     let no_tokens = block_on(registry.store.list_tokens())??.is_empty();
-    serve(registry, &config.listen, config.workers, |addresses| {
+    serve(registry, config, |addresses| {
         for address in addresses {
             eprintln!("edgerec registry listening on http://{address} ({backend})");
         }

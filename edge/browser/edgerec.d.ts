@@ -10,9 +10,8 @@ export interface ConnectOptions {
   /** Base URL of an edge node: the bundle, ranking on the node and events all go there. */
   node?: string;
   /**
-   * Or load the bundle from the registry itself, with a `read` token (sent to the registry only). The registry
-   * sends no CORS headers: use it from Node, a server, or a page on the registry's own origin. Events and
-   * `recommendOnNode()` still need `node`.
+   * Or load the bundle from the registry itself, with a `read` token (sent to the registry only; the registry must
+   * allow the page's origin, `registry serve --allow-origin`). Events and `recommendOnNode()` still need `node`.
    */
   registry?: { url: string; token?: string };
   /** Plan name in the registry (default "home"). */

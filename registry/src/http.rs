@@ -489,6 +489,27 @@ pub async fn observe(
     Ok(response)
 }
 
+/// Cross-origin access for browsers: the listed origins (`*` for any) may call the API with JSON bodies and a
+/// bearer token. Edge nodes use it for the pages that rank on the device.
+pub fn cors(allowed_origins: &[String]) -> actix_cors::Cors {
+    let cors = actix_cors::Cors::default()
+        .allowed_methods(["GET", "POST", "PUT"])
+        .allowed_headers([
+            actix_web::http::header::CONTENT_TYPE,
+            actix_web::http::header::AUTHORIZATION,
+            actix_web::http::header::IF_NONE_MATCH,
+        ])
+        .expose_headers([actix_web::http::header::ETAG])
+        .max_age(3600);
+    if allowed_origins.iter().any(|o| o == "*") {
+        cors.allow_any_origin()
+    } else {
+        allowed_origins
+            .iter()
+            .fold(cors, |cors, origin| cors.allowed_origin(origin))
+    }
+}
+
 /// Registers every route on `config`.
 pub fn configure<S: Store + 'static>(config: &mut web::ServiceConfig) {
     config
@@ -533,4 +554,45 @@ pub fn json_config() -> web::JsonConfig {
         .error_handler(|error, _| {
             RegistryError::BadRequest(format!("the JSON body does not parse: {error}")).into()
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::http::header;
+    use actix_web::{App, HttpResponse, test, web};
+
+    use super::cors;
+
+    /// A browser's preflight for a cross-origin GET with a bearer token: allowed for a listed origin only.
+    async fn preflight(allowed: &[&str], origin: &str) -> Option<String> {
+        let allowed: Vec<String> = allowed.iter().map(|o| o.to_string()).collect();
+        let app = test::init_service(
+            App::new()
+                .wrap(cors(&allowed))
+                .route("/v1/plans/home", web::get().to(HttpResponse::Ok)),
+        )
+        .await;
+        let request = test::TestRequest::default()
+            .method(actix_web::http::Method::OPTIONS)
+            .uri("/v1/plans/home")
+            .insert_header((header::ORIGIN, origin))
+            .insert_header((header::ACCESS_CONTROL_REQUEST_METHOD, "GET"))
+            .insert_header((header::ACCESS_CONTROL_REQUEST_HEADERS, "authorization"))
+            .to_request();
+        let response = test::call_service(&app, request).await;
+        response
+            .headers()
+            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+
+    #[actix_web::test]
+    async fn pages_of_listed_origins_only_may_call() {
+        let shop = "https://shop.example";
+        assert_eq!(preflight(&[shop], shop).await.as_deref(), Some(shop));
+        assert_eq!(preflight(&[shop], "https://elsewhere.example").await, None);
+        assert_eq!(preflight(&[], shop).await, None);
+        assert_eq!(preflight(&["*"], shop).await.as_deref(), Some(shop));
+    }
 }

@@ -31,6 +31,9 @@ pub struct RegistryConfig {
     pub workers: usize,
     /// The production backend (S3 for blobs, DynamoDB for the rest) instead of the embedded one under `root`.
     pub aws: Option<AwsConfig>,
+    /// Origins of web pages that may call the API from a browser (`["*"]` for any): pages that load bundles
+    /// straight from the registry with a `read` token.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for RegistryConfig {
@@ -42,6 +45,7 @@ impl Default for RegistryConfig {
             max_upload_bytes: 256 << 20,
             workers: 0,
             aws: None,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -148,14 +152,17 @@ fn http_server<S: Store + Send + Sync + 'static>(
     registry: Registry<S>,
     listen: &str,
     workers: usize,
+    allowed_origins: &[String],
 ) -> std::io::Result<(Vec<SocketAddr>, actix_web::dev::Server)> {
     let registry = web::Data::new(registry);
     let metrics = web::Data::new(Metrics::default());
+    let allowed_origins = allowed_origins.to_vec();
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(registry.clone())
             .app_data(metrics.clone())
             .app_data(json_config())
+            .wrap(crate::http::cors(&allowed_origins))
             .wrap(from_fn(observe))
             .configure(configure::<S>)
     })
@@ -168,15 +175,20 @@ fn http_server<S: Store + Send + Sync + 'static>(
     Ok((addresses, server.run()))
 }
 
-/// Serves on `listen` until SIGINT or SIGTERM; `on_bound` learns the bound addresses first.
+/// Serves as `config` says (listen address, workers, allowed origins) until SIGINT or SIGTERM; `on_bound` learns
+/// the bound addresses first.
 pub fn serve<S: Store + Send + Sync + 'static>(
     registry: Registry<S>,
-    listen: &str,
-    workers: usize,
+    config: &RegistryConfig,
     on_bound: impl FnOnce(&[SocketAddr]),
 ) -> std::io::Result<()> {
     actix_web::rt::System::new().block_on(async move {
-        let (addresses, server) = http_server(registry, listen, workers)?;
+        let (addresses, server) = http_server(
+            registry,
+            &config.listen,
+            config.workers,
+            &config.allowed_origins,
+        )?;
         on_bound(&addresses);
         server.await
     })
@@ -200,7 +212,7 @@ impl RunningServer {
         let listen = listen.to_string();
         let thread = std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
-                match http_server(registry, &listen, 2) {
+                match http_server(registry, &listen, 2, &[]) {
                     Ok((addresses, server)) => {
                         let _ = sender.send(Ok((addresses, server.handle())));
                         server.await

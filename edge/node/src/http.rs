@@ -15,6 +15,8 @@ use actix_web::middleware::{Compress, Next};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use edgerec_core::Digest;
 use edgerec_features::store::FeatureStore;
+// Which other sites' pages may call the API (`*` for any): the registry's rules, so a page can use either.
+use edgerec_registry::http::cors;
 
 use crate::service::{EventBatch, NodeState, RecommendRequest, ServiceError};
 
@@ -233,22 +235,6 @@ pub struct StaticFolders {
     pub web_demo: Option<std::path::PathBuf>,
     /// The browser package (ES module, types, Wasm), at `/pkg/`.
     pub browser_package: Option<std::path::PathBuf>,
-}
-
-/// Which other sites' pages may call the API (`*` for any): browsers need it to rank and send events from a
-/// page that the node does not serve itself.
-fn cors(allowed_origins: &[String]) -> actix_cors::Cors {
-    let cors = actix_cors::Cors::default()
-        .allowed_methods(["GET", "POST"])
-        .allowed_header(header::CONTENT_TYPE)
-        .max_age(3600);
-    if allowed_origins.iter().any(|o| o == "*") {
-        cors.allow_any_origin()
-    } else {
-        allowed_origins
-            .iter()
-            .fold(cors, |cors, origin| cors.allowed_origin(origin))
-    }
 }
 
 #[derive(Debug)]
