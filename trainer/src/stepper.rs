@@ -53,6 +53,7 @@ pub struct StepRunner {
     bindings: [IoBinding; 2],
     /// Which state set holds the current values.
     current: usize,
+    device: Device,
     inputs: Vec<(String, Tensor<i64>)>,
     targets: Tensor<i64>,
     weights: Tensor<f32>,
@@ -168,6 +169,7 @@ impl StepRunner {
             state: [state_a, state_b],
             bindings,
             current: 0,
+            device,
             inputs: runner_inputs,
             targets: owned::<i64>(&batch_dims, None)?,
             weights: owned::<f32>(&batch_dims, None)?,
@@ -187,39 +189,14 @@ impl StepRunner {
 
     fn bind(&mut self) -> Result<(), RuntimeError> {
         for from in 0..2 {
+            self.bind_inputs(from)?;
             let to = 1 - from;
             let binding = &mut self.bindings[from];
-            for (name, tensor) in self.state_names.iter().zip(&self.state[from].tensors) {
-                binding.bind_input(name, tensor).map_err(ort_error)?;
-            }
             for (name, tensor) in self.state_names.iter().zip(&mut self.state[to].tensors) {
                 binding
                     .bind_output(updated(name), tensor)
                     .map_err(ort_error)?;
             }
-            for (name, tensor) in &self.inputs {
-                binding.bind_input(name, tensor).map_err(ort_error)?;
-            }
-            binding
-                .bind_input(TARGETS, &self.targets)
-                .map_err(ort_error)?;
-            binding
-                .bind_input(TARGET_WEIGHTS, &self.weights)
-                .map_err(ort_error)?;
-            if let Some(negatives) = &self.negatives {
-                binding
-                    .bind_input(NEGATIVES, negatives)
-                    .map_err(ort_error)?;
-            }
-            for (site, mask) in self.dropout.iter().enumerate() {
-                binding
-                    .bind_input(dropout_input(site), mask)
-                    .map_err(ort_error)?;
-            }
-            binding
-                .bind_input(STEP_SIZE, &self.step_size)
-                .map_err(ort_error)?;
-            binding.bind_input(DECAY, &self.decay).map_err(ort_error)?;
             binding
                 .bind_output(LOSS, &mut self.loss)
                 .map_err(ort_error)?;
@@ -227,6 +204,39 @@ impl StepRunner {
                 .bind_output(GRADIENT_NORM, &mut self.gradient_norm)
                 .map_err(ort_error)?;
         }
+        Ok(())
+    }
+
+    /// Binds the inputs of binding `from`: the state it reads and the batch tensors. ONNX Runtime copies a host
+    /// input that a device needs when it is bound, not when the step runs, so on CUDA every step binds again.
+    fn bind_inputs(&mut self, from: usize) -> Result<(), RuntimeError> {
+        let binding = &mut self.bindings[from];
+        for (name, tensor) in self.state_names.iter().zip(&self.state[from].tensors) {
+            binding.bind_input(name, tensor).map_err(ort_error)?;
+        }
+        for (name, tensor) in &self.inputs {
+            binding.bind_input(name, tensor).map_err(ort_error)?;
+        }
+        binding
+            .bind_input(TARGETS, &self.targets)
+            .map_err(ort_error)?;
+        binding
+            .bind_input(TARGET_WEIGHTS, &self.weights)
+            .map_err(ort_error)?;
+        if let Some(negatives) = &self.negatives {
+            binding
+                .bind_input(NEGATIVES, negatives)
+                .map_err(ort_error)?;
+        }
+        for (site, mask) in self.dropout.iter().enumerate() {
+            binding
+                .bind_input(dropout_input(site), mask)
+                .map_err(ort_error)?;
+        }
+        binding
+            .bind_input(STEP_SIZE, &self.step_size)
+            .map_err(ort_error)?;
+        binding.bind_input(DECAY, &self.decay).map_err(ort_error)?;
         Ok(())
     }
 
@@ -254,6 +264,9 @@ impl StepRunner {
         }
         fill(&mut self.step_size, &[step_size])?;
         fill(&mut self.decay, &[decay])?;
+        if self.device == Device::Cuda {
+            self.bind_inputs(self.current)?;
+        }
         self.session
             .run_binding(&self.bindings[self.current])
             .map_err(ort_error)?;
