@@ -1,14 +1,14 @@
 //! Runs the training step graph on ONNX Runtime with the model state kept in tensors ONNX Runtime owns.
 //!
-//! Parameters and Adam moments live in two sets of tensors, A and B. Two I/O bindings are made once: one reads A and
-//! writes B, the other reads B and writes A; steps alternate between them, so no state is copied between steps and
-//! no node can read a parameter that the same run has already overwritten (which binding one tensor as both input
-//! and output would allow, depending on the order ONNX Runtime picks). Only tensors created with
-//! `Tensor::new` are bound: binding borrowed tensors deadlocks in ort 2.0.0-rc.15.
+//! Parameters and Adam moments live in two sets of tensors, A and B, in the GPU's memory on CUDA. Two I/O
+//! bindings are made once: one reads A and writes B, the other reads B and writes A; steps alternate between them,
+//! so no state is copied between steps and no node can read a parameter that the same run has already overwritten
+//! (which binding one tensor as both input and output would allow, depending on the order ONNX Runtime picks).
+//! Only tensors created with `Tensor::new` are bound: binding borrowed tensors deadlocks in ort 2.0.0-rc.15.
 
 use std::collections::BTreeMap;
 
-use ort::memory::Allocator;
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{IoBinding, Session};
 use ort::value::Tensor;
 
@@ -109,6 +109,33 @@ fn read(tensor: &Tensor<f32>) -> Result<Vec<f32>, RuntimeError> {
     Ok(data.to_vec())
 }
 
+/// A state tensor of `dims` holding `data` (zeros when absent) where `device` computes: host memory for the CPU,
+/// the GPU's memory for CUDA, so that steps bind the state in place and copy none of it.
+fn state_tensor(
+    session: &Session,
+    device: Device,
+    dims: &[i64],
+    data: Option<&[f32]>,
+) -> Result<Tensor<f32>, RuntimeError> {
+    let host = owned(dims, data)?;
+    match device {
+        Device::Cpu => Ok(host),
+        Device::Cuda => {
+            let info = MemoryInfo::new(
+                AllocationDevice::CUDA,
+                0,
+                AllocatorType::Device,
+                MemoryType::Default,
+            )
+            .map_err(ort_error)?;
+            let allocator = Allocator::new(session, info).map_err(ort_error)?;
+            let mut on_device = Tensor::<f32>::new(&allocator, dims.to_vec()).map_err(ort_error)?;
+            host.copy_into(&mut on_device).map_err(ort_error)?;
+            Ok(on_device)
+        }
+    }
+}
+
 impl StepRunner {
     /// A session for `graph` on `device`, starting from `state`; `inputs` names the sequence and item-feature
     /// inputs with their shape (`[batch, len]`).
@@ -145,7 +172,7 @@ impl StepRunner {
                     };
                     Some(map.get(name).ok_or_else(|| missing(what, name))?.as_slice())
                 };
-                tensors.push(owned(&dims_of(i), data)?);
+                tensors.push(state_tensor(&session, device, &dims_of(i), data)?);
             }
             sets.push(StateTensors { tensors });
         }
@@ -189,9 +216,12 @@ impl StepRunner {
 
     fn bind(&mut self) -> Result<(), RuntimeError> {
         for from in 0..2 {
-            self.bind_inputs(from)?;
+            self.bind_batch(from)?;
             let to = 1 - from;
             let binding = &mut self.bindings[from];
+            for (name, tensor) in self.state_names.iter().zip(&self.state[from].tensors) {
+                binding.bind_input(name, tensor).map_err(ort_error)?;
+            }
             for (name, tensor) in self.state_names.iter().zip(&mut self.state[to].tensors) {
                 binding
                     .bind_output(updated(name), tensor)
@@ -207,13 +237,11 @@ impl StepRunner {
         Ok(())
     }
 
-    /// Binds the inputs of binding `from`: the state it reads and the batch tensors. ONNX Runtime copies a host
-    /// input that a device needs when it is bound, not when the step runs, so on CUDA every step binds again.
-    fn bind_inputs(&mut self, from: usize) -> Result<(), RuntimeError> {
+    /// Binds the batch tensors (host memory) as inputs of binding `from`. ONNX Runtime copies a host input that a
+    /// device needs when it is bound, not when the step runs, so on CUDA every step binds them again; the state
+    /// already lives on the device and stays bound.
+    fn bind_batch(&mut self, from: usize) -> Result<(), RuntimeError> {
         let binding = &mut self.bindings[from];
-        for (name, tensor) in self.state_names.iter().zip(&self.state[from].tensors) {
-            binding.bind_input(name, tensor).map_err(ort_error)?;
-        }
         for (name, tensor) in &self.inputs {
             binding.bind_input(name, tensor).map_err(ort_error)?;
         }
@@ -265,7 +293,7 @@ impl StepRunner {
         fill(&mut self.step_size, &[step_size])?;
         fill(&mut self.decay, &[decay])?;
         if self.device == Device::Cuda {
-            self.bind_inputs(self.current)?;
+            self.bind_batch(self.current)?;
         }
         self.session
             .run_binding(&self.bindings[self.current])
@@ -287,7 +315,15 @@ impl StepRunner {
                 1 => &mut state.first_moments,
                 _ => &mut state.second_moments,
             };
-            map.insert(name, read(tensor)?);
+            let values = match self.device {
+                Device::Cpu => read(tensor)?,
+                Device::Cuda => {
+                    let mut host = owned::<f32>(tensor.shape(), None)?;
+                    tensor.copy_into(&mut host).map_err(ort_error)?;
+                    read(&host)?
+                }
+            };
+            map.insert(name, values);
         }
         Ok(state)
     }
