@@ -12,4 +12,16 @@ export WASM_BINDGEN_VERSION="0.2.130"
 export EDGEREC_PLAYWRIGHT="$EDGEREC_TOOLS/playwright"
 export PLAYWRIGHT_CORE_VERSION="1.65.1"
 export CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
+# ort_wheel_libs PACKAGE DIR FILE...: the named libraries of ONNX Runtime's PyPI wheel PACKAGE (onnxruntime or
+# onnxruntime-gpu) at $ORT_VERSION, extracted into DIR (the only way to get ONNX Runtime from the registries).
+ort_wheel_libs() {
+  local package="$1" dir="$2" wheel
+  shift 2
+  wheel="$(mktemp -d)"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
+    --platform manylinux_2_28_x86_64 "$package==$ORT_VERSION" -d "$wheel"
+  mkdir -p "$dir"
+  unzip -q -j -o "$wheel"/*.whl "${@/#/onnxruntime/capi/}" -d "$dir"
+  rm -rf "$wheel"
+}
 export PATH="$EDGEREC_TOOLS/bin:$HOME/.cargo/bin:$PATH"

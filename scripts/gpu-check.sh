@@ -22,13 +22,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 [ -x "$bin" ] || { echo "no edgerec binary at $bin (cargo build -p edgerec, or set EDGEREC_BIN)" >&2; exit 1; }
 if [ ! -f "$ort/libonnxruntime_providers_cuda.so" ]; then
   echo "==> onnxruntime-gpu $ORT_VERSION from PyPI into $ort"
-  wheel="$(mktemp -d)"
-  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
-    --platform manylinux_2_28_x86_64 "onnxruntime-gpu==$ORT_VERSION" -d "$wheel"
-  mkdir -p "$ort"
-  unzip -q -j -o "$wheel"/onnxruntime_gpu-*.whl "onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" \
-    "onnxruntime/capi/libonnxruntime_providers_shared.so" "onnxruntime/capi/libonnxruntime_providers_cuda.so" -d "$ort"
-  rm -rf "$wheel"
+  ort_wheel_libs onnxruntime-gpu "$ort" "libonnxruntime.so.$ORT_VERSION" \
+    libonnxruntime_providers_shared.so libonnxruntime_providers_cuda.so
 fi
 export ORT_DYLIB_PATH="$ort/libonnxruntime.so.$ORT_VERSION"
 # The CUDA provider finds cuDNN and cuBLAS through the loader's path.

@@ -40,13 +40,7 @@ fi
 
 step "ONNX Runtime $ORT_VERSION (from the onnxruntime wheel on PyPI)"
 if [ ! -f "$ORT_DYLIB_PATH" ]; then
-  wheel_dir="$(mktemp -d)"
-  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
-    --platform manylinux_2_28_x86_64 "onnxruntime==$ORT_VERSION" -d "$wheel_dir"
-  mkdir -p "$(dirname "$ORT_DYLIB_PATH")"
-  unzip -q -j -o "$wheel_dir"/onnxruntime-*.whl "onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" \
-    -d "$(dirname "$ORT_DYLIB_PATH")"
-  rm -rf "$wheel_dir"
+  ort_wheel_libs onnxruntime "$(dirname "$ORT_DYLIB_PATH")" "libonnxruntime.so.$ORT_VERSION"
 fi
 echo "ORT_DYLIB_PATH=$ORT_DYLIB_PATH"
 

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use support::free_port;
+use support::{free_port, succeeds};
 
 mod support;
 
@@ -94,19 +94,14 @@ fn demo_trains_serves_replays_and_stops() {
     let package_dir = std::env::var("EDGEREC_WASM_DIR").expect(
         "EDGEREC_WASM_DIR is not set: run the tests through scripts/test.sh, which builds the browser package",
     );
-    let package = Command::new("node")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../edge/browser/tests/package.mjs"))
-        .arg(Path::new(&package_dir).join("browser"))
-        .arg(format!("http://127.0.0.1:{registry_port}"))
-        .arg(node_config["registry"]["token"].as_str().expect("token"))
-        .arg(format!("http://127.0.0.1:{node_port}"))
-        .output()
-        .expect("runs node");
-    assert!(
-        package.status.success(),
-        "the browser package checks failed:\n{}{}",
-        String::from_utf8_lossy(&package.stdout),
-        String::from_utf8_lossy(&package.stderr)
+    succeeds(
+        Command::new("node")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../edge/browser/tests/package.mjs"))
+            .arg(Path::new(&package_dir).join("browser"))
+            .arg(format!("http://127.0.0.1:{registry_port}"))
+            .arg(node_config["registry"]["token"].as_str().expect("token"))
+            .arg(format!("http://127.0.0.1:{node_port}")),
+        "the browser package checks",
     );
 
     // Ctrl-C stops the demo and everything it started.
@@ -155,19 +150,20 @@ fn demo_trains_serves_replays_and_stops() {
     assert!(String::from_utf8_lossy(&busy.stderr).contains("--registry-listen"));
 
     // The node shipped its log when it stopped: the A/B report sees every replayed request.
-    let report = Command::new(env!("CARGO_BIN_EXE_edgerec"))
-        .current_dir(dir.path())
-        .args([
-            "ab",
-            "report",
-            "--surface",
-            "home",
-            "--json",
-            "--data",
-            "run/node",
-        ])
-        .output()
-        .expect("runs the report");
+    let report = succeeds(
+        Command::new(env!("CARGO_BIN_EXE_edgerec"))
+            .current_dir(dir.path())
+            .args([
+                "ab",
+                "report",
+                "--surface",
+                "home",
+                "--json",
+                "--data",
+                "run/node",
+            ]),
+        "the A/B report",
+    );
     let report: serde_json::Value = serde_json::from_slice(&report.stdout).expect("JSON");
     // The replay's 60 requests, and the browser's: 5 clicks on the device compared on the node, the node toggle
     // (the private page asks the node nothing).
@@ -212,20 +208,16 @@ fn browser_checks(base: &str, screenshots: &Path) -> serde_json::Value {
         panic!("EDGEREC_PLAYWRIGHT is not set: run the tests through scripts/test.sh (scripts/setup.sh installs playwright-core and Chromium)")
     });
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../web-demo/tests/e2e.mjs");
-    let output = Command::new("node")
-        .arg(&script)
-        .arg(base)
-        .arg("--screenshots")
-        .arg(screenshots)
-        .env("EDGEREC_PLAYWRIGHT", tools)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("runs node");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the browser checks failed (stderr above):\n{stdout}"
+    let output = succeeds(
+        Command::new("node")
+            .arg(&script)
+            .arg(base)
+            .arg("--screenshots")
+            .arg(screenshots)
+            .env("EDGEREC_PLAYWRIGHT", tools),
+        "the browser checks",
     );
+    let stdout = String::from_utf8_lossy(&output.stdout);
     serde_json::from_str(stdout.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("no figures from the browser checks ({e}):\n{stdout}"))
 }

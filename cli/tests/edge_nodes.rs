@@ -20,7 +20,7 @@ use edgerec_registry::signing::ManifestSigner;
 use edgerec_registry::store::{AuditDraft, Store};
 use prost::Message;
 use serde_json::{Value, json};
-use support::free_port;
+use support::{free_port, succeeds};
 
 mod support;
 
@@ -859,15 +859,11 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
     );
 
     // The A/B report reads node A's log: every candidate click is attributed, none to control.
-    let report = edgerec()
-        .args(["ab", "report", "--surface", SURFACE, "--json", "--data"])
-        .arg(dir.path().join("node-a"))
-        .output()
-        .expect("runs the report");
-    assert!(
-        report.status.success(),
-        "{}",
-        String::from_utf8_lossy(&report.stderr)
+    let report = succeeds(
+        edgerec()
+            .args(["ab", "report", "--surface", SURFACE, "--json", "--data"])
+            .arg(dir.path().join("node-a")),
+        "the A/B report",
     );
     let report: Value = serde_json::from_slice(&report.stdout).expect("JSON report");
     let outcome = |variant: &str| {

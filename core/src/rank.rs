@@ -98,13 +98,23 @@ pub enum RankError {
 }
 
 impl RankError {
+    /// The kinds of the errors that are the request's fault. A host that sees only the kind (across the Wasm
+    /// boundary) refuses these and treats every other kind as a fault of the model.
+    pub const REQUEST_KINDS: [&'static str; 4] = [
+        "invalid_k",
+        "request_too_large",
+        "unknown_candidate",
+        "invalid_features",
+    ];
+
     /// A stable machine-readable name of the error, for JSON APIs.
     pub fn kind(&self) -> &'static str {
+        let [invalid_k, too_large, unknown_candidate, invalid_features] = Self::REQUEST_KINDS;
         match self {
-            RankError::ZeroK => "invalid_k",
-            RankError::TooLarge { .. } => "request_too_large",
-            RankError::UnknownCandidate(_) => "unknown_candidate",
-            RankError::Feature(_) => "invalid_features",
+            RankError::ZeroK => invalid_k,
+            RankError::TooLarge { .. } => too_large,
+            RankError::UnknownCandidate(_) => unknown_candidate,
+            RankError::Feature(_) => invalid_features,
             RankError::Score(_) => "runtime_error",
             RankError::OutputLength { .. } => "model_output_mismatch",
             RankError::NonFiniteScore { .. } => "non_finite_score",
@@ -288,6 +298,35 @@ fn top_k(mut scored: Vec<(f32, u32)>, k: usize) -> Vec<(f32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_kinds_are_exactly_the_request_errors() {
+        let request = [
+            RankError::ZeroK,
+            RankError::TooLarge {
+                field: "exclude",
+                len: 2,
+                max: 1,
+            },
+            RankError::UnknownCandidate("x".into()),
+        ];
+        for error in &request {
+            assert!(RankError::REQUEST_KINDS.contains(&error.kind()), "{error}");
+        }
+        let model = [
+            RankError::OutputLength {
+                expected: 2,
+                actual: 1,
+            },
+            RankError::NonFiniteScore {
+                index: 0,
+                score: f32::NAN,
+            },
+        ];
+        for error in &model {
+            assert!(!RankError::REQUEST_KINDS.contains(&error.kind()), "{error}");
+        }
+    }
     use crate::bundle::{FileEntry, MANIFEST_FORMAT_VERSION, MODEL_FILE, Manifest};
     use crate::digest::Digest;
     use crate::spec::{

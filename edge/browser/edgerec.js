@@ -12,13 +12,13 @@ const DEFAULTS = {
   surface: "home",
   privacy: "share",
   maxHistory: 200,
-  // Edge nodes take at most 500 recent items per request (limits.max_recent_items).
-  maxHistoryLimit: 500,
   batchSize: 20,
   flushIntervalMs: 2000,
   storagePrefix: "edgerec:",
   cacheName: "edgerec-bundles",
 };
+// Edge nodes take at most 500 recent items per request (limits.max_recent_items).
+const MAX_HISTORY = 500;
 const TRACKED_KINDS = new Set(["view", "click", "purchase", "rating"]);
 // What edge nodes accept (features/src/event.rs): events at most 7 days old and 5 minutes ahead of their clock.
 const MAX_EVENT_AGE_MS = 7 * 24 * 3600 * 1000;
@@ -130,8 +130,8 @@ export class EdgeRec {
         "name an edge node (`node`) or a registry (`registry: { url, token }`) to load from",
       );
     }
-    if (!(settings.maxHistory >= 1 && settings.maxHistory <= DEFAULTS.maxHistoryLimit)) {
-      throw new EdgeRecError("invalid_options", `maxHistory is 1 to ${DEFAULTS.maxHistoryLimit}`);
+    if (!(settings.maxHistory >= 1 && settings.maxHistory <= MAX_HISTORY)) {
+      throw new EdgeRecError("invalid_options", `maxHistory is 1 to ${MAX_HISTORY}`);
     }
     if (!["share", "local"].includes(settings.privacy)) {
       throw new EdgeRecError("invalid_options", `privacy is "share" or "local", not ${JSON.stringify(settings.privacy)}`);
@@ -299,8 +299,7 @@ export class EdgeRec {
     };
     if (event.requestId) record.request_id = event.requestId;
     if (event.value !== undefined) record.value = event.value;
-    this.#queue.push(record);
-    this.#writeJson("queue", this.#queue);
+    this.#setQueue([...this.#queue, record]);
     if (this.#queue.length >= this.#settings.batchSize) {
       this.flush().catch(() => {});
     } else {
@@ -328,11 +327,10 @@ export class EdgeRec {
       await this.#flushing;
     }
     const oldest = Date.now() - MAX_EVENT_AGE_MS;
-    const stale = this.#queue.filter((e) => e.time_ms < oldest).length;
-    if (stale > 0) {
-      this.#queue = this.#queue.filter((e) => e.time_ms >= oldest);
-      this.#writeJson("queue", this.#queue);
-      this.#emit({ type: "dropped", count: stale, reason: "older than the node accepts" });
+    const fresh = this.#queue.filter((e) => e.time_ms >= oldest);
+    if (fresh.length < this.#queue.length) {
+      this.#emit({ type: "dropped", count: this.#queue.length - fresh.length, reason: "older than the node accepts" });
+      this.#setQueue(fresh);
     }
     const waiting = this.#queue.filter((e) => !this.#inFlight.has(e.id));
     if (waiting.length === 0 || this.privacy === "local" || !this.#settings.node) {
@@ -345,11 +343,7 @@ export class EdgeRec {
       }
     }
     const ids = new Set(batch.map((e) => e.id));
-    const forget = (reason) => {
-      this.#queue = this.#queue.filter((e) => !ids.has(e.id));
-      this.#writeJson("queue", this.#queue);
-      return reason;
-    };
+    const forget = () => this.#setQueue(this.#queue.filter((e) => !ids.has(e.id)));
     for (const id of ids) this.#inFlight.add(id);
     const sending = (async () => {
       try {
@@ -379,10 +373,7 @@ export class EdgeRec {
     if (!keepalive) {
       // Waiters only need to know it ended; the caller gets the outcome from `sending`.
       this.#flushing = sending
-        .then(
-          () => {},
-          () => {},
-        )
+        .catch(() => {})
         .finally(() => {
           this.#flushing = null;
         });
@@ -397,8 +388,7 @@ export class EdgeRec {
   clearHistory() {
     this.#storage.removeItem(this.#key("history"));
     this.#storage.removeItem(this.#key("history:local"));
-    this.#queue = [];
-    this.#writeJson("queue", this.#queue);
+    this.#setQueue([]);
     if (!this.#settings.userId) {
       this.userId = randomId();
       this.#write("user", this.userId);
@@ -414,6 +404,12 @@ export class EdgeRec {
   on(listener) {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
+  }
+
+  /** The event queue, stored so that it outlives the page. */
+  #setQueue(queue) {
+    this.#queue = queue;
+    this.#writeJson("queue", queue);
   }
 
   #emit(event) {
@@ -541,15 +537,24 @@ export class EdgeRec {
     return { key, pinnedOnFirstUse: true, pin: () => this.#write(`key:${this.#source}`, key) };
   }
 
+  /** The Cache API cache of bundle files (absent outside secure contexts and in Node). */
+  async #cache() {
+    return (await globalThis.caches?.open(this.#settings.cacheName).catch(() => null)) ?? null;
+  }
+
+  #blobUrl(digest) {
+    return `${this.#source}/v1/blobs/${digest}`;
+  }
+
   async #uncache(digests) {
-    const cache = await globalThis.caches?.open(this.#settings.cacheName).catch(() => null);
-    await Promise.all(digests.map((digest) => cache?.delete(`${this.#source}/v1/blobs/${digest}`)));
+    const cache = await this.#cache();
+    await Promise.all(digests.map((digest) => cache?.delete(this.#blobUrl(digest))));
   }
 
   /** A bundle file by digest: from the page's cache when there, else fetched; checked against its digest. */
   async #blob(digest, file, offline) {
-    const url = `${this.#source}/v1/blobs/${digest}`;
-    const cache = await globalThis.caches?.open(this.#settings.cacheName).catch(() => null);
+    const url = this.#blobUrl(digest);
+    const cache = await this.#cache();
     let bytes = null;
     const cached = await cache?.match(url);
     if (cached) {

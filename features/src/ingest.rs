@@ -241,14 +241,9 @@ impl<S: FeatureStore> Ingest<S> {
         self.send(events, Vec::new()).await
     }
 
-    /// Writes served requests durably (the serving log); they go to the event log with the events.
-    pub async fn log_served(&self, served: Vec<ServedRequest>) -> Result<Ack, IngestError> {
-        self.queue_served(served)?.await
-    }
-
-    /// Hands served requests to the log writer now and returns a future of their acknowledgement, so that an
-    /// answer need not wait for the sync: the records are in the writer's queue, ahead of any later roll or
-    /// shutdown, before this returns.
+    /// Hands served requests (the serving log; they go to the event log with the events) to the log writer now
+    /// and returns a future of their durable acknowledgement, so that an answer need not wait for the sync: the
+    /// records are in the writer's queue, ahead of any later roll or shutdown, before this returns.
     pub fn queue_served(
         &self,
         served: Vec<ServedRequest>,

@@ -78,7 +78,8 @@ async fn acknowledged_events_are_applied_once_across_restarts_and_shipped_once()
             .expect("ingests");
         assert_eq!((ack.accepted, ack.duplicates), (1, 2));
         ingest
-            .log_served(vec![served("r1", now)])
+            .queue_served(vec![served("r1", now)])
+            .expect("queues a served request")
             .await
             .expect("logs a served request");
         ingest
@@ -208,7 +209,8 @@ async fn the_log_ships_to_s3_and_an_unreachable_s3_loses_nothing() {
         .await
         .expect("ingests");
     ingest
-        .log_served(vec![served("r9", now)])
+        .queue_served(vec![served("r9", now)])
+        .expect("queues")
         .await
         .expect("logs");
 

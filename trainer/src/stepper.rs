@@ -109,17 +109,11 @@ fn read(tensor: &Tensor<f32>) -> Result<Vec<f32>, RuntimeError> {
     Ok(data.to_vec())
 }
 
-/// A state tensor of `dims` holding `data` (zeros when absent) where `device` computes: host memory for the CPU,
-/// the GPU's memory for CUDA, so that steps bind the state in place and copy none of it.
-fn state_tensor(
-    session: &Session,
-    device: Device,
-    dims: &[i64],
-    data: Option<&[f32]>,
-) -> Result<Tensor<f32>, RuntimeError> {
-    let host = owned(dims, data)?;
+/// Where the model state lives: the GPU's memory for CUDA (so steps bind it in place and copy none of it), host
+/// memory for the CPU (`None`).
+fn state_allocator(session: &Session, device: Device) -> Result<Option<Allocator>, RuntimeError> {
     match device {
-        Device::Cpu => Ok(host),
+        Device::Cpu => Ok(None),
         Device::Cuda => {
             let info = MemoryInfo::new(
                 AllocationDevice::CUDA,
@@ -128,12 +122,24 @@ fn state_tensor(
                 MemoryType::Default,
             )
             .map_err(ort_error)?;
-            let allocator = Allocator::new(session, info).map_err(ort_error)?;
-            let mut on_device = Tensor::<f32>::new(&allocator, dims.to_vec()).map_err(ort_error)?;
-            host.copy_into(&mut on_device).map_err(ort_error)?;
-            Ok(on_device)
+            Allocator::new(session, info).map(Some).map_err(ort_error)
         }
     }
+}
+
+/// A state tensor of `dims` holding `data` (zeros when absent), on `device` when given, else in host memory.
+fn state_tensor(
+    device: Option<&Allocator>,
+    dims: &[i64],
+    data: Option<&[f32]>,
+) -> Result<Tensor<f32>, RuntimeError> {
+    let host = owned(dims, data)?;
+    let Some(allocator) = device else {
+        return Ok(host);
+    };
+    let mut on_device = Tensor::<f32>::new(allocator, dims.to_vec()).map_err(ort_error)?;
+    host.copy_into(&mut on_device).map_err(ort_error)?;
+    Ok(on_device)
 }
 
 impl StepRunner {
@@ -157,6 +163,7 @@ impl StepRunner {
         let missing = |what: &str, name: &str| {
             RuntimeError::Run(format!("the starting state has no {what} for `{name}`"))
         };
+        let allocator = state_allocator(&session, device)?;
         let mut sets = Vec::with_capacity(2);
         for set in 0..2 {
             let mut tensors = Vec::with_capacity(state_names.len());
@@ -172,7 +179,7 @@ impl StepRunner {
                     };
                     Some(map.get(name).ok_or_else(|| missing(what, name))?.as_slice())
                 };
-                tensors.push(state_tensor(&session, device, &dims_of(i), data)?);
+                tensors.push(state_tensor(allocator.as_ref(), &dims_of(i), data)?);
             }
             sets.push(StateTensors { tensors });
         }

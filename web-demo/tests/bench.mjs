@@ -4,7 +4,7 @@
 // warm start = the same page loaded again with the browser's caches. Ranking per click = the ranker's time inside
 // the page for one on-device re-ranking. Needs EDGEREC_PLAYWRIGHT and CHROMIUM, as e2e.mjs.
 
-import { launchChromium, option, ready } from "./chromium.mjs";
+import { launchChromium, option, pick, ready } from "./chromium.mjs";
 
 const args = process.argv.slice(2);
 const base = args[0] ?? "http://127.0.0.1:8080";
@@ -49,9 +49,7 @@ try {
       await page.reload();
       await ready(page);
       for (let c = 0; c < clicks; c += 1) {
-        const renders = await page.evaluate(() => Number(document.body.dataset.renders));
-        await page.click("#recs button[data-item]");
-        await page.waitForFunction((n) => Number(document.body.dataset.renders) > n, renders);
+        await pick(page);
       }
       rank = await page.evaluate(() => window.edgerecDemo.deviceTimes.slice(1));
     }

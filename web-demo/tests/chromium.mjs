@@ -31,6 +31,16 @@ export const ready = (page, timeout = 60_000) =>
 /** The recommended item ids on screen, best first. */
 export const shown = (page) => page.$$eval("#recs button[data-item]", (buttons) => buttons.map((b) => b.dataset.item));
 
+/** Clicks recommended `item` (the first one when absent) and waits until the page has ranked again. */
+export async function pick(page, item) {
+  const renders = await page.evaluate(() => Number(document.body.dataset.renders));
+  await page.click(item === undefined ? "#recs button[data-item]" : `#recs button[data-item="${item}"]`);
+  await page.waitForFunction(
+    (n) => Number(document.body.dataset.renders) > n && document.body.dataset.state === "ready",
+    renders,
+  );
+}
+
 /** `--name value` from the command line, or `fallback`. */
 export function option(args, name, fallback) {
   const at = args.indexOf(name);

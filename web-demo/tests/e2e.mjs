@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 
-import { launchChromium, option, ready, shown } from "./chromium.mjs";
+import { launchChromium, option, pick, ready, shown } from "./chromium.mjs";
 
 const args = process.argv.slice(2);
 const base = args[0];
@@ -50,12 +50,7 @@ try {
   const rankTimes = [];
   for (let i = 0; i < clicks; i += 1) {
     const target = before[i % before.length];
-    const renders = await page.evaluate(() => Number(document.body.dataset.renders));
-    await page.click(`#recs button[data-item="${target}"]`);
-    await page.waitForFunction(
-      (n) => Number(document.body.dataset.renders) > n && document.body.dataset.state === "ready",
-      renders,
-    );
+    await pick(page, target);
     const after = await shown(page);
     const { last, agreement } = await page.evaluate(() => ({
       last: window.edgerecDemo.last,
@@ -98,9 +93,7 @@ try {
   // and the bundle files it cached (verified again).
   await context.setOffline(true);
   const offlineBefore = await shown(page);
-  const renders = await page.evaluate(() => Number(document.body.dataset.renders));
-  await page.click(`#recs button[data-item="${offlineBefore[0]}"]`);
-  await page.waitForFunction((n) => Number(document.body.dataset.renders) > n, renders);
+  await pick(page, offlineBefore[0]);
   assert.ok(!(await shown(page)).includes(offlineBefore[0]), "no re-ranking offline");
   const restarted = await page.evaluate(async () => {
     await window.edgerec.reload();
@@ -131,9 +124,7 @@ try {
   await privatePage.goto(base);
   await ready(privatePage);
   const privateList = await shown(privatePage);
-  const privateRenders = await privatePage.evaluate(() => Number(document.body.dataset.renders));
-  await privatePage.click(`#recs button[data-item="${privateList[0]}"]`);
-  await privatePage.waitForFunction((n) => Number(document.body.dataset.renders) > n, privateRenders);
+  await pick(privatePage, privateList[0]);
   const queued = await privatePage.evaluate(async () => ({
     flushed: await window.edgerec.flush(),
     pending: window.edgerec.pendingEvents,

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use edgerec_core::MODEL_FILE;
 use edgerec_core::ab;
-use edgerec_core::{Digest, MODEL_FILE};
 use edgerec_registry::client::{PlanRead, RegistryClient};
 use edgerec_registry::records::{Plan, VersionRecord};
 use serde::{Deserialize, Serialize};
@@ -307,7 +307,7 @@ impl Follower {
                             })?,
                     };
                     let files = self.files(record, matches!(source, Source::Registry))?;
-                    files.verify(key)?;
+                    files.check_signature(key)?;
                     let loaded = LoadedModel::load(
                         self.engine.clone(),
                         files,
@@ -364,46 +364,43 @@ impl Follower {
         Ok(())
     }
 
-    /// The files of `record`: from this node's copies when they still match the record, else from the registry
-    /// (a damaged copy is removed, so the fresh download replaces it).
+    /// The files of `record`, checked against its digests: this node's copies when they still match, else the
+    /// registry's (a damaged copy is removed, so the fresh download replaces it).
     fn files(&self, record: VersionRecord, online: bool) -> Result<ModelFiles, RolloutError> {
         let dir = self.bundle_dir(&record);
         let local = std::fs::read(dir.join("manifest.json"))
             .and_then(|m| Ok((m, std::fs::read(dir.join(MODEL_FILE))?)))
             .map_err(|e| e.to_string())
             .and_then(|(manifest, model)| {
-                let intact = Digest::of(&manifest) == record.manifest_digest
-                    && record.files.get(MODEL_FILE) == Some(&Digest::of(&model));
-                if intact {
-                    Ok((manifest, model))
-                } else {
+                let files = ModelFiles {
+                    record: record.clone(),
+                    manifest: manifest.into(),
+                    model: model.into(),
+                };
+                files.check_digests().map(|()| files).map_err(|e| {
                     let _ = std::fs::remove_dir_all(&dir);
-                    Err("the local copy does not match the record's digests; removed".to_string())
-                }
+                    format!("{e}; the local copy was removed")
+                })
             });
-        let (manifest, model) = match local {
-            Ok(files) => files,
+        match local {
+            Ok(files) => Ok(files),
             Err(_) if online => {
                 let model_digest = record.files.get(MODEL_FILE).ok_or_else(|| {
                     RolloutError::NoModelFile(format!("{}@{}", record.model, record.version))
                 })?;
-                (
-                    self.client.blob(&record.manifest_digest)?,
-                    self.client.blob(model_digest)?,
-                )
+                let files = ModelFiles {
+                    manifest: self.client.blob(&record.manifest_digest)?.into(),
+                    model: self.client.blob(model_digest)?.into(),
+                    record,
+                };
+                files.check_digests()?;
+                Ok(files)
             }
-            Err(message) => {
-                return Err(RolloutError::Io {
-                    path: dir.display().to_string(),
-                    message,
-                });
-            }
-        };
-        Ok(ModelFiles {
-            record,
-            manifest: manifest.into(),
-            model: model.into(),
-        })
+            Err(message) => Err(RolloutError::Io {
+                path: dir.display().to_string(),
+                message,
+            }),
+        }
     }
 
     fn bundle_dir(&self, record: &VersionRecord) -> PathBuf {

@@ -86,10 +86,14 @@ pub struct ModelFiles {
 }
 
 impl ModelFiles {
-    /// Checks both files against the record's digests and the record's signature against `public_key`.
-    pub fn verify(&self, public_key: &str) -> Result<(), RolloutError> {
+    fn version(&self) -> String {
+        format!("{}@{}", self.record.model, self.record.version)
+    }
+
+    /// Checks both files against the record's digests.
+    pub fn check_digests(&self) -> Result<(), RolloutError> {
         let record = &self.record;
-        let version = format!("{}@{}", record.model, record.version);
+        let version = self.version();
         let expected_model = record
             .files
             .get(MODEL_FILE)
@@ -108,8 +112,15 @@ impl ModelFiles {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Checks the record's signature of the manifest digest against `public_key`. With [`Self::check_digests`],
+    /// the files are what the registry signed.
+    pub fn check_signature(&self, public_key: &str) -> Result<(), RolloutError> {
+        let record = &self.record;
         verify_manifest_signature(public_key, &record.manifest_digest, &record.signature)
-            .map_err(|_| RolloutError::Signature(version))
+            .map_err(|_| RolloutError::Signature(self.version()))
     }
 }
 

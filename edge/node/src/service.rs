@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use edgerec_core::{MAX_ITEM_ID_LEN, RankRequest, Ranking, ScoredItem};
+use edgerec_core::{MAX_ITEM_ID_LEN, RankError, RankRequest, Ranking, ScoredItem};
 use edgerec_features::event::{Event, ServedRequest};
 use edgerec_features::ingest::{Ack, Ingest, IngestError};
 use edgerec_features::store::FeatureStore;
@@ -149,15 +149,6 @@ impl<S> std::fmt::Debug for NodeState<S> {
             .finish_non_exhaustive()
     }
 }
-
-/// Ranker errors that are the request's fault (the ranker's `RankError` kinds); every other error is a fault of
-/// the model or the node, answered by popularity.
-const REQUEST_ERRORS: [&str; 4] = [
-    "invalid_k",
-    "request_too_large",
-    "unknown_candidate",
-    "invalid_features",
-];
 
 impl<S: FeatureStore> NodeState<S> {
     /// Surfaces with no deployment yet (empty: ready).
@@ -470,7 +461,9 @@ fn model_answer(
 ) -> Result<Result<Ranking, Degraded>, ServiceError> {
     match ranked {
         Ok(ranking) => Ok(Ok(ranking)),
-        Err(HostError::Guest(report)) if REQUEST_ERRORS.contains(&report.kind.as_str()) => {
+        Err(HostError::Guest(report))
+            if RankError::REQUEST_KINDS.contains(&report.kind.as_str()) =>
+        {
             Err(ServiceError::BadRequest {
                 kind: report.kind,
                 message: report.message,
