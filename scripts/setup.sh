@@ -21,10 +21,13 @@ apt_install() {
   fi
 }
 
-step "Debian packages: Node.js, unzip"
+step "Debian packages: Node.js, unzip, Open MPI (data-parallel training) and what building against it needs"
 missing=()
 command -v node >/dev/null || missing+=(nodejs)
 command -v unzip >/dev/null || missing+=(unzip)
+for package in openmpi-bin libopenmpi-dev libclang-dev pkg-config; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
 if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 node_major="$(node -p 'process.versions.node.split(".")[0]')"
 [ "$node_major" -ge 18 ] || { echo "Node.js 18 or newer is needed (found $(node --version))" >&2; exit 1; }

@@ -8,6 +8,7 @@ mod demo;
 mod edge;
 mod features;
 mod paths;
+mod processes;
 mod registry;
 mod train;
 

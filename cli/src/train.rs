@@ -17,6 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::data::DatasetArgs;
+use crate::processes::Processes;
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
@@ -182,8 +183,25 @@ pub fn run(args: TrainArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&config)?);
         return Ok(());
     }
+    let processes = Processes::join()?;
+    let result = run_as(&args, config, &processes);
+    if let Err(error) = &result {
+        processes.end_job_on(error);
+    }
+    let label = processes.label();
+    result.map_err(|e| match label.is_empty() {
+        true => e,
+        false => e.context(format!("edgerec train, {}", label.trim_end_matches(": "))),
+    })
+}
+
+/// `edgerec train` as one of `processes`: each trains its shard; rank 0 alone prints progress, evaluates on the
+/// test targets and writes the run.
+fn run_as(args: &TrainArgs, config: TrainConfig, processes: &Processes) -> Result<()> {
+    let collective = processes.collective();
+    let leader = collective.rank() == 0;
     let loaded = if args.dataset.dataset == "event-log" {
-        load_event_log(&args)?
+        load_event_log(args)?
     } else {
         args.dataset.load()?
     };
@@ -192,31 +210,45 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(&loaded.name));
     let checkpoints = out.join("checkpoints");
-    if !args.resume && checkpoints.join("checkpoint.json").exists() {
+    if leader && !args.resume && checkpoints.join("checkpoint.json").exists() {
         bail!(
             "{} already holds a run: pass --resume to continue it, or choose another --out",
             out.display()
         );
     }
-    eprintln!(
-        "training on {} ({} users, up to {} recent items), {} on {} thread(s); writing to {}",
-        config.device,
-        loaded.split.users.len(),
-        config.max_len,
-        if config.dropout > 0.0 {
-            "with dropout"
-        } else {
-            "without dropout"
-        },
-        if config.threads == 0 {
-            "all".to_string()
-        } else {
-            config.threads.to_string()
-        },
-        out.display()
-    );
+    if leader {
+        eprintln!(
+            "training on {} ({} users, up to {} recent items), {}, {}; writing to {}",
+            config.device,
+            loaded.split.users.len(),
+            config.max_len,
+            if config.dropout > 0.0 {
+                "with dropout"
+            } else {
+                "without dropout"
+            },
+            match (collective.size(), config.threads) {
+                (1, 0) => "on all cores".to_string(),
+                (1, threads) => format!("on {threads} thread(s)"),
+                (size, 0) => format!(
+                    "as {size} processes sharing each batch of {} ({} per machine share its cores)",
+                    config.batch_size,
+                    collective.local_size()
+                ),
+                (size, threads) => format!(
+                    "as {size} processes sharing each batch of {}, {threads} thread(s) each",
+                    config.batch_size
+                ),
+            },
+            out.display()
+        );
+    }
 
-    let bar = ProgressBar::new(0);
+    let bar = if leader {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} batches  {msg}  ETA {eta}")
             .expect("valid template")
@@ -228,6 +260,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         &config,
         Some(&checkpoints),
         args.resume,
+        collective,
         &mut |event| {
             match event {
                 Progress::EpochStarted { epoch, batches } => {
@@ -244,6 +277,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                     bar.set_message(format!("loss {loss:.4}  {examples_per_second:.0} sequences/s"));
                 }
                 Progress::Evaluating => bar.set_message("evaluating on the validation targets"),
+                Progress::EpochFinished(_) if !leader => {}
                 Progress::EpochFinished(record) => bar.suspend(|| eprintln!(
                     "epoch {:>3}  loss {:.4}  validation HR@10 {:.4}  NDCG@10 {:.4}  lr {:.2e}  {:.1} s",
                     record.epoch,
@@ -258,6 +292,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         },
     )?;
     bar.finish_and_clear();
+    if !leader {
+        return Ok(());
+    }
 
     let model = serving_model(&trained)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
 use edgerec_core::{Bundle, MODEL_FILE, RankRequest, Scorer, TractScorer, load_tract_ranker};
+use edgerec_trainer::collective::SingleProcess;
 use edgerec_trainer::data::Interaction;
 use edgerec_trainer::export::{BundleInfo, serving_model, write_bundle};
 use edgerec_trainer::split::Split;
@@ -45,7 +46,7 @@ fn trained(split: &Split) -> Trained {
         threads: 1,
         ..TrainConfig::default()
     };
-    train(split, &config, None, false, &mut |_| {
+    train(split, &config, None, false, &SingleProcess, &mut |_| {
         ControlFlow::Continue(())
     })
     .expect("trains")

@@ -73,6 +73,31 @@ impl MetricsAccumulator {
         s.mrr += o.mrr;
     }
 
+    /// The sums, as numbers another process can add to its own: HR@10, NDCG@10, Recall@20, MRR, users.
+    pub fn sums(&self) -> [f64; 5] {
+        let s = &self.sum;
+        [
+            s.hr_at_10,
+            s.ndcg_at_10,
+            s.recall_at_20,
+            s.mrr,
+            s.users as f64,
+        ]
+    }
+
+    /// The accumulator of [`MetricsAccumulator::sums`] (added up over processes).
+    pub fn from_sums([hr_at_10, ndcg_at_10, recall_at_20, mrr, users]: [f64; 5]) -> Self {
+        Self {
+            sum: RankingMetrics {
+                hr_at_10,
+                ndcg_at_10,
+                recall_at_20,
+                mrr,
+                users: users as usize,
+            },
+        }
+    }
+
     pub fn finish(&self) -> RankingMetrics {
         let s = &self.sum;
         if s.users == 0 {

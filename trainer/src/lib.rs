@@ -3,12 +3,15 @@
 
 pub mod autodiff;
 pub mod baseline;
+pub mod collective;
 pub mod data;
 pub mod export;
 pub mod fetch;
 pub mod graph;
 pub mod log_data;
 pub mod model;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod report;
 pub mod rng;
 pub mod runtime;

@@ -1,5 +1,7 @@
 //! A small seeded generator (SplitMix64): reproducible initialisation and sampling without a dependency.
 
+const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
 /// SplitMix64: every seed gives one fixed stream.
 #[derive(Debug, Clone)]
 pub struct SplitMix(u64);
@@ -9,8 +11,13 @@ impl SplitMix {
         Self(seed)
     }
 
+    /// Moves the stream on by `draws` draws at no cost: the state advances by a constant per draw.
+    pub fn skip(&mut self, draws: u64) {
+        self.0 = self.0.wrapping_add(draws.wrapping_mul(GOLDEN_GAMMA));
+    }
+
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        self.0 = self.0.wrapping_add(GOLDEN_GAMMA);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -45,6 +52,13 @@ mod tests {
             (0..10_000).map(|_| rng.normal()).collect::<Vec<f64>>()
         };
         assert_eq!(draw(3), draw(3));
+        let mut skipped = SplitMix::new(3);
+        skipped.skip(10);
+        let mut walked = SplitMix::new(3);
+        (0..10).for_each(|_| {
+            walked.next_u64();
+        });
+        assert_eq!(skipped.next_u64(), walked.next_u64());
         assert_ne!(draw(3), draw(4));
         let sample = draw(3);
         let mean = sample.iter().sum::<f64>() / sample.len() as f64;

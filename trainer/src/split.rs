@@ -112,25 +112,58 @@ impl Split {
         }
     }
 
+    /// A 64-bit FNV-1a digest of the items, every user's sequence and the logged histories: processes of one
+    /// training job compare it to make sure they read the same data.
+    pub fn fingerprint(&self) -> u64 {
+        let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+        let mut add = |value: u64| {
+            for byte in value.to_le_bytes() {
+                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        add(self.items.len() as u64);
+        for item in &self.items {
+            add(item.len() as u64);
+            item.bytes().for_each(|b| add(u64::from(b)));
+        }
+        for user in &self.users {
+            add(user.items.len() as u64);
+            user.items.iter().for_each(|&i| add(u64::from(i)));
+        }
+        for logged in &self.logged {
+            add(u64::from(logged.user) << 32 | u64::from(logged.position));
+            logged.history.iter().for_each(|&i| add(u64::from(i)));
+        }
+        hash
+    }
+
     pub fn evaluated_users(&self) -> usize {
         self.users.iter().filter(|u| u.is_evaluated()).count()
     }
 
     /// Ranks each evaluated user's target at `stage` among all items the user has not seen, with scores from
     /// `score(history)` (one per model index, padding first).
-    pub fn evaluate(
+    pub fn evaluate(&self, stage: Stage, score: impl FnMut(&[u32]) -> Vec<f32>) -> RankingMetrics {
+        self.evaluate_shard(stage, 0, 1, score).finish()
+    }
+
+    /// [`Split::evaluate`] over shard `shard` of `shards` (every `shards`-th user from the `shard`-th), for
+    /// processes that evaluate one shard each and add up their sums.
+    pub fn evaluate_shard(
         &self,
         stage: Stage,
+        shard: usize,
+        shards: usize,
         mut score: impl FnMut(&[u32]) -> Vec<f32>,
-    ) -> RankingMetrics {
+    ) -> MetricsAccumulator {
         let mut metrics = MetricsAccumulator::default();
-        for user in &self.users {
+        for user in self.users.iter().skip(shard).step_by(shards.max(1)) {
             if let Some((history, target)) = stage.history_and_target(user) {
                 let scores = score(history);
                 metrics.add(target_rank(&scores, target, history));
             }
         }
-        metrics.finish()
+        metrics
     }
 
     /// Writes `train.tsv`, `valid.tsv` and `test.tsv` (`user`, `item`, `timestamp`) so other tools score on the

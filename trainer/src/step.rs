@@ -64,14 +64,31 @@ pub fn dropout_input(site: usize) -> String {
 pub const STEP_SIZE: &str = "step_size";
 /// Scalar input: learning rate × weight decay.
 pub const DECAY: &str = "decay";
-/// Scalar outputs.
+/// Scalar outputs: the loss (of the fused step) and the gradient norm before clipping.
 pub const LOSS: &str = "loss";
 pub const GRADIENT_NORM: &str = "gradient_norm";
+
+/// Gradient-graph output: every parameter's gradient flattened, in graph parameter order, then the loss. One
+/// buffer, so data parallelism sums it across processes with a single all-reduce.
+pub const GRADIENTS: &str = "gradients";
+/// Update-graph input: [`GRADIENTS`] summed over every process's shard of the batch.
+pub const GRADIENT_SUM: &str = "gradient_sum";
+
+/// The ONNX graphs of a training step.
+#[derive(Debug, Clone)]
+pub enum StepProgram {
+    /// Forward pass, gradients and update in one run (one process).
+    Fused(Vec<u8>),
+    /// Forward pass and gradients ([`GRADIENTS`]), then, once the gradients of every shard are summed, clipping
+    /// and the update ([`GRADIENT_SUM`] in). Data parallelism runs this pair.
+    Split { gradients: Vec<u8>, update: Vec<u8> },
+}
 
 /// A generated training step and what its runner needs to feed it.
 #[derive(Debug, Clone)]
 pub struct StepGraph {
-    pub onnx: Vec<u8>,
+    pub program: StepProgram,
+    /// Rows of the batch inputs: the whole batch when fused, one process's shard when split.
     pub batch: usize,
     /// Parameters in graph order, with shapes.
     pub parameters: Vec<(String, Vec<i64>)>,
@@ -81,8 +98,50 @@ pub struct StepGraph {
     pub sampled_negatives: usize,
 }
 
-/// The training step for batches of `batch` sequences. `dropout` only decides whether dropout inputs exist; the
-/// runner draws the masks (and the negatives, with `sampled_negatives` > 0).
+impl StepGraph {
+    /// Values in [`GRADIENTS`]: every parameter element and the loss.
+    pub fn gradient_len(&self) -> usize {
+        parameter_count(&self.parameters) + 1
+    }
+}
+
+fn parameter_count(shapes: &[(String, Vec<i64>)]) -> usize {
+    shapes
+        .iter()
+        .map(|(_, dims)| dims.iter().product::<i64>() as usize)
+        .sum()
+}
+
+/// The loss of a batch of `batch` sequences and its gradients, appended to `g`: parameter inputs (in `shapes`
+/// order), gradients, loss and the number of dropout inputs.
+fn forward_and_gradients(
+    g: &mut GraphBuilder,
+    spec: &FeatureSpec,
+    arch: &Architecture,
+    shapes: &[(String, Vec<i64>)],
+    batch: usize,
+    dropout: bool,
+    sampled_negatives: usize,
+) -> (Vec<Value>, Vec<Value>, Value, usize) {
+    let (b, l, d) = (batch as i64, spec.sequence.max_len as i64, arch.dim as i64);
+    let mut p = BTreeMap::new();
+    let mut params = Vec::with_capacity(shapes.len());
+    for (name, dims) in shapes {
+        let value = g.input(name, ElemType::F32, dims);
+        p.insert(name.clone(), value.clone());
+        params.push(value);
+    }
+    let sites = if dropout { dropout_sites(arch) } else { 0 };
+    let masks = (0..sites)
+        .map(|site| g.input(&dropout_input(site), ElemType::F32, &[b, l, d]))
+        .collect();
+    let loss = training_loss(g, spec, arch, &p, b, masks, sampled_negatives);
+    let grads = gradients(g, &loss, &params);
+    (params, grads, loss, sites)
+}
+
+/// The training step for batches of `batch` sequences, as one graph. `dropout` only decides whether dropout
+/// inputs exist; the runner draws the masks (and the negatives, with `sampled_negatives` > 0).
 pub fn step_graph(
     spec: &FeatureSpec,
     arch: &Architecture,
@@ -92,25 +151,107 @@ pub fn step_graph(
     optimiser: &AdamW,
 ) -> Result<StepGraph, BuildError> {
     let shapes = parameter_shapes(spec, arch)?;
-    let (b, l, d) = (batch as i64, spec.sequence.max_len as i64, arch.dim as i64);
     let mut g = GraphBuilder::new("edgerec-sasrec-train-step");
-    let mut p = BTreeMap::new();
-    let mut params = Vec::with_capacity(shapes.len());
-    for (name, dims) in &shapes {
-        let value = g.input(name, ElemType::F32, dims);
-        p.insert(name.clone(), value.clone());
-        params.push(value);
-    }
-    let sites = if dropout { dropout_sites(arch) } else { 0 };
-    let masks = (0..sites)
-        .map(|site| g.input(&dropout_input(site), ElemType::F32, &[b, l, d]))
-        .collect();
-    let loss = training_loss(&mut g, spec, arch, &p, b, masks, sampled_negatives);
-    let grads = gradients(&mut g, &loss, &params);
+    let (params, grads, loss, sites) = forward_and_gradients(
+        &mut g,
+        spec,
+        arch,
+        &shapes,
+        batch,
+        dropout,
+        sampled_negatives,
+    );
+    adamw_update(&mut g, &shapes, &params, &grads, optimiser);
+    g.output(&loss, LOSS);
+    Ok(StepGraph {
+        program: StepProgram::Fused(g.to_bytes()),
+        batch,
+        parameters: shapes,
+        dropout_sites: sites,
+        sampled_negatives,
+    })
+}
 
+/// The training step as a gradient graph for one shard of `shard` sequences and an update graph, for data
+/// parallelism: the shards' [`GRADIENTS`] are summed between the two. The loss weights of a shard are those of
+/// the whole batch, so the sum is the gradient of the whole batch's loss, and the update is the fused step's.
+pub fn split_step_graphs(
+    spec: &FeatureSpec,
+    arch: &Architecture,
+    shard: usize,
+    dropout: bool,
+    sampled_negatives: usize,
+    optimiser: &AdamW,
+) -> Result<StepGraph, BuildError> {
+    let shapes = parameter_shapes(spec, arch)?;
+    let mut g = GraphBuilder::new("edgerec-sasrec-train-gradients");
+    let (_, grads, loss, sites) = forward_and_gradients(
+        &mut g,
+        spec,
+        arch,
+        &shapes,
+        shard,
+        dropout,
+        sampled_negatives,
+    );
+    let flat = g.i64s(&[-1]);
+    let mut pieces: Vec<Value> = grads
+        .iter()
+        .map(|grad| g.op("Reshape", &[grad, &flat], &[]))
+        .collect();
+    let one = g.i64s(&[1]);
+    pieces.push(g.op("Reshape", &[&loss, &one], &[]));
+    let all = g.op(
+        "Concat",
+        &pieces.iter().collect::<Vec<_>>(),
+        &[Attr::Int("axis", 0)],
+    );
+    g.output(&all, GRADIENTS);
+    let gradients_onnx = g.to_bytes();
+
+    let mut g = GraphBuilder::new("edgerec-sasrec-train-update");
+    let params: Vec<Value> = shapes
+        .iter()
+        .map(|(name, dims)| g.input(name, ElemType::F32, dims))
+        .collect();
+    let total = parameter_count(&shapes) as i64;
+    let sum = g.input(GRADIENT_SUM, ElemType::F32, &[total + 1]);
+    let axis = g.i64s(&[0]);
+    let mut offset = 0;
+    let mut grads = Vec::with_capacity(shapes.len());
+    for (_, dims) in &shapes {
+        let size: i64 = dims.iter().product();
+        let (start, end) = (g.i64s(&[offset]), g.i64s(&[offset + size]));
+        let piece = g.op("Slice", &[&sum, &start, &end, &axis], &[]);
+        let shape = g.i64s(dims);
+        grads.push(g.op("Reshape", &[&piece, &shape], &[]));
+        offset += size;
+    }
+    adamw_update(&mut g, &shapes, &params, &grads, optimiser);
+    Ok(StepGraph {
+        program: StepProgram::Split {
+            gradients: gradients_onnx,
+            update: g.to_bytes(),
+        },
+        batch: shard,
+        parameters: shapes,
+        dropout_sites: sites,
+        sampled_negatives,
+    })
+}
+
+/// Appends global-norm clipping and AdamW to `g`: moment inputs, updated parameter and moment outputs, the
+/// [`STEP_SIZE`] and [`DECAY`] inputs and the [`GRADIENT_NORM`] output.
+fn adamw_update(
+    g: &mut GraphBuilder,
+    shapes: &[(String, Vec<i64>)],
+    params: &[Value],
+    grads: &[Value],
+    optimiser: &AdamW,
+) {
     // Global-norm clipping: scale = clip / max(norm, clip), 1 whenever the norm is within bounds.
     let mut squared_norm: Option<Value> = None;
-    for grad in &grads {
+    for grad in grads {
         let square = g.op("Mul", &[grad, grad], &[]);
         let total = g.op("ReduceSum", &[&square], &[Attr::Int("keepdims", 0)]);
         squared_norm = Some(match squared_norm {
@@ -134,7 +275,7 @@ pub fn step_graph(
         g.f32_scalar(1.0 - optimiser.beta2),
     );
     let epsilon = g.f32_scalar(optimiser.epsilon);
-    for ((name, dims), (param, grad)) in shapes.iter().zip(params.iter().zip(&grads)) {
+    for ((name, dims), (param, grad)) in shapes.iter().zip(params.iter().zip(grads)) {
         let grad = g.op("Mul", &[grad, &scale], &[]);
         let m = g.input(&first_moment(name), ElemType::F32, dims);
         let v = g.input(&second_moment(name), ElemType::F32, dims);
@@ -158,15 +299,7 @@ pub fn step_graph(
         g.output(&m_next, &updated(&first_moment(name)));
         g.output(&v_next, &updated(&second_moment(name)));
     }
-    g.output(&loss, LOSS);
     g.output(&norm, GRADIENT_NORM);
-    Ok(StepGraph {
-        onnx: g.to_bytes(),
-        batch,
-        parameters: shapes,
-        dropout_sites: sites,
-        sampled_negatives,
-    })
 }
 
 /// Weight decay applies to the attention and feed-forward matrices only.

@@ -5,6 +5,10 @@
 //! so no state is copied between steps and no node can read a parameter that the same run has already overwritten
 //! (which binding one tensor as both input and output would allow, depending on the order ONNX Runtime picks).
 //! Only tensors created with `Tensor::new` are bound: binding borrowed tensors deadlocks in ort 2.0.0-rc.15.
+//!
+//! With data parallelism the step is split ([`StepProgram::Split`]): the gradient graph reads the parameters of
+//! the current set and writes every gradient into one host buffer, which is summed across processes in place,
+//! and the update graph reads that sum with the current set and writes the other set.
 
 use std::collections::BTreeMap;
 
@@ -12,11 +16,12 @@ use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, Memory
 use ort::session::{IoBinding, Session};
 use ort::value::Tensor;
 
+use crate::collective::Collective;
 use crate::model::{NEGATIVES, TARGET_WEIGHTS, TARGETS};
 use crate::runtime::{Device, RuntimeError, session};
 use crate::step::{
-    DECAY, GRADIENT_NORM, LOSS, STEP_SIZE, StepGraph, dropout_input, first_moment, second_moment,
-    updated,
+    DECAY, GRADIENT_NORM, GRADIENT_SUM, GRADIENTS, LOSS, STEP_SIZE, StepGraph, StepProgram,
+    dropout_input, first_moment, second_moment, updated,
 };
 
 /// Parameters and optimiser moments by parameter name: everything a checkpoint holds besides counters.
@@ -38,19 +43,62 @@ pub struct Batch {
     pub negatives: Vec<i64>,
 }
 
+impl Batch {
+    /// Rows `first..first + count` of this batch of `len`-long rows: one process's shard. Rows past the end are
+    /// padding, with weight 0. The negatives are shared by every row and kept whole.
+    pub fn rows(&self, first: usize, count: usize, len: usize) -> Batch {
+        fn cut<T: Copy + Default>(values: &[T], first: usize, count: usize, len: usize) -> Vec<T> {
+            let mut out = vec![T::default(); count * len];
+            let start = (first * len).min(values.len());
+            let end = ((first + count) * len).min(values.len());
+            out[..end - start].copy_from_slice(&values[start..end]);
+            out
+        }
+        Batch {
+            inputs: self
+                .inputs
+                .iter()
+                .map(|(name, values)| (name.clone(), cut(values, first, count, len)))
+                .collect(),
+            targets: cut(&self.targets, first, count, len),
+            weights: cut(&self.weights, first, count, len),
+            negatives: self.negatives.clone(),
+        }
+    }
+}
+
 struct StateTensors {
     /// Parameters, first moments, second moments, each in graph parameter order.
     tensors: Vec<Tensor<f32>>,
 }
 
+/// The sessions of a step and their bindings, one per state set it reads.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per step runner, never moved in a loop"
+)]
+enum Sessions {
+    Fused {
+        session: Session,
+        bindings: [IoBinding; 2],
+    },
+    Split {
+        gradients: Session,
+        update: Session,
+        gradient_bindings: [IoBinding; 2],
+        update_bindings: [IoBinding; 2],
+        /// The gradient graph's output, then (summed in place) the update graph's input; host memory.
+        flat: Tensor<f32>,
+    },
+}
+
 /// The training step on ONNX Runtime.
 pub struct StepRunner {
-    session: Session,
+    sessions: Sessions,
     names: Vec<String>,
     /// Graph input names of the state tensors, in [`StateTensors`] order.
     state_names: Vec<String>,
     state: [StateTensors; 2],
-    bindings: [IoBinding; 2],
     /// Which state set holds the current values.
     current: usize,
     device: Device,
@@ -154,7 +202,39 @@ impl StepRunner {
         device: Device,
         threads: usize,
     ) -> Result<Self, RuntimeError> {
-        let session = session(&graph.onnx, device, threads)?;
+        let (sessions, allocator) = match &graph.program {
+            StepProgram::Fused(onnx) => {
+                let session = session(onnx, device, threads)?;
+                let allocator = state_allocator(&session, device)?;
+                let bindings = [
+                    session.create_binding().map_err(ort_error)?,
+                    session.create_binding().map_err(ort_error)?,
+                ];
+                (Sessions::Fused { session, bindings }, allocator)
+            }
+            StepProgram::Split { gradients, update } => {
+                let gradients = session(gradients, device, threads)?;
+                let update = session(update, device, threads)?;
+                let allocator = state_allocator(&update, device)?;
+                let gradient_bindings = [
+                    gradients.create_binding().map_err(ort_error)?,
+                    gradients.create_binding().map_err(ort_error)?,
+                ];
+                let update_bindings = [
+                    update.create_binding().map_err(ort_error)?,
+                    update.create_binding().map_err(ort_error)?,
+                ];
+                let flat = owned::<f32>(&[graph.gradient_len() as i64], None)?;
+                let sessions = Sessions::Split {
+                    gradients,
+                    update,
+                    gradient_bindings,
+                    update_bindings,
+                    flat,
+                };
+                (sessions, allocator)
+            }
+        };
         let names: Vec<String> = graph.parameters.iter().map(|(n, _)| n.clone()).collect();
         let mut state_names = names.clone();
         state_names.extend(names.iter().map(|n| first_moment(n)));
@@ -163,7 +243,6 @@ impl StepRunner {
         let missing = |what: &str, name: &str| {
             RuntimeError::Run(format!("the starting state has no {what} for `{name}`"))
         };
-        let allocator = state_allocator(&session, device)?;
         let mut sets = Vec::with_capacity(2);
         for set in 0..2 {
             let mut tensors = Vec::with_capacity(state_names.len());
@@ -192,16 +271,11 @@ impl StepRunner {
         let dropout = (0..graph.dropout_sites)
             .map(|_| owned::<f32>(&[graph.batch as i64, len as i64, dim as i64], None))
             .collect::<Result<Vec<_>, _>>()?;
-        let bindings = [
-            session.create_binding().map_err(ort_error)?,
-            session.create_binding().map_err(ort_error)?,
-        ];
         let mut runner = Self {
-            session,
+            sessions,
             names,
             state_names,
             state: [state_a, state_b],
-            bindings,
             current: 0,
             device,
             inputs: runner_inputs,
@@ -222,33 +296,71 @@ impl StepRunner {
     }
 
     fn bind(&mut self) -> Result<(), RuntimeError> {
+        let n = self.names.len();
         for from in 0..2 {
             self.bind_batch(from)?;
-            let to = 1 - from;
-            let binding = &mut self.bindings[from];
-            for (name, tensor) in self.state_names.iter().zip(&self.state[from].tensors) {
-                binding.bind_input(name, tensor).map_err(ort_error)?;
+            let [set_a, set_b] = &mut self.state;
+            let (current, next) = if from == 0 {
+                (&*set_a, set_b)
+            } else {
+                (&*set_b, set_a)
+            };
+            let updating = match &mut self.sessions {
+                Sessions::Fused { bindings, .. } => {
+                    bindings[from]
+                        .bind_output(LOSS, &mut self.loss)
+                        .map_err(ort_error)?;
+                    &mut bindings[from]
+                }
+                Sessions::Split {
+                    gradient_bindings,
+                    update_bindings,
+                    flat,
+                    ..
+                } => {
+                    let gradients = &mut gradient_bindings[from];
+                    for (name, tensor) in self.names.iter().zip(&current.tensors[..n]) {
+                        gradients.bind_input(name, tensor).map_err(ort_error)?;
+                    }
+                    gradients
+                        .bind_output(GRADIENTS, &mut *flat)
+                        .map_err(ort_error)?;
+                    update_bindings[from]
+                        .bind_input(GRADIENT_SUM, flat)
+                        .map_err(ort_error)?;
+                    &mut update_bindings[from]
+                }
+            };
+            for (name, tensor) in self.state_names.iter().zip(&current.tensors) {
+                updating.bind_input(name, tensor).map_err(ort_error)?;
             }
-            for (name, tensor) in self.state_names.iter().zip(&mut self.state[to].tensors) {
-                binding
+            for (name, tensor) in self.state_names.iter().zip(&mut next.tensors) {
+                updating
                     .bind_output(updated(name), tensor)
                     .map_err(ort_error)?;
             }
-            binding
-                .bind_output(LOSS, &mut self.loss)
-                .map_err(ort_error)?;
-            binding
+            updating
                 .bind_output(GRADIENT_NORM, &mut self.gradient_norm)
                 .map_err(ort_error)?;
         }
         Ok(())
     }
 
-    /// Binds the batch tensors (host memory) as inputs of binding `from`. ONNX Runtime copies a host input that a
-    /// device needs when it is bound, not when the step runs, so on CUDA every step binds them again; the state
-    /// already lives on the device and stays bound.
+    /// Binds the batch tensors (host memory) as inputs of the bindings that read state set `from`. ONNX Runtime
+    /// copies a host input that a device needs when it is bound, not when the step runs, so on CUDA every step
+    /// binds them again; the state already lives on the device and stays bound.
     fn bind_batch(&mut self, from: usize) -> Result<(), RuntimeError> {
-        let binding = &mut self.bindings[from];
+        let (binding, scalars) = match &mut self.sessions {
+            Sessions::Fused { bindings, .. } => (&mut bindings[from], None),
+            Sessions::Split {
+                gradient_bindings,
+                update_bindings,
+                ..
+            } => (
+                &mut gradient_bindings[from],
+                Some(&mut update_bindings[from]),
+            ),
+        };
         for (name, tensor) in &self.inputs {
             binding.bind_input(name, tensor).map_err(ort_error)?;
         }
@@ -268,21 +380,25 @@ impl StepRunner {
                 .bind_input(dropout_input(site), mask)
                 .map_err(ort_error)?;
         }
-        binding
+        // The optimiser's scalars go to the graph that updates.
+        let update = scalars.unwrap_or(binding);
+        update
             .bind_input(STEP_SIZE, &self.step_size)
             .map_err(ort_error)?;
-        binding.bind_input(DECAY, &self.decay).map_err(ort_error)?;
+        update.bind_input(DECAY, &self.decay).map_err(ort_error)?;
         Ok(())
     }
 
     /// One optimiser step on `batch`; `fill_dropout(site, mask)` writes each dropout mask straight into its input
-    /// tensor. Returns the loss and the gradient norm (before clipping).
+    /// tensor. With a split step, the gradients are summed across `processes` between the two graphs. Returns the
+    /// loss (of the whole batch, every process's shard) and the gradient norm (before clipping).
     pub fn step(
         &mut self,
         batch: &Batch,
         mut fill_dropout: impl FnMut(usize, &mut [f32]),
         step_size: f32,
         decay: f32,
+        processes: &dyn Collective,
     ) -> Result<(f32, f32), RuntimeError> {
         for ((name, tensor), (given_name, data)) in self.inputs.iter_mut().zip(&batch.inputs) {
             debug_assert_eq!(name, given_name);
@@ -299,16 +415,67 @@ impl StepRunner {
         }
         fill(&mut self.step_size, &[step_size])?;
         fill(&mut self.decay, &[decay])?;
+        let from = self.current;
         if self.device == Device::Cuda {
-            self.bind_batch(self.current)?;
+            self.bind_batch(from)?;
         }
-        self.session
-            .run_binding(&self.bindings[self.current])
-            .map_err(ort_error)?;
-        self.current = 1 - self.current;
-        let loss = read(&self.loss)?[0];
+        let loss = match &mut self.sessions {
+            Sessions::Fused { session, bindings } => {
+                session.run_binding(&bindings[from]).map_err(ort_error)?;
+                read(&self.loss)?[0]
+            }
+            Sessions::Split {
+                gradients,
+                update,
+                gradient_bindings,
+                update_bindings,
+                flat,
+            } => {
+                gradients
+                    .run_binding(&gradient_bindings[from])
+                    .map_err(ort_error)?;
+                let (_, values) = flat.try_extract_tensor_mut::<f32>().map_err(ort_error)?;
+                processes.sum_f32(values);
+                let loss = values[values.len() - 1];
+                if self.device == Device::Cuda {
+                    update_bindings[from]
+                        .bind_input(GRADIENT_SUM, flat)
+                        .map_err(ort_error)?;
+                }
+                update
+                    .run_binding(&update_bindings[from])
+                    .map_err(ort_error)?;
+                loss
+            }
+        };
+        self.current = 1 - from;
         let norm = read(&self.gradient_norm)?[0];
         Ok((loss, norm))
+    }
+
+    /// Replaces the current parameters and moments with `state` (which must hold every one of them), as when
+    /// every process takes rank 0's state.
+    pub fn set_state(&mut self, state: &ModelState) -> Result<(), RuntimeError> {
+        let n = self.names.len();
+        for (i, tensor) in self.state[self.current].tensors.iter_mut().enumerate() {
+            let name = &self.names[i % n];
+            let (what, map) = match i / n {
+                0 => ("parameter", &state.parameters),
+                1 => ("first moment", &state.first_moments),
+                _ => ("second moment", &state.second_moments),
+            };
+            let values = map.get(name).ok_or_else(|| {
+                RuntimeError::Run(format!("the state given has no {what} for `{name}`"))
+            })?;
+            match self.device {
+                Device::Cpu => fill(tensor, values)?,
+                Device::Cuda => {
+                    let host = owned(tensor.shape(), Some(values))?;
+                    host.copy_into(tensor).map_err(ort_error)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The current parameters and moments.

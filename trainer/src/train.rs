@@ -4,6 +4,12 @@
 //!
 //! Everything random is derived from the seed and the epoch or step number, so a run resumed from a checkpoint
 //! continues exactly as the uninterrupted run would have.
+//!
+//! Data parallelism ([`Collective`] with more than one process): every process builds the same batches and
+//! trains on its shard of rows of each, with the loss weights of the whole batch; the split step sums the
+//! gradients across processes, so every process applies the update of the whole batch. Dropout masks are drawn
+//! by batch row, so the shards see the rows of the one-process masks. Rank 0 reads and writes checkpoints and
+//! sends its state to the others at the start and after every epoch; evaluation is shared out by user.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
@@ -12,17 +18,18 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use edgerec_core::{
-    FEATURE_SPEC_VERSION, FeatureSpec, OutputSpec, Padding, RankingMetrics, Scorer, SequenceSpec,
-    TensorData,
+    FEATURE_SPEC_VERSION, FeatureSpec, MetricsAccumulator, OutputSpec, Padding, RankingMetrics,
+    Scorer, SequenceSpec, TensorData,
 };
 use edgerec_onnxruntime::OrtScorer;
 use serde::{Deserialize, Serialize};
 
+use crate::collective::Collective;
 use crate::model::{Architecture, BuildError, Parameters, inference_graph};
 use crate::rng::SplitMix;
 use crate::runtime::{Device, RuntimeError};
 use crate::split::{LoggedHistory, Split, Stage};
-use crate::step::{AdamW, step_graph};
+use crate::step::{AdamW, split_step_graphs, step_graph};
 use crate::stepper::{Batch, ModelState, StepRunner};
 
 /// Everything that decides a training run. Read from a JSON config file and overridden by flags; every field has a
@@ -51,7 +58,7 @@ pub struct TrainConfig {
     pub final_learning_rate_fraction: f64,
     pub optimiser: AdamW,
     pub seed: u64,
-    /// ONNX Runtime intra-op threads (0: all cores).
+    /// ONNX Runtime intra-op threads (0: all cores, shared out between the processes of a job on one machine).
     pub threads: usize,
     pub device: Device,
 }
@@ -108,11 +115,13 @@ impl TrainConfig {
         Ok(())
     }
 
-    fn threads(&self) -> usize {
+    /// Threads for one of `local_processes` processes on this machine.
+    fn threads(&self, local_processes: usize) -> usize {
         if self.threads > 0 {
             self.threads
         } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cores / local_processes.max(1)).max(1)
         }
     }
 
@@ -146,6 +155,27 @@ pub enum TrainError {
     Diverged { epoch: usize, step: u64, loss: f32 },
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
+    #[error(
+        "the processes of this job were not started alike: rank(s) {ranks} differ from rank 0 ({here}); start \
+         every rank with the same command, data and edgerec build"
+    )]
+    Disagreement { ranks: String, here: String },
+    #[error("--resume needs a checkpoint folder")]
+    ResumeWithoutCheckpoints,
+    #[error("exchanging training state between processes: {0}")]
+    Exchange(String),
+}
+
+impl TrainError {
+    /// Whether every process of a job meets this error at the same point (they agree on settings and data
+    /// first, and the loss is the whole batch's), so each can report it and end; any other error leaves the
+    /// other processes waiting for this one, and the job must be ended for them.
+    pub fn reached_by_every_process(&self) -> bool {
+        matches!(
+            self,
+            Self::Config(_) | Self::Disagreement { .. } | Self::NoExamples | Self::Diverged { .. }
+        )
+    }
 }
 
 /// The feature specification of a sequence model over `split`'s items.
@@ -262,8 +292,14 @@ struct CheckpointMeta {
 }
 
 const CHECKPOINT_META: &str = "checkpoint.json";
-const CHECKPOINT_STATE: &str = "state.bin";
-const CHECKPOINT_BEST: &str = "best.bin";
+/// The state and best parameters after epoch `epoch`: each save writes new files, so a save that never
+/// finishes leaves the files the metadata names untouched.
+fn state_file(epoch: usize) -> String {
+    format!("state-{epoch}.bin")
+}
+fn best_file(epoch: usize) -> String {
+    format!("best-{epoch}.bin")
+}
 
 /// A finished run: the parameters of the best validation epoch and the history.
 #[derive(Debug, Clone)]
@@ -280,14 +316,28 @@ pub struct Trained {
 /// Trains on `split` with `config`. With `checkpoints`, state is saved there after every epoch, and `resume`
 /// continues from what is saved. `progress` sees every step and epoch; answering `Break` to an
 /// [`Progress::EpochFinished`] ends the run there (after its checkpoint), as an interruption would.
+///
+/// With several `processes`, each calls this with the same arguments and gets the same result; only rank 0 uses
+/// `checkpoints`, and rank 0's answer to `EpochFinished` decides for all.
 pub fn train(
     split: &Split,
     config: &TrainConfig,
     checkpoints: Option<&Path>,
     resume: bool,
+    processes: &dyn Collective,
     progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
 ) -> Result<Trained, TrainError> {
+    // Agreement first: after it, every process meets the same configuration errors.
+    agree(processes, split, config, resume)?;
     config.check()?;
+    let (rank, size) = (processes.rank(), processes.size());
+    if config.batch_size < size {
+        return Err(TrainError::Config(format!(
+            "batch_size {} is smaller than the {size} processes sharing each batch",
+            config.batch_size
+        )));
+    }
+    let threads = config.threads(processes.local_size());
     let started = Instant::now();
     let spec = sequence_spec(split, config.max_len);
     let arch = config.architecture();
@@ -298,31 +348,29 @@ pub fn train(
     }
     let batches_per_epoch = windows.len().div_ceil(config.batch_size);
     let total_steps = (batches_per_epoch * config.max_epochs) as u64;
-    let graph = step_graph(
-        &spec,
-        &arch,
-        config.batch_size,
-        config.dropout > 0.0,
-        config.sampled_negatives,
-        &config.optimiser,
-    )?;
-
-    let mut state = ModelState {
-        parameters: Parameters::init(&spec, &arch, config.seed)?
-            .0
-            .into_iter()
-            .map(|(name, (_, data))| (name, data))
-            .collect(),
-        ..Default::default()
+    // Rows of each batch per process; the last shard is padded when the batch does not divide evenly.
+    let shard_rows = config.batch_size.div_ceil(size);
+    let graph = if size == 1 {
+        step_graph(
+            &spec,
+            &arch,
+            config.batch_size,
+            config.dropout > 0.0,
+            config.sampled_negatives,
+            &config.optimiser,
+        )?
+    } else {
+        split_step_graphs(
+            &spec,
+            &arch,
+            shard_rows,
+            config.dropout > 0.0,
+            config.sampled_negatives,
+            &config.optimiser,
+        )?
     };
-    for (name, data) in &state.parameters {
-        state
-            .first_moments
-            .insert(name.clone(), vec![0.0; data.len()]);
-        state
-            .second_moments
-            .insert(name.clone(), vec![0.0; data.len()]);
-    }
+
+    let mut state = initial_state(&spec, &arch, config.seed)?;
     let mut meta = CheckpointMeta {
         config: config.clone(),
         spec: spec.clone(),
@@ -333,10 +381,12 @@ pub fn train(
         layout: vec![],
     };
     let mut best = state.parameters.clone();
-    if resume {
-        let dir = checkpoints
-            .ok_or_else(|| TrainError::Config("--resume needs a checkpoint folder".into()))?;
+    if resume && rank == 0 {
+        let dir = checkpoints.ok_or(TrainError::ResumeWithoutCheckpoints)?;
         (meta, state, best) = load_checkpoint(dir, config, &spec)?;
+    }
+    if size > 1 {
+        share_from_rank_0(processes, &mut meta, &mut state, &mut best)?;
     }
 
     let inputs: Vec<String> = std::iter::once(spec.sequence.input.clone())
@@ -349,7 +399,7 @@ pub fn train(
         config.dim,
         &state,
         config.device,
-        config.threads(),
+        threads,
     )?;
     let mut step = meta.steps_done;
     while meta.epochs_done < config.max_epochs && !patience_exhausted(&meta, config.patience) {
@@ -363,7 +413,7 @@ pub fn train(
         let (mut loss_sum, mut learning_rate) = (0.0, 0.0);
         for (index, chunk) in order.chunks(config.batch_size).enumerate() {
             step += 1;
-            let mut batch = make_batch(
+            let whole = make_batch(
                 split,
                 &spec,
                 &windows,
@@ -371,15 +421,23 @@ pub fn train(
                 chunk,
                 config.batch_size,
             )?;
+            let first_row = rank * shard_rows;
+            let mut batch = if size == 1 {
+                whole
+            } else {
+                whole.rows(first_row, shard_rows, config.max_len)
+            };
             batch.negatives = negatives(config, spec.output.num_items, step);
             learning_rate = config.learning_rate_at(step, total_steps);
             let step_size = config.optimiser.step_size(learning_rate, step);
             let decay = (learning_rate * f64::from(config.optimiser.weight_decay)) as f32;
+            let mask_offset = first_row * config.max_len * config.dim;
             let (loss, _norm) = runner.step(
                 &batch,
-                |site, mask| fill_dropout_mask(config, site, step, mask),
+                |site, mask| fill_dropout_mask(config, site, step, mask_offset, mask),
                 step_size,
                 decay,
+                processes,
             )?;
             if !loss.is_finite() {
                 return Err(TrainError::Diverged { epoch, step, loss });
@@ -394,16 +452,30 @@ pub fn train(
         }
         let train_seconds = epoch_started.elapsed().as_secs_f64();
         let _ = progress(Progress::Evaluating);
-        state = runner.state()?;
-        let validation = evaluate(
-            split,
+        if rank == 0 {
+            state = runner.state()?;
+        }
+        if size > 1 {
+            // Every process continues from rank 0's state, so floating-point differences between machines
+            // cannot make the processes drift apart.
+            let mut values = flatten(&state);
+            processes.broadcast_f32(&mut values);
+            unflatten(&mut state, &values);
+            if rank > 0 {
+                runner.set_state(&state)?;
+            }
+        }
+        let onnx = inference_graph(
             &spec,
             &arch,
-            &state.parameters,
-            Stage::Validation,
-            config.threads(),
+            &parameters_with_shapes(&spec, &arch, state.parameters.clone())?,
         )?;
-        let record = EpochRecord {
+        let mut sums =
+            evaluate_model_shard(split, &spec, &onnx, Stage::Validation, threads, rank, size)?
+                .sums();
+        processes.sum_f64(&mut sums);
+        let validation = MetricsAccumulator::from_sums(sums).finish();
+        let mut record = EpochRecord {
             epoch,
             steps: step,
             train_loss: loss_sum / batches_per_epoch as f64,
@@ -412,9 +484,16 @@ pub fn train(
             seconds: epoch_started.elapsed().as_secs_f64(),
             examples_per_second: windows.len() as f64 / train_seconds,
         };
-        let improved = meta
-            .best_epoch
-            .is_none_or(|b| validation.ndcg_at_10 > meta.history[b - 1].validation.ndcg_at_10);
+        let mut stop = false;
+        if size > 1 {
+            // Rank 0's record (its timings, and metrics summed in its order) decides for every process.
+            let mut bytes = serde_json::to_vec(&record).map_err(|e| shared_error(&e))?;
+            processes.broadcast_bytes(&mut bytes);
+            record = serde_json::from_slice(&bytes).map_err(|e| shared_error(&e))?;
+        }
+        let improved = meta.best_epoch.is_none_or(|b| {
+            record.validation.ndcg_at_10 > meta.history[b - 1].validation.ndcg_at_10
+        });
         if improved {
             meta.best_epoch = Some(epoch);
             best = state.parameters.clone();
@@ -422,10 +501,16 @@ pub fn train(
         meta.history.push(record.clone());
         meta.epochs_done = epoch;
         meta.steps_done = step;
-        if let Some(dir) = checkpoints {
+        if let (Some(dir), 0) = (checkpoints, rank) {
             save_checkpoint(dir, &mut meta, &state, &best)?;
         }
-        if progress(Progress::EpochFinished(record)).is_break() {
+        stop |= progress(Progress::EpochFinished(record)).is_break();
+        if size > 1 {
+            let mut decision = vec![u8::from(stop)];
+            processes.broadcast_bytes(&mut decision);
+            stop = decision == [1];
+        }
+        if stop {
             break;
         }
     }
@@ -443,6 +528,31 @@ pub fn train(
         best_epoch,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Parameters drawn from `seed`, moments zero.
+fn initial_state(
+    spec: &FeatureSpec,
+    arch: &Architecture,
+    seed: u64,
+) -> Result<ModelState, TrainError> {
+    let mut state = ModelState {
+        parameters: Parameters::init(spec, arch, seed)?
+            .0
+            .into_iter()
+            .map(|(name, (_, data))| (name, data))
+            .collect(),
+        ..Default::default()
+    };
+    for (name, data) in &state.parameters {
+        state
+            .first_moments
+            .insert(name.clone(), vec![0.0; data.len()]);
+        state
+            .second_moments
+            .insert(name.clone(), vec![0.0; data.len()]);
+    }
+    Ok(state)
 }
 
 fn patience_exhausted(meta: &CheckpointMeta, patience: usize) -> bool {
@@ -468,21 +578,170 @@ fn negatives(config: &TrainConfig, num_items: usize, step: u64) -> Vec<i64> {
         .collect()
 }
 
-/// Fills the inverted-dropout mask of `site` at `step`: each element is kept with probability `1 - p` and scaled
-/// by `1 / (1 - p)`.
-fn fill_dropout_mask(config: &TrainConfig, site: usize, step: u64, mask: &mut [f32]) {
+/// Fills the inverted-dropout mask of `site` at `step` from element `first` of the whole batch's mask on: each
+/// element is kept with probability `1 - p` and scaled by `1 / (1 - p)`. A process's shard of rows gets exactly
+/// those rows of the one-process mask.
+fn fill_dropout_mask(config: &TrainConfig, site: usize, step: u64, first: usize, mask: &mut [f32]) {
     let keep = 1.0 - config.dropout;
     let scale = 1.0 / keep;
     // Compare 32-bit draws with a threshold: two mask elements per random word.
     let threshold = (f64::from(keep) * f64::from(u32::MAX)) as u32;
     let mut rng =
         SplitMix::new(config.seed ^ step.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ (site as u64) << 56);
-    for pair in mask.chunks_mut(2) {
-        let word = rng.next_u64();
-        for (value, half) in pair.iter_mut().zip([word as u32, (word >> 32) as u32]) {
-            *value = if half < threshold { scale } else { 0.0 };
+    rng.skip((first / 2) as u64);
+    let mut word = rng.next_u64();
+    let mut high_half = first % 2 == 1;
+    for value in mask {
+        let draw = if high_half {
+            (word >> 32) as u32
+        } else {
+            word as u32
+        };
+        *value = if draw < threshold { scale } else { 0.0 };
+        if high_half {
+            word = rng.next_u64();
         }
+        high_half = !high_half;
     }
+}
+
+/// Whether every process was started with the same settings, data and build as rank 0; every process learns
+/// which ranks differ, and each says how it differs.
+fn agree(
+    processes: &dyn Collective,
+    split: &Split,
+    config: &TrainConfig,
+    resume: bool,
+) -> Result<(), TrainError> {
+    let size = processes.size();
+    if size == 1 {
+        return Ok(());
+    }
+    let description = serde_json::json!({
+        "edgerec": env!("CARGO_PKG_VERSION"),
+        // Threads are each process's own business.
+        "config": TrainConfig { threads: 0, ..config.clone() },
+        "resume": resume,
+        "data": format!("{:016x}", split.fingerprint()),
+        "processes": size,
+    });
+    // Both sides compared as parsed from text, so that numbers read as written (0.3, not 0.30000001192092896).
+    let text = serde_json::to_vec(&description).map_err(|e| shared_error(&e))?;
+    let mine: serde_json::Value = serde_json::from_slice(&text).map_err(|e| shared_error(&e))?;
+    let mut bytes = text;
+    processes.broadcast_bytes(&mut bytes);
+    let rank_0: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| shared_error(&e))?;
+    let mut differences = Vec::new();
+    json_differences("", &rank_0, &mine, &mut differences);
+    let mut flags = vec![0.0; size];
+    if !differences.is_empty() {
+        flags[processes.rank()] = 1.0;
+    }
+    processes.sum_f64(&mut flags);
+    let ranks: Vec<String> = (0..size)
+        .filter(|&r| flags[r] > 0.0)
+        .map(|r| r.to_string())
+        .collect();
+    if ranks.is_empty() {
+        return Ok(());
+    }
+    Err(TrainError::Disagreement {
+        ranks: ranks.join(", "),
+        here: if differences.is_empty() {
+            "their messages say how".into()
+        } else {
+            format!("rank {}: {}", processes.rank(), differences.join(", "))
+        },
+    })
+}
+
+/// `path: theirs on rank 0, mine here` for every leaf where `mine` differs from `rank_0`.
+fn json_differences(
+    path: &str,
+    rank_0: &serde_json::Value,
+    mine: &serde_json::Value,
+    out: &mut Vec<String>,
+) {
+    match (rank_0, mine) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for key in keys {
+                let null = serde_json::Value::Null;
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                json_differences(
+                    &child,
+                    a.get(key).unwrap_or(&null),
+                    b.get(key).unwrap_or(&null),
+                    out,
+                );
+            }
+        }
+        (a, b) if a != b => out.push(format!("{path} is {b} here but {a} on rank 0")),
+        _ => {}
+    }
+}
+
+fn shared_error(e: &serde_json::Error) -> TrainError {
+    TrainError::Exchange(e.to_string())
+}
+
+/// Gives every process rank 0's progress, state and best parameters (from its checkpoint, when resuming).
+fn share_from_rank_0(
+    processes: &dyn Collective,
+    meta: &mut CheckpointMeta,
+    state: &mut ModelState,
+    best: &mut BTreeMap<String, Vec<f32>>,
+) -> Result<(), TrainError> {
+    let mut bytes = serde_json::to_vec(&*meta).map_err(|e| shared_error(&e))?;
+    processes.broadcast_bytes(&mut bytes);
+    *meta = serde_json::from_slice(&bytes).map_err(|e| shared_error(&e))?;
+    let mut values = flatten(state);
+    values.extend(best.values().flatten());
+    processes.broadcast_f32(&mut values);
+    let rest = unflatten(state, &values);
+    overwrite(best, rest);
+    Ok(())
+}
+
+/// Parameters, then first moments, then second moments, each in name order, end to end.
+fn flatten(state: &ModelState) -> Vec<f32> {
+    [
+        &state.parameters,
+        &state.first_moments,
+        &state.second_moments,
+    ]
+    .iter()
+    .flat_map(|map| map.values().flatten().copied())
+    .collect()
+}
+
+/// Overwrites `state` (whose tensors have their lengths already) from the start of `values`, laid out as
+/// [`flatten`] lays it out; returns the values that follow.
+fn unflatten<'a>(state: &mut ModelState, values: &'a [f32]) -> &'a [f32] {
+    let mut rest = values;
+    for map in [
+        &mut state.parameters,
+        &mut state.first_moments,
+        &mut state.second_moments,
+    ] {
+        rest = overwrite(map, rest);
+    }
+    rest
+}
+
+/// Overwrites each tensor of `map` in name order from the start of `values`; returns the values that follow.
+fn overwrite<'a>(map: &mut BTreeMap<String, Vec<f32>>, values: &'a [f32]) -> &'a [f32] {
+    let mut rest = values;
+    for tensor in map.values_mut() {
+        let (head, tail) = rest.split_at(tensor.len());
+        tensor.copy_from_slice(head);
+        rest = tail;
+    }
+    rest
 }
 
 /// Lays out the windows `chunk` (indices into `windows`) as a batch of `batch_size` rows; missing rows are
@@ -593,11 +852,24 @@ pub fn evaluate_model(
     stage: Stage,
     threads: usize,
 ) -> Result<RankingMetrics, TrainError> {
+    Ok(evaluate_model_shard(split, spec, onnx, stage, threads, 0, 1)?.finish())
+}
+
+/// [`evaluate_model`] over shard `shard` of `shards` of the users, unaveraged.
+pub fn evaluate_model_shard(
+    split: &Split,
+    spec: &FeatureSpec,
+    onnx: &[u8],
+    stage: Stage,
+    threads: usize,
+    shard: usize,
+    shards: usize,
+) -> Result<MetricsAccumulator, TrainError> {
     edgerec_onnxruntime::init().map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
     let mut scorer =
         OrtScorer::load(spec, onnx, threads).map_err(|e| RuntimeError::Session(e.to_string()))?;
     let mut failure = None;
-    let metrics = split.evaluate(stage, |history| {
+    let metrics = split.evaluate_shard(stage, shard, shards, |history| {
         let scored = spec
             .encode(history, &BTreeMap::new())
             .map_err(|e| e.to_string())
@@ -660,8 +932,9 @@ fn read_tensors(path: &Path, layout: &[usize]) -> Result<Vec<Vec<f32>>, TrainErr
         .collect())
 }
 
-/// Writes the state, then the best parameters, then the metadata that names them, each through a rename, so an
-/// interrupted save leaves the previous checkpoint usable.
+/// Writes the state and the best parameters to files of this epoch, then the metadata that names them through a
+/// rename, then removes the previous epoch's files: a save interrupted anywhere (a process killed, a disk
+/// full) leaves the previous checkpoint whole and usable.
 fn save_checkpoint(
     dir: &Path,
     meta: &mut CheckpointMeta,
@@ -677,16 +950,24 @@ fn save_checkpoint(
     let mut tensors: Vec<&Vec<f32>> = state.parameters.values().collect();
     tensors.extend(state.first_moments.values());
     tensors.extend(state.second_moments.values());
-    write_tensors(&dir.join(CHECKPOINT_STATE), &tensors)?;
-    write_tensors(
-        &dir.join(CHECKPOINT_BEST),
-        &best.values().collect::<Vec<_>>(),
-    )?;
+    let (state_name, best_name) = (state_file(meta.epochs_done), best_file(meta.epochs_done));
+    write_tensors(&dir.join(&state_name), &tensors)?;
+    write_tensors(&dir.join(&best_name), &best.values().collect::<Vec<_>>())?;
     let path = dir.join(CHECKPOINT_META);
     let temporary = path.with_extension("partial");
     let json = serde_json::to_vec_pretty(meta).map_err(|e| checkpoint_error(&path, e))?;
     std::fs::write(&temporary, json).map_err(|e| checkpoint_error(&temporary, e))?;
-    std::fs::rename(&temporary, &path).map_err(|e| checkpoint_error(&path, e))
+    std::fs::rename(&temporary, &path).map_err(|e| checkpoint_error(&path, e))?;
+    // Earlier epochs' files (and any left by an interrupted save) are no longer named by the metadata.
+    let entries = std::fs::read_dir(dir).map_err(|e| checkpoint_error(dir, e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = name.starts_with("state-") || name.starts_with("best-");
+        if ours && name != state_name && name != best_name {
+            std::fs::remove_file(entry.path()).map_err(|e| checkpoint_error(&entry.path(), e))?;
+        }
+    }
+    Ok(())
 }
 
 type Restored = (CheckpointMeta, ModelState, BTreeMap<String, Vec<f32>>);
@@ -728,7 +1009,7 @@ fn load_checkpoint(
         .take(3 * lengths.len())
         .copied()
         .collect();
-    let tensors = read_tensors(&dir.join(CHECKPOINT_STATE), &all)?;
+    let tensors = read_tensors(&dir.join(state_file(meta.epochs_done)), &all)?;
     for (i, tensor) in tensors.into_iter().enumerate() {
         let name = names[i % names.len()].clone();
         match i / names.len() {
@@ -740,7 +1021,10 @@ fn load_checkpoint(
     let best = names
         .iter()
         .map(|n| (*n).clone())
-        .zip(read_tensors(&dir.join(CHECKPOINT_BEST), &lengths)?)
+        .zip(read_tensors(
+            &dir.join(best_file(meta.epochs_done)),
+            &lengths,
+        )?)
         .collect();
     Ok((meta, state, best))
 }
@@ -748,6 +1032,7 @@ fn load_checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collective::SingleProcess;
     use crate::data::Interaction;
 
     /// Users walk a cycle of 40 items (item `i` is followed by `i + 1`), each from a random start.
@@ -789,9 +1074,14 @@ mod tests {
     #[test]
     fn learns_a_planted_sequential_pattern() {
         let split = planted_pattern(200);
-        let trained = train(&split, &small_config(), None, false, &mut |_| {
-            ControlFlow::Continue(())
-        })
+        let trained = train(
+            &split,
+            &small_config(),
+            None,
+            false,
+            &SingleProcess,
+            &mut |_| ControlFlow::Continue(()),
+        )
         .expect("trains");
         let first = trained.history[0].validation.hr_at_10;
         let test = evaluate(
@@ -828,7 +1118,7 @@ mod tests {
             sampled_negatives: 8,
             ..small_config()
         };
-        let trained = train(&split, &config, None, false, &mut |_| {
+        let trained = train(&split, &config, None, false, &SingleProcess, &mut |_| {
             ControlFlow::Continue(())
         })
         .expect("trains");
@@ -848,9 +1138,14 @@ mod tests {
             ..small_config()
         };
         let whole = tempfile::tempdir().expect("test step succeeds");
-        let uninterrupted = train(&split, &config, Some(whole.path()), false, &mut |_| {
-            ControlFlow::Continue(())
-        })
+        let uninterrupted = train(
+            &split,
+            &config,
+            Some(whole.path()),
+            false,
+            &SingleProcess,
+            &mut |_| ControlFlow::Continue(()),
+        )
         .expect("trains");
 
         let parts = tempfile::tempdir().expect("test step succeeds");
@@ -863,17 +1158,25 @@ mod tests {
             &config,
             Some(parts.path()),
             false,
+            &SingleProcess,
             interrupt_after_two,
         )
         .expect("first half");
         assert_eq!(first_half.history.len(), 2);
         let mut epochs_seen = vec![];
-        let resumed = train(&split, &config, Some(parts.path()), true, &mut |p| {
-            if let Progress::EpochStarted { epoch, .. } = p {
-                epochs_seen.push(epoch);
-            }
-            ControlFlow::Continue(())
-        })
+        let resumed = train(
+            &split,
+            &config,
+            Some(parts.path()),
+            true,
+            &SingleProcess,
+            &mut |p| {
+                if let Progress::EpochStarted { epoch, .. } = p {
+                    epochs_seen.push(epoch);
+                }
+                ControlFlow::Continue(())
+            },
+        )
         .expect("resumes");
         assert_eq!(epochs_seen, vec![3, 4], "resumed at the wrong epoch");
         assert_eq!(resumed.history, {
@@ -887,8 +1190,23 @@ mod tests {
         });
         assert_eq!(resumed.parameters, uninterrupted.parameters);
         let final_state =
-            |dir: &Path| std::fs::read(dir.join(CHECKPOINT_STATE)).expect("test step succeeds");
+            |dir: &Path| std::fs::read(dir.join(state_file(4))).expect("test step succeeds");
         assert_eq!(final_state(parts.path()), final_state(whole.path()));
+        let mut files: Vec<String> = std::fs::read_dir(parts.path())
+            .expect("test step succeeds")
+            .map(|e| {
+                e.expect("test step succeeds")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        files.sort();
+        assert_eq!(
+            files,
+            ["best-4.bin", "checkpoint.json", "state-4.bin"],
+            "earlier epochs' files are removed"
+        );
     }
 
     #[test]
@@ -899,26 +1217,41 @@ mod tests {
             ..small_config()
         };
         let dir = tempfile::tempdir().expect("test step succeeds");
-        train(&split, &config, Some(dir.path()), false, &mut |_| {
-            ControlFlow::Continue(())
-        })
+        train(
+            &split,
+            &config,
+            Some(dir.path()),
+            false,
+            &SingleProcess,
+            &mut |_| ControlFlow::Continue(()),
+        )
         .expect("trains");
         let other = TrainConfig {
             dim: 8,
             ..config.clone()
         };
-        let error = train(&split, &other, Some(dir.path()), true, &mut |_| {
-            ControlFlow::Continue(())
-        })
+        let error = train(
+            &split,
+            &other,
+            Some(dir.path()),
+            true,
+            &SingleProcess,
+            &mut |_| ControlFlow::Continue(()),
+        )
         .expect_err("must be refused");
         assert!(
             error.to_string().contains("different configuration"),
             "{error}"
         );
         let missing = tempfile::tempdir().expect("test step succeeds");
-        let error = train(&split, &config, Some(missing.path()), true, &mut |_| {
-            ControlFlow::Continue(())
-        })
+        let error = train(
+            &split,
+            &config,
+            Some(missing.path()),
+            true,
+            &SingleProcess,
+            &mut |_| ControlFlow::Continue(()),
+        )
         .expect_err("must be refused");
         assert!(error.to_string().contains("checkpoint.json"), "{error}");
     }
@@ -934,9 +1267,14 @@ mod tests {
             })
             .collect();
         let split = Split::leave_last_out(&interactions);
-        let error = train(&split, &small_config(), None, false, &mut |_| {
-            ControlFlow::Continue(())
-        })
+        let error = train(
+            &split,
+            &small_config(),
+            None,
+            false,
+            &SingleProcess,
+            &mut |_| ControlFlow::Continue(()),
+        )
         .expect_err("must be refused");
         assert!(matches!(error, TrainError::NoExamples), "{error}");
     }
@@ -1029,6 +1367,72 @@ mod tests {
         );
     }
 
+    /// The pair of graphs data parallelism runs computes the fused step's update: here over the whole batch in
+    /// one process, so only the order of floating-point additions may differ (the two-process sum is checked
+    /// through `mpirun` in the CLI's tests).
+    #[test]
+    fn the_split_step_updates_as_the_fused_step_does() {
+        let split = planted_pattern(60);
+        let config = TrainConfig {
+            sampled_negatives: 0,
+            ..small_config()
+        };
+        let (spec, arch) = (sequence_spec(&split, config.max_len), config.architecture());
+        let windows = windows(&split, config.max_len);
+        let logged = logged_targets(&split);
+        let start = initial_state(&spec, &arch, config.seed).expect("initial state");
+        let inputs = vec![spec.sequence.input.clone()];
+        let runner = |graph: &crate::step::StepGraph| {
+            StepRunner::new(
+                graph,
+                &inputs,
+                config.max_len,
+                config.dim,
+                &start,
+                Device::Cpu,
+                1,
+            )
+            .expect("runner")
+        };
+        let b = config.batch_size;
+        let optimiser = &config.optimiser;
+        let mut fused = runner(&step_graph(&spec, &arch, b, true, 0, optimiser).expect("graph"));
+        let mut split_step =
+            runner(&split_step_graphs(&spec, &arch, b, true, 0, optimiser).expect("graphs"));
+        let order = shuffled(windows.len(), config.seed, 1);
+        for (step, chunk) in (1..=3).zip(order.chunks(b)) {
+            let batch = make_batch(&split, &spec, &windows, &logged, chunk, b).expect("batch");
+            let mask = |site, mask: &mut [f32]| fill_dropout_mask(&config, site, step, 0, mask);
+            let size = config.optimiser.step_size(1e-2, step);
+            let one = fused
+                .step(&batch, mask, size, 1e-4, &SingleProcess)
+                .expect("fused step");
+            let other = split_step
+                .step(&batch, mask, size, 1e-4, &SingleProcess)
+                .expect("split step");
+            assert!(
+                (one.0 - other.0).abs() < 1e-5 && (one.1 - other.1).abs() < 1e-4,
+                "loss and gradient norm: {one:?} against {other:?}"
+            );
+        }
+        let (a, b) = (
+            fused.state().expect("state"),
+            split_step.state().expect("state"),
+        );
+        let moved = flatten(&start)
+            .iter()
+            .zip(flatten(&a))
+            .map(|(s, a)| (s - a).abs())
+            .fold(0f32, f32::max);
+        let differ = flatten(&a)
+            .iter()
+            .zip(flatten(&b))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(moved > 1e-3, "the steps moved the parameters by {moved}");
+        assert!(differ < 1e-5, "the split step's state differs by {differ}");
+    }
+
     #[test]
     fn learning_rate_warms_up_then_decays_to_the_floor() {
         let config = TrainConfig {
@@ -1056,7 +1460,7 @@ mod tests {
             (0..3)
                 .map(|site| {
                     let mut mask = vec![f32::NAN; 2000];
-                    fill_dropout_mask(&config, site, step, &mut mask);
+                    fill_dropout_mask(&config, site, step, 0, &mut mask);
                     mask
                 })
                 .collect()
@@ -1073,5 +1477,11 @@ mod tests {
         assert_ne!(masks[0], masks[1]);
         assert_eq!(masks, masks_at(7));
         assert_ne!(masks, masks_at(8));
+        // A shard starting at any element, odd or even, gets those elements of the whole mask.
+        for first in [1, 2, 999] {
+            let mut tail = vec![f32::NAN; 2000 - first];
+            fill_dropout_mask(&config, 1, 7, first, &mut tail);
+            assert_eq!(tail, masks[1][first..], "from element {first}");
+        }
     }
 }
