@@ -3,7 +3,8 @@
 # and the same on the CPU, then examples/s and the final validation metrics of both.
 #   scripts/gpu-check.sh [EPOCHS]            (default 2)
 # What it uses, each overridable:
-#   EDGEREC_BIN     the edgerec binary (default: the workspace's build, `cargo build -p edgerec`)
+#   EDGEREC_BIN     the edgerec binary (default: the workspace's build, `cargo build -p edgerec`; for a machine
+#                   without Open MPI, `cargo build -p edgerec --no-default-features`)
 #   ORT_GPU_DIR     a folder with libonnxruntime.so.$ORT_VERSION, libonnxruntime_providers_shared.so and
 #                   libonnxruntime_providers_cuda.so from the onnxruntime-gpu wheel (fetched from PyPI when absent)
 #   EDGEREC_DATA_DIR  where MovieLens-1M is (fetched on first use)
@@ -20,6 +21,11 @@ ort="${ORT_GPU_DIR:-$EDGEREC_CACHE/onnxruntime-gpu-$ORT_VERSION}"
 command -v nvidia-smi >/dev/null || { echo "no nvidia-smi: this check needs an NVIDIA GPU" >&2; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 [ -x "$bin" ] || { echo "no edgerec binary at $bin (cargo build -p edgerec, or set EDGEREC_BIN)" >&2; exit 1; }
+if ldd "$bin" | grep -q 'libmpi.* not found'; then
+  echo "$bin needs Open MPI's library, which this machine lacks: install openmpi-bin, or build a binary without MPI" \
+    "(cargo build -p edgerec --no-default-features)" >&2
+  exit 1
+fi
 if [ ! -f "$ort/libonnxruntime_providers_cuda.so" ]; then
   echo "==> onnxruntime-gpu $ORT_VERSION from PyPI into $ort"
   ort_wheel_libs onnxruntime-gpu "$ort" "libonnxruntime.so.$ORT_VERSION" \

@@ -13,6 +13,8 @@ pub trait Collective {
     fn size(&self) -> usize;
     /// Processes of the job on this machine (they share its cores).
     fn local_size(&self) -> usize;
+    /// This process's number among those on its machine, `0..local_size()`: the GPU it trains on.
+    fn local_rank(&self) -> usize;
     /// Replaces `values` on every process with their element-wise sum over all processes.
     fn sum_f32(&self, values: &mut [f32]);
     fn sum_f64(&self, values: &mut [f64]);
@@ -35,6 +37,9 @@ impl Collective for SingleProcess {
     }
     fn local_size(&self) -> usize {
         1
+    }
+    fn local_rank(&self) -> usize {
+        0
     }
     fn sum_f32(&self, _: &mut [f32]) {}
     fn sum_f64(&self, _: &mut [f64]) {}

@@ -9,6 +9,7 @@ use crate::collective::Collective;
 /// The processes of an MPI job. MPI is finalised when this is dropped.
 pub struct MpiProcesses {
     world: SimpleCommunicator,
+    local_rank: usize,
     local_size: usize,
     // Dropped last: finalises MPI.
     _universe: Universe,
@@ -33,10 +34,12 @@ impl MpiProcesses {
     pub fn join() -> Result<Self, AlreadyInitialised> {
         let universe = ::mpi::initialize().ok_or(AlreadyInitialised)?;
         let world = universe.world();
-        let local_size = world.split_shared(world.rank()).size() as usize;
+        let machine = world.split_shared(world.rank());
+        let (local_rank, local_size) = (machine.rank() as usize, machine.size() as usize);
         say_why_when_stopped(world.rank(), world.size());
         Ok(Self {
             world,
+            local_rank,
             local_size,
             _universe: universe,
         })
@@ -60,6 +63,10 @@ impl Collective for MpiProcesses {
 
     fn local_size(&self) -> usize {
         self.local_size
+    }
+
+    fn local_rank(&self) -> usize {
+        self.local_rank
     }
 
     fn sum_f32(&self, values: &mut [f32]) {

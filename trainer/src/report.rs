@@ -137,6 +137,7 @@ mod tests {
                 },
                 seconds: 1.0,
                 examples_per_second: 100.0,
+                exchange_seconds: 0.0,
             })
             .collect();
         let svg = training_curve_svg("ml-1m <sasrec>", &history, 2);

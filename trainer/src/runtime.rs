@@ -55,6 +55,16 @@ pub enum RuntimeError {
 /// A session for `onnx` on `device` with `threads` intra-op threads. The ONNX Runtime library is loaded on first
 /// use from `ORT_DYLIB_PATH`.
 pub fn session(onnx: &[u8], device: Device, threads: usize) -> Result<Session, RuntimeError> {
+    session_on(onnx, device, 0, threads)
+}
+
+/// [`session`] on GPU number `gpu` (of those the process sees) when `device` is CUDA.
+pub fn session_on(
+    onnx: &[u8],
+    device: Device,
+    gpu: usize,
+    threads: usize,
+) -> Result<Session, RuntimeError> {
     edgerec_onnxruntime::init().map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
     let env =
         edgerec_onnxruntime::environment().map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
@@ -67,10 +77,29 @@ pub fn session(onnx: &[u8], device: Device, threads: usize) -> Result<Session, R
         .map_err(|e| RuntimeError::Session(e.to_string()))?;
     if device == Device::Cuda {
         builder = builder
-            .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
+            .with_execution_providers([ort::ep::CUDA::default()
+                .with_device_id(gpu as i32)
+                .build()
+                .error_on_failure()])
             .map_err(|e| RuntimeError::Cuda(e.to_string()))?;
     }
     builder.commit_from_memory(onnx).map_err(refused)
+}
+
+/// GPUs this process may use: the entries of `CUDA_VISIBLE_DEVICES` when set, else those the NVIDIA driver lists,
+/// at least 1. Processes of a job share them out by their number on the machine ([`gpu_of`]).
+pub fn visible_gpus() -> usize {
+    let listed = match std::env::var("CUDA_VISIBLE_DEVICES") {
+        Ok(list) => list.split(',').filter(|d| !d.trim().is_empty()).count(),
+        Err(_) => std::fs::read_dir("/proc/driver/nvidia/gpus").map_or(0, |d| d.count()),
+    };
+    listed.max(1)
+}
+
+/// The GPU of the `local_rank`-th process on a machine with `gpus` GPUs: one each, or shared in turn when there
+/// are more processes than GPUs.
+pub fn gpu_of(local_rank: usize, gpus: usize) -> usize {
+    local_rank % gpus.max(1)
 }
 
 /// A tensor to feed by name.
@@ -136,6 +165,16 @@ mod tests {
         let error = session(&tiny_graph(), Device::Cuda, 1).expect_err("must be refused");
         assert!(matches!(error, RuntimeError::Cuda(_)), "{error:?}");
         assert!(error.to_string().contains("onnxruntime-gpu"), "{error}");
+    }
+
+    #[test]
+    fn processes_share_the_gpus_out_in_turn() {
+        assert_eq!(
+            (0..5).map(|r| gpu_of(r, 2)).collect::<Vec<_>>(),
+            [0, 1, 0, 1, 0]
+        );
+        assert_eq!(gpu_of(3, 8), 3);
+        assert_eq!(gpu_of(1, 0), 0);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use ort::value::Tensor;
 
 use crate::collective::Collective;
 use crate::model::{NEGATIVES, TARGET_WEIGHTS, TARGETS};
-use crate::runtime::{Device, RuntimeError, session};
+use crate::runtime::{Device, RuntimeError, session_on};
 use crate::step::{
     DECAY, GRADIENT_NORM, GRADIENT_SUM, GRADIENTS, LOSS, STEP_SIZE, StepGraph, StepProgram,
     dropout_input, first_moment, second_moment, updated,
@@ -111,6 +111,8 @@ pub struct StepRunner {
     decay: Tensor<f32>,
     loss: Tensor<f32>,
     gradient_norm: Tensor<f32>,
+    /// Time spent in the sums across processes since [`StepRunner::take_exchange_seconds`] was last called.
+    exchange: std::time::Duration,
 }
 
 impl std::fmt::Debug for StepRunner {
@@ -159,13 +161,17 @@ fn read(tensor: &Tensor<f32>) -> Result<Vec<f32>, RuntimeError> {
 
 /// Where the model state lives: the GPU's memory for CUDA (so steps bind it in place and copy none of it), host
 /// memory for the CPU (`None`).
-fn state_allocator(session: &Session, device: Device) -> Result<Option<Allocator>, RuntimeError> {
+fn state_allocator(
+    session: &Session,
+    device: Device,
+    gpu: usize,
+) -> Result<Option<Allocator>, RuntimeError> {
     match device {
         Device::Cpu => Ok(None),
         Device::Cuda => {
             let info = MemoryInfo::new(
                 AllocationDevice::CUDA,
-                0,
+                gpu as i32,
                 AllocatorType::Device,
                 MemoryType::Default,
             )
@@ -191,8 +197,9 @@ fn state_tensor(
 }
 
 impl StepRunner {
-    /// A session for `graph` on `device`, starting from `state`; `inputs` names the sequence and item-feature
-    /// inputs with their shape (`[batch, len]`).
+    /// A session for `graph` on `device` (GPU number `gpu` of those the process sees, with CUDA), starting from
+    /// `state`; `inputs` names the sequence and item-feature inputs with their shape (`[batch, len]`).
+    #[expect(clippy::too_many_arguments, reason = "each is one setting of the run")]
     pub fn new(
         graph: &StepGraph,
         inputs: &[String],
@@ -200,12 +207,13 @@ impl StepRunner {
         dim: usize,
         state: &ModelState,
         device: Device,
+        gpu: usize,
         threads: usize,
     ) -> Result<Self, RuntimeError> {
         let (sessions, allocator) = match &graph.program {
             StepProgram::Fused(onnx) => {
-                let session = session(onnx, device, threads)?;
-                let allocator = state_allocator(&session, device)?;
+                let session = session_on(onnx, device, gpu, threads)?;
+                let allocator = state_allocator(&session, device, gpu)?;
                 let bindings = [
                     session.create_binding().map_err(ort_error)?,
                     session.create_binding().map_err(ort_error)?,
@@ -213,9 +221,9 @@ impl StepRunner {
                 (Sessions::Fused { session, bindings }, allocator)
             }
             StepProgram::Split { gradients, update } => {
-                let gradients = session(gradients, device, threads)?;
-                let update = session(update, device, threads)?;
-                let allocator = state_allocator(&update, device)?;
+                let gradients = session_on(gradients, device, gpu, threads)?;
+                let update = session_on(update, device, gpu, threads)?;
+                let allocator = state_allocator(&update, device, gpu)?;
                 let gradient_bindings = [
                     gradients.create_binding().map_err(ort_error)?,
                     gradients.create_binding().map_err(ort_error)?,
@@ -290,6 +298,7 @@ impl StepRunner {
             decay: owned::<f32>(&[], Some(&[0.0]))?,
             loss: owned::<f32>(&[], None)?,
             gradient_norm: owned::<f32>(&[], None)?,
+            exchange: std::time::Duration::ZERO,
         };
         runner.bind()?;
         Ok(runner)
@@ -435,7 +444,9 @@ impl StepRunner {
                     .run_binding(&gradient_bindings[from])
                     .map_err(ort_error)?;
                 let (_, values) = flat.try_extract_tensor_mut::<f32>().map_err(ort_error)?;
+                let started = std::time::Instant::now();
                 processes.sum_f32(values);
+                self.exchange += started.elapsed();
                 let loss = values[values.len() - 1];
                 if self.device == Device::Cuda {
                     update_bindings[from]
@@ -451,6 +462,11 @@ impl StepRunner {
         self.current = 1 - from;
         let norm = read(&self.gradient_norm)?[0];
         Ok((loss, norm))
+    }
+
+    /// Seconds spent summing gradients across processes since the last call.
+    pub fn take_exchange_seconds(&mut self) -> f64 {
+        std::mem::take(&mut self.exchange).as_secs_f64()
     }
 
     /// Replaces the current parameters and moments with `state` (which must hold every one of them), as when

@@ -260,6 +260,9 @@ pub struct EpochRecord {
     pub validation: RankingMetrics,
     pub seconds: f64,
     pub examples_per_second: f64,
+    /// Seconds this epoch's steps spent summing gradients across processes (0 for one process).
+    #[serde(default)]
+    pub exchange_seconds: f64,
 }
 
 /// What the CLI shows while training.
@@ -399,6 +402,7 @@ pub fn train(
         config.dim,
         &state,
         config.device,
+        crate::runtime::gpu_of(processes.local_rank(), crate::runtime::visible_gpus()),
         threads,
     )?;
     let mut step = meta.steps_done;
@@ -483,6 +487,7 @@ pub fn train(
             validation,
             seconds: epoch_started.elapsed().as_secs_f64(),
             examples_per_second: windows.len() as f64 / train_seconds,
+            exchange_seconds: runner.take_exchange_seconds(),
         };
         let mut stop = false;
         if size > 1 {
@@ -1185,6 +1190,7 @@ mod tests {
             for (e, r) in expected.iter_mut().zip(&resumed.history) {
                 e.seconds = r.seconds;
                 e.examples_per_second = r.examples_per_second;
+                e.exchange_seconds = r.exchange_seconds;
             }
             expected
         });
@@ -1390,6 +1396,7 @@ mod tests {
                 config.dim,
                 &start,
                 Device::Cpu,
+                0,
                 1,
             )
             .expect("runner")
