@@ -37,36 +37,24 @@ impl Processes {
         }
     }
 
-    /// `rank R of N: ` in a job of several processes, nothing otherwise: what each message of a job starts with.
-    pub fn label(&self) -> String {
-        let c = self.collective();
-        if c.size() > 1 {
-            format!("rank {} of {}: ", c.rank(), c.size())
-        } else {
-            String::new()
-        }
-    }
-
-    /// After `error` on this process, in a job of several: an error every process meets together is reported by
-    /// each as usual; after any other, this process says so and ends the whole job, since the others would wait
-    /// for it forever. A single process returns and the error is reported as usual.
+    /// After `error` on this process of a job: says so, and for an error the other processes do not meet at the
+    /// same point, ends the whole job, since they would wait for this one forever.
     pub fn end_job_on(&self, error: &anyhow::Error) {
+        let c = self.collective();
+        let label = format!("edgerec train, rank {} of {}", c.rank(), c.size());
+        eprintln!("{label}: error: {error:#}");
         #[cfg(feature = "mpi")]
         if let Self::Mpi(mpi) = self {
             let shared = error
                 .downcast_ref::<edgerec_trainer::train::TrainError>()
                 .is_some_and(|e| e.reached_by_every_process());
             if !shared {
-                eprintln!("edgerec train, {}error: {error:#}", self.label());
                 eprintln!(
-                    "edgerec train, {}ending every process of the job; the last complete checkpoint (rank 0's \
-                     --out/checkpoints) continues with --resume",
-                    self.label()
+                    "{label}: ending every process of the job; the last complete checkpoint (rank 0's \
+                     --out/checkpoints) continues with --resume"
                 );
                 mpi.abort(1);
             }
         }
-        #[cfg(not(feature = "mpi"))]
-        let _ = error;
     }
 }

@@ -184,15 +184,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
         return Ok(());
     }
     let processes = Processes::join()?;
-    let result = run_as(&args, config, &processes);
-    if let Err(error) = &result {
-        processes.end_job_on(error);
+    match run_as(&args, config, &processes) {
+        Err(error) if processes.collective().size() > 1 => {
+            // Each process reports before MPI is finalised: the first to exit makes the launcher stop the rest.
+            processes.end_job_on(&error);
+            drop(processes);
+            std::process::exit(1)
+        }
+        result => result,
     }
-    let label = processes.label();
-    result.map_err(|e| match label.is_empty() {
-        true => e,
-        false => e.context(format!("edgerec train, {}", label.trim_end_matches(": "))),
-    })
 }
 
 /// `edgerec train` as one of `processes`: each trains its shard; rank 0 alone prints progress, evaluates on the
@@ -200,10 +200,22 @@ pub fn run(args: TrainArgs) -> Result<()> {
 fn run_as(args: &TrainArgs, config: TrainConfig, processes: &Processes) -> Result<()> {
     let collective = processes.collective();
     let leader = collective.rank() == 0;
-    let loaded = if args.dataset.dataset == "event-log" {
-        load_event_log(args)?
-    } else {
-        args.dataset.load()?
+    let load = || {
+        if args.dataset.dataset == "event-log" {
+            load_event_log(args)
+        } else {
+            args.dataset.load()
+        }
+    };
+    // A public dataset is fetched on first use: one process per machine fetches it while the others wait.
+    let fetched = match collective.local_rank() {
+        0 => Some(load()?),
+        _ => None,
+    };
+    collective.barrier();
+    let loaded = match fetched {
+        Some(loaded) => loaded,
+        None => load()?,
     };
     let out = args
         .out

@@ -2,6 +2,8 @@
 //! batch train the model one process trains; processes started differently are refused; a process that dies
 //! ends the job with a message from the others and leaves a checkpoint that `--resume` continues.
 
+#![cfg(feature = "mpi")]
+
 // This file uses only part of what the test files share.
 #[allow(dead_code)]
 mod support;
@@ -36,10 +38,15 @@ fn interactions(dir: &Path) -> PathBuf {
 }
 
 /// Settings small enough for a test: a few steps per epoch, dropout on, so the masks' sharding is exercised, and
-/// a warm-up of one step, so that each step moves the parameters at the full learning rate.
+/// the full learning rate from the second step on, whatever `max_epochs`, so that each step moves the parameters
+/// and a run resumed with more epochs continues as a longer run would have.
 fn train_args(data: &Path, out: &Path, epochs: usize) -> Vec<String> {
     let config = data.with_file_name("train-config.json");
-    std::fs::write(&config, r#"{"warmup_steps": 1}"#).expect("test step succeeds");
+    std::fs::write(
+        &config,
+        r#"{"warmup_steps": 1, "final_learning_rate_fraction": 1.0}"#,
+    )
+    .expect("test step succeeds");
     [
         "train",
         data.to_str().expect("test step succeeds"),
@@ -99,6 +106,51 @@ fn report(out: &Path) -> serde_json::Value {
         .expect("test step succeeds")
 }
 
+/// Requires the parameters of the runs in `one` and `other`, both after epoch `epoch`, to be those of one run
+/// up to the reassociation of float sums; returns how many tensors were compared.
+fn assert_same_parameters(one: &Path, other: &Path, epoch: usize) -> usize {
+    let (a, b) = (checkpoint_state(one, epoch), checkpoint_state(other, epoch));
+    assert_eq!(a.len(), b.len());
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(one.join("checkpoints/checkpoint.json")).expect("test step succeeds"),
+    )
+    .expect("test step succeeds");
+    let steps = epoch as f32 * 3.0;
+    let mut offset = 0;
+    let mut compared = 0;
+    for entry in meta["layout"].as_array().expect("test step succeeds") {
+        let name = entry[0].as_str().expect("test step succeeds");
+        let len = entry[1].as_u64().expect("test step succeeds") as usize;
+        let range = offset..offset + len;
+        offset += len;
+        let differ = a[range.clone()]
+            .iter()
+            .zip(&b[range])
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        // Shards sum their gradients in another order than one process sums the batch: float32 additions
+        // reassociated. Adam normalises each component by its own history, so the parameters differ by a few
+        // units in the last place (1.2e-7 near 1; 1.2e-7 at most was measured over 4 epochs); 1e-6 is 8 of
+        // them. The key biases are the exception: adding one vector to every key adds the same number to every
+        // attention logit of a row, which the softmax ignores, so their true gradient is exactly 0 and the
+        // computed one is rounding noise, which Adam's normalisation turns into steps of either sign. They
+        // change no output (the validation metrics agree); Adam moves a component by about a step size (5e-3)
+        // at most, so the runs may part by twice the steps' sizes.
+        let tolerance = if name.ends_with("_bk") {
+            2.0 * steps * 5e-3
+        } else {
+            1e-6
+        };
+        assert!(
+            differ <= tolerance,
+            "{name}: the runs differ by {differ} (tolerance {tolerance})"
+        );
+        compared += 1;
+    }
+    assert_eq!(offset, a.len() / 3, "{meta}");
+    compared
+}
+
 #[test]
 fn two_processes_reach_the_parameters_of_one() {
     let dir = tempfile::tempdir().expect("test step succeeds");
@@ -121,53 +173,18 @@ fn two_processes_reach_the_parameters_of_one() {
     );
 
     // 150 users give about 170 windows: 3 steps of the global batch of 64 per epoch, 6 in all.
-    let (a, b) = (checkpoint_state(&one, 2), checkpoint_state(&two, 2));
-    assert_eq!(a.len(), b.len());
-    let meta: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(one.join("checkpoints/checkpoint.json")).expect("test step succeeds"),
-    )
-    .expect("test step succeeds");
-    let mut offset = 0;
-    let mut compared = 0;
-    for entry in meta["layout"].as_array().expect("test step succeeds") {
-        let name = entry[0].as_str().expect("test step succeeds");
-        let len = entry[1].as_u64().expect("test step succeeds") as usize;
-        let range = offset..offset + len;
-        offset += len;
-        let differ = a[range.clone()]
-            .iter()
-            .zip(&b[range])
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        // Two shards sum their gradients in another order than one process sums the batch: float32 additions
-        // reassociated. Adam normalises each component by its own history, so the parameters differ by a few
-        // units in the last place (1.2e-7 near 1; 1.2e-7 at most was measured over 4 epochs); 1e-6 is 8 of
-        // them. The key biases are the exception: adding one vector to every key adds the same number to every
-        // attention logit of a row, which the softmax ignores, so their true gradient is exactly 0 and the
-        // computed one is rounding noise, which Adam's normalisation turns into steps of either sign. They
-        // change no output (the validation metrics below agree); Adam moves a component by about a step size at
-        // most, so the runs may part by twice the six steps' sizes.
-        let tolerance = if name.ends_with("_bk") {
-            2.0 * 6.0 * 5e-3
-        } else {
-            1e-6
-        };
-        assert!(
-            differ <= tolerance,
-            "{name}: two processes differ from one by {differ} (tolerance {tolerance})"
-        );
-        compared += 1;
-    }
-    assert!(compared > 10 && offset == a.len() / 3, "{meta}");
+    assert!(assert_same_parameters(&one, &two, 2) > 10);
     // And the steps did move the parameters: the same run stopped after one epoch is elsewhere.
     let first = dir.path().join("first");
     succeeds(
         Command::new(EDGEREC).args(train_args(&data, &first, 1)),
         "training one epoch",
     );
-    let moved = checkpoint_state(&first, 1)[..offset]
+    let a = checkpoint_state(&one, 2);
+    let moved = checkpoint_state(&first, 1)
         .iter()
-        .zip(&a[..offset])
+        .zip(&a)
+        .take(a.len() / 3)
         .map(|(x, y)| (x - y).abs())
         .fold(0f32, f32::max);
     assert!(
@@ -197,6 +214,43 @@ fn two_processes_reach_the_parameters_of_one() {
         }
     }
     assert_eq!(one["test"]["hr@10"], two["test"]["hr@10"]);
+}
+
+/// Rank 0 reads the checkpoint and sends it to the others, whose shards (22, 22 and 20 rows of 64) do not
+/// divide the batch evenly.
+#[test]
+fn three_processes_resume_what_one_process_started() {
+    let dir = tempfile::tempdir().expect("test step succeeds");
+    let data = interactions(dir.path());
+    let (whole, parts) = (dir.path().join("whole"), dir.path().join("parts"));
+    succeeds(
+        Command::new(EDGEREC).args(train_args(&data, &whole, 2)),
+        "training two epochs as one process",
+    );
+    succeeds(
+        Command::new(EDGEREC).args(train_args(&data, &parts, 1)),
+        "training the first epoch as one process",
+    );
+    let output = succeeds(
+        mpirun()
+            .args(["-np", "3", EDGEREC])
+            .args(train_args(&data, &parts, 2))
+            .arg("--resume"),
+        "resuming as three MPI processes",
+    );
+    assert!(
+        stderr(&output).contains("as 3 processes sharing each batch of 64"),
+        "{}",
+        stderr(&output)
+    );
+    assert_same_parameters(&whole, &parts, 2);
+    let (whole, parts) = (report(&whole), report(&parts));
+    assert_eq!(parts["epochs"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        whole["epochs"][0]["train_loss"], parts["epochs"][0]["train_loss"],
+        "the first epoch is the checkpoint's"
+    );
+    assert_eq!(whole["test"]["hr@10"], parts["test"]["hr@10"]);
 }
 
 #[test]

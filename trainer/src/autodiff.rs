@@ -377,7 +377,7 @@ mod tests {
         for (i, grad) in grads.iter().enumerate() {
             g.output(grad, &format!("grad{i}"));
         }
-        let mut session = session(&g.to_bytes(), Device::Cpu, 1).expect("ONNX Runtime session");
+        let mut session = session(&g.to_bytes(), Device::Cpu, 0, 1).expect("ONNX Runtime session");
 
         let mut data: Vec<Vec<f32>> = inputs
             .iter()

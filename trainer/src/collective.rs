@@ -22,6 +22,8 @@ pub trait Collective {
     fn broadcast_f32(&self, values: &mut [f32]);
     /// Replaces `bytes` on every process with rank 0's, whatever their length elsewhere.
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>);
+    /// Returns once every process has called it.
+    fn barrier(&self);
 }
 
 /// A job of one process: sums and broadcasts leave values as they are.
@@ -45,6 +47,7 @@ impl Collective for SingleProcess {
     fn sum_f64(&self, _: &mut [f64]) {}
     fn broadcast_f32(&self, _: &mut [f32]) {}
     fn broadcast_bytes(&self, _: &mut Vec<u8>) {}
+    fn barrier(&self) {}
 }
 
 /// Whether this process was started by an MPI launcher (`mpirun`, `srun`, an MPI operator's launcher), from

@@ -454,6 +454,7 @@ mod tests {
         let mut served = session(
             &inference_graph(&spec, &arch, &params).expect("test step succeeds"),
             Device::Cpu,
+            0,
             1,
         )
         .expect("serving session");
@@ -468,7 +469,7 @@ mod tests {
         }
         let loss = training_loss(&mut g, &spec, &arch, &p, 1, vec![], 0);
         g.output(&loss, "loss");
-        let mut trained = session(&g.to_bytes(), Device::Cpu, 1).expect("training session");
+        let mut trained = session(&g.to_bytes(), Device::Cpu, 0, 1).expect("training session");
 
         for (history, target) in [
             (vec![0, 0, 3, 7, 1, 12], 5i64),

@@ -37,6 +37,7 @@ impl MpiProcesses {
         let machine = world.split_shared(world.rank());
         let (local_rank, local_size) = (machine.rank() as usize, machine.size() as usize);
         say_why_when_stopped(world.rank(), world.size());
+        abort_on_panic();
         Ok(Self {
             world,
             local_rank,
@@ -85,6 +86,10 @@ impl Collective for MpiProcesses {
         self.world.process_at_rank(0).broadcast_into(values);
     }
 
+    fn barrier(&self) {
+        self.world.barrier();
+    }
+
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>) {
         let root = self.world.process_at_rank(0);
         let mut len = bytes.len() as u64;
@@ -123,4 +128,17 @@ fn say_why_when_stopped(rank: i32, size: i32) {
     unsafe {
         libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
     }
+}
+
+/// A panic unwinds into `MPI_Finalize`, which waits for every process, while the others wait for this one in a
+/// collective call: the job would hang. After the usual panic message, the job is ended instead.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        // SAFETY: MPI is initialised (this hook is installed after `initialize`); MPI_Abort does not return.
+        unsafe {
+            ::mpi::ffi::MPI_Abort(::mpi::ffi::RSMPI_COMM_WORLD, 101);
+        }
+    }));
 }

@@ -52,14 +52,9 @@ pub enum RuntimeError {
     Run(String),
 }
 
-/// A session for `onnx` on `device` with `threads` intra-op threads. The ONNX Runtime library is loaded on first
-/// use from `ORT_DYLIB_PATH`.
-pub fn session(onnx: &[u8], device: Device, threads: usize) -> Result<Session, RuntimeError> {
-    session_on(onnx, device, 0, threads)
-}
-
-/// [`session`] on GPU number `gpu` (of those the process sees) when `device` is CUDA.
-pub fn session_on(
+/// A session for `onnx` on `device` (GPU number `gpu` of those the process sees, with CUDA) with `threads`
+/// intra-op threads. The ONNX Runtime library is loaded on first use from `ORT_DYLIB_PATH`.
+pub fn session(
     onnx: &[u8],
     device: Device,
     gpu: usize,
@@ -152,7 +147,7 @@ mod tests {
 
     #[test]
     fn runs_on_the_cpu() {
-        let mut session = session(&tiny_graph(), Device::Cpu, 1).expect("CPU session");
+        let mut session = session(&tiny_graph(), Device::Cpu, 0, 1).expect("CPU session");
         let out = run_once(&mut session, &[("x", Feed::F32(vec![2], vec![-1.0, 2.0]))])
             .expect("test step succeeds");
         assert_eq!(out["y"], vec![0.0, 2.0]);
@@ -162,7 +157,7 @@ mod tests {
     /// what to install, never fall back silently.
     #[test]
     fn cuda_without_a_gpu_library_is_a_clear_error() {
-        let error = session(&tiny_graph(), Device::Cuda, 1).expect_err("must be refused");
+        let error = session(&tiny_graph(), Device::Cuda, 0, 1).expect_err("must be refused");
         assert!(matches!(error, RuntimeError::Cuda(_)), "{error:?}");
         assert!(error.to_string().contains("onnxruntime-gpu"), "{error}");
     }

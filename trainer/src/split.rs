@@ -115,26 +115,26 @@ impl Split {
     /// A 64-bit FNV-1a digest of the items, every user's sequence and the logged histories: processes of one
     /// training job compare it to make sure they read the same data.
     pub fn fingerprint(&self) -> u64 {
-        let mut hash = 0xcbf2_9ce4_8422_2325_u64;
-        let mut add = |value: u64| {
-            for byte in value.to_le_bytes() {
-                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
-            }
-        };
-        add(self.items.len() as u64);
+        let mut hash = Fnv1a::default();
+        hash.write(&(self.items.len() as u64).to_le_bytes());
         for item in &self.items {
-            add(item.len() as u64);
-            item.bytes().for_each(|b| add(u64::from(b)));
+            hash.write(&(item.len() as u64).to_le_bytes());
+            hash.write(item.as_bytes());
         }
         for user in &self.users {
-            add(user.items.len() as u64);
-            user.items.iter().for_each(|&i| add(u64::from(i)));
+            hash.write(&(user.items.len() as u64).to_le_bytes());
+            user.items.iter().for_each(|i| hash.write(&i.to_le_bytes()));
         }
         for logged in &self.logged {
-            add(u64::from(logged.user) << 32 | u64::from(logged.position));
-            logged.history.iter().for_each(|&i| add(u64::from(i)));
+            hash.write(&logged.user.to_le_bytes());
+            hash.write(&logged.position.to_le_bytes());
+            hash.write(&(logged.history.len() as u64).to_le_bytes());
+            logged
+                .history
+                .iter()
+                .for_each(|i| hash.write(&i.to_le_bytes()));
         }
-        hash
+        hash.0
     }
 
     pub fn evaluated_users(&self) -> usize {
@@ -200,6 +200,23 @@ impl Split {
             file.flush()?;
         }
         Ok(())
+    }
+}
+
+/// 64-bit FNV-1a: a digest processes compare, not a defence against anyone.
+pub(crate) struct Fnv1a(pub u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv1a {
+    pub fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
     }
 }
 

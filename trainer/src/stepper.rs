@@ -18,7 +18,7 @@ use ort::value::Tensor;
 
 use crate::collective::Collective;
 use crate::model::{NEGATIVES, TARGET_WEIGHTS, TARGETS};
-use crate::runtime::{Device, RuntimeError, session_on};
+use crate::runtime::{Device, RuntimeError, session};
 use crate::step::{
     DECAY, GRADIENT_NORM, GRADIENT_SUM, GRADIENTS, LOSS, STEP_SIZE, StepGraph, StepProgram,
     dropout_input, first_moment, second_moment, updated,
@@ -212,7 +212,7 @@ impl StepRunner {
     ) -> Result<Self, RuntimeError> {
         let (sessions, allocator) = match &graph.program {
             StepProgram::Fused(onnx) => {
-                let session = session_on(onnx, device, gpu, threads)?;
+                let session = session(onnx, device, gpu, threads)?;
                 let allocator = state_allocator(&session, device, gpu)?;
                 let bindings = [
                     session.create_binding().map_err(ort_error)?,
@@ -221,8 +221,8 @@ impl StepRunner {
                 (Sessions::Fused { session, bindings }, allocator)
             }
             StepProgram::Split { gradients, update } => {
-                let gradients = session_on(gradients, device, gpu, threads)?;
-                let update = session_on(update, device, gpu, threads)?;
+                let gradients = session(gradients, device, gpu, threads)?;
+                let update = session(update, device, gpu, threads)?;
                 let allocator = state_allocator(&update, device, gpu)?;
                 let gradient_bindings = [
                     gradients.create_binding().map_err(ort_error)?,

@@ -28,8 +28,8 @@ use crate::collective::Collective;
 use crate::model::{Architecture, BuildError, Parameters, inference_graph};
 use crate::rng::SplitMix;
 use crate::runtime::{Device, RuntimeError};
-use crate::split::{LoggedHistory, Split, Stage};
-use crate::step::{AdamW, split_step_graphs, step_graph};
+use crate::split::{Fnv1a, LoggedHistory, Split, Stage};
+use crate::step::{AdamW, StepGraph, StepProgram, split_step_graphs, step_graph};
 use crate::stepper::{Batch, ModelState, StepRunner};
 
 /// Everything that decides a training run. Read from a JSON config file and overridden by flags; every field has a
@@ -290,7 +290,7 @@ struct CheckpointMeta {
     steps_done: u64,
     history: Vec<EpochRecord>,
     best_epoch: Option<usize>,
-    /// Tensor names and lengths, in the order `state.bin` and `best.bin` hold them.
+    /// Tensor names and lengths, in the order the state and best-parameter files hold them.
     layout: Vec<(String, usize)>,
 }
 
@@ -372,6 +372,17 @@ pub fn train(
             &config.optimiser,
         )?
     };
+    agree_on_graph(processes, &graph)?;
+    // One MPI message carries the state (parameters and two moments, and the best parameters): its count is an
+    // `int`.
+    let state_values = 4 * (graph.gradient_len() - 1);
+    if size > 1 && state_values > i32::MAX as usize {
+        return Err(TrainError::Config(format!(
+            "{state_values} values of state are too many for one MPI message (at most {}): a smaller model or \
+             item table",
+            i32::MAX
+        )));
+    }
 
     let mut state = initial_state(&spec, &arch, config.seed)?;
     let mut meta = CheckpointMeta {
@@ -610,28 +621,55 @@ fn fill_dropout_mask(config: &TrainConfig, site: usize, step: u64, first: usize,
     }
 }
 
-/// Whether every process was started with the same settings, data and build as rank 0; every process learns
-/// which ranks differ, and each says how it differs.
+/// Whether every process was started with the same settings and data as rank 0, by the same version; every
+/// process learns which ranks differ, and each says how it differs.
 fn agree(
     processes: &dyn Collective,
     split: &Split,
     config: &TrainConfig,
     resume: bool,
 ) -> Result<(), TrainError> {
+    agree_on(
+        processes,
+        &serde_json::json!({
+            "edgerec": env!("CARGO_PKG_VERSION"),
+            // Threads are each process's own business: they change how ONNX Runtime rounds within a step, not
+            // what is computed, and rank 0's state replaces every process's after each epoch.
+            "config": TrainConfig { threads: 0, ..config.clone() },
+            "resume": resume,
+            "data": format!("{:016x}", split.fingerprint()),
+        }),
+    )
+}
+
+/// Whether every process built the same step graphs, byte for byte: two builds of one version that differ in
+/// the model code would otherwise exchange gradients of different layouts.
+fn agree_on_graph(processes: &dyn Collective, graph: &StepGraph) -> Result<(), TrainError> {
+    let mut digest = Fnv1a::default();
+    match &graph.program {
+        StepProgram::Fused(onnx) => digest.write(onnx),
+        StepProgram::Split { gradients, update } => {
+            digest.write(gradients);
+            digest.write(update);
+        }
+    }
+    agree_on(
+        processes,
+        &serde_json::json!({
+            "step graphs": format!("{:016x}", digest.0),
+            "parameters": graph.parameters,
+        }),
+    )
+}
+
+/// Compares `description` with rank 0's on every process (nothing to compare with one process).
+fn agree_on(processes: &dyn Collective, description: &serde_json::Value) -> Result<(), TrainError> {
     let size = processes.size();
     if size == 1 {
         return Ok(());
     }
-    let description = serde_json::json!({
-        "edgerec": env!("CARGO_PKG_VERSION"),
-        // Threads are each process's own business.
-        "config": TrainConfig { threads: 0, ..config.clone() },
-        "resume": resume,
-        "data": format!("{:016x}", split.fingerprint()),
-        "processes": size,
-    });
     // Both sides compared as parsed from text, so that numbers read as written (0.3, not 0.30000001192092896).
-    let text = serde_json::to_vec(&description).map_err(|e| shared_error(&e))?;
+    let text = serde_json::to_vec(description).map_err(|e| shared_error(&e))?;
     let mine: serde_json::Value = serde_json::from_slice(&text).map_err(|e| shared_error(&e))?;
     let mut bytes = text;
     processes.broadcast_bytes(&mut bytes);
@@ -1005,6 +1043,27 @@ fn load_checkpoint(
             "was written for different data (another item vocabulary)",
         ));
     }
+    // The layout is in name order, as the state's maps hold the tensors.
+    let expected: Vec<(String, usize)> =
+        crate::model::parameter_shapes(spec, &config.architecture())?
+            .into_iter()
+            .map(|(name, dims)| (name, dims.iter().product::<i64>() as usize))
+            .collect::<BTreeMap<_, _>>()
+            .into_iter()
+            .collect();
+    if meta.layout != expected {
+        return Err(checkpoint_error(
+            &path,
+            "holds tensors other than this model's parameters",
+        ));
+    }
+    let state_path = dir.join(state_file(meta.epochs_done));
+    if !state_path.exists() && dir.join("state.bin").exists() {
+        return Err(checkpoint_error(
+            dir,
+            "was written by an earlier edgerec (state.bin), which this version does not resume: train again",
+        ));
+    }
     let lengths: Vec<usize> = meta.layout.iter().map(|(_, n)| *n).collect();
     let names: Vec<&String> = meta.layout.iter().map(|(name, _)| name).collect();
     let mut state = ModelState::default();
@@ -1014,7 +1073,7 @@ fn load_checkpoint(
         .take(3 * lengths.len())
         .copied()
         .collect();
-    let tensors = read_tensors(&dir.join(state_file(meta.epochs_done)), &all)?;
+    let tensors = read_tensors(&state_path, &all)?;
     for (i, tensor) in tensors.into_iter().enumerate() {
         let name = names[i % names.len()].clone();
         match i / names.len() {
@@ -1260,6 +1319,33 @@ mod tests {
         )
         .expect_err("must be refused");
         assert!(error.to_string().contains("checkpoint.json"), "{error}");
+
+        let resume = |dir: &Path| {
+            train(
+                &split,
+                &config,
+                Some(dir),
+                true,
+                &SingleProcess,
+                &mut |_| ControlFlow::Continue(()),
+            )
+        };
+        // A layout naming other tensors (another model's code) is refused before any state is read.
+        let meta_path = dir.path().join(CHECKPOINT_META);
+        let original = std::fs::read_to_string(&meta_path).expect("test step succeeds");
+        std::fs::write(&meta_path, original.replace("\"b0_bk\"", "\"b0_bias\""))
+            .expect("test step succeeds");
+        let error = resume(dir.path()).expect_err("must be refused");
+        assert!(
+            error.to_string().contains("other than this model's"),
+            "{error}"
+        );
+        // The single state file of earlier versions is named as such.
+        std::fs::write(&meta_path, &original).expect("test step succeeds");
+        std::fs::rename(dir.path().join(state_file(1)), dir.path().join("state.bin"))
+            .expect("test step succeeds");
+        let error = resume(dir.path()).expect_err("must be refused");
+        assert!(error.to_string().contains("earlier edgerec"), "{error}");
     }
 
     #[test]
@@ -1375,7 +1461,7 @@ mod tests {
 
     /// The pair of graphs data parallelism runs computes the fused step's update: here over the whole batch in
     /// one process, so only the order of floating-point additions may differ (the two-process sum is checked
-    /// through `mpirun` in the CLI's tests).
+    /// through `mpirun` in the CLI's tests). A state set on a runner is the state it then holds.
     #[test]
     fn the_split_step_updates_as_the_fused_step_does() {
         let split = planted_pattern(60);
@@ -1438,6 +1524,11 @@ mod tests {
             .fold(0f32, f32::max);
         assert!(moved > 1e-3, "the steps moved the parameters by {moved}");
         assert!(differ < 1e-5, "the split step's state differs by {differ}");
+        // Another process's state, taken whole (as every process takes rank 0's after each epoch).
+        split_step.set_state(&a).expect("set state");
+        assert_eq!(split_step.state().expect("state"), a);
+        split_step.set_state(&start).expect("set state");
+        assert_eq!(split_step.state().expect("state"), start);
     }
 
     #[test]
