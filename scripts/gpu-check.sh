@@ -50,7 +50,10 @@ for device in ("cuda", "cpu"):
     epochs = report["epochs"]
     steady = epochs[1:] or epochs
     rate = sum(e["examples_per_second"] for e in steady) / len(steady)
+    host = sum(e.get("host_seconds", 0) for e in steady) / len(steady)
+    epoch = sum(e["seconds"] for e in steady) / len(steady)
     v = report["validation"]
     print(f"{device:5} {rate:10.0f} examples/s  {report['training_seconds']:7.1f} s in all  "
-          f"validation HR@10 {v['hr@10']:.4f}  NDCG@10 {v['ndcg@10']:.4f}  ({len(epochs)} epochs)")
+          f"validation HR@10 {v['hr@10']:.4f}  NDCG@10 {v['ndcg@10']:.4f}  ({len(epochs)} epochs)  "
+          f"host preparing inputs {host:.1f} s of {epoch:.1f} s per epoch")
 PY

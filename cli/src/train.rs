@@ -291,19 +291,19 @@ fn run_as(args: &TrainArgs, config: TrainConfig, processes: &Processes) -> Resul
                 Progress::Evaluating => bar.set_message("evaluating on the validation targets"),
                 Progress::EpochFinished(_) if !leader => {}
                 Progress::EpochFinished(record) => bar.suspend(|| eprintln!(
-                    "epoch {:>3}  loss {:.4}  validation HR@10 {:.4}  NDCG@10 {:.4}  lr {:.2e}  {:.1} s{}",
+                    "epoch {:>3}  loss {:.4}  validation HR@10 {:.4}  NDCG@10 {:.4}  lr {:.2e}  {:.1} s \
+                     ({:.0} examples/s; {:.2} s preparing inputs{})",
                     record.epoch,
                     record.train_loss,
                     record.validation.hr_at_10,
                     record.validation.ndcg_at_10,
                     record.learning_rate,
                     record.seconds,
+                    record.examples_per_second,
+                    record.host_seconds,
                     match collective.size() {
                         1 => String::new(),
-                        _ => format!(
-                            " ({:.0} examples/s, {:.2} s summing gradients)",
-                            record.examples_per_second, record.exchange_seconds
-                        ),
+                        _ => format!(", {:.2} s summing gradients", record.exchange_seconds),
                     }
                 )),
             }

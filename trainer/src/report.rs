@@ -137,6 +137,7 @@ mod tests {
                 },
                 seconds: 1.0,
                 examples_per_second: 100.0,
+                host_seconds: 0.0,
                 exchange_seconds: 0.0,
             })
             .collect();

@@ -11,6 +11,7 @@
 //! and the update graph reads that sum with the current set and writes the other set.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{IoBinding, Session};
@@ -30,6 +31,16 @@ pub struct ModelState {
     pub parameters: BTreeMap<String, Vec<f32>>,
     pub first_moments: BTreeMap<String, Vec<f32>>,
     pub second_moments: BTreeMap<String, Vec<f32>>,
+}
+
+/// Where a runner's steps spent their time, besides running the graphs.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepTimings {
+    /// Filling the input tensors on the host (the dropout masks drawn into them) and, on CUDA, binding them,
+    /// which copies them to the device.
+    pub preparing: Duration,
+    /// Summing gradients across processes, waiting for the slowest included.
+    pub exchanging: Duration,
 }
 
 /// One batch, laid out as the step graph reads it (`[batch, len]` row-major).
@@ -111,8 +122,7 @@ pub struct StepRunner {
     decay: Tensor<f32>,
     loss: Tensor<f32>,
     gradient_norm: Tensor<f32>,
-    /// Time spent in the sums across processes since [`StepRunner::take_exchange_seconds`] was last called.
-    exchange: std::time::Duration,
+    timings: StepTimings,
 }
 
 impl std::fmt::Debug for StepRunner {
@@ -298,7 +308,7 @@ impl StepRunner {
             decay: owned::<f32>(&[], Some(&[0.0]))?,
             loss: owned::<f32>(&[], None)?,
             gradient_norm: owned::<f32>(&[], None)?,
-            exchange: std::time::Duration::ZERO,
+            timings: StepTimings::default(),
         };
         runner.bind()?;
         Ok(runner)
@@ -409,6 +419,7 @@ impl StepRunner {
         decay: f32,
         processes: &dyn Collective,
     ) -> Result<(f32, f32), RuntimeError> {
+        let started = Instant::now();
         for ((name, tensor), (given_name, data)) in self.inputs.iter_mut().zip(&batch.inputs) {
             debug_assert_eq!(name, given_name);
             fill(tensor, data)?;
@@ -428,6 +439,7 @@ impl StepRunner {
         if self.device == Device::Cuda {
             self.bind_batch(from)?;
         }
+        self.timings.preparing += started.elapsed();
         let loss = match &mut self.sessions {
             Sessions::Fused { session, bindings } => {
                 session.run_binding(&bindings[from]).map_err(ort_error)?;
@@ -444,9 +456,9 @@ impl StepRunner {
                     .run_binding(&gradient_bindings[from])
                     .map_err(ort_error)?;
                 let (_, values) = flat.try_extract_tensor_mut::<f32>().map_err(ort_error)?;
-                let started = std::time::Instant::now();
+                let started = Instant::now();
                 processes.sum_f32(values);
-                self.exchange += started.elapsed();
+                self.timings.exchanging += started.elapsed();
                 let loss = values[values.len() - 1];
                 if self.device == Device::Cuda {
                     update_bindings[from]
@@ -464,9 +476,9 @@ impl StepRunner {
         Ok((loss, norm))
     }
 
-    /// Seconds spent summing gradients across processes since the last call.
-    pub fn take_exchange_seconds(&mut self) -> f64 {
-        std::mem::take(&mut self.exchange).as_secs_f64()
+    /// Where the steps' time went since the last call.
+    pub fn take_timings(&mut self) -> StepTimings {
+        std::mem::take(&mut self.timings)
     }
 
     /// Replaces the current parameters and moments with `state` (which must hold every one of them), as when

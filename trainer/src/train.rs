@@ -260,6 +260,10 @@ pub struct EpochRecord {
     pub validation: RankingMetrics,
     pub seconds: f64,
     pub examples_per_second: f64,
+    /// Seconds this epoch's steps spent on the host preparing their inputs: building the batches, drawing the
+    /// dropout masks, filling the input tensors and (on CUDA) copying them to the device.
+    #[serde(default)]
+    pub host_seconds: f64,
     /// Seconds this epoch's steps spent summing gradients across processes (0 for one process).
     #[serde(default)]
     pub exchange_seconds: f64,
@@ -426,8 +430,10 @@ pub fn train(
         });
         let order = shuffled(windows.len(), config.seed, epoch);
         let (mut loss_sum, mut learning_rate) = (0.0, 0.0);
+        let mut batching = std::time::Duration::ZERO;
         for (index, chunk) in order.chunks(config.batch_size).enumerate() {
             step += 1;
+            let batch_started = Instant::now();
             let whole = make_batch(
                 split,
                 &spec,
@@ -443,6 +449,7 @@ pub fn train(
                 whole.rows(first_row, shard_rows, config.max_len)
             };
             batch.negatives = negatives(config, spec.output.num_items, step);
+            batching += batch_started.elapsed();
             learning_rate = config.learning_rate_at(step, total_steps);
             let step_size = config.optimiser.step_size(learning_rate, step);
             let decay = (learning_rate * f64::from(config.optimiser.weight_decay)) as f32;
@@ -466,6 +473,7 @@ pub fn train(
             });
         }
         let train_seconds = epoch_started.elapsed().as_secs_f64();
+        let timings = runner.take_timings();
         let _ = progress(Progress::Evaluating);
         if rank == 0 {
             state = runner.state()?;
@@ -498,7 +506,8 @@ pub fn train(
             validation,
             seconds: epoch_started.elapsed().as_secs_f64(),
             examples_per_second: windows.len() as f64 / train_seconds,
-            exchange_seconds: runner.take_exchange_seconds(),
+            host_seconds: (batching + timings.preparing).as_secs_f64(),
+            exchange_seconds: timings.exchanging.as_secs_f64(),
         };
         let mut stop = false;
         if size > 1 {
@@ -605,19 +614,23 @@ fn fill_dropout_mask(config: &TrainConfig, site: usize, step: u64, first: usize,
     let mut rng =
         SplitMix::new(config.seed ^ step.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ (site as u64) << 56);
     rng.skip((first / 2) as u64);
-    let mut word = rng.next_u64();
-    let mut high_half = first % 2 == 1;
-    for value in mask {
-        let draw = if high_half {
-            (word >> 32) as u32
-        } else {
-            word as u32
-        };
-        *value = if draw < threshold { scale } else { 0.0 };
-        if high_half {
-            word = rng.next_u64();
+    let value = |draw: u32| if draw < threshold { scale } else { 0.0 };
+    // A shard starting at an odd element takes the high half of its first word alone.
+    let rest = match (first % 2, mask.split_first_mut()) {
+        (1, Some((head, rest))) => {
+            *head = value((rng.next_u64() >> 32) as u32);
+            rest
         }
-        high_half = !high_half;
+        _ => mask,
+    };
+    let mut pairs = rest.chunks_exact_mut(2);
+    for pair in &mut pairs {
+        let word = rng.next_u64();
+        pair[0] = value(word as u32);
+        pair[1] = value((word >> 32) as u32);
+    }
+    if let [last] = pairs.into_remainder() {
+        *last = value(rng.next_u64() as u32);
     }
 }
 
@@ -1249,6 +1262,7 @@ mod tests {
             for (e, r) in expected.iter_mut().zip(&resumed.history) {
                 e.seconds = r.seconds;
                 e.examples_per_second = r.examples_per_second;
+                e.host_seconds = r.host_seconds;
                 e.exchange_seconds = r.exchange_seconds;
             }
             expected
