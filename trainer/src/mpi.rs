@@ -11,6 +11,9 @@ pub struct MpiProcesses {
     world: SimpleCommunicator,
     local_rank: usize,
     local_size: usize,
+    /// This process's values during a sum (MPI reads them from one buffer and writes the sum to another), kept
+    /// between steps rather than allocated for each.
+    scratch: std::cell::RefCell<Vec<f32>>,
     // Dropped last: finalises MPI.
     _universe: Universe,
 }
@@ -42,6 +45,7 @@ impl MpiProcesses {
             world,
             local_rank,
             local_size,
+            scratch: Default::default(),
             _universe: universe,
         })
     }
@@ -71,7 +75,9 @@ impl Collective for MpiProcesses {
     }
 
     fn sum_f32(&self, values: &mut [f32]) {
-        let mine = values.to_vec();
+        let mut mine = self.scratch.borrow_mut();
+        mine.clear();
+        mine.extend_from_slice(values);
         self.world
             .all_reduce_into(&mine[..], values, SystemOperation::sum());
     }

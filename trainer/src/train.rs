@@ -509,7 +509,6 @@ pub fn train(
             host_seconds: (batching + timings.preparing).as_secs_f64(),
             exchange_seconds: timings.exchanging.as_secs_f64(),
         };
-        let mut stop = false;
         if size > 1 {
             // Rank 0's record (its timings, and metrics summed in its order) decides for every process.
             let mut bytes = serde_json::to_vec(&record).map_err(|e| shared_error(&e))?;
@@ -529,7 +528,7 @@ pub fn train(
         if let (Some(dir), 0) = (checkpoints, rank) {
             save_checkpoint(dir, &mut meta, &state, &best)?;
         }
-        stop |= progress(Progress::EpochFinished(record)).is_break();
+        let mut stop = progress(Progress::EpochFinished(record)).is_break();
         if size > 1 {
             let mut decision = vec![u8::from(stop)];
             processes.broadcast_bytes(&mut decision);
