@@ -46,6 +46,19 @@ fn read<T: DeserializeOwned + Default>(
     }
 }
 
+/// Opens the redb file at `path`, creating a missing one under a temporary name first: redb writes a new file's
+/// magic number last, so a process killed while redb initialises the file would leave one that every later open
+/// refuses ("invalid data").
+pub(crate) fn create_database(path: &Path) -> Result<Database, redb::DatabaseError> {
+    if !path.exists() {
+        let partial = path.with_extension("redb-partial");
+        let _ = std::fs::remove_file(&partial);
+        drop(Database::create(&partial)?);
+        std::fs::rename(&partial, path)?;
+    }
+    Database::create(path)
+}
+
 impl EmbeddedFeatureStore {
     /// Opens (or creates, with its tables) the store file at `path`.
     pub fn open(path: &Path, settings: FeatureSettings) -> Result<Self, StoreError> {
@@ -53,7 +66,7 @@ impl EmbeddedFeatureStore {
             std::fs::create_dir_all(parent)
                 .map_err(|e| StoreError::Unavailable(format!("{}: {e}", parent.display())))?;
         }
-        let db = Database::create(path)
+        let db = create_database(path)
             .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(unavailable)?;
         txn.open_table(USERS).map_err(unavailable)?;
@@ -140,5 +153,34 @@ impl FeatureStore for EmbeddedFeatureStore {
         // An immediate commit makes every earlier non-durable one durable too.
         let txn = self.db.begin_write().map_err(unavailable)?;
         txn.commit().map_err(unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_left_half_initialised_does_not_block_the_next_open() {
+        let dir = tempfile::tempdir().expect("test step succeeds");
+        // What a process killed inside redb's initialisation of a file leaves: a sized file without the magic
+        // number. redb refuses it for good, which is why a new database is created under a temporary name.
+        let half = vec![0u8; 4096];
+        let raw = dir.path().join("raw.redb");
+        std::fs::write(&raw, &half).expect("test step succeeds");
+        assert!(
+            Database::create(&raw).is_err(),
+            "redb now opens such a file"
+        );
+
+        let path = dir.path().join("store.redb");
+        let partial = path.with_extension("redb-partial");
+        std::fs::write(&partial, &half).expect("test step succeeds");
+        drop(create_database(&path).expect("creates over the leftover"));
+        assert!(!partial.exists());
+        let db = create_database(&path).expect("reopens");
+        let txn = db.begin_write().expect("test step succeeds");
+        txn.open_table(USERS).expect("test step succeeds");
+        txn.commit().expect("test step succeeds");
     }
 }
