@@ -200,23 +200,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
 fn run_as(args: &TrainArgs, config: TrainConfig, processes: &Processes) -> Result<()> {
     let collective = processes.collective();
     let leader = collective.rank() == 0;
-    let load = || {
-        if args.dataset.dataset == "event-log" {
-            load_event_log(args)
-        } else {
-            args.dataset.load()
-        }
-    };
     // A public dataset is fetched on first use: one process per machine fetches it while the others wait.
-    let fetched = match collective.local_rank() {
-        0 => Some(load()?),
-        _ => None,
+    let fetches = collective.local_rank() == 0;
+    if !fetches {
+        collective.barrier();
+    }
+    let loaded = if args.dataset.dataset == "event-log" {
+        load_event_log(args)?
+    } else {
+        args.dataset.load()?
     };
-    collective.barrier();
-    let loaded = match fetched {
-        Some(loaded) => loaded,
-        None => load()?,
-    };
+    if fetches {
+        collective.barrier();
+    }
     let out = args
         .out
         .clone()

@@ -16,7 +16,8 @@ use support::succeeds;
 
 const EDGEREC: &str = env!("CARGO_BIN_EXE_edgerec");
 
-/// 150 users walk a cycle of 40 items from random starts (a linear congruential walk keeps the file fixed).
+/// 150 users walk a cycle of 40 items from random starts (a linear congruential walk keeps the file fixed); the
+/// training settings file [`train_args`] names is written beside it.
 fn interactions(dir: &Path) -> PathBuf {
     let path = dir.join("interactions.csv");
     let mut text = String::from("user,item,timestamp\n");
@@ -34,19 +35,23 @@ fn interactions(dir: &Path) -> PathBuf {
         }
     }
     std::fs::write(&path, text).expect("test step succeeds");
+    std::fs::write(
+        settings(&path),
+        r#"{"warmup_steps": 1, "final_learning_rate_fraction": 1.0}"#,
+    )
+    .expect("test step succeeds");
     path
+}
+
+fn settings(data: &Path) -> PathBuf {
+    data.with_file_name("train-config.json")
 }
 
 /// Settings small enough for a test: a few steps per epoch, dropout on, so the masks' sharding is exercised, and
 /// the full learning rate from the second step on, whatever `max_epochs`, so that each step moves the parameters
 /// and a run resumed with more epochs continues as a longer run would have.
 fn train_args(data: &Path, out: &Path, epochs: usize) -> Vec<String> {
-    let config = data.with_file_name("train-config.json");
-    std::fs::write(
-        &config,
-        r#"{"warmup_steps": 1, "final_learning_rate_fraction": 1.0}"#,
-    )
-    .expect("test step succeeds");
+    let config = settings(data);
     [
         "train",
         data.to_str().expect("test step succeeds"),
@@ -86,6 +91,21 @@ fn mpirun() -> Command {
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .arg("--oversubscribe");
     command
+}
+
+/// `edgerec train` as `processes` MPI processes with `train_args` and `extra`; requires success and rank 0's
+/// line saying how the batch is shared.
+fn train_as(processes: usize, args: Vec<String>, extra: &[&str]) -> Output {
+    let output = succeeds(
+        mpirun()
+            .args(["-np", &processes.to_string(), EDGEREC])
+            .args(args)
+            .args(extra),
+        &format!("training as {processes} MPI processes"),
+    );
+    let shared = format!("as {processes} processes sharing each batch of 64");
+    assert!(stderr(&output).contains(&shared), "{}", stderr(&output));
+    output
 }
 
 fn stderr(output: &Output) -> String {
@@ -160,17 +180,7 @@ fn two_processes_reach_the_parameters_of_one() {
         Command::new(EDGEREC).args(train_args(&data, &one, 2)),
         "training as one process",
     );
-    let output = succeeds(
-        mpirun()
-            .args(["-np", "2", EDGEREC])
-            .args(train_args(&data, &two, 2)),
-        "training as two MPI processes",
-    );
-    assert!(
-        stderr(&output).contains("as 2 processes sharing each batch of 64"),
-        "{}",
-        stderr(&output)
-    );
+    train_as(2, train_args(&data, &two, 2), &[]);
 
     // 150 users give about 170 windows: 3 steps of the global batch of 64 per epoch, 6 in all.
     assert!(assert_same_parameters(&one, &two, 2) > 10);
@@ -231,18 +241,7 @@ fn three_processes_resume_what_one_process_started() {
         Command::new(EDGEREC).args(train_args(&data, &parts, 1)),
         "training the first epoch as one process",
     );
-    let output = succeeds(
-        mpirun()
-            .args(["-np", "3", EDGEREC])
-            .args(train_args(&data, &parts, 2))
-            .arg("--resume"),
-        "resuming as three MPI processes",
-    );
-    assert!(
-        stderr(&output).contains("as 3 processes sharing each batch of 64"),
-        "{}",
-        stderr(&output)
-    );
+    train_as(3, train_args(&data, &parts, 2), &["--resume"]);
     assert_same_parameters(&whole, &parts, 2);
     let (whole, parts) = (report(&whole), report(&parts));
     assert_eq!(parts["epochs"].as_array().map(Vec::len), Some(2));

@@ -140,86 +140,89 @@ fn forward_and_gradients(
     (params, grads, loss, sites)
 }
 
-/// The training step for batches of `batch` sequences, as one graph. `dropout` only decides whether dropout
-/// inputs exist; the runner draws the masks (and the negatives, with `sampled_negatives` > 0).
+/// The training step for batches of `rows` sequences. `dropout` only decides whether dropout inputs exist; the
+/// runner draws the masks (and the negatives, with `sampled_negatives` > 0).
+///
+/// Unsplit, it is one graph. Split, for data parallelism, it is a gradient graph over one process's shard of
+/// `rows` sequences and an update graph, with the shards' [`GRADIENTS`] summed between the two: the loss weights
+/// of a shard are those of the whole batch, so the sum is the gradient of the whole batch's loss, and the update
+/// is the unsplit step's.
 pub fn step_graph(
     spec: &FeatureSpec,
     arch: &Architecture,
-    batch: usize,
+    rows: usize,
     dropout: bool,
     sampled_negatives: usize,
     optimiser: &AdamW,
+    split: bool,
 ) -> Result<StepGraph, BuildError> {
     let shapes = parameter_shapes(spec, arch)?;
-    let mut g = GraphBuilder::new("edgerec-sasrec-train-step");
+    let name = if split {
+        "edgerec-sasrec-train-gradients"
+    } else {
+        "edgerec-sasrec-train-step"
+    };
+    let mut g = GraphBuilder::new(name);
     let (params, grads, loss, sites) = forward_and_gradients(
         &mut g,
         spec,
         arch,
         &shapes,
-        batch,
+        rows,
         dropout,
         sampled_negatives,
     );
-    adamw_update(&mut g, &shapes, &params, &grads, optimiser);
-    g.output(&loss, LOSS);
+    let program = if split {
+        StepProgram::Split {
+            gradients: flat_gradients(g, &grads, &loss),
+            update: update_graph(&shapes, optimiser),
+        }
+    } else {
+        adamw_update(&mut g, &shapes, &params, &grads, optimiser);
+        g.output(&loss, LOSS);
+        StepProgram::Fused(g.to_bytes())
+    };
     Ok(StepGraph {
-        program: StepProgram::Fused(g.to_bytes()),
-        batch,
+        program,
+        batch: rows,
         parameters: shapes,
         dropout_sites: sites,
         sampled_negatives,
     })
 }
 
-/// The training step as a gradient graph for one shard of `shard` sequences and an update graph, for data
-/// parallelism: the shards' [`GRADIENTS`] are summed between the two. The loss weights of a shard are those of
-/// the whole batch, so the sum is the gradient of the whole batch's loss, and the update is the fused step's.
-pub fn split_step_graphs(
-    spec: &FeatureSpec,
-    arch: &Architecture,
-    shard: usize,
-    dropout: bool,
-    sampled_negatives: usize,
-    optimiser: &AdamW,
-) -> Result<StepGraph, BuildError> {
-    let shapes = parameter_shapes(spec, arch)?;
-    let mut g = GraphBuilder::new("edgerec-sasrec-train-gradients");
-    let (_, grads, loss, sites) = forward_and_gradients(
-        &mut g,
-        spec,
-        arch,
-        &shapes,
-        shard,
-        dropout,
-        sampled_negatives,
-    );
+/// Ends the gradient graph `g`: every gradient flattened, then the loss, as its one output [`GRADIENTS`].
+fn flat_gradients(mut g: GraphBuilder, grads: &[Value], loss: &Value) -> Vec<u8> {
     let flat = g.i64s(&[-1]);
     let mut pieces: Vec<Value> = grads
         .iter()
         .map(|grad| g.op("Reshape", &[grad, &flat], &[]))
         .collect();
     let one = g.i64s(&[1]);
-    pieces.push(g.op("Reshape", &[&loss, &one], &[]));
+    pieces.push(g.op("Reshape", &[loss, &one], &[]));
     let all = g.op(
         "Concat",
         &pieces.iter().collect::<Vec<_>>(),
         &[Attr::Int("axis", 0)],
     );
     g.output(&all, GRADIENTS);
-    let gradients_onnx = g.to_bytes();
+    g.to_bytes()
+}
 
+/// The update graph of a split step: [`GRADIENT_SUM`] cut back into each parameter's gradient, then clipping and
+/// AdamW.
+fn update_graph(shapes: &[(String, Vec<i64>)], optimiser: &AdamW) -> Vec<u8> {
     let mut g = GraphBuilder::new("edgerec-sasrec-train-update");
     let params: Vec<Value> = shapes
         .iter()
         .map(|(name, dims)| g.input(name, ElemType::F32, dims))
         .collect();
-    let total = parameter_count(&shapes) as i64;
+    let total = parameter_count(shapes) as i64;
     let sum = g.input(GRADIENT_SUM, ElemType::F32, &[total + 1]);
     let axis = g.i64s(&[0]);
     let mut offset = 0;
     let mut grads = Vec::with_capacity(shapes.len());
-    for (_, dims) in &shapes {
+    for (_, dims) in shapes {
         let size: i64 = dims.iter().product();
         let (start, end) = (g.i64s(&[offset]), g.i64s(&[offset + size]));
         let piece = g.op("Slice", &[&sum, &start, &end, &axis], &[]);
@@ -227,17 +230,8 @@ pub fn split_step_graphs(
         grads.push(g.op("Reshape", &[&piece, &shape], &[]));
         offset += size;
     }
-    adamw_update(&mut g, &shapes, &params, &grads, optimiser);
-    Ok(StepGraph {
-        program: StepProgram::Split {
-            gradients: gradients_onnx,
-            update: g.to_bytes(),
-        },
-        batch: shard,
-        parameters: shapes,
-        dropout_sites: sites,
-        sampled_negatives,
-    })
+    adamw_update(&mut g, shapes, &params, &grads, optimiser);
+    g.to_bytes()
 }
 
 /// Appends global-norm clipping and AdamW to `g`: moment inputs, updated parameter and moment outputs, the

@@ -29,7 +29,7 @@ use crate::model::{Architecture, BuildError, Parameters, inference_graph};
 use crate::rng::SplitMix;
 use crate::runtime::{Device, RuntimeError};
 use crate::split::{Fnv1a, LoggedHistory, Split, Stage};
-use crate::step::{AdamW, StepGraph, StepProgram, split_step_graphs, step_graph};
+use crate::step::{AdamW, StepGraph, StepProgram, step_graph};
 use crate::stepper::{Batch, ModelState, StepRunner};
 
 /// Everything that decides a training run. Read from a JSON config file and overridden by flags; every field has a
@@ -334,10 +334,12 @@ pub fn train(
     processes: &dyn Collective,
     progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
 ) -> Result<Trained, TrainError> {
-    // Agreement first: after it, every process meets the same configuration errors.
-    agree(processes, split, config, resume)?;
-    config.check()?;
     let (rank, size) = (processes.rank(), processes.size());
+    // Agreement first: after it, every process meets the same configuration errors.
+    if size > 1 {
+        agree(processes, split, config, resume)?;
+    }
+    config.check()?;
     if config.batch_size < size {
         return Err(TrainError::Config(format!(
             "batch_size {} is smaller than the {size} processes sharing each batch",
@@ -355,28 +357,21 @@ pub fn train(
     }
     let batches_per_epoch = windows.len().div_ceil(config.batch_size);
     let total_steps = (batches_per_epoch * config.max_epochs) as u64;
-    // Rows of each batch per process; the last shard is padded when the batch does not divide evenly.
+    // Rows of each batch per process (the whole batch for one); the last shard is padded when the batch does not
+    // divide evenly.
     let shard_rows = config.batch_size.div_ceil(size);
-    let graph = if size == 1 {
-        step_graph(
-            &spec,
-            &arch,
-            config.batch_size,
-            config.dropout > 0.0,
-            config.sampled_negatives,
-            &config.optimiser,
-        )?
-    } else {
-        split_step_graphs(
-            &spec,
-            &arch,
-            shard_rows,
-            config.dropout > 0.0,
-            config.sampled_negatives,
-            &config.optimiser,
-        )?
-    };
-    agree_on_graph(processes, &graph)?;
+    let graph = step_graph(
+        &spec,
+        &arch,
+        shard_rows,
+        config.dropout > 0.0,
+        config.sampled_negatives,
+        &config.optimiser,
+        size > 1,
+    )?;
+    if size > 1 {
+        agree_on_graph(processes, &graph)?;
+    }
     // One MPI message carries the state (parameters and two moments, and the best parameters): its count is an
     // `int`.
     let state_values = 4 * (graph.gradient_len() - 1);
@@ -417,7 +412,12 @@ pub fn train(
         config.dim,
         &state,
         config.device,
-        crate::runtime::gpu_of(processes.local_rank(), crate::runtime::visible_gpus()),
+        match config.device {
+            Device::Cuda => {
+                crate::runtime::gpu_of(processes.local_rank(), crate::runtime::visible_gpus())
+            }
+            Device::Cpu => 0,
+        },
         threads,
     )?;
     let mut step = meta.steps_done;
@@ -488,16 +488,15 @@ pub fn train(
                 runner.set_state(&state)?;
             }
         }
-        let onnx = inference_graph(
+        let validation = evaluate(
+            processes,
+            split,
             &spec,
             &arch,
-            &parameters_with_shapes(&spec, &arch, state.parameters.clone())?,
+            &state.parameters,
+            Stage::Validation,
+            threads,
         )?;
-        let mut sums =
-            evaluate_model_shard(split, &spec, &onnx, Stage::Validation, threads, rank, size)?
-                .sums();
-        processes.sum_f64(&mut sums);
-        let validation = MetricsAccumulator::from_sums(sums).finish();
         let mut record = EpochRecord {
             epoch,
             steps: step,
@@ -674,12 +673,9 @@ fn agree_on_graph(processes: &dyn Collective, graph: &StepGraph) -> Result<(), T
     )
 }
 
-/// Compares `description` with rank 0's on every process (nothing to compare with one process).
+/// Compares `description` with rank 0's on every process.
 fn agree_on(processes: &dyn Collective, description: &serde_json::Value) -> Result<(), TrainError> {
     let size = processes.size();
-    if size == 1 {
-        return Ok(());
-    }
     // Both sides compared as parsed from text, so that numbers read as written (0.3, not 0.30000001192092896).
     let text = serde_json::to_vec(description).map_err(|e| shared_error(&e))?;
     let mine: serde_json::Value = serde_json::from_slice(&text).map_err(|e| shared_error(&e))?;
@@ -762,16 +758,21 @@ fn share_from_rank_0(
     Ok(())
 }
 
-/// Parameters, then first moments, then second moments, each in name order, end to end.
-fn flatten(state: &ModelState) -> Vec<f32> {
+/// Parameters, then first moments, then second moments, each in name order: the layout of checkpoints and of the
+/// state sent between processes.
+fn tensors(state: &ModelState) -> impl Iterator<Item = &Vec<f32>> {
     [
         &state.parameters,
         &state.first_moments,
         &state.second_moments,
     ]
-    .iter()
-    .flat_map(|map| map.values().flatten().copied())
-    .collect()
+    .into_iter()
+    .flat_map(|map| map.values())
+}
+
+/// [`tensors`] end to end.
+fn flatten(state: &ModelState) -> Vec<f32> {
+    tensors(state).flatten().copied().collect()
 }
 
 /// Overwrites `state` (whose tensors have their lengths already) from the start of `values`, laid out as
@@ -885,8 +886,10 @@ fn parameters_with_shapes(
     Ok(parameters)
 }
 
-/// Ranks every evaluated user's target at `stage` with the serving graph built from `values`, on ONNX Runtime.
+/// Ranks every evaluated user's target at `stage` with the serving graph built from `values`, on ONNX Runtime,
+/// the users shared out between `processes` (each evaluates its share; the sums are added up).
 pub fn evaluate(
+    processes: &dyn Collective,
     split: &Split,
     spec: &FeatureSpec,
     arch: &Architecture,
@@ -896,7 +899,18 @@ pub fn evaluate(
 ) -> Result<RankingMetrics, TrainError> {
     let parameters = parameters_with_shapes(spec, arch, values.clone())?;
     let onnx = inference_graph(spec, arch, &parameters)?;
-    evaluate_model(split, spec, &onnx, stage, threads)
+    let mut sums = evaluate_model_shard(
+        split,
+        spec,
+        &onnx,
+        stage,
+        threads,
+        processes.rank(),
+        processes.size(),
+    )?
+    .sums();
+    processes.sum_f64(&mut sums);
+    Ok(MetricsAccumulator::from_sums(sums).finish())
 }
 
 /// Ranks every evaluated user's target at `stage` with the serving model `onnx`, on ONNX Runtime.
@@ -911,7 +925,7 @@ pub fn evaluate_model(
 }
 
 /// [`evaluate_model`] over shard `shard` of `shards` of the users, unaveraged.
-pub fn evaluate_model_shard(
+fn evaluate_model_shard(
     split: &Split,
     spec: &FeatureSpec,
     onnx: &[u8],
@@ -966,24 +980,22 @@ fn write_tensors(path: &Path, tensors: &[&Vec<f32>]) -> Result<(), TrainError> {
     std::fs::rename(&temporary, path).map_err(|e| checkpoint_error(path, e))
 }
 
-fn read_tensors(path: &Path, layout: &[usize]) -> Result<Vec<Vec<f32>>, TrainError> {
+/// The `len` values of the file at `path`.
+fn read_values(path: &Path, len: usize) -> Result<Vec<f32>, TrainError> {
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(|e| checkpoint_error(path, e))?;
-    let expected: usize = layout.iter().sum::<usize>() * 4;
+    let expected = len * 4;
     if bytes.len() != expected {
         return Err(checkpoint_error(
             path,
             format!("{} bytes where the layout needs {expected}", bytes.len()),
         ));
     }
-    let mut values = bytes
+    Ok(bytes
         .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
-    Ok(layout
-        .iter()
-        .map(|&n| values.by_ref().take(n).collect())
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect())
 }
 
@@ -1002,11 +1014,8 @@ fn save_checkpoint(
         .iter()
         .map(|(name, data)| (name.clone(), data.len()))
         .collect();
-    let mut tensors: Vec<&Vec<f32>> = state.parameters.values().collect();
-    tensors.extend(state.first_moments.values());
-    tensors.extend(state.second_moments.values());
     let (state_name, best_name) = (state_file(meta.epochs_done), best_file(meta.epochs_done));
-    write_tensors(&dir.join(&state_name), &tensors)?;
+    write_tensors(&dir.join(&state_name), &tensors(state).collect::<Vec<_>>())?;
     write_tensors(&dir.join(&best_name), &best.values().collect::<Vec<_>>())?;
     let path = dir.join(CHECKPOINT_META);
     let temporary = path.with_extension("partial");
@@ -1076,32 +1085,24 @@ fn load_checkpoint(
             "was written by an earlier edgerec (state.bin), which this version does not resume: train again",
         ));
     }
-    let lengths: Vec<usize> = meta.layout.iter().map(|(_, n)| *n).collect();
-    let names: Vec<&String> = meta.layout.iter().map(|(name, _)| name).collect();
-    let mut state = ModelState::default();
-    let all: Vec<usize> = lengths
-        .iter()
-        .cycle()
-        .take(3 * lengths.len())
-        .copied()
-        .collect();
-    let tensors = read_tensors(&state_path, &all)?;
-    for (i, tensor) in tensors.into_iter().enumerate() {
-        let name = names[i % names.len()].clone();
-        match i / names.len() {
-            0 => state.parameters.insert(name, tensor),
-            1 => state.first_moments.insert(name, tensor),
-            _ => state.second_moments.insert(name, tensor),
-        };
-    }
-    let best = names
-        .iter()
-        .map(|n| (*n).clone())
-        .zip(read_tensors(
-            &dir.join(best_file(meta.epochs_done)),
-            &lengths,
-        )?)
-        .collect();
+    let zeros = || -> BTreeMap<String, Vec<f32>> {
+        meta.layout
+            .iter()
+            .map(|(name, len)| (name.clone(), vec![0.0; *len]))
+            .collect()
+    };
+    let mut state = ModelState {
+        parameters: zeros(),
+        first_moments: zeros(),
+        second_moments: zeros(),
+    };
+    let total: usize = meta.layout.iter().map(|(_, len)| len).sum();
+    unflatten(&mut state, &read_values(&state_path, 3 * total)?);
+    let mut best = zeros();
+    overwrite(
+        &mut best,
+        &read_values(&dir.join(best_file(meta.epochs_done)), total)?,
+    );
     Ok((meta, state, best))
 }
 
@@ -1130,6 +1131,23 @@ mod tests {
         Split::leave_last_out(&interactions)
     }
 
+    /// Trains as one process, to the end.
+    fn train_alone(
+        split: &Split,
+        config: &TrainConfig,
+        checkpoints: Option<&Path>,
+        resume: bool,
+    ) -> Result<Trained, TrainError> {
+        train(
+            split,
+            config,
+            checkpoints,
+            resume,
+            &SingleProcess,
+            &mut |_| ControlFlow::Continue(()),
+        )
+    }
+
     fn small_config() -> TrainConfig {
         TrainConfig {
             max_len: 8,
@@ -1150,17 +1168,10 @@ mod tests {
     #[test]
     fn learns_a_planted_sequential_pattern() {
         let split = planted_pattern(200);
-        let trained = train(
-            &split,
-            &small_config(),
-            None,
-            false,
-            &SingleProcess,
-            &mut |_| ControlFlow::Continue(()),
-        )
-        .expect("trains");
+        let trained = train_alone(&split, &small_config(), None, false).expect("trains");
         let first = trained.history[0].validation.hr_at_10;
         let test = evaluate(
+            &SingleProcess,
             &split,
             &trained.spec,
             &trained.architecture,
@@ -1194,10 +1205,7 @@ mod tests {
             sampled_negatives: 8,
             ..small_config()
         };
-        let trained = train(&split, &config, None, false, &SingleProcess, &mut |_| {
-            ControlFlow::Continue(())
-        })
-        .expect("trains");
+        let trained = train_alone(&split, &config, None, false).expect("trains");
         assert!(
             trained.validation.hr_at_10 > 0.9,
             "{:?}",
@@ -1214,15 +1222,8 @@ mod tests {
             ..small_config()
         };
         let whole = tempfile::tempdir().expect("test step succeeds");
-        let uninterrupted = train(
-            &split,
-            &config,
-            Some(whole.path()),
-            false,
-            &SingleProcess,
-            &mut |_| ControlFlow::Continue(()),
-        )
-        .expect("trains");
+        let uninterrupted =
+            train_alone(&split, &config, Some(whole.path()), false).expect("trains");
 
         let parts = tempfile::tempdir().expect("test step succeeds");
         let interrupt_after_two = &mut |p| match p {
@@ -1295,60 +1296,29 @@ mod tests {
             ..small_config()
         };
         let dir = tempfile::tempdir().expect("test step succeeds");
-        train(
-            &split,
-            &config,
-            Some(dir.path()),
-            false,
-            &SingleProcess,
-            &mut |_| ControlFlow::Continue(()),
-        )
-        .expect("trains");
+        train_alone(&split, &config, Some(dir.path()), false).expect("trains");
         let other = TrainConfig {
             dim: 8,
             ..config.clone()
         };
-        let error = train(
-            &split,
-            &other,
-            Some(dir.path()),
-            true,
-            &SingleProcess,
-            &mut |_| ControlFlow::Continue(()),
-        )
-        .expect_err("must be refused");
+        let error =
+            train_alone(&split, &other, Some(dir.path()), true).expect_err("must be refused");
         assert!(
             error.to_string().contains("different configuration"),
             "{error}"
         );
         let missing = tempfile::tempdir().expect("test step succeeds");
-        let error = train(
-            &split,
-            &config,
-            Some(missing.path()),
-            true,
-            &SingleProcess,
-            &mut |_| ControlFlow::Continue(()),
-        )
-        .expect_err("must be refused");
+        let error =
+            train_alone(&split, &config, Some(missing.path()), true).expect_err("must be refused");
         assert!(error.to_string().contains("checkpoint.json"), "{error}");
 
-        let resume = |dir: &Path| {
-            train(
-                &split,
-                &config,
-                Some(dir),
-                true,
-                &SingleProcess,
-                &mut |_| ControlFlow::Continue(()),
-            )
-        };
         // A layout naming other tensors (another model's code) is refused before any state is read.
         let meta_path = dir.path().join(CHECKPOINT_META);
         let original = std::fs::read_to_string(&meta_path).expect("test step succeeds");
         std::fs::write(&meta_path, original.replace("\"b0_bk\"", "\"b0_bias\""))
             .expect("test step succeeds");
-        let error = resume(dir.path()).expect_err("must be refused");
+        let error =
+            train_alone(&split, &config, Some(dir.path()), true).expect_err("must be refused");
         assert!(
             error.to_string().contains("other than this model's"),
             "{error}"
@@ -1357,7 +1327,8 @@ mod tests {
         std::fs::write(&meta_path, &original).expect("test step succeeds");
         std::fs::rename(dir.path().join(state_file(1)), dir.path().join("state.bin"))
             .expect("test step succeeds");
-        let error = resume(dir.path()).expect_err("must be refused");
+        let error =
+            train_alone(&split, &config, Some(dir.path()), true).expect_err("must be refused");
         assert!(error.to_string().contains("earlier edgerec"), "{error}");
     }
 
@@ -1372,15 +1343,7 @@ mod tests {
             })
             .collect();
         let split = Split::leave_last_out(&interactions);
-        let error = train(
-            &split,
-            &small_config(),
-            None,
-            false,
-            &SingleProcess,
-            &mut |_| ControlFlow::Continue(()),
-        )
-        .expect_err("must be refused");
+        let error = train_alone(&split, &small_config(), None, false).expect_err("must be refused");
         assert!(matches!(error, TrainError::NoExamples), "{error}");
     }
 
@@ -1502,9 +1465,10 @@ mod tests {
         };
         let b = config.batch_size;
         let optimiser = &config.optimiser;
-        let mut fused = runner(&step_graph(&spec, &arch, b, true, 0, optimiser).expect("graph"));
+        let mut fused =
+            runner(&step_graph(&spec, &arch, b, true, 0, optimiser, false).expect("graph"));
         let mut split_step =
-            runner(&split_step_graphs(&spec, &arch, b, true, 0, optimiser).expect("graphs"));
+            runner(&step_graph(&spec, &arch, b, true, 0, optimiser, true).expect("graphs"));
         let order = shuffled(windows.len(), config.seed, 1);
         for (step, chunk) in (1..=3).zip(order.chunks(b)) {
             let batch = make_batch(&split, &spec, &windows, &logged, chunk, b).expect("batch");
