@@ -17,6 +17,7 @@ use edgerec_registry::service::PlanRequest;
 use serde_json::{Value, json};
 
 use crate::data::{DatasetArgs, LoadedDataset};
+use crate::edge::VisitorMinter;
 
 const SURFACE: &str = "home";
 /// Events per `/v1/events` request while the history is loaded (the node's batch limit).
@@ -47,6 +48,9 @@ pub struct DemoArgs {
     registry_listen: String,
     #[arg(long, default_value = "127.0.0.1:8080")]
     node_listen: String,
+    /// The node's admin address (/metrics, /v1/deployments).
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    node_admin_listen: String,
     /// Replayed requests per second (0: as fast as the node answers).
     #[arg(long, default_value_t = 200.0)]
     rate: f64,
@@ -110,10 +114,12 @@ fn answers_ok(url: &str) -> bool {
     agent().get(url).call().is_ok_and(|r| r.status() == 200)
 }
 
-fn post(agent: &ureq::Agent, url: &str, body: &Value) -> Result<Value> {
+/// POSTs `body` with `credential` (a visitor token or an API key) as its bearer.
+fn post(agent: &ureq::Agent, url: &str, credential: &str, body: &Value) -> Result<Value> {
     let mut response = agent
         .post(url)
         .header("Content-Type", "application/json")
+        .header("Authorization", format!("Bearer {credential}"))
         .send(body.to_string())
         .with_context(|| format!("POST {url}"))?;
     let status = response.status().as_u16();
@@ -145,6 +151,11 @@ pub fn run(args: DemoArgs) -> Result<()> {
     for (what, address, flag) in [
         ("registry", &args.registry_listen, "--registry-listen"),
         ("edge node", &args.node_listen, "--node-listen"),
+        (
+            "edge node's admin",
+            &args.node_admin_listen,
+            "--node-admin-listen",
+        ),
     ] {
         if let Err(e) = std::net::TcpListener::bind(address) {
             bail!(
@@ -227,8 +238,24 @@ pub fn run(args: DemoArgs) -> Result<()> {
         .into_iter()
         .find(|p| p.join("index.html").is_file())
     });
+    // The demo plays the site's backend: it signs visitor tokens for the replayed users with its own secret, and
+    // imports their history with an API key; pages get anonymous sessions from the node.
+    let minter = VisitorMinter::create(&args.dir.join("visitor-secret"), "demo-site")?;
+    let (_, import_key) = edgerec_node::auth::api_keys::create(
+        &edgerec_node::auth::api_keys::default_path(&node_data.join("node")),
+        "demo history import",
+        &[edgerec_node::auth::Scope::Events],
+    )?;
     let node_config = json!({
         "listen": args.node_listen,
+        "admin_listen": args.node_admin_listen,
+        "auth": {
+            "visitor_tokens": { "hs256": [{ "kid": minter.kid(), "secret_file": minter.secret_file() }] },
+            "anonymous_sessions": { "enabled": true },
+        },
+        // The replay is thousands of visitors from one address: the per-address limit is raised for it; each
+        // visitor keeps the default limit.
+        "rate_limits": { "per_address": { "per_second": 20_000, "burst": 40_000 } },
         "surfaces": [SURFACE],
         "registry": { "url": registry_url, "token": token, "poll_interval_ms": 1000 },
         "ship_interval_ms": 10_000,
@@ -265,6 +292,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         );
     }
     let node_url = format!("http://{}", args.node_listen);
+    let admin_url = format!("http://{}", args.node_admin_listen);
     wait_until(
         Duration::from_secs(120),
         "the edge node to load the model",
@@ -282,8 +310,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
     }
 
     step("replaying the data set as live traffic");
-    load_history(&node_url, &loaded, &stop)?;
-    let replay = replay(&node_url, &loaded, &args, &stop)?;
+    load_history(&node_url, &admin_url, &import_key, &loaded, &stop)?;
+    let replay = replay(&node_url, &minter, &loaded, &args, &stop)?;
     eprintln!(
         "replay finished: {} requests, online HR@{} {:.4} (offline test HR@10 of this model {}), {} degraded, {} failed",
         replay.requests,
@@ -295,12 +323,13 @@ pub fn run(args: DemoArgs) -> Result<()> {
     );
 
     step("serving");
+    let example = loaded.split.users.first().map_or("1", |u| u.user.as_str());
     eprintln!(
-        "try: curl -s {node_url}/v1/recommend -H 'Content-Type: application/json' -d '{{\"user_id\": \"{}\", \"k\": 5, \"surface\": \"{SURFACE}\"}}'",
-        loaded.split.users.first().map_or("1", |u| u.user.as_str())
+        "try, with a visitor token for user {example} (valid 10 minutes; `edgerec edge mint-token` makes more):\n  curl -s {node_url}/v1/recommend -H 'Content-Type: application/json' -H 'Authorization: Bearer {}' -d '{{\"user_id\": \"{example}\", \"k\": 5, \"surface\": \"{SURFACE}\"}}'",
+        minter.mint(example, 600)?
     );
     eprintln!(
-        "metrics: {node_url}/metrics; A/B report once the log is shipped (every 10 s): edgerec ab report --surface {SURFACE} --data {}",
+        "metrics: {admin_url}/metrics; A/B report once the log is shipped (every 10 s): edgerec ab report --surface {SURFACE} --data {}",
         node_data.display()
     );
     let started = Instant::now();
@@ -445,7 +474,13 @@ fn load_catalogue(node_data: &Path, loaded: &LoadedDataset) -> Result<()> {
 
 /// Sends every user's interactions but the last as events, in their original order, re-timed into the last hour
 /// (the node takes events up to 7 days old), then waits until the feature store has applied them.
-fn load_history(node_url: &str, loaded: &LoadedDataset, stop: &AtomicBool) -> Result<()> {
+fn load_history(
+    node_url: &str,
+    admin_url: &str,
+    import_key: &str,
+    loaded: &LoadedDataset,
+    stop: &AtomicBool,
+) -> Result<()> {
     let split = &loaded.split;
     let mut order: Vec<(i64, usize, usize)> = Vec::new();
     for (u, user) in split.users.iter().enumerate() {
@@ -489,6 +524,7 @@ fn load_history(node_url: &str, loaded: &LoadedDataset, stop: &AtomicBool) -> Re
                     if let Err(e) = post(
                         &agent,
                         &format!("{node_url}/v1/events"),
+                        import_key,
                         &json!({ "events": batch }),
                     ) {
                         *failure.lock().expect("lock") = Some(e.to_string());
@@ -520,7 +556,7 @@ fn load_history(node_url: &str, loaded: &LoadedDataset, stop: &AtomicBool) -> Re
         stop,
         || {
             agent
-                .get(format!("{node_url}/metrics"))
+                .get(format!("{admin_url}/metrics"))
                 .call()
                 .ok()
                 .and_then(|mut r| r.body_mut().read_to_string().ok())
@@ -557,6 +593,7 @@ impl ReplayFigures {
 /// among them, and sends the held-out interaction as an event quoting the request. Prints figures every 2 s.
 fn replay(
     node_url: &str,
+    minter: &VisitorMinter,
     loaded: &LoadedDataset,
     args: &DemoArgs,
     stop: &AtomicBool,
@@ -605,10 +642,23 @@ fn replay(
                             std::thread::sleep(wait);
                         }
                     }
+                    // What the site's page would have been given by its backend.
+                    let token = match minter.mint(user, 600) {
+                        Ok(token) => token,
+                        Err(e) => {
+                            failed.fetch_add(1, Ordering::SeqCst);
+                            first_error
+                                .lock()
+                                .expect("lock")
+                                .get_or_insert(e.to_string());
+                            continue;
+                        }
+                    };
                     let asked = Instant::now();
                     let answer = post(
                         &agent,
                         &format!("{node_url}/v1/recommend"),
+                        &token,
                         &json!({ "user_id": user, "k": args.k, "surface": SURFACE }),
                     );
                     let seconds = asked.elapsed().as_secs_f64();
@@ -640,7 +690,7 @@ fn replay(
                         "time_ms": edgerec_features::now_ms(),
                         "request_id": answer["request_id"],
                     }]});
-                    if let Err(e) = post(&agent, &format!("{node_url}/v1/events"), &event) {
+                    if let Err(e) = post(&agent, &format!("{node_url}/v1/events"), &token, &event) {
                         failed.fetch_add(1, Ordering::SeqCst);
                         first_error
                             .lock()

@@ -1,10 +1,12 @@
-//! `edgerec edge serve`: run an edge node.
+//! `edgerec edge serve`: run an edge node; `edgerec edge key`: its API keys.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use edgerec_node::auth::visitor::SharedSecret;
+use edgerec_node::auth::{AuthConfig, Scope, api_keys};
 use edgerec_node::config::NodeConfig;
 
 use crate::paths;
@@ -15,6 +17,91 @@ pub enum EdgeCommand {
     Serve(ServeArgs),
     /// Print the effective configuration (file, variables and flags applied) as JSON.
     PrintConfig(ServeArgs),
+    /// API keys of server-to-server callers (they may name any user): stored hashed in the node's data folder,
+    /// re-read by a running node at once.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Sign a visitor token (HS256) as a site's backend would, for trying a node out: prints it on stdout.
+    MintToken {
+        /// The secret file the node's `--visitor-secret KID=FILE` names.
+        #[arg(long)]
+        secret_file: PathBuf,
+        #[arg(long)]
+        kid: String,
+        /// The visitor (the token's `sub`).
+        #[arg(long)]
+        user: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 600)]
+        ttl_s: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Create a key. The key is printed once on stdout and never again (only its hash is stored).
+    Create {
+        /// What the key is for (shown by `list`).
+        #[arg(long)]
+        name: String,
+        /// `events` and/or `recommend` (repeat); any user.
+        #[arg(long = "scope", required = true, value_parser = parse_scope)]
+        scopes: Vec<Scope>,
+        #[command(flatten)]
+        file: KeyFileArgs,
+    },
+    /// List keys (ids, names, scopes, when created and revoked; never the keys).
+    List {
+        #[command(flatten)]
+        file: KeyFileArgs,
+    },
+    /// Revoke a key by id: a running node refuses it from its next request on.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        file: KeyFileArgs,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct KeyFileArgs {
+    /// The node's configuration file (its `auth.api_keys_file`, or its data folder).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The node's data folder (the keys are in node/api-keys.json there).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// The keys file itself.
+    #[arg(long)]
+    keys_file: Option<PathBuf>,
+}
+
+impl KeyFileArgs {
+    fn path(self) -> Result<PathBuf> {
+        if let Some(path) = self.keys_file {
+            return Ok(path);
+        }
+        let mut config = NodeConfig::load(self.config.as_deref()).map_err(anyhow::Error::msg)?;
+        if let Some(data) = self.data {
+            config.features.data_dir = data;
+        }
+        let default = api_keys::default_path(&config.models_dir());
+        Ok(config.auth.and_then(|a| a.api_keys_file).unwrap_or(default))
+    }
+}
+
+fn parse_scope(name: &str) -> Result<Scope, String> {
+    Scope::parse(name).ok_or_else(|| format!("`{name}` is not a scope (events, recommend)"))
+}
+
+fn parse_secret(text: &str) -> Result<SharedSecret, String> {
+    let (kid, file) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}`: expected KID=FILE"))?;
+    Ok(SharedSecret {
+        kid: kid.into(),
+        secret_file: file.into(),
+    })
 }
 
 #[derive(clap::Args, Debug)]
@@ -26,6 +113,21 @@ pub struct ServeArgs {
     /// Address to listen on (port 0: any free port).
     #[arg(long)]
     listen: Option<String>,
+    /// Address of the operator's routes, /metrics and /v1/deployments (default 127.0.0.1:8081; `none`: off).
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// Accept visitor tokens signed with the HS256 secret in FILE under `kid` KID (repeat for rotation).
+    #[arg(long = "visitor-secret", value_name = "KID=FILE", value_parser = parse_secret)]
+    visitor_secrets: Vec<SharedSecret>,
+    /// Accept visitor tokens signed by the EdDSA or ES256 keys of this JWKS file.
+    #[arg(long)]
+    jwks: Option<PathBuf>,
+    /// Issue anonymous visitor tokens at POST /v1/session.
+    #[arg(long)]
+    anonymous_sessions: bool,
+    /// Check no credential at all: anyone may read and write any user's data. Loopback addresses only.
+    #[arg(long)]
+    insecure_no_auth: bool,
     /// The registry to follow (default http://127.0.0.1:7070).
     #[arg(long, env = "EDGEREC_REGISTRY")]
     registry: Option<String>,
@@ -69,6 +171,22 @@ impl ServeArgs {
         let mut config = NodeConfig::load(self.config.as_deref()).map_err(anyhow::Error::msg)?;
         if let Some(listen) = self.listen {
             config.listen = listen;
+        }
+        if let Some(admin) = self.admin_listen {
+            config.admin_listen = (admin != "none").then_some(admin);
+        }
+        if !self.visitor_secrets.is_empty() || self.jwks.is_some() || self.anonymous_sessions {
+            let auth = config.auth.get_or_insert_with(AuthConfig::default);
+            auth.visitor_tokens.hs256.extend(self.visitor_secrets);
+            if let Some(jwks) = self.jwks {
+                auth.visitor_tokens.jwks_file = Some(jwks);
+            }
+            if self.anonymous_sessions {
+                auth.anonymous_sessions.enabled = true;
+            }
+        }
+        if self.insecure_no_auth {
+            config.insecure_no_auth = true;
         }
         if let Some(url) = self.registry {
             config.registry.url = url;
@@ -125,8 +243,29 @@ pub fn run(command: EdgeCommand) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&args.config()?)?);
             Ok(())
         }
+        EdgeCommand::Key(command) => key(command),
+        EdgeCommand::MintToken {
+            secret_file,
+            kid,
+            user,
+            ttl_s,
+        } => {
+            println!(
+                "{}",
+                VisitorMinter::open(&secret_file, &kid)?.mint(&user, ttl_s)?
+            );
+            Ok(())
+        }
         EdgeCommand::Serve(args) => {
             let config = args.config()?;
+            config.check_security().map_err(anyhow::Error::msg)?;
+            if config.insecure_no_auth {
+                eprintln!(
+                    "WARNING: --insecure-no-auth: this node checks no credential; anyone who can reach {} can read \
+                     and write any user's data",
+                    config.listen
+                );
+            }
             let wasm = config.ranker_wasm.clone().unwrap_or_default();
             anyhow::ensure!(
                 wasm.is_file(),
@@ -135,13 +274,121 @@ pub fn run(command: EdgeCommand) -> Result<()> {
             );
             let surfaces = config.surfaces.join(", ");
             let registry = config.registry.url.clone();
-            edgerec_node::run(config, |addresses| {
-                for address in addresses {
-                    println!("edge node listening on http://{address} (surfaces: {surfaces}; registry: {registry})");
+            edgerec_node::run(config, |listening| {
+                let mut text = String::new();
+                for address in &listening.public {
+                    text += &format!("edge node listening on http://{address} (surfaces: {surfaces}; registry: {registry})\n");
                 }
-                let _ = std::io::stdout().flush();
+                for address in &listening.admin {
+                    text += &format!("edge node admin (metrics, deployments) on http://{address}\n");
+                }
+                // One write, and no panic if whoever started the node stopped reading.
+                let mut stdout = std::io::stdout();
+                let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
             })
             .context("the edge node stopped with an error")
         }
+    }
+}
+
+fn key(command: KeyCommand) -> Result<()> {
+    match command {
+        KeyCommand::Create { name, scopes, file } => {
+            let path = file.path()?;
+            let (record, key) = api_keys::create(&path, &name, &scopes)?;
+            eprintln!(
+                "created API key {} ({}; scopes {}) in {}; it is printed once, below, and cannot be shown again",
+                record.id,
+                record.name,
+                scope_list(&record.scopes),
+                path.display()
+            );
+            println!("{key}");
+        }
+        KeyCommand::List { file } => {
+            let path = file.path()?;
+            let keys = api_keys::list(&path)?;
+            if keys.is_empty() {
+                eprintln!("no API keys in {}", path.display());
+            }
+            for key in keys {
+                println!(
+                    "{}  {:<24}  {:<18}  created {}{}",
+                    key.id,
+                    key.name,
+                    scope_list(&key.scopes),
+                    key.created_ms,
+                    key.revoked_ms
+                        .map_or(String::new(), |at| format!("  REVOKED {at}"))
+                );
+            }
+        }
+        KeyCommand::Revoke { id, file } => {
+            let path = file.path()?;
+            let record = api_keys::revoke(&path, &id)?;
+            eprintln!(
+                "revoked API key {} ({}): running nodes refuse it from their next request on",
+                record.id, record.name
+            );
+        }
+    }
+    Ok(())
+}
+
+fn scope_list(scopes: &[Scope]) -> String {
+    scopes
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Signs visitor tokens (HS256) as a site's backend does: for the demo's replayed visitors and `mint-token`.
+pub struct VisitorMinter {
+    kid: String,
+    secret_file: PathBuf,
+    key: jsonwebtoken::EncodingKey,
+}
+
+impl VisitorMinter {
+    /// A minter over the secret in `path`, created (random, readable by its owner only) if absent.
+    pub fn create(path: &std::path::Path, kid: &str) -> Result<Self> {
+        edgerec_node::auth::create_secret_file(path)?;
+        Self::open(path, kid)
+    }
+
+    pub fn open(path: &std::path::Path, kid: &str) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the secret {}", path.display()))?;
+        let key = jsonwebtoken::EncodingKey::from_secret(text.trim().as_bytes())
+            .with_context(|| format!("the secret in {} is empty", path.display()))?;
+        Ok(Self {
+            kid: kid.into(),
+            secret_file: path.into(),
+            key,
+        })
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    pub fn secret_file(&self) -> &std::path::Path {
+        &self.secret_file
+    }
+
+    /// A token for `user`, valid `ttl_s` seconds from now.
+    pub fn mint(&self, user: &str, ttl_s: u64) -> Result<String> {
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = edgerec_node::auth::visitor::VisitorClaims {
+            sub: user.into(),
+            iat: now,
+            exp: now + ttl_s,
+            scope: None,
+            iss: None,
+        };
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some(self.kid.clone());
+        Ok(jsonwebtoken::encode(&header, &claims, &self.key)?)
     }
 }

@@ -194,9 +194,10 @@ pub fn run_registry(command: RegistryCommand) -> Result<()> {
 
 /// Serves `registry` as `config` says, telling the operator where, with which key, and whether a token exists.
 fn serve_registry<S: Store + Send + Sync + 'static>(
-    registry: Registry<S>,
+    mut registry: Registry<S>,
     config: &RegistryConfig,
 ) -> Result<()> {
+    registry.probe = model_probe(config)?;
     let backend = match &config.aws {
         Some(aws) => format!("DynamoDB table {} and S3 bucket {}", aws.table, aws.bucket),
         None => format!("folder {}", config.root.display()),
@@ -215,6 +216,49 @@ fn serve_registry<S: Store + Send + Sync + 'static>(
         }
     })
     .with_context(|| format!("serving on {}", config.listen))
+}
+
+/// The probe of published models: the WASI ranker under wasmtime with the limits of edge nodes, or, when no
+/// ranker was built (and none configured), tract in this process, with a warning.
+fn model_probe(config: &RegistryConfig) -> Result<Box<dyn edgerec_registry::service::ModelProbe>> {
+    let wasm = match &config.probe.ranker_wasm {
+        Some(wasm) => {
+            anyhow::ensure!(
+                wasm.is_file(),
+                "probe.ranker_wasm: no WASI ranker at {}",
+                wasm.display()
+            );
+            wasm.clone()
+        }
+        None => {
+            let wasm = crate::paths::wasm_artifact("ranker-wasi.wasm");
+            if !wasm.is_file() {
+                eprintln!(
+                    "warning: no WASI ranker at {} (scripts/build-wasm.sh builds it): published models are probed with \
+                     tract in this process, without memory or time bounds",
+                    wasm.display()
+                );
+                return Ok(Box::new(edgerec_registry::service::InProcessProbe));
+            }
+            wasm
+        }
+    };
+    let engine = edgerec_node::RankerEngine::load(&wasm, &crate::paths::module_cache_dir())
+        .with_context(|| {
+            format!(
+                "loading the WASI ranker {} for the model probe",
+                wasm.display()
+            )
+        })?;
+    let memory = config
+        .probe
+        .instance_memory_mb
+        .map(|mb| usize::try_from(mb << 20).unwrap_or(usize::MAX));
+    Ok(Box::new(edgerec_node::probe::WasiProbe::new(
+        engine,
+        memory,
+        std::time::Duration::from_millis(config.probe.deadline_ms),
+    )))
 }
 
 /// Runs a store future to completion (the S3 + DynamoDB backend needs a Tokio runtime).

@@ -30,7 +30,7 @@ fn demo_trains_serves_replays_and_stops() {
         r#"{"max_len": 8, "dim": 16, "blocks": 1, "ffn_dim": 32, "dropout": 0.0, "max_epochs": 30, "patience": 30, "learning_rate": 0.01, "warmup_steps": 5, "batch_size": 32}"#,
     )
     .expect("writes the training settings");
-    let (registry_port, node_port) = (free_port(), free_port());
+    let (registry_port, node_port, admin_port) = (free_port(), free_port(), free_port());
     let mut demo = Command::new(env!("CARGO_BIN_EXE_edgerec"))
         .current_dir(dir.path())
         .env_remove("EDGEREC_TOKEN")
@@ -45,6 +45,7 @@ fn demo_trains_serves_replays_and_stops() {
         .args(["--rate", "0", "--duration", "600", "--dir", "run"])
         .args(["--registry-listen", &format!("127.0.0.1:{registry_port}")])
         .args(["--node-listen", &format!("127.0.0.1:{node_port}")])
+        .args(["--node-admin-listen", &format!("127.0.0.1:{admin_port}")])
         .stderr(Stdio::piped())
         .spawn()
         .expect("runs the demo");
@@ -91,6 +92,15 @@ fn demo_trains_serves_replays_and_stops() {
             .expect("the demo wrote the node's settings"),
     )
     .expect("JSON");
+    // A visitor token the demo's site would sign (the demo wrote its secret).
+    let minted = succeeds(
+        Command::new(env!("CARGO_BIN_EXE_edgerec"))
+            .current_dir(dir.path())
+            .args(["edge", "mint-token", "--secret-file", "run/visitor-secret"])
+            .args(["--kid", "demo-site", "--user", "package-site-visitor"]),
+        "minting a visitor token",
+    );
+    let site_token = String::from_utf8_lossy(&minted.stdout).to_string();
     let package_dir = std::env::var("EDGEREC_WASM_DIR").expect(
         "EDGEREC_WASM_DIR is not set: run the tests through scripts/test.sh, which builds the browser package",
     );
@@ -100,7 +110,8 @@ fn demo_trains_serves_replays_and_stops() {
             .arg(Path::new(&package_dir).join("browser"))
             .arg(format!("http://127.0.0.1:{registry_port}"))
             .arg(node_config["registry"]["token"].as_str().expect("token"))
-            .arg(format!("http://127.0.0.1:{node_port}")),
+            .arg(format!("http://127.0.0.1:{node_port}"))
+            .arg(site_token.trim()),
         "the browser package checks",
     );
 
@@ -131,7 +142,7 @@ fn demo_trains_serves_replays_and_stops() {
     );
 
     // Everything the demo started is gone: both ports are free again.
-    for port in [registry_port, node_port] {
+    for port in [registry_port, node_port, admin_port] {
         TcpListener::bind(("127.0.0.1", port))
             .unwrap_or_else(|e| panic!("port {port} still taken after the demo: {e}"));
     }

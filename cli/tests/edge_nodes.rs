@@ -3,24 +3,20 @@
 //! request must be answered; no unverified or broken model may ever serve.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use edgerec_core::{Digest, MODEL_FILE};
 use edgerec_registry::client::RegistryClient;
-use edgerec_registry::embedded::EmbeddedStore;
 use edgerec_registry::records::{Variant, VersionRecord};
 use edgerec_registry::service::PlanRequest;
-use edgerec_registry::signing::ManifestSigner;
-use edgerec_registry::store::{AuditDraft, Store};
 use prost::Message;
 use serde_json::{Value, json};
-use support::{free_port, succeeds};
+use support::nodes::{Node, Registry, Site, edgerec, manifest_for, plant_version, run, wait_for};
+use support::succeeds;
 
 mod support;
 
@@ -30,223 +26,12 @@ const MODEL: &str = "golden-sasrec";
 /// The one other site allowed to call the nodes from its pages.
 const SHOP: &str = "https://shop.example";
 
-fn wasm() -> PathBuf {
-    edgerec_conformance::wasm_artifact("ranker-wasi.wasm")
-}
-
-fn edgerec() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_edgerec"));
-    for name in [
-        "EDGEREC_TOKEN",
-        "EDGEREC_REGISTRY",
-        "EDGEREC_NODE_LISTEN",
-        "EDGEREC_NODE_DATA_DIR",
-        "EDGEREC_NODE_ID",
-        "EDGEREC_FEATURES_DATA_DIR",
-        "EDGEREC_FEATURES_NODE_ID",
-    ] {
-        command.env_remove(name);
-    }
-    command
-}
-
-fn run<T>(future: impl Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(future)
-}
-
-/// A child process stopped (SIGTERM, then SIGKILL) when dropped.
-struct Process {
-    child: Child,
-    name: String,
-}
-
-impl Process {
-    fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!("{} did not stop on SIGTERM; killing it", self.name);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.stop();
-        }
-    }
-}
-
-struct Registry {
-    process: Option<Process>,
-    root: PathBuf,
-    url: String,
-    port: u16,
-}
-
-impl Registry {
-    fn start(root: &Path) -> Self {
-        let port = free_port();
-        let mut registry = Self {
-            process: None,
-            root: root.into(),
-            url: format!("http://127.0.0.1:{port}"),
-            port,
-        };
-        registry.restart();
-        registry
-    }
-
-    fn restart(&mut self) {
-        let log = std::fs::File::create(self.root.with_extension("log")).expect("log file");
-        let child = edgerec()
-            .args(["registry", "serve", "--listen"])
-            .arg(format!("127.0.0.1:{}", self.port))
-            .arg("--root")
-            .arg(&self.root)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starts the registry");
-        self.process = Some(Process {
-            child,
-            name: "registry".into(),
-        });
-        wait_for(Duration::from_secs(30), "the registry to answer", || {
-            ureq::get(format!("{}/healthz", self.url)).call().is_ok()
-        });
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            process.stop();
-        }
-    }
-}
-
-struct Node {
-    process: Process,
-    url: String,
-    agent: ureq::Agent,
-}
-
-impl Node {
-    fn start(name: &str, dir: &Path, config: Value) -> Self {
-        let config_path = dir.join(format!("{name}.json"));
-        std::fs::write(&config_path, config.to_string()).expect("writes the node config");
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
-        let mut child = edgerec()
-            .args(["edge", "serve", "--config"])
-            .arg(&config_path)
-            .arg("--wasm")
-            .arg(wasm())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("starts the node");
-        let mut first_line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut first_line)
-            .expect("reads the address line");
-        let url = first_line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("{name} printed no address: {first_line:?}"))
-            .to_string();
-        Self {
-            process: Process {
-                child,
-                name: name.into(),
-            },
-            url,
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(10)))
-                .build()
-                .into(),
-        }
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        let mut response = self
-            .agent
-            .get(format!("{}{path}", self.url))
-            .call()
-            .expect("the node answers");
-        let body = response.body_mut().read_to_string().unwrap_or_default();
-        (response.status().as_u16(), body)
-    }
-
-    fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), String> {
-        let mut response = self
-            .agent
-            .post(format!("{}{path}", self.url))
-            .header("Content-Type", "application/json")
-            .send(body.to_string())
-            .map_err(|e| e.to_string())?;
-        let text = response.body_mut().read_to_string().unwrap_or_default();
-        let json = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
-        Ok((response.status().as_u16(), json))
-    }
-
-    fn recommend(&self, body: Value) -> Value {
-        let (status, answer) = self.post("/v1/recommend", &body).expect("answers");
-        assert_eq!(status, 200, "{answer}");
-        answer
-    }
-
-    fn revision(&self) -> Option<u64> {
-        let (_, body) = self.get("/v1/deployments");
-        let status: Value = serde_json::from_str(&body).ok()?;
-        status["deployments"]
-            .as_array()?
-            .iter()
-            .find(|d| d["surface"] == SURFACE)?["revision"]
-            .as_u64()
-    }
-
-    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let (_, text) = self.get("/metrics");
-        text.lines()
-            .filter(|line| line.starts_with(name) && !line.starts_with('#'))
-            .filter(|line| {
-                labels
-                    .iter()
-                    .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
-            })
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-}
-
-fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < limit, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    started.elapsed()
-}
-
 /// Waits until every node serves `revision`; returns how long it took.
 fn converge(nodes: &[&Node], revision: u64) -> Duration {
     wait_for(
         Duration::from_secs(60),
         &format!("every node to serve revision {revision}"),
-        || nodes.iter().all(|n| n.revision() == Some(revision)),
+        || nodes.iter().all(|n| n.revision(SURFACE) == Some(revision)),
     )
 }
 
@@ -312,11 +97,6 @@ impl Proxy {
     }
 }
 
-/// The golden manifest relabelled as `version`, with `model` as its model file.
-fn manifest_for(version: &str, model: &[u8]) -> Vec<u8> {
-    edgerec_conformance::golden_manifest_with(model, |m| m.version = version.into())
-}
-
 /// The golden model with every float constant replaced by NaN: it parses, and every score it gives is NaN, so the
 /// ranker's load-time probe refuses it.
 fn nan_model() -> Vec<u8> {
@@ -335,51 +115,6 @@ fn nan_model() -> Vec<u8> {
     }
     assert!(replaced > 0, "the golden model has float constants");
     model.encode_to_vec()
-}
-
-/// Writes a version straight into a stopped registry's store, as tampering with its storage would: `sign` says
-/// whether it carries the registry's real signature or a forged one.
-fn plant_version(root: &Path, template: &VersionRecord, version: &str, model: &[u8], sign: bool) {
-    let manifest = manifest_for(version, model);
-    let manifest_digest = Digest::of(&manifest);
-    let signer = ManifestSigner::load_or_create(&root.join("signing.key")).expect("registry key");
-    let signature = if sign {
-        signer.sign(&manifest_digest)
-    } else {
-        // A well-formed signature, of other content.
-        signer.sign(&Digest::of(b"something else"))
-    };
-    let record = VersionRecord {
-        version: version.into(),
-        manifest_digest,
-        files: BTreeMap::from([(MODEL_FILE.to_string(), Digest::of(model))]),
-        signature,
-        ..template.clone()
-    };
-    run(async {
-        let store = EmbeddedStore::open(root).expect("opens the stopped registry's store");
-        store
-            .put_blob(&manifest_digest, &manifest)
-            .await
-            .expect("manifest blob");
-        store
-            .put_blob(&Digest::of(model), model)
-            .await
-            .expect("model blob");
-        store
-            .insert_version(
-                &record,
-                AuditDraft {
-                    actor: "test".into(),
-                    action: "model.publish",
-                    target: format!("{}@{version}", record.model),
-                    reason: "planted".into(),
-                    detail: Value::Null,
-                },
-            )
-            .await
-            .expect("inserts the version");
-    });
 }
 
 fn deploy(client: &RegistryClient, variants: &[(&str, &str, u32)], reason: &str) -> u64 {
@@ -433,7 +168,7 @@ fn refuses_bad_requests(node: &Node) {
     );
     refused(
         json!({"k": 3, "surface": SURFACE, "recent_items": vec!["m1"; 501]}),
-        400,
+        413,
         "request_too_large",
     );
     refused(
@@ -512,15 +247,34 @@ fn serves_browsers(node: &Node, record: &VersionRecord, registry_key: &str) {
         assert_eq!(allows, allowed, "{origin}: {:?}", response.headers());
     }
 
-    // The catalogue lists every item the served model knows (the golden model has no catalogue titles).
-    let (status, catalogue) = node.get(&format!("/v1/catalogue/{SURFACE}"));
-    assert_eq!(status, 200, "{catalogue}");
-    let catalogue: Value = serde_json::from_str(&catalogue).expect("JSON");
+    // The catalogue lists every item the served model knows (the golden model has no catalogue titles), in pages,
+    // from one read of the store however many pages are loaded.
+    let builds = node.metric("edgerec_node_catalogue_builds_total", &[]);
+    let mut listed = BTreeSet::new();
+    let mut offset = Some(0);
+    while let Some(at) = offset {
+        let (status, page) = node.get(&format!("/v1/catalogue/{SURFACE}?limit=1000&offset={at}"));
+        assert_eq!(status, 200, "{page}");
+        let page: Value = serde_json::from_str(&page).expect("JSON");
+        assert_eq!(page["total"].as_u64(), Some(record.items as u64), "{page}");
+        for item in page["items"].as_array().expect("items") {
+            listed.insert(item["id"].as_str().expect("an id").to_string());
+        }
+        offset = page["next_offset"].as_u64();
+    }
+    assert_eq!(listed.len(), record.items);
+    let (_, first) = node.get(&format!("/v1/catalogue/{SURFACE}"));
+    let first: Value = serde_json::from_str(&first).expect("JSON");
     assert_eq!(
-        catalogue["items"].as_array().map(Vec::len),
-        Some(record.items),
-        "{catalogue}"
+        first["items"].as_array().map(Vec::len),
+        Some(100),
+        "the default page"
     );
+    assert!(node.metric("edgerec_node_catalogue_builds_total", &[]) <= builds + 1.0);
+    for bad in ["limit=0", "limit=5000", "limit=x", "color=red"] {
+        let (status, body) = node.get(&format!("/v1/catalogue/{SURFACE}?{bad}"));
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
 }
 
 /// What the background client saw.
@@ -575,9 +329,14 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
             .to_string(),
     );
     let registry_url = registry.url.clone();
+    // The nodes trust one site's visitor tokens; the client sends as fast as the nodes answer, so no per-address
+    // limit (the security test covers limits).
+    let site = Site::new(dir.path(), "shop-site");
     let node_config = |name: &str, aws: Option<&edgerec_aws::AwsConfig>| {
         let mut config = json!({
             "listen": "127.0.0.1:0",
+            "auth": site.auth_config(),
+            "rate_limits": { "per_address": { "per_second": 0, "burst": 0 }, "per_visitor": { "per_second": 0, "burst": 0 } },
             "workers": 2,
             "surfaces": [SURFACE],
             "registry": { "url": registry_url, "token": token, "poll_interval_ms": POLL_MS },
@@ -596,8 +355,18 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
     };
     let mut proxied = aws.clone();
     proxied.dynamodb_endpoint = Some(format!("http://127.0.0.1:{}", proxy.port));
-    let node_a = Node::start("node-a", dir.path(), node_config("node-a", None));
-    let node_b = Node::start("node-b", dir.path(), node_config("node-b", Some(&proxied)));
+    let node_a = Node::start(
+        "node-a",
+        dir.path(),
+        node_config("node-a", None),
+        Some(site.clone()),
+    );
+    let node_b = Node::start(
+        "node-b",
+        dir.path(),
+        node_config("node-b", Some(&proxied)),
+        Some(site.clone()),
+    );
     let nodes = [&node_a, &node_b];
     converge(&nodes, revision);
     for node in nodes {
@@ -613,7 +382,7 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
     // A node with a wrong registry token never becomes ready, says why, and refuses to guess an answer.
     let mut bad_token = node_config("node-bad-token", None);
     bad_token["registry"]["token"] = json!("erk_not-a-real-token");
-    let locked_out = Node::start("node-bad-token", dir.path(), bad_token);
+    let locked_out = Node::start("node-bad-token", dir.path(), bad_token, Some(site.clone()));
     let log = dir.path().join("node-bad-token.log");
     wait_for(
         Duration::from_secs(30),
@@ -640,6 +409,7 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
         {
             let (traffic, stop) = (traffic.clone(), stop.clone());
             let urls = [node_a.url.clone(), node_b.url.clone()];
+            let site = site.clone();
             std::thread::spawn(move || {
                 let agent: ureq::Agent = ureq::Agent::config_builder()
                     .http_status_as_error(false)
@@ -649,8 +419,9 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
                 let mut n = 0u64;
                 while !stop.load(Ordering::SeqCst) {
                     let node = (n % 2) as usize;
+                    let user = format!("user-{}", n % 40);
                     let body = json!({
-                        "user_id": format!("user-{}", n % 40),
+                        "user_id": user,
                         "recent_items": ["m1", "m7"],
                         "k": 5,
                         "surface": SURFACE,
@@ -658,6 +429,7 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
                     let result = agent
                         .post(format!("{}/v1/recommend", urls[node]))
                         .header("Content-Type", "application/json")
+                        .header("Authorization", format!("Bearer {}", site.token(&user)))
                         .send(body.to_string());
                     match result {
                         Ok(mut response) if response.status() == 200 => {
@@ -741,7 +513,12 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
         .revision;
     converge(&nodes, rolled_back);
     // A third node, outside the client's rotation, learns the plan now and is restarted while the registry is down.
-    let node_c = Node::start("node-c", dir.path(), node_config("node-c", None));
+    let node_c = Node::start(
+        "node-c",
+        dir.path(),
+        node_config("node-c", None),
+        Some(site.clone()),
+    );
     converge(&[&node_c], rolled_back);
     for user in 0..20 {
         let answer =
@@ -759,20 +536,25 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
     // A node restarted without a registry serves the last plan it verified, from its own disk.
     let Node { mut process, .. } = node_c;
     process.stop();
-    let node_c = Node::start("node-c", dir.path(), node_config("node-c", None));
+    let node_c = Node::start(
+        "node-c",
+        dir.path(),
+        node_config("node-c", None),
+        Some(site.clone()),
+    );
     wait_for(
         Duration::from_secs(60),
         "the restarted node to be ready",
         || node_c.get("/readyz").0 == 200,
     );
-    assert_eq!(node_c.revision(), Some(rolled_back));
+    assert_eq!(node_c.revision(SURFACE), Some(rolled_back));
     assert_eq!(
         node_c.recommend(json!({"user_id": "restarted", "k": 3, "surface": SURFACE}))["model_version"],
         "1.0.0"
     );
     drop(node_c);
     for node in nodes {
-        assert_eq!(node.revision(), Some(rolled_back));
+        assert_eq!(node.revision(SURFACE), Some(rolled_back));
         assert!(node.metric("edgerec_node_errors_total", &[("kind", "registry")]) >= 1.0);
     }
     plant_version(&registry.root, &template, "3.0.0", &golden_model, false);
@@ -793,11 +575,11 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
         std::thread::sleep(Duration::from_millis(2 * POLL_MS));
         for node in nodes {
             assert_ne!(
-                node.revision(),
+                node.revision(SURFACE),
                 Some(bad),
                 "a node put {version} into service"
             );
-            assert_eq!(node.revision(), Some(rolled_back));
+            assert_eq!(node.revision(SURFACE), Some(rolled_back));
         }
     }
 

@@ -14,6 +14,9 @@ pub const MANIFEST_FORMAT_VERSION: u32 = 1;
 /// The inference graph every bundle carries.
 pub const MODEL_FILE: &str = "model.onnx";
 
+/// Most files a manifest may list.
+pub const MAX_BUNDLE_FILES: usize = 16;
+
 /// `manifest.json`: what a bundle is, what its model takes, and the digest of every file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,10 +75,115 @@ pub enum BundleError {
         expected: Digest,
         actual: Digest,
     },
+    #[error(
+        "`{0}` is not a bundle file name (1 to 128 of A-Z, a-z, 0-9, `.`, `_`, `-`; not starting with `.`)"
+    )]
+    BadFileName(String),
+    #[error("the manifest lists `{0}` more than once")]
+    DuplicateFile(String),
+    #[error(
+        "`{first}` and `{second}` are the same content (sha256 {digest}); each file must be listed once"
+    )]
+    SharedContent {
+        first: String,
+        second: String,
+        digest: Digest,
+    },
+    #[error("the manifest lists {0} files; a bundle has at most {MAX_BUNDLE_FILES}")]
+    TooManyFiles(usize),
+    #[error("the manifest's files add up to {total} bytes; the limit is {limit}")]
+    TooLarge { total: u64, limit: u64 },
     #[error("the item vocabulary is invalid: {0}")]
     Vocabulary(#[from] VocabError),
     #[error("the feature specification is invalid: {0}")]
     FeatureSpec(#[from] SpecError),
+}
+
+/// Whether `name` may name a bundle file: a plain file name, never a path (no `/`, `\\`, `..` or leading `.`).
+pub fn check_file_name(name: &str) -> Result<(), BundleError> {
+    let plain = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if name.is_empty() || name.len() > 128 || !plain || name.starts_with('.') {
+        return Err(BundleError::BadFileName(name.chars().take(200).collect()));
+    }
+    Ok(())
+}
+
+/// The names under `files` in `manifest_json` as written, duplicates included (a map keeps only the last).
+fn listed_file_names(manifest_json: &[u8]) -> Result<Vec<String>, BundleError> {
+    struct Names(Vec<String>);
+    impl<'de> Deserialize<'de> for Names {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = Names;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a map of file names")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Names, A::Error> {
+                    let mut names = Vec::new();
+                    while let Some((name, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
+                        names.push(name);
+                    }
+                    Ok(Names(names))
+                }
+            }
+            d.deserialize_map(Visit)
+        }
+    }
+    #[derive(Deserialize)]
+    struct Files {
+        files: Names,
+    }
+    serde_json::from_slice::<Files>(manifest_json)
+        .map(|f| f.files.0)
+        .map_err(|e| BundleError::ManifestJson(e.to_string()))
+}
+
+impl Manifest {
+    /// Checks the file list alone, before any file is read: safe names, each listed once, each content once (so
+    /// one large blob cannot be counted under many names), at most [`MAX_BUNDLE_FILES`] files and
+    /// `max_total_bytes` in all. `manifest_json` is the text this manifest was parsed from.
+    pub fn check_files(
+        &self,
+        manifest_json: &[u8],
+        max_total_bytes: u64,
+    ) -> Result<(), BundleError> {
+        let names = listed_file_names(manifest_json)?;
+        if names.len() > MAX_BUNDLE_FILES {
+            return Err(BundleError::TooManyFiles(names.len()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for name in &names {
+            check_file_name(name)?;
+            if !seen.insert(name.as_str()) {
+                return Err(BundleError::DuplicateFile(name.clone()));
+            }
+        }
+        let mut contents: BTreeMap<Digest, &str> = BTreeMap::new();
+        let mut total = 0u64;
+        for (name, entry) in &self.files {
+            if let Some(first) = contents.insert(entry.sha256, name) {
+                return Err(BundleError::SharedContent {
+                    first: first.to_string(),
+                    second: name.clone(),
+                    digest: entry.sha256,
+                });
+            }
+            total = total.saturating_add(entry.size);
+        }
+        if total > max_total_bytes {
+            return Err(BundleError::TooLarge {
+                total,
+                limit: max_total_bytes,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// A bundle whose every file matched its manifest entry.
@@ -111,6 +219,7 @@ impl<'a> Bundle<'a> {
         if !manifest.files.contains_key(MODEL_FILE) {
             return Err(BundleError::NoModelFile);
         }
+        manifest.check_files(manifest_json, u64::MAX)?;
         if let Some((name, _)) = files
             .iter()
             .find(|(name, _)| !manifest.files.contains_key(*name))
@@ -197,6 +306,63 @@ mod tests {
 
     fn json(m: &Manifest) -> Vec<u8> {
         serde_json::to_vec(m).expect("manifest serialises")
+    }
+
+    #[test]
+    fn file_lists_are_checked_before_any_file_is_read() {
+        let manifest = manifest_for(MODEL);
+        assert_eq!(manifest.check_files(&json(&manifest), 1 << 20), Ok(()));
+        assert!(matches!(
+            manifest.check_files(&json(&manifest), 3),
+            Err(BundleError::TooLarge { limit: 3, .. })
+        ));
+        for bad in [
+            "../model.onnx",
+            "/etc/passwd",
+            "a/b",
+            ".hidden",
+            "",
+            "x\\y",
+            "naïve",
+        ] {
+            assert!(
+                matches!(check_file_name(bad), Err(BundleError::BadFileName(_))),
+                "{bad:?}"
+            );
+        }
+        // One blob under two names.
+        let mut shared = manifest.clone();
+        let entry = shared.files[MODEL_FILE].clone();
+        shared.files.insert("copy.onnx".into(), entry);
+        assert!(matches!(
+            shared.check_files(&json(&shared), u64::MAX),
+            Err(BundleError::SharedContent { .. })
+        ));
+        // A name written twice in the JSON (a map would keep only the last).
+        let text = String::from_utf8(json(&manifest)).expect("utf-8");
+        let key = format!("\"{MODEL_FILE}\":");
+        let at = text.find(&key).expect("the model's entry");
+        let entry_end = at + text[at..].find('}').expect("entry end") + 1;
+        let twice = format!("{},{}", &text[..entry_end], &text[at..]);
+        let reparsed: Manifest = serde_json::from_str(&twice).expect("serde keeps the last");
+        assert!(matches!(
+            reparsed.check_files(twice.as_bytes(), u64::MAX),
+            Err(BundleError::DuplicateFile(name)) if name == MODEL_FILE
+        ));
+        let mut many = manifest.clone();
+        for i in 0..MAX_BUNDLE_FILES {
+            many.files.insert(
+                format!("extra-{i}.bin"),
+                FileEntry {
+                    sha256: Digest::of(&[i as u8]),
+                    size: 1,
+                },
+            );
+        }
+        assert!(matches!(
+            many.check_files(&json(&many), u64::MAX),
+            Err(BundleError::TooManyFiles(_))
+        ));
     }
 
     #[test]

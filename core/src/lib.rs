@@ -20,7 +20,10 @@ mod spec;
 mod tract_scorer;
 mod vocab;
 
-pub use bundle::{Bundle, BundleError, FileEntry, MANIFEST_FORMAT_VERSION, MODEL_FILE, Manifest};
+pub use bundle::{
+    Bundle, BundleError, FileEntry, MANIFEST_FORMAT_VERSION, MAX_BUNDLE_FILES, MODEL_FILE,
+    Manifest, check_file_name,
+};
 pub use digest::{Digest, DigestParseError};
 pub use metrics::{MetricsAccumulator, RankingMetrics, target_rank};
 pub use rank::{

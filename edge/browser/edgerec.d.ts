@@ -22,7 +22,17 @@ export interface ConnectOptions {
    * first successful check, and a later different key is refused.
    */
   publicKey?: string;
-  /** The visitor's id (default: a random id kept in storage). It picks the A/B variant, as on the edge node. */
+  /**
+   * The site's visitor token for this visitor: a JWT its backend signs (`sub`: the visitor's id, `exp`; a key the
+   * node is configured with). Called again shortly before the token expires and when the node refuses it. Without
+   * it the package asks the node for an anonymous session (`POST /v1/session`, kept in storage and renewed), so
+   * the visitor's id is the node's.
+   */
+  visitorToken?: () => Promise<string>;
+  /**
+   * The visitor's id, with `visitorToken` (it must be the token's `sub`; default: the token's `sub`, or the
+   * anonymous session's id). It picks the A/B variant, as on the edge node.
+   */
   userId?: string;
   /**
    * "share" (default): `track()` sends events to the edge node and `recommendOnNode()` is allowed.
@@ -111,6 +121,7 @@ export class EdgeRecError extends Error {
 export class EdgeRec {
   /** Fetches the plan, picks the visitor's variant, verifies and loads its bundle. */
   static connect(options: ConnectOptions): Promise<EdgeRec>;
+  /** The visitor's id: the visitor token's subject (the session's, or the site's). */
   readonly userId: string;
   readonly model: LoadedModel;
   readonly privacy: "share" | "local";

@@ -3,7 +3,9 @@
 // The bundle is fetched by digest, checked against its version record (sha256 of both files) and the record's
 // ed25519 signature before the Wasm ranker loads it; the ranker checks the model against the manifest once more.
 // The visitor's history stays in this page's storage; `track()` sends events to the edge node in batches unless
-// the page chose the local privacy mode. Types: edgerec.d.ts.
+// the page chose the local privacy mode. Requests that name the visitor carry a visitor token: the site's own
+// (`visitorToken`), or an anonymous one the node issues (`POST /v1/session`), renewed before it expires.
+// Types: edgerec.d.ts.
 
 import initRanker, { Ranker, assignVariant, sha256Digest } from "./edgerec_ranker.js";
 
@@ -25,6 +27,8 @@ const MAX_EVENT_AGE_MS = 7 * 24 * 3600 * 1000;
 // Chromium refuses keepalive requests whose bodies together pass 64 KiB.
 const KEEPALIVE_BYTES = 60_000;
 const DIGEST = /^[0-9a-f]{64}$/;
+// A visitor token is renewed when it has less than this left (seconds).
+const TOKEN_MARGIN_S = 60;
 
 /** An error with a stable `kind`, so a page can tell a refused bundle from a network failure. */
 export class EdgeRecError extends Error {
@@ -74,6 +78,22 @@ function hexToBytes(hex, what) {
     bytes[i] = parseInt(clean.slice(2 * i, 2 * i + 2), 16);
   }
   return bytes;
+}
+
+/** The `sub` and `exp` of a JWT (read, not verified: the node verifies it). */
+function tokenClaims(token) {
+  const parts = typeof token === "string" ? token.split(".") : [];
+  let claims = null;
+  try {
+    const json = atob(parts[1].replace(/-/g, "+").replace(/_/g, "/"));
+    claims = JSON.parse(new TextDecoder().decode(Uint8Array.from(json, (c) => c.charCodeAt(0))));
+  } catch {
+    // Not a JWT; refused below.
+  }
+  if (parts.length !== 3 || typeof claims?.sub !== "string" || !Number.isFinite(claims?.exp)) {
+    throw new EdgeRecError("invalid_token", "a visitor token must be a JWT with `sub` and `exp`");
+  }
+  return { sub: claims.sub, exp: claims.exp };
 }
 
 function randomId() {
@@ -136,8 +156,12 @@ export class EdgeRec {
     if (!["share", "local"].includes(settings.privacy)) {
       throw new EdgeRecError("invalid_options", `privacy is "share" or "local", not ${JSON.stringify(settings.privacy)}`);
     }
+    if (settings.visitorToken !== undefined && typeof settings.visitorToken !== "function") {
+      throw new EdgeRecError("invalid_options", "visitorToken is an async function returning the visitor's JWT");
+    }
     const edge = new EdgeRec(EdgeRec.#token, settings);
     await loadRankerModule(settings.wasm);
+    await edge.#identify();
     await edge.#load();
     edge.#scheduleFlush();
     return edge;
@@ -156,6 +180,9 @@ export class EdgeRec {
   #flushing = null;
   #inFlight = new Set();
   #listeners = new Set();
+  // The visitor token in use ({ value, sub, exp }) and the request for a new one, if under way.
+  #visitor = null;
+  #renewing = null;
 
   constructor(token, settings) {
     if (token !== EdgeRec.#token) {
@@ -168,7 +195,8 @@ export class EdgeRec {
     this.#headers = settings.registry?.token ? { Authorization: `Bearer ${settings.registry.token}` } : {};
     this.#fetch = settings.fetch ?? globalThis.fetch.bind(globalThis);
     this.#storage = settings.storage === null ? memoryStorage() : (settings.storage ?? defaultStorage());
-    this.userId = settings.userId ?? this.#read("user") ?? randomId();
+    // With a session, the node chose the id; with the site's tokens, their subject is the id.
+    this.userId = settings.userId ?? this.#readJson("session")?.visitor ?? this.#read("user") ?? randomId();
     this.#write("user", this.userId);
     this.#queue = this.#readJson("queue") ?? [];
     if (typeof addEventListener === "function") {
@@ -245,10 +273,10 @@ export class EdgeRec {
     }
     const node = this.#nodeUrl();
     const started = performance.now();
-    const answer = await this.#json(`${node}/v1/recommend`, {
+    const answer = await this.#asVisitor(`${node}/v1/recommend`, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({
+      body: () => JSON.stringify({
         user_id: this.userId,
         recent_items: this.history,
         k: options.k ?? 10,
@@ -290,9 +318,9 @@ export class EdgeRec {
     if (this.privacy === "local" || !this.#settings.node) {
       return;
     }
+    // The user is filled in when the batch is sent: the visitor id is the token's, which a new session sets.
     const record = {
       id: randomId(),
-      user: this.userId,
       item: event.item,
       kind,
       time_ms: event.timeMs ?? Date.now(),
@@ -347,17 +375,19 @@ export class EdgeRec {
     for (const id of ids) this.#inFlight.add(id);
     const sending = (async () => {
       try {
-        await this.#json(`${this.#nodeUrl()}/v1/events`, {
+        await this.#asVisitor(`${this.#nodeUrl()}/v1/events`, {
           method: "POST",
           headers: { "Content-Type": "application/json" },
-          body: JSON.stringify({ events: batch }),
+          body: () => JSON.stringify({ events: batch.map((e) => ({ ...e, user: e.user ?? this.userId })) }),
           keepalive,
         });
         forget();
         this.#emit({ type: "sent", count: batch.length });
         return { sent: batch.length };
       } catch (error) {
-        const refused = error.status >= 400 && error.status < 500 && error.status !== 408 && error.status !== 429;
+        // A credential the node refuses (401) is not the events' fault: they wait for a valid token.
+        const refused =
+          error.status >= 400 && error.status < 500 && ![401, 408, 429].includes(error.status);
         if (refused) {
           forget();
           this.#emit({ type: "dropped", count: batch.length, reason: error.message });
@@ -389,7 +419,10 @@ export class EdgeRec {
     this.#storage.removeItem(this.#key("history"));
     this.#storage.removeItem(this.#key("history:local"));
     this.#setQueue([]);
-    if (!this.#settings.userId) {
+    if (!this.#settings.userId && !this.#settings.visitorToken) {
+      // A new anonymous visitor: the next session is not a renewal of the old one.
+      this.#storage.removeItem(this.#key("session"));
+      this.#visitor = null;
       this.userId = randomId();
       this.#write("user", this.userId);
     }
@@ -431,6 +464,79 @@ export class EdgeRec {
     const history = this.history.filter((i) => i !== item);
     history.push(item);
     this.#writeJson(this.#historyKey(), history.slice(-this.#settings.maxHistory));
+  }
+
+  /**
+   * Settles who the visitor is before the plan is read (the A/B variant depends on it): the site's token, or the
+   * node's anonymous session. Offline, the stored id serves until the node can be reached.
+   */
+  async #identify() {
+    if (this.privacy === "local" || !this.#settings.node) return;
+    try {
+      await this.#visitorToken();
+    } catch (error) {
+      if (!(error instanceof EdgeRecError) || error.kind !== "network") throw error;
+    }
+  }
+
+  /** A visitor token with at least a minute left: the one in use, or a new one (one request at a time). */
+  async #visitorToken({ renew = false } = {}) {
+    const now = Date.now() / 1000;
+    if (!renew && this.#visitor && this.#visitor.exp - TOKEN_MARGIN_S > now) return this.#visitor.value;
+    this.#renewing ??= this.#newToken().finally(() => {
+      this.#renewing = null;
+    });
+    return this.#renewing;
+  }
+
+  async #newToken() {
+    let value;
+    if (this.#settings.visitorToken) {
+      value = await this.#settings.visitorToken();
+    } else {
+      const url = `${this.#nodeUrl()}/v1/session`;
+      const ask = (previous) =>
+        this.#json(url, {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify(previous ? { previous } : {}),
+        });
+      const stored = this.#readJson("session");
+      let session;
+      try {
+        session = await ask(stored?.token);
+      } catch (error) {
+        // A session the node no longer renews (expired long ago, another node's secret): a new visitor.
+        if (!stored || error.status !== 401) throw error;
+        session = await ask(null);
+      }
+      this.#writeJson("session", session);
+      value = session.token;
+    }
+    const { sub, exp } = tokenClaims(value);
+    if (this.#settings.userId && this.#settings.userId !== sub) {
+      throw new EdgeRecError("invalid_token", `the visitor token is for ${JSON.stringify(sub)}, not userId`);
+    }
+    this.#visitor = { value, sub, exp };
+    if (this.userId !== sub) {
+      this.userId = sub;
+      this.#write("user", sub);
+    }
+    return value;
+  }
+
+  /** A request naming the visitor, with their token; refused as unauthenticated once, it retries with a new one. */
+  async #asVisitor(url, { body, headers, ...init }) {
+    const send = async (renew) => {
+      const token = await this.#visitorToken({ renew });
+      return this.#json(url, { ...init, headers: { ...headers, Authorization: `Bearer ${token}` }, body: body() });
+    };
+    try {
+      return await send(false);
+    } catch (error) {
+      if (!(error instanceof EdgeRecError) || error.status !== 401) throw error;
+      return send(true);
+    }
   }
 
   #nodeUrl() {

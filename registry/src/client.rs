@@ -181,6 +181,11 @@ impl RegistryClient {
             .map_err(|e| bundle_error(&manifest_path, e.to_string()))?;
         let manifest: Manifest = serde_json::from_slice(&manifest_json)
             .map_err(|e| bundle_error(&manifest_path, format!("not a bundle manifest: {e}")))?;
+        // A name is a file in this folder, never a path out of it.
+        for name in manifest.files.keys() {
+            edgerec_core::check_file_name(name)
+                .map_err(|e| bundle_error(&manifest_path, e.to_string()))?;
+        }
         for name in manifest.files.keys() {
             let path = dir.join(name);
             let bytes = std::fs::read(&path).map_err(|e| bundle_error(&path, e.to_string()))?;

@@ -457,12 +457,33 @@ async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
 }
 
 /// Records every request in [`Metrics`] and writes one JSON log line per request to stderr.
+/// A request method as a metric label: the standard ones by name, any other as `other`, so a client inventing
+/// methods cannot grow the metrics without bound.
+pub fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    const KNOWN: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::HEAD, "HEAD"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::DELETE, "DELETE"),
+        (Method::PATCH, "PATCH"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::TRACE, "TRACE"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(m, _)| m == method)
+        .map_or("other", |(_, name)| name)
+}
+
 pub async fn observe(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let method = request.method().to_string();
+    let method = method_label(request.method()).to_string();
     let path = request.path().to_string();
     let route = request
         .match_pattern()
@@ -499,7 +520,10 @@ pub fn cors(allowed_origins: &[String]) -> actix_cors::Cors {
             actix_web::http::header::AUTHORIZATION,
             actix_web::http::header::IF_NONE_MATCH,
         ])
-        .expose_headers([actix_web::http::header::ETAG])
+        .expose_headers([
+            actix_web::http::header::ETAG,
+            actix_web::http::header::RETRY_AFTER,
+        ])
         .max_age(3600);
     if allowed_origins.iter().any(|o| o == "*") {
         cors.allow_any_origin()
@@ -561,7 +585,21 @@ mod tests {
     use actix_web::http::header;
     use actix_web::{App, HttpResponse, test, web};
 
-    use super::cors;
+    use super::{cors, method_label};
+
+    #[test]
+    async fn invented_methods_share_one_metric_label() {
+        use actix_web::http::Method;
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(
+            method_label(&Method::from_bytes(b"PROPFIND").expect("a method")),
+            "other"
+        );
+        assert_eq!(
+            method_label(&Method::from_bytes(b"X-RANDOM-123").expect("a method")),
+            "other"
+        );
+    }
 
     /// A browser's preflight for a cross-origin GET with a bearer token: allowed for a listed origin only.
     async fn preflight(allowed: &[&str], origin: &str) -> Option<String> {

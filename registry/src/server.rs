@@ -25,8 +25,11 @@ pub struct RegistryConfig {
     pub root: PathBuf,
     /// The ed25519 signing key file, created on first start (`EDGEREC_REGISTRY_SIGNING_KEY`).
     pub signing_key: Option<PathBuf>,
-    /// Largest accepted upload in bytes (`EDGEREC_REGISTRY_MAX_UPLOAD_BYTES`).
+    /// Largest accepted upload in bytes, and most a bundle's files may add up to
+    /// (`EDGEREC_REGISTRY_MAX_UPLOAD_BYTES`).
     pub max_upload_bytes: u64,
+    /// How a published model is tried before it becomes a version.
+    pub probe: ProbeConfig,
     /// HTTP worker threads (`EDGEREC_REGISTRY_WORKERS`; 0: one per core).
     pub workers: usize,
     /// The production backend (S3 for blobs, DynamoDB for the rest) instead of the embedded one under `root`.
@@ -43,9 +46,33 @@ impl Default for RegistryConfig {
             root: default_root(),
             signing_key: None,
             max_upload_bytes: 256 << 20,
+            probe: ProbeConfig::default(),
             workers: 0,
             aws: None,
             allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// The probe of published models: the WASI ranker under wasmtime, with the limits edge nodes give a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// The WASI ranker module (default: the one `scripts/build-wasm.sh` built). Without one the model is probed
+    /// with tract in the registry's process, without bounds (the registry says so at start).
+    pub ranker_wasm: Option<PathBuf>,
+    /// Linear memory the probe may use, MiB (default: sized to the model, as on edge nodes).
+    pub instance_memory_mb: Option<u64>,
+    /// Time loading and one ranking may take, milliseconds.
+    pub deadline_ms: u64,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            ranker_wasm: None,
+            instance_memory_mb: None,
+            deadline_ms: 30_000,
         }
     }
 }
@@ -131,6 +158,7 @@ impl RegistryConfig {
             store,
             signer,
             max_upload_bytes: self.max_upload_bytes,
+            probe: Box::new(crate::service::InProcessProbe),
         })
     }
 
@@ -144,6 +172,7 @@ impl RegistryConfig {
             store,
             signer,
             max_upload_bytes: self.max_upload_bytes,
+            probe: Box::new(crate::service::InProcessProbe),
         })
     }
 }

@@ -127,12 +127,34 @@ pub struct Published {
     pub created: bool,
 }
 
-/// The registry: a store, a signing key, and the upload limit.
+/// Loads a published model as edge nodes would and ranks once, within bounds of its own: the registry must not
+/// be exhausted by a hostile model from a `publish` token.
+pub trait ModelProbe: Send + Sync + std::fmt::Debug {
+    /// `Err` with the reason the model cannot be served.
+    fn probe(&self, manifest_json: &[u8], model: &[u8]) -> Result<(), String>;
+}
+
+/// The probe without bounds of its own: tract in this process (for tools and tests; `edgerec registry serve`
+/// probes in the WASI ranker under wasmtime, with the limits of edge nodes).
+#[derive(Debug, Default)]
+pub struct InProcessProbe;
+
+impl ModelProbe for InProcessProbe {
+    fn probe(&self, manifest_json: &[u8], model: &[u8]) -> Result<(), String> {
+        load_tract_ranker(manifest_json, model)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The registry: a store, a signing key, the upload limit (for one blob, and for a bundle's files together) and
+/// the probe of published models.
 #[derive(Debug)]
 pub struct Registry<S> {
     pub store: S,
     pub signer: ManifestSigner,
     pub max_upload_bytes: u64,
+    pub probe: Box<dyn ModelProbe>,
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -221,6 +243,12 @@ impl<S: Store> Registry<S> {
                 )))
             };
         }
+        // The file list before any blob is read: safe names, each blob once, the total within the limit.
+        manifest
+            .check_files(manifest_json, self.max_upload_bytes)
+            .map_err(|e| {
+                RegistryError::Unprocessable(format!("the bundle does not verify: {e}"))
+            })?;
         let mut files: Vec<(String, Vec<u8>)> = Vec::with_capacity(manifest.files.len());
         for (name, entry) in &manifest.files {
             let bytes = self.store.get_blob(&entry.sha256).await?.ok_or_else(|| {
@@ -229,6 +257,14 @@ impl<S: Store> Registry<S> {
                     entry.sha256, entry.sha256
                 ))
             })?;
+            // Each file is refused as soon as it is not what the manifest says, before the next is read.
+            if bytes.len() as u64 != entry.size {
+                return Err(RegistryError::Unprocessable(format!(
+                    "the bundle does not verify: `{name}` is {} bytes but the manifest says {}",
+                    bytes.len(),
+                    entry.size
+                )));
+            }
             files.push((name.clone(), bytes));
         }
         let model_bytes = files
@@ -246,7 +282,8 @@ impl<S: Store> Registry<S> {
         edgerec_core::Bundle::verify(manifest_json, &borrowed).map_err(|e| {
             RegistryError::Unprocessable(format!("the bundle does not verify: {e}"))
         })?;
-        load_tract_ranker(manifest_json, model_bytes)
+        self.probe
+            .probe(manifest_json, model_bytes)
             .map_err(|e| RegistryError::Unprocessable(format!("the model is not servable: {e}")))?;
 
         let record = VersionRecord {

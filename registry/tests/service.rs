@@ -86,6 +86,7 @@ fn publishing_verifies_signs_and_keeps_versions_immutable<S: Store>(registry: &R
     let small_dir = tempfile::tempdir().expect("dir");
     let small = Registry {
         max_upload_bytes: 1000,
+        probe: Box::new(edgerec_registry::service::InProcessProbe),
         ..open_registry(small_dir.path())
     };
     assert!(matches!(
@@ -162,6 +163,51 @@ fn a_model_that_does_not_serve_is_refused_and_leaves_nothing<S: Store>(registry:
             .is_empty()
     );
     assert!(run(registry.store.audit(10)).expect("audit").is_empty());
+
+    // One large blob listed under many names (a manifest that would make the registry read it over and over), a
+    // file name that is a path, and a bundle past the size limit: all refused from the manifest alone, before any
+    // blob is read (none of these blobs was uploaded, so reading one would fail differently).
+    let (golden_manifest, golden_model) = golden();
+    let base: Manifest = serde_json::from_slice(&golden_manifest).expect("parses");
+    let entry = base.files[MODEL_FILE].clone();
+    let mut aliased = base.clone();
+    aliased.version = "9.9.10".into();
+    for i in 0..10 {
+        aliased
+            .files
+            .insert(format!("alias-{i}.bin"), entry.clone());
+    }
+    let mut traversal = base.clone();
+    traversal.version = "9.9.11".into();
+    traversal.files.insert(
+        "../../etc/passwd".into(),
+        edgerec_core::FileEntry {
+            sha256: Digest::of(b"x"),
+            size: 1,
+        },
+    );
+    let mut huge = base.clone();
+    huge.version = "9.9.12".into();
+    huge.files.get_mut(MODEL_FILE).expect("model").size = u64::MAX / 2;
+    for (manifest, expected) in [
+        (aliased, "same content"),
+        (traversal, "not a bundle file name"),
+        (huge, "limit"),
+    ] {
+        let json = serde_json::to_vec(&manifest).expect("serialises");
+        let error = run(registry.publish("golden-sasrec", &json, "alice")).expect_err("refused");
+        assert!(
+            matches!(&error, RegistryError::Unprocessable(m) if m.contains(expected)),
+            "{}: {error}",
+            manifest.version
+        );
+    }
+    assert!(golden_model.len() as u64 == entry.size);
+    assert!(
+        run(registry.store.list_versions(None))
+            .expect("lists")
+            .is_empty()
+    );
 }
 
 on_both_backends!(plans_are_validated_conditional_audited_and_roll_back);
@@ -329,6 +375,7 @@ fn an_unreachable_backend_is_unavailable_and_leaves_nothing() {
         }),
         signer: ManifestSigner::load_or_create(&dir.path().join("signing.key")).expect("key"),
         max_upload_bytes: 8 << 20,
+        probe: Box::new(edgerec_registry::service::InProcessProbe),
     };
     let error = run(without_dynamodb.publish("golden-sasrec", &golden_as("2.0.0"), "alice"))
         .expect_err("refused");
@@ -347,6 +394,7 @@ fn an_unreachable_backend_is_unavailable_and_leaves_nothing() {
         }),
         signer: ManifestSigner::load_or_create(&dir.path().join("signing.key")).expect("key"),
         max_upload_bytes: 8 << 20,
+        probe: Box::new(edgerec_registry::service::InProcessProbe),
     };
     let error =
         run(without_s3.upload_blob(&Digest::of(b"x").to_string(), b"x")).expect_err("refused");

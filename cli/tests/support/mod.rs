@@ -1,5 +1,9 @@
 //! What the `edgerec` command's test files share.
 
+// Not every test file drives nodes.
+#[allow(dead_code)]
+pub mod nodes;
+
 use std::net::TcpListener;
 use std::process::{Command, Output};
 

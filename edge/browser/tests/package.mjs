@@ -1,15 +1,16 @@
 // The browser package (edgerec.js) under Node, against a running registry and edge node:
-//   node edge/browser/tests/package.mjs PACKAGE_DIR REGISTRY_URL TOKEN NODE_URL
-// PACKAGE_DIR is the built package ($EDGEREC_WASM_DIR/browser). Every check throws on failure.
+//   node edge/browser/tests/package.mjs PACKAGE_DIR REGISTRY_URL TOKEN NODE_URL SITE_TOKEN
+// PACKAGE_DIR is the built package ($EDGEREC_WASM_DIR/browser); SITE_TOKEN a visitor token the node accepts, signed
+// by the site's backend. Every check throws on failure.
 
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 
-const [packageDir, registry, token, node] = process.argv.slice(2);
-if (!node) {
-  console.error("usage: package.mjs PACKAGE_DIR REGISTRY_URL TOKEN NODE_URL");
+const [packageDir, registry, token, node, siteToken] = process.argv.slice(2);
+if (!siteToken) {
+  console.error("usage: package.mjs PACKAGE_DIR REGISTRY_URL TOKEN NODE_URL SITE_TOKEN");
   process.exit(2);
 }
 const { EdgeRec, EdgeRecError } = await import(pathToFileURL(join(packageDir, "edgerec.js")));
@@ -34,13 +35,16 @@ const rejects = async (promise, kind, what) => {
   assert.fail(`${what}: no error`);
 };
 
-// The registry and the node serve the same verified bundle to the same visitor, and rank alike.
-const userId = "package-test-visitor";
+// The registry and the node serve the same verified bundle to the same visitor, and rank alike. From the node, the
+// visitor is an anonymous session the node issued: its id is the session's.
 const key = (await (await fetch(`${registry}/v1/signing-key`, { headers: { Authorization: `Bearer ${token}` } })).json())
   .public_key;
-const fromRegistry = await EdgeRec.connect({ registry: { url: registry, token }, userId, publicKey: key, wasm, storage: null });
 const storage = memory();
-const fromNode = await EdgeRec.connect({ node, userId, wasm, storage, batchSize: 3, flushIntervalMs: 60_000 });
+const fromNode = await EdgeRec.connect({ node, wasm, storage, batchSize: 3, flushIntervalMs: 60_000 });
+const userId = fromNode.userId;
+assert.match(userId, /^anon-[0-9a-f]{32}$/, "the node's anonymous visitor id");
+assert.equal(JSON.parse(storage.values.get("edgerec:session")).visitor, userId);
+const fromRegistry = await EdgeRec.connect({ registry: { url: registry, token }, userId, publicKey: key, wasm, storage: null });
 assert.deepEqual(fromNode.model.version, fromRegistry.model.version);
 assert.equal(fromNode.model.manifestDigest, fromRegistry.model.manifestDigest);
 assert.ok(storage.values.get(`edgerec:key:${node}`), "the node's key was not pinned");
@@ -80,6 +84,51 @@ assert.equal(dropped.length, 2, "an event older than the node accepts is dropped
 fromNode.track({ item: items[0] });
 assert.deepEqual(await fromNode.flush(), { sent: 1 });
 assert.equal(sent, 5);
+
+// Anonymous sessions: a page restarted with the same storage is the same visitor (its session renewed), another
+// page is another visitor, and a session's token names its own visitor only.
+const again = await EdgeRec.connect({ node, wasm, storage, flushIntervalMs: 60_000 });
+assert.equal(again.userId, userId, "a renewed session keeps the visitor id");
+const stranger = await EdgeRec.connect({ node, wasm, storage: memory() });
+assert.notEqual(stranger.userId, userId);
+const session = JSON.parse(storage.values.get("edgerec:session"));
+const forged = await fetch(`${node}/v1/events`, {
+  method: "POST",
+  headers: { "Content-Type": "application/json", Authorization: `Bearer ${session.token}` },
+  body: JSON.stringify({ events: [{ id: "forged-1", user: stranger.userId, item: items[1], kind: "purchase", time_ms: Date.now() }] }),
+});
+assert.equal(forged.status, 403, "a session token posting for another visitor");
+assert.equal((await forged.json()).error.kind, "forbidden");
+const anonymous = await fetch(`${node}/v1/recommend`, {
+  method: "POST",
+  headers: { "Content-Type": "application/json" },
+  body: JSON.stringify({ user_id: userId, k: 3, surface: "home" }),
+});
+assert.equal(anonymous.status, 401, "naming a visitor without their token");
+
+// The site's own visitor tokens: the id is the token's subject; a userId that is not it is refused.
+const siteSub = JSON.parse(Buffer.from(siteToken.split(".")[1], "base64url")).sub;
+let asked = 0;
+const provider = async () => {
+  asked += 1;
+  return siteToken;
+};
+const signedIn = await EdgeRec.connect({ node, visitorToken: provider, wasm, storage: memory(), flushIntervalMs: 60_000 });
+assert.equal(signedIn.userId, siteSub);
+signedIn.track({ item: items[2] });
+assert.deepEqual(await signedIn.flush(), { sent: 1 });
+assert.equal((await signedIn.recommendOnNode({ k: 3 })).items.length, 3);
+assert.equal(asked, 1, "a token with time left is reused");
+await rejects(
+  EdgeRec.connect({ node, visitorToken: provider, userId: "someone-else", wasm, storage: null }),
+  "invalid_token",
+  "userId not the token's subject",
+);
+await rejects(
+  EdgeRec.connect({ node, visitorToken: async () => "not-a-jwt", wasm, storage: null }),
+  "invalid_token",
+  "a provider returning garbage",
+);
 
 // The registry alone gives no node to send events to: the history is kept, nothing is queued.
 fromRegistry.track({ item: items[9] });

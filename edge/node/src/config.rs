@@ -7,11 +7,24 @@ use std::time::Duration;
 use edgerec_features::config::FeaturesConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::AuthConfig;
+use crate::rate::RateLimitConfig;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
     /// Address to listen on; port 0 picks a free port (the node prints the one it got).
     pub listen: String,
+    /// Where the operator's routes (`/metrics`, `/v1/deployments`, and `/healthz`, `/readyz` again) are served;
+    /// `null`: nowhere. Keep it off the internet (the default is loopback only).
+    pub admin_listen: Option<String>,
+    /// How visitors and server-to-server callers prove who they are. Required: a node without it refuses to
+    /// start unless `insecure_no_auth` is set.
+    pub auth: Option<AuthConfig>,
+    /// Serve without checking any credential (anyone may read and write any user's data). Refused unless every
+    /// listen address is a loopback one.
+    pub insecure_no_auth: bool,
+    pub rate_limits: RateLimitConfig,
     /// HTTP workers, each with its own ranker instance per model; 0 means one per core.
     pub workers: usize,
     /// The surfaces (plan names in the registry) this node serves.
@@ -22,12 +35,16 @@ pub struct NodeConfig {
     /// Where the compiled ranker is cached.
     pub module_cache: Option<PathBuf>,
     pub limits: RequestLimits,
+    pub ranker: RankerConfig,
     pub deadlines: Deadlines,
     pub feature_cache: FeatureCacheConfig,
     /// How often the write-ahead log is closed and shipped to the event log.
     pub ship_interval_ms: u64,
     /// How often item popularity (the fallback ranking) is re-read from the feature store.
     pub popularity_refresh_ms: u64,
+    /// How long `/v1/catalogue` answers from its copy before reading the store again (one read per surface per
+    /// interval, however many pages load it).
+    pub catalogue_refresh_ms: u64,
     /// A folder served as static files at `/` (the web demo).
     pub web_demo: Option<PathBuf>,
     /// The browser package (`edgerec.js`, its types and the browser ranker from `scripts/build-wasm.sh`), served
@@ -48,16 +65,22 @@ impl Default for NodeConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            admin_listen: Some("127.0.0.1:8081".into()),
+            auth: None,
+            insecure_no_auth: false,
+            rate_limits: RateLimitConfig::default(),
             workers: 0,
             surfaces: vec!["home".into()],
             registry: FollowerConfig::default(),
             ranker_wasm: None,
             module_cache: None,
             limits: RequestLimits::default(),
+            ranker: RankerConfig::default(),
             deadlines: Deadlines::default(),
             feature_cache: FeatureCacheConfig::default(),
             ship_interval_ms: 60_000,
             popularity_refresh_ms: 60_000,
+            catalogue_refresh_ms: 30_000,
             web_demo: None,
             browser_package: None,
             allowed_origins: Vec::new(),
@@ -102,6 +125,12 @@ pub struct RequestLimits {
     pub max_recommend_bytes: usize,
     /// Bytes of a `/v1/events` body.
     pub max_events_bytes: usize,
+    /// Bytes one served-request record may add to the serving log, bounded before ranking from the request (its
+    /// user, the history the model reads — at most the model's `max_len` known items —, its context and `k`
+    /// answers of the model's longest id); a request over it is refused with 413.
+    pub max_served_record_bytes: usize,
+    /// Items in one page of `/v1/catalogue` (`?limit=`).
+    pub max_catalogue_page: usize,
 }
 
 impl Default for RequestLimits {
@@ -112,6 +141,32 @@ impl Default for RequestLimits {
             max_exclude: 2_000,
             max_recommend_bytes: 256 << 10,
             max_events_bytes: 2 << 20,
+            max_served_record_bytes: 128 << 10,
+            max_catalogue_page: 1_000,
+        }
+    }
+}
+
+/// What each served model may cost: a fixed pool of ranker instances, each with a memory limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RankerConfig {
+    /// Ranker instances per model (0: one per HTTP worker). Rankings beyond them wait.
+    pub instances: usize,
+    /// How long a ranking waits for a free instance before the request is answered by popularity (flagged
+    /// `degraded.reason: "busy"`).
+    pub wait_ms: u64,
+    /// Linear memory one instance may use, in MiB. Default: sized to the model, 64 MiB plus 16 times the bundle.
+    /// A model that needs more fails its load (the previous model keeps serving).
+    pub instance_memory_mb: Option<u64>,
+}
+
+impl Default for RankerConfig {
+    fn default() -> Self {
+        Self {
+            instances: 0,
+            wait_ms: 50,
+            instance_memory_mb: None,
         }
     }
 }
@@ -207,6 +262,11 @@ impl NodeConfig {
             ("deadlines.features_ms", self.deadlines.features_ms),
             ("ship_interval_ms", self.ship_interval_ms),
             ("popularity_refresh_ms", self.popularity_refresh_ms),
+            ("catalogue_refresh_ms", self.catalogue_refresh_ms),
+            (
+                "limits.max_catalogue_page",
+                self.limits.max_catalogue_page as u64,
+            ),
         ] {
             if value == 0 {
                 return Err(format!("`{name}` must be at least 1"));
@@ -216,6 +276,50 @@ impl NodeConfig {
             return Err("`limits.max_k` must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// Refuses a node that would serve the internet without checking credentials: no `auth` section and no
+    /// `insecure_no_auth`, or `insecure_no_auth` on an address beyond loopback.
+    pub fn check_security(&self) -> Result<(), String> {
+        if self.insecure_no_auth {
+            let mut addresses = std::net::ToSocketAddrs::to_socket_addrs(self.listen.as_str())
+                .map_err(|e| format!("cannot resolve `listen` {}: {e}", self.listen))?;
+            if let Some(open) = addresses.find(|a| !a.ip().is_loopback()) {
+                return Err(format!(
+                    "--insecure-no-auth is refused on {open}: without authentication anyone can read and write \
+                     any user's data, so it is allowed on loopback addresses only"
+                ));
+            }
+            return Ok(());
+        }
+        match &self.auth {
+            None => Err("the node needs an `auth` configuration: visitor token keys (`auth.visitor_tokens`, \
+                 --visitor-secret-file, --jwks) and/or anonymous sessions (`auth.anonymous_sessions.enabled`, \
+                 --anonymous-sessions); --insecure-no-auth runs without (loopback only)"
+                .into()),
+            Some(auth) if !auth.names_visitors() && self.web_demo.is_some() => Err(
+                "the web demo needs visitor tokens or anonymous sessions (--anonymous-sessions)".into(),
+            ),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// How every model's instances are run.
+    pub fn pool_settings(&self) -> crate::model::PoolSettings {
+        crate::model::PoolSettings {
+            instances: if self.ranker.instances > 0 {
+                self.ranker.instances
+            } else {
+                self.worker_count()
+            },
+            wait: Duration::from_millis(self.ranker.wait_ms),
+            memory_bytes: self
+                .ranker
+                .instance_memory_mb
+                .map(|mb| usize::try_from(mb << 20).unwrap_or(usize::MAX)),
+            rank_deadline: self.deadlines.rank(),
+            load_deadline: self.deadlines.load(),
+        }
     }
 
     /// Worker threads (and ranker instances per model).

@@ -19,11 +19,14 @@ use crate::config::NodeConfig;
 use crate::deployment::{Deployment, Deployments, ServingVariant};
 use crate::host::RankerEngine;
 use crate::metrics::NodeMetrics;
-use crate::model::{LoadedModel, ModelFiles, RolloutError};
+use crate::model::{LoadedModel, ModelFiles, PoolSettings, RolloutError};
 
 /// Longest a registry call may take (a bundle download included), so that a registry that stops answering cannot
 /// hold the follower, or the node's shutdown, for long.
 const REGISTRY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest pause before a failed roll-out that is worth retrying is tried again.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(300);
 
 /// Refuses a plan the node cannot serve as it is meant: another surface's, without variants, or with weights that
 /// leave users unassigned (the registry validates plans, but they are not signed).
@@ -73,12 +76,13 @@ pub struct Follower {
     engine: Arc<RankerEngine>,
     deployments: Arc<Deployments>,
     metrics: NodeMetrics,
-    instances: usize,
-    rank_deadline: Duration,
-    load_deadline: Duration,
+    pool: PoolSettings,
     /// The plan revision of each surface whose roll-out failed for good (bad signature, model that does not load):
     /// not retried until the plan changes again.
     refused: HashMap<String, u64>,
+    /// Plans whose roll-out failed in a way worth retrying (a load that ran out of time): the revision, the
+    /// failures so far and when to try again (doubling from the poll interval, at most [`MAX_RETRY_WAIT`]).
+    retry: HashMap<String, (u64, u32, Instant)>,
     /// Surfaces whose registry error was already logged (logged again only after a success).
     unreachable: HashMap<String, String>,
     /// The last error getting the registry's key, already logged.
@@ -114,10 +118,9 @@ impl Follower {
             engine,
             deployments,
             metrics,
-            instances: config.worker_count(),
-            rank_deadline: config.deadlines.rank(),
-            load_deadline: config.deadlines.load(),
+            pool: config.pool_settings(),
             refused: HashMap::new(),
+            retry: HashMap::new(),
             unreachable: HashMap::new(),
             key_error: None,
         }
@@ -198,6 +201,12 @@ impl Follower {
         if self.refused.get(surface) == Some(&plan.revision) {
             return;
         }
+        if let Some(&(revision, _, at)) = self.retry.get(surface)
+            && revision == plan.revision
+            && Instant::now() < at
+        {
+            return;
+        }
         if plan.surface != surface {
             let error = RolloutError::Plan {
                 surface: surface.to_string(),
@@ -206,8 +215,11 @@ impl Follower {
             self.failed(surface, plan.revision, &error);
             return;
         }
-        if let Err(e) = self.roll_out(&key, &plan, Source::Registry) {
-            self.failed(surface, plan.revision, &e);
+        match self.roll_out(&key, &plan, Source::Registry) {
+            Ok(()) => {
+                self.retry.remove(surface);
+            }
+            Err(e) => self.failed(surface, plan.revision, &e),
         }
     }
 
@@ -229,6 +241,19 @@ impl Follower {
         );
         if error.is_permanent() {
             self.refused.insert(surface.to_string(), revision);
+        } else {
+            let failures = match self.retry.get(surface) {
+                Some(&(r, failures, _)) if r == revision => failures + 1,
+                _ => 1,
+            };
+            let wait = self
+                .poll_interval
+                .saturating_mul(1 << failures.min(16))
+                .min(MAX_RETRY_WAIT);
+            self.retry.insert(
+                surface.to_string(),
+                (revision, failures, Instant::now() + wait),
+            );
         }
     }
 
@@ -308,13 +333,16 @@ impl Follower {
                     };
                     let files = self.files(record, matches!(source, Source::Registry))?;
                     files.check_signature(key)?;
-                    let loaded = LoadedModel::load(
-                        self.engine.clone(),
-                        files,
-                        self.instances,
-                        self.rank_deadline,
-                        self.load_deadline,
-                    )?;
+                    let loaded = LoadedModel::load(self.engine.clone(), files, &self.pool)?;
+                    let (limit, used) = loaded.memory();
+                    crate::log_line(
+                        "follower",
+                        serde_json::json!({
+                            "loaded": format!("{}@{}", variant.model, variant.version),
+                            "instance_memory_bytes": used,
+                            "instance_memory_limit_bytes": limit,
+                        }),
+                    );
                     if let Err(e) = self.keep(&loaded.files) {
                         crate::log_line("follower", serde_json::json!({"warning": e.to_string()}));
                     }

@@ -1,5 +1,5 @@
 //! The wasmtime host of the WASI ranker: compile once, cache the machine code, one instance per worker, a CPU
-//! deadline on every call.
+//! deadline on every call and a memory limit on every instance.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use edgerec_core::{Digest, ErrorReport, RankRequest, Ranking};
 use serde::Deserialize;
-use wasmtime::{Config, Engine, Instance, Linker, Memory, Module, Store, Trap, TypedFunc};
+use wasmtime::{
+    Config, Engine, Instance, Linker, Memory, Module, Store, StoreLimits, StoreLimitsBuilder, Trap,
+    TypedFunc,
+};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
 
@@ -54,6 +57,8 @@ pub enum HostError {
     InputTooLarge(usize),
     #[error("this instance trapped earlier and must be replaced")]
     Poisoned,
+    #[error("no ranker instance was free within {0:?}")]
+    Busy(Duration),
     #[error("the ranker's answer is not what the ABI promises: {0}")]
     BadAnswer(String),
     #[error("the ranker refused the call: {0}")]
@@ -82,12 +87,18 @@ pub struct Loaded {
     pub items: usize,
 }
 
+/// What a store holds besides the instance: its WASI context and its resource limits.
+struct HostState {
+    wasi: WasiP1Ctx,
+    limits: StoreLimits,
+}
+
 /// The compiled ranker module and the engine that runs it; share one per process.
 #[derive(Debug)]
 pub struct RankerEngine {
     engine: Engine,
     module: Module,
-    linker: Arc<Linker<WasiP1Ctx>>,
+    linker: Arc<Linker<HostState>>,
     ticker: Arc<EpochTicker>,
 }
 
@@ -162,7 +173,7 @@ impl RankerEngine {
 
     fn with_module(engine: Engine, module: Module) -> Result<Self, HostError> {
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |cx: &mut WasiP1Ctx| cx)
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |state: &mut HostState| &mut state.wasi)
             .map_err(|e| HostError::Engine(wasm_error(e)))?;
         let ticker = Arc::new(EpochTicker::start(engine.clone())?);
         Ok(Self {
@@ -173,10 +184,30 @@ impl RankerEngine {
         })
     }
 
-    /// A fresh instance with its own memory, for one worker.
+    /// A fresh instance with its own memory, for one worker, without a memory limit (tools, tests).
     pub fn instantiate(&self) -> Result<RankerInstance, HostError> {
+        self.instantiate_limited(None)
+    }
+
+    /// A fresh instance whose linear memory may not grow past `memory_bytes`: past it the module's allocations
+    /// fail (it aborts, a trap), so a hostile or broken model cannot take the node's memory.
+    pub fn instantiate_limited(
+        &self,
+        memory_bytes: Option<usize>,
+    ) -> Result<RankerInstance, HostError> {
         let wasi = WasiCtxBuilder::new().inherit_stderr().build_p1();
-        let mut store = Store::new(&self.engine, wasi);
+        let mut limits = StoreLimitsBuilder::new().instances(1).memories(1);
+        if let Some(bytes) = memory_bytes {
+            limits = limits.memory_size(bytes);
+        }
+        let mut store = Store::new(
+            &self.engine,
+            HostState {
+                wasi,
+                limits: limits.build(),
+            },
+        );
+        store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(u64::MAX / 2);
         let instance = self
             .linker
@@ -233,7 +264,7 @@ fn compile_and_cache(engine: &Engine, wasm: &[u8], cached: &Path) -> Result<Modu
 
 /// One instance of the ranker: its own memory and loaded model. Not shared between threads.
 pub struct RankerInstance {
-    store: Store<WasiP1Ctx>,
+    store: Store<HostState>,
     memory: Memory,
     abi_version: TypedFunc<(), u32>,
     alloc: TypedFunc<u32, u32>,
@@ -256,7 +287,7 @@ impl std::fmt::Debug for RankerInstance {
 
 impl RankerInstance {
     fn bind(
-        mut store: Store<WasiP1Ctx>,
+        mut store: Store<HostState>,
         instance: Instance,
         ticker: Arc<EpochTicker>,
     ) -> Result<Self, HostError> {
@@ -321,6 +352,11 @@ impl RankerInstance {
 
     pub fn is_poisoned(&self) -> bool {
         self.poisoned
+    }
+
+    /// Bytes of linear memory the instance has grown to.
+    pub fn memory_bytes(&self) -> usize {
+        self.memory.data_size(&self.store)
     }
 
     /// Copies each input into a buffer allocated in the module, recording every buffer it allocated (so the

@@ -1,7 +1,8 @@
-//! The node's HTTP API: `/v1/recommend`, `/v1/events`, `/v1/deployments`, `/healthz`, `/readyz`, `/metrics`; and
-//! for pages that rank on the device, read-only and without a token: `/v1/plans/{surface}`,
+//! The node's HTTP API. Public: `/v1/recommend`, `/v1/events` and `/v1/session` behind the gate ([`crate::guard`]:
+//! credentials and rates); for pages that rank on the device, read-only and without a token: `/v1/plans/{surface}`,
 //! `/v1/models/{model}/versions/{version}`, `/v1/blobs/{digest}` and `/v1/signing-key` (the registry's read API,
-//! limited to what this node serves, so the browser package reads either), and `/v1/catalogue/{surface}`.
+//! limited to what this node serves, so the browser package reads either), and `/v1/catalogue/{surface}`;
+//! `/healthz` and `/readyz`. On the admin address only: `/metrics` and `/v1/deployments`.
 
 use std::time::Instant;
 
@@ -18,6 +19,9 @@ use edgerec_features::store::FeatureStore;
 // Which other sites' pages may call the API (`*` for any): the registry's rules, so a page can use either.
 use edgerec_registry::http::cors;
 
+use crate::auth::{AuthError, Caller};
+use crate::catalogue::PageQuery;
+use crate::guard::{Refusal, gate};
 use crate::service::{EventBatch, NodeState, RecommendRequest, ServiceError};
 
 impl ResponseError for ServiceError {
@@ -27,20 +31,27 @@ impl ResponseError for ServiceError {
             | ServiceError::Ingest(edgerec_features::ingest::IngestError::Invalid(_)) => {
                 StatusCode::BAD_REQUEST
             }
+            ServiceError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ServiceError::Auth(AuthError::Unauthenticated(_)) => StatusCode::UNAUTHORIZED,
+            ServiceError::Auth(AuthError::Forbidden(_)) => StatusCode::FORBIDDEN,
             ServiceError::UnknownSurface(_) | ServiceError::NotServed(_) => StatusCode::NOT_FOUND,
             ServiceError::NotReady(_)
             | ServiceError::NoKeyYet
             | ServiceError::Ingest(_)
-            | ServiceError::FeatureStore(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | ServiceError::FeatureStore => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        error_body(self.status_code(), self.kind(), &self.to_string())
+        match self {
+            // The same answer (and WWW-Authenticate) as a refusal at the gate.
+            ServiceError::Auth(e) => Refusal::Auth(e.clone()).response(),
+            _ => error_body(self.status_code(), self.kind(), &self.to_string()),
+        }
     }
 }
 
-fn error_body(status: StatusCode, kind: &str, message: &str) -> HttpResponse {
+pub(crate) fn error_body(status: StatusCode, kind: &str, message: &str) -> HttpResponse {
     HttpResponse::build(status)
         .json(serde_json::json!({ "error": { "kind": kind, "message": message } }))
 }
@@ -49,18 +60,54 @@ type Shared<S> = web::Data<NodeState<S>>;
 
 async fn recommend<S: FeatureStore>(
     state: Shared<S>,
+    caller: web::ReqData<Caller>,
     request: web::Json<RecommendRequest>,
 ) -> Result<HttpResponse, ServiceError> {
-    let answer = state.recommend(request.into_inner()).await?;
+    let answer = state.recommend(&caller, request.into_inner()).await?;
     Ok(HttpResponse::Ok().json(answer))
 }
 
 async fn events<S: FeatureStore>(
     state: Shared<S>,
+    caller: web::ReqData<Caller>,
     batch: web::Json<EventBatch>,
 ) -> Result<HttpResponse, ServiceError> {
-    let ack = state.ingest(batch.into_inner()).await?;
+    let ack = state.ingest(&caller, batch.into_inner()).await?;
     Ok(HttpResponse::Ok().json(ack))
+}
+
+/// `POST /v1/session`: the body of a session request (empty for a new visitor).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionRequest {
+    /// A previous anonymous token of this node (expired or not, within the renewal window): the new token keeps
+    /// its visitor id.
+    #[serde(default)]
+    previous: Option<String>,
+}
+
+/// An anonymous visitor token for a new visitor, or a renewal of a previous one.
+async fn session<S: FeatureStore>(
+    state: Shared<S>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ServiceError> {
+    let Some(issuer) = state.auth.sessions() else {
+        return Err(ServiceError::NotServed(
+            "this node issues no anonymous sessions (auth.anonymous_sessions.enabled)".into(),
+        ));
+    };
+    let request: SessionRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        SessionRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ServiceError::BadRequest {
+            kind: "invalid_json".into(),
+            message: format!("the JSON body does not parse: {e}"),
+        })?
+    };
+    let session = issuer.issue(request.previous.as_deref())?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(session))
 }
 
 /// The plan this node carries out for `surface` (what a browser needs to pick the same variant as the node).
@@ -125,9 +172,10 @@ async fn signing_key<S: FeatureStore>(state: Shared<S>) -> Result<HttpResponse, 
 async fn catalogue<S: FeatureStore>(
     state: Shared<S>,
     surface: web::Path<String>,
+    query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ServiceError> {
-    let items = state.catalogue(&surface).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "surface": surface.as_str(), "items": items })))
+    let page = state.catalogue_page(&surface, query.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(page))
 }
 
 async fn deployments<S: FeatureStore>(state: Shared<S>) -> HttpResponse {
@@ -167,6 +215,10 @@ async fn metrics<S: FeatureStore>(state: Shared<S>) -> HttpResponse {
         .metrics
         .ingest_apply_failures
         .set(ingest.apply_failures as i64);
+    state
+        .metrics
+        .rate_limited_clients
+        .set(state.rate.tracked() as i64);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())
@@ -286,7 +338,35 @@ async fn package_file(
     Ok(response)
 }
 
-/// Registers every route on `config`, and the static folders.
+/// Query strings that do not parse get the node's error shape.
+fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|error, _| {
+        let response = error_body(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            &format!("the query string does not parse: {error}"),
+        );
+        actix_web::error::InternalError::from_response(error, response).into()
+    })
+}
+
+/// Bytes of a `/v1/session` body (at most a previous token).
+const MAX_SESSION_BODY: usize = 8 << 10;
+
+/// The operator's routes, for the admin address: metrics, deployments, health.
+pub fn configure_admin<S: FeatureStore>(config: &mut web::ServiceConfig, state: Shared<S>) {
+    config
+        .app_data(state)
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz::<S>))
+        .route("/metrics", web::get().to(metrics::<S>))
+        .route("/v1/deployments", web::get().to(deployments::<S>))
+        .default_service(web::to(|| async {
+            error_body(StatusCode::NOT_FOUND, "not_found", "no such route")
+        }));
+}
+
+/// Registers every public route on `config`, and the static folders.
 pub fn configure<S: FeatureStore>(
     config: &mut web::ServiceConfig,
     state: Shared<S>,
@@ -296,9 +376,9 @@ pub fn configure<S: FeatureStore>(
     let limits = state.limits.clone();
     config
         .app_data(state)
+        .app_data(query_config())
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz::<S>))
-        .route("/metrics", web::get().to(metrics::<S>))
         .service(
             web::scope("/v1")
                 .wrap(cors(allowed_origins))
@@ -306,14 +386,21 @@ pub fn configure<S: FeatureStore>(
                 .service(
                     web::resource("/recommend")
                         .app_data(json_config(limits.max_recommend_bytes))
+                        .wrap(actix_web::middleware::from_fn(gate::<S>))
                         .route(web::post().to(recommend::<S>)),
                 )
                 .service(
                     web::resource("/events")
                         .app_data(json_config(limits.max_events_bytes))
+                        .wrap(actix_web::middleware::from_fn(gate::<S>))
                         .route(web::post().to(events::<S>)),
                 )
-                .route("/deployments", web::get().to(deployments::<S>))
+                .service(
+                    web::resource("/session")
+                        .app_data(web::PayloadConfig::new(MAX_SESSION_BODY))
+                        .wrap(actix_web::middleware::from_fn(gate::<S>))
+                        .route(web::post().to(session::<S>)),
+                )
                 .route("/plans/{surface}", web::get().to(plan::<S>))
                 .route(
                     "/models/{model}/versions/{version}",

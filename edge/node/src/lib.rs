@@ -1,15 +1,22 @@
 //! The EdgeRec edge node: serves `/v1/recommend` from the WASI ranker under wasmtime ([`RankerEngine`]), takes
 //! `/v1/events` into the durable ingest, follows the registry's deployment plans ([`follower`]) and swaps models
 //! atomically, reads features through a short-lived cache, and degrades instead of failing when a dependency does.
+//! Every request that names a user proves it may ([`auth`]), and every client is held to its rate ([`rate`]).
 
+pub mod auth;
+pub mod catalogue;
 pub mod config;
 pub mod deployment;
 pub mod features;
 pub mod follower;
+mod guard;
 mod host;
 pub mod http;
 pub mod metrics;
 pub mod model;
+mod pool;
+pub mod probe;
+pub mod rate;
 pub mod service;
 
 use std::net::SocketAddr;
@@ -24,11 +31,14 @@ pub use host::{
     DEFAULT_CALL_DEADLINE, DEFAULT_LOAD_DEADLINE, HostError, Loaded, RankerEngine, RankerInstance,
 };
 
+use crate::auth::{AuthSetupError, Authenticator};
+use crate::catalogue::CatalogueCache;
 use crate::config::NodeConfig;
 use crate::deployment::Deployments;
 use crate::features::{Popularity, UserFeatureReader};
 use crate::follower::Follower;
 use crate::metrics::NodeMetrics;
+use crate::rate::ClientLimits;
 use crate::service::NodeState;
 
 /// Why a node could not start.
@@ -44,6 +54,10 @@ pub enum NodeError {
     Store(#[from] StoreError),
     #[error("the ingest: {0}")]
     Ingest(#[from] IngestError),
+    #[error("{0}")]
+    Config(String),
+    #[error("authentication: {0}")]
+    Auth(#[from] AuthSetupError),
     #[error("cannot listen on {address}: {source}")]
     Listen {
         address: String,
@@ -62,9 +76,19 @@ pub(crate) fn log_line(target: &str, mut fields: serde_json::Value) {
     eprintln!("{fields}");
 }
 
+/// Where a started node accepts connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listening {
+    /// The public API.
+    pub public: Vec<SocketAddr>,
+    /// The operator's routes (empty when `admin_listen` is `null`).
+    pub admin: Vec<SocketAddr>,
+}
+
 /// Runs a node on the feature store its configuration names (DynamoDB with an `aws` section, else the embedded
 /// one) until SIGINT or SIGTERM. `on_listening` gets the bound addresses once the node accepts connections.
-pub fn run(config: NodeConfig, on_listening: impl FnOnce(&[SocketAddr])) -> Result<(), NodeError> {
+pub fn run(config: NodeConfig, on_listening: impl FnOnce(&Listening)) -> Result<(), NodeError> {
+    config.check_security().map_err(NodeError::Config)?;
     let background = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("edgerec-node-bg")
@@ -93,8 +117,20 @@ pub fn run_with<S: FeatureStore>(
     config: NodeConfig,
     store: Arc<S>,
     background: tokio::runtime::Runtime,
-    on_listening: impl FnOnce(&[SocketAddr]),
+    on_listening: impl FnOnce(&Listening),
 ) -> Result<(), NodeError> {
+    config.check_security().map_err(NodeError::Config)?;
+    let auth = match &config.auth {
+        Some(auth) if !config.insecure_no_auth => Authenticator::new(auth, &config.models_dir())?,
+        _ => {
+            log_line(
+                "auth",
+                serde_json::json!({"warning": "--insecure-no-auth: no credential is checked; anyone who can reach this node can read and write any user's data"}),
+            );
+            Authenticator::insecure()
+        }
+    };
+    let rate = ClientLimits::new(&config.rate_limits);
     let wasm = config.ranker_wasm.clone().ok_or(NodeError::NoRanker)?;
     let cache = config
         .module_cache
@@ -157,6 +193,9 @@ pub fn run_with<S: FeatureStore>(
     });
 
     let state = actix_web::web::Data::new(NodeState {
+        auth,
+        rate,
+        catalogue: CatalogueCache::new(Duration::from_millis(config.catalogue_refresh_ms)),
         node_id: config.features.ingest.node_id.clone(),
         surfaces: config.surfaces.clone(),
         limits: config.limits.clone(),
@@ -173,24 +212,62 @@ pub fn run_with<S: FeatureStore>(
         web_demo: config.web_demo.clone(),
         browser_package: config.browser_package.clone(),
     };
+    // Rate-limit tables keep only clients seen recently.
+    let forget = background.spawn({
+        let state = state.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                state.rate.forget_idle();
+            }
+        }
+    });
     let allowed_origins = config.allowed_origins.clone();
+    let listen_failed = |address: &str| {
+        let address = address.to_string();
+        move |source| NodeError::Listen { address, source }
+    };
     let served = actix_web::rt::System::new().block_on(async {
-        let server = actix_web::HttpServer::new(move || {
-            let (state, folders) = (state.clone(), folders.clone());
-            let allowed_origins = allowed_origins.clone();
-            actix_web::App::new()
-                .configure(move |c| http::configure(c, state, folders, &allowed_origins))
+        let public = actix_web::HttpServer::new({
+            let state = state.clone();
+            move || {
+                let (state, folders) = (state.clone(), folders.clone());
+                let allowed_origins = allowed_origins.clone();
+                actix_web::App::new()
+                    .configure(move |c| http::configure(c, state, folders, &allowed_origins))
+            }
         })
         .workers(config.worker_count())
         .shutdown_timeout(5)
         .bind(&config.listen)
-        .map_err(|source| NodeError::Listen {
-            address: config.listen.clone(),
-            source,
-        })?;
-        on_listening(&server.addrs());
-        server.run().await.map_err(NodeError::from)
+        .map_err(listen_failed(&config.listen))?;
+        let admin = match &config.admin_listen {
+            Some(address) => Some(
+                actix_web::HttpServer::new({
+                    let state = state.clone();
+                    move || {
+                        let state = state.clone();
+                        actix_web::App::new().configure(move |c| http::configure_admin(c, state))
+                    }
+                })
+                .workers(1)
+                .shutdown_timeout(1)
+                .bind(address)
+                .map_err(listen_failed(address))?,
+            ),
+            None => None,
+        };
+        on_listening(&Listening {
+            public: public.addrs(),
+            admin: admin.as_ref().map(|a| a.addrs()).unwrap_or_default(),
+        });
+        match admin {
+            Some(admin) => tokio::try_join!(public.run(), admin.run()).map(|_| ()),
+            None => public.run().await,
+        }
+        .map_err(NodeError::from)
     });
+    forget.abort();
 
     // Stopped (or failed to start): stop following (without waiting for a roll-out in progress: it only writes
     // through temporary files), ship what was acknowledged, close the log.

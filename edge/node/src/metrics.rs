@@ -25,6 +25,12 @@ pub struct NodeMetrics {
     /// Write-ahead log records not yet applied to the feature store (set when metrics are read).
     pub ingest_backlog: prometheus::IntGauge,
     pub ingest_apply_failures: prometheus::IntGauge,
+    /// Requests refused before they were read, by kind (unauthenticated, forbidden, rate_limited).
+    pub refusals: IntCounterVec,
+    /// Times a surface's catalogue was read from the store.
+    pub catalogue_builds: prometheus::IntCounter,
+    /// Clients with a live rate-limit entry (set when metrics are read).
+    pub rate_limited_clients: prometheus::IntGauge,
 }
 
 impl Default for NodeMetrics {
@@ -121,6 +127,21 @@ impl NodeMetrics {
             ingest_apply_failures: register!(prometheus::IntGauge::with_opts(counter(
                 "ingest_apply_failures",
                 "Failed attempts to apply acknowledged records to the feature store (retried)."
+            ))),
+            refusals: register!(IntCounterVec::new(
+                counter(
+                    "refusals_total",
+                    "Requests refused for their credential or rate, by kind and limit."
+                ),
+                &["kind", "limit"]
+            )),
+            catalogue_builds: register!(prometheus::IntCounter::with_opts(counter(
+                "catalogue_builds_total",
+                "Catalogue reads from the feature store (at most one per surface per refresh interval)."
+            ))),
+            rate_limited_clients: register!(prometheus::IntGauge::with_opts(counter(
+                "rate_limit_clients",
+                "Clients (addresses, visitors, API keys) with a live rate-limit entry."
             ))),
             registry,
         }

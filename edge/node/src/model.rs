@@ -1,8 +1,8 @@
-//! A model version in service: its verified files, a pool of ranker instances that have it loaded, and its
-//! ranking for a user with no history (the fallback of last resort).
+//! A model version in service: its verified files, a fixed pool of ranker instances that have it loaded (each
+//! under a memory limit), and its ranking for a user with no history (the fallback of last resort).
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use edgerec_core::{Digest, MODEL_FILE, Manifest, RankRequest, Ranking, ScoredItem};
@@ -11,6 +11,7 @@ use edgerec_registry::records::VersionRecord;
 use edgerec_registry::signing::verify_manifest_signature;
 
 use crate::host::{HostError, RankerEngine, RankerInstance};
+use crate::pool::InstancePool;
 
 /// Items kept from the empty-history ranking, for answers when nothing better is known.
 const PRIOR_LEN: u32 = 1_000;
@@ -124,16 +125,21 @@ impl ModelFiles {
     }
 }
 
-/// A verified model loaded in a pool of ranker instances.
+/// A verified model loaded in a fixed pool of ranker instances.
 pub struct LoadedModel {
     pub files: ModelFiles,
-    engine: Arc<RankerEngine>,
-    idle: Arc<Mutex<Vec<RankerInstance>>>,
+    pool: Arc<InstancePool>,
     prior: Vec<ScoredItem>,
     items: Vec<String>,
     known: HashSet<String>,
+    /// Recent items the model reads.
+    max_len: usize,
+    /// Bytes of its longest item id.
+    longest_id: usize,
+    /// What one instance may take, and what the first took after its warm-up.
+    memory_limit: usize,
+    memory_used: usize,
     rank_deadline: Duration,
-    load_deadline: Duration,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -145,16 +151,33 @@ impl std::fmt::Debug for LoadedModel {
     }
 }
 
+/// How a model's instances are run (from [`crate::config::RankerConfig`] and the deadlines).
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub instances: usize,
+    /// How long a ranking waits for a free instance.
+    pub wait: Duration,
+    /// Memory one instance may use; `None`: sized to the model ([`default_memory_limit`]).
+    pub memory_bytes: Option<usize>,
+    pub rank_deadline: Duration,
+    pub load_deadline: Duration,
+}
+
+/// The memory limit of an instance when none is configured: room for the ranker itself and tract's working set
+/// (64 MiB) plus 16 times the bundle, for the parsed graph, the optimised one and the tensors between.
+pub fn default_memory_limit(bundle_bytes: usize) -> usize {
+    (64 << 20) + 16 * bundle_bytes
+}
+
 impl LoadedModel {
-    /// Loads verified `files` into `instances` ranker instances and warms the model up: a ranking with no history
+    /// Loads verified `files` into a pool of ranker instances and warms the model up: a ranking with no history
     /// and rankings whose histories cover every item of the vocabulary must all succeed with finite scores (the
     /// ranker refuses non-finite ones), so a model that fails on some input is caught here and not by a user.
+    /// Every instance runs under the memory limit, so a model that would take more fails here too.
     pub fn load(
         engine: Arc<RankerEngine>,
         files: ModelFiles,
-        instances: usize,
-        rank_deadline: Duration,
-        load_deadline: Duration,
+        settings: &PoolSettings,
     ) -> Result<Self, RolloutError> {
         let version = format!("{}@{}", files.record.model, files.record.version);
         let manifest: Manifest =
@@ -162,35 +185,36 @@ impl LoadedModel {
                 version: version.clone(),
                 message: e.to_string(),
             })?;
-        let mut this = Self {
-            files,
-            engine,
-            idle: Arc::default(),
-            prior: Vec::new(),
-            known: manifest.items.iter().cloned().collect(),
-            items: manifest.items,
-            rank_deadline,
-            load_deadline,
-        };
+        let memory_limit = settings
+            .memory_bytes
+            .unwrap_or_else(|| default_memory_limit(files.manifest.len() + files.model.len()));
         let load_failed = |source| RolloutError::Load {
             version: version.clone(),
             source,
         };
-        let mut first = this.new_instance().map_err(load_failed)?;
+        let build = {
+            let (engine, files, deadline) = (engine.clone(), files.clone(), settings.load_deadline);
+            move || build_instance(&engine, &files, deadline, memory_limit)
+        };
+        let mut first = build().map_err(load_failed)?;
         let warm_up = |step: String, source| RolloutError::WarmUp {
             version: version.clone(),
             step,
             source,
         };
-        let k = PRIOR_LEN.min(this.items.len() as u32).max(1);
-        this.prior = first
-            .rank(&RankRequest::new(Vec::new(), k), load_deadline)
+        let items = manifest.items;
+        let k = PRIOR_LEN.min(items.len() as u32).max(1);
+        let prior = first
+            .rank(&RankRequest::new(Vec::new(), k), settings.load_deadline)
             .map_err(|e| warm_up("no history".into(), e))?
             .items;
         let window = manifest.feature_spec.sequence.max_len.max(1);
-        for (i, chunk) in this.items.chunks(window).enumerate() {
+        for (i, chunk) in items.chunks(window).enumerate() {
             first
-                .rank(&RankRequest::new(chunk.to_vec(), 10), load_deadline)
+                .rank(
+                    &RankRequest::new(chunk.to_vec(), 10),
+                    settings.load_deadline,
+                )
                 .map_err(|e| {
                     warm_up(
                         format!(
@@ -202,16 +226,23 @@ impl LoadedModel {
                     )
                 })?;
         }
-        let mut pool = vec![first];
-        for _ in 1..instances.max(1) {
-            pool.push(this.new_instance().map_err(load_failed)?);
+        let memory_used = first.memory_bytes();
+        let mut instances = vec![first];
+        for _ in 1..settings.instances.max(1) {
+            instances.push(build().map_err(load_failed)?);
         }
-        this.idle = Arc::new(Mutex::new(pool));
-        Ok(this)
-    }
-
-    fn new_instance(&self) -> Result<RankerInstance, HostError> {
-        build_instance(&self.engine, &self.files, self.load_deadline)
+        Ok(Self {
+            pool: InstancePool::new(instances, settings.wait, Box::new(build)),
+            prior,
+            known: items.iter().cloned().collect(),
+            max_len: manifest.feature_spec.sequence.max_len,
+            longest_id: items.iter().map(String::len).max().unwrap_or(0),
+            items,
+            memory_limit,
+            memory_used,
+            rank_deadline: settings.rank_deadline,
+            files,
+        })
     }
 
     pub fn model(&self) -> &str {
@@ -231,41 +262,31 @@ impl LoadedModel {
         self.known.contains(item)
     }
 
+    /// How many recent items the model reads (the last ones).
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Bytes of the model's longest item id.
+    pub fn longest_id(&self) -> usize {
+        self.longest_id
+    }
+
+    /// The memory limit of each instance, and what the first one used after its warm-up (bytes).
+    pub fn memory(&self) -> (usize, usize) {
+        (self.memory_limit, self.memory_used)
+    }
+
     /// The model's ranking for a user with no history, best first.
     pub fn prior(&self) -> &[ScoredItem] {
         &self.prior
     }
 
-    /// Ranks in an idle instance (a new one when all are busy) under the rank deadline. An instance that ran past
-    /// its deadline or trapped is in an unknown state and is dropped; a replacement is built on a thread of its
-    /// own, so the worker that hit the fault answers at once instead of loading a model.
+    /// Ranks in a free instance of the pool under the rank deadline; `HostError::Busy` when none was free in
+    /// time. An instance that ran past its deadline or trapped is in an unknown state: the pool replaces it.
     pub fn rank(&self, request: &RankRequest) -> Result<Ranking, HostError> {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut instance = match idle {
-            Some(instance) => instance,
-            None => self.new_instance()?,
-        };
-        let result = instance.rank(request, self.rank_deadline);
-        if instance.is_poisoned() {
-            let (engine, files, idle) =
-                (self.engine.clone(), self.files.clone(), self.idle.clone());
-            let deadline = self.load_deadline;
-            let spawned = std::thread::Builder::new()
-                .name("edgerec-instance".into())
-                .spawn(move || {
-                    if let Ok(fresh) = build_instance(&engine, &files, deadline) {
-                        idle.lock().unwrap_or_else(|e| e.into_inner()).push(fresh);
-                    }
-                });
-            // Without the thread the pool simply builds one on demand.
-            drop(spawned);
-        } else {
-            self.idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(instance);
-        }
-        result
+        self.pool
+            .with_instance(|instance| instance.rank(request, self.rank_deadline))
     }
 }
 
@@ -273,8 +294,9 @@ fn build_instance(
     engine: &RankerEngine,
     files: &ModelFiles,
     deadline: Duration,
+    memory_limit: usize,
 ) -> Result<RankerInstance, HostError> {
-    let mut instance = engine.instantiate()?;
+    let mut instance = engine.instantiate_limited(Some(memory_limit))?;
     instance.load_bundle(&files.manifest, &files.model, deadline)?;
     Ok(instance)
 }

@@ -12,12 +12,15 @@ use edgerec_features::ingest::{Ack, Ingest, IngestError};
 use edgerec_features::store::FeatureStore;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{AuthError, Authenticator, Caller, Scope};
+use crate::catalogue::CatalogueCache;
 use crate::config::RequestLimits;
 use crate::deployment::{Deployment, Deployments};
 use crate::features::{FeatureSource, Popularity, UserFeatureReader};
 use crate::host::HostError;
 use crate::metrics::NodeMetrics;
 use crate::model::LoadedModel;
+use crate::rate::ClientLimits;
 
 /// `POST /v1/recommend`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,18 +53,21 @@ pub struct RecommendResponse {
     /// Present when the answer did not come from the model's full path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degraded: Option<Degraded>,
-    /// Recent items the model does not know (skipped).
+    /// Items of this request's `recent_items` the model does not know (skipped). Never anything stored for the
+    /// user: a request only learns about what it sent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unknown_items: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Degraded {
-    /// `feature_store_unavailable`, `deadline_exceeded` or `ranker_error`.
+    /// `feature_store_unavailable`, `deadline_exceeded`, `busy` (no ranker instance free in time) or
+    /// `ranker_error`.
     pub reason: String,
     /// What the answer was made from instead: `recent_items` (the model, on the request's own items) or
     /// `popularity`.
     pub fallback: String,
+    /// What happened, in words; never a backend's own error text (that goes to the node's log).
     pub message: String,
 }
 
@@ -77,6 +83,11 @@ pub struct EventBatch {
 pub enum ServiceError {
     #[error("{message}")]
     BadRequest { kind: String, message: String },
+    /// 413: the request would cost more than a limit allows.
+    #[error("{0}")]
+    TooLarge(String),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error("this node does not serve surface `{0}`")]
     UnknownSurface(String),
     #[error("no verified model is loaded for surface `{0}` yet")]
@@ -87,8 +98,9 @@ pub enum ServiceError {
         "this node has not settled on the registry's signing key yet (the registry has not answered)"
     )]
     NoKeyYet,
-    #[error("the feature store did not answer: {0}")]
-    FeatureStore(String),
+    /// The store's own error is logged, not answered.
+    #[error("the feature store did not answer")]
+    FeatureStore,
     #[error(transparent)]
     Ingest(#[from] IngestError),
 }
@@ -104,26 +116,16 @@ impl ServiceError {
     pub fn kind(&self) -> &str {
         match self {
             ServiceError::BadRequest { kind, .. } => kind,
+            ServiceError::TooLarge(_) => "request_too_large",
+            ServiceError::Auth(e) => e.kind(),
             ServiceError::UnknownSurface(_) => "unknown_surface",
             ServiceError::NotReady(_) | ServiceError::NoKeyYet => "not_ready",
             ServiceError::NotServed(_) => "not_found",
-            ServiceError::FeatureStore(_) => "feature_store_unavailable",
+            ServiceError::FeatureStore => "feature_store_unavailable",
             ServiceError::Ingest(IngestError::Invalid(_)) => "invalid_events",
             ServiceError::Ingest(_) => "ingest_unavailable",
         }
     }
-}
-
-/// An item as `GET /v1/catalogue/{surface}` lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CatalogueItem {
-    pub id: String,
-    /// Absent until a catalogue refresh names the item.
-    pub title: Option<String>,
-    pub genres: Vec<String>,
-    /// 1 for the most popular item; absent for items without interactions yet.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub popular_rank: Option<usize>,
 }
 
 /// Everything a request needs, shared by the HTTP workers.
@@ -137,6 +139,9 @@ pub struct NodeState<S> {
     pub(crate) popularity: Arc<Popularity>,
     pub(crate) ingest: Arc<Ingest<S>>,
     pub(crate) metrics: NodeMetrics,
+    pub(crate) auth: Authenticator,
+    pub(crate) rate: ClientLimits,
+    pub(crate) catalogue: CatalogueCache,
     /// Request ids are `<node>-<boot time>-<counter>`: unique across nodes and restarts without coordination.
     pub(crate) boot_ms: i64,
     pub(crate) requests: AtomicU64,
@@ -182,10 +187,9 @@ impl<S: FeatureStore> NodeState<S> {
             ("exclude", request.exclude.len(), limits.max_exclude),
         ] {
             if len > max {
-                return Err(ServiceError::bad(
-                    "request_too_large",
-                    format!("{field} has {len} entries, more than the limit of {max}"),
-                ));
+                return Err(ServiceError::TooLarge(format!(
+                    "{field} has {len} entries, more than the limit of {max}"
+                )));
             }
         }
         let ids = request
@@ -217,56 +221,13 @@ impl<S: FeatureStore> NodeState<S> {
             .ok_or_else(|| ServiceError::NotReady(surface.to_string()))
     }
 
-    /// Every item the models of `surface` know, most popular first, with what the catalogue says of it: what a
-    /// page shows next to the ranker's item ids.
-    pub async fn catalogue(&self, surface: &str) -> Result<Vec<CatalogueItem>, ServiceError> {
-        let deployment = self.deployment(surface)?;
-        let mut ids: Vec<String> = Vec::new();
-        let mut seen = HashSet::new();
-        let popular = self.popularity.ranked();
-        for item in popular.iter() {
-            let known = deployment
-                .variants
-                .iter()
-                .any(|v| v.model.knows(&item.item));
-            if known && seen.insert(item.item.as_str()) {
-                ids.push(item.item.clone());
-            }
-        }
-        let ranked = ids.len();
-        for variant in &deployment.variants {
-            for item in variant.model.items() {
-                if seen.insert(item.as_str()) {
-                    ids.push(item.clone());
-                }
-            }
-        }
-        let features = self
-            .features
-            .store()
-            .items(&ids)
-            .await
-            .map_err(|e| ServiceError::FeatureStore(e.to_string()))?;
-        Ok(ids
-            .into_iter()
-            .zip(features)
-            .enumerate()
-            .map(|(rank, (id, features))| {
-                let metadata = features.and_then(|f| f.metadata);
-                CatalogueItem {
-                    id,
-                    title: metadata.as_ref().map(|m| m.title.clone()),
-                    genres: metadata.map(|m| m.genres).unwrap_or_default(),
-                    popular_rank: (rank < ranked).then_some(rank + 1),
-                }
-            })
-            .collect())
-    }
-
+    /// Answers `request` for `caller`, who must be allowed to name its user (before anything is read).
     pub async fn recommend(
         &self,
+        caller: &Caller,
         request: RecommendRequest,
     ) -> Result<RecommendResponse, ServiceError> {
+        caller.may_act_for(request.user_id.as_deref(), Scope::Recommend)?;
         self.check(&request)?;
         let deployment = self.deployment(&request.surface)?;
         let request_id = self.next_request_id();
@@ -293,63 +254,85 @@ impl<S: FeatureStore> NodeState<S> {
                         .feature_reads
                         .with_label_values(&["unavailable"])
                         .inc();
+                    crate::log_line("features", serde_json::json!({ "error": e.to_string() }));
+                    let own_items = !request.recent_items.is_empty();
                     degraded = Some(Degraded {
                         reason: "feature_store_unavailable".into(),
-                        fallback: if request.recent_items.is_empty() {
-                            "popularity".into()
+                        fallback: if own_items { "recent_items" } else { "popularity" }.into(),
+                        message: if own_items {
+                            "the user's stored history could not be read; ranked from this request's items"
                         } else {
-                            "recent_items".into()
-                        },
-                        message: e.to_string(),
+                            "the user's stored history could not be read; ranked by popularity"
+                        }
+                        .into(),
                     });
                 }
             }
         }
         merge_recent(&mut history, &request.recent_items);
-        let keep_from = history.len().saturating_sub(self.limits.max_recent_items);
-        history.drain(..keep_from);
+        let unknown_items = unknown_items(&request.recent_items, model);
+        // The model reads its last `max_len` known items: only those are ranked on and logged, so neither a long
+        // history nor unknown ids grow the serving log. Older known items stay excluded from the answer.
+        history.retain(|item| model.knows(item));
+        let older = history.len().saturating_sub(model.max_len());
+        let mut exclude = request.exclude;
+        exclude.extend(history.drain(..older));
+        let bound = served_record_bound(
+            request.user_id.as_deref(),
+            &history,
+            &request.context,
+            request.k,
+            model.longest_id(),
+        );
+        if bound > self.limits.max_served_record_bytes {
+            return Err(ServiceError::TooLarge(format!(
+                "this request could add up to {bound} bytes to the serving log, more than the limit of {}",
+                self.limits.max_served_record_bytes
+            )));
+        }
 
         // What the model is fed, and what the serving log records as fed.
         let rank_request = RankRequest {
             recent_items: history,
             k: request.k,
-            exclude: request.exclude,
+            exclude,
             candidates: None,
             context: request.context,
             exclude_seen: true,
         };
-        let popular = |model| {
-            self.by_popularity(
-                model,
-                &rank_request.recent_items,
-                &rank_request.exclude,
-                rank_request.k,
-            )
+        let popular = |model, request: &RankRequest| {
+            self.by_popularity(model, &request.recent_items, &request.exclude, request.k)
         };
-        let mut unknown_items = Vec::new();
-        let items = if degraded.is_some() && rank_request.recent_items.is_empty() {
-            popular(model)
+        let (items, rank_request) = if degraded.is_some() && rank_request.recent_items.is_empty() {
+            (popular(model, &rank_request), rank_request)
         } else {
-            let started = Instant::now();
-            let ranked = model.rank(&rank_request);
+            // Off the HTTP workers: a ranking holds its thread for its whole deadline.
+            let ranker = model.clone();
+            let ranked = actix_web::web::block(move || {
+                let started = Instant::now();
+                let ranked = ranker.rank(&rank_request);
+                (ranked, rank_request, started.elapsed())
+            })
+            .await;
+            let Ok((ranked, rank_request, took)) = ranked else {
+                return Err(ServiceError::NotReady(request.surface));
+            };
             self.metrics
                 .rank_seconds
                 .with_label_values(&[request.surface.as_str()])
-                .observe(started.elapsed().as_secs_f64());
-            match model_answer(ranked)? {
-                Ok(ranking) => {
-                    unknown_items = ranking.unknown_items;
-                    ranking.items
-                }
+                .observe(took.as_secs_f64());
+            let items = match model_answer(ranked)? {
+                Ok(ranking) => ranking.items,
                 Err(fault) => {
                     self.metrics
                         .errors
                         .with_label_values(&[fault.reason.as_str()])
                         .inc();
                     degraded = Some(fault);
-                    popular(model)
+                    popular(model, &rank_request)
                 }
-            }
+            };
+            (items, rank_request)
         };
         if let Some(degraded) = &degraded {
             self.metrics
@@ -434,7 +417,11 @@ impl<S: FeatureStore> NodeState<S> {
         answer
     }
 
-    pub async fn ingest(&self, batch: EventBatch) -> Result<Ack, ServiceError> {
+    /// Takes `batch` for `caller`, who must be allowed to name every event's user (before anything is written).
+    pub async fn ingest(&self, caller: &Caller, batch: EventBatch) -> Result<Ack, ServiceError> {
+        for event in &batch.events {
+            caller.may_act_for(Some(&event.user), Scope::Events)?;
+        }
         match self.ingest.ingest(batch.events).await {
             Ok(ack) => {
                 let events = &self.metrics.events;
@@ -469,16 +456,63 @@ fn model_answer(
                 message: report.message,
             })
         }
-        Err(e) => Ok(Err(Degraded {
-            reason: match e {
-                HostError::DeadlineExceeded(_) => "deadline_exceeded",
-                _ => "ranker_error",
+        Err(e) => {
+            // A busy pool is counted, not logged: under overload that would be a line per request.
+            if !matches!(e, HostError::Busy(_)) {
+                crate::log_line("ranker", serde_json::json!({ "error": e.to_string() }));
             }
-            .into(),
-            fallback: "popularity".into(),
-            message: e.to_string(),
-        })),
+            let (reason, message) = match e {
+                HostError::DeadlineExceeded(_) => (
+                    "deadline_exceeded",
+                    "the model did not answer within its deadline; ranked by popularity",
+                ),
+                HostError::Busy(_) => (
+                    "busy",
+                    "every ranker instance was busy; ranked by popularity",
+                ),
+                _ => (
+                    "ranker_error",
+                    "the model failed on this request; ranked by popularity",
+                ),
+            };
+            Ok(Err(Degraded {
+                reason: reason.into(),
+                fallback: "popularity".into(),
+                message: message.into(),
+            }))
+        }
     }
+}
+
+/// The items of `recent` the model does not know, each once, in the request's order.
+fn unknown_items(recent: &[String], model: &LoadedModel) -> Vec<String> {
+    let mut seen = HashSet::new();
+    recent
+        .iter()
+        .filter(|item| !model.knows(item) && seen.insert(item.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// The most bytes the serving-log record of a request can take: its fixed fields (ids, times, names: at most
+/// 1 KiB), the user, the history fed, the context and `k` answers (an id of the model's longest and a score each).
+fn served_record_bound(
+    user: Option<&str>,
+    history: &[String],
+    context: &BTreeMap<String, f64>,
+    k: u32,
+    longest_id: usize,
+) -> usize {
+    const FIXED: usize = 1024;
+    const PER_VALUE: usize = 32;
+    FIXED
+        + user.map_or(0, str::len)
+        + history.iter().map(|h| h.len() + 3).sum::<usize>()
+        + context
+            .keys()
+            .map(|key| key.len() + PER_VALUE)
+            .sum::<usize>()
+        + k as usize * (longest_id + 3 + PER_VALUE)
 }
 
 /// Appends `recent` to `history`, each item once at its latest position (as the feature store keeps them).
