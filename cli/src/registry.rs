@@ -220,7 +220,9 @@ fn serve_registry<S: Store + Send + Sync + 'static>(
 
 /// The probe of published models: the WASI ranker under wasmtime with the limits of edge nodes, or, when no
 /// ranker was built (and none configured), tract in this process, with a warning.
-fn model_probe(config: &RegistryConfig) -> Result<Box<dyn edgerec_registry::service::ModelProbe>> {
+fn model_probe(
+    config: &RegistryConfig,
+) -> Result<std::sync::Arc<dyn edgerec_registry::service::ModelProbe>> {
     let wasm = match &config.probe.ranker_wasm {
         Some(wasm) => {
             anyhow::ensure!(
@@ -238,7 +240,9 @@ fn model_probe(config: &RegistryConfig) -> Result<Box<dyn edgerec_registry::serv
                      tract in this process, without memory or time bounds",
                     wasm.display()
                 );
-                return Ok(Box::new(edgerec_registry::service::InProcessProbe));
+                return Ok(std::sync::Arc::new(
+                    edgerec_registry::service::InProcessProbe,
+                ));
             }
             wasm
         }
@@ -254,7 +258,7 @@ fn model_probe(config: &RegistryConfig) -> Result<Box<dyn edgerec_registry::serv
         .probe
         .instance_memory_mb
         .map(|mb| usize::try_from(mb << 20).unwrap_or(usize::MAX));
-    Ok(Box::new(edgerec_node::probe::WasiProbe::new(
+    Ok(std::sync::Arc::new(edgerec_node::probe::WasiProbe::new(
         engine,
         memory,
         std::time::Duration::from_millis(config.probe.deadline_ms),

@@ -111,7 +111,8 @@ pub fn ab_report(slice: &LogSlice, surface: &str, control: &str, window_ms: i64)
         .filter(|s| s.surface == surface)
         .collect();
 
-    let mut clicked: HashMap<&str, HashSet<&str>> = HashMap::new();
+    // Clicks by the request they quote, with who clicked: only the user a request was served to can click it.
+    let mut clicked: HashMap<&str, Vec<(&str, &str)>> = HashMap::new();
     let mut by_user: HashMap<&str, Vec<(i64, &str)>> = HashMap::new();
     for logged in &slice.events {
         let event = &logged.event;
@@ -125,7 +126,7 @@ pub fn ab_report(slice: &LogSlice, surface: &str, control: &str, window_ms: i64)
             clicked
                 .entry(request.as_str())
                 .or_default()
-                .insert(event.item.as_str());
+                .push((event.user.as_str(), event.item.as_str()));
         }
     }
     for events in by_user.values_mut() {
@@ -154,9 +155,14 @@ pub fn ab_report(slice: &LogSlice, surface: &str, control: &str, window_ms: i64)
         tally.requests += 1;
         tally.degraded += u64::from(request.degraded.is_some());
         let shown: HashSet<&str> = request.items.iter().map(String::as_str).collect();
+        let by_its_user = |user: &str| request.user.as_deref().is_none_or(|u| u == user);
         if clicked
             .get(request.request_id.as_str())
-            .is_some_and(|items| items.iter().any(|i| shown.contains(i)))
+            .is_some_and(|clicks| {
+                clicks
+                    .iter()
+                    .any(|(user, item)| by_its_user(user) && shown.contains(item))
+            })
         {
             tally.clicks += 1;
         }
@@ -310,6 +316,9 @@ mod tests {
                 event("e5", "u4", "c", EventKind::View, 50, None),
                 // Too late for the window.
                 event("e6", "u4", "c", EventKind::View, 100 + 10_000, None),
+                // Someone else clicking a shown item of u3's and u4's requests: not their clicks.
+                event("e7", "mallory", "c", EventKind::Click, 200, Some("r3")),
+                event("e8", "mallory", "d", EventKind::Purchase, 200, Some("r4")),
             ],
             files: Vec::new(),
         };

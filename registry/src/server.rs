@@ -158,7 +158,7 @@ impl RegistryConfig {
             store,
             signer,
             max_upload_bytes: self.max_upload_bytes,
-            probe: Box::new(crate::service::InProcessProbe),
+            probe: std::sync::Arc::new(crate::service::InProcessProbe),
         })
     }
 
@@ -172,7 +172,7 @@ impl RegistryConfig {
             store,
             signer,
             max_upload_bytes: self.max_upload_bytes,
-            probe: Box::new(crate::service::InProcessProbe),
+            probe: std::sync::Arc::new(crate::service::InProcessProbe),
         })
     }
 }

@@ -154,7 +154,7 @@ pub struct Registry<S> {
     pub store: S,
     pub signer: ManifestSigner,
     pub max_upload_bytes: u64,
-    pub probe: Box<dyn ModelProbe>,
+    pub probe: std::sync::Arc<dyn ModelProbe>,
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -282,8 +282,15 @@ impl<S: Store> Registry<S> {
         edgerec_core::Bundle::verify(manifest_json, &borrowed).map_err(|e| {
             RegistryError::Unprocessable(format!("the bundle does not verify: {e}"))
         })?;
-        self.probe
-            .probe(manifest_json, model_bytes)
+        // On a blocking thread: the probe is CPU work, and the WASI ranker's host calls may block on a runtime.
+        let probed = {
+            let probe = self.probe.clone();
+            let (manifest_json, model_bytes) = (manifest_json.to_vec(), model_bytes.to_vec());
+            actix_web::rt::task::spawn_blocking(move || probe.probe(&manifest_json, &model_bytes))
+                .await
+        };
+        probed
+            .map_err(|e| RegistryError::Unprocessable(format!("the model probe failed: {e}")))?
             .map_err(|e| RegistryError::Unprocessable(format!("the model is not servable: {e}")))?;
 
         let record = VersionRecord {

@@ -86,7 +86,7 @@ fn publishing_verifies_signs_and_keeps_versions_immutable<S: Store>(registry: &R
     let small_dir = tempfile::tempdir().expect("dir");
     let small = Registry {
         max_upload_bytes: 1000,
-        probe: Box::new(edgerec_registry::service::InProcessProbe),
+        probe: std::sync::Arc::new(edgerec_registry::service::InProcessProbe),
         ..open_registry(small_dir.path())
     };
     assert!(matches!(
@@ -375,7 +375,7 @@ fn an_unreachable_backend_is_unavailable_and_leaves_nothing() {
         }),
         signer: ManifestSigner::load_or_create(&dir.path().join("signing.key")).expect("key"),
         max_upload_bytes: 8 << 20,
-        probe: Box::new(edgerec_registry::service::InProcessProbe),
+        probe: std::sync::Arc::new(edgerec_registry::service::InProcessProbe),
     };
     let error = run(without_dynamodb.publish("golden-sasrec", &golden_as("2.0.0"), "alice"))
         .expect_err("refused");
@@ -394,7 +394,7 @@ fn an_unreachable_backend_is_unavailable_and_leaves_nothing() {
         }),
         signer: ManifestSigner::load_or_create(&dir.path().join("signing.key")).expect("key"),
         max_upload_bytes: 8 << 20,
-        probe: Box::new(edgerec_registry::service::InProcessProbe),
+        probe: std::sync::Arc::new(edgerec_registry::service::InProcessProbe),
     };
     let error =
         run(without_s3.upload_blob(&Digest::of(b"x").to_string(), b"x")).expect_err("refused");

@@ -49,18 +49,37 @@ pub struct PageQuery {
 /// Items in a page when the request names no `limit`.
 pub const DEFAULT_PAGE: usize = 100;
 
+/// Longest a catalogue read from the store may take (every item of every served model, in batches).
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// After a failed read, pages are answered from the last copy (or refused) for this long before the store is
+/// asked again, so an outage is not a read per page load.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
+
 #[derive(Debug)]
 pub struct CatalogueCache {
     refresh: Duration,
-    // Held while the store is read, so concurrent page loads wait for one read instead of each making one.
+    // Held while the store is read (at most `READ_TIMEOUT`), so concurrent page loads wait for one read instead
+    // of each making one.
     built: tokio::sync::Mutex<HashMap<String, Built>>,
 }
 
 #[derive(Debug)]
 struct Built {
     revision: u64,
-    at: Instant,
-    items: Arc<Vec<CatalogueItem>>,
+    /// The last copy read for this revision and when; `None` until a read succeeds.
+    items: Option<(Instant, Arc<Vec<CatalogueItem>>)>,
+    failed_at: Option<Instant>,
+}
+
+impl Built {
+    fn empty(revision: u64) -> Self {
+        Self {
+            revision,
+            items: None,
+            failed_at: None,
+        }
+    }
 }
 
 impl CatalogueCache {
@@ -105,31 +124,49 @@ impl<S: FeatureStore> NodeState<S> {
         let deployment = self.deployment(surface)?;
         let revision = deployment.plan.revision;
         let mut built = self.catalogue.built.lock().await;
-        if let Some(b) = built.get(surface)
-            && b.revision == revision
-            && b.at.elapsed() < self.catalogue.refresh
-        {
-            return Ok(b.items.clone());
+        let entry = built
+            .entry(surface.into())
+            .and_modify(|b| {
+                if b.revision != revision {
+                    *b = Built::empty(revision);
+                }
+            })
+            .or_insert_with(|| Built::empty(revision));
+        let copy = entry.items.as_ref().map(|(_, items)| items.clone());
+        let fresh = entry
+            .items
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < self.catalogue.refresh);
+        let resting = entry
+            .failed_at
+            .is_some_and(|at| at.elapsed() < RETRY_AFTER_FAILURE);
+        if fresh || resting {
+            return copy.ok_or(ServiceError::FeatureStore);
         }
         self.metrics.catalogue_builds.inc();
-        match self.build_catalogue(&deployment).await {
-            Ok(items) => {
+        let read = tokio::time::timeout(READ_TIMEOUT, self.build_catalogue(&deployment)).await;
+        let entry = built
+            .get_mut(surface)
+            .expect("the entry was inserted above, under the same lock");
+        match read {
+            Ok(Ok(items)) => {
                 let items = Arc::new(items);
-                built.insert(
-                    surface.into(),
-                    Built {
-                        revision,
-                        at: Instant::now(),
-                        items: items.clone(),
-                    },
-                );
+                entry.items = Some((Instant::now(), items.clone()));
+                entry.failed_at = None;
                 Ok(items)
             }
-            // A store that does not answer: the last copy of the same plan is better than nothing.
-            Err(e) => match built.get(surface) {
-                Some(b) if b.revision == revision => Ok(b.items.clone()),
-                _ => Err(e),
-            },
+            // A store that does not answer: the last copy of the same plan is better than nothing, and the store
+            // is left alone for a moment.
+            failed => {
+                if failed.is_err() {
+                    crate::log_line(
+                        "catalogue",
+                        serde_json::json!({ "error": "the store read timed out" }),
+                    );
+                }
+                entry.failed_at = Some(Instant::now());
+                copy.ok_or(ServiceError::FeatureStore)
+            }
         }
     }
 

@@ -100,7 +100,7 @@ fn admit<S: FeatureStore>(
     let headers = request.headers();
     let address = state
         .rate
-        .client_address(request.peer_addr(), headers.get("x-forwarded-for"));
+        .client_address(request.peer_addr(), headers.get_all("x-forwarded-for"));
     let bearer = match auth::bearer(headers.get(header::AUTHORIZATION)) {
         Ok(bearer) => bearer,
         Err(e) => {

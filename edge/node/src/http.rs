@@ -411,6 +411,7 @@ pub fn configure<S: FeatureStore>(
                 .service(
                     web::resource("/catalogue/{surface}")
                         .wrap(Compress::default())
+                        .wrap(actix_web::middleware::from_fn(gate::<S>))
                         .route(web::get().to(catalogue::<S>)),
                 ),
         );

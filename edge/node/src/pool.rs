@@ -57,16 +57,11 @@ impl InstancePool {
         &self,
         rank: impl FnOnce(&mut RankerInstance) -> Result<T, HostError>,
     ) -> Result<T, HostError> {
-        let mut instance = self.take()?;
-        let result = rank(&mut instance);
-        if instance.is_poisoned() {
-            drop(instance);
-            // The rebuilder is gone only while the pool is being dropped.
-            let _ = self.lock_rebuild().send(());
-        } else {
-            self.put(instance);
-        }
-        result
+        let mut lease = Lease {
+            pool: self,
+            instance: Some(self.take()?),
+        };
+        rank(lease.instance.as_mut().expect("leased until dropped"))
     }
 
     fn take(&self) -> Result<RankerInstance, HostError> {
@@ -98,6 +93,25 @@ impl InstancePool {
 
     fn lock_rebuild(&self) -> std::sync::MutexGuard<'_, Sender<()>> {
         self.rebuild.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// An instance out of the pool. Dropped, it goes back, or, when it is poisoned or the ranking panicked (its state
+/// is unknown), a replacement is asked for: the pool never shrinks.
+struct Lease<'a> {
+    pool: &'a InstancePool,
+    instance: Option<RankerInstance>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        match self.instance.take() {
+            Some(instance) if !instance.is_poisoned() && !std::thread::panicking() => {
+                self.pool.put(instance)
+            }
+            // The rebuilder is gone only while the pool is being dropped.
+            _ => drop(self.pool.lock_rebuild().send(())),
+        }
     }
 }
 

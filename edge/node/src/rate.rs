@@ -105,24 +105,38 @@ impl ClientLimits {
         }
     }
 
-    /// The client's address: the peer's, or from `X-Forwarded-For` when the peer is a trusted proxy.
-    pub fn client_address(
+    /// The client's address: the peer's, or, when the peer is a trusted proxy, the nearest hop of
+    /// `X-Forwarded-For` (every such header, in order) that is not itself a trusted proxy. A hop that does not read
+    /// as an address ends the walk at the proxy that wrote it: what lies beyond it came from the client.
+    pub fn client_address<'a>(
         &self,
         peer: Option<SocketAddr>,
-        forwarded_for: Option<&HeaderValue>,
+        forwarded_for: impl DoubleEndedIterator<Item = &'a HeaderValue>,
     ) -> Option<IpAddr> {
-        let peer = peer?.ip();
-        if !self.trusted_proxies.contains(&peer) {
-            return Some(peer);
+        let mut nearest = peer?.ip().to_canonical();
+        if !self.trusted(nearest) {
+            return Some(nearest);
         }
-        let forwarded = forwarded_for
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let client = forwarded
-            .rsplit(',')
-            .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
-            .find(|hop| !self.trusted_proxies.contains(hop));
-        Some(client.unwrap_or(peer))
+        let hops = forwarded_for.rev().flat_map(|v| {
+            v.to_str()
+                .unwrap_or("unreadable")
+                .rsplit(',')
+                .map(str::trim)
+        });
+        for hop in hops {
+            match parse_hop(hop) {
+                Some(address) if self.trusted(address) => nearest = address,
+                Some(address) => return Some(address),
+                None => return Some(nearest),
+            }
+        }
+        Some(nearest)
+    }
+
+    fn trusted(&self, address: IpAddr) -> bool {
+        self.trusted_proxies
+            .iter()
+            .any(|p| p.to_canonical() == address)
     }
 
     pub fn check_address(&self, address: Option<IpAddr>) -> Result<(), Limited> {
@@ -158,6 +172,16 @@ impl ClientLimits {
             + self.per_visitor.as_ref().map_or(0, |l| l.len())
             + self.per_api_key.as_ref().map_or(0, |l| l.len())
     }
+}
+
+/// One `X-Forwarded-For` hop: an address, possibly with a port (`192.0.2.1:443`, `[2001:db8::1]:443`).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let bare = match hop.strip_prefix('[') {
+        Some(rest) => rest.split(']').next()?,
+        None if hop.matches(':').count() == 1 => hop.split(':').next()?,
+        None => hop,
+    };
+    bare.parse::<IpAddr>().ok().map(|a| a.to_canonical())
 }
 
 /// The key an address is limited under: itself for IPv4, its /64 for IPv6 (a subscriber has a whole /64).
@@ -221,16 +245,43 @@ mod tests {
     #[test]
     fn forwarded_addresses_count_only_from_trusted_proxies() {
         let limits = limits(Rate::new(1, 1));
-        let header = HeaderValue::from_static("203.0.113.9, 198.51.100.7");
-        let via_proxy =
-            limits.client_address(Some("10.0.0.1:443".parse().expect("addr")), Some(&header));
-        assert_eq!(via_proxy, Some("198.51.100.7".parse().expect("ip")));
-        let direct =
-            limits.client_address(Some("192.0.2.5:443".parse().expect("addr")), Some(&header));
+        let ip = |s: &str| Some(s.parse::<IpAddr>().expect("ip"));
+        let proxy = Some("10.0.0.1:443".parse().expect("addr"));
+        let client = |peer, headers: &[&'static str]| {
+            let values: Vec<HeaderValue> = headers
+                .iter()
+                .map(|h| HeaderValue::from_static(h))
+                .collect();
+            limits.client_address(peer, values.iter())
+        };
         assert_eq!(
-            direct,
-            Some("192.0.2.5".parse().expect("ip")),
+            client(proxy, &["203.0.113.9, 198.51.100.7"]),
+            ip("198.51.100.7")
+        );
+        let direct = Some("192.0.2.5:443".parse().expect("addr"));
+        assert_eq!(
+            client(direct, &["198.51.100.7"]),
+            ip("192.0.2.5"),
             "a spoofed header is ignored"
         );
+        // A proxy that adds a header line of its own: the client's own line is further away.
+        assert_eq!(
+            client(proxy, &["6.6.6.6", "198.51.100.7"]),
+            ip("198.51.100.7")
+        );
+        // Ports are stripped; a hop that is not an address stops the walk at the proxy that wrote it.
+        assert_eq!(
+            client(proxy, &["6.6.6.6, 198.51.100.7:5555"]),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            client(proxy, &["6.6.6.6, [2001:db8::7]:443"]),
+            ip("2001:db8::7")
+        );
+        assert_eq!(client(proxy, &["6.6.6.6, unknown"]), ip("10.0.0.1"));
+        assert_eq!(client(proxy, &[]), ip("10.0.0.1"));
+        // The proxy as an IPv4-mapped IPv6 peer (a dual-stack listener) is still the proxy.
+        let mapped = Some("[::ffff:10.0.0.1]:443".parse().expect("addr"));
+        assert_eq!(client(mapped, &["198.51.100.7"]), ip("198.51.100.7"));
     }
 }

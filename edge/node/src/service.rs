@@ -233,6 +233,20 @@ impl<S: FeatureStore> NodeState<S> {
         let request_id = self.next_request_id();
         let variant = deployment.variant_for(request.user_id.as_deref().unwrap_or(&request_id));
         let model = &variant.model;
+        // What the answer's record could add to the serving log, bounded before anything is read.
+        let bound = served_record_bound(
+            request.user_id.as_deref(),
+            model.max_len(),
+            &request.context,
+            request.k,
+            model.longest_id(),
+        );
+        if bound > self.limits.max_served_record_bytes {
+            return Err(ServiceError::TooLarge(format!(
+                "this request could add up to {bound} bytes to the serving log, more than the limit of {}",
+                self.limits.max_served_record_bytes
+            )));
+        }
 
         let mut degraded = None;
         let mut history: Vec<String> = Vec::new();
@@ -277,19 +291,6 @@ impl<S: FeatureStore> NodeState<S> {
         let older = history.len().saturating_sub(model.max_len());
         let mut exclude = request.exclude;
         exclude.extend(history.drain(..older));
-        let bound = served_record_bound(
-            request.user_id.as_deref(),
-            &history,
-            &request.context,
-            request.k,
-            model.longest_id(),
-        );
-        if bound > self.limits.max_served_record_bytes {
-            return Err(ServiceError::TooLarge(format!(
-                "this request could add up to {bound} bytes to the serving log, more than the limit of {}",
-                self.limits.max_served_record_bytes
-            )));
-        }
 
         // What the model is fed, and what the serving log records as fed.
         let rank_request = RankRequest {
@@ -495,10 +496,11 @@ fn unknown_items(recent: &[String], model: &LoadedModel) -> Vec<String> {
 }
 
 /// The most bytes the serving-log record of a request can take: its fixed fields (ids, times, names: at most
-/// 1 KiB), the user, the history fed, the context and `k` answers (an id of the model's longest and a score each).
+/// 1 KiB), the user, the history fed (at most `max_len` of the model's ids), the context and `k` answers (an id
+/// of the model's longest and a score each).
 fn served_record_bound(
     user: Option<&str>,
-    history: &[String],
+    max_len: usize,
     context: &BTreeMap<String, f64>,
     k: u32,
     longest_id: usize,
@@ -507,7 +509,7 @@ fn served_record_bound(
     const PER_VALUE: usize = 32;
     FIXED
         + user.map_or(0, str::len)
-        + history.iter().map(|h| h.len() + 3).sum::<usize>()
+        + max_len * (longest_id + 3)
         + context
             .keys()
             .map(|key| key.len() + PER_VALUE)

@@ -49,7 +49,7 @@ pub fn embedded_registry(dir: &Path, max_upload_bytes: u64) -> Registry<Embedded
         store: EmbeddedStore::open(dir).expect("opens"),
         signer: signer(dir),
         max_upload_bytes,
-        probe: Box::new(edgerec_registry::service::InProcessProbe),
+        probe: std::sync::Arc::new(edgerec_registry::service::InProcessProbe),
     }
 }
 
@@ -66,6 +66,6 @@ pub fn aws_registry(config: &AwsConfig, dir: &Path, max_upload_bytes: u64) -> Re
         store,
         signer: signer(dir),
         max_upload_bytes,
-        probe: Box::new(edgerec_registry::service::InProcessProbe),
+        probe: std::sync::Arc::new(edgerec_registry::service::InProcessProbe),
     }
 }

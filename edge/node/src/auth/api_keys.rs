@@ -104,6 +104,33 @@ fn read(path: &Path) -> Result<KeysFile, AuthSetupError> {
     }
 }
 
+/// Holds the keys file's lock (a file beside it) while a command reads, changes and rewrites it, so a `create`
+/// and a `revoke` at the same time cannot lose one another's change.
+fn locked<T>(
+    path: &Path,
+    change: impl FnOnce(&mut KeysFile) -> Result<T, AuthSetupError>,
+) -> Result<T, AuthSetupError> {
+    let lock_path = path.with_extension("lock");
+    let failed = |source| AuthSetupError::Write {
+        path: lock_path.clone(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(failed)?;
+    }
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(failed)?;
+    lock.lock().map_err(failed)?;
+    let mut file = read(path)?;
+    let answer = change(&mut file)?;
+    write(path, &file)?;
+    Ok(answer)
+}
+
 fn write(path: &Path, file: &KeysFile) -> Result<(), AuthSetupError> {
     let mut bytes = serde_json::to_vec_pretty(file).expect("key records serialize");
     bytes.push(b'\n');
@@ -127,7 +154,6 @@ pub fn create(
             "a key needs at least one scope (events, recommend)".into(),
         ));
     }
-    let mut file = read(path)?;
     let key = format!("{API_KEY_PREFIX}{}", random_hex(32));
     let mut scopes = scopes.to_vec();
     scopes.sort_by_key(|s| s.as_str());
@@ -140,8 +166,10 @@ pub fn create(
         created_ms: edgerec_features::now_ms(),
         revoked_ms: None,
     };
-    file.keys.push(record.clone());
-    write(path, &file)?;
+    locked(path, |file| {
+        file.keys.push(record.clone());
+        Ok(())
+    })?;
     Ok((record, key))
 }
 
@@ -152,16 +180,15 @@ pub fn list(path: &Path) -> Result<Vec<ApiKeyRecord>, AuthSetupError> {
 
 /// Marks key `id` revoked (kept in the file, for the record).
 pub fn revoke(path: &Path, id: &str) -> Result<ApiKeyRecord, AuthSetupError> {
-    let mut file = read(path)?;
-    let record = file.keys.iter_mut().find(|k| k.id == id).ok_or_else(|| {
-        AuthSetupError::Config(format!("no API key `{id}` in {}", path.display()))
-    })?;
-    if record.revoked_ms.is_none() {
-        record.revoked_ms = Some(edgerec_features::now_ms());
-    }
-    let revoked = record.clone();
-    write(path, &file)?;
-    Ok(revoked)
+    locked(path, |file| {
+        let record = file.keys.iter_mut().find(|k| k.id == id).ok_or_else(|| {
+            AuthSetupError::Config(format!("no API key `{id}` in {}", path.display()))
+        })?;
+        if record.revoked_ms.is_none() {
+            record.revoked_ms = Some(edgerec_features::now_ms());
+        }
+        Ok(record.clone())
+    })
 }
 
 #[cfg(test)]

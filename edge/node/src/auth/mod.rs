@@ -186,6 +186,15 @@ impl Authenticator {
     /// Loads keys, the session secret (created under `node_dir` on first start unless configured) and the API
     /// keys file.
     pub fn new(config: &AuthConfig, node_dir: &Path) -> Result<Self, AuthSetupError> {
+        if config.anonymous_sessions.enabled
+            && config.anonymous_sessions.ttl_s > config.visitor_tokens.max_lifetime_s
+        {
+            return Err(AuthSetupError::Config(format!(
+                "auth.anonymous_sessions.ttl_s ({}) is longer than auth.visitor_tokens.max_lifetime_s ({}): every \
+                 session would be refused",
+                config.anonymous_sessions.ttl_s, config.visitor_tokens.max_lifetime_s
+            )));
+        }
         let sessions = if config.anonymous_sessions.enabled {
             Some(SessionIssuer::open(&config.anonymous_sessions, node_dir)?)
         } else {
@@ -288,7 +297,20 @@ pub fn create_secret_file(path: &Path) -> Result<(), AuthSetupError> {
     if path.exists() {
         return Ok(());
     }
-    write_private(path, random_hex(32).as_bytes())
+    // Written aside, then linked into place: a link fails if the name exists, so two nodes starting on one folder
+    // end up with the same secret (whoever came first), never each with its own.
+    let aside = path.with_extension(format!("new-{}", random_hex(4)));
+    write_private(&aside, random_hex(32).as_bytes())?;
+    let linked = std::fs::hard_link(&aside, path);
+    let _ = std::fs::remove_file(&aside);
+    match linked {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(AuthSetupError::Write {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 /// 32 random bytes from the operating system, hex: secrets, visitor ids, API keys.

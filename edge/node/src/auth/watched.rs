@@ -106,11 +106,11 @@ impl<T> WatchedFile<T> {
                     (None, Some(empty)) => Ok(empty.clone()),
                     _ => read(&self.path, self.parse),
                 };
+                // The stamp moves on either way: a file that does not parse is logged once, not read again on
+                // every use until it changes.
+                state.stamp = now;
                 match value {
-                    Ok(value) => {
-                        state.value = value;
-                        state.stamp = now;
-                    }
+                    Ok(value) => state.value = value,
                     Err(e) => crate::log_line(
                         "auth",
                         serde_json::json!({ "error": e.to_string(), "kept": "the previous contents" }),
