@@ -14,9 +14,9 @@ use crate::paths;
 #[derive(Subcommand, Debug)]
 pub enum EdgeCommand {
     /// Serve /v1/recommend and /v1/events, following the registry's plans (Ctrl-C stops it cleanly).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the effective configuration (file, variables and flags applied) as JSON.
-    PrintConfig(ServeArgs),
+    PrintConfig(Box<ServeArgs>),
     /// API keys of server-to-server callers (they may name any user): stored hashed in the node's data folder,
     /// re-read by a running node at once.
     #[command(subcommand)]

@@ -161,10 +161,25 @@ fn refuses_bad_requests(node: &Node) {
         400,
         "invalid_json",
     );
+    // No visitor token can name an empty id; an API key that may name anyone gets the precise error.
     refused(
         json!({"k": 3, "surface": SURFACE, "user_id": ""}),
-        400,
-        "invalid_id",
+        401,
+        "unauthenticated",
+    );
+    let key = node.api_key(&["recommend"]);
+    let answer = node
+        .send(
+            "/v1/recommend",
+            &json!({"k": 3, "surface": SURFACE, "user_id": ""}),
+            Some(&key),
+        )
+        .expect("answers");
+    assert_eq!(
+        (answer.status, answer.kind()),
+        (400, Some("invalid_id")),
+        "{}",
+        answer.body
     );
     refused(
         json!({"k": 3, "surface": SURFACE, "recent_items": vec!["m1"; 501]}),

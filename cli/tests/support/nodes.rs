@@ -186,6 +186,8 @@ impl Answer {
 
 pub struct Node {
     pub process: Process,
+    /// The node's data folder (its API keys are there).
+    pub data: PathBuf,
     pub url: String,
     /// Where `/metrics` and `/v1/deployments` are.
     pub admin_url: String,
@@ -225,7 +227,12 @@ impl Node {
         };
         let url = address("public");
         let admin_url = address("admin");
+        let data = config["features"]["data_dir"]
+            .as_str()
+            .map(PathBuf::from)
+            .expect("the test names the node's data folder");
         Self {
+            data,
             process: Process {
                 child,
                 name: name.into(),
@@ -249,6 +256,24 @@ impl Node {
             .expect("the node answers");
         let body = response.body_mut().read_to_string().unwrap_or_default();
         (response.status().as_u16(), body)
+    }
+
+    /// A new API key of this node with `scopes`, made with `edgerec edge key create`.
+    pub fn api_key(&self, scopes: &[&str]) -> String {
+        let mut command = edgerec();
+        command
+            .args(["edge", "key", "create", "--name", "test", "--data"])
+            .arg(&self.data);
+        for scope in scopes {
+            command.args(["--scope", scope]);
+        }
+        let output = command.output().expect("runs edgerec edge key create");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
@@ -299,7 +324,7 @@ impl Node {
                 .then(|| first.to_string())
         });
         let token = match (&self.site, user) {
-            (Some(site), Some(user)) => Some(site.token(&user)),
+            (Some(site), Some(user)) if !user.is_empty() => Some(site.token(&user)),
             _ => None,
         };
         let answer = self.send(path, body, token.as_deref())?;
