@@ -66,9 +66,10 @@ cat > "$work/node.json" <<JSON
 { "auth": { "visitor_tokens": { "hs256": [{ "kid": "bench-site", "secret_file": "$work/site.secret" }] } },
   "rate_limits": { "per_address": { "per_second": 0, "burst": 0 } } }
 JSON
+echo '{ "rate_limits": { "per_address": { "per_second": 0, "burst": 0 } } }' > "$work/open-node.json"
 "$edgerec" edge serve --config "$work/node.json" --listen "127.0.0.1:$node_port" --admin-listen "127.0.0.1:$admin_port" \
   --data "$work/node" --poll-ms 1000 --workers 2 >/dev/null 2>"$work/node.log" & pids+=($!)
-"$edgerec" edge serve --insecure-no-auth --listen "127.0.0.1:$open_port" --admin-listen none \
+"$edgerec" edge serve --config "$work/open-node.json" --insecure-no-auth --listen "127.0.0.1:$open_port" --admin-listen none \
   --data "$work/open-node" --poll-ms 1000 --workers 2 >/dev/null 2>"$work/open-node.log" & pids+=($!)
 node="http://127.0.0.1:$node_port"; admin="http://127.0.0.1:$admin_port"; open_node="http://127.0.0.1:$open_port"
 until curl -sf "$node/readyz" >/dev/null && curl -sf "$open_node/readyz" >/dev/null; do sleep 0.1; done
@@ -118,7 +119,8 @@ curl -s "$admin/metrics" | awk '
   /^edgerec_node_rank_seconds_sum/ { rs += $2 } /^edgerec_node_rank_seconds_count/ { rc += $2 }
   /^edgerec_node_request_seconds_sum\{route="\/v1\/recommend"/ { qs += $2 }
   /^edgerec_node_request_seconds_count\{route="\/v1\/recommend"/ { qc += $2 }
-  END { printf "inside the node: ranking %.3f ms, whole request %.3f ms (means over %d requests)\n", 1e3*rs/rc, 1e3*qs/qc, qc }'
+  /^edgerec_node_fallbacks_total\{reason="busy"\}/ { busy += $2 }
+  END { printf "inside the node: ranking %.3f ms, whole request %.3f ms (means over %d requests); %d answered by popularity because no instance was free\n", 1e3*rs/rc, 1e3*qs/qc, qc, busy }'
 
 echo "==> model swap under load (concurrency 16): deploy 2.0.0 while wrk runs"
 BENCH_TOKENS=1 wrk -t2 -c16 -d10s --latency -s "$work/recommend.lua" "$node" > "$work/swap.txt" &

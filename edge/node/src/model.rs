@@ -285,8 +285,22 @@ impl LoadedModel {
     /// Ranks in a free instance of the pool under the rank deadline; `HostError::Busy` when none was free in
     /// time. An instance that ran past its deadline or trapped is in an unknown state: the pool replaces it.
     pub fn rank(&self, request: &RankRequest) -> Result<Ranking, HostError> {
-        self.pool
-            .with_instance(|instance| instance.rank(request, self.rank_deadline))
+        self.rank_timed(request).0
+    }
+
+    /// [`Self::rank`], with the time spent in the instance (not waiting for one), when one was free.
+    pub fn rank_timed(
+        &self,
+        request: &RankRequest,
+    ) -> (Result<Ranking, HostError>, Option<Duration>) {
+        let mut took = None;
+        let ranked = self.pool.with_instance(|instance| {
+            let started = std::time::Instant::now();
+            let ranked = instance.rank(request, self.rank_deadline);
+            took = Some(started.elapsed());
+            ranked
+        });
+        (ranked, took)
     }
 }
 

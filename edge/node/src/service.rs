@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use edgerec_core::{MAX_ITEM_ID_LEN, RankError, RankRequest, Ranking, ScoredItem};
 use edgerec_features::event::{Event, ServedRequest};
@@ -310,18 +309,19 @@ impl<S: FeatureStore> NodeState<S> {
             // Off the HTTP workers: a ranking holds its thread for its whole deadline.
             let ranker = model.clone();
             let ranked = actix_web::web::block(move || {
-                let started = Instant::now();
-                let ranked = ranker.rank(&rank_request);
-                (ranked, rank_request, started.elapsed())
+                let (ranked, took) = ranker.rank_timed(&rank_request);
+                (ranked, rank_request, took)
             })
             .await;
             let Ok((ranked, rank_request, took)) = ranked else {
                 return Err(ServiceError::NotReady(request.surface));
             };
-            self.metrics
-                .rank_seconds
-                .with_label_values(&[request.surface.as_str()])
-                .observe(took.as_secs_f64());
+            if let Some(took) = took {
+                self.metrics
+                    .rank_seconds
+                    .with_label_values(&[request.surface.as_str()])
+                    .observe(took.as_secs_f64());
+            }
             let items = match model_answer(ranked)? {
                 Ok(ranking) => ranking.items,
                 Err(fault) => {
