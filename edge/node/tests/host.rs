@@ -188,3 +188,80 @@ fn modules_that_are_not_the_ranker_are_refused() {
     let err = empty.instantiate().expect_err("no exports");
     assert!(matches!(err, HostError::MissingExport("memory")), "{err}");
 }
+
+/// A model's pool has a fixed size: rankings beyond it wait at most the pool's wait, then are refused as busy
+/// (the node answers those by popularity); nothing builds extra instances.
+#[test]
+fn a_full_pool_answers_busy_instead_of_growing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use edgerec_core::{Digest, MODEL_FILE};
+    use edgerec_node::model::{LoadedModel, ModelFiles, PoolSettings};
+    use edgerec_registry::records::VersionRecord;
+
+    let cache = tempfile::tempdir().expect("temp dir");
+    let (manifest, model) = golden_bundle();
+    let files = ModelFiles {
+        record: VersionRecord {
+            model: "golden-sasrec".into(),
+            version: "1.0.0".into(),
+            manifest_digest: Digest::of(&manifest),
+            files: [(MODEL_FILE.to_string(), Digest::of(&model))].into(),
+            metrics: Default::default(),
+            lineage: Default::default(),
+            items: 3706,
+            published_by: "test".into(),
+            published_at: 0,
+            signature: String::new(),
+        },
+        manifest: manifest.into(),
+        model: model.into(),
+    };
+    let settings = PoolSettings {
+        instances: 1,
+        wait: Duration::ZERO,
+        memory_bytes: None,
+        rank_deadline: Duration::from_secs(5),
+        load_deadline: DEFAULT_LOAD_DEADLINE,
+    };
+    let loaded = Arc::new(
+        LoadedModel::load(Arc::new(engine(cache.path())), files, &settings).expect("loads"),
+    );
+    let (answered, busy) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let rankers: Vec<_> = (0..3)
+        .map(|_| {
+            let (loaded, answered, busy) = (loaded.clone(), answered.clone(), busy.clone());
+            std::thread::spawn(move || {
+                let request = RankRequest::new(vec!["m1".into(), "m7".into()], 10);
+                for _ in 0..200 {
+                    match loaded.rank(&request) {
+                        Ok(ranking) => {
+                            assert_eq!(ranking.items.len(), 10);
+                            answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(HostError::Busy(_)) => {
+                            busy.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(other) => panic!("unexpected {other}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for ranker in rankers {
+        ranker.join().expect("the ranker thread");
+    }
+    let (answered, busy) = (
+        answered.load(Ordering::Relaxed),
+        busy.load(Ordering::Relaxed),
+    );
+    assert_eq!(answered + busy, 600);
+    assert!(answered > 0, "the one instance answered");
+    assert!(
+        busy > 0,
+        "three threads on one instance with no wait must meet a busy pool"
+    );
+    let (limit, used) = loaded.memory();
+    assert!(used > 0 && used < limit, "{used} of {limit} bytes");
+}

@@ -508,6 +508,44 @@ mod tests {
         assert!(refused(&keys, &token).contains("kid"));
     }
 
+    /// A fixed P-256 test key: its PKCS#8 document and the public point (base64url), as a JWK carries it.
+    const P256_PKCS8: &str = "308187020100301306072a8648ce3d020106082a8648ce3d030107046d306b02010104201f2e3d4c5b6a79880796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0a1440342000456ccd8b8b16d196ae4d31f57ef9008cff4eb4caaa38f48a1c8c0e05c400f2246083a4aee1c1266c0c1e46d1682a86ae19c7bf7a885412f1b359f4fbbbc677433";
+    const P256_X: &str = "VszYuLFtGWrk0x9X75AIz_TrTKqjj0ihyMDgXEAPIkY";
+    const P256_Y: &str = "CDpK7hwSZsDB5G0Wgqhq4Zx796iFQS8bNZ9Pu7xndDM";
+
+    #[test]
+    fn es256_tokens_verify_with_their_jwks_key() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let jwk = serde_json::json!({
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "kid": "ec-1", "x": P256_X, "y": P256_Y,
+        });
+        let keys = keys(dir.path(), Some(&serde_json::json!({ "keys": [jwk] })));
+        let der = hex::decode(P256_PKCS8).expect("hex");
+        let signing = EncodingKey::from_ec_der(&der);
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("ec-1".into());
+        let t = now();
+        let token =
+            jsonwebtoken::encode(&header, &claims("carol", t, t + 60), &signing).expect("signs");
+        assert_eq!(keys.verify(&token).expect("valid").sub, "carol");
+        // Another subject under the same signature: refused.
+        let mut parts: Vec<String> = token.split('.').map(String::from).collect();
+        parts[1] = b64(serde_json::to_string(&claims("mallory", t, t + 60))
+            .expect("json")
+            .as_bytes());
+        assert!(refused(&keys, &parts.join(".")).contains("signature"));
+        // An EdDSA header on the ES256 key: refused whatever it carries.
+        let mut confused = Header::new(Algorithm::EdDSA);
+        confused.kid = Some("ec-1".into());
+        let forged = format!(
+            "{}.{}.{}",
+            b64(serde_json::to_string(&confused).expect("json").as_bytes()),
+            parts[1],
+            parts[2]
+        );
+        assert!(refused(&keys, &forged).contains("ES256"));
+    }
+
     #[test]
     fn bad_key_files_are_refused_at_start() {
         let dir = tempfile::tempdir().expect("temp dir");
