@@ -129,17 +129,37 @@ impl EmbeddedStore {
 impl Store for EmbeddedStore {
     async fn put_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
         let path = self.blob_path(digest);
-        if path.exists() {
+        // Skipped only when the copy there is intact: a damaged one is replaced by this upload (whose digest the
+        // caller checked).
+        if let Ok(existing) = std::fs::read(&path)
+            && Digest::of(&existing) == *digest
+        {
             return Ok(());
         }
-        let incoming = self
+        static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let incoming_dir = self
             .blobs
             .parent()
             .expect("blobs/sha256 has a parent")
-            .join("incoming")
-            .join(format!("{digest}.{}", std::process::id()));
-        std::fs::write(&incoming, bytes).map_err(|e| io(&incoming, e))?;
-        std::fs::rename(&incoming, &path).map_err(|e| io(&path, e))
+            .join("incoming");
+        let incoming = incoming_dir.join(format!(
+            "{digest}.{}.{}",
+            std::process::id(),
+            UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        // Durable before it is visible: the file's bytes, then its name in the folder.
+        let written = std::fs::File::create(&incoming).and_then(|mut file| {
+            std::io::Write::write_all(&mut file, bytes)?;
+            file.sync_all()
+        });
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&incoming);
+            return Err(io(&incoming, e));
+        }
+        std::fs::rename(&incoming, &path).map_err(|e| io(&path, e))?;
+        std::fs::File::open(&self.blobs)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| io(&self.blobs, e))
     }
 
     async fn get_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {

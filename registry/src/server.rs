@@ -145,6 +145,29 @@ impl RegistryConfig {
             .unwrap_or_else(|| self.root.join("signing.key"))
     }
 
+    /// The signing key, created on first start only: a registry that has published versions and finds no key
+    /// refuses to make a new one, since every edge node trusts the one that signed them.
+    fn signer<S: Store>(
+        &self,
+        store: &S,
+        runtime: &actix_web::rt::Runtime,
+    ) -> Result<ManifestSigner, Box<dyn std::error::Error + Send + Sync>> {
+        let path = self.signing_key_path();
+        if !path.exists() {
+            let published = runtime.block_on(store.list_versions(None))?;
+            if !published.is_empty() {
+                return Err(format!(
+                    "no signing key at {}, but this registry has {} published versions signed with one: restore \
+                     the key (edge nodes trust it), or point signing_key at it; a new key is not created",
+                    path.display(),
+                    published.len()
+                )
+                .into());
+            }
+        }
+        Ok(ManifestSigner::load_or_create(&path)?)
+    }
+
     /// Connects to the S3 + DynamoDB backend of `aws`, creating the table and bucket if needed, with the signing
     /// key.
     pub fn open_aws(
@@ -152,8 +175,9 @@ impl RegistryConfig {
         aws: &AwsConfig,
     ) -> Result<Registry<AwsStore>, Box<dyn std::error::Error + Send + Sync>> {
         let store = AwsStore::connect(aws);
-        actix_web::rt::Runtime::new()?.block_on(store.ensure_created())?;
-        let signer = ManifestSigner::load_or_create(&self.signing_key_path())?;
+        let runtime = actix_web::rt::Runtime::new()?;
+        runtime.block_on(store.ensure_created())?;
+        let signer = self.signer(&store, &runtime)?;
         Ok(Registry {
             store,
             signer,
@@ -167,7 +191,7 @@ impl RegistryConfig {
         &self,
     ) -> Result<Registry<EmbeddedStore>, Box<dyn std::error::Error + Send + Sync>> {
         let store = EmbeddedStore::open(&self.root)?;
-        let signer = ManifestSigner::load_or_create(&self.signing_key_path())?;
+        let signer = self.signer(&store, &actix_web::rt::Runtime::new()?)?;
         Ok(Registry {
             store,
             signer,

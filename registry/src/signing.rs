@@ -40,16 +40,27 @@ impl ManifestSigner {
             });
         }
         let key = SigningKey::generate(&mut rand_core::OsRng);
+        // Readable by its owner only from its first byte, and durable before it is used to sign anything.
         let temporary = path.with_extension("partial");
-        std::fs::write(&temporary, hex::encode(key.to_bytes()))
-            .map_err(|e| error(e.to_string()))?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
         #[cfg(unix)]
         {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| error(e.to_string()))?;
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
         }
-        std::fs::rename(&temporary, path).map_err(|e| error(e.to_string()))?;
+        options
+            .open(&temporary)
+            .and_then(|mut file| {
+                std::io::Write::write_all(&mut file, hex::encode(key.to_bytes()).as_bytes())?;
+                file.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&temporary, path))
+            .and_then(|()| match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
+                _ => Ok(()),
+            })
+            .map_err(|e| error(e.to_string()))?;
         Ok(Self { key })
     }
 

@@ -400,3 +400,48 @@ fn an_unreachable_backend_is_unavailable_and_leaves_nothing() {
         run(without_s3.upload_blob(&Digest::of(b"x").to_string(), b"x")).expect_err("refused");
     assert!(matches!(error, RegistryError::Unavailable(_)), "{error}");
 }
+
+#[test]
+fn a_damaged_blob_is_replaced_by_the_next_upload_and_a_lost_key_is_not_remade() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = edgerec_registry::server::RegistryConfig {
+        root: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    let registry = config.open_embedded().expect("opens");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("signing.key"))
+            .expect("the key")
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the signing key is readable by its owner only"
+        );
+    }
+    let (manifest, model) = golden();
+    let digest = Digest::of(&model).to_string();
+    run(registry.upload_blob(&digest, &model)).expect("uploads");
+    let stored = dir.path().join("blobs").join("sha256").join(&digest);
+    std::fs::write(&stored, &model[..100]).expect("truncates the stored copy");
+    run(registry.upload_blob(&digest, &model)).expect("uploads again");
+    assert_eq!(
+        std::fs::read(&stored).expect("reads"),
+        model,
+        "the damaged copy was replaced"
+    );
+    run(registry.publish("golden-sasrec", &manifest, "alice")).expect("publishes");
+    drop(registry);
+
+    // The key that signed the published versions is gone: the registry does not start with a new one.
+    std::fs::remove_file(dir.path().join("signing.key")).expect("removes the key");
+    let error = config.open_embedded().expect_err("refuses to start");
+    assert!(error.to_string().contains("no signing key"), "{error}");
+    assert!(
+        !dir.path().join("signing.key").exists(),
+        "no new key was made"
+    );
+}
