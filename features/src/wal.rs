@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::{Event, ServedRequest};
 
 const HEADER: usize = 16;
-/// Largest payload accepted when reading (a frame claiming more is corrupt).
+/// Largest payload: the writer refuses a bigger entry, and a frame claiming more is corrupt to the reader.
 const MAX_PAYLOAD: usize = 16 << 20;
 
 /// What the log holds.
@@ -51,6 +51,10 @@ pub enum WalError {
         "the write-ahead log failed to write and could not undo the partial write; restart to recover: {0}"
     )]
     Poisoned(String),
+    #[error(
+        "an entry of {0} bytes is larger than the write-ahead log's limit of {MAX_PAYLOAD} bytes"
+    )]
+    TooLarge(usize),
 }
 
 fn io(path: &Path, source: std::io::Error) -> WalError {
@@ -89,8 +93,12 @@ pub fn segments(dir: &Path) -> Result<Vec<Segment>, WalError> {
     Ok(found)
 }
 
-fn frame(seq: u64, entry: &WalEntry, out: &mut Vec<u8>) {
+fn frame(seq: u64, entry: &WalEntry, out: &mut Vec<u8>) -> Result<(), WalError> {
     let payload = serde_json::to_vec(entry).expect("entries serialise");
+    // A frame the reader would take for corruption is never written.
+    if payload.len() > MAX_PAYLOAD {
+        return Err(WalError::TooLarge(payload.len()));
+    }
     let mut crc = crc32fast::Hasher::new();
     crc.update(&seq.to_le_bytes());
     crc.update(&payload);
@@ -98,6 +106,7 @@ fn frame(seq: u64, entry: &WalEntry, out: &mut Vec<u8>) {
     out.extend_from_slice(&crc.finalize().to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&payload);
+    Ok(())
 }
 
 /// The records of one segment and the length of its valid prefix. With `torn_tail_ok`, an unreadable frame ends
@@ -256,7 +265,7 @@ impl Wal {
         let first = self.next_seq;
         let mut bytes = Vec::with_capacity(entries.len() * 256);
         for (i, entry) in entries.iter().enumerate() {
-            frame(first + i as u64, entry, &mut bytes);
+            frame(first + i as u64, entry, &mut bytes)?;
         }
         if let Err(e) = self.file.write_all_at(&bytes, self.len) {
             // Take back whatever part was written, so the next append does not follow a torn frame.
@@ -372,6 +381,26 @@ mod tests {
         wal.sync().expect("syncs");
         drop(wal);
         assert_eq!(Wal::open(dir.path(), 1 << 20).expect("reopens").1.len(), 3);
+    }
+
+    #[test]
+    fn an_entry_too_large_to_read_back_is_never_written() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (mut wal, _) = Wal::open(dir.path(), 1 << 30).expect("opens");
+        wal.append(&[entry(0)]).expect("appends");
+        let WalEntry::Event(mut huge) = entry(1) else {
+            unreachable!("an event")
+        };
+        huge.item = "x".repeat(MAX_PAYLOAD);
+        let e = wal
+            .append(&[entry(2), WalEntry::Event(huge)])
+            .expect_err("too large");
+        assert!(matches!(e, WalError::TooLarge(_)), "{e}");
+        // Nothing of the refused batch was written; numbering goes on from the last good record.
+        assert_eq!(wal.append(&[entry(3)]).expect("appends"), 2);
+        wal.sync().expect("syncs");
+        drop(wal);
+        assert_eq!(Wal::open(dir.path(), 1 << 30).expect("reopens").1.len(), 2);
     }
 
     #[test]
