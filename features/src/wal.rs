@@ -368,7 +368,7 @@ mod tests {
         drop(wal);
         // Half of a third frame, as a crash mid-write leaves it.
         let mut third = Vec::new();
-        frame(3, &entry(2), &mut third);
+        frame(3, &entry(2), &mut third).expect("frames");
         let mut bytes = std::fs::read(&path).expect("reads");
         let whole = bytes.len() as u64;
         bytes.extend_from_slice(&third[..third.len() / 2]);
