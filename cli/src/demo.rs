@@ -631,6 +631,10 @@ fn replay(
         for _ in 0..args.concurrency.max(1) {
             scope.spawn(|| {
                 let agent = agent();
+                let fail = |error: String| {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    first_error.lock().expect("lock").get_or_insert(error);
+                };
                 while !stop.load(Ordering::SeqCst) {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     let Some((user, held_out)) = users.get(i) else {
@@ -646,11 +650,7 @@ fn replay(
                     let token = match minter.mint(user, 600) {
                         Ok(token) => token,
                         Err(e) => {
-                            failed.fetch_add(1, Ordering::SeqCst);
-                            first_error
-                                .lock()
-                                .expect("lock")
-                                .get_or_insert(e.to_string());
+                            fail(e.to_string());
                             continue;
                         }
                     };
@@ -665,11 +665,7 @@ fn replay(
                     let answer = match answer {
                         Ok(answer) => answer,
                         Err(e) => {
-                            failed.fetch_add(1, Ordering::SeqCst);
-                            first_error
-                                .lock()
-                                .expect("lock")
-                                .get_or_insert(e.to_string());
+                            fail(e.to_string());
                             continue;
                         }
                     };
@@ -691,11 +687,7 @@ fn replay(
                         "request_id": answer["request_id"],
                     }]});
                     if let Err(e) = post(&agent, &format!("{node_url}/v1/events"), &token, &event) {
-                        failed.fetch_add(1, Ordering::SeqCst);
-                        first_error
-                            .lock()
-                            .expect("lock")
-                            .get_or_insert(e.to_string());
+                        fail(e.to_string());
                     }
                     done.fetch_add(1, Ordering::SeqCst);
                 }

@@ -38,26 +38,8 @@ fn send_from(
     credential: Option<&str>,
     address: &str,
 ) -> Answer {
-    let mut request = node
-        .agent
-        .post(format!("{}{path}", node.url))
-        .header("Content-Type", "application/json")
-        .header("X-Forwarded-For", address);
-    if let Some(credential) = credential {
-        request = request.header("Authorization", format!("Bearer {credential}"));
-    }
-    let mut response = request.send(body.to_string()).expect("the node answers");
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(String::from);
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    Answer {
-        status: response.status().as_u16(),
-        body: serde_json::from_str(&text).unwrap_or(Value::Null),
-        retry_after,
-    }
+    node.send_with(path, body, credential, &[("X-Forwarded-For", address)])
+        .expect("the node answers")
 }
 
 fn expect(answer: &Answer, status: u16, kind: Option<&str>, what: &str) {

@@ -1,4 +1,4 @@
-// The web demo in headless Chromium, against a running `edgerec demo` (or `edgerec edge serve --web-demo`):
+// The web demo in headless Chromium, against a running `edgerec demo` (or `edgerec edge serve --web-demo web-demo --anonymous-sessions`):
 //   node web-demo/tests/e2e.mjs http://127.0.0.1:8080 [--screenshots DIR] [--clicks N]
 // Needs EDGEREC_PLAYWRIGHT (a folder with node_modules/playwright-core) and CHROMIUM (the browser binary);
 // scripts/setup.sh installs both. Every check throws on failure; the figures are printed as one JSON line last.

@@ -291,10 +291,24 @@ impl Node {
         body: &Value,
         credential: Option<&str>,
     ) -> Result<Answer, String> {
+        self.send_with(path, body, credential, &[])
+    }
+
+    /// [`Node::send`] with more headers.
+    pub fn send_with(
+        &self,
+        path: &str,
+        body: &Value,
+        credential: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<Answer, String> {
         let mut request = self
             .agent
             .post(format!("{}{path}", self.url))
             .header("Content-Type", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(credential) = credential {
             request = request.header("Authorization", format!("Bearer {credential}"));
         }
