@@ -46,19 +46,6 @@ fn read<T: DeserializeOwned + Default>(
     }
 }
 
-/// Opens the redb file at `path`, creating a missing one under a temporary name first: redb writes a new file's
-/// magic number last, so a process killed while redb initialises the file would leave one that every later open
-/// refuses ("invalid data").
-pub(crate) fn create_database(path: &Path) -> Result<Database, redb::DatabaseError> {
-    if !path.exists() {
-        let partial = path.with_extension("redb-partial");
-        let _ = std::fs::remove_file(&partial);
-        drop(Database::create(&partial)?);
-        std::fs::rename(&partial, path)?;
-    }
-    Database::create(path)
-}
-
 impl EmbeddedFeatureStore {
     /// Opens (or creates, with its tables) the store file at `path`.
     pub fn open(path: &Path, settings: FeatureSettings) -> Result<Self, StoreError> {
@@ -66,7 +53,7 @@ impl EmbeddedFeatureStore {
             std::fs::create_dir_all(parent)
                 .map_err(|e| StoreError::Unavailable(format!("{}: {e}", parent.display())))?;
         }
-        let db = create_database(path)
+        let db = edgerec_storage::create_database(path)
             .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(unavailable)?;
         txn.open_table(USERS).map_err(unavailable)?;
@@ -176,9 +163,9 @@ mod tests {
         let path = dir.path().join("store.redb");
         let partial = path.with_extension("redb-partial");
         std::fs::write(&partial, &half).expect("test step succeeds");
-        drop(create_database(&path).expect("creates over the leftover"));
+        drop(edgerec_storage::create_database(&path).expect("creates over the leftover"));
         assert!(!partial.exists());
-        let db = create_database(&path).expect("reopens");
+        let db = edgerec_storage::create_database(&path).expect("reopens");
         let txn = db.begin_write().expect("test step succeeds");
         txn.open_table(USERS).expect("test step succeeds");
         txn.commit().expect("test step succeeds");

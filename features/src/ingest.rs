@@ -116,7 +116,7 @@ impl ShippedIds {
 
     /// Opens (or creates) the index at `path`, forgets ids older than `oldest`, and returns those left.
     fn open(path: PathBuf, oldest: i64) -> Result<(Self, HashMap<u128, i64>), IngestError> {
-        let db = crate::embedded::create_database(&path).map_err(|e| IngestError::Dedupe {
+        let db = edgerec_storage::create_database(&path).map_err(|e| IngestError::Dedupe {
             path: path.clone(),
             message: e.to_string(),
         })?;

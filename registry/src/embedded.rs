@@ -80,9 +80,8 @@ impl EmbeddedStore {
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         let blobs = root.join("blobs").join("sha256");
         std::fs::create_dir_all(&blobs).map_err(|e| io(&blobs, e))?;
-        std::fs::create_dir_all(root.join("blobs").join("incoming")).map_err(|e| io(root, e))?;
         let path = root.join("registry.redb");
-        let db = Database::create(&path).map_err(|e| match e {
+        let db = edgerec_storage::create_database(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
                 "{} is in use by another process (a running registry?)",
                 path.display()
@@ -136,30 +135,9 @@ impl Store for EmbeddedStore {
         {
             return Ok(());
         }
-        static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let incoming_dir = self
-            .blobs
-            .parent()
-            .expect("blobs/sha256 has a parent")
-            .join("incoming");
-        let incoming = incoming_dir.join(format!(
-            "{digest}.{}.{}",
-            std::process::id(),
-            UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        // Durable before it is visible: the file's bytes, then its name in the folder.
-        let written = std::fs::File::create(&incoming).and_then(|mut file| {
-            std::io::Write::write_all(&mut file, bytes)?;
-            file.sync_all()
-        });
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&incoming);
-            return Err(io(&incoming, e));
-        }
-        std::fs::rename(&incoming, &path).map_err(|e| io(&path, e))?;
-        std::fs::File::open(&self.blobs)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|e| io(&self.blobs, e))
+        // Durable before it is visible: written aside, synced, renamed into place, the folder synced.
+        edgerec_storage::write_durably(&path, bytes, edgerec_storage::Access::Shared)
+            .map_err(|e| io(&path, e))
     }
 
     async fn get_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {

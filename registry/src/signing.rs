@@ -41,26 +41,12 @@ impl ManifestSigner {
         }
         let key = SigningKey::generate(&mut rand_core::OsRng);
         // Readable by its owner only from its first byte, and durable before it is used to sign anything.
-        let temporary = path.with_extension("partial");
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        options
-            .open(&temporary)
-            .and_then(|mut file| {
-                std::io::Write::write_all(&mut file, hex::encode(key.to_bytes()).as_bytes())?;
-                file.sync_all()
-            })
-            .and_then(|()| std::fs::rename(&temporary, path))
-            .and_then(|()| match path.parent() {
-                Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
-                _ => Ok(()),
-            })
-            .map_err(|e| error(e.to_string()))?;
+        edgerec_storage::write_durably(
+            path,
+            hex::encode(key.to_bytes()).as_bytes(),
+            edgerec_storage::Access::OwnerOnly,
+        )
+        .map_err(|e| error(e.to_string()))?;
         Ok(Self { key })
     }
 

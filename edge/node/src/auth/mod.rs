@@ -294,22 +294,27 @@ pub fn bearer(
 
 /// Writes a new random secret (32 bytes, hex, readable by its owner only) to `path` unless a file is there.
 pub fn create_secret_file(path: &Path) -> Result<(), AuthSetupError> {
-    if path.exists() {
-        return Ok(());
-    }
-    // Written aside, then linked into place: a link fails if the name exists, so two nodes starting on one folder
-    // end up with the same secret (whoever came first), never each with its own.
-    let aside = path.with_extension(format!("new-{}", random_hex(4)));
-    write_private(&aside, random_hex(32).as_bytes())?;
-    let linked = std::fs::hard_link(&aside, path);
-    let _ = std::fs::remove_file(&aside);
-    match linked {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(source) => Err(AuthSetupError::Write {
-            path: path.to_path_buf(),
+    // Two nodes starting on one folder end up with the same secret (whoever came first), never each with its own.
+    ensure_parent(path)?;
+    edgerec_storage::create_durably(
+        path,
+        random_hex(32).as_bytes(),
+        edgerec_storage::Access::OwnerOnly,
+    )
+    .map(drop)
+    .map_err(|source| AuthSetupError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn ensure_parent(path: &Path) -> Result<(), AuthSetupError> {
+    match path.parent() {
+        Some(dir) => std::fs::create_dir_all(dir).map_err(|source| AuthSetupError::Write {
+            path: dir.to_path_buf(),
             source,
         }),
+        None => Ok(()),
     }
 }
 
@@ -321,34 +326,15 @@ pub(crate) fn random_hex(bytes: usize) -> String {
     hex::encode(buffer)
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, readable by its owner only: never a torn
-/// secret or key file.
+/// Writes `bytes` to `path` whole or not at all, readable by its owner only: never a torn secret or key file.
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AuthSetupError> {
-    use std::io::Write;
-    let failed = |source| AuthSetupError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(failed)?;
-    }
-    let temporary = path.with_extension(format!("tmp-{}", random_hex(4)));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let written = options.open(&temporary).and_then(|mut file| {
-        file.write_all(bytes)?;
-        file.sync_all()
-    });
-    if let Err(e) = written.and_then(|()| std::fs::rename(&temporary, path)) {
-        let _ = std::fs::remove_file(&temporary);
-        return Err(failed(e));
-    }
-    Ok(())
+    ensure_parent(path)?;
+    edgerec_storage::write_durably(path, bytes, edgerec_storage::Access::OwnerOnly).map_err(
+        |source| AuthSetupError::Write {
+            path: path.to_path_buf(),
+            source,
+        },
+    )
 }
 
 #[cfg(test)]

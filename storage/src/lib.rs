@@ -1,0 +1,136 @@
+//! Files that are either whole or absent after a crash, and redb databases created the same way: what the
+//! registry, the feature store, the ingest and the edge node keep on disk goes through here.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use redb::Database;
+
+/// Who may read a file written by [`write_durably`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The default permissions (a blob, a bundle file).
+    Shared,
+    /// Its owner only, from the first byte (a key, a secret): mode 0600 on Unix.
+    OwnerOnly,
+}
+
+/// A name beside `path` no other writer in this or another process uses at the same time.
+fn aside(path: &Path, what: &str) -> std::path::PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = path
+        .file_name()
+        .map_or_else(Default::default, |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!(".{name}.{what}-{}-{n}", std::process::id()))
+}
+
+/// Syncs the folder holding `path`, so a rename into it survives a crash.
+pub fn sync_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
+        _ => Ok(()),
+    }
+}
+
+/// Writes `bytes` to `path` so that after a crash the file is either the old one, absent, or exactly `bytes`:
+/// written under a temporary name, synced, renamed into place, and the folder synced.
+pub fn write_durably(path: &Path, bytes: &[u8], access: Access) -> std::io::Result<()> {
+    let temporary = aside(path, "partial");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    if access == Access::OwnerOnly {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let written = options.open(&temporary).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    let placed = written.and_then(|()| std::fs::rename(&temporary, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(e);
+    }
+    sync_parent(path)
+}
+
+/// Like [`write_durably`], but never replaces a file already at `path` (whoever wrote first wins; `Ok(false)`
+/// when one was there): for secrets several processes may create at once.
+pub fn create_durably(path: &Path, bytes: &[u8], access: Access) -> std::io::Result<bool> {
+    if path.exists() {
+        return Ok(false);
+    }
+    let temporary = aside(path, "new");
+    write_durably(&temporary, bytes, access)?;
+    // A link fails when the name exists, unlike a rename.
+    let linked = std::fs::hard_link(&temporary, path);
+    let _ = std::fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => sync_parent(path).map(|()| true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens the redb file at `path`, creating a missing one under a temporary name first: redb writes a new file's
+/// magic number last, so a process killed while redb initialises the file would leave one that every later open
+/// refuses ("invalid data").
+pub fn create_database(path: &Path) -> Result<Database, redb::DatabaseError> {
+    if !path.exists() {
+        let partial = path.with_extension("redb-partial");
+        let _ = std::fs::remove_file(&partial);
+        drop(Database::create(&partial)?);
+        std::fs::rename(&partial, path)?;
+        sync_parent(path)?;
+    }
+    Database::create(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durable_writes_replace_whole_files_and_leave_nothing_aside() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("key");
+        write_durably(&path, b"one", Access::OwnerOnly).expect("writes");
+        write_durably(&path, b"two", Access::OwnerOnly).expect("replaces");
+        assert_eq!(std::fs::read(&path).expect("reads"), b"two");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o077, 0, "owner only");
+        }
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("lists").count(),
+            1,
+            "nothing left aside"
+        );
+    }
+
+    #[test]
+    fn a_created_file_is_never_replaced() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("secret");
+        assert!(create_durably(&path, b"first", Access::OwnerOnly).expect("creates"));
+        assert!(!create_durably(&path, b"second", Access::OwnerOnly).expect("keeps"));
+        assert_eq!(std::fs::read(&path).expect("reads"), b"first");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("lists").count(), 1);
+    }
+
+    #[test]
+    fn a_database_left_half_created_is_replaced() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("db.redb");
+        // What a process killed during the first create leaves: a partial file, never the real name.
+        std::fs::write(path.with_extension("redb-partial"), b"garbage").expect("writes");
+        drop(create_database(&path).expect("creates"));
+        drop(create_database(&path).expect("reopens"));
+        assert!(!path.with_extension("redb-partial").exists());
+    }
+}
