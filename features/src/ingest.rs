@@ -30,6 +30,8 @@ const SHIPPED_IDS: TableDefinition<u128, i64> = TableDefinition::new("shipped_id
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
     /// Names this node's log: sequence numbers are per node, and the store remembers per node what it applied.
+    /// Default: `node-<host name>`, different per machine (and per container, which gets a host name of its own),
+    /// so two nodes left on the default do not share one log's numbering.
     pub node_id: String,
     pub limits: EventLimits,
     /// A segment is closed (and may be shipped) at this size.
@@ -41,11 +43,36 @@ pub struct IngestConfig {
 impl Default for IngestConfig {
     fn default() -> Self {
         Self {
-            node_id: "node-1".into(),
+            node_id: default_node_id(),
             limits: EventLimits::default(),
             segment_bytes: 16 << 20,
             apply_batch: 2000,
         }
+    }
+}
+
+/// `node-<host name>`: lower-case letters, digits and `-` of the kernel's host name, at most 48 of them
+/// (`node-1` where the host name cannot be read).
+pub fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    node_id_for(&host)
+}
+
+fn node_id_for(host: &str) -> String {
+    let clean: String = host
+        .trim()
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(48)
+        .collect();
+    let clean = clean.trim_matches('-');
+    if clean.is_empty() {
+        "node-1".into()
+    } else {
+        format!("node-{clean}")
     }
 }
 
@@ -538,5 +565,24 @@ async fn apply_loop<S: FeatureStore>(
             }
         }
         let _ = applied.send(upto);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_node_id_comes_from_the_host_name() {
+        assert_eq!(
+            node_id_for("edge-7.example.com\n"),
+            "node-edge-7-example-com"
+        );
+        assert_eq!(node_id_for("  Pod_3F  "), "node-pod-3f");
+        assert_eq!(node_id_for(""), "node-1");
+        assert_eq!(node_id_for("---"), "node-1");
+        assert!(node_id_for(&"x".repeat(300)).len() <= 5 + 48);
+        // Stable on one machine: the configuration's default compares equal to itself.
+        assert_eq!(default_node_id(), default_node_id());
     }
 }
