@@ -88,7 +88,6 @@ pub struct Listening {
 /// Runs a node on the feature store its configuration names (DynamoDB with an `aws` section, else the embedded
 /// one) until SIGINT or SIGTERM. `on_listening` gets the bound addresses once the node accepts connections.
 pub fn run(config: NodeConfig, on_listening: impl FnOnce(&Listening)) -> Result<(), NodeError> {
-    config.check_security().map_err(NodeError::Config)?;
     let background = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("edgerec-node-bg")

@@ -94,15 +94,6 @@ impl Caller {
             }
         }
     }
-
-    /// The key its per-principal rate limit is kept under (`None`: only the per-address limit applies).
-    pub fn rate_key(&self) -> Option<String> {
-        match self {
-            Caller::Visitor { subject, .. } => Some(format!("visitor:{subject}")),
-            Caller::Service { key_id, .. } => Some(format!("key:{key_id}")),
-            Caller::Nobody | Caller::Unchecked => None,
-        }
-    }
 }
 
 /// A refused credential. Both are answered before the request body is used.
@@ -220,10 +211,6 @@ impl Authenticator {
     /// A node that checks nothing (`--insecure-no-auth`).
     pub fn insecure() -> Self {
         Self { checks: None }
-    }
-
-    pub fn is_insecure(&self) -> bool {
-        self.checks.is_none()
     }
 
     /// The issuer of anonymous sessions, if enabled.

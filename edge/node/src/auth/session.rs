@@ -56,8 +56,9 @@ pub struct Session {
 }
 
 pub struct SessionIssuer {
-    secret: Vec<u8>,
     encoding: EncodingKey,
+    decoding: DecodingKey,
+    renewal_check: Validation,
     ttl_s: u64,
     renew_within_s: u64,
 }
@@ -100,16 +101,27 @@ impl SessionIssuer {
             path: path.clone(),
             message: e.to_string(),
         })?;
+        let decoding = DecodingKey::from_secret(&secret).map_err(|e| AuthSetupError::Invalid {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        // A renewal checks everything but expiry (it is checked against the renewal window instead).
+        let mut renewal_check = Validation::new(Algorithm::HS256);
+        renewal_check.set_required_spec_claims(&["exp", "iat", "sub"]);
+        renewal_check.set_issuer(&[SESSION_ISSUER]);
+        renewal_check.validate_exp = false;
+        renewal_check.validate_aud = false;
         Ok(Self {
-            secret,
             encoding,
+            decoding,
+            renewal_check,
             ttl_s: config.ttl_s,
             renew_within_s: config.renew_within_s,
         })
     }
 
-    pub(crate) fn decoding_key(&self) -> DecodingKey {
-        DecodingKey::from_secret(&self.secret).expect("the secret was checked non-empty")
+    pub(crate) fn decoding_key(&self) -> &DecodingKey {
+        &self.decoding
     }
 
     /// A token for a new visitor, or for the visitor of `previous` when that is one of ours, expired at most
@@ -147,13 +159,8 @@ impl SessionIssuer {
         if header.kid.as_deref() != Some(SESSION_KID) || header.alg != Algorithm::HS256 {
             return Err(refuse("only this node's anonymous sessions can be renewed"));
         }
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp", "iat", "sub"]);
-        validation.set_issuer(&[SESSION_ISSUER]);
-        validation.validate_exp = false;
-        validation.validate_aud = false;
         let claims =
-            jsonwebtoken::decode::<VisitorClaims>(token, &self.decoding_key(), &validation)
+            jsonwebtoken::decode::<VisitorClaims>(token, &self.decoding, &self.renewal_check)
                 .map_err(|_| refuse("the previous session's signature does not verify"))?
                 .claims;
         if claims.exp.saturating_add(self.renew_within_s) < now {

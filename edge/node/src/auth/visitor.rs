@@ -103,7 +103,6 @@ impl ScopeClaim {
     }
 }
 
-#[derive(Clone)]
 struct VerifyingKey {
     algorithm: Algorithm,
     key: DecodingKey,
@@ -118,13 +117,23 @@ impl std::fmt::Debug for VerifyingKey {
 /// Every key a visitor token may be signed with, by `kid`.
 #[derive(Debug)]
 pub struct VisitorKeys {
-    secrets: HashMap<String, VerifyingKey>,
-    jwks: Option<WatchedFile<HashMap<String, VerifyingKey>>>,
-    session: Option<VerifyingKey>,
-    issuer: Option<String>,
-    audience: Option<String>,
+    secrets: HashMap<String, Arc<VerifyingKey>>,
+    jwks: Option<WatchedFile<HashMap<String, Arc<VerifyingKey>>>>,
+    session: Option<Arc<VerifyingKey>>,
+    /// The checks of a site token of each algorithm, and of a session token, built once.
+    site_checks: [(Algorithm, Validation); 3],
+    session_check: Validation,
     max_lifetime_s: u64,
     leeway_s: u64,
+}
+
+/// What every token must carry, with `leeway_s` of clock skew allowed.
+fn validation(algorithm: Algorithm, leeway_s: u64) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.set_required_spec_claims(&["exp", "iat", "sub"]);
+    validation.leeway = leeway_s;
+    validation.validate_aud = false;
+    validation
 }
 
 impl VisitorKeys {
@@ -159,10 +168,10 @@ impl VisitorKeys {
             if secrets
                 .insert(
                     kid.clone(),
-                    VerifyingKey {
+                    Arc::new(VerifyingKey {
                         algorithm: Algorithm::HS256,
                         key,
-                    },
+                    }),
                 )
                 .is_some()
             {
@@ -188,27 +197,45 @@ impl VisitorKeys {
             }
             None => None,
         };
+        let site_check = |algorithm| {
+            let mut check = validation(algorithm, config.leeway_s);
+            if let Some(issuer) = &config.issuer {
+                check.set_issuer(&[issuer]);
+            }
+            if let Some(audience) = &config.audience {
+                check.set_audience(&[audience]);
+                check.validate_aud = true;
+            }
+            (algorithm, check)
+        };
+        let mut session_check = validation(Algorithm::HS256, config.leeway_s);
+        session_check.set_issuer(&[SESSION_ISSUER]);
         Ok(Self {
             secrets,
             jwks,
-            session: sessions.map(|s| VerifyingKey {
-                algorithm: Algorithm::HS256,
-                key: s.decoding_key(),
+            session: sessions.map(|s| {
+                Arc::new(VerifyingKey {
+                    algorithm: Algorithm::HS256,
+                    key: s.decoding_key().clone(),
+                })
             }),
-            issuer: config.issuer.clone(),
-            audience: config.audience.clone(),
+            site_checks: [Algorithm::HS256, Algorithm::EdDSA, Algorithm::ES256].map(site_check),
+            session_check,
             max_lifetime_s: config.max_lifetime_s,
             leeway_s: config.leeway_s,
         })
     }
 
-    fn site_key(&self, kid: Option<&str>) -> Result<VerifyingKey, AuthError> {
+    fn site_key(&self, kid: Option<&str>) -> Result<Arc<VerifyingKey>, AuthError> {
+        // A shared secret is found without looking at the JWKS file.
+        if let Some(key) = kid.and_then(|kid| self.secrets.get(kid)) {
+            return Ok(key.clone());
+        }
         let jwks = self.jwks.as_ref().map(|w| w.current());
         match kid {
-            Some(kid) => self
-                .secrets
-                .get(kid)
-                .or_else(|| jwks.as_ref().and_then(|keys| keys.get(kid)))
+            Some(kid) => jwks
+                .as_ref()
+                .and_then(|keys| keys.get(kid))
                 .cloned()
                 .ok_or_else(|| {
                     AuthError::Unauthenticated(format!(
@@ -259,22 +286,16 @@ impl VisitorKeys {
                 header.alg, key.algorithm
             )));
         }
-        let mut validation = Validation::new(key.algorithm);
-        validation.set_required_spec_claims(&["exp", "iat", "sub"]);
-        validation.leeway = self.leeway_s;
-        if session {
-            validation.set_issuer(&[SESSION_ISSUER]);
-            validation.validate_aud = false;
+        let validation = if session {
+            &self.session_check
         } else {
-            if let Some(issuer) = &self.issuer {
-                validation.set_issuer(&[issuer]);
-            }
-            match &self.audience {
-                Some(audience) => validation.set_audience(&[audience]),
-                None => validation.validate_aud = false,
-            }
-        }
-        let claims = jsonwebtoken::decode::<VisitorClaims>(token, &key.key, &validation)
+            self.site_checks
+                .iter()
+                .find(|(algorithm, _)| *algorithm == key.algorithm)
+                .map(|(_, check)| check)
+                .expect("every key's algorithm has its checks")
+        };
+        let claims = jsonwebtoken::decode::<VisitorClaims>(token, &key.key, validation)
             .map_err(|e| AuthError::Unauthenticated(describe(e.kind())))?
             .claims;
         self.check_claims(&claims, jsonwebtoken::get_current_timestamp())?;
@@ -315,7 +336,7 @@ fn check_kid(kid: &str, path: &Path) -> Result<(), AuthSetupError> {
 fn parse_jwks(
     path: &Path,
     bytes: &[u8],
-) -> Result<Arc<HashMap<String, VerifyingKey>>, AuthSetupError> {
+) -> Result<Arc<HashMap<String, Arc<VerifyingKey>>>, AuthSetupError> {
     let invalid = |message: String| AuthSetupError::Invalid {
         path: path.to_path_buf(),
         message,
@@ -343,7 +364,7 @@ fn parse_jwks(
         };
         let key = DecodingKey::from_jwk(jwk).map_err(|e| invalid(format!("key `{kid}`: {e}")))?;
         if keys
-            .insert(kid.clone(), VerifyingKey { algorithm, key })
+            .insert(kid.clone(), Arc::new(VerifyingKey { algorithm, key }))
             .is_some()
         {
             return Err(invalid(format!("kid `{kid}` appears twice")));
