@@ -21,16 +21,17 @@ pub enum EdgeCommand {
     /// re-read by a running node at once.
     #[command(subcommand)]
     Key(KeyCommand),
-    /// Sign a visitor token (HS256) as a site's backend would, for trying a node out: prints it on stdout.
+    /// Sign visitor tokens (HS256) as a site's backend would, for trying a node out: one per `--user`, a line each
+    /// on stdout, in order.
     MintToken {
         /// The secret file the node's `--visitor-secret KID=FILE` names.
         #[arg(long)]
         secret_file: PathBuf,
         #[arg(long)]
         kid: String,
-        /// The visitor (the token's `sub`).
-        #[arg(long)]
-        user: String,
+        /// The visitor (the token's `sub`); repeat for several.
+        #[arg(long = "user", required = true)]
+        users: Vec<String>,
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 600)]
         ttl_s: u64,
@@ -247,13 +248,14 @@ pub fn run(command: EdgeCommand) -> Result<()> {
         EdgeCommand::MintToken {
             secret_file,
             kid,
-            user,
+            users,
             ttl_s,
         } => {
-            println!(
-                "{}",
-                VisitorMinter::open(&secret_file, &kid)?.mint(&user, ttl_s)?
-            );
+            let minter = VisitorMinter::open(&secret_file, &kid)?;
+            let mut out = std::io::stdout().lock();
+            for user in users {
+                writeln!(out, "{}", minter.mint(&user, ttl_s)?)?;
+            }
             Ok(())
         }
         EdgeCommand::Serve(args) => {

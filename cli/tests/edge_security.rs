@@ -355,6 +355,28 @@ fn the_public_edge_refuses_strangers_and_bounds_what_a_client_costs() {
         Some("unauthenticated"),
         "renewing a site token as a session",
     );
+    // What a session request may carry and cost: a JSON object of at most 8 KiB, and the per-address rate.
+    for (body, status, kind) in [
+        (json!({ "previous": 5 }), 400, "invalid_json"),
+        (json!({ "visitor": "alice" }), 400, "invalid_json"),
+        (json!({ "previous": "x".repeat(10_000) }), 413, "too_large"),
+    ] {
+        expect(
+            &send(&node, "/v1/session", &body, None),
+            status,
+            Some(kind),
+            &format!("session {body:.40}"),
+        );
+    }
+    let minted: Vec<Answer> = (0..80)
+        .map(|_| send_from(&node, "/v1/session", &json!({}), None, "203.0.113.70"))
+        .collect();
+    let sessions_limited = minted.iter().filter(|a| a.status == 429).count();
+    assert!(
+        sessions_limited >= 30,
+        "only {sessions_limited} of 80 session requests were limited"
+    );
+    assert!(minted.iter().all(|a| a.status == 200 || a.status == 429));
 
     // An API key posts for any user; revoked, it is refused from the next request on.
     let created = succeeds(

@@ -76,8 +76,8 @@ async fn events<S: FeatureStore>(
     Ok(HttpResponse::Ok().json(ack))
 }
 
-/// `POST /v1/session`: the body of a session request (empty for a new visitor).
-#[derive(Debug, Default, serde::Deserialize)]
+/// `POST /v1/session`: the body of a session request (`{}` for a new visitor).
+#[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SessionRequest {
     /// A previous anonymous token of this node (expired or not, within the renewal window): the new token keeps
@@ -89,20 +89,12 @@ struct SessionRequest {
 /// An anonymous visitor token for a new visitor, or a renewal of a previous one.
 async fn session<S: FeatureStore>(
     state: Shared<S>,
-    body: web::Bytes,
+    request: web::Json<SessionRequest>,
 ) -> Result<HttpResponse, ServiceError> {
     let Some(issuer) = state.auth.sessions() else {
         return Err(ServiceError::NotServed(
             "this node issues no anonymous sessions (auth.anonymous_sessions.enabled)".into(),
         ));
-    };
-    let request: SessionRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        SessionRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ServiceError::BadRequest {
-            kind: "invalid_json".into(),
-            message: format!("the JSON body does not parse: {e}"),
-        })?
     };
     let session = issuer.issue(request.previous.as_deref())?;
     Ok(HttpResponse::Ok()
@@ -397,7 +389,7 @@ pub fn configure<S: FeatureStore>(
                 )
                 .service(
                     web::resource("/session")
-                        .app_data(web::PayloadConfig::new(MAX_SESSION_BODY))
+                        .app_data(json_config(MAX_SESSION_BODY))
                         .wrap(actix_web::middleware::from_fn(gate::<S>))
                         .route(web::post().to(session::<S>)),
                 )
