@@ -94,6 +94,13 @@ pub enum EventsCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Salvage every readable record of a damaged write-ahead log (a node refuses to start on one, naming the
+    /// segment and byte). Damaged segments are kept in `wal/damaged/`; the report lists what was dropped. Stop the
+    /// node first.
+    Repair {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -171,6 +178,7 @@ pub fn run_events(command: EventsCommand) -> Result<()> {
                 let config = store.load()?;
                 with_store!(config, |s| ship(&config, s).await)
             }
+            EventsCommand::Repair { store } => repair(&store.load()?),
         }
     })
 }
@@ -240,7 +248,7 @@ async fn ingest_file<S: FeatureStore>(
             .with_context(|| format!("{}:{}: not an event", file.display(), n + 1))?;
         events.push(event);
     }
-    let ingest = Ingest::open(&config.wal_dir(), config.ingest.clone(), store)?;
+    let ingest = Ingest::open(&config.wal_dir(), config.ingest.clone(), store).await?;
     let started = std::time::Instant::now();
     let batches: Vec<Vec<Event>> = events.chunks(batch).map(<[Event]>::to_vec).collect();
     let mut acks = futures::stream::iter(batches)
@@ -275,10 +283,41 @@ async fn ingest_file<S: FeatureStore>(
     Ok(())
 }
 
+fn repair(config: &FeaturesConfig) -> Result<()> {
+    let dir = config.wal_dir();
+    if !dir.exists() {
+        bail!("there is no write-ahead log at {}", dir.display());
+    }
+    let report = edgerec_features::wal::repair(&dir)?;
+    for segment in &report.repaired {
+        eprintln!(
+            "{}: kept {} records, dropped {} damaged stretches ({} bytes, {} records missing); the damaged file is kept at {}{}",
+            segment.segment.display(),
+            segment.records_kept,
+            segment.dropped.len(),
+            segment.dropped.iter().map(|d| d.bytes).sum::<u64>(),
+            segment.missing_records,
+            segment.kept_copy.display(),
+            if segment.new_incarnation {
+                " (its header was unreadable: its records get a new incarnation and may be applied again)"
+            } else {
+                ""
+            }
+        );
+    }
+    eprintln!(
+        "checked {} segments, repaired {}",
+        report.segments_checked,
+        report.repaired.len()
+    );
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
 async fn ship<S: FeatureStore>(config: &FeaturesConfig, store: Arc<S>) -> Result<()> {
     let log = config.event_log();
     log.ensure_created().await?;
-    let ingest = Ingest::open(&config.wal_dir(), config.ingest.clone(), store)?;
+    let ingest = Ingest::open(&config.wal_dir(), config.ingest.clone(), store).await?;
     let report = ingest.ship(&log, true).await?;
     ingest.close().await?;
     eprintln!(

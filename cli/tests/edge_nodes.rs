@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,7 +16,9 @@ use edgerec_registry::records::{Variant, VersionRecord};
 use edgerec_registry::service::PlanRequest;
 use prost::Message;
 use serde_json::{Value, json};
-use support::nodes::{Node, Registry, Site, edgerec, manifest_for, plant_version, run, wait_for};
+use support::nodes::{
+    Node, Registry, Site, edgerec, manifest_for, plant_version, run, wait_for,
+};
 use support::succeeds;
 
 mod support;
@@ -206,6 +209,39 @@ fn refuses_bad_requests(node: &Node) {
     assert_eq!(answer["items"].as_array().map(Vec::len), Some(3));
 }
 
+/// A node given the id of a live node on the same DynamoDB table does not start, and says which node holds it.
+fn refuses_a_second_node_with_the_same_id(dir: &Path, mut config: Value) {
+    config["features"]["data_dir"] = json!(dir.join("node-b-twin"));
+    let config_path = dir.join("node-b-twin.json");
+    std::fs::write(&config_path, config.to_string()).expect("writes the config");
+    let output = edgerec()
+        .args(["edge", "serve", "--config"])
+        .arg(&config_path)
+        .arg("--wasm")
+        .arg(support::nodes::wasm())
+        .output()
+        .expect("runs the node");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the twin started: {stderr}");
+    assert!(
+        stderr.contains("node id `node-b` is in use by another live node"),
+        "{stderr}"
+    );
+}
+
+/// Past its backlog limit a node refuses events before writing anything: 503, `backlog_full`, `Retry-After`.
+fn refuses_events_past_the_backlog(dir: &Path, mut config: Value, site: &Site) {
+    config["features"]["ingest"]["max_backlog_events"] = json!(0);
+    let node = Node::start("node-full", dir, config, Some(site.clone()));
+    let event = json!({"events": [{"id": "full-1", "user": "v1", "item": "m1", "kind": "view", "time_ms": edgerec_features::now_ms()}]});
+    let answer = node
+        .send("/v1/events", &event, Some(&site.token("v1")))
+        .expect("answers");
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(answer.body["error"]["kind"], "backlog_full", "{}", answer.body);
+    assert_eq!(answer.retry_after.as_deref(), Some("5"));
+}
+
 /// What a page needs to rank on the device comes from the node at the registry's read paths, without a token:
 /// the plan, the record, the files by digest and the key, all as the registry has them; anything else is refused.
 fn serves_browsers(node: &Node, record: &VersionRecord, registry_key: &str) {
@@ -388,6 +424,8 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
         assert_eq!(node.get("/readyz").0, 200);
     }
     refuses_bad_requests(&node_a);
+    refuses_a_second_node_with_the_same_id(dir.path(), node_config("node-b", Some(&proxied)));
+    refuses_events_past_the_backlog(dir.path(), node_config("node-full", None), &site);
     serves_browsers(
         &node_a,
         &client.version(MODEL, "1.0.0").expect("the record"),

@@ -1,5 +1,6 @@
-//! `kill -9` at random points, 20 times over: the ingest process and the shipper die mid-work, and afterwards every
-//! acknowledged event is in the store and in the event log exactly once.
+//! `kill -9` at random points, 20 times over: the ingest process and the shipper die mid-work, the node's log is
+//! wiped three times and once restored from an older copy, and afterwards every acknowledged event is in the store
+//! and in the event log exactly once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -135,19 +136,46 @@ fn acknowledged_events_survive_kill_9_exactly_once() {
     ingest(&trial_file, &dir.path().join("timing"), None);
     let full_ms = timing.elapsed().as_millis() as u64;
     let mut acked = BTreeSet::new();
+    // Events safe in the shipped log when the node's disk was wiped or restored: a new log has no memory of their
+    // ids, so the client is taken not to send them again (it had their acknowledgement, or finds them logged).
+    let mut logged_before_wipe: BTreeSet<String> = BTreeSet::new();
     let mut interrupted = 0;
+    let wal = data.join("wal");
+    let backup = dir.path().join("wal-backup");
     for trial in 0..TRIALS {
+        if trial % 7 == 4 || trial == 15 {
+            // The node's disk is replaced (or restored from an older copy) after a drain; the store is not.
+            let shipped = edgerec(&["events", "ship"], &data)
+                .stderr(Stdio::inherit())
+                .status()
+                .expect("ships");
+            assert!(shipped.success());
+            logged_before_wipe.extend(logged_ids(&data));
+            std::fs::remove_dir_all(&wal).expect("wipes the log");
+            if trial == 15 {
+                copy_dir(&backup, &wal);
+            }
+        }
         // Each run sends new events after resending some of the previous run's: what that run wrote comes back
         // as duplicates, what it did not is new.
         let range = (trial * PER_TRIAL).saturating_sub(PER_TRIAL / 2)..(trial + 1) * PER_TRIAL;
-        let sent = range.len();
-        write(&trial_file, &events[range]);
+        let to_send: Vec<Event> = events[range]
+            .iter()
+            .filter(|e| !logged_before_wipe.contains(&e.id))
+            .cloned()
+            .collect();
+        let sent = to_send.len();
+        write(&trial_file, &to_send);
         let delay = Duration::from_millis(full_ms / 10 + random.below(full_ms));
         let this_run = ingest(&trial_file, &data, Some(delay));
         if this_run.len() < sent {
             interrupted += 1;
         }
         acked.extend(this_run);
+        if trial == 6 {
+            // A copy of the log as it is now, with records not yet shipped, to restore later.
+            copy_dir(&wal, &backup);
+        }
         if trial % 3 == 2 {
             let mut shipper = edgerec(&["events", "ship"], &data)
                 .stderr(Stdio::null())
@@ -164,6 +192,12 @@ fn acknowledged_events_survive_kill_9_exactly_once() {
     );
     assert!(interrupted >= TRIALS / 2, "most runs are killed mid-ingest");
     // The last run sends everything: whatever no earlier run acknowledged gets in now.
+    let rest: Vec<Event> = events
+        .iter()
+        .filter(|e| !logged_before_wipe.contains(&e.id))
+        .cloned()
+        .collect();
+    write(&file, &rest);
     acked.extend(ingest(&file, &data, None));
     let shipped = edgerec(&["events", "ship"], &data)
         .stderr(Stdio::inherit())
@@ -217,4 +251,36 @@ fn acknowledged_events_survive_kill_9_exactly_once() {
     // Everything shipped: only the (empty) active segment is left.
     let left = edgerec_features::wal::segments(&data.join("wal")).expect("lists");
     assert_eq!(left.len(), 1);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("creates");
+    for entry in std::fs::read_dir(from).expect("lists") {
+        let entry = entry.expect("entry");
+        if entry.file_type().expect("type").is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copies");
+        }
+    }
+}
+
+/// The ids of every event in the shipped log under `data`.
+fn logged_ids(data: &Path) -> Vec<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let log = EventLog::Folder(data.join("log"));
+        let mut ids = Vec::new();
+        for key in log.list("events/").await.expect("lists") {
+            ids.extend(
+                log.events_of(&key)
+                    .await
+                    .expect("reads one file")
+                    .into_iter()
+                    .map(|e| e.event.id),
+            );
+        }
+        ids
+    })
 }

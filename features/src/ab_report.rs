@@ -280,6 +280,7 @@ mod tests {
     ) -> LoggedEvent {
         LoggedEvent {
             node: "n".into(),
+            incarnation: String::new(),
             seq: 0,
             event: Event {
                 id: id.into(),

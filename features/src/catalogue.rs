@@ -340,6 +340,7 @@ mod tests {
         ]);
         let event = |item: &str, seq: u64, time_ms: i64| LoggedEvent {
             node: "n".into(),
+            incarnation: String::new(),
             seq,
             event: Event {
                 id: seq.to_string(),

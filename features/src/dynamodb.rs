@@ -4,9 +4,16 @@
 //! Every update is a read-modify-write whose put is conditional on the version read, retried on conflict, so two
 //! nodes updating one user at once both land (no lost update). Reads are `BatchGetItem`s of 100 keys, strongly
 //! consistent.
+//!
+//! The lease on a node id is one item more (`pk = lease#<node>`, `sk = lease`) holding the lease's JSON in
+//! `record`; a swap is one conditional put or delete on it, so DynamoDB itself decides which of two racing
+//! swaps lands.
 
 use std::collections::HashMap;
 
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 use edgerec_aws::{AwsConfig, Clients, describe};
 use futures::{StreamExt, TryStreamExt};
@@ -15,7 +22,7 @@ use serde::de::DeserializeOwned;
 
 use crate::item::ItemFeatures;
 use crate::store::{
-    FeatureSettings, FeatureStore, ItemRecord, Sequenced, StoreError, UserRecord, by_entity,
+    FeatureSettings, FeatureStore, ItemRecord, Lease, Sequenced, StoreError, UserRecord, by_entity,
 };
 use crate::user::UserFeatures;
 
@@ -50,6 +57,14 @@ fn key(pk: &str) -> Item {
     ])
 }
 
+/// The key of the lease on node id `node`: a pk of its own, so no user or item id can collide with it.
+fn lease_key(node: &str) -> Item {
+    HashMap::from([
+        ("pk".to_owned(), AttributeValue::S(format!("lease#{node}"))),
+        ("sk".to_owned(), AttributeValue::S("lease".to_owned())),
+    ])
+}
+
 /// A stored record and the version it was read at (0: not stored yet).
 fn decode<T: DeserializeOwned>(item: &Item) -> Result<(T, u64), StoreError> {
     let record = item
@@ -63,6 +78,23 @@ fn decode<T: DeserializeOwned>(item: &Item) -> Result<(T, u64), StoreError> {
         .ok_or_else(|| StoreError::Corrupt("an item without a version".into()))?;
     let record = serde_json::from_str(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     Ok((record, version))
+}
+
+/// The answer to a conditional write: `true` when it landed, `false` when its condition failed (the item was not
+/// what the caller expected), an error when DynamoDB could not be asked.
+fn conditional<O, E, R>(
+    sent: Result<O, SdkError<E, R>>,
+    condition_failed: impl Fn(&E) -> bool,
+) -> Result<bool, StoreError>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match sent {
+        Ok(_) => Ok(true),
+        Err(e) if e.as_service_error().is_some_and(&condition_failed) => Ok(false),
+        Err(e) => Err(StoreError::Unavailable(describe("writing DynamoDB", e))),
+    }
 }
 
 /// Runs `updates` with at most [`CONCURRENT_UPDATES`] in flight, stopping at the first error.
@@ -283,5 +315,73 @@ impl FeatureStore for DynamoFeatureStore {
     async fn sync(&self) -> Result<(), StoreError> {
         // A DynamoDB write is durable when it is acknowledged.
         Ok(())
+    }
+
+    async fn lease(&self, node: &str) -> Result<Option<Lease>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(lease_key(node)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| StoreError::Unavailable(describe("reading DynamoDB", e)))?;
+        let Some(item) = out.item else {
+            return Ok(None);
+        };
+        let record = item
+            .get("record")
+            .and_then(|v| v.as_s().ok())
+            .ok_or_else(|| StoreError::Corrupt("a lease without a record".into()))?;
+        Lease::from_json(record.as_bytes()).map(Some)
+    }
+
+    async fn swap_lease(
+        &self,
+        node: &str,
+        expected: Option<&Lease>,
+        new: Option<&Lease>,
+    ) -> Result<bool, StoreError> {
+        // The condition compares the stored text with the expected lease's; both come from `Lease::to_json`, so
+        // equal texts are equal leases. With nothing expected, the item must be absent.
+        let (condition, old) = match expected {
+            Some(lease) => ("#r = :old", Some(lease.to_json())),
+            None => ("attribute_not_exists(pk)", None),
+        };
+        let names = old
+            .is_some()
+            .then(|| HashMap::from([("#r".to_owned(), "record".to_owned())]));
+        let values = old.map(|old| HashMap::from([(":old".to_owned(), AttributeValue::S(old))]));
+        match new {
+            Some(lease) => {
+                let mut item = lease_key(node);
+                item.insert("record".to_owned(), AttributeValue::S(lease.to_json()));
+                let sent = self
+                    .client
+                    .put_item()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .condition_expression(condition)
+                    .set_expression_attribute_names(names)
+                    .set_expression_attribute_values(values)
+                    .send()
+                    .await;
+                conditional(sent, PutItemError::is_conditional_check_failed_exception)
+            }
+            None => {
+                let sent = self
+                    .client
+                    .delete_item()
+                    .table_name(&self.table)
+                    .set_key(Some(lease_key(node)))
+                    .condition_expression(condition)
+                    .set_expression_attribute_names(names)
+                    .set_expression_attribute_values(values)
+                    .send()
+                    .await;
+                conditional(sent, DeleteItemError::is_conditional_check_failed_exception)
+            }
+        }
     }
 }

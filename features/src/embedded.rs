@@ -1,5 +1,6 @@
 //! The embedded backend: one redb file. A batch of events commits in one transaction, without waiting for the
-//! disk (the write-ahead log is the durable copy until [`FeatureStore::sync`] says otherwise).
+//! disk (the write-ahead log is the durable copy until [`FeatureStore::sync`] says otherwise). A lease swap
+//! commits durably at once: nothing else would make it good after a crash.
 
 use std::path::Path;
 
@@ -9,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::item::ItemFeatures;
 use crate::store::{
-    FeatureSettings, FeatureStore, ItemRecord, Sequenced, StoreError, UserRecord, by_entity,
+    FeatureSettings, FeatureStore, ItemRecord, Lease, Sequenced, StoreError, UserRecord, by_entity,
 };
 use crate::user::UserFeatures;
 
@@ -17,11 +18,56 @@ use crate::user::UserFeatures;
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 /// item id → [`ItemRecord`] JSON.
 const ITEMS: TableDefinition<&str, &[u8]> = TableDefinition::new("items");
+/// node id → [`Lease`] JSON.
+const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 
 #[derive(Debug)]
 pub struct EmbeddedFeatureStore {
-    db: Database,
+    db: Reopening,
     settings: FeatureSettings,
+}
+
+/// The database, opened again after a failed operation: once a write fails (a full disk, for one), redb refuses
+/// every later transaction until the file is opened anew, and the ingest's retries must find a working store once
+/// the cause is gone.
+#[derive(Debug)]
+struct Reopening {
+    path: std::path::PathBuf,
+    db: std::sync::RwLock<Option<std::sync::Arc<Database>>>,
+}
+
+impl Reopening {
+    fn get(&self) -> Result<std::sync::Arc<Database>, StoreError> {
+        if let Some(db) = self.db.read().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Ok(db);
+        }
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(db) = slot.clone() {
+            return Ok(db);
+        }
+        let db = std::sync::Arc::new(
+            edgerec_storage::create_database(&self.path)
+                .map_err(|e| StoreError::Unavailable(format!("{}: {e}", self.path.display())))?,
+        );
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        self.get()?.begin_write().map_err(unavailable)
+    }
+
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        self.get()?.begin_read().map_err(unavailable)
+    }
+
+    /// Passes `result` on; after a failure the database is opened again by the next operation.
+    fn check<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if matches!(result, Err(StoreError::Unavailable(_))) {
+            *self.db.write().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        result
+    }
 }
 
 fn unavailable(e: impl Into<redb::Error>) -> StoreError {
@@ -58,13 +104,20 @@ impl EmbeddedFeatureStore {
         let txn = db.begin_write().map_err(unavailable)?;
         txn.open_table(USERS).map_err(unavailable)?;
         txn.open_table(ITEMS).map_err(unavailable)?;
+        txn.open_table(LEASES).map_err(unavailable)?;
         txn.commit().map_err(unavailable)?;
-        Ok(Self { db, settings })
+        Ok(Self {
+            db: Reopening {
+                path: path.to_owned(),
+                db: std::sync::RwLock::new(Some(std::sync::Arc::new(db))),
+            },
+            settings,
+        })
     }
 
     fn apply_now(&self, node: &str, events: &[Sequenced]) -> Result<(), StoreError> {
         let (users, items) = by_entity(events);
-        let mut txn = self.db.begin_write().map_err(unavailable)?;
+        let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::None);
         {
             let mut table = txn.open_table(USERS).map_err(unavailable)?;
@@ -94,15 +147,55 @@ impl EmbeddedFeatureStore {
         table: TableDefinition<&'static str, &'static [u8]>,
         ids: &[String],
     ) -> Result<Vec<Option<T>>, StoreError> {
-        let txn = self.db.begin_read().map_err(unavailable)?;
+        let txn = self.db.begin_read()?;
         let table = txn.open_table(table).map_err(unavailable)?;
         ids.iter().map(|id| read(&table, id)).collect()
+    }
+
+    fn swap_lease_now(
+        &self,
+        node: &str,
+        expected: Option<&Lease>,
+        new: Option<&Lease>,
+    ) -> Result<bool, StoreError> {
+        // redb runs one write transaction at a time, so the read, the comparison and the write below are one
+        // atomic step against every other swap.
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate);
+        let swapped = {
+            let mut table = txn.open_table(LEASES).map_err(unavailable)?;
+            // Compared as stored text, as the DynamoDB backend's condition does, so both answer alike.
+            let matches = match (table.get(node).map_err(unavailable)?, expected) {
+                (None, None) => true,
+                (Some(stored), Some(expected)) => stored.value() == expected.to_json().as_bytes(),
+                _ => false,
+            };
+            if matches {
+                match new {
+                    Some(lease) => {
+                        table
+                            .insert(node, lease.to_json().as_bytes())
+                            .map_err(unavailable)?;
+                    }
+                    None => {
+                        table.remove(node).map_err(unavailable)?;
+                    }
+                }
+            }
+            matches
+        };
+        if swapped {
+            txn.commit().map_err(unavailable)?;
+        } else {
+            txn.abort().map_err(unavailable)?;
+        }
+        Ok(swapped)
     }
 }
 
 impl FeatureStore for EmbeddedFeatureStore {
     async fn apply(&self, node: &str, events: &[Sequenced]) -> Result<(), StoreError> {
-        self.apply_now(node, events)
+        self.db.check(self.apply_now(node, events))
     }
 
     async fn users(&self, ids: &[String]) -> Result<Vec<UserFeatures>, StoreError> {
@@ -122,7 +215,35 @@ impl FeatureStore for EmbeddedFeatureStore {
     }
 
     async fn put_items(&self, items: &[(String, ItemFeatures)]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(unavailable)?;
+        self.db.check(self.put_items_now(items))
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        // An immediate commit makes every earlier non-durable one durable too.
+        self.db.check(
+            self.db
+                .begin_write()
+                .and_then(|txn| txn.commit().map_err(unavailable)),
+        )
+    }
+
+    async fn lease(&self, node: &str) -> Result<Option<Lease>, StoreError> {
+        self.db.check(self.lease_now(node))
+    }
+
+    async fn swap_lease(
+        &self,
+        node: &str,
+        expected: Option<&Lease>,
+        new: Option<&Lease>,
+    ) -> Result<bool, StoreError> {
+        self.db.check(self.swap_lease_now(node, expected, new))
+    }
+}
+
+impl EmbeddedFeatureStore {
+    fn put_items_now(&self, items: &[(String, ItemFeatures)]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(ITEMS).map_err(unavailable)?;
             for (item, features) in items {
@@ -136,10 +257,13 @@ impl FeatureStore for EmbeddedFeatureStore {
         txn.commit().map_err(unavailable)
     }
 
-    async fn sync(&self) -> Result<(), StoreError> {
-        // An immediate commit makes every earlier non-durable one durable too.
-        let txn = self.db.begin_write().map_err(unavailable)?;
-        txn.commit().map_err(unavailable)
+    fn lease_now(&self, node: &str) -> Result<Option<Lease>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(LEASES).map_err(unavailable)?;
+        match table.get(node).map_err(unavailable)? {
+            Some(bytes) => Lease::from_json(bytes.value()).map(Some),
+            None => Ok(None),
+        }
     }
 }
 

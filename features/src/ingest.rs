@@ -1,43 +1,56 @@
 //! Durable event ingest: validate → deduplicate by event id → append to the write-ahead log → sync (one sync for
 //! every batch that arrived meanwhile) → acknowledge → apply to the feature store, in log order.
 //!
-//! One writer thread owns the log and the set of ids seen, so two concurrent sends of one event cannot both get
-//! in. The store is updated by an applier task that retries while the store is unreachable: the log keeps every
-//! acknowledged event, and updates are idempotent per sequence number, so a crash at any point loses nothing and
-//! applies nothing twice. Ids are remembered for [`EventLimits::max_age_ms`] (older events are refused anyway):
-//! those in the log are recovered from it, those of shipped segments from `dedupe.redb`.
+//! One writer thread ([`writer`]) owns the log and the index of ids seen ([`crate::dedupe`], on disk), so two
+//! concurrent sends of one event cannot both get in. The store is updated by an applier task ([`applier`]) that
+//! reads the log back from disk and retries while the store is unreachable: memory stays flat however long an
+//! outage lasts, and the backlog is bounded (past [`IngestConfig::max_backlog_events`] or
+//! [`IngestConfig::max_backlog_bytes`] new events are refused with [`IngestError::Backlog`], which nodes answer
+//! with 503 and `Retry-After`). Updates are idempotent per (node, incarnation, sequence number), so a crash at any
+//! point loses nothing and applies nothing twice. The node's id is leased in the store ([`lease`]) so that two
+//! live nodes configured with one id are told apart at start.
 
-use std::collections::HashMap;
+mod applier;
+mod lease;
+mod writer;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::time::Duration;
 
-use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 use tokio::sync::{oneshot, watch};
 
+use crate::dedupe::DedupeError;
 use crate::event::{Event, EventError, EventLimits, ServedRequest};
 use crate::log::{EventLog, LogError, ShipReport};
-use crate::store::{FeatureStore, Sequenced, StoreError};
-use crate::wal::{Wal, WalEntry, WalError, WalRecord, remove_segment, segments};
+use crate::store::{FeatureStore, StoreError};
+use crate::wal::{WalError, remove_segment, segments};
 
-/// Ids of shipped events (first 16 bytes of their sha256) → event time.
-const SHIPPED_IDS: TableDefinition<u128, i64> = TableDefinition::new("shipped_ids");
+pub use lease::LeaseState;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
-    /// Names this node's log: sequence numbers are per node, and the store remembers per node what it applied.
-    /// Default: `node-<host name>`, different per machine (and per container, which gets a host name of its own),
-    /// so two nodes left on the default do not share one log's numbering.
+    /// Names this node: the store remembers per node (and log incarnation) what it applied, and leases the id to
+    /// one live node at a time. Default: `node-<host name>`, different per machine (and per container, which gets
+    /// a host name of its own).
     pub node_id: String,
     pub limits: EventLimits,
     /// A segment is closed (and may be shipped) at this size.
     pub segment_bytes: u64,
     /// Events per store update.
     pub apply_batch: usize,
+    /// Records acknowledged but not yet applied to the store, past which new events are refused (503).
+    pub max_backlog_events: u64,
+    /// Bytes of write-ahead log on the node's disk (not yet shipped), past which new events are refused (503).
+    pub max_backlog_bytes: u64,
+    /// How long the lease on the node id lasts without renewal; it is renewed every third of it. A node that
+    /// crashed holds its id this long, unless it ran on this host and its process is gone.
+    pub lease_ttl_ms: i64,
+    /// Page cache of the on-disk index of event ids.
+    pub dedupe_cache_bytes: usize,
 }
 
 impl Default for IngestConfig {
@@ -47,6 +60,10 @@ impl Default for IngestConfig {
             limits: EventLimits::default(),
             segment_bytes: 16 << 20,
             apply_batch: 2000,
+            max_backlog_events: 2_000_000,
+            max_backlog_bytes: 1 << 30,
+            lease_ttl_ms: 30_000,
+            dedupe_cache_bytes: 16 << 20,
         }
     }
 }
@@ -54,10 +71,15 @@ impl Default for IngestConfig {
 /// `node-<host name>`: lower-case letters, digits and `-` of the kernel's host name, at most 48 of them
 /// (`node-1` where the host name cannot be read).
 pub fn default_node_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    node_id_for(&host_name())
+}
+
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .unwrap_or_default();
-    node_id_for(&host)
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 fn node_id_for(host: &str) -> String {
@@ -86,10 +108,34 @@ pub enum IngestError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Log(#[from] LogError),
-    #[error("the deduplication index {path}: {message}")]
-    Dedupe { path: PathBuf, message: String },
+    #[error(transparent)]
+    Dedupe(#[from] DedupeError),
+    /// The store has fallen too far behind (or the log cannot be shipped): the events are refused before
+    /// anything is written; a retry after a while succeeds.
+    #[error(
+        "the node's backlog is full ({events} records not yet applied to the feature store, {bytes} bytes of write-ahead log not yet shipped; limits {max_events} and {max_bytes}): retry later"
+    )]
+    Backlog {
+        events: u64,
+        bytes: u64,
+        max_events: u64,
+        max_bytes: u64,
+    },
+    #[error("{0}")]
+    LeaseHeld(String),
     #[error("the ingest has stopped")]
     Stopped,
+}
+
+impl IngestError {
+    /// The disk under the log is full: nothing was written, and a retry once space returns succeeds.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            IngestError::Wal(WalError::NoSpace { .. }) => true,
+            IngestError::Dedupe(e) => e.no_space,
+            _ => false,
+        }
+    }
 }
 
 /// What became of an accepted batch: every event in it is durable (new ones in the log, duplicates earlier).
@@ -106,10 +152,17 @@ pub struct Ack {
 /// Figures for monitoring.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct IngestStats {
+    /// This opening of the log.
+    pub incarnation: String,
     pub durable_seq: u64,
     pub applied_seq: u64,
+    /// Records acknowledged but not yet applied to the store.
+    pub backlog_records: u64,
+    /// Bytes of write-ahead log on disk (not yet shipped).
+    pub wal_bytes: u64,
     pub apply_failures: u64,
     pub last_apply_error: Option<String>,
+    pub lease: LeaseState,
 }
 
 enum Command {
@@ -121,63 +174,22 @@ enum Command {
     Roll(oneshot::Sender<Result<(), IngestError>>),
 }
 
-fn id_key(id: &str) -> u128 {
-    let hash = Sha256::digest(id.as_bytes());
-    u128::from_le_bytes(hash[..16].try_into().expect("16 bytes"))
-}
-
-/// The ids of shipped events, remembered for deduplication once their segment is gone.
+/// What the writer, the applier, the lease keeper and callers share.
 #[derive(Debug)]
-struct ShippedIds {
-    db: Database,
-    path: PathBuf,
+struct Shared {
+    node: String,
+    dir: PathBuf,
+    durable: watch::Sender<u64>,
+    applied: watch::Sender<u64>,
+    /// The writer has stopped: the applier ends once it has applied everything durable.
+    writer_done: std::sync::atomic::AtomicBool,
+    wal_bytes: AtomicU64,
+    stats: std::sync::Mutex<IngestStats>,
 }
 
-impl ShippedIds {
-    fn error(&self, e: impl std::fmt::Display) -> IngestError {
-        IngestError::Dedupe {
-            path: self.path.clone(),
-            message: e.to_string(),
-        }
-    }
-
-    /// Opens (or creates) the index at `path`, forgets ids older than `oldest`, and returns those left.
-    fn open(path: PathBuf, oldest: i64) -> Result<(Self, HashMap<u128, i64>), IngestError> {
-        let db = edgerec_storage::create_database(&path).map_err(|e| IngestError::Dedupe {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        let index = Self { db, path };
-        let mut seen = HashMap::new();
-        let txn = index.db.begin_write().map_err(|e| index.error(e))?;
-        {
-            let mut table = txn.open_table(SHIPPED_IDS).map_err(|e| index.error(e))?;
-            table
-                .retain(|_, time| time >= oldest)
-                .map_err(|e| index.error(e))?;
-            for entry in table.iter().map_err(|e| index.error(e))? {
-                let (key, time) = entry.map_err(|e| index.error(e))?;
-                seen.insert(key.value(), time.value());
-            }
-        }
-        txn.commit().map_err(|e| index.error(e))?;
-        Ok((index, seen))
-    }
-
-    /// Durably records the event ids of `records`.
-    fn remember(&self, records: &[WalRecord]) -> Result<(), IngestError> {
-        let txn = self.db.begin_write().map_err(|e| self.error(e))?;
-        {
-            let mut table = txn.open_table(SHIPPED_IDS).map_err(|e| self.error(e))?;
-            for record in records {
-                if let WalEntry::Event(event) = &record.entry {
-                    table
-                        .insert(id_key(&event.id), event.time_ms)
-                        .map_err(|e| self.error(e))?;
-                }
-            }
-        }
-        txn.commit().map_err(|e| self.error(e))
+impl Shared {
+    fn stats(&self) -> std::sync::MutexGuard<'_, IngestStats> {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -185,62 +197,64 @@ impl ShippedIds {
 #[derive(Debug)]
 pub struct Ingest<S> {
     config: IngestConfig,
-    dir: PathBuf,
     store: Arc<S>,
+    shared: Arc<Shared>,
     commands: mpsc::Sender<Command>,
-    applied: watch::Receiver<u64>,
-    stats: Arc<std::sync::Mutex<IngestStats>>,
-    shipped_ids: ShippedIds,
     shipping: tokio::sync::Mutex<()>,
+    lease: lease::Keeper<S>,
     writer: Option<std::thread::JoinHandle<()>>,
     applier: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl<S: FeatureStore> Ingest<S> {
-    /// Opens the log in `dir` and starts the writer thread and the applier task (on the current Tokio runtime).
-    /// Records already in the log are re-applied first; the store skips what it had applied.
-    pub fn open(dir: &Path, config: IngestConfig, store: Arc<S>) -> Result<Self, IngestError> {
-        let (wal, replay) = Wal::open(dir, config.segment_bytes)?;
-        let (shipped_ids, mut seen) = ShippedIds::open(
-            dir.join("dedupe.redb"),
-            crate::now_ms() - config.limits.max_age_ms,
-        )?;
-        let mut pending = Vec::new();
-        for record in &replay {
-            if let WalEntry::Event(event) = &record.entry {
-                seen.insert(id_key(&event.id), event.time_ms);
-                pending.push(Sequenced {
-                    seq: record.seq,
-                    event: event.clone(),
-                });
-            }
-        }
+    /// Opens the log in `dir` (streaming through it once: its ids go to the deduplication index, damage is
+    /// refused), takes the lease on the node id, and starts the writer thread and the applier task (on the current
+    /// Tokio runtime). Records already in the log are applied again first; the store skips what it had applied.
+    ///
+    /// A lease held by another live node is refused ([`IngestError::LeaseHeld`], naming it). If the store cannot
+    /// be reached, the ingest starts anyway and takes the lease once it can (events stay safe in the log).
+    pub async fn open(
+        dir: &Path,
+        config: IngestConfig,
+        store: Arc<S>,
+    ) -> Result<Self, IngestError> {
+        let (wal, first_unapplied, wal_bytes) = {
+            let (dir, config) = (dir.to_owned(), config.clone());
+            tokio::task::spawn_blocking(move || writer::open_log(&dir, &config))
+                .await
+                .map_err(|_| IngestError::Stopped)??
+        };
+        let (wal, index) = wal;
+        let incarnation = wal.incarnation();
         let durable = wal.next_seq() - 1;
-        let already_applied = replay.first().map_or(durable, |r| r.seq - 1);
-        let (applied_tx, applied) = watch::channel(already_applied);
-        let stats = Arc::new(std::sync::Mutex::new(IngestStats {
-            durable_seq: durable,
-            ..IngestStats::default()
-        }));
-        let (to_applier, from_writer) = tokio::sync::mpsc::unbounded_channel();
-        if !replay.is_empty() {
-            let _ = to_applier.send((pending, durable));
-        }
-        let applier = tokio::spawn(apply_loop(
+        let already_applied = first_unapplied.map_or(durable, |first| first - 1);
+        let shared = Arc::new(Shared {
+            node: config.node_id.clone(),
+            dir: dir.to_owned(),
+            durable: watch::Sender::new(durable),
+            applied: watch::Sender::new(already_applied),
+            writer_done: std::sync::atomic::AtomicBool::new(false),
+            wal_bytes: AtomicU64::new(wal_bytes),
+            stats: std::sync::Mutex::new(IngestStats {
+                incarnation: incarnation.to_string(),
+                durable_seq: durable,
+                ..IngestStats::default()
+            }),
+        });
+        let lease =
+            lease::Keeper::start(store.clone(), shared.clone(), incarnation, &config).await?;
+        let applier = tokio::spawn(applier::run(
             store.clone(),
-            config.node_id.clone(),
+            shared.clone(),
             config.apply_batch,
-            from_writer,
-            applied_tx,
-            stats.clone(),
+            already_applied + 1,
         ));
         let (commands, receiver) = mpsc::channel();
         let writer = {
-            let stats = stats.clone();
-            let max_age = config.limits.max_age_ms;
+            let shared = shared.clone();
             std::thread::Builder::new()
                 .name("edgerec-wal".into())
-                .spawn(move || write_loop(wal, seen, max_age, receiver, to_applier, stats))
+                .spawn(move || writer::run(wal, index, receiver, shared))
                 .map_err(|e| {
                     IngestError::Wal(WalError::Io {
                         path: dir.to_owned(),
@@ -250,13 +264,11 @@ impl<S: FeatureStore> Ingest<S> {
         };
         Ok(Self {
             config,
-            dir: dir.to_owned(),
             store,
+            shared,
             commands,
-            applied,
-            stats,
-            shipped_ids,
             shipping: tokio::sync::Mutex::new(()),
+            lease,
             writer: Some(writer),
             applier: Some(applier),
         })
@@ -265,7 +277,7 @@ impl<S: FeatureStore> Ingest<S> {
     /// Validates `events` (all or none are accepted), writes the new ones durably and acknowledges.
     pub async fn ingest(&self, events: Vec<Event>) -> Result<Ack, IngestError> {
         self.config.limits.check(&events, crate::now_ms())?;
-        self.send(events, Vec::new()).await
+        self.enqueue(events, Vec::new())?.await
     }
 
     /// Hands served requests (the serving log; they go to the event log with the events) to the log writer now
@@ -278,12 +290,29 @@ impl<S: FeatureStore> Ingest<S> {
         self.enqueue(Vec::new(), served)
     }
 
-    async fn send(
-        &self,
-        events: Vec<Event>,
-        served: Vec<ServedRequest>,
-    ) -> Result<Ack, IngestError> {
-        self.enqueue(events, served)?.await
+    /// Refuses new records while the backlog is over its limits; this check is what keeps the node's disk and
+    /// the applier's lag bounded during a store or event-log outage.
+    fn check_backlog(&self) -> Result<(), IngestError> {
+        let events = self.backlog_records();
+        let bytes = self.shared.wal_bytes.load(Ordering::Relaxed);
+        let (max_events, max_bytes) = (
+            self.config.max_backlog_events,
+            self.config.max_backlog_bytes,
+        );
+        if events >= max_events || bytes >= max_bytes {
+            return Err(IngestError::Backlog {
+                events,
+                bytes,
+                max_events,
+                max_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn backlog_records(&self) -> u64 {
+        let durable = *self.shared.durable.borrow();
+        durable.saturating_sub(self.applied())
     }
 
     fn enqueue(
@@ -291,6 +320,7 @@ impl<S: FeatureStore> Ingest<S> {
         events: Vec<Event>,
         served: Vec<ServedRequest>,
     ) -> Result<impl Future<Output = Result<Ack, IngestError>> + use<S>, IngestError> {
+        self.check_backlog()?;
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Append {
@@ -304,12 +334,12 @@ impl<S: FeatureStore> Ingest<S> {
 
     /// The highest sequence number up to which the store has applied everything.
     pub fn applied(&self) -> u64 {
-        *self.applied.borrow()
+        *self.shared.applied.borrow()
     }
 
     /// Waits until the store has applied everything up to `seq`.
     pub async fn wait_applied(&self, seq: u64) -> Result<(), IngestError> {
-        let mut applied = self.applied.clone();
+        let mut applied = self.shared.applied.subscribe();
         applied
             .wait_for(|&a| a >= seq)
             .await
@@ -320,7 +350,9 @@ impl<S: FeatureStore> Ingest<S> {
     pub fn stats(&self) -> IngestStats {
         IngestStats {
             applied_seq: self.applied(),
-            ..self.stats.lock().expect("stats lock").clone()
+            backlog_records: self.backlog_records(),
+            wal_bytes: self.shared.wal_bytes.load(Ordering::Relaxed),
+            ..self.shared.stats().clone()
         }
     }
 
@@ -344,17 +376,17 @@ impl<S: FeatureStore> Ingest<S> {
     /// Ships every closed segment the store has applied to the event log, then removes it. With `everything`, the
     /// active segment is closed first and the store awaited, so all that was acknowledged gets shipped.
     ///
-    /// Order per segment: Parquet files written and confirmed (their names depend only on the segment, so a retry
-    /// rewrites the same files: no duplicate rows) → the store made durable → the segment's ids recorded for
-    /// deduplication → the segment removed. A crash anywhere in between ships the segment again later.
+    /// Order per segment: Parquet files written and confirmed (their names depend only on the node, the segment's
+    /// incarnation and its first number, so a retry rewrites the same files: no duplicate rows) → the store made
+    /// durable → the segment removed. A crash anywhere in between ships the segment again later.
     pub async fn ship(&self, log: &EventLog, everything: bool) -> Result<ShipReport, IngestError> {
         let _one_at_a_time = self.shipping.lock().await;
         if everything {
             self.roll().await?;
-            let durable = self.stats().durable_seq;
+            let durable = *self.shared.durable.borrow();
             self.wait_applied(durable).await?;
         }
-        let all = segments(&self.dir)?;
+        let all = segments(&self.shared.dir)?;
         let Some((_active, closed)) = all.split_last() else {
             return Ok(ShipReport::default());
         };
@@ -370,21 +402,35 @@ impl<S: FeatureStore> Ingest<S> {
                 self.store.sync().await?;
                 synced = true;
             }
-            let (records, _) = crate::wal::read_segment(&segment.path, false)?;
+            let (incarnation, records) = {
+                let segment = segment.clone();
+                tokio::task::spawn_blocking(move || crate::wal::read_segment(&segment))
+                    .await
+                    .map_err(|_| IngestError::Stopped)??
+            };
             report.add(
-                log.ship_segment(&self.config.node_id, segment.first_seq, &records)
-                    .await?,
+                log.ship_segment(
+                    &self.config.node_id,
+                    incarnation,
+                    segment.first_seq,
+                    &records,
+                )
+                .await?,
             );
-            self.shipped_ids.remember(&records)?;
+            let size = std::fs::metadata(&segment.path).map_or(0, |m| m.len());
             remove_segment(segment)?;
+            self.shared.wal_bytes.fetch_sub(
+                size.min(self.shared.wal_bytes.load(Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
             report.segments += 1;
         }
         Ok(report)
     }
 
-    /// Stops taking events, waits for the store to apply everything written, and stops.
+    /// Stops taking events, waits for the store to apply everything written, releases the node id and stops.
     pub async fn close(mut self) -> Result<(), IngestError> {
-        let durable = self.stats().durable_seq;
+        let durable = *self.shared.durable.borrow();
         let result = self.wait_applied(durable).await;
         drop(std::mem::replace(&mut self.commands, mpsc::channel().0));
         if let Some(writer) = self.writer.take() {
@@ -393,178 +439,23 @@ impl<S: FeatureStore> Ingest<S> {
         if let Some(applier) = self.applier.take() {
             let _ = applier.await;
         }
+        self.lease.release().await;
         result
     }
 }
 
 impl<S> Drop for Ingest<S> {
+    /// Stops without waiting for the store (as a crash would, but letting the writer finish its group and close
+    /// the log and index, so the same process can open them again).
     fn drop(&mut self) {
         if let Some(applier) = self.applier.take() {
             applier.abort();
         }
-    }
-}
-
-/// Largest number of queued batches written under one sync.
-const MAX_GROUP: usize = 256;
-
-fn write_loop(
-    mut wal: Wal,
-    mut seen: HashMap<u128, i64>,
-    max_age_ms: i64,
-    commands: mpsc::Receiver<Command>,
-    applier: tokio::sync::mpsc::UnboundedSender<(Vec<Sequenced>, u64)>,
-    stats: Arc<std::sync::Mutex<IngestStats>>,
-) {
-    let mut prune_at = seen.len().max(100_000) * 2;
-    let mut failed: Option<String> = None;
-    while let Ok(first) = commands.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match commands.try_recv() {
-                Ok(next) => group.push(next),
-                Err(_) => break,
-            }
+        self.lease.stop();
+        drop(std::mem::replace(&mut self.commands, mpsc::channel().0));
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
         }
-        let mut replies = Vec::new();
-        let mut to_apply = Vec::new();
-        for command in group {
-            match command {
-                Command::Roll(reply) => {
-                    let result = match &failed {
-                        Some(reason) => Err(WalError::Poisoned(reason.clone()).into()),
-                        None => wal.roll().map_err(IngestError::from),
-                    };
-                    let _ = reply.send(result);
-                }
-                Command::Append {
-                    events,
-                    served,
-                    reply,
-                } => {
-                    if let Some(reason) = &failed {
-                        let _ = reply.send(Err(WalError::Poisoned(reason.clone()).into()));
-                        continue;
-                    }
-                    let total = events.len();
-                    let mut fresh = Vec::with_capacity(total);
-                    let mut keys = Vec::with_capacity(total);
-                    for event in events {
-                        let key = id_key(&event.id);
-                        if let std::collections::hash_map::Entry::Vacant(slot) = seen.entry(key) {
-                            slot.insert(event.time_ms);
-                            keys.push(key);
-                            fresh.push(event);
-                        }
-                    }
-                    let accepted = fresh.len();
-                    let entries: Vec<WalEntry> = fresh
-                        .iter()
-                        .cloned()
-                        .map(WalEntry::Event)
-                        .chain(served.into_iter().map(WalEntry::Served))
-                        .collect();
-                    if entries.is_empty() {
-                        let _ = reply.send(Ok(Ack {
-                            accepted: 0,
-                            duplicates: total,
-                            last_seq: None,
-                        }));
-                        continue;
-                    }
-                    match wal.append(&entries) {
-                        Ok(first_seq) => {
-                            let last_seq = first_seq + entries.len() as u64 - 1;
-                            to_apply.extend(fresh.into_iter().enumerate().map(|(i, event)| {
-                                Sequenced {
-                                    seq: first_seq + i as u64,
-                                    event,
-                                }
-                            }));
-                            replies.push((
-                                reply,
-                                Ack {
-                                    accepted,
-                                    duplicates: total - accepted,
-                                    last_seq: Some(last_seq),
-                                },
-                            ));
-                        }
-                        Err(e) => {
-                            for key in keys {
-                                seen.remove(&key);
-                            }
-                            let _ = reply.send(Err(e.into()));
-                        }
-                    }
-                }
-            }
-        }
-        if replies.is_empty() {
-            continue;
-        }
-        if let Err(e) = wal.sync() {
-            // After a failed sync the kernel may have dropped the written pages: nothing written since the last
-            // good sync can be trusted, so the log refuses everything until a restart re-reads it.
-            let reason = e.to_string();
-            failed = Some(reason.clone());
-            for (reply, _) in replies {
-                let _ = reply.send(Err(WalError::Poisoned(reason.clone()).into()));
-            }
-            continue;
-        }
-        let durable = wal.next_seq() - 1;
-        stats.lock().expect("stats lock").durable_seq = durable;
-        let _ = applier.send((to_apply, durable));
-        for (reply, ack) in replies {
-            let _ = reply.send(Ok(ack));
-        }
-        if seen.len() > prune_at {
-            let oldest = crate::now_ms() - max_age_ms;
-            seen.retain(|_, &mut time| time >= oldest);
-            prune_at = seen.len().max(100_000) * 2;
-        }
-    }
-}
-
-async fn apply_loop<S: FeatureStore>(
-    store: Arc<S>,
-    node: String,
-    batch: usize,
-    mut from_writer: tokio::sync::mpsc::UnboundedReceiver<(Vec<Sequenced>, u64)>,
-    applied: watch::Sender<u64>,
-    stats: Arc<std::sync::Mutex<IngestStats>>,
-) {
-    while let Some((mut events, mut upto)) = from_writer.recv().await {
-        while events.len() < batch {
-            match from_writer.try_recv() {
-                Ok((more, more_upto)) => {
-                    events.extend(more);
-                    upto = more_upto;
-                }
-                Err(_) => break,
-            }
-        }
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match store.apply(&node, &events).await {
-                Ok(()) => break,
-                Err(e) => {
-                    {
-                        let mut stats = stats.lock().expect("stats lock");
-                        stats.apply_failures += 1;
-                        stats.last_apply_error = Some(e.to_string());
-                    }
-                    eprintln!(
-                        "feature store update failed ({e}); retrying in {} ms (the events are safe in the write-ahead log)",
-                        backoff.as_millis()
-                    );
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-        let _ = applied.send(upto);
     }
 }
 

@@ -16,6 +16,7 @@
 pub mod ab_report;
 pub mod catalogue;
 pub mod config;
+pub mod dedupe;
 pub mod dynamodb;
 pub mod embedded;
 pub mod event;

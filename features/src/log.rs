@@ -2,12 +2,13 @@
 //! served request), in a local folder (the default) or an S3 bucket:
 //!
 //! ```text
-//! events/date=2026-11-27/hour=09/<node>-<first sequence number of the segment, 20 digits>.parquet
-//! served/date=2026-11-27/hour=09/<node>-<...>.parquet
+//! events/date=2026-11-27/hour=09/<node>-<log incarnation>-<first sequence number of the segment, 20 digits>.parquet
+//! served/date=2026-11-27/hour=09/<node>-<log incarnation>-<...>.parquet
 //! ```
 //!
 //! A file's name depends only on the segment it came from, so shipping a segment twice rewrites the same files
-//! with the same rows: shipping is idempotent. The trainer reads a time range back with [`EventLog::read`].
+//! with the same rows: shipping is idempotent; and since every opening of a node's log is a new incarnation, a
+//! wiped or restored log never overwrites files shipped before. The trainer reads a time range back with [`EventLog::read`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -28,7 +29,7 @@ use parquet::file::properties::WriterProperties;
 use serde::Serialize;
 
 use crate::event::{Event, EventKind, ServedRequest};
-use crate::wal::{WalEntry, WalRecord};
+use crate::wal::{Incarnation, WalEntry, WalRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -66,10 +67,12 @@ impl ShipReport {
     }
 }
 
-/// An event as the log holds it: with the node and sequence number that wrote it.
+/// An event as the log holds it: with the node, log incarnation and sequence number that wrote it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoggedEvent {
     pub node: String,
+    /// Empty for files shipped before logs had incarnations.
+    pub incarnation: String,
     pub seq: u64,
     pub event: Event,
 }
@@ -135,6 +138,7 @@ fn partition_start(key: &str) -> Option<i64> {
 fn events_schema() -> Arc<Schema> {
     Arc::new(Schema::new(vec![
         Field::new("node", DataType::Utf8, false),
+        Field::new("incarnation", DataType::Utf8, false),
         Field::new("seq", DataType::UInt64, false),
         Field::new("id", DataType::Utf8, false),
         Field::new("user", DataType::Utf8, false),
@@ -153,6 +157,7 @@ fn list_of(item: DataType) -> DataType {
 fn served_schema() -> Arc<Schema> {
     Arc::new(Schema::new(vec![
         Field::new("node", DataType::Utf8, false),
+        Field::new("incarnation", DataType::Utf8, false),
         Field::new("seq", DataType::UInt64, false),
         Field::new("request_id", DataType::Utf8, false),
         Field::new("time_ms", DataType::Int64, false),
@@ -195,9 +200,10 @@ fn to_parquet(batch: &RecordBatch) -> Vec<u8> {
     bytes
 }
 
-fn events_file(node: &str, rows: &[(u64, &Event)]) -> Vec<u8> {
+fn events_file(node: &str, incarnation: &str, rows: &[(u64, &Event)]) -> Vec<u8> {
     let columns: Vec<ArrayRef> = vec![
         strings(rows.iter().map(|_| node)),
+        strings(rows.iter().map(|_| incarnation)),
         Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.0))),
         strings(rows.iter().map(|r| r.1.id.as_str())),
         strings(rows.iter().map(|r| r.1.user.as_str())),
@@ -214,7 +220,7 @@ fn events_file(node: &str, rows: &[(u64, &Event)]) -> Vec<u8> {
     to_parquet(&RecordBatch::try_new(events_schema(), columns).expect("columns match the schema"))
 }
 
-fn served_file(node: &str, rows: &[(u64, &ServedRequest)]) -> Vec<u8> {
+fn served_file(node: &str, incarnation: &str, rows: &[(u64, &ServedRequest)]) -> Vec<u8> {
     let mut scores = ListBuilder::new(Float32Builder::new());
     for (_, served) in rows {
         scores.values().append_slice(&served.scores);
@@ -222,6 +228,7 @@ fn served_file(node: &str, rows: &[(u64, &ServedRequest)]) -> Vec<u8> {
     }
     let columns: Vec<ArrayRef> = vec![
         strings(rows.iter().map(|_| node)),
+        strings(rows.iter().map(|_| incarnation)),
         Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.0))),
         strings(rows.iter().map(|r| r.1.request_id.as_str())),
         Arc::new(Int64Array::from_iter_values(
@@ -305,6 +312,8 @@ fn batches(key: &str, bytes: Vec<u8>) -> Result<Vec<RecordBatch>, LogError> {
 fn read_events(key: &str, bytes: Vec<u8>, out: &mut Vec<LoggedEvent>) -> Result<(), LogError> {
     for batch in batches(key, bytes)? {
         let c = Columns { key, batch: &batch };
+        // Files shipped before logs had incarnations lack the column.
+        let incarnation = c.get::<StringArray>("incarnation").ok();
         let (node, seq, id, user, item, kind, time, value, request) = (
             c.text("node")?,
             c.get::<UInt64Array>("seq")?,
@@ -321,6 +330,7 @@ fn read_events(key: &str, bytes: Vec<u8>, out: &mut Vec<LoggedEvent>) -> Result<
                 .ok_or_else(|| c.bad(format!("unknown kind `{}`", kind.value(row))))?;
             out.push(LoggedEvent {
                 node: node.value(row).to_owned(),
+                incarnation: incarnation.map_or_else(String::new, |c| c.value(row).to_owned()),
                 seq: seq.value(row),
                 event: Event {
                     id: id.value(row).to_owned(),
@@ -410,6 +420,7 @@ impl EventLog {
     pub async fn ship_segment(
         &self,
         node: &str,
+        incarnation: Incarnation,
         first_seq: u64,
         records: &[WalRecord],
     ) -> Result<ShipReport, LogError> {
@@ -427,12 +438,13 @@ impl EventLog {
                     .push((record.seq, s)),
             }
         }
-        let name = format!("{node}-{first_seq:020}.parquet");
+        let name = format!("{node}-{incarnation}-{first_seq:020}.parquet");
+        let incarnation = incarnation.to_string();
         let mut report = ShipReport::default();
         for (partition, rows) in &events {
             self.put(
                 &format!("events/{partition}/{name}"),
-                events_file(node, rows),
+                events_file(node, &incarnation, rows),
             )
             .await?;
             report.files += 1;
@@ -441,7 +453,7 @@ impl EventLog {
         for (partition, rows) in &served {
             self.put(
                 &format!("served/{partition}/{name}"),
-                served_file(node, rows),
+                served_file(node, &incarnation, rows),
             )
             .await?;
             report.files += 1;
@@ -595,7 +607,12 @@ impl EventLog {
             .events
             .retain(|e| e.event.time_ms >= from_ms && e.event.time_ms < to_ms);
         slice.events.sort_by(|a, b| {
-            (a.event.time_ms, &a.node, a.seq).cmp(&(b.event.time_ms, &b.node, b.seq))
+            (a.event.time_ms, &a.node, &a.incarnation, a.seq).cmp(&(
+                b.event.time_ms,
+                &b.node,
+                &b.incarnation,
+                b.seq,
+            ))
         });
         // Two nodes may each have taken one retried event: the log keeps the first.
         let mut ids = BTreeSet::new();

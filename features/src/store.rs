@@ -22,6 +22,34 @@ pub struct Sequenced {
     pub event: Event,
 }
 
+/// Who holds a node id: one opening of a node's write-ahead log.
+///
+/// Two processes started with the same node id would number their events from the same sequence and each skip the
+/// other's events as already applied; a lease, taken and renewed by compare-and-swap, lets the second one notice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The holder's write-ahead-log incarnation (16 hex digits, unique per opening of a log).
+    pub incarnation: String,
+    /// Host name and process id of the holder, for the message that names it and to tell a dead holder on this host.
+    pub host: String,
+    pub pid: u32,
+    pub started_ms: i64,
+    /// The holder renews before this; after it the lease may be taken.
+    pub expires_ms: i64,
+}
+
+impl Lease {
+    /// The stored form. Backends compare leases by this text, so it must be one text per lease: serde_json writes
+    /// a struct's fields in declaration order and numbers one way.
+    pub(crate) fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("leases serialise")
+    }
+
+    pub(crate) fn from_json(json: &[u8]) -> Result<Self, StoreError> {
+        serde_json::from_slice(json).map_err(|e| StoreError::Corrupt(format!("a lease: {e}")))
+    }
+}
+
 /// How events become features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -83,6 +111,20 @@ pub trait FeatureStore: Send + Sync + 'static {
 
     /// Makes every applied change durable (the ingest calls it before a write-ahead log segment may be removed).
     fn sync(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The lease on node id `node`, if one is stored, expired or not (the caller judges expiry).
+    fn lease(&self, node: &str) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send;
+
+    /// Replaces the lease on `node` by `new` (`None` removes it) if and only if the stored one equals `expected`
+    /// exactly (`None`: no lease stored), atomically and durably. `Ok(false)`, with nothing changed, when it does
+    /// not: someone else took, renewed or released the lease since `expected` was read. Only this primitive lives
+    /// here; when a lease may be taken (expired, holder dead) is the caller's policy.
+    fn swap_lease(
+        &self,
+        node: &str,
+        expected: Option<&Lease>,
+        new: Option<&Lease>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
 /// Features that events update: a user's or an item's.

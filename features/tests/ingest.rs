@@ -3,6 +3,9 @@
 
 mod support;
 
+#[path = "ingest/durability.rs"]
+mod durability;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -14,26 +17,32 @@ use edgerec_features::now_ms;
 use edgerec_features::store::{FeatureSettings, FeatureStore};
 use support::event;
 
+/// The lease on the node id runs out quickly here: tests "crash" an ingest by dropping it, in this process.
+const LEASE_TTL_MS: i64 = 300;
+
 fn config(segment_bytes: u64) -> IngestConfig {
     IngestConfig {
         node_id: "edge-a".into(),
         segment_bytes,
+        lease_ttl_ms: LEASE_TTL_MS,
         ..IngestConfig::default()
     }
 }
 
-fn open(dir: &std::path::Path, segment_bytes: u64) -> Ingest<EmbeddedFeatureStore> {
+async fn open(dir: &std::path::Path, segment_bytes: u64) -> Ingest<EmbeddedFeatureStore> {
     let store = EmbeddedFeatureStore::open(&dir.join("features.redb"), FeatureSettings::default())
         .expect("opens the store");
-    reopen(dir, segment_bytes, Arc::new(store))
+    reopen(dir, segment_bytes, Arc::new(store)).await
 }
 
-fn reopen(
+async fn reopen(
     dir: &std::path::Path,
     segment_bytes: u64,
     store: Arc<EmbeddedFeatureStore>,
 ) -> Ingest<EmbeddedFeatureStore> {
-    Ingest::open(&dir.join("wal"), config(segment_bytes), store).expect("opens the ingest")
+    Ingest::open(&dir.join("wal"), config(segment_bytes), store)
+        .await
+        .expect("opens the ingest")
 }
 
 fn served(request_id: &str, time_ms: i64) -> ServedRequest {
@@ -58,7 +67,7 @@ async fn acknowledged_events_are_applied_once_across_restarts_and_shipped_once()
     let now = now_ms();
     let log = EventLog::Folder(dir.path().join("log"));
     let store = {
-        let ingest = open(dir.path(), 400);
+        let ingest = open(dir.path(), 400).await;
         let ack = ingest
             .ingest(vec![
                 event("1", "u1", "a", now),
@@ -97,8 +106,9 @@ async fn acknowledged_events_are_applied_once_across_restarts_and_shipped_once()
         ingest.store().clone()
     };
     // The process that kill -9 ends is tested in the CLI's tests; here the ingest stops without closing and a
-    // new one opens the same log and store.
-    let ingest = reopen(dir.path(), 400, store);
+    // new one opens the same log and store, once the dropped one's lease on the node id has run out.
+    tokio::time::sleep(std::time::Duration::from_millis(2 * LEASE_TTL_MS as u64)).await;
+    let ingest = reopen(dir.path(), 400, store).await;
     // Ids of shipped segments and of the log are both remembered.
     let ack = ingest
         .ingest(vec![
@@ -133,15 +143,15 @@ async fn acknowledged_events_are_applied_once_across_restarts_and_shipped_once()
     assert_eq!(later.events.len(), 3);
 
     // Shipping a segment again (as after a crash before its removal) rewrites the same files: no new rows.
-    let (records, _) = {
+    let (incarnation, records) = {
         let wal = edgerec_features::wal::segments(&dir.path().join("wal")).expect("lists");
-        edgerec_features::wal::read_segment(&wal[0].path, true).expect("reads")
+        edgerec_features::wal::read_segment(&wal[0]).expect("reads")
     };
     let first = records.first().map_or(1, |r| r.seq);
-    log.ship_segment("edge-a", first, &records)
+    log.ship_segment("edge-a", incarnation, first, &records)
         .await
         .expect("ships again");
-    log.ship_segment("edge-a", first, &records)
+    log.ship_segment("edge-a", incarnation, first, &records)
         .await
         .expect("ships again");
     assert_eq!(
@@ -158,7 +168,7 @@ async fn acknowledged_events_are_applied_once_across_restarts_and_shipped_once()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_batches_are_refused_whole() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ingest = open(dir.path(), 1 << 20);
+    let ingest = open(dir.path(), 1 << 20).await;
     let now = now_ms();
     let e = ingest
         .ingest(vec![
@@ -198,7 +208,7 @@ async fn the_log_ships_to_s3_and_an_unreachable_s3_loses_nothing() {
     let config = support::aws_config("log");
     let log = EventLog::s3(&config);
     log.ensure_created().await.expect("creates the bucket");
-    let ingest = open(dir.path(), 1 << 20);
+    let ingest = open(dir.path(), 1 << 20).await;
     let now = now_ms();
     ingest
         .ingest(
@@ -249,6 +259,19 @@ struct FlakyStore {
     failures: std::sync::atomic::AtomicUsize,
 }
 
+impl FlakyStore {
+    /// Fails as an unreachable store does while updates are still to fail. Lease calls check it without using
+    /// up a failure, so `failures` still counts the updates the ingest retries.
+    fn down(&self) -> Result<(), edgerec_features::store::StoreError> {
+        if self.failures.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return Err(edgerec_features::store::StoreError::Unavailable(
+                "connection refused".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl FeatureStore for FlakyStore {
     async fn apply(
         &self,
@@ -294,6 +317,24 @@ impl FeatureStore for FlakyStore {
     async fn sync(&self) -> Result<(), edgerec_features::store::StoreError> {
         self.inner.sync().await
     }
+
+    async fn lease(
+        &self,
+        node: &str,
+    ) -> Result<Option<edgerec_features::store::Lease>, edgerec_features::store::StoreError> {
+        self.down()?;
+        self.inner.lease(node).await
+    }
+
+    async fn swap_lease(
+        &self,
+        node: &str,
+        expected: Option<&edgerec_features::store::Lease>,
+        new: Option<&edgerec_features::store::Lease>,
+    ) -> Result<bool, edgerec_features::store::StoreError> {
+        self.down()?;
+        self.inner.swap_lease(node, expected, new).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,7 +348,9 @@ async fn an_unreachable_store_delays_updates_but_loses_nothing() {
         .expect("opens"),
         failures: std::sync::atomic::AtomicUsize::new(3),
     });
-    let ingest = Ingest::open(&dir.path().join("wal"), config(1 << 20), store).expect("opens");
+    let ingest = Ingest::open(&dir.path().join("wal"), config(1 << 20), store)
+        .await
+        .expect("opens");
     let now = now_ms();
     // Acknowledged while the store is down: the log has them.
     let ack = ingest

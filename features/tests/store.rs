@@ -8,7 +8,7 @@ use edgerec_features::dynamodb::DynamoFeatureStore;
 use edgerec_features::embedded::EmbeddedFeatureStore;
 use edgerec_features::event::EventKind;
 use edgerec_features::item::{ItemFeatures, ItemMetadata, Popularity};
-use edgerec_features::store::{FeatureSettings, FeatureStore, Sequenced};
+use edgerec_features::store::{FeatureSettings, FeatureStore, Lease, Sequenced};
 use edgerec_features::user::UserFeatures;
 use support::event;
 
@@ -168,13 +168,159 @@ async fn concurrent_writers_lose_no_update<S: FeatureStore>(store: Arc<S>) {
     );
 }
 
+fn lease(incarnation: u64, expires_ms: i64) -> Lease {
+    Lease {
+        incarnation: format!("{incarnation:016x}"),
+        host: "host-a".into(),
+        pid: 4242,
+        started_ms: 1_000,
+        expires_ms,
+    }
+}
+
+/// Leases change only by compare-and-swap: of any number of swaps from one expected lease, one lands, which is
+/// what lets the second of two nodes started with one node id notice the first. Returns the lease it leaves on
+/// `n2`.
+async fn leases_change_only_by_compare_and_swap<S: FeatureStore>(store: Arc<S>) -> Lease {
+    assert_eq!(
+        store.lease("n1").await.expect("reads"),
+        None,
+        "none at first"
+    );
+
+    let first = lease(1, 10_000);
+    assert!(
+        store
+            .swap_lease("n1", None, Some(&first))
+            .await
+            .expect("swaps"),
+        "taken when none is stored"
+    );
+    assert_eq!(store.lease("n1").await.expect("reads"), Some(first.clone()));
+
+    let other = lease(2, 10_000);
+    assert!(
+        !store
+            .swap_lease("n1", None, Some(&other))
+            .await
+            .expect("answers"),
+        "not taken again as if none were stored"
+    );
+    let stale = Lease {
+        expires_ms: 9_999,
+        ..first.clone()
+    };
+    assert!(
+        !store
+            .swap_lease("n1", Some(&stale), Some(&other))
+            .await
+            .expect("answers"),
+        "a lease that differs in one field is not the stored one"
+    );
+    assert!(
+        !store
+            .swap_lease("n1", Some(&stale), None)
+            .await
+            .expect("answers"),
+        "nor removed with the wrong one"
+    );
+    assert_eq!(
+        store.lease("n1").await.expect("reads"),
+        Some(first.clone()),
+        "failed swaps change nothing"
+    );
+
+    let renewed = Lease {
+        expires_ms: 20_000,
+        ..first.clone()
+    };
+    assert!(
+        store
+            .swap_lease("n1", Some(&first), Some(&renewed))
+            .await
+            .expect("swaps"),
+        "renewed with the stored lease"
+    );
+    assert_eq!(
+        store.lease("n1").await.expect("reads"),
+        Some(renewed.clone())
+    );
+
+    // Another node id's lease is its own.
+    assert_eq!(store.lease("n2").await.expect("reads"), None);
+    let second = lease(3, 10_000);
+    assert!(
+        store
+            .swap_lease("n2", None, Some(&second))
+            .await
+            .expect("swaps")
+    );
+    assert!(
+        store
+            .swap_lease("n1", Some(&renewed), None)
+            .await
+            .expect("swaps"),
+        "released with the stored lease"
+    );
+    assert_eq!(store.lease("n1").await.expect("reads"), None);
+    assert_eq!(
+        store.lease("n2").await.expect("reads"),
+        Some(second.clone())
+    );
+
+    // Eight contenders at once, from no lease and then from a stored one: exactly one wins each time, and its
+    // lease is the one stored.
+    for expected in [None, Some(lease(9, 30_000))] {
+        if let Some(expected) = &expected {
+            let stored = store.lease("n3").await.expect("reads");
+            assert!(
+                store
+                    .swap_lease("n3", stored.as_ref(), Some(expected))
+                    .await
+                    .expect("swaps")
+            );
+        }
+        let tasks: Vec<_> = (0..8u64)
+            .map(|i| {
+                let store = store.clone();
+                let expected = expected.clone();
+                tokio::spawn(async move {
+                    let mine = lease(100 + i, 40_000);
+                    let won = store
+                        .swap_lease("n3", expected.as_ref(), Some(&mine))
+                        .await
+                        .expect("answers");
+                    won.then_some(mine)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for task in tasks {
+            winners.extend(task.await.expect("task"));
+        }
+        assert_eq!(
+            winners.len(),
+            1,
+            "exactly one of 8 swaps from {expected:?} lands"
+        );
+        assert_eq!(
+            store.lease("n3").await.expect("reads").as_ref(),
+            winners.first()
+        );
+    }
+    second
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn embedded_store_conforms() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store =
         EmbeddedFeatureStore::open(&dir.path().join("features.redb"), settings()).expect("opens");
     updates_are_applied_once_and_read_in_batches(&store).await;
-    concurrent_writers_lose_no_update(Arc::new(store)).await;
+    let store = Arc::new(store);
+    concurrent_writers_lose_no_update(store.clone()).await;
+    let left = leases_change_only_by_compare_and_swap(store.clone()).await;
+    drop(store);
     // Reopening keeps everything.
     let store =
         EmbeddedFeatureStore::open(&dir.path().join("features.redb"), settings()).expect("reopens");
@@ -182,6 +328,7 @@ async fn embedded_store_conforms() {
         store.users(&["hot".into()]).await.expect("reads")[0].interactions(),
         40
     );
+    assert_eq!(store.lease("n2").await.expect("reads"), Some(left));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -194,7 +341,9 @@ async fn dynamodb_store_conforms() {
         .await
         .expect("creating twice is fine");
     updates_are_applied_once_and_read_in_batches(&store).await;
-    concurrent_writers_lose_no_update(Arc::new(store)).await;
+    let store = Arc::new(store);
+    concurrent_writers_lose_no_update(store.clone()).await;
+    leases_change_only_by_compare_and_swap(store).await;
 }
 
 #[tokio::test]
@@ -213,4 +362,9 @@ async fn an_unreachable_dynamodb_is_a_clear_error() {
         .await
         .expect_err("unreachable");
     assert!(e.to_string().contains("unavailable"), "{e}");
+    let e = store
+        .swap_lease("n", None, Some(&lease(1, 1)))
+        .await
+        .expect_err("unreachable");
+    assert!(e.to_string().contains("writing DynamoDB"), "{e}");
 }

@@ -1,7 +1,12 @@
 //! The embedded backend: blobs in a local folder (written to a temporary file, then renamed into place) and
 //! everything else in one redb database file, where each change and its audit entry commit in one transaction.
+//!
+//! A full disk refuses the write at hand ([`StoreError::StorageFull`]) and nothing else: a blob is never left
+//! partial, and the database, which redb closes to every later transaction after a failed write, is opened again
+//! at once, so reads go on and the next write succeeds once space is freed, without a restart.
 
 use std::path::{Path, PathBuf};
+use std::sync::{PoisonError, RwLock};
 
 use edgerec_core::Digest;
 use redb::{Database, ReadableTable, TableDefinition};
@@ -26,16 +31,40 @@ const TOKEN_SECRETS: TableDefinition<&str, &str> = TableDefinition::new("token_s
 /// A registry stored under one folder: `registry.redb` and `blobs/sha256/<hex>`.
 #[derive(Debug)]
 pub struct EmbeddedStore {
-    db: Database,
+    /// Replaced by [`EmbeddedStore::recover`] after a failed write; `None` while it could not be opened again.
+    /// Every transaction begins and ends under a read lock, so the write lock means none is open.
+    db: RwLock<Option<Database>>,
+    path: PathBuf,
     blobs: PathBuf,
 }
 
+/// A database error as a [`StoreError`]: [`StoreError::StorageFull`] when the disk is full.
 fn unavailable(e: impl Into<redb::Error>) -> StoreError {
-    StoreError::Unavailable(e.into().to_string())
+    match e.into() {
+        redb::Error::Io(e) if edgerec_storage::is_storage_full(&e) => {
+            StoreError::StorageFull(format!("the registry database: {e}"))
+        }
+        other => StoreError::Unavailable(other.to_string()),
+    }
 }
 
 fn io(what: &Path, e: std::io::Error) -> StoreError {
-    StoreError::Unavailable(format!("{}: {e}", what.display()))
+    let message = format!("{}: {e}", what.display());
+    if edgerec_storage::is_storage_full(&e) {
+        StoreError::StorageFull(message)
+    } else {
+        StoreError::Unavailable(message)
+    }
+}
+
+fn open_database(path: &Path) -> Result<Database, StoreError> {
+    edgerec_storage::create_database(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
+            "{} is in use by another process (a running registry?)",
+            path.display()
+        )),
+        other => unavailable(other),
+    })
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -75,19 +104,21 @@ fn append_audit(txn: &redb::WriteTransaction, draft: AuditDraft) -> Result<Audit
     Ok(entry)
 }
 
+/// Whether a failure may have come from the disk, after which the database may need opening again.
+fn from_the_disk(error: &StoreError) -> bool {
+    matches!(
+        error,
+        StoreError::StorageFull(_) | StoreError::Unavailable(_)
+    )
+}
+
 impl EmbeddedStore {
     /// Opens (creating if needed) the registry under `root`. One process at a time holds the database.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         let blobs = root.join("blobs").join("sha256");
         std::fs::create_dir_all(&blobs).map_err(|e| io(&blobs, e))?;
         let path = root.join("registry.redb");
-        let db = edgerec_storage::create_database(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
-                "{} is in use by another process (a running registry?)",
-                path.display()
-            )),
-            other => unavailable(other),
-        })?;
+        let db = open_database(&path)?;
         let txn = db.begin_write().map_err(unavailable)?;
         {
             txn.open_table(VERSIONS).map_err(unavailable)?;
@@ -98,30 +129,87 @@ impl EmbeddedStore {
             txn.open_table(TOKEN_SECRETS).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
-        Ok(Self { db, blobs })
+        Ok(Self {
+            db: RwLock::new(Some(db)),
+            path,
+            blobs,
+        })
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.blobs.join(digest.to_string())
     }
 
+    /// Runs `body` on the database, opening it first if an earlier failure left it closed.
+    fn with_db<T>(
+        &self,
+        body: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        {
+            let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(db) = db.as_ref() {
+                return body(db);
+            }
+        }
+        self.recover()?;
+        let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        match db.as_ref() {
+            Some(db) => body(db),
+            None => Err(StoreError::Unavailable(format!(
+                "{} could not be opened again",
+                self.path.display()
+            ))),
+        }
+    }
+
+    /// Once a write to its file has failed (a full disk), redb refuses every later transaction, reads included
+    /// ("a previous I/O error occurred"), until the file is opened again. Opens it again if so, and says whether
+    /// it did: the file still holds the last committed state, which a failed commit never replaces.
+    fn recover(&self) -> Result<bool, StoreError> {
+        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(current) = db.as_ref() {
+            // No other transaction is open under the write lock, so this does not wait; dropped, it aborts.
+            match current.begin_write() {
+                Err(redb::TransactionError::Storage(redb::StorageError::PreviousIo)) => {}
+                _ => return Ok(false),
+            }
+        }
+        // The old handle holds the file's lock until it is gone.
+        *db = None;
+        *db = Some(open_database(&self.path)?);
+        Ok(true)
+    }
+
     fn read<T>(
         &self,
-        body: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError>,
+        body: impl Fn(&redb::ReadTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let txn = self.db.begin_read().map_err(unavailable)?;
-        body(&txn)
+        let attempt = || self.with_db(|db| body(&db.begin_read().map_err(unavailable)?));
+        match attempt() {
+            Err(e) if from_the_disk(&e) && self.recover()? => attempt(),
+            other => other,
+        }
     }
 
     fn write<T>(
         &self,
         body: impl FnOnce(&redb::WriteTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let txn = self.db.begin_write().map_err(unavailable)?;
-        // An error drops the transaction, which aborts it: nothing of it is written.
-        let value = body(&txn)?;
-        txn.commit().map_err(unavailable)?;
-        Ok(value)
+        let written = self.with_db(|db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            // An error drops the transaction, which aborts it: nothing of it is written.
+            let value = body(&txn)?;
+            txn.commit().map_err(unavailable)?;
+            Ok(value)
+        });
+        if let Err(e) = &written
+            && from_the_disk(e)
+        {
+            // So that reads go on, and the next write succeeds once space is freed. The caller learns of the
+            // write's failure; a failure to reopen shows on the next call.
+            let _ = self.recover();
+        }
+        written
     }
 }
 

@@ -2,6 +2,7 @@
 //! (`ETag` / `If-Match` / `If-None-Match`), `/healthz`, Prometheus `/metrics` and `/openapi.json`.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -34,6 +35,7 @@ impl ResponseError for RegistryError {
             RegistryError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             RegistryError::Forbidden(_) => StatusCode::FORBIDDEN,
             RegistryError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            RegistryError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             RegistryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -456,7 +458,6 @@ async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
         .body(metrics.render())
 }
 
-/// Records every request in [`Metrics`] and writes one JSON log line per request to stderr.
 /// A request method as a metric label: the standard ones by name, any other as `other`, so a client inventing
 /// methods cannot grow the metrics without bound.
 pub fn method_label(method: &actix_web::http::Method) -> &'static str {
@@ -478,6 +479,7 @@ pub fn method_label(method: &actix_web::http::Method) -> &'static str {
         .map_or("other", |(_, name)| name)
 }
 
+/// Records every request in [`Metrics`] and writes one JSON log line per request to stderr.
 pub async fn observe(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -495,7 +497,10 @@ pub async fn observe(
     if let Some(metrics) = metrics {
         metrics.record(&method, &route, status, seconds);
     }
-    eprintln!(
+    // A log that cannot be written (stderr sent to a file on a full disk) loses the line, not the answer:
+    // `eprintln!` would panic.
+    let _ = writeln!(
+        std::io::stderr().lock(),
         "{}",
         serde_json::json!({
             "at_ms": crate::records::now_millis(),

@@ -202,12 +202,11 @@ impl RegistryConfig {
 }
 
 fn http_server<S: Store + Send + Sync + 'static>(
-    registry: Registry<S>,
+    registry: web::Data<Registry<S>>,
     listen: &str,
     workers: usize,
     allowed_origins: &[String],
 ) -> std::io::Result<(Vec<SocketAddr>, actix_web::dev::Server)> {
-    let registry = web::Data::new(registry);
     let metrics = web::Data::new(Metrics::default());
     let allowed_origins = allowed_origins.to_vec();
     let mut server = HttpServer::new(move || {
@@ -237,7 +236,7 @@ pub fn serve<S: Store + Send + Sync + 'static>(
 ) -> std::io::Result<()> {
     actix_web::rt::System::new().block_on(async move {
         let (addresses, server) = http_server(
-            registry,
+            web::Data::new(registry),
             &config.listen,
             config.workers,
             &config.allowed_origins,
@@ -253,6 +252,8 @@ pub struct RunningServer {
     pub address: SocketAddr,
     handle: actix_web::dev::ServerHandle,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    /// The registry, held so that the last copy, and with it the store, is dropped by [`RunningServer::stop`].
+    registry: Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl RunningServer {
@@ -263,6 +264,8 @@ impl RunningServer {
     ) -> std::io::Result<Self> {
         let (sender, receiver) = std::sync::mpsc::channel();
         let listen = listen.to_string();
+        let registry = web::Data::new(registry);
+        let held: std::sync::Arc<Registry<S>> = registry.clone().into_inner();
         let thread = std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
                 match http_server(registry, &listen, 2, &[]) {
@@ -285,6 +288,7 @@ impl RunningServer {
             address: addresses[0],
             handle,
             thread: Some(thread),
+            registry: Some(held),
         })
     }
 
@@ -292,7 +296,8 @@ impl RunningServer {
         format!("http://{}", self.address)
     }
 
-    /// Stops the server and waits for it.
+    /// Stops the server and waits for it, and for its workers to let go of the registry: the store (the embedded
+    /// database's lock on its file) is free when this returns.
     pub fn stop(mut self) {
         self.shutdown();
     }
@@ -301,6 +306,18 @@ impl RunningServer {
         if let Some(thread) = self.thread.take() {
             actix_web::rt::System::new().block_on(self.handle.stop(true));
             let _ = thread.join();
+            // The worker threads drop their copies just after the server has stopped; the last one is dropped here,
+            // so the store's own drop has finished too.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while self
+                .registry
+                .as_ref()
+                .is_some_and(|r| std::sync::Arc::strong_count(r) > 1)
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            self.registry = None;
         }
     }
 }

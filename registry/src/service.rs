@@ -47,6 +47,9 @@ pub enum RegistryError {
     /// 503.
     #[error("{0}")]
     Unavailable(String),
+    /// The registry's disk is full: 507. Nothing was stored; the same request succeeds once space is freed.
+    #[error("the registry's storage is full, nothing was stored; retry once space is freed ({0})")]
+    InsufficientStorage(String),
     /// 500.
     #[error("{0}")]
     Internal(String),
@@ -67,6 +70,7 @@ impl RegistryError {
             RegistryError::Unauthenticated(_) => "unauthenticated",
             RegistryError::Forbidden(_) => "forbidden",
             RegistryError::Unavailable(_) => "storage_unavailable",
+            RegistryError::InsufficientStorage(_) => "insufficient_storage",
             RegistryError::Internal(_) => "internal",
         }
     }
@@ -79,6 +83,7 @@ impl From<StoreError> for RegistryError {
             StoreError::Referenced(m) => RegistryError::Conflict(m),
             StoreError::NotFound(m) => RegistryError::NotFound(m),
             StoreError::Unavailable(m) => RegistryError::Unavailable(m),
+            StoreError::StorageFull(m) => RegistryError::InsufficientStorage(m),
             StoreError::Corrupt(m) => RegistryError::Internal(m),
         }
     }

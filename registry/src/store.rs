@@ -20,6 +20,9 @@ pub enum StoreError {
     /// The backend could not be reached or failed; nothing was written.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The disk (or quota) is full; nothing was written, and the same write succeeds once space is freed.
+    #[error("storage full: {0}")]
+    StorageFull(String),
     /// Stored data does not parse.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),

@@ -1,5 +1,5 @@
 //! The real registry server on port 0 (embedded backend, and S3 + DynamoDB for the plan tests), driven over HTTP:
-//! the API, auth, signing, conditional plan updates, rollback, metrics and the bad-input paths.
+//! the API, auth, signing, conditional plan updates, rollback, metrics, the bad-input paths and a full disk.
 
 mod support;
 
@@ -119,15 +119,23 @@ fn serve<S: Store + Send + Sync + 'static>(
     registry: Registry<S>,
     dir: tempfile::TempDir,
 ) -> Fixture {
-    let admin = run(registry.create_token("root", vec![Scope::Admin], "setup"))
-        .expect("admin token")
-        .secret;
-    let server = RunningServer::start(registry, "127.0.0.1:0").expect("serves on port 0");
+    let (server, admin) = serve_with_admin(registry);
     Fixture {
         server,
         admin,
         _dir: dir,
     }
+}
+
+/// Serves `registry` on port 0; the secret of its admin token.
+fn serve_with_admin<S: Store + Send + Sync + 'static>(
+    registry: Registry<S>,
+) -> (RunningServer, String) {
+    let admin = run(registry.create_token("root", vec![Scope::Admin], "setup"))
+        .expect("admin token")
+        .secret;
+    let server = RunningServer::start(registry, "127.0.0.1:0").expect("serves on port 0");
+    (server, admin)
 }
 
 fn token(admin: &Client, name: &str, scopes: &[&str]) -> String {
@@ -607,4 +615,231 @@ fn the_client_publishes_a_bundle_folder_and_follows_plans() {
         nowhere.models(),
         Err(edgerec_registry::client::ClientError::Transport { .. })
     ));
+}
+
+/// A tmpfs of a fixed size mounted on a fresh folder, unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match mounted {
+            Ok(output) if output.status.success() => Self { dir },
+            Ok(output) => panic!(
+                "this test needs root to mount a tmpfs (mount -t tmpfs -o size={size} tmpfs {}): {}",
+                dir.path().display(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+            Err(e) => panic!("this test needs root to mount a tmpfs, and `mount` did not run: {e}"),
+        }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// `size` bytes no other call returns.
+fn distinct(seed: usize, size: usize) -> Vec<u8> {
+    let mut bytes = vec![(seed % 251) as u8; size];
+    bytes[..8].copy_from_slice(&(seed as u64).to_le_bytes());
+    bytes
+}
+
+fn put_blob(client: &Client, bytes: &[u8]) -> Reply {
+    client.send(
+        "PUT",
+        &format!("/v1/blobs/sha256:{}", Digest::of(bytes)),
+        Some(bytes),
+        &[],
+    )
+}
+
+/// `reply` is a success with `status`, or a refusal for want of space; never anything else (a 500 above all).
+fn stored_or_full(reply: &Reply, status: u16) -> bool {
+    let body = String::from_utf8_lossy(&reply.body);
+    if reply.status == status {
+        return true;
+    }
+    assert_eq!(
+        (reply.status, reply.kind().as_str()),
+        (507, "insufficient_storage"),
+        "{body}"
+    );
+    false
+}
+
+/// Files under `dir` that a write left aside (temporary names start with a dot) or half created.
+fn leftovers(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("lists") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().expect("a name").to_string_lossy();
+        if path.is_dir() {
+            found.extend(leftovers(&path));
+        } else if name.starts_with('.') || name.contains("partial") {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// The embedded registry on a disk that fills up: blob uploads, publishes and token creation are refused with 507
+/// `insufficient_storage` (never a 500), no partial file is left, everything acknowledged before reads back
+/// intact, reads go on while the disk is full, and once space is freed the refused requests succeed without a
+/// restart.
+#[test]
+fn a_full_disk_refuses_writes_with_507_and_recovers_without_a_restart() {
+    // 4 MiB: the golden model alone is 1.2 MiB.
+    let disk = Tmpfs::mount("4m");
+    // Space the test frees later without touching the registry's own files.
+    let ballast = disk.path().join("ballast");
+    std::fs::write(&ballast, vec![0u8; 768 << 10]).expect("writes the ballast");
+    let root = disk.path().join("registry");
+    let (server, admin) = serve_with_admin(embedded_registry(&root, 64 << 20));
+    let client = Client::new(&server.url(), Some(&admin));
+
+    // A version published while there is room.
+    assert_eq!(publish(&client, "1.0.0").status, 201);
+    let (_, model) = golden();
+
+    // Blobs of 64 KiB, then of 4 KiB, until the disk refuses one of each: then not a page is free.
+    let mut stored: Vec<Vec<u8>> = Vec::new();
+    let mut refused = Vec::new();
+    for size in [64 << 10, 4 << 10] {
+        let blob = loop {
+            let blob = distinct(stored.len(), size);
+            if !stored_or_full(&put_blob(&client, &blob), 201) {
+                break blob;
+            }
+            stored.push(blob);
+            assert!(stored.len() < 2000, "the disk never filled up");
+        };
+        assert_eq!(
+            client
+                .get(&format!("/v1/blobs/sha256:{}", Digest::of(&blob)))
+                .status,
+            404,
+            "a refused blob is not stored"
+        );
+        refused.push(blob);
+    }
+    assert!(stored.len() > 1, "blobs were stored before the disk filled");
+    assert_eq!(leftovers(&root), Vec::<std::path::PathBuf>::new());
+
+    // Metadata on the full disk: a publish (whose signed manifest is stored as a blob) and new tokens (the
+    // database alone) are refused the same way, once a database write no longer fits.
+    assert!(!stored_or_full(&publish_manifest(&client, "1.1.0"), 201));
+    let mut tokens = 0;
+    while stored_or_full(
+        &client.json(
+            "POST",
+            "/v1/tokens",
+            &json!({"name": format!("t{tokens}"), "scopes": ["read"]}),
+            &[],
+        ),
+        201,
+    ) {
+        tokens += 1;
+        assert!(tokens < 2000, "no database write was refused");
+    }
+
+    // Reads go on: every blob acknowledged, the published version, the token lookups of every request.
+    for blob in &stored {
+        let reply = client.get(&format!("/v1/blobs/sha256:{}", Digest::of(blob)));
+        assert_eq!(reply.status, 200);
+        assert_eq!(Digest::of(&reply.body), Digest::of(blob));
+    }
+    assert_eq!(
+        Digest::of(
+            &client
+                .get(&format!("/v1/blobs/sha256:{}", Digest::of(&model)))
+                .body
+        ),
+        Digest::of(&model)
+    );
+    assert_eq!(
+        client.get("/v1/models").json()[0]["versions"],
+        json!(["1.0.0"])
+    );
+    assert_eq!(
+        client.get("/v1/models/golden-sasrec/versions/1.0.0").status,
+        200
+    );
+    assert_eq!(
+        client.get("/v1/tokens").json().as_array().map(Vec::len),
+        Some(1 + tokens)
+    );
+    assert_eq!(leftovers(&root), Vec::<std::path::PathBuf>::new());
+
+    // Space returns: the refused requests succeed, on the same server.
+    std::fs::remove_file(&ballast).expect("frees the ballast");
+    for blob in &refused {
+        assert_eq!(put_blob(&client, blob).status, 201);
+        assert_eq!(
+            client
+                .get(&format!("/v1/blobs/sha256:{}", Digest::of(blob)))
+                .body,
+            *blob
+        );
+    }
+    let reply = publish_manifest(&client, "1.1.0");
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let reply = client.json(
+        "POST",
+        "/v1/tokens",
+        &json!({"name": "after", "scopes": ["read"]}),
+        &[],
+    );
+    assert_eq!(reply.status, 201);
+    assert_eq!(leftovers(&root), Vec::<std::path::PathBuf>::new());
+
+    // What the registry acknowledged is on disk, read by a fresh process's view of it.
+    server.stop();
+    let reopened = edgerec_registry::embedded::EmbeddedStore::open(&root).expect("opens");
+    let versions: Vec<String> = run(reopened.list_versions(None))
+        .expect("lists")
+        .into_iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(versions, ["1.0.0", "1.1.0"]);
+    assert_eq!(
+        run(reopened.list_tokens()).expect("lists").len(),
+        tokens + 2
+    );
+    for blob in stored.iter().chain(&refused) {
+        assert_eq!(
+            run(reopened.get_blob(&Digest::of(blob))).expect("reads"),
+            Some(blob.clone())
+        );
+    }
+}
+
+/// Posts the golden manifest as `version` (its model already uploaded).
+fn publish_manifest(client: &Client, version: &str) -> Reply {
+    client.send(
+        "POST",
+        "/v1/models/golden-sasrec/versions",
+        Some(&golden_as(version)),
+        &[],
+    )
 }

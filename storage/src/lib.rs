@@ -34,8 +34,18 @@ pub fn sync_parent(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Whether `error` says the disk is full (ENOSPC) or the owner's quota is spent (EDQUOT): nothing is wrong with the
+/// data or the program, and the same write succeeds once space is freed.
+pub fn is_storage_full(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
 /// Writes `bytes` to `path` so that after a crash the file is either the old one, absent, or exactly `bytes`:
-/// written under a temporary name, synced, renamed into place, and the folder synced.
+/// written under a temporary name, synced, renamed into place, and the folder synced. When writing fails (a full
+/// disk: [`is_storage_full`]) the temporary file is removed, so neither a partial file nor its space stays behind.
 pub fn write_durably(path: &Path, bytes: &[u8], access: Access) -> std::io::Result<()> {
     let temporary = aside(path, "partial");
     let mut options = std::fs::OpenOptions::new();
@@ -79,14 +89,22 @@ pub fn create_durably(path: &Path, bytes: &[u8], access: Access) -> std::io::Res
 /// magic number last, so a process killed while redb initialises the file would leave one that every later open
 /// refuses ("invalid data").
 pub fn create_database(path: &Path) -> Result<Database, redb::DatabaseError> {
+    create_database_with(path, redb::Builder::new())
+}
+
+/// [`create_database`] with the settings of `builder` (for example a bounded page cache).
+pub fn create_database_with(
+    path: &Path,
+    builder: redb::Builder,
+) -> Result<Database, redb::DatabaseError> {
     if !path.exists() {
         let partial = path.with_extension("redb-partial");
         let _ = std::fs::remove_file(&partial);
-        drop(Database::create(&partial)?);
+        drop(builder.create(&partial)?);
         std::fs::rename(&partial, path)?;
         sync_parent(path)?;
     }
-    Database::create(path)
+    builder.create(path)
 }
 
 #[cfg(test)]
@@ -111,6 +129,36 @@ mod tests {
             1,
             "nothing left aside"
         );
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing_aside() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // A folder that is not empty cannot be renamed over: the write fails after the temporary file is written.
+        let path = dir.path().join("blob");
+        std::fs::create_dir(&path).expect("creates");
+        std::fs::write(path.join("inside"), b"x").expect("writes");
+        write_durably(&path, b"bytes", Access::Shared).expect_err("refused");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("lists")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["blob"], "nothing left aside");
+    }
+
+    #[test]
+    fn full_disks_and_spent_quotas_are_told_apart_from_other_failures() {
+        use std::io::{Error, ErrorKind};
+        assert!(is_storage_full(&Error::from(ErrorKind::StorageFull)));
+        assert!(is_storage_full(&Error::from(ErrorKind::QuotaExceeded)));
+        assert!(!is_storage_full(&Error::from(ErrorKind::PermissionDenied)));
+        #[cfg(target_os = "linux")]
+        {
+            // ENOSPC and EDQUOT as the OS reports them.
+            assert!(is_storage_full(&Error::from_raw_os_error(28)));
+            assert!(is_storage_full(&Error::from_raw_os_error(122)));
+            assert!(!is_storage_full(&Error::from_raw_os_error(5)));
+        }
     }
 
     #[test]

@@ -89,6 +89,7 @@ mod tests {
     fn answered_requests_carry_their_logged_history() {
         let event = |seq: u64, user: &str, item: &str, request: Option<&str>| LoggedEvent {
             node: "n".into(),
+            incarnation: String::new(),
             seq,
             event: Event {
                 id: seq.to_string(),

@@ -205,7 +205,7 @@ mod tests {
     use edgerec_features::embedded::EmbeddedFeatureStore;
     use edgerec_features::event::{Event, EventKind};
     use edgerec_features::item::ItemFeatures;
-    use edgerec_features::store::{FeatureSettings, Sequenced, StoreError};
+    use edgerec_features::store::{FeatureSettings, Lease, Sequenced, StoreError};
     use edgerec_features::user::UserFeatures;
 
     use super::*;
@@ -245,6 +245,20 @@ mod tests {
 
         async fn sync(&self) -> Result<(), StoreError> {
             self.inner.sync().await
+        }
+
+        // The switch covers user reads only: leases pass through, as updates and item reads do.
+        async fn lease(&self, node: &str) -> Result<Option<Lease>, StoreError> {
+            self.inner.lease(node).await
+        }
+
+        async fn swap_lease(
+            &self,
+            node: &str,
+            expected: Option<&Lease>,
+            new: Option<&Lease>,
+        ) -> Result<bool, StoreError> {
+            self.inner.swap_lease(node, expected, new).await
         }
     }
 

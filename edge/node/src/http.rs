@@ -15,6 +15,7 @@ use actix_web::http::{StatusCode, header};
 use actix_web::middleware::{Compress, Next};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use edgerec_core::Digest;
+use edgerec_features::ingest::LeaseState;
 use edgerec_features::store::FeatureStore;
 // Which other sites' pages may call the API (`*` for any): the registry's rules, so a page can use either.
 use edgerec_registry::http::cors;
@@ -35,6 +36,7 @@ impl ResponseError for ServiceError {
             ServiceError::Auth(AuthError::Unauthenticated(_)) => StatusCode::UNAUTHORIZED,
             ServiceError::Auth(AuthError::Forbidden(_)) => StatusCode::FORBIDDEN,
             ServiceError::UnknownSurface(_) | ServiceError::NotServed(_) => StatusCode::NOT_FOUND,
+            ServiceError::Ingest(e) if e.is_no_space() => StatusCode::INSUFFICIENT_STORAGE,
             ServiceError::NotReady(_)
             | ServiceError::NoKeyYet
             | ServiceError::Ingest(_)
@@ -46,10 +48,25 @@ impl ResponseError for ServiceError {
         match self {
             // The same answer (and WWW-Authenticate) as a refusal at the gate.
             ServiceError::Auth(e) => Refusal::Auth(e.clone()).response(),
+            // The store is behind or the disk is full: nothing was written, and the same batch succeeds later.
+            ServiceError::Ingest(e)
+                if e.is_no_space()
+                    || matches!(e, edgerec_features::ingest::IngestError::Backlog { .. }) =>
+            {
+                let mut response = error_body(self.status_code(), self.kind(), &self.to_string());
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    header::HeaderValue::from_static(INGEST_RETRY_AFTER_S),
+                );
+                response
+            }
             _ => error_body(self.status_code(), self.kind(), &self.to_string()),
         }
     }
 }
+
+/// Seconds a sender should wait before sending refused events again.
+const INGEST_RETRY_AFTER_S: &str = "5";
 
 pub(crate) fn error_body(status: StatusCode, kind: &str, message: &str) -> HttpResponse {
     HttpResponse::build(status)
@@ -186,7 +203,12 @@ async fn healthz() -> HttpResponse {
 
 async fn readyz<S: FeatureStore>(state: Shared<S>) -> HttpResponse {
     let waiting = state.unready_surfaces();
-    if waiting.is_empty() {
+    if let LeaseState::Conflict(message) = state.ingest.stats().lease {
+        HttpResponse::ServiceUnavailable().json(serde_json::json!({
+            "status": "not_ready",
+            "message": message,
+        }))
+    } else if waiting.is_empty() {
         HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }))
     } else {
         HttpResponse::ServiceUnavailable().json(serde_json::json!({
@@ -207,6 +229,11 @@ async fn metrics<S: FeatureStore>(state: Shared<S>) -> HttpResponse {
         .metrics
         .ingest_apply_failures
         .set(ingest.apply_failures as i64);
+    state.metrics.ingest_wal_bytes.set(ingest.wal_bytes as i64);
+    state
+        .metrics
+        .node_id_conflict
+        .set(i64::from(matches!(ingest.lease, LeaseState::Conflict(_))));
     state
         .metrics
         .rate_limited_clients

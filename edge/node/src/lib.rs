@@ -131,6 +131,12 @@ pub fn run_with<S: FeatureStore>(
     };
     let rate = ClientLimits::new(&config.rate_limits);
     let wasm = config.ranker_wasm.clone().ok_or(NodeError::NoRanker)?;
+    // First, so that a node whose id another live node holds, or whose log is damaged, stops at once.
+    let ingest = Arc::new(background.block_on(Ingest::open(
+        &config.features.wal_dir(),
+        config.features.ingest.clone(),
+        store.clone(),
+    ))?);
     let cache = config
         .module_cache
         .clone()
@@ -139,14 +145,6 @@ pub fn run_with<S: FeatureStore>(
     let metrics = NodeMetrics::new();
     let deployments = Arc::new(Deployments::default());
 
-    let ingest = {
-        let _inside = background.enter();
-        Arc::new(Ingest::open(
-            &config.features.wal_dir(),
-            config.features.ingest.clone(),
-            store.clone(),
-        )?)
-    };
 
     let (stop_follower, follower_stopped) = std::sync::mpsc::channel();
     let follower = {

@@ -25,6 +25,8 @@ pub struct NodeMetrics {
     /// Write-ahead log records not yet applied to the feature store (set when metrics are read).
     pub ingest_backlog: prometheus::IntGauge,
     pub ingest_apply_failures: prometheus::IntGauge,
+    pub ingest_wal_bytes: prometheus::IntGauge,
+    pub node_id_conflict: prometheus::IntGauge,
     /// Requests refused before they were read, by kind (unauthenticated, forbidden, rate_limited).
     pub refusals: IntCounterVec,
     /// Times a surface's catalogue was read from the store.
@@ -127,6 +129,14 @@ impl NodeMetrics {
             ingest_apply_failures: register!(prometheus::IntGauge::with_opts(counter(
                 "ingest_apply_failures",
                 "Failed attempts to apply acknowledged records to the feature store (retried)."
+            ))),
+            ingest_wal_bytes: register!(prometheus::IntGauge::with_opts(counter(
+                "ingest_wal_bytes",
+                "Bytes of write-ahead log on the node's disk, not yet shipped (bounded by max_backlog_bytes)."
+            ))),
+            node_id_conflict: register!(prometheus::IntGauge::with_opts(counter(
+                "node_id_conflict",
+                "1 while another live node holds this node's id in the feature store."
             ))),
             refusals: register!(IntCounterVec::new(
                 counter(

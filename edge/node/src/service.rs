@@ -122,6 +122,8 @@ impl ServiceError {
             ServiceError::NotServed(_) => "not_found",
             ServiceError::FeatureStore => "feature_store_unavailable",
             ServiceError::Ingest(IngestError::Invalid(_)) => "invalid_events",
+            ServiceError::Ingest(IngestError::Backlog { .. }) => "backlog_full",
+            ServiceError::Ingest(e) if e.is_no_space() => "insufficient_storage",
             ServiceError::Ingest(_) => "ingest_unavailable",
         }
     }
