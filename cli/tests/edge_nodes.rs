@@ -16,9 +16,7 @@ use edgerec_registry::records::{Variant, VersionRecord};
 use edgerec_registry::service::PlanRequest;
 use prost::Message;
 use serde_json::{Value, json};
-use support::nodes::{
-    Node, Registry, Site, edgerec, manifest_for, plant_version, run, wait_for,
-};
+use support::nodes::{Node, Registry, Site, edgerec, manifest_for, plant_version, run, wait_for};
 use support::succeeds;
 
 mod support;
@@ -238,7 +236,11 @@ fn refuses_events_past_the_backlog(dir: &Path, mut config: Value, site: &Site) {
         .send("/v1/events", &event, Some(&site.token("v1")))
         .expect("answers");
     assert_eq!(answer.status, 503, "{}", answer.body);
-    assert_eq!(answer.body["error"]["kind"], "backlog_full", "{}", answer.body);
+    assert_eq!(
+        answer.body["error"]["kind"], "backlog_full",
+        "{}",
+        answer.body
+    );
     assert_eq!(answer.retry_after.as_deref(), Some("5"));
 }
 

@@ -5,14 +5,19 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn edgerec(args: &[&str], dir: &Path) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_edgerec"))
+fn run(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_edgerec"))
         .args(args)
         .current_dir(dir)
         .env_remove("EDGEREC_FEATURES_CONFIG")
         .env_remove("EDGEREC_FEATURES_DATA_DIR")
         .output()
-        .expect("runs edgerec");
+        .expect("runs edgerec")
+}
+
+/// Runs edgerec, which must succeed.
+fn edgerec(args: &[&str], dir: &Path) -> Output {
+    let output = run(args, dir);
     assert!(
         output.status.success(),
         "edgerec {args:?} failed: {}",
@@ -139,13 +144,7 @@ fn ingest_ship_refresh_show_and_train_from_the_log() {
 
 /// Runs edgerec, which must fail; returns its stderr.
 fn edgerec_fails(args: &[&str], dir: &Path) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_edgerec"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("EDGEREC_FEATURES_CONFIG")
-        .env_remove("EDGEREC_FEATURES_DATA_DIR")
-        .output()
-        .expect("runs edgerec");
+    let output = run(args, dir);
     assert!(!output.status.success(), "edgerec {args:?} succeeded");
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -168,7 +167,12 @@ fn a_wiped_write_ahead_log_never_hides_new_events() {
     let start = edgerec_features::now_ms() - 3600 * 1000;
     let items: Vec<String> = (0..200).map(|i| format!("item{i}")).collect();
     write_events(&dir.path().join("a.jsonl"), "U", &items, start);
-    write_events(&dir.path().join("b.jsonl"), "U", &["Z".to_owned()], start + 1000);
+    write_events(
+        &dir.path().join("b.jsonl"),
+        "U",
+        &["Z".to_owned()],
+        start + 1000,
+    );
     edgerec(&["events", "ingest", "a.jsonl", "--data", "D"], dir.path());
     // The node's disk is replaced; the store is not.
     std::fs::remove_dir_all(dir.path().join("D/wal")).expect("wipes the log");
@@ -227,10 +231,21 @@ fn a_damaged_log_stops_the_ingest_and_repair_salvages_the_rest() {
     std::fs::write(&segment.path, &bytes).expect("writes");
 
     let refused = edgerec_fails(&["events", "ship", "--data", "D"], dir.path());
-    let name = segment.path.file_name().expect("name").to_string_lossy().to_string();
+    let name = segment
+        .path
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
     assert!(refused.contains(&name), "names the segment: {refused}");
-    assert!(refused.contains("corrupt at byte"), "names the offset: {refused}");
-    assert!(refused.contains("events repair"), "says what to do: {refused}");
+    assert!(
+        refused.contains("corrupt at byte"),
+        "names the offset: {refused}"
+    );
+    assert!(
+        refused.contains("events repair"),
+        "says what to do: {refused}"
+    );
 
     let repaired = edgerec(&["events", "repair", "--data", "D"], dir.path());
     let report: serde_json::Value = serde_json::from_slice(&repaired.stdout).expect("json report");

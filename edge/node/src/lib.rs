@@ -145,7 +145,6 @@ pub fn run_with<S: FeatureStore>(
     let metrics = NodeMetrics::new();
     let deployments = Arc::new(Deployments::default());
 
-
     let (stop_follower, follower_stopped) = std::sync::mpsc::channel();
     let follower = {
         let follower = Follower::new(&config, engine, deployments.clone(), metrics.clone());
