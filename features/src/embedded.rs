@@ -1,6 +1,7 @@
-//! The embedded backend: one redb file. A batch of events commits in one transaction, without waiting for the
-//! disk (the write-ahead log is the durable copy until [`FeatureStore::sync`] says otherwise). A lease swap
-//! commits durably at once: nothing else would make it good after a crash.
+//! The embedded backend: one redb file. A batch of events (up to the ingest's `apply_batch`) commits in one durable
+//! transaction, and so does a lease swap. Durable, because the database may have to be opened again after a failed
+//! write (a full disk): redb would then drop every commit that had not reached the disk, and the ingest, which has
+//! moved on, would not apply those events again.
 
 use std::path::Path;
 
@@ -117,8 +118,7 @@ impl EmbeddedFeatureStore {
 
     fn apply_now(&self, node: &str, events: &[Sequenced]) -> Result<(), StoreError> {
         let (users, items) = by_entity(events);
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::None);
+        let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(USERS).map_err(unavailable)?;
             for (user, events) in users {

@@ -164,7 +164,11 @@ impl<S: FeatureStore> Keeper<S> {
 
     /// Stops renewing and gives the id back, so a successor need not wait for the lease to run out.
     pub(super) async fn release(&mut self) {
-        self.stop();
+        if let Some(renewal) = self.renewal.take() {
+            renewal.abort();
+            // Until the task is gone it holds the store (an embedded store's file stays locked).
+            let _ = renewal.await;
+        }
         let ours = self.ours.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(ours) = ours
             && let Err(e) = self.store.swap_lease(&self.node, Some(&ours), None).await
