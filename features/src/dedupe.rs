@@ -2,14 +2,15 @@
 //! page cache, so memory stays flat however many events arrive. Ids are kept for the events' maximum age (older
 //! events are refused anyway) and looked up before an event is written to the log.
 //!
-//! The index is changed in the writer's transaction for each group of batches, committed without waiting for the
-//! disk (the log is the durable copy) and made durable every [`DURABLE_EVERY`] groups. It records up to which
-//! sequence number of the log it holds ids, so a restart adds only the ids of records written after its last
-//! durable commit.
+//! New ids wait in memory (at most [`FLUSH_IDS`] of them) and are written to the database together, sorted, in one
+//! durable transaction: ids are random, so writing them one group at a time would rewrite a page of the index for
+//! nearly every id. The index records up to which sequence number of the log it holds ids, so a restart adds only
+//! the ids of records written after its last flush.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, ReadOnlyTable, ReadableTable, TableDefinition};
 use sha2::{Digest as _, Sha256};
 
 /// Id key (the first 16 bytes of the id's sha256) → the event's time.
@@ -18,12 +19,10 @@ const IDS: TableDefinition<u128, i64> = TableDefinition::new("ids");
 const BY_TIME: TableDefinition<(i64, u128), ()> = TableDefinition::new("ids_by_time");
 /// `indexed_seq` → the last sequence number of the log whose ids are in the index.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// Groups, or ids inserted, between durable commits: redb keeps what non-durable commits changed in memory until
-/// a durable one, so these bound the index's memory as much as its page cache does.
-const DURABLE_EVERY: u32 = 64;
-const DURABLE_EVERY_IDS: u32 = 4096;
-/// Expired ids removed per group at most, so pruning never stalls the writer.
-const PRUNE_PER_GROUP: usize = 4096;
+/// New ids kept in memory before they are written (about 40 bytes each).
+pub const FLUSH_IDS: usize = 1 << 14;
+/// Expired ids removed per flush at most, so pruning never stalls the writer for long.
+const PRUNE_PER_FLUSH: usize = 1 << 16;
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("the deduplication index {path}: {message}")]
@@ -39,24 +38,45 @@ pub fn id_key(id: &str) -> u128 {
     u128::from_le_bytes(hash[..16].try_into().expect("16 bytes"))
 }
 
-#[derive(Debug)]
 pub struct DedupeIndex {
     db: Database,
     path: PathBuf,
     max_age_ms: i64,
-    since_durable: u32,
-    ids_since_durable: u32,
+    /// Ids taken since the last flush.
+    pending: HashMap<u128, i64>,
+    /// The log's records up to here have their ids in `pending` or in the database.
+    covered_seq: u64,
+    /// A snapshot of the ids table for look-ups, taken again after each flush.
+    reader: Option<ReadOnlyTable<u128, i64>>,
 }
 
-/// The changes of one group, undone by dropping it.
+impl std::fmt::Debug for DedupeIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DedupeIndex")
+            .field("path", &self.path)
+            .field("pending", &self.pending.len())
+            .field("covered_seq", &self.covered_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The ids of one group of batches; dropped without [`Group::commit`], its ids are forgotten.
+#[derive(Debug)]
 pub struct Group<'a> {
     index: &'a mut DedupeIndex,
-    txn: WriteTransaction,
+    inserted: Vec<u128>,
 }
 
-impl std::fmt::Debug for Group<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Group").finish_non_exhaustive()
+fn error_at(path: &Path, e: impl Into<redb::Error>) -> DedupeError {
+    let e: redb::Error = e.into();
+    let no_space = match &e {
+        redb::Error::Io(io) => edgerec_storage::is_storage_full(io),
+        other => other.to_string().contains("No space left"),
+    };
+    DedupeError {
+        path: path.to_owned(),
+        message: e.to_string(),
+        no_space,
     }
 }
 
@@ -70,141 +90,146 @@ impl DedupeIndex {
             message: e.to_string(),
             no_space: false,
         })?;
-        let index = Self {
+        let txn = db.begin_write().map_err(|e| error_at(path, e))?;
+        txn.open_table(IDS).map_err(|e| error_at(path, e))?;
+        txn.open_table(BY_TIME).map_err(|e| error_at(path, e))?;
+        let covered_seq = {
+            let meta = txn.open_table(META).map_err(|e| error_at(path, e))?;
+            meta.get("indexed_seq")
+                .map_err(|e| error_at(path, e))?
+                .map_or(0, |v| v.value())
+        };
+        txn.commit().map_err(|e| error_at(path, e))?;
+        Ok(Self {
             db,
             path: path.to_owned(),
             max_age_ms,
-            since_durable: 0,
-            ids_since_durable: 0,
-        };
-        let txn = index.db.begin_write().map_err(|e| index.error(e))?;
-        txn.open_table(IDS).map_err(|e| index.error(e))?;
-        txn.open_table(BY_TIME).map_err(|e| index.error(e))?;
-        txn.open_table(META).map_err(|e| index.error(e))?;
-        txn.commit().map_err(|e| index.error(e))?;
-        Ok(index)
-    }
-
-    fn error(&self, e: impl Into<redb::Error>) -> DedupeError {
-        let e: redb::Error = e.into();
-        let no_space = match &e {
-            redb::Error::Io(io) => edgerec_storage::is_storage_full(io),
-            other => other.to_string().contains("No space left"),
-        };
-        DedupeError {
-            path: self.path.clone(),
-            message: e.to_string(),
-            no_space,
-        }
+            pending: HashMap::new(),
+            covered_seq,
+            reader: None,
+        })
     }
 
     /// The last sequence number whose ids the index holds durably.
     pub fn indexed_seq(&self) -> Result<u64, DedupeError> {
-        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
-        let table = txn.open_table(META).map_err(|e| self.error(e))?;
+        let txn = self.db.begin_read().map_err(|e| error_at(&self.path, e))?;
+        let table = txn.open_table(META).map_err(|e| error_at(&self.path, e))?;
         Ok(table
             .get("indexed_seq")
-            .map_err(|e| self.error(e))?
+            .map_err(|e| error_at(&self.path, e))?
             .map_or(0, |v| v.value()))
     }
 
-    /// Starts the changes of one group of batches.
-    pub fn group(&mut self) -> Result<Group<'_>, DedupeError> {
-        let mut txn = self.db.begin_write().map_err(|e| self.error(e))?;
-        txn.set_durability(Durability::None);
-        self.since_durable += 1;
-        Ok(Group { index: self, txn })
+    /// Starts the ids of one group of batches.
+    pub fn group(&mut self) -> Group<'_> {
+        Group {
+            index: self,
+            inserted: Vec::new(),
+        }
     }
 
-    /// Makes everything committed so far durable.
+    fn stored(&mut self, key: u128) -> Result<bool, DedupeError> {
+        if self.reader.is_none() {
+            let txn = self.db.begin_read().map_err(|e| error_at(&self.path, e))?;
+            self.reader = Some(txn.open_table(IDS).map_err(|e| error_at(&self.path, e))?);
+        }
+        let ids = self.reader.as_ref().expect("opened above");
+        Ok(ids.get(key).map_err(|e| error_at(&self.path, e))?.is_some())
+    }
+
+    /// Writes the ids waiting in memory, sorted, in one durable transaction that also records `covered_seq` and
+    /// forgets expired ids.
     pub fn make_durable(&mut self) -> Result<(), DedupeError> {
-        let txn = self.db.begin_write().map_err(|e| self.error(e))?;
-        txn.commit().map_err(|e| self.error(e))?;
-        self.since_durable = 0;
-        self.ids_since_durable = 0;
+        let path = self.path.clone();
+        let at = |e: redb::Error| error_at(&path, e);
+        self.reader = None;
+        let txn = self.db.begin_write().map_err(|e| at(e.into()))?;
+        {
+            let mut pending: Vec<(u128, i64)> =
+                self.pending.iter().map(|(k, t)| (*k, *t)).collect();
+            pending.sort_unstable();
+            let mut ids = txn.open_table(IDS).map_err(|e| at(e.into()))?;
+            for (key, time) in &pending {
+                ids.insert(key, time).map_err(|e| at(e.into()))?;
+            }
+            pending.sort_unstable_by_key(|(key, time)| (*time, *key));
+            let mut by_time = txn.open_table(BY_TIME).map_err(|e| at(e.into()))?;
+            for (key, time) in &pending {
+                by_time
+                    .insert((*time, *key), ())
+                    .map_err(|e| at(e.into()))?;
+            }
+            let oldest = crate::now_ms() - self.max_age_ms;
+            let expired: Vec<(i64, u128)> = by_time
+                .range(..(oldest, 0))
+                .map_err(|e| at(e.into()))?
+                .take(PRUNE_PER_FLUSH)
+                .map(|entry| entry.map(|(key, _)| key.value()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| at(e.into()))?;
+            for (time, key) in expired {
+                by_time.remove((time, key)).map_err(|e| at(e.into()))?;
+                ids.remove(key).map_err(|e| at(e.into()))?;
+            }
+            let mut meta = txn.open_table(META).map_err(|e| at(e.into()))?;
+            meta.insert("indexed_seq", self.covered_seq)
+                .map_err(|e| at(e.into()))?;
+        }
+        txn.commit().map_err(|e| at(e.into()))?;
+        self.pending.clear();
         Ok(())
     }
 }
 
 impl Group<'_> {
-    fn error(&self, e: impl Into<redb::Error>) -> DedupeError {
-        self.index.error(e)
-    }
-
     /// Records `key` (an event of `time_ms`) unless it is known; says whether it was new.
     pub fn insert_new(&mut self, key: u128, time_ms: i64) -> Result<bool, DedupeError> {
-        let mut ids = self.txn.open_table(IDS).map_err(|e| self.index.error(e))?;
-        if ids.get(key).map_err(|e| self.index.error(e))?.is_some() {
+        if self.index.pending.contains_key(&key) || self.index.stored(key)? {
             return Ok(false);
         }
-        ids.insert(key, time_ms).map_err(|e| self.index.error(e))?;
-        drop(ids);
-        self.index.ids_since_durable += 1;
-        let mut by_time = self
-            .txn
-            .open_table(BY_TIME)
-            .map_err(|e| self.index.error(e))?;
-        by_time
-            .insert((time_ms, key), ())
-            .map_err(|e| self.index.error(e))?;
+        self.index.pending.insert(key, time_ms);
+        self.inserted.push(key);
         Ok(true)
     }
 
-    /// Forgets `key` (an event of `time_ms`) inserted in this group, whose write to the log failed.
-    pub fn remove(&mut self, key: u128, time_ms: i64) -> Result<(), DedupeError> {
-        let mut ids = self.txn.open_table(IDS).map_err(|e| self.index.error(e))?;
-        ids.remove(key).map_err(|e| self.index.error(e))?;
-        drop(ids);
-        let mut by_time = self
-            .txn
-            .open_table(BY_TIME)
-            .map_err(|e| self.index.error(e))?;
-        by_time
-            .remove((time_ms, key))
-            .map_err(|e| self.index.error(e))?;
-        Ok(())
+    /// Forgets `key`, inserted in this group, whose write to the log failed.
+    pub fn remove(&mut self, key: u128) {
+        self.index.pending.remove(&key);
+        self.inserted.retain(|k| *k != key);
     }
 
-    /// Commits the group: the index now holds the ids of every record up to `seq`. Expired ids go first.
-    pub fn commit(self, seq: u64) -> Result<(), DedupeError> {
-        let oldest = crate::now_ms() - self.index.max_age_ms;
-        {
-            let mut by_time = self.txn.open_table(BY_TIME).map_err(|e| self.error(e))?;
-            let expired: Vec<(i64, u128)> = by_time
-                .range(..(oldest, 0))
-                .map_err(|e| self.error(e))?
-                .take(PRUNE_PER_GROUP)
-                .map(|entry| entry.map(|(key, _)| key.value()))
-                .collect::<Result<_, _>>()
-                .map_err(|e| self.error(e))?;
-            let mut ids = self.txn.open_table(IDS).map_err(|e| self.error(e))?;
-            for (time, key) in expired {
-                by_time.remove((time, key)).map_err(|e| self.error(e))?;
-                ids.remove(key).map_err(|e| self.error(e))?;
-            }
-            let mut meta = self.txn.open_table(META).map_err(|e| self.error(e))?;
-            meta.insert("indexed_seq", seq).map_err(|e| self.error(e))?;
-        }
-        let durable = self.index.since_durable >= DURABLE_EVERY
-            || self.index.ids_since_durable >= DURABLE_EVERY_IDS;
-        let mut txn = self.txn;
-        if durable {
-            txn.set_durability(Durability::Immediate);
-        }
-        let index_path = self.index.path.clone();
-        txn.commit().map_err(|e| {
-            let e: redb::Error = e.into();
-            DedupeError {
-                path: index_path,
-                no_space: e.to_string().contains("No space left"),
-                message: e.to_string(),
-            }
-        })?;
-        if durable {
-            self.index.since_durable = 0;
-            self.index.ids_since_durable = 0;
+    /// Ends the group: the log's records up to `seq` have their ids in the index (written once enough wait).
+    pub fn commit(mut self, seq: u64) -> Result<(), DedupeError> {
+        self.inserted.clear();
+        self.index.covered_seq = seq;
+        if self.index.pending.len() >= FLUSH_IDS {
+            self.index.make_durable()?;
         }
         Ok(())
+    }
+}
+
+impl Group<'_> {
+    /// Writes every id taken before this group to disk now, as covering the log up to `seq` (the last record
+    /// written before this group).
+    pub fn flush(&mut self, seq: u64) -> Result<(), DedupeError> {
+        let taken_here: Vec<(u128, i64)> = self
+            .inserted
+            .iter()
+            .filter_map(|k| self.index.pending.remove(k).map(|t| (*k, t)))
+            .collect();
+        self.index.covered_seq = self.index.covered_seq.max(seq);
+        let flushed = self.index.make_durable();
+        self.index.pending.extend(taken_here);
+        flushed
+    }
+}
+
+impl Drop for Group<'_> {
+    fn drop(&mut self) {
+        for key in &self.inserted {
+            self.index.pending.remove(key);
+        }
     }
 }
 
@@ -220,7 +245,7 @@ mod tests {
         let max_age = 3_600_000;
         {
             let mut index = DedupeIndex::open(&path, max_age, 1 << 20).expect("opens");
-            let mut group = index.group().expect("starts");
+            let mut group = index.group();
             assert!(group.insert_new(id_key("a"), now).expect("inserts"));
             assert!(!group.insert_new(id_key("a"), now).expect("looks up"));
             assert!(
@@ -230,18 +255,18 @@ mod tests {
             );
             group.commit(2).expect("commits");
             // A group dropped without committing leaves nothing.
-            let mut group = index.group().expect("starts");
+            let mut group = index.group();
             assert!(group.insert_new(id_key("b"), now).expect("inserts"));
             drop(group);
-            index.make_durable().expect("syncs");
+            index.make_durable().expect("writes");
         }
         let mut index = DedupeIndex::open(&path, max_age, 1 << 20).expect("reopens");
         assert_eq!(index.indexed_seq().expect("reads"), 2);
-        let mut group = index.group().expect("starts");
+        let mut group = index.group();
         assert!(!group.insert_new(id_key("a"), now).expect("looks up"));
         assert!(group.insert_new(id_key("b"), now).expect("inserts"));
         group.commit(3).expect("commits and prunes");
-        let mut group = index.group().expect("starts");
+        let mut group = index.group();
         assert!(
             group
                 .insert_new(id_key("old"), now - 2 * max_age)

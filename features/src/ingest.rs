@@ -172,6 +172,9 @@ enum Command {
         reply: oneshot::Sender<Result<Ack, IngestError>>,
     },
     Roll(oneshot::Sender<Result<(), IngestError>>),
+    /// Writes the ids of everything written so far to the index on disk: before a segment is removed, the index
+    /// must hold its ids, since a restart re-reads only the log.
+    FlushIds(oneshot::Sender<Result<(), IngestError>>),
 }
 
 /// What the writer, the applier, the lease keeper and callers share.
@@ -393,6 +396,17 @@ impl<S: FeatureStore> Ingest<S> {
         let applied = self.applied();
         let mut report = ShipReport::default();
         let mut synced = false;
+        if closed
+            .iter()
+            .enumerate()
+            .any(|(i, _)| all[i + 1].first_seq - 1 <= applied)
+        {
+            let (reply, answer) = oneshot::channel();
+            self.commands
+                .send(Command::FlushIds(reply))
+                .map_err(|_| IngestError::Stopped)?;
+            answer.await.map_err(|_| IngestError::Stopped)??;
+        }
         for (i, segment) in closed.iter().enumerate() {
             let next_first = all[i + 1].first_seq;
             if next_first - 1 > applied {

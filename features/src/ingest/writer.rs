@@ -46,7 +46,7 @@ pub(super) fn open_log(dir: &Path, config: &IngestConfig) -> Result<OpenedLog, I
     let settings = IndexSettings::new(dir, config);
     let mut index = DedupeIndex::open(&settings.path, settings.max_age_ms, settings.cache_bytes)?;
     let indexed = index.indexed_seq()?;
-    let mut group = index.group()?;
+    let mut group = index.group();
     let (wal, opened) = Wal::open(dir, config.segment_bytes, |_, record: &WalRecord| {
         if record.seq > indexed
             && let WalEntry::Event(event) = &record.entry
@@ -89,7 +89,7 @@ impl Writer {
             let mut index = DedupeIndex::open(&s.path, s.max_age_ms, s.cache_bytes)?;
             let mut next = index.indexed_seq()? + 1;
             let mut tail = WalTail::new(dir);
-            let mut group = index.group()?;
+            let mut group = index.group();
             while next <= durable {
                 let (records, after) =
                     tail.read(next, durable, REINDEX_BATCH)
@@ -140,19 +140,16 @@ fn write_group(wal: &mut Wal, writer: &mut Writer, group: Vec<Command>, shared: 
     let mut replies = Vec::new();
     let mut index_broken = false;
     {
+        if failed.is_none()
+            && let Err(e) = writer.index(&shared.dir, durable_before)
+        {
+            writer.index = None;
+            refuse_all(group, &e);
+            return;
+        }
         let mut txn = match failed {
             Some(_) => None,
-            None => match writer
-                .index(&shared.dir, durable_before)
-                .and_then(|i| i.group())
-            {
-                Ok(txn) => Some(txn),
-                Err(e) => {
-                    writer.index = None;
-                    refuse_all(group, &e);
-                    return;
-                }
-            },
+            None => writer.index.as_mut().map(DedupeIndex::group),
         };
         for command in group {
             match command {
@@ -166,6 +163,19 @@ fn write_group(wal: &mut Wal, writer: &mut Writer, group: Vec<Command>, shared: 
                             })
                             .map_err(IngestError::from),
                     };
+                    let _ = reply.send(result);
+                }
+                Command::FlushIds(reply) => {
+                    let result = match txn.as_mut().filter(|_| !index_broken) {
+                        Some(txn) => txn.flush(durable_before).map_err(IngestError::from),
+                        None => Err(WalError::Poisoned(
+                            "the deduplication index is being rebuilt".into(),
+                        )
+                        .into()),
+                    };
+                    if result.is_err() {
+                        index_broken = true;
+                    }
                     let _ = reply.send(result);
                 }
                 Command::Append {
@@ -228,10 +238,8 @@ fn write_group(wal: &mut Wal, writer: &mut Writer, group: Vec<Command>, shared: 
                         Err(e) => {
                             // Their ids must not count as seen: they were not written.
                             for entry in &entries {
-                                if let WalEntry::Event(event) = entry
-                                    && txn.remove(id_key(&event.id), event.time_ms).is_err()
-                                {
-                                    index_broken = true;
+                                if let WalEntry::Event(event) = entry {
+                                    txn.remove(id_key(&event.id));
                                 }
                             }
                             let _ = reply.send(Err(e.into()));
@@ -280,13 +288,13 @@ fn write_group(wal: &mut Wal, writer: &mut Writer, group: Vec<Command>, shared: 
 
 fn refuse_all(group: Vec<Command>, error: &DedupeError) {
     for command in group {
-        let reply = match command {
-            Command::Roll(reply) => {
+        match command {
+            Command::Roll(reply) | Command::FlushIds(reply) => {
                 let _ = reply.send(Err(error.clone().into()));
-                continue;
             }
-            Command::Append { reply, .. } => reply,
-        };
-        let _ = reply.send(Err(error.clone().into()));
+            Command::Append { reply, .. } => {
+                let _ = reply.send(Err(error.clone().into()));
+            }
+        }
     }
 }
