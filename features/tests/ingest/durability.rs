@@ -495,9 +495,9 @@ impl Drop for SmallDisk {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_events_loses_nothing_and_recovers() {
     // The ballast is what comes free: enough for the databases to grow back (redb grows by whole regions).
-    let disk = SmallDisk::mount(10 << 20);
+    let disk = SmallDisk::mount(32 << 20);
     let ballast = disk.path().join("ballast");
-    std::fs::write(&ballast, vec![1u8; 5 << 20]).expect("writes the ballast");
+    std::fs::write(&ballast, vec![1u8; 16 << 20]).expect("writes the ballast");
     let data = disk.path().join("data");
     let store = embedded(&data);
     let ingest = Ingest::open(&data.join("wal"), config("edge-a"), store.clone())
@@ -506,7 +506,7 @@ async fn a_full_disk_refuses_events_loses_nothing_and_recovers() {
     let now = now_ms() - 60_000;
     let mut acked = 0u64;
     let mut refusal = None;
-    for round in 0..2000 {
+    for round in 0..20_000 {
         let batch: Vec<Event> = (0..50)
             .map(|i| {
                 let n = round * 50 + i;
