@@ -247,6 +247,8 @@ fn a_damaged_log_stops_the_ingest_and_repair_salvages_the_rest() {
         "says what to do: {refused}"
     );
 
+    let nothing = edgerec_fails(&["events", "repair", "--data", "no-such-data"], dir.path());
+    assert!(nothing.contains("there is no write-ahead log"), "{nothing}");
     let repaired = edgerec(&["events", "repair", "--data", "D"], dir.path());
     let report: serde_json::Value = serde_json::from_slice(&repaired.stdout).expect("json report");
     assert_eq!(report["repaired"][0]["records_kept"], 39, "{report}");

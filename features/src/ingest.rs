@@ -396,11 +396,8 @@ impl<S: FeatureStore> Ingest<S> {
         let applied = self.applied();
         let mut report = ShipReport::default();
         let mut synced = false;
-        if closed
-            .iter()
-            .enumerate()
-            .any(|(i, _)| all[i + 1].first_seq - 1 <= applied)
-        {
+        // Segments go in order, so something ships when the oldest one is applied; its ids must be on disk first.
+        if !closed.is_empty() && all[1].first_seq - 1 <= applied {
             let (reply, answer) = oneshot::channel();
             self.commands
                 .send(Command::FlushIds(reply))
@@ -433,10 +430,12 @@ impl<S: FeatureStore> Ingest<S> {
             );
             let size = std::fs::metadata(&segment.path).map_or(0, |m| m.len());
             remove_segment(segment)?;
-            self.shared.wal_bytes.fetch_sub(
-                size.min(self.shared.wal_bytes.load(Ordering::Relaxed)),
-                Ordering::Relaxed,
-            );
+            let _ =
+                self.shared
+                    .wal_bytes
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bytes| {
+                        Some(bytes.saturating_sub(size))
+                    });
             report.segments += 1;
         }
         Ok(report)

@@ -275,23 +275,6 @@ impl SegmentReader {
         })
     }
 
-    pub fn incarnation(&self) -> Incarnation {
-        self.incarnation
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Where the next frame starts: after the last good one.
-    pub fn offset(&self) -> u64 {
-        self.offset
-    }
-
-    pub fn last_seq(&self) -> Option<u64> {
-        self.last_seq
-    }
-
     /// Makes at least `n` bytes from the current offset available in the buffer, as far as the file has them.
     fn fill(&mut self, n: usize) -> std::io::Result<&[u8]> {
         let start = (self.offset - self.buffer_at) as usize;
@@ -472,10 +455,9 @@ pub fn read_segment(segment: &Segment) -> Result<(Incarnation, Vec<WalRecord>), 
     Ok((summary.incarnation, records))
 }
 
-fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io(dir, e))
+/// Syncs the folder holding `path`, so a file created, renamed or removed there stays so after a crash.
+fn sync_parent(path: &Path) -> Result<(), WalError> {
+    edgerec_storage::sync_parent(path).map_err(|e| io(path, e))
 }
 
 /// Creates the segment `<first_seq>.wal` in `dir` with its header, whole or not at all (written under a temporary
@@ -504,7 +486,7 @@ fn create_segment(
     })();
     match written {
         Ok(file) => {
-            sync_dir(dir)?;
+            sync_parent(&path)?;
             Ok((file, path))
         }
         Err(e) => {
@@ -588,7 +570,7 @@ impl Wal {
                 if summary.records == 0 {
                     // An empty active segment of an earlier opening: the new one takes its place.
                     std::fs::remove_file(&segment.path).map_err(|e| io(&segment.path, e))?;
-                    sync_dir(dir)?;
+                    sync_parent(&segment.path)?;
                 } else {
                     if len > summary.valid_len {
                         // A torn tail: never acknowledged.
@@ -696,10 +678,7 @@ fn remove_partials(dir: &Path) -> Result<(), WalError> {
 /// Removes a closed segment whose records are safe elsewhere.
 pub fn remove_segment(segment: &Segment) -> Result<(), WalError> {
     std::fs::remove_file(&segment.path).map_err(|e| io(&segment.path, e))?;
-    if let Some(dir) = segment.path.parent() {
-        sync_dir(dir)?;
-    }
-    Ok(())
+    sync_parent(&segment.path)
 }
 
 /// Follows the log from a sequence number on, for the applier: it reads records from disk (bounded memory
@@ -777,7 +756,7 @@ impl WalTail {
                 }
                 Err(ReadError::Io(e)) => return Err(e),
                 Err(ReadError::Bad(bad)) => {
-                    return Err(corrupt(reader.path(), bad.offset, bad.reason));
+                    return Err(corrupt(&reader.path, bad.offset, bad.reason));
                 }
             }
         }
@@ -813,7 +792,7 @@ impl WalTail {
                 Ok(None) => return Ok(Some(reader)),
                 Err(ReadError::Io(e)) => return Err(e),
                 Err(ReadError::Bad(bad)) => {
-                    return Err(corrupt(reader.path(), bad.offset, bad.reason));
+                    return Err(corrupt(&reader.path, bad.offset, bad.reason));
                 }
             }
         }

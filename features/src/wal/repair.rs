@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{
     FLAG_REPAIRED, Incarnation, MAGIC, SEGMENT_HEADER, Segment, WalEntry, WalError, create_segment,
-    io, next_good_frame, parse_frame, scan_segment, segments, sync_dir,
+    io, next_good_frame, parse_frame, scan_segment, segments, sync_parent,
 };
 
 /// A stretch of a segment that did not read back.
@@ -134,18 +134,18 @@ fn salvage(
     std::fs::File::open(&kept_copy)
         .and_then(|f| f.sync_all())
         .map_err(|e| io(&kept_copy, e))?;
-    sync_dir(&damaged_dir)?;
+    sync_parent(&kept_copy)?;
     match first_kept {
         Some(first) => {
             create_segment(dir, first, incarnation, FLAG_REPAIRED, &frames)?;
             if first != segment.first_seq {
                 std::fs::remove_file(&segment.path).map_err(|e| io(&segment.path, e))?;
-                sync_dir(dir)?;
+                sync_parent(&segment.path)?;
             }
         }
         None => {
             std::fs::remove_file(&segment.path).map_err(|e| io(&segment.path, e))?;
-            sync_dir(dir)?;
+            sync_parent(&segment.path)?;
         }
     }
     Ok((
