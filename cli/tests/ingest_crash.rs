@@ -216,11 +216,7 @@ fn acknowledged_events_survive_kill_9_exactly_once() {
     for id in logged_ids(&data) {
         *rows.entry(id).or_default() += 1;
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    block_on(async {
         let log = EventLog::Folder(data.join("log"));
         let slice = log
             .read(start - 1000, start + 3600 * 1000)
@@ -269,11 +265,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// The id of every row of the shipped log under `data` (an id twice if two files hold it).
 fn logged_ids(data: &Path) -> Vec<String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    block_on(async {
         let log = EventLog::Folder(data.join("log"));
         let mut ids = Vec::new();
         for key in log.list("events/").await.expect("lists") {
@@ -287,4 +279,12 @@ fn logged_ids(data: &Path) -> Vec<String> {
         }
         ids
     })
+}
+
+fn block_on<T>(future: impl Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(future)
 }
