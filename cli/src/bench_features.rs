@@ -45,7 +45,7 @@ pub struct FeaturesBenchArgs {
     aws_secret: String,
 }
 
-fn event(i: usize, time_ms: i64) -> Event {
+pub(crate) fn event(i: usize, time_ms: i64) -> Event {
     Event {
         id: format!("bench-{i}"),
         user: format!("user-{}", i % 5000),

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_features;
+mod bench_outage;
 mod bench_registry;
 mod data;
 mod demo;
@@ -90,6 +91,8 @@ enum BenchCommand {
     Registry(bench_registry::RegistryBenchArgs),
     /// Durable ingest rate, event-to-visible lag and batched feature reads (embedded, and DynamoDB if given).
     Features(bench_features::FeaturesBenchArgs),
+    /// Resident memory and backlog of the ingest while the feature store is unreachable under steady ingest.
+    Outage(bench_outage::OutageBenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -161,6 +164,9 @@ fn main() -> Result<()> {
         Command::Bench {
             what: BenchCommand::Features(args),
         } => bench_features::run(args),
+        Command::Bench {
+            what: BenchCommand::Outage(args),
+        } => bench_outage::run(args),
     }
 }
 

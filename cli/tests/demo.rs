@@ -106,7 +106,10 @@ fn demo_trains_serves_replays_and_stops() {
     );
     succeeds(
         Command::new("node")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../edge/browser/tests/package.mjs"))
+            .arg(
+                Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo test"))
+                    .join("../edge/browser/tests/package.mjs"),
+            )
             .arg(Path::new(&package_dir).join("browser"))
             .arg(format!("http://127.0.0.1:{registry_port}"))
             .arg(node_config["registry"]["token"].as_str().expect("token"))
@@ -218,7 +221,8 @@ fn browser_checks(base: &str, screenshots: &Path) -> serde_json::Value {
     let tools = std::env::var("EDGEREC_PLAYWRIGHT").unwrap_or_else(|_| {
         panic!("EDGEREC_PLAYWRIGHT is not set: run the tests through scripts/test.sh (scripts/setup.sh installs playwright-core and Chromium)")
     });
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../web-demo/tests/e2e.mjs");
+    let script = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo test"))
+        .join("../web-demo/tests/e2e.mjs");
     let output = succeeds(
         Command::new("node")
             .arg(&script)

@@ -108,7 +108,8 @@ fn the_public_edge_refuses_strangers_and_bounds_what_a_client_costs() {
     let token = registry_token(&registry_root);
     let mut registry = Registry::start(&registry_root);
     let client = RegistryClient::new(&registry.url, Some(&token));
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden/bundle");
+    let golden = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo test"))
+        .join("../testdata/golden/bundle");
     let (record, _) = client
         .publish_bundle(&golden)
         .expect("publishes the golden bundle");

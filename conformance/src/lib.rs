@@ -18,9 +18,24 @@ pub struct GoldenCase {
     pub expected: Vec<ScoredItem>,
 }
 
-/// The folder holding the golden bundle and cases.
+/// The folder holding the golden bundle and cases: found from the package of the running test (cargo sets
+/// `CARGO_MANIFEST_DIR` when it runs one), so a build shared between two checkouts of the workspace reads this
+/// checkout's files, not those of the checkout that compiled this crate.
 pub fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden")
+    let relative = std::path::Path::new("testdata/golden");
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .and_then(|package| {
+            package
+                .ancestors()
+                .map(|dir| dir.join(relative))
+                .find(|dir| dir.is_dir())
+        })
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(relative)
+        })
 }
 
 /// `manifest.json` and `model.onnx` of the golden bundle.

@@ -94,7 +94,9 @@ struct NodeError {
 #[test]
 fn browser_build_under_node_matches_golden_cases_and_refuses_bad_input() {
     let package = edgerec_conformance::wasm_artifact("browser/edgerec_ranker.js");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("node/conformance.mjs");
+    let script =
+        std::path::Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo test"))
+            .join("node/conformance.mjs");
     let output = std::process::Command::new("node")
         .arg(&script)
         .arg(&package)

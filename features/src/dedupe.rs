@@ -1,28 +1,28 @@
-//! The ids of the events a node has taken, on disk (`dedupe.redb` in the write-ahead log's folder) with a bounded
-//! page cache, so memory stays flat however many events arrive. Ids are kept for the events' maximum age (older
-//! events are refused anyway) and looked up before an event is written to the log.
+//! The ids of the events a node has taken, on disk (`ids/` in the write-ahead log's folder), so memory stays
+//! small however many events arrive. Ids are kept for the events' maximum age (older events are refused anyway)
+//! and looked up before an event is written to the log.
 //!
-//! New ids wait in memory (at most [`FLUSH_IDS`] of them) and are written to the database together, sorted, in one
-//! durable transaction: ids are random, so writing them one group at a time would rewrite a page of the index for
-//! nearly every id. The index records up to which sequence number of the log it holds ids, so a restart adds only
-//! the ids of records written after its last flush.
+//! New ids wait in memory (at most [`FLUSH_IDS`]) and are then written, sorted, as one immutable run ([`run`]):
+//! one sequential write instead of a page of a B-tree rewritten for nearly every random id. A look-up asks each
+//! run's filter in memory and reads a run's file only on a "maybe"; a thread of its own merges small runs into
+//! larger ones ([`merge`]), and a run is deleted whole once its newest event is older than the maximum age. Each
+//! run records which records of the log its ids come from, so a restart adds only the ids of later records.
 
-use std::collections::HashMap;
+mod legacy;
+mod merge;
+mod run;
+
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use redb::{Database, ReadOnlyTable, ReadableTable, TableDefinition};
 use sha2::{Digest as _, Sha256};
 
-/// Id key (the first 16 bytes of the id's sha256) → the event's time.
-const IDS: TableDefinition<u128, i64> = TableDefinition::new("ids");
-/// (event time, id key): the ids in the order they expire.
-const BY_TIME: TableDefinition<(i64, u128), ()> = TableDefinition::new("ids_by_time");
-/// `indexed_seq` → the last sequence number of the log whose ids are in the index.
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// New ids kept in memory before they are written (about 40 bytes each).
-pub const FLUSH_IDS: usize = 1 << 14;
-/// Expired ids removed per flush at most, so pruning never stalls the writer for long.
-const PRUNE_PER_FLUSH: usize = 1 << 16;
+use merge::{Merger, RunSet};
+use run::{Run, RunError, RunMeta};
+
+/// New ids kept in memory before they are written as a run (about 32 bytes each).
+pub const FLUSH_IDS: usize = 1 << 16;
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("the deduplication index {path}: {message}")]
@@ -33,31 +33,41 @@ pub struct DedupeError {
     pub no_space: bool,
 }
 
+impl From<RunError> for DedupeError {
+    fn from(e: RunError) -> Self {
+        let no_space = e.is_no_space();
+        let (path, message) = match e {
+            RunError::Io { path, source } => (path, source.to_string()),
+            RunError::Damaged { path, reason } => (path, format!("damaged: {reason}")),
+        };
+        Self {
+            path,
+            message,
+            no_space,
+        }
+    }
+}
+
 pub fn id_key(id: &str) -> u128 {
     let hash = Sha256::digest(id.as_bytes());
     u128::from_le_bytes(hash[..16].try_into().expect("16 bytes"))
 }
 
+#[derive(Debug)]
 pub struct DedupeIndex {
-    db: Database,
-    path: PathBuf,
+    dir: PathBuf,
     max_age_ms: i64,
-    /// Ids taken since the last flush.
-    pending: HashMap<u128, i64>,
-    /// The log's records up to here have their ids in `pending` or in the database.
+    /// Ids taken since the last flush, and the newest event time among them.
+    pending: HashSet<u128>,
+    pending_max_time_ms: i64,
+    /// The log's records up to here have their ids in `pending` or in a run.
     covered_seq: u64,
-    /// A snapshot of the ids table for look-ups, taken again after each flush.
-    reader: Option<ReadOnlyTable<u128, i64>>,
-}
-
-impl std::fmt::Debug for DedupeIndex {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DedupeIndex")
-            .field("path", &self.path)
-            .field("pending", &self.pending.len())
-            .field("covered_seq", &self.covered_seq)
-            .finish_non_exhaustive()
-    }
+    /// The log's records up to here have their ids in a run.
+    indexed_seq: u64,
+    runs: Arc<RunSet>,
+    /// The runs as of `generation`, newest first (a retry is most often of a recent event).
+    snapshot: (u64, Vec<Arc<Run>>),
+    merger: Merger,
 }
 
 /// The ids of one group of batches; dropped without [`Group::commit`], its ids are forgotten.
@@ -67,57 +77,74 @@ pub struct Group<'a> {
     inserted: Vec<u128>,
 }
 
-fn error_at(path: &Path, e: impl Into<redb::Error>) -> DedupeError {
-    let e: redb::Error = e.into();
-    let no_space = match &e {
-        redb::Error::Io(io) => edgerec_storage::is_storage_full(io),
-        other => other.to_string().contains("No space left"),
-    };
-    DedupeError {
-        path: path.to_owned(),
-        message: e.to_string(),
-        no_space,
-    }
+fn io_error(path: &Path, e: std::io::Error) -> DedupeError {
+    RunError::io(path, e).into()
 }
 
 impl DedupeIndex {
-    /// Opens (or creates) the index at `path` with a page cache of `cache_bytes`.
-    pub fn open(path: &Path, max_age_ms: i64, cache_bytes: usize) -> Result<Self, DedupeError> {
-        let mut builder = redb::Builder::new();
-        builder.set_cache_size(cache_bytes);
-        let db = edgerec_storage::create_database_with(path, builder).map_err(|e| DedupeError {
-            path: path.to_owned(),
-            message: e.to_string(),
-            no_space: false,
-        })?;
-        let txn = db.begin_write().map_err(|e| error_at(path, e))?;
-        txn.open_table(IDS).map_err(|e| error_at(path, e))?;
-        txn.open_table(BY_TIME).map_err(|e| error_at(path, e))?;
-        let covered_seq = {
-            let meta = txn.open_table(META).map_err(|e| error_at(path, e))?;
-            meta.get("indexed_seq")
-                .map_err(|e| error_at(path, e))?
-                .map_or(0, |v| v.value())
+    /// Opens (or creates) the index in `dir`. A damaged run is moved aside to `dir/damaged/` with a warning: its
+    /// ids are forgotten, which can only let a retried event in twice, never lose one.
+    pub fn open(dir: &Path, max_age_ms: i64) -> Result<Self, DedupeError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        legacy::import(dir)?;
+        let mut runs = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
+            let path = entry.map_err(|e| io_error(dir, e))?.path();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            match name {
+                Some(name) if name.ends_with(".partial") => {
+                    let _ = std::fs::remove_file(&path);
+                }
+                Some(name) if name.ends_with(".ids") => match Run::open(&path) {
+                    Ok(run) => runs.push(run),
+                    Err(RunError::Damaged { reason, .. }) => {
+                        let aside = dir.join("damaged");
+                        std::fs::create_dir_all(&aside).map_err(|e| io_error(&aside, e))?;
+                        std::fs::rename(&path, aside.join(&name))
+                            .map_err(|e| io_error(&path, e))?;
+                        eprintln!(
+                            "warning: {} is damaged ({reason}); moved to {}. Its ids are forgotten, so a retry of \
+                             one of its events would be taken again",
+                            path.display(),
+                            aside.display()
+                        );
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+                _ => {}
+            }
+        }
+        runs.sort_by_key(|r| (r.meta.first_seq, std::cmp::Reverse(r.meta.last_seq)));
+        // A merge's output written before a crash removed its inputs holds all of theirs.
+        let (kept, leftover): (Vec<Run>, Vec<Run>) = {
+            let metas: Vec<RunMeta> = runs.iter().map(|r| r.meta).collect();
+            runs.into_iter()
+                .partition(|r| !metas.iter().any(|other| r.meta.within(other)))
         };
-        txn.commit().map_err(|e| error_at(path, e))?;
-        Ok(Self {
-            db,
-            path: path.to_owned(),
+        for run in leftover {
+            let _ = std::fs::remove_file(&run.path);
+        }
+        let indexed_seq = kept.iter().map(|r| r.meta.last_seq).max().unwrap_or(0);
+        let runs = Arc::new(RunSet::new(kept.into_iter().map(Arc::new).collect()));
+        let mut index = Self {
+            dir: dir.to_owned(),
             max_age_ms,
-            pending: HashMap::new(),
-            covered_seq,
-            reader: None,
-        })
+            pending: HashSet::new(),
+            pending_max_time_ms: i64::MIN,
+            covered_seq: indexed_seq,
+            indexed_seq,
+            merger: Merger::start(dir.to_owned(), runs.clone(), FLUSH_IDS as u64),
+            snapshot: (0, Vec::new()),
+            runs,
+        };
+        index.forget_expired();
+        index.merger.wake();
+        Ok(index)
     }
 
     /// The last sequence number whose ids the index holds durably.
-    pub fn indexed_seq(&self) -> Result<u64, DedupeError> {
-        let txn = self.db.begin_read().map_err(|e| error_at(&self.path, e))?;
-        let table = txn.open_table(META).map_err(|e| error_at(&self.path, e))?;
-        Ok(table
-            .get("indexed_seq")
-            .map_err(|e| error_at(&self.path, e))?
-            .map_or(0, |v| v.value()))
+    pub fn indexed_seq(&self) -> u64 {
+        self.indexed_seq
     }
 
     /// Starts the ids of one group of batches.
@@ -129,65 +156,68 @@ impl DedupeIndex {
     }
 
     fn stored(&mut self, key: u128) -> Result<bool, DedupeError> {
-        if self.reader.is_none() {
-            let txn = self.db.begin_read().map_err(|e| error_at(&self.path, e))?;
-            self.reader = Some(txn.open_table(IDS).map_err(|e| error_at(&self.path, e))?);
+        if self.snapshot.0 != self.runs.generation() {
+            let (generation, mut runs) = self.runs.snapshot();
+            runs.reverse();
+            self.snapshot = (generation, runs);
         }
-        let ids = self.reader.as_ref().expect("opened above");
-        Ok(ids.get(key).map_err(|e| error_at(&self.path, e))?.is_some())
+        for run in &self.snapshot.1 {
+            if run.contains(key)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
-    /// Writes the ids waiting in memory, sorted, in one durable transaction that also records `covered_seq` and
-    /// forgets expired ids.
+    /// Writes the ids waiting in memory as one durable run covering the log up to `covered_seq`, and deletes the
+    /// runs whose events have all expired.
     pub fn make_durable(&mut self) -> Result<(), DedupeError> {
-        let path = self.path.clone();
-        let at = |e: redb::Error| error_at(&path, e);
-        self.reader = None;
-        let txn = self.db.begin_write().map_err(|e| at(e.into()))?;
-        {
-            let mut pending: Vec<(u128, i64)> =
-                self.pending.iter().map(|(k, t)| (*k, *t)).collect();
-            pending.sort_unstable();
-            let mut ids = txn.open_table(IDS).map_err(|e| at(e.into()))?;
-            for (key, time) in &pending {
-                ids.insert(key, time).map_err(|e| at(e.into()))?;
-            }
-            pending.sort_unstable_by_key(|(key, time)| (*time, *key));
-            let mut by_time = txn.open_table(BY_TIME).map_err(|e| at(e.into()))?;
-            for (key, time) in &pending {
-                by_time
-                    .insert((*time, *key), ())
-                    .map_err(|e| at(e.into()))?;
-            }
-            let oldest = crate::now_ms() - self.max_age_ms;
-            let expired: Vec<(i64, u128)> = by_time
-                .range(..(oldest, 0))
-                .map_err(|e| at(e.into()))?
-                .take(PRUNE_PER_FLUSH)
-                .map(|entry| entry.map(|(key, _)| key.value()))
-                .collect::<Result<_, _>>()
-                .map_err(|e| at(e.into()))?;
-            for (time, key) in expired {
-                by_time.remove((time, key)).map_err(|e| at(e.into()))?;
-                ids.remove(key).map_err(|e| at(e.into()))?;
-            }
-            let mut meta = txn.open_table(META).map_err(|e| at(e.into()))?;
-            meta.insert("indexed_seq", self.covered_seq)
-                .map_err(|e| at(e.into()))?;
+        let mut keys: Vec<u128> = self.pending.iter().copied().collect();
+        keys.sort_unstable();
+        let meta = RunMeta {
+            first_seq: self.indexed_seq + 1,
+            last_seq: self.covered_seq,
+            max_time_ms: self.pending_max_time_ms,
+        };
+        if let Some(run) = Run::write(&self.dir, meta, keys.into_iter().map(Ok))? {
+            let run = Arc::new(run);
+            self.runs.update(|runs| runs.push(run));
+            self.merger.wake();
         }
-        txn.commit().map_err(|e| at(e.into()))?;
+        self.indexed_seq = self.covered_seq;
         self.pending.clear();
+        self.pending_max_time_ms = i64::MIN;
+        self.forget_expired();
         Ok(())
+    }
+
+    /// Deletes the runs whose events have all expired, except the newest run: it records how far the log is
+    /// indexed, which a restart must know even when no id is left to remember.
+    fn forget_expired(&mut self) {
+        let oldest = crate::now_ms() - self.max_age_ms;
+        let newest = self.indexed_seq;
+        let expired = self.runs.update(|runs| {
+            let (expired, live) = std::mem::take(runs)
+                .into_iter()
+                .partition(|r| r.meta.max_time_ms < oldest && r.meta.last_seq != newest);
+            *runs = live;
+            expired
+        });
+        for run in expired {
+            let _ = std::fs::remove_file(&run.path);
+        }
     }
 }
 
 impl Group<'_> {
     /// Records `key` (an event of `time_ms`) unless it is known; says whether it was new.
     pub fn insert_new(&mut self, key: u128, time_ms: i64) -> Result<bool, DedupeError> {
-        if self.index.pending.contains_key(&key) || self.index.stored(key)? {
+        if self.index.pending.contains(&key) || self.index.stored(key)? {
             return Ok(false);
         }
-        self.index.pending.insert(key, time_ms);
+        self.index.pending.insert(key);
+        // A removed id may leave this later than needed: the run is then only kept a little longer.
+        self.index.pending_max_time_ms = self.index.pending_max_time_ms.max(time_ms);
         self.inserted.push(key);
         Ok(true)
     }
@@ -207,19 +237,22 @@ impl Group<'_> {
         }
         Ok(())
     }
-}
 
-impl Group<'_> {
     /// Writes every id taken before this group to disk now, as covering the log up to `seq` (the last record
     /// written before this group).
     pub fn flush(&mut self, seq: u64) -> Result<(), DedupeError> {
-        let taken_here: Vec<(u128, i64)> = self
+        let taken_here: Vec<u128> = self
             .inserted
             .iter()
-            .filter_map(|k| self.index.pending.remove(k).map(|t| (*k, t)))
+            .filter(|k| self.index.pending.remove(k))
+            .copied()
             .collect();
         self.index.covered_seq = self.index.covered_seq.max(seq);
+        let max_time_ms = self.index.pending_max_time_ms;
         let flushed = self.index.make_durable();
+        if !taken_here.is_empty() {
+            self.index.pending_max_time_ms = max_time_ms;
+        }
         self.index.pending.extend(taken_here);
         flushed
     }
@@ -234,44 +267,4 @@ impl Drop for Group<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_are_remembered_across_reopening_and_forgotten_when_old() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("dedupe.redb");
-        let now = crate::now_ms();
-        let max_age = 3_600_000;
-        {
-            let mut index = DedupeIndex::open(&path, max_age, 1 << 20).expect("opens");
-            let mut group = index.group();
-            assert!(group.insert_new(id_key("a"), now).expect("inserts"));
-            assert!(!group.insert_new(id_key("a"), now).expect("looks up"));
-            assert!(
-                group
-                    .insert_new(id_key("old"), now - 2 * max_age)
-                    .expect("inserts")
-            );
-            group.commit(2).expect("commits");
-            // A group dropped without committing leaves nothing.
-            let mut group = index.group();
-            assert!(group.insert_new(id_key("b"), now).expect("inserts"));
-            drop(group);
-            index.make_durable().expect("writes");
-        }
-        let mut index = DedupeIndex::open(&path, max_age, 1 << 20).expect("reopens");
-        assert_eq!(index.indexed_seq().expect("reads"), 2);
-        let mut group = index.group();
-        assert!(!group.insert_new(id_key("a"), now).expect("looks up"));
-        assert!(group.insert_new(id_key("b"), now).expect("inserts"));
-        group.commit(3).expect("commits and prunes");
-        let mut group = index.group();
-        assert!(
-            group
-                .insert_new(id_key("old"), now - 2 * max_age)
-                .expect("inserts"),
-            "expired ids are forgotten"
-        );
-    }
-}
+mod tests;

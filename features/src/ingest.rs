@@ -49,8 +49,6 @@ pub struct IngestConfig {
     /// How long the lease on the node id lasts without renewal; it is renewed every third of it. A node that
     /// crashed holds its id this long, unless it ran on this host and its process is gone.
     pub lease_ttl_ms: i64,
-    /// Page cache of the on-disk index of event ids.
-    pub dedupe_cache_bytes: usize,
 }
 
 impl Default for IngestConfig {
@@ -63,7 +61,6 @@ impl Default for IngestConfig {
             max_backlog_events: 2_000_000,
             max_backlog_bytes: 1 << 30,
             lease_ttl_ms: 30_000,
-            dedupe_cache_bytes: 16 << 20,
         }
     }
 }

@@ -161,8 +161,10 @@ mod tests {
     use super::*;
 
     fn golden() -> (Vec<u8>, Vec<u8>) {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/golden/bundle");
+        let dir = std::path::Path::new(
+            &std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo test"),
+        )
+        .join("../../testdata/golden/bundle");
         let read = |n: &str| std::fs::read(dir.join(n)).expect("golden bundle is committed");
         (read("manifest.json"), read("model.onnx"))
     }

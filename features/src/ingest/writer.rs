@@ -21,15 +21,13 @@ const REINDEX_BATCH: usize = 4096;
 pub(super) struct IndexSettings {
     path: PathBuf,
     max_age_ms: i64,
-    cache_bytes: usize,
 }
 
 impl IndexSettings {
     fn new(dir: &Path, config: &IngestConfig) -> Self {
         Self {
-            path: dir.join("dedupe.redb"),
+            path: dir.join("ids"),
             max_age_ms: config.limits.max_age_ms,
-            cache_bytes: config.dedupe_cache_bytes,
         }
     }
 }
@@ -44,8 +42,8 @@ pub(super) fn open_log(dir: &Path, config: &IngestConfig) -> Result<OpenedLog, I
         source: e,
     })?;
     let settings = IndexSettings::new(dir, config);
-    let mut index = DedupeIndex::open(&settings.path, settings.max_age_ms, settings.cache_bytes)?;
-    let indexed = index.indexed_seq()?;
+    let mut index = DedupeIndex::open(&settings.path, settings.max_age_ms)?;
+    let indexed = index.indexed_seq();
     let mut group = index.group();
     let (wal, opened) = Wal::open(dir, config.segment_bytes, |_, record: &WalRecord| {
         if record.seq > indexed
@@ -86,8 +84,8 @@ impl Writer {
     fn index(&mut self, dir: &Path, durable: u64) -> Result<&mut DedupeIndex, DedupeError> {
         if self.index.is_none() {
             let s = &self.settings;
-            let mut index = DedupeIndex::open(&s.path, s.max_age_ms, s.cache_bytes)?;
-            let mut next = index.indexed_seq()? + 1;
+            let mut index = DedupeIndex::open(&s.path, s.max_age_ms)?;
+            let mut next = index.indexed_seq() + 1;
             let mut tail = WalTail::new(dir);
             let mut group = index.group();
             while next <= durable {

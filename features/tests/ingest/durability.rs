@@ -245,8 +245,6 @@ async fn a_store_outage_is_bounded_on_disk_and_loses_nothing() {
         &dir.path().join("wal"),
         IngestConfig {
             max_backlog_events: BACKLOG,
-            // A small page cache, so that what fills it is not taken for growth.
-            dedupe_cache_bytes: 4 << 20,
             ..config("edge-a")
         },
         store.clone(),
@@ -494,10 +492,11 @@ impl Drop for SmallDisk {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_events_loses_nothing_and_recovers() {
-    // The ballast is what comes free: enough for the databases to grow back (redb grows by whole regions).
-    let disk = SmallDisk::mount(32 << 20);
+    // The ballast is what comes free: twice what the events filled, so the store can apply the backlog (redb
+    // grows by whole regions) and the log and the id index can grow again.
+    let disk = SmallDisk::mount(48 << 20);
     let ballast = disk.path().join("ballast");
-    std::fs::write(&ballast, vec![1u8; 16 << 20]).expect("writes the ballast");
+    std::fs::write(&ballast, vec![1u8; 32 << 20]).expect("writes the ballast");
     let data = disk.path().join("data");
     let store = embedded(&data);
     let ingest = Ingest::open(&data.join("wal"), config("edge-a"), store.clone())

@@ -29,7 +29,8 @@ pub fn golden() -> (Vec<u8>, Vec<u8>) {
 }
 
 pub fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden/bundle")
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo test"))
+        .join("../testdata/golden/bundle")
 }
 
 /// The golden manifest re-labelled as `version`.
