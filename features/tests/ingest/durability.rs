@@ -202,8 +202,8 @@ fn resident_kib() -> u64 {
 const OUTAGE_EVENTS: usize = 200_000;
 /// The backlog limit: past it events are refused.
 const BACKLOG: u64 = 150_000;
-/// Growth of resident memory allowed while the outage lasts (measured: about 15 MiB: the id index's page cache of
-/// 4 MiB, the ids waiting to be written and allocator slack).
+/// Growth of resident memory allowed while the outage lasts (measured: about 11 MiB: the ids waiting to be written
+/// as a run of the id index, the filters of the runs written, and allocator slack).
 const RESIDENT_GROWTH_KIB: u64 = 32 << 10;
 /// Growth allowed over the last 100,000 events, once caches are full: flat, where a queue of the events in memory
 /// would grow with every one of them (an event held in memory takes over 100 bytes: over 10 MiB for these).
