@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 use clap::{Subcommand, ValueEnum};
-use edgerec_trainer::baseline::{Transitions, popularity};
+use edgerec_trainer::baseline::{EASE_LAMBDA, Ease, ItemKnn, Transitions, popularity};
 use edgerec_trainer::fetch::{self, KnownDataset};
 use edgerec_trainer::split::{Split, Stage};
 
@@ -121,6 +121,10 @@ pub enum Baseline {
     Popularity,
     /// Sum of how often each item followed the user's last 5 items.
     Transitions,
+    /// Item-based nearest neighbours (cosine of the items' user sets, 100 neighbours per item).
+    ItemKnn,
+    /// EASE: a linear item-to-item model solved in closed form (L2 penalty 500), for up to 16,384 items.
+    Ease,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,6 +180,14 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         }
         Baseline::Transitions => {
             let model = Transitions::fit(&split, stage);
+            split.evaluate(stage, |history| model.score(history))
+        }
+        Baseline::ItemKnn => {
+            let model = ItemKnn::fit(&split, stage);
+            split.evaluate(stage, |history| model.score(history))
+        }
+        Baseline::Ease => {
+            let model = Ease::fit(&split, stage, EASE_LAMBDA)?;
             split.evaluate(stage, |history| model.score(history))
         }
     };

@@ -1,7 +1,11 @@
-//! Reference rankers that check the evaluation protocol against published figures: item popularity, and a count
-//! of what followed the user's last items.
+//! Reference rankers that check the evaluation protocol against published figures and that the model must beat:
+//! item popularity, a count of what followed the user's last items, item-based nearest neighbours and EASE.
+
+mod ease;
 
 use std::collections::HashMap;
+
+pub use ease::{EASE_LAMBDA, EASE_MAX_ITEMS, Ease, EaseError};
 
 use crate::split::{Split, Stage};
 
@@ -60,6 +64,94 @@ impl Transitions {
     }
 }
 
+/// Neighbours kept per item by [`ItemKnn`]: the usual size in published comparisons, not tuned per data set.
+pub const KNN_NEIGHBOURS: usize = 100;
+
+/// Item-based nearest neighbours: two items are similar by the cosine of the sets of users who interacted with
+/// them (in the stage's training part); a user's score for an item is the sum of its similarities to every item
+/// of the user's history, over each history item's [`KNN_NEIGHBOURS`] nearest. Order in the history plays no part,
+/// so on data without sequential structure this is the baseline to beat.
+#[derive(Debug, Clone)]
+pub struct ItemKnn {
+    /// Per item: its nearest neighbours and their similarity.
+    neighbours: Vec<Vec<(u32, f32)>>,
+    tie_break: Vec<f32>,
+}
+
+impl ItemKnn {
+    pub fn fit(split: &Split, stage: Stage) -> Self {
+        let n = split.items.len() + 1;
+        // Each user's distinct items, and per item the users who had it.
+        let histories: Vec<Vec<u32>> = split
+            .users
+            .iter()
+            .map(|user| {
+                let mut items = stage.training_items(user).to_vec();
+                items.sort_unstable();
+                items.dedup();
+                items
+            })
+            .collect();
+        let mut users_of = vec![Vec::new(); n];
+        for (u, items) in histories.iter().enumerate() {
+            for &item in items {
+                users_of[item as usize].push(u as u32);
+            }
+        }
+        let norm: Vec<f32> = users_of.iter().map(|u| (u.len() as f32).sqrt()).collect();
+        // One row of co-occurrence counts at a time: memory stays O(items), not O(items²).
+        let mut row = vec![0u32; n];
+        let mut touched = Vec::new();
+        let neighbours = (0..n)
+            .map(|a| {
+                for &u in &users_of[a] {
+                    for &b in &histories[u as usize] {
+                        if b as usize != a {
+                            if row[b as usize] == 0 {
+                                touched.push(b);
+                            }
+                            row[b as usize] += 1;
+                        }
+                    }
+                }
+                let mut similar: Vec<(u32, f32)> = touched
+                    .drain(..)
+                    .map(|b| {
+                        let together = std::mem::take(&mut row[b as usize]) as f32;
+                        (b, together / (norm[a] * norm[b as usize]))
+                    })
+                    .collect();
+                if similar.len() > KNN_NEIGHBOURS {
+                    similar.select_nth_unstable_by(KNN_NEIGHBOURS - 1, |x, y| {
+                        y.1.total_cmp(&x.1).then(x.0.cmp(&y.0))
+                    });
+                    similar.truncate(KNN_NEIGHBOURS);
+                }
+                similar
+            })
+            .collect();
+        let popularity = popularity(split, stage);
+        let max = popularity.iter().copied().fold(0.0, f32::max) + 1.0;
+        Self {
+            neighbours,
+            tie_break: popularity.iter().map(|p| 1e-6 * p / max).collect(),
+        }
+    }
+
+    pub fn score(&self, history: &[u32]) -> Vec<f32> {
+        let mut scores = self.tie_break.clone();
+        let mut seen: Vec<u32> = history.to_vec();
+        seen.sort_unstable();
+        seen.dedup();
+        for item in seen {
+            for &(next, similarity) in &self.neighbours[item as usize] {
+                scores[next as usize] += similarity;
+            }
+        }
+        scores
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +180,50 @@ mod tests {
         let pop = popularity(&split, Stage::Test);
         let m = split.evaluate(Stage::Test, |_| pop.clone());
         assert!(m.mrr < 0.5, "popularity cannot know what comes next: {m:?}");
+    }
+
+    /// Users each like one of three groups of items, in any order: what goes together is known, what comes next
+    /// is not.
+    #[test]
+    fn item_knn_finds_what_goes_together_where_order_says_nothing() {
+        let (groups, per_group) = (3, 15);
+        let mut log = Vec::new();
+        let mut state = 17u64;
+        for user in 0..90 {
+            let group = user % groups;
+            let mut items: Vec<usize> = (0..per_group).map(|i| group * per_group + i).collect();
+            // A shuffled order of 10 of the group's items, so transitions carry no signal.
+            for i in (1..items.len()).rev() {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                items.swap(i, (state >> 33) as usize % (i + 1));
+            }
+            for (step, item) in items.iter().take(10).enumerate() {
+                log.push(Interaction {
+                    user: format!("u{user}"),
+                    item: format!("i{item}"),
+                    timestamp: step as i64,
+                    value: None,
+                });
+            }
+        }
+        let split = Split::leave_last_out(&log);
+        let knn = ItemKnn::fit(&split, Stage::Test);
+        let m_knn = split.evaluate(Stage::Test, |history| knn.score(history));
+        assert!(
+            m_knn.hr_at_10 > 0.9,
+            "the target is one of the group's 5 unseen items: {m_knn:?}"
+        );
+        let pop = popularity(&split, Stage::Test);
+        let m_pop = split.evaluate(Stage::Test, |_| pop.clone());
+        assert!(
+            m_pop.hr_at_10 < 0.5,
+            "popularity cannot tell the groups apart: {m_pop:?}"
+        );
+        // EASE learns the same groups (a small penalty: this catalogue has 45 items and 90 users).
+        let ease = Ease::fit(&split, Stage::Test, 10.0).expect("fits");
+        let m_ease = split.evaluate(Stage::Test, |history| ease.score(history));
+        assert!(m_ease.hr_at_10 > 0.9, "EASE: {m_ease:?}");
     }
 }
