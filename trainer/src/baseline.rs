@@ -23,6 +23,23 @@ pub fn popularity(split: &Split, stage: Stage) -> Vec<f32> {
     counts
 }
 
+/// Popularity scaled to at most 1e-6: added to a ranker's scores, it orders only the items the ranker scores
+/// alike. (The smallest weighted share of [`Transitions`], 1 / (5 x successors of one item), stays far above it on
+/// our catalogues.)
+pub(crate) fn tie_break(split: &Split, stage: Stage) -> Vec<f32> {
+    let popularity = popularity(split, stage);
+    let max = popularity.iter().copied().fold(0.0, f32::max) + 1.0;
+    popularity.iter().map(|p| 1e-6 * p / max).collect()
+}
+
+/// The distinct items of `history`: the order-free rankers count each once.
+pub(crate) fn distinct(history: &[u32]) -> Vec<u32> {
+    let mut items = history.to_vec();
+    items.sort_unstable();
+    items.dedup();
+    items
+}
+
 /// "What followed the last items": for each of the user's last [`TRANSITION_WINDOW`] items `a`, item `b` gains the
 /// share of `a`'s successors in the training sequences that were `b`, weighted 1, 1/2, 1/3, ... from the most
 /// recent item back; popularity, scaled far below any such share, breaks ties. (Plain unweighted counts reach
@@ -41,12 +58,9 @@ impl Transitions {
                 *followers[pair[0] as usize].entry(pair[1]).or_insert(0) += 1;
             }
         }
-        let popularity = popularity(split, stage);
-        // The smallest weighted share, 1 / (5 x successors of one item), stays far above 1e-6 on our catalogues.
-        let max = popularity.iter().copied().fold(0.0, f32::max) + 1.0;
         Self {
             followers,
-            tie_break: popularity.iter().map(|p| 1e-6 * p / max).collect(),
+            tie_break: tie_break(split, stage),
         }
     }
 
@@ -85,12 +99,7 @@ impl ItemKnn {
         let histories: Vec<Vec<u32>> = split
             .users
             .iter()
-            .map(|user| {
-                let mut items = stage.training_items(user).to_vec();
-                items.sort_unstable();
-                items.dedup();
-                items
-            })
+            .map(|user| distinct(stage.training_items(user)))
             .collect();
         let mut users_of = vec![Vec::new(); n];
         for (u, items) in histories.iter().enumerate() {
@@ -130,20 +139,15 @@ impl ItemKnn {
                 similar
             })
             .collect();
-        let popularity = popularity(split, stage);
-        let max = popularity.iter().copied().fold(0.0, f32::max) + 1.0;
         Self {
             neighbours,
-            tie_break: popularity.iter().map(|p| 1e-6 * p / max).collect(),
+            tie_break: tie_break(split, stage),
         }
     }
 
     pub fn score(&self, history: &[u32]) -> Vec<f32> {
         let mut scores = self.tie_break.clone();
-        let mut seen: Vec<u32> = history.to_vec();
-        seen.sort_unstable();
-        seen.dedup();
-        for item in seen {
+        for item in distinct(history) {
             for &(next, similarity) in &self.neighbours[item as usize] {
                 scores[next as usize] += similarity;
             }
@@ -157,6 +161,15 @@ mod tests {
     use super::*;
     use crate::data::Interaction;
 
+    fn interaction(user: usize, item: usize, step: usize) -> Interaction {
+        Interaction {
+            user: format!("u{user}"),
+            item: format!("i{item}"),
+            timestamp: step as i64,
+            value: None,
+        }
+    }
+
     /// Every user walks the same cycle of items, starting somewhere: what follows the last item is always known.
     #[test]
     fn transitions_learn_a_planted_sequence_and_popularity_does_not() {
@@ -164,13 +177,7 @@ mod tests {
         let mut log = Vec::new();
         for user in 0..60 {
             for step in 0..12 {
-                let item = (user * 7 + step) % items;
-                log.push(Interaction {
-                    user: format!("u{user}"),
-                    item: format!("i{item}"),
-                    timestamp: step as i64,
-                    value: None,
-                });
+                log.push(interaction(user, (user * 7 + step) % items, step));
             }
         }
         let split = Split::leave_last_out(&log);
@@ -200,12 +207,7 @@ mod tests {
                 items.swap(i, (state >> 33) as usize % (i + 1));
             }
             for (step, item) in items.iter().take(10).enumerate() {
-                log.push(Interaction {
-                    user: format!("u{user}"),
-                    item: format!("i{item}"),
-                    timestamp: step as i64,
-                    value: None,
-                });
+                log.push(interaction(user, *item, step));
             }
         }
         let split = Split::leave_last_out(&log);

@@ -40,9 +40,7 @@ impl Ease {
         }
         let mut gram = Mat::<f64>::zeros(n, n);
         for user in &split.users {
-            let mut items = stage.training_items(user).to_vec();
-            items.sort_unstable();
-            items.dedup();
+            let items = super::distinct(stage.training_items(user));
             for &a in &items {
                 for &b in &items {
                     gram[(a as usize, b as usize)] += 1.0;
@@ -69,21 +67,16 @@ impl Ease {
         }
         // Index 0 is padding: it never scores.
         weights[..n].fill(0.0);
-        let popularity = super::popularity(split, stage);
-        let max = popularity.iter().copied().fold(0.0, f32::max) + 1.0;
         Ok(Self {
             weights,
             n,
-            tie_break: popularity.iter().map(|p| 1e-6 * p / max).collect(),
+            tie_break: super::tie_break(split, stage),
         })
     }
 
     pub fn score(&self, history: &[u32]) -> Vec<f32> {
         let mut scores = self.tie_break.clone();
-        let mut seen = history.to_vec();
-        seen.sort_unstable();
-        seen.dedup();
-        for item in seen {
+        for item in super::distinct(history) {
             let row = &self.weights[item as usize * self.n..(item as usize + 1) * self.n];
             for (score, weight) in scores.iter_mut().zip(row) {
                 *score += weight;
