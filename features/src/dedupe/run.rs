@@ -28,6 +28,42 @@ fn filter_key(key: u128) -> u64 {
     (key >> 64) as u64
 }
 
+/// The part of a run kept in memory, gathered from its keys in ascending order as they are written or read.
+#[derive(Default)]
+struct Lookup {
+    count: u64,
+    fence: Vec<u128>,
+    filter_keys: Vec<u64>,
+}
+
+impl Lookup {
+    fn push(&mut self, key: u128) {
+        if self.count % BLOCK_KEYS == 0 {
+            self.fence.push(key);
+        }
+        if self.filter_keys.last() != Some(&filter_key(key)) {
+            self.filter_keys.push(filter_key(key));
+        }
+        self.count += 1;
+    }
+
+    fn into_run(self, meta: RunMeta, path: &Path, file: File) -> Result<Run, RunError> {
+        let filter =
+            BinaryFuse8::try_from(self.filter_keys.as_slice()).map_err(|e| RunError::Damaged {
+                path: path.to_owned(),
+                reason: format!("building its filter: {e}"),
+            })?;
+        Ok(Run {
+            meta,
+            path: path.to_owned(),
+            file,
+            count: self.count,
+            filter,
+            fence: self.fence,
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("{path}: {source}")]
@@ -105,8 +141,8 @@ impl Run {
         let path = dir.join(meta.file_name());
         let partial = dir.join(format!(".{}.partial", meta.file_name()));
         let written = write_file(&partial, meta, keys);
-        let count = match written {
-            Ok(Some(count)) => count,
+        let (file, lookup) = match written {
+            Ok(Some(written)) => written,
             Ok(None) => {
                 let _ = std::fs::remove_file(&partial);
                 return Ok(None);
@@ -118,9 +154,8 @@ impl Run {
         };
         std::fs::rename(&partial, &path).map_err(|e| RunError::io(&path, e))?;
         edgerec_storage::sync_parent(&path).map_err(|e| RunError::io(&path, e))?;
-        let run = Run::open(&path)?;
-        debug_assert_eq!(run.count, count);
-        Ok(Some(run))
+        // Built from the keys as they were written: the file is not read back.
+        lookup.into_run(meta, &path, file).map(Some)
     }
 
     /// Opens a run, checking its checksum and reading its filter and fence into memory.
@@ -156,35 +191,20 @@ impl Run {
         if len.checked_sub(HEADER + 4) != count.checked_mul(KEY) {
             return Err(damaged("its length does not match its count of keys"));
         }
-        let mut fence = Vec::with_capacity(count.div_ceil(BLOCK_KEYS) as usize);
-        let mut filter_keys = Vec::with_capacity(count as usize);
+        let mut lookup = Lookup::default();
         let mut key = [0u8; KEY as usize];
-        for i in 0..count {
+        for _ in 0..count {
             reader.read_exact(&mut key).map_err(io)?;
             crc.update(&key);
-            let key = u128::from_le_bytes(key);
-            if i % BLOCK_KEYS == 0 {
-                fence.push(key);
-            }
-            if filter_keys.last() != Some(&filter_key(key)) {
-                filter_keys.push(filter_key(key));
-            }
+            lookup.push(u128::from_le_bytes(key));
         }
         let mut stored_crc = [0u8; 4];
         reader.read_exact(&mut stored_crc).map_err(io)?;
         if crc.finalize() != u32::from_le_bytes(stored_crc) {
             return Err(damaged("checksum mismatch"));
         }
-        let filter = BinaryFuse8::try_from(filter_keys.as_slice())
-            .map_err(|e| damaged(&format!("building its filter: {e}")))?;
-        Ok(Run {
-            meta,
-            path: path.to_owned(),
-            file,
-            count,
-            filter,
-            fence,
-        })
+        drop(reader);
+        lookup.into_run(meta, path, file)
     }
 
     pub fn count(&self) -> u64 {
@@ -240,14 +260,15 @@ impl Run {
     }
 }
 
-/// Writes the file; `None` when `keys` was empty.
+/// Writes the file (open for reading too) and gathers its look-up; `None` when `keys` was empty.
 fn write_file(
     path: &Path,
     meta: RunMeta,
     keys: impl Iterator<Item = Result<u128, RunError>>,
-) -> Result<Option<u64>, RunError> {
+) -> Result<Option<(File, Lookup)>, RunError> {
     let io = |e| RunError::io(path, e);
     let file = File::options()
+        .read(true)
         .write(true)
         .create_new(true)
         .open(path)
@@ -263,7 +284,7 @@ fn write_file(
     out.write_all(&header).map_err(io)?;
     let mut body_crc = crc32fast::Hasher::new();
     let mut previous: Option<u128> = None;
-    let mut count = 0u64;
+    let mut lookup = Lookup::default();
     for key in keys {
         let key = key?;
         if previous.is_some_and(|p| p >= key) {
@@ -279,18 +300,18 @@ fn write_file(
         let bytes = key.to_le_bytes();
         out.write_all(&bytes).map_err(io)?;
         body_crc.update(&bytes);
-        count += 1;
+        lookup.push(key);
     }
-    if count == 0 {
+    if lookup.count == 0 {
         return Ok(None);
     }
-    header[12..20].copy_from_slice(&count.to_le_bytes());
+    header[12..20].copy_from_slice(&lookup.count.to_le_bytes());
     let mut crc = crc32fast::Hasher::new();
     crc.update(&header);
     crc.combine(&body_crc);
     out.write_all(&crc.finalize().to_le_bytes()).map_err(io)?;
-    let file = out.into_inner().map_err(|e| io(e.into_error()))?;
-    file.write_all_at(&header, 0).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    Ok(Some(count))
+    let written = out.into_inner().map_err(|e| io(e.into_error()))?;
+    written.write_all_at(&header, 0).map_err(io)?;
+    written.sync_all().map_err(io)?;
+    Ok(Some((file, lookup)))
 }

@@ -74,6 +74,12 @@ fn runs_answer_exactly_for_every_key_and_reject_damage() {
     assert_eq!(reread, keys);
     let reopened = Run::open(&run.path).expect("reopens");
     assert_eq!(reopened.meta, meta);
+    assert!(keys.iter().all(|k| reopened.contains(*k).expect("reads")));
+    assert!(
+        absent
+            .iter()
+            .all(|k| !reopened.contains(*k).expect("reads"))
+    );
     // One byte flipped anywhere is found.
     let mut bytes = std::fs::read(&run.path).expect("reads");
     let middle = bytes.len() / 2;
