@@ -38,7 +38,7 @@ struct Lookup {
 
 impl Lookup {
     fn push(&mut self, key: u128) {
-        if self.count % BLOCK_KEYS == 0 {
+        if self.count.is_multiple_of(BLOCK_KEYS) {
             self.fence.push(key);
         }
         if self.filter_keys.last() != Some(&filter_key(key)) {
