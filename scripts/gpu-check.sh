@@ -37,7 +37,7 @@ export LD_LIBRARY_PATH="$ort:/usr/local/cuda/lib64:/usr/local/cuda/targets/x86_6
 
 for device in cuda cpu; do
   echo "==> $epochs epochs of MovieLens-1M on $device"
-  "$bin" train movielens-1m --device "$device" --max-epochs "$epochs" --patience "$epochs" --out "$out/$device" \
+  "$bin" train movielens-1m --device "$device" --max-epochs "$epochs" --patience-steps 1000000 --evaluate-every-steps 1 --out "$out/$device" \
     2>&1 | tee "$out/$device.log"
 done
 

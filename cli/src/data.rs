@@ -5,13 +5,16 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 use clap::{Subcommand, ValueEnum};
-use edgerec_trainer::baseline::{EASE_LAMBDA, Ease, ItemKnn, Transitions, popularity};
+use edgerec_core::{Bundle, MODEL_FILE};
+use edgerec_trainer::baseline::Reference;
+use edgerec_trainer::bundle_eval::evaluate_bundle;
 use edgerec_trainer::fetch::{self, KnownDataset};
 use edgerec_trainer::split::{Split, Stage};
 
 #[derive(Subcommand, Debug)]
 pub enum DataCommand {
-    /// Fetch a public dataset (movielens-1m, movielens-100k), checking pinned digests.
+    /// Fetch a public dataset (movielens-1m, movielens-100k, movielens-latest-small, amazon-instant-video),
+    /// checking pinned digests.
     Fetch(DatasetArgs),
     /// Write the leave-last-out split (train.tsv, valid.tsv, test.tsv) so other tools score on the same rows.
     Split {
@@ -25,7 +28,8 @@ pub enum DataCommand {
 
 #[derive(clap::Args, Debug)]
 pub struct DatasetArgs {
-    /// movielens-1m (ml-1m), movielens-100k (ml-100k), or the path of an interaction file (ratings.dat, u.data,
+    /// movielens-1m (ml-1m), movielens-100k (ml-100k), movielens-latest-small (ml-latest-small),
+    /// amazon-instant-video (amazon-video), or the path of an interaction file (ratings.dat, u.data,
     /// RecBole .inter, or .csv/.tsv with a user,item,timestamp header); `edgerec train` also takes `event-log`.
     pub(crate) dataset: String,
     /// Where datasets are kept (default ~/.cache/edgerec/data).
@@ -137,9 +141,16 @@ pub enum StageArg {
 pub struct EvalArgs {
     #[command(flatten)]
     dataset: DatasetArgs,
-    /// Which reference ranker to evaluate.
-    #[arg(long, value_enum, default_value_t = Baseline::Transitions)]
-    baseline: Baseline,
+    /// Which reference ranker to evaluate (default: transitions).
+    #[arg(long, value_enum, conflicts_with = "bundle")]
+    baseline: Option<Baseline>,
+    /// Score this bundle (a folder with manifest.json and model.onnx, from `edgerec train` or made elsewhere)
+    /// instead of a reference ranker: its items are matched to the data set's by id.
+    #[arg(long, value_name = "DIR")]
+    bundle: Option<PathBuf>,
+    /// Print the figures as one JSON object (full precision) instead of text.
+    #[arg(long)]
+    json: bool,
     /// Rank the validation or the test targets.
     #[arg(long, value_enum, default_value_t = StageArg::Test)]
     stage: StageArg,
@@ -173,27 +184,54 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         StageArg::Test => Stage::Test,
     };
     let started = Instant::now();
-    let metrics = match args.baseline {
-        Baseline::Popularity => {
-            let scores = popularity(&split, stage);
-            split.evaluate(stage, |_| scores.clone())
+    let (metrics, ranker) = match &args.bundle {
+        Some(dir) => {
+            let (manifest, model) = crate::read_bundle(dir)?;
+            let bundle = Bundle::verify(&manifest, &[(MODEL_FILE, &model)])
+                .with_context(|| format!("verifying the bundle in {}", dir.display()))?;
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let (metrics, coverage) = evaluate_bundle(&split, &bundle, stage, threads)
+                .with_context(|| format!("scoring the bundle in {}", dir.display()))?;
+            if coverage.known_items < coverage.split_items || coverage.unknown_targets > 0 {
+                eprintln!(
+                    "the bundle knows {} of the data set's {} items; {} target(s) it does not know count as \
+                     ranked below every item it knows",
+                    coverage.known_items, coverage.split_items, coverage.unknown_targets
+                );
+            }
+            let name = format!(
+                "bundle {} {}",
+                bundle.manifest.name, bundle.manifest.version
+            );
+            (metrics, name)
         }
-        Baseline::Transitions => {
-            let model = Transitions::fit(&split, stage);
-            split.evaluate(stage, |history| model.score(history))
-        }
-        Baseline::ItemKnn => {
-            let model = ItemKnn::fit(&split, stage);
-            split.evaluate(stage, |history| model.score(history))
-        }
-        Baseline::Ease => {
-            let model = Ease::fit(&split, stage, EASE_LAMBDA)?;
-            split.evaluate(stage, |history| model.score(history))
+        None => {
+            let reference = match args.baseline.unwrap_or(Baseline::Transitions) {
+                Baseline::Popularity => Reference::Popularity,
+                Baseline::Transitions => Reference::Transitions,
+                Baseline::ItemKnn => Reference::ItemKnn,
+                Baseline::Ease => Reference::Ease,
+            };
+            (
+                reference.evaluate(&split, stage)?,
+                reference.name().to_string(),
+            )
         }
     };
+    if args.json {
+        let figures = serde_json::json!({
+            "ranker": ranker,
+            "dataset": args.dataset.dataset,
+            "stage": format!("{:?}", args.stage).to_lowercase(),
+            "metrics": metrics,
+            "seconds": started.elapsed().as_secs_f64(),
+        });
+        println!("{figures}");
+        return Ok(());
+    }
     println!(
-        "{:?} on {} ({:?} targets, full ranking minus seen items, {} users, {:.1} s):",
-        args.baseline,
+        "{} on {} ({:?} targets, full ranking minus seen items, {} users, {:.1} s):",
+        ranker,
         args.dataset.dataset,
         args.stage,
         metrics.users,

@@ -12,6 +12,7 @@ mod paths;
 mod processes;
 mod registry;
 mod train;
+mod train_export;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -42,7 +43,7 @@ enum Command {
         #[command(subcommand)]
         what: data::DataCommand,
     },
-    /// Evaluate a reference ranker on a dataset's leave-last-out split.
+    /// Evaluate a reference ranker, or any bundle (--bundle), on a dataset's leave-last-out split.
     Eval(data::EvalArgs),
     /// Train the sequence model on a dataset and export it as a bundle.
     Train(Box<train::TrainArgs>),

@@ -8,16 +8,20 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use edgerec_core::{RankingMetrics, load_tract_ranker};
-use edgerec_trainer::export::{BundleInfo, serving_model, write_bundle};
+use edgerec_trainer::adapt::{Choice, DataShape, adapted_config};
+use edgerec_trainer::blend::CandidateResult;
+use edgerec_trainer::export::{BundleInfo, write_bundle};
 use edgerec_trainer::report::training_curve_svg;
 use edgerec_trainer::runtime::Device;
-use edgerec_trainer::split::Stage;
-use edgerec_trainer::train::{Progress, TrainConfig, evaluate_model, train};
+use edgerec_trainer::train::{Progress, TrainConfig, train};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::data::DatasetArgs;
 use crate::processes::Processes;
+use crate::train_export::{
+    ExportChoice, ReferenceFigures, export, print_comparison, print_test_table, reference_figures,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
@@ -27,11 +31,12 @@ pub struct TrainArgs {
     /// Default: runs/<dataset>.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// A JSON file of training settings (any subset of the fields `edgerec train --print-config` shows); flags
-    /// override it.
+    /// A JSON file of training settings (any subset of the fields `edgerec train --print-config` shows): it
+    /// overrides the defaults chosen from the data, and flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Print the effective settings as JSON and exit.
+    /// Print the effective settings for this data as JSON (stdout) with the reason for each one the data decides
+    /// (stderr), and exit.
     #[arg(long)]
     print_config: bool,
     /// Continue from the checkpoint in <out>/checkpoints.
@@ -40,10 +45,18 @@ pub struct TrainArgs {
     /// cpu, or cuda (the CUDA execution provider of the onnxruntime-gpu library).
     #[arg(long)]
     device: Option<Device>,
+    /// The run's length in optimiser steps (the learning rate's cosine ends there).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// A cap in epochs (the schedule then ends at the cap).
     #[arg(long)]
     max_epochs: Option<usize>,
+    /// Stop after this many optimiser steps without a better validation NDCG@10.
     #[arg(long)]
-    patience: Option<usize>,
+    patience_steps: Option<u64>,
+    /// Validate at the first whole epoch past every this many optimiser steps.
+    #[arg(long)]
+    evaluate_every_steps: Option<u64>,
     #[arg(long)]
     batch_size: Option<usize>,
     #[arg(long)]
@@ -64,6 +77,10 @@ pub struct TrainArgs {
     /// ONNX Runtime threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// What to export: the best candidate on validation (the model, the model blended with transition and
+    /// co-occurrence terms, or the terms alone), or the model alone.
+    #[arg(long, value_enum, default_value_t = ExportChoice::Best)]
+    export: ExportChoice,
     /// Publish the exported bundle to the registry (--registry / EDGEREC_REGISTRY, --token / EDGEREC_TOKEN).
     #[arg(long)]
     publish: bool,
@@ -131,24 +148,38 @@ fn load_event_log(args: &TrainArgs) -> Result<crate::data::LoadedDataset> {
 }
 
 impl TrainArgs {
-    fn config(&self) -> Result<TrainConfig> {
-        let mut config = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                serde_json::from_str(&text).with_context(|| {
-                    format!("{} is not a training configuration", path.display())
-                })?
+    /// The defaults chosen from the data, overridden by the `--config` file, then by flags; with the reason for
+    /// each setting the data decided (or the note that it was overridden).
+    fn config(&self, shape: &DataShape) -> Result<(TrainConfig, Vec<Choice>)> {
+        let (adapted, mut choices) = adapted_config(shape);
+        let mut value = serde_json::to_value(&adapted)?;
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let file: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", path.display()))?;
+            if !file.is_object() {
+                bail!(
+                    "{} is not a training configuration (a JSON object)",
+                    path.display()
+                );
             }
-            None => TrainConfig::default(),
-        };
+            merge(&mut value, file);
+        }
+        let mut config: TrainConfig =
+            serde_json::from_value(value).with_context(|| match &self.config {
+                Some(path) => format!("{} is not a training configuration", path.display()),
+                None => "the adapted defaults are not a training configuration".to_string(),
+            })?;
         macro_rules! set {
             ($($field:ident),*) => {$(if let Some(value) = self.$field { config.$field = value; })*};
         }
         set!(
             device,
+            max_steps,
             max_epochs,
-            patience,
+            patience_steps,
+            evaluate_every_steps,
             batch_size,
             learning_rate,
             max_len,
@@ -159,7 +190,56 @@ impl TrainArgs {
             seed,
             threads
         );
-        Ok(config)
+        let effective = serde_json::to_value(&config)?;
+        for choice in &mut choices {
+            let pointer = format!("/{}", choice.setting.replace('.', "/"));
+            if let Some(set) = effective.pointer(&pointer).filter(|v| **v != choice.value) {
+                choice.reason = format!(
+                    "set by --config or a flag (the data's rule gave {}: {})",
+                    choice.value, choice.reason
+                );
+                choice.value = set.clone();
+            }
+        }
+        Ok((config, choices))
+    }
+
+    /// The dataset, or the event log's time range, split.
+    fn load(&self) -> Result<crate::data::LoadedDataset> {
+        if self.dataset.dataset == "event-log" {
+            load_event_log(self)
+        } else {
+            self.dataset.load()
+        }
+    }
+}
+
+/// `file`'s fields over `base`'s, objects merged field by field (a file may set one field of `optimiser`).
+fn merge(base: &mut serde_json::Value, file: serde_json::Value) {
+    match (base, file) {
+        (serde_json::Value::Object(base), serde_json::Value::Object(file)) => {
+            for (key, value) in file {
+                match base.get_mut(&key) {
+                    Some(existing) => merge(existing, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, file) => *base = file,
+    }
+}
+
+/// The settings the data decided, one line each.
+fn print_choices(choices: &[Choice]) {
+    for choice in choices {
+        eprintln!(
+            "  {:<24} {:<8} {}",
+            choice.setting,
+            choice.value.to_string(),
+            choice.reason
+        );
     }
 }
 
@@ -169,22 +249,33 @@ struct Report<'a> {
     interactions_sha256: String,
     protocol: &'static str,
     config: &'a TrainConfig,
+    /// The settings the data decided, and why.
+    config_choices: &'a [Choice],
     epochs: &'a [edgerec_trainer::train::EpochRecord],
     best_epoch: usize,
+    /// The sequence model's best validation figures.
     validation: RankingMetrics,
+    /// The exported graph's test figures.
     test: RankingMetrics,
+    /// What was exported, every candidate's validation figures, and the reference rankers on the same split.
+    exported: &'a str,
+    candidates: &'a [CandidateResult],
+    baselines: &'a [ReferenceFigures],
     training_seconds: f64,
     code_version: String,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let config = args.config()?;
     if args.print_config {
+        let loaded = args.load()?;
+        let (config, choices) = args.config(&DataShape::of(&loaded.split))?;
         println!("{}", serde_json::to_string_pretty(&config)?);
+        eprintln!("chosen from the data:");
+        print_choices(&choices);
         return Ok(());
     }
     let processes = Processes::join()?;
-    match run_as(&args, config, &processes) {
+    match run_as(&args, &processes) {
         Err(error) if processes.collective().size() > 1 => {
             // Each process reports before MPI is finalised: the first to exit makes the launcher stop the rest.
             processes.end_job_on(&error);
@@ -197,7 +288,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
 /// `edgerec train` as one of `processes`: each trains its shard; rank 0 alone prints progress, evaluates on the
 /// test targets and writes the run.
-fn run_as(args: &TrainArgs, config: TrainConfig, processes: &Processes) -> Result<()> {
+fn run_as(args: &TrainArgs, processes: &Processes) -> Result<()> {
     let collective = processes.collective();
     let leader = collective.rank() == 0;
     // A public dataset is fetched on first use: one process per machine fetches it while the others wait.
@@ -205,14 +296,11 @@ fn run_as(args: &TrainArgs, config: TrainConfig, processes: &Processes) -> Resul
     if !fetches {
         collective.barrier();
     }
-    let loaded = if args.dataset.dataset == "event-log" {
-        load_event_log(args)?
-    } else {
-        args.dataset.load()?
-    };
+    let loaded = args.load()?;
     if fetches {
         collective.barrier();
     }
+    let (config, choices) = args.config(&DataShape::of(&loaded.split))?;
     let out = args
         .out
         .clone()
@@ -250,6 +338,8 @@ fn run_as(args: &TrainArgs, config: TrainConfig, processes: &Processes) -> Resul
             },
             out.display()
         );
+        eprintln!("settings chosen from the data (`--print-config` shows them all):");
+        print_choices(&choices);
     }
 
     let bar = if leader {
@@ -274,7 +364,7 @@ fn run_as(args: &TrainArgs, config: TrainConfig, processes: &Processes) -> Resul
                 Progress::EpochStarted { epoch, batches } => {
                     bar.reset();
                     bar.set_length(batches as u64);
-                    bar.set_prefix(format!("epoch {epoch}/{}", config.max_epochs));
+                    bar.set_prefix(format!("epoch {epoch}"));
                 }
                 Progress::Step {
                     batch,
@@ -287,9 +377,10 @@ fn run_as(args: &TrainArgs, config: TrainConfig, processes: &Processes) -> Resul
                 Progress::Evaluating => bar.set_message("evaluating on the validation targets"),
                 Progress::EpochFinished(_) if !leader => {}
                 Progress::EpochFinished(record) => bar.suspend(|| eprintln!(
-                    "epoch {:>3}  loss {:.4}  validation HR@10 {:.4}  NDCG@10 {:.4}  lr {:.2e}  {:.1} s \
-                     ({:.0} examples/s; {:.2} s preparing inputs{})",
+                    "epoch {:>3}  step {:>6}  loss {:.4}  validation HR@10 {:.4}  NDCG@10 {:.4}  lr {:.2e}  \
+                     {:.1} s ({:.0} examples/s; {:.2} s preparing inputs{})",
                     record.epoch,
+                    record.steps,
                     record.train_loss,
                     record.validation.hr_at_10,
                     record.validation.ndcg_at_10,
@@ -311,24 +402,60 @@ fn run_as(args: &TrainArgs, config: TrainConfig, processes: &Processes) -> Resul
         return Ok(());
     }
 
-    let model = serving_model(&trained)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let test = evaluate_model(&loaded.split, &trained.spec, &model, Stage::Test, threads)?;
+    eprintln!(
+        "fitting the reference rankers (popularity, transitions, item-kNN, EASE) on the same split"
+    );
+    let references = reference_figures(&loaded.split);
+    eprintln!("scoring the export candidates on the validation targets");
+    let export = export(&loaded.split, &trained, args.export, threads)?;
+    print_comparison(&export, &references);
+    let (model, test) = (&export.model, export.test);
     let code_version = format!(
         "edgerec {} ({})",
         env!("CARGO_PKG_VERSION"),
         option_env!("EDGEREC_REVISION").unwrap_or("unknown revision")
     );
-    let metrics = BTreeMap::from([
+    let exported = export
+        .selection
+        .candidates
+        .iter()
+        .position(|c| c.blend == export.chosen)
+        .expect("the export is a candidate");
+    let mut metrics = BTreeMap::from([
         ("test_hr@10".to_string(), test.hr_at_10),
         ("test_ndcg@10".to_string(), test.ndcg_at_10),
         ("test_recall@20".to_string(), test.recall_at_20),
         ("test_mrr".to_string(), test.mrr),
         (
             "validation_ndcg@10".to_string(),
-            trained.validation.ndcg_at_10,
+            export.selection.candidates[exported].validation.ndcg_at_10,
         ),
     ]);
+    for candidate in &export.selection.candidates {
+        let m = &candidate.validation;
+        for (figure, value) in [("hr@10", m.hr_at_10), ("ndcg@10", m.ndcg_at_10)] {
+            metrics.insert(
+                format!("candidate {}: validation_{figure}", candidate.name),
+                value,
+            );
+        }
+    }
+    for reference in &references {
+        for (stage, figures) in [
+            ("validation", &reference.validation),
+            ("test", &reference.test),
+        ] {
+            if let Some(m) = figures {
+                for (figure, value) in [("hr@10", m.hr_at_10), ("ndcg@10", m.ndcg_at_10)] {
+                    metrics.insert(
+                        format!("baseline {}: {stage}_{figure}", reference.name),
+                        value,
+                    );
+                }
+            }
+        }
+    }
     let mut lineage = BTreeMap::from([
         ("dataset".to_string(), serde_json::json!(loaded.name)),
         (
@@ -343,8 +470,22 @@ fn run_as(args: &TrainArgs, config: TrainConfig, processes: &Processes) -> Resul
         ),
         ("config".to_string(), serde_json::to_value(&config)?),
         (
+            "config_choices".to_string(),
+            serde_json::to_value(&choices)?,
+        ),
+        (
             "best_epoch".to_string(),
             serde_json::json!(trained.best_epoch),
+        ),
+        (
+            "export".to_string(),
+            serde_json::json!({
+                "exported": export.selection.candidates[exported].name,
+                "blend": export.chosen,
+                "chosen_by": "validation NDCG@10",
+                "candidates": export.selection.candidates,
+                "baselines": references,
+            }),
         ),
         ("code_version".to_string(), serde_json::json!(code_version)),
     ]);
@@ -362,11 +503,11 @@ fn run_as(args: &TrainArgs, config: TrainConfig, processes: &Processes) -> Resul
             metrics,
             lineage,
         },
-        &model,
+        model,
     )?;
     // What the edge will do with it: load in the tract ranker, which verifies and probes the model.
     let manifest_json = std::fs::read(bundle_dir.join("manifest.json"))?;
-    load_tract_ranker(&manifest_json, &model)
+    load_tract_ranker(&manifest_json, model)
         .context("the exported bundle does not load in tract")?;
 
     let report = Report {
@@ -374,10 +515,14 @@ fn run_as(args: &TrainArgs, config: TrainConfig, processes: &Processes) -> Resul
         interactions_sha256: loaded.interactions_sha256.clone(),
         protocol: "leave-last-out; full ranking over all items minus the user's seen items",
         config: &config,
+        config_choices: &choices,
         epochs: &trained.history,
         best_epoch: trained.best_epoch,
         validation: trained.validation,
         test,
+        exported: &export.selection.candidates[exported].name,
+        candidates: &export.selection.candidates,
+        baselines: &references,
         training_seconds: trained.seconds,
         code_version,
     };
@@ -390,10 +535,17 @@ fn run_as(args: &TrainArgs, config: TrainConfig, processes: &Processes) -> Resul
             trained.best_epoch,
         ),
     )?;
+    print_test_table(&export, &references);
     println!(
-        "best epoch {} of {}; test HR@10 {:.4}  NDCG@10 {:.4}  Recall@20 {:.4}  MRR {:.4}  ({} users, {:.0} s in all)",
+        "best epoch {} of {} (step {}); exported {}: test HR@10 {:.4}  NDCG@10 {:.4}  Recall@20 {:.4}  MRR {:.4}  ({} users, {:.0} s in all)",
         trained.best_epoch,
-        trained.history.len(),
+        trained.history.last().map_or(0, |r| r.epoch),
+        trained
+            .history
+            .iter()
+            .find(|r| r.epoch == trained.best_epoch)
+            .map_or(0, |r| r.steps),
+        export.selection.candidates[exported].name,
         test.hr_at_10,
         test.ndcg_at_10,
         test.recall_at_20,

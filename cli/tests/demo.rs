@@ -27,7 +27,7 @@ fn demo_trains_serves_replays_and_stops() {
     drop(data);
     std::fs::write(
         dir.path().join("tiny.json"),
-        r#"{"max_len": 8, "dim": 16, "blocks": 1, "ffn_dim": 32, "dropout": 0.0, "max_epochs": 30, "patience": 30, "learning_rate": 0.01, "warmup_steps": 5, "batch_size": 32}"#,
+        r#"{"max_len": 8, "dim": 16, "blocks": 1, "ffn_dim": 32, "dropout": 0.0, "max_epochs": 30, "patience_steps": 100000, "learning_rate": 0.01, "warmup_steps": 5, "batch_size": 32}"#,
     )
     .expect("writes the training settings");
     let (registry_port, node_port, admin_port) = (free_port(), free_port(), free_port());

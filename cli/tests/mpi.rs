@@ -75,8 +75,10 @@ fn train_args(data: &Path, out: &Path, epochs: usize) -> Vec<String> {
         "1",
         "--max-epochs",
         &epochs.to_string(),
-        "--patience",
-        "1000",
+        "--patience-steps",
+        "100000",
+        "--evaluate-every-steps",
+        "1",
     ]
     .map(String::from)
     .into_iter()

@@ -7,7 +7,59 @@ use std::collections::HashMap;
 
 pub use ease::{EASE_LAMBDA, EASE_MAX_ITEMS, Ease, EaseError};
 
+use edgerec_core::RankingMetrics;
+
 use crate::split::{Split, Stage};
+
+/// The reference rankers, as `edgerec eval --baseline` and the trainer's report name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reference {
+    Popularity,
+    Transitions,
+    ItemKnn,
+    Ease,
+}
+
+impl Reference {
+    pub const ALL: [Reference; 4] = [
+        Reference::Popularity,
+        Reference::Transitions,
+        Reference::ItemKnn,
+        Reference::Ease,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Reference::Popularity => "popularity",
+            Reference::Transitions => "transitions",
+            Reference::ItemKnn => "item-knn",
+            Reference::Ease => "ease",
+        }
+    }
+
+    /// Fits on the training part of `stage` and ranks its targets.
+    pub fn evaluate(self, split: &Split, stage: Stage) -> Result<RankingMetrics, EaseError> {
+        Ok(match self {
+            Reference::Popularity => {
+                let scores = popularity(split, stage);
+                split.evaluate(stage, |_| scores.clone())
+            }
+            Reference::Transitions => {
+                let ranker = Transitions::fit(split, stage);
+                split.evaluate(stage, |history| ranker.score(history))
+            }
+            Reference::ItemKnn => {
+                let ranker = ItemKnn::fit(split, stage);
+                split.evaluate(stage, |history| ranker.score(history))
+            }
+            Reference::Ease => {
+                let ranker = Ease::fit(split, stage, EASE_LAMBDA)?;
+                split.evaluate(stage, |history| ranker.score(history))
+            }
+        })
+    }
+}
 
 /// How many of the user's most recent items the transition baseline looks at.
 pub const TRANSITION_WINDOW: usize = 5;
@@ -64,14 +116,24 @@ impl Transitions {
         }
     }
 
+    /// The items that followed `item` in the training sequences, each with its share of `item`'s successors.
+    pub fn shares(&self, item: u32) -> Vec<(u32, f32)> {
+        let followers = &self.followers[item as usize];
+        let total: u32 = followers.values().sum();
+        followers
+            .iter()
+            .map(|(&next, &count)| (next, count as f32 / total as f32))
+            .collect()
+    }
+
     pub fn score(&self, history: &[u32]) -> Vec<f32> {
         let mut scores = self.tie_break.clone();
-        for (age, &item) in history.iter().rev().take(TRANSITION_WINDOW).enumerate() {
-            let followers = &self.followers[item as usize];
-            let total: u32 = followers.values().sum();
-            let weight = 1.0 / ((age + 1) as f32 * total.max(1) as f32);
-            for (&next, &count) in followers {
-                scores[next as usize] += weight * count as f32;
+        // Oldest first, in the arithmetic of the exported transitions term (`blend`), which ranks as this does.
+        let recent = &history[history.len().saturating_sub(TRANSITION_WINDOW)..];
+        for (position, &item) in recent.iter().enumerate() {
+            let weight = 1.0 / (recent.len() - position) as f32;
+            for (next, share) in self.shares(item) {
+                scores[next as usize] += share * weight;
             }
         }
         scores
@@ -143,6 +205,11 @@ impl ItemKnn {
             neighbours,
             tie_break: tie_break(split, stage),
         }
+    }
+
+    /// The nearest neighbours of `item` and their similarity.
+    pub fn neighbours(&self, item: u32) -> &[(u32, f32)] {
+        &self.neighbours[item as usize]
     }
 
     pub fn score(&self, history: &[u32]) -> Vec<f32> {

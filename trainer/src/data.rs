@@ -1,7 +1,7 @@
 //! Interaction logs and item metadata: MovieLens `ratings.dat` and `u.data`, RecBole atomic `.inter` / `.item`,
 //! and a generic CSV/TSV with a `user,item,timestamp[,value]` header.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
@@ -148,7 +148,7 @@ pub fn parse_interactions(
                 })
             };
             let user = require("user", &["user", "user_id", "userid"])?;
-            let item = require("item", &["item", "item_id", "itemid"])?;
+            let item = require("item", &["item", "item_id", "itemid", "movieid"])?;
             let timestamp = require("timestamp", &["timestamp", "time", "ts"])?;
             let value = find(&["value", "rating"]);
             (separator, [Some(user), Some(item), Some(timestamp), value])
@@ -212,12 +212,51 @@ pub fn parse_interactions(
     Ok(interactions)
 }
 
+/// The interactions of users and items that each have at least `k` of them, filtered until that holds for both
+/// (the "k-core" published benchmarks of sparse data use); order is kept.
+pub fn k_core(mut interactions: Vec<Interaction>, k: usize) -> Vec<Interaction> {
+    loop {
+        let mut users: HashMap<&str, usize> = HashMap::new();
+        let mut items: HashMap<&str, usize> = HashMap::new();
+        for i in &interactions {
+            *users.entry(&i.user).or_default() += 1;
+            *items.entry(&i.item).or_default() += 1;
+        }
+        let keep: Vec<bool> = interactions
+            .iter()
+            .map(|i| users[i.user.as_str()] >= k && items[i.item.as_str()] >= k)
+            .collect();
+        if keep.iter().all(|&kept| kept) {
+            return interactions;
+        }
+        let mut kept = keep.into_iter();
+        interactions.retain(|_| kept.next().unwrap_or(false));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(text: &str, format: Format) -> Result<Vec<Interaction>, DataError> {
         parse_interactions(text.as_bytes(), format, Path::new("test"))
+    }
+
+    /// Dropping a user below k can take an item below k, and so on: the filter repeats until both hold.
+    #[test]
+    fn the_k_core_filter_repeats_until_users_and_items_hold() {
+        let mut text = String::from("user,item,timestamp\n");
+        // u0..u2 each have items a, b; u3 has a, b and c; c has one more user, u4, who has only c.
+        for user in 0..4 {
+            text.push_str(&format!("u{user},a,1\nu{user},b,2\n"));
+        }
+        text.push_str("u3,c,3\nu4,c,1\n");
+        let log = parse(&text, Format::Delimited(b',')).expect("parses");
+        let core = k_core(log.clone(), 2);
+        // u4 goes (one interaction), then c (one user left), and u3 keeps a and b.
+        assert_eq!(core.len(), 8);
+        assert!(core.iter().all(|i| i.item != "c" && i.user != "u4"));
+        assert_eq!(k_core(log, 5), vec![]);
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! EdgeRec's trainer: reads interaction logs, makes the leave-last-out split every figure we quote uses, evaluates
 //! rankers on it, and trains the sequence model through ONNX graphs it generates and differentiates itself.
 
+pub mod adapt;
 pub mod autodiff;
 pub mod baseline;
+pub mod blend;
+pub mod bundle_eval;
 pub mod collective;
 pub mod data;
 pub mod export;
@@ -15,6 +18,7 @@ pub mod mpi;
 pub mod report;
 pub mod rng;
 pub mod runtime;
+pub mod schedule;
 pub mod split;
 pub mod step;
 pub mod stepper;

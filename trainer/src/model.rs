@@ -313,26 +313,36 @@ pub fn inference_graph(
     arch: &Architecture,
     params: &Parameters,
 ) -> Result<Vec<u8>, BuildError> {
+    let mut g = GraphBuilder::new("edgerec-sasrec");
+    let scores = serving_scores(&mut g, spec, arch, params)?;
+    g.output(&scores, &spec.output.name);
+    Ok(g.to_bytes())
+}
+
+/// The model's `[1, num_items]` scores in `g`, from the inputs `spec` describes.
+pub(crate) fn serving_scores(
+    g: &mut GraphBuilder,
+    spec: &FeatureSpec,
+    arch: &Architecture,
+    params: &Parameters,
+) -> Result<Value, BuildError> {
     let shapes = parameter_shapes(spec, arch)?;
     let d = arch.dim as i64;
-    let mut g = GraphBuilder::new("edgerec-sasrec");
     let mut p = BTreeMap::new();
     for (name, _) in &shapes {
-        p.insert(name.clone(), params.tensor(&mut g, name)?);
+        p.insert(name.clone(), params.tensor(g, name)?);
     }
     let unroll = Unroll {
         batch: 1,
         last_only: true,
         dropout: vec![],
     };
-    let states = sequence_model(&mut g, spec, arch, &p, &unroll); // [1, 1, d]
+    let states = sequence_model(g, spec, arch, &p, &unroll); // [1, 1, d]
     let row = g.i64s(&[1, d]);
     let user = g.op("Reshape", &[&states, &row], &[]);
-    let user = add_context(&mut g, spec, &p, user, &[1]);
+    let user = add_context(g, spec, &p, user, &[1]);
     let items_t = g.op("Transpose", &[&p["E"]], &[Attr::Ints("perm", vec![1, 0])]);
-    let scores = g.op("MatMul", &[&user, &items_t], &[]);
-    g.output(&scores, &spec.output.name);
-    Ok(g.to_bytes())
+    Ok(g.op("MatMul", &[&user, &items_t], &[]))
 }
 
 /// The training loss of a batch on graph `g`: every position predicts the item that follows it, with

@@ -28,6 +28,7 @@ use crate::collective::Collective;
 use crate::model::{Architecture, BuildError, Parameters, inference_graph};
 use crate::rng::SplitMix;
 use crate::runtime::{Device, RuntimeError};
+use crate::schedule::Schedule;
 use crate::split::{Fnv1a, LoggedHistory, Split, Stage};
 use crate::step::{AdamW, StepGraph, StepProgram, step_graph};
 use crate::stepper::{Batch, ModelState, StepRunner};
@@ -47,13 +48,19 @@ pub struct TrainConfig {
     /// negatives drawn uniformly per batch (for catalogues too large to score whole at every step).
     pub sampled_negatives: usize,
     pub batch_size: usize,
-    /// Upper bound; early stopping usually ends the run sooner.
+    /// The run's length in optimiser steps: the learning rate's cosine ends here. Early stopping usually ends the
+    /// run sooner. Counted in steps, not epochs, so that a small data set (a dozen steps an epoch) gets as many
+    /// updates as a large one.
+    pub max_steps: u64,
+    /// A cap in epochs besides `max_steps` (the schedule then ends at the cap).
     pub max_epochs: usize,
-    /// Epochs without a better validation NDCG@10 before stopping.
-    pub patience: usize,
+    /// Validation runs after the first whole epoch at or past each multiple of this many steps.
+    pub evaluate_every_steps: u64,
+    /// Steps without a better validation NDCG@10 before stopping.
+    pub patience_steps: u64,
     pub learning_rate: f64,
     /// Linear warm-up over this many steps, then the learning rate decays with a cosine to
-    /// `final_learning_rate_fraction` of its peak at `max_epochs`.
+    /// `final_learning_rate_fraction` of its peak at the end of the schedule.
     pub warmup_steps: u64,
     pub final_learning_rate_fraction: f64,
     pub optimiser: AdamW,
@@ -73,8 +80,10 @@ impl Default for TrainConfig {
             dropout: 0.2,
             sampled_negatives: 0,
             batch_size: 128,
-            max_epochs: 200,
-            patience: 5,
+            max_steps: 35_000,
+            max_epochs: 10_000,
+            evaluate_every_steps: 150,
+            patience_steps: 1_000,
             learning_rate: 1e-3,
             warmup_steps: 100,
             final_learning_rate_fraction: 0.1,
@@ -97,8 +106,15 @@ impl TrainConfig {
 
     fn check(&self) -> Result<(), TrainError> {
         let bad = |message: String| Err(TrainError::Config(message));
-        if self.max_len == 0 || self.batch_size == 0 || self.max_epochs == 0 {
-            return bad("max_len, batch_size and max_epochs must be at least 1".into());
+        if self.max_len == 0
+            || self.batch_size == 0
+            || self.max_epochs == 0
+            || self.max_steps == 0
+            || self.evaluate_every_steps == 0
+        {
+            return bad(
+                "max_len, batch_size, max_steps, max_epochs and evaluate_every_steps must be at least 1".into(),
+            );
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout must be in [0, 1), not {}", self.dropout));
@@ -250,7 +266,7 @@ fn is_logged_training_target(split: &Split, logged: &LoggedHistory) -> bool {
     logged.position > 0 && (logged.position as usize) < training && !logged.history.is_empty()
 }
 
-/// Per-epoch results.
+/// The results at a validation: the epochs trained since the previous one and the validation metrics after them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochRecord {
     pub epoch: usize,
@@ -355,8 +371,8 @@ pub fn train(
     if windows.is_empty() {
         return Err(TrainError::NoExamples);
     }
-    let batches_per_epoch = windows.len().div_ceil(config.batch_size);
-    let total_steps = (batches_per_epoch * config.max_epochs) as u64;
+    let schedule = Schedule::new(config, windows.len());
+    let batches_per_epoch = schedule.batches_per_epoch;
     // Rows of each batch per process (the whole batch for one); the last shard is padded when the batch does not
     // divide evenly.
     let shard_rows = config.batch_size.div_ceil(size);
@@ -421,7 +437,12 @@ pub fn train(
         threads,
     )?;
     let mut step = meta.steps_done;
-    while meta.epochs_done < config.max_epochs && !patience_exhausted(&meta, config.patience) {
+    // What the epochs since the last validation add up to.
+    let (mut round_started, mut round_epochs, mut training_time) =
+        (Instant::now(), 0usize, std::time::Duration::ZERO);
+    let (mut loss_sum, mut learning_rate) = (0.0, 0.0);
+    let mut batching = std::time::Duration::ZERO;
+    while meta.epochs_done < schedule.last_epoch && !patience_exhausted(&meta, config) {
         let epoch = meta.epochs_done + 1;
         let epoch_started = Instant::now();
         let _ = progress(Progress::EpochStarted {
@@ -429,8 +450,6 @@ pub fn train(
             batches: batches_per_epoch,
         });
         let order = shuffled(windows.len(), config.seed, epoch);
-        let (mut loss_sum, mut learning_rate) = (0.0, 0.0);
-        let mut batching = std::time::Duration::ZERO;
         for (index, chunk) in order.chunks(config.batch_size).enumerate() {
             step += 1;
             let batch_started = Instant::now();
@@ -450,7 +469,7 @@ pub fn train(
             };
             batch.negatives = negatives(config, spec.output.num_items, step);
             batching += batch_started.elapsed();
-            learning_rate = config.learning_rate_at(step, total_steps);
+            learning_rate = config.learning_rate_at(step, schedule.total_steps);
             let step_size = config.optimiser.step_size(learning_rate, step);
             let decay = (learning_rate * f64::from(config.optimiser.weight_decay)) as f32;
             let mask_offset = first_row * config.max_len * config.dim;
@@ -472,7 +491,12 @@ pub fn train(
                 examples_per_second: examples / epoch_started.elapsed().as_secs_f64(),
             });
         }
-        let train_seconds = epoch_started.elapsed().as_secs_f64();
+        training_time += epoch_started.elapsed();
+        round_epochs += 1;
+        meta.epochs_done = epoch;
+        if !schedule.evaluates_after(epoch) {
+            continue;
+        }
         let timings = runner.take_timings();
         let _ = progress(Progress::Evaluating);
         if rank == 0 {
@@ -500,29 +524,31 @@ pub fn train(
         let mut record = EpochRecord {
             epoch,
             steps: step,
-            train_loss: loss_sum / batches_per_epoch as f64,
+            train_loss: loss_sum / (batches_per_epoch * round_epochs) as f64,
             learning_rate,
             validation,
-            seconds: epoch_started.elapsed().as_secs_f64(),
-            examples_per_second: windows.len() as f64 / train_seconds,
+            seconds: round_started.elapsed().as_secs_f64(),
+            examples_per_second: (windows.len() * round_epochs) as f64
+                / training_time.as_secs_f64(),
             host_seconds: (batching + timings.preparing).as_secs_f64(),
             exchange_seconds: timings.exchanging.as_secs_f64(),
         };
+        (round_started, round_epochs, training_time) =
+            (Instant::now(), 0, std::time::Duration::ZERO);
+        (loss_sum, batching) = (0.0, std::time::Duration::ZERO);
         if size > 1 {
             // Rank 0's record (its timings, and metrics summed in its order) decides for every process.
             let mut bytes = serde_json::to_vec(&record).map_err(|e| shared_error(&e))?;
             processes.broadcast_bytes(&mut bytes);
             record = serde_json::from_slice(&bytes).map_err(|e| shared_error(&e))?;
         }
-        let improved = meta.best_epoch.is_none_or(|b| {
-            record.validation.ndcg_at_10 > meta.history[b - 1].validation.ndcg_at_10
-        });
+        let improved = best_record(&meta)
+            .is_none_or(|b| record.validation.ndcg_at_10 > b.validation.ndcg_at_10);
         if improved {
             meta.best_epoch = Some(epoch);
             best = state.parameters.clone();
         }
         meta.history.push(record.clone());
-        meta.epochs_done = epoch;
         meta.steps_done = step;
         if let (Some(dir), 0) = (checkpoints, rank) {
             save_checkpoint(dir, &mut meta, &state, &best)?;
@@ -540,11 +566,7 @@ pub fn train(
     let best_epoch = meta.best_epoch.unwrap_or(meta.epochs_done);
     Ok(Trained {
         parameters: parameters_with_shapes(&spec, &arch, best)?,
-        validation: meta
-            .history
-            .get(best_epoch.wrapping_sub(1))
-            .map(|r| r.validation)
-            .unwrap_or_default(),
+        validation: best_record(&meta).map(|r| r.validation).unwrap_or_default(),
         spec,
         architecture: arch,
         history: meta.history,
@@ -578,9 +600,15 @@ fn initial_state(
     Ok(state)
 }
 
-fn patience_exhausted(meta: &CheckpointMeta, patience: usize) -> bool {
-    meta.best_epoch
-        .is_some_and(|best| meta.epochs_done >= best + patience.max(1))
+/// The record of the best validation so far.
+fn best_record(meta: &CheckpointMeta) -> Option<&EpochRecord> {
+    let best = meta.best_epoch?;
+    meta.history.iter().find(|r| r.epoch == best)
+}
+
+fn patience_exhausted(meta: &CheckpointMeta, config: &TrainConfig) -> bool {
+    best_record(meta)
+        .is_some_and(|best| meta.steps_done >= best.steps + config.patience_steps.max(1))
 }
 
 /// A permutation of `0..n` for `epoch`.
@@ -1048,14 +1076,14 @@ fn load_checkpoint(
     // The run may be given more epochs or patience; everything that shapes the numbers must match.
     let comparable = |c: &TrainConfig| TrainConfig {
         max_epochs: 0,
-        patience: 0,
+        patience_steps: 0,
         threads: 0,
         ..c.clone()
     };
     if comparable(&meta.config) != comparable(config) {
         return Err(checkpoint_error(
             &path,
-            "was written with a different configuration (only max_epochs, patience and threads may change)",
+            "was written with a different configuration (only max_epochs, patience_steps and threads may change)",
         ));
     }
     if &meta.spec != spec {
@@ -1157,7 +1185,8 @@ mod tests {
             dropout: 0.1,
             batch_size: 32,
             max_epochs: 12,
-            patience: 12,
+            patience_steps: 10_000,
+            evaluate_every_steps: 1,
             learning_rate: 1e-2,
             warmup_steps: 5,
             threads: 1,
@@ -1198,6 +1227,35 @@ mod tests {
         );
     }
 
+    /// On a tiny data set (one or two steps an epoch) the run lasts the schedule's steps, not a handful of
+    /// epochs, and validates by steps.
+    #[test]
+    fn a_tiny_data_set_trains_for_the_scheduled_steps() {
+        let split = planted_pattern(30);
+        let config = TrainConfig {
+            max_steps: 120,
+            max_epochs: 10_000,
+            evaluate_every_steps: 40,
+            ..small_config()
+        };
+        let windows = windows(&split, config.max_len).len();
+        let schedule = Schedule::new(&config, windows);
+        assert!(schedule.batches_per_epoch <= 2, "{schedule:?}");
+        let trained = train_alone(&split, &config, None, false).expect("trains");
+        let steps: Vec<u64> = trained.history.iter().map(|r| r.steps).collect();
+        assert!(*steps.last().expect("validated") >= 120, "{steps:?}");
+        assert!(
+            steps.windows(2).all(|w| w[1] - w[0] >= 40) && steps[0] >= 40,
+            "validations {steps:?} come every 40 steps or more"
+        );
+        assert!(steps.len() >= 3, "{steps:?}");
+        assert!(
+            trained.history.last().expect("validated").epoch >= 60,
+            "{} epochs",
+            trained.history.len()
+        );
+    }
+
     #[test]
     fn learns_the_pattern_with_sampled_softmax_too() {
         let split = planted_pattern(200);
@@ -1218,7 +1276,8 @@ mod tests {
         let split = planted_pattern(60);
         let config = TrainConfig {
             max_epochs: 4,
-            patience: 10,
+            patience_steps: 10_000,
+            evaluate_every_steps: 1,
             ..small_config()
         };
         let whole = tempfile::tempdir().expect("test step succeeds");

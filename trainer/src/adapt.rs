@@ -1,0 +1,234 @@
+//! Training defaults chosen from the data, by rules written here and never by a data set's name: the size of the
+//! catalogue and how many training targets each item has. `edgerec train --print-config` shows each choice with
+//! its reason.
+//!
+//! The rules, in short:
+//! - **Schedule, in optimiser steps** (the same for every data set): 100 warm-up steps, validation at the first
+//!   whole epoch past every 150 steps, stop after 1,000 steps without a better validation NDCG@10, the cosine
+//!   ending at 35,000 steps. On ML-1M (176 steps an epoch) this is the epoch schedule it was tuned with; on a
+//!   data set of a dozen steps an epoch it is hundreds of epochs, as many updates as the large data set gets.
+//! - **Dropout from sparsity**: 0.2 where items have at least [`DENSE_TARGETS_PER_ITEM`] training targets on
+//!   average, 0.5 below (the rates published sequence recommenders use on dense MovieLens-1M and on sparse
+//!   product data): with few examples per item the item table overfits first.
+//! - **Weight decay from sparsity**: AdamW's 0.01 on dense data, 0.1 on sparse data, for the same reason.
+//! - **Embedding size from the catalogue**: 64, smaller where the item table would pass
+//!   [`ITEM_TABLE_BUDGET_BYTES`], so the bundle stays within what a browser downloads for one page.
+//! - **Softmax from the catalogue**: over the whole catalogue up to [`FULL_SOFTMAX_MAX_ITEMS`] items; above,
+//!   against [`SAMPLED_NEGATIVES`] negatives drawn per batch, which keeps a step's cost bounded as the
+//!   catalogue grows.
+
+use serde::Serialize;
+
+use crate::split::{Split, Stage};
+use crate::train::TrainConfig;
+
+/// Mean training targets per item at and above which the data counts as dense.
+pub const DENSE_TARGETS_PER_ITEM: f64 = 100.0;
+/// The most bytes the item table (items x dimension x 4) may take before the dimension is lowered.
+pub const ITEM_TABLE_BUDGET_BYTES: usize = 2_500_000;
+/// Catalogues up to this size train with the softmax over every item.
+pub const FULL_SOFTMAX_MAX_ITEMS: usize = 8_192;
+/// Negatives per batch above [`FULL_SOFTMAX_MAX_ITEMS`].
+pub const SAMPLED_NEGATIVES: usize = 2_048;
+
+/// What the rules look at.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct DataShape {
+    pub users: usize,
+    pub items: usize,
+    /// Training targets: each user's items before the validation target, less the first.
+    pub targets: usize,
+}
+
+impl DataShape {
+    pub fn of(split: &Split) -> Self {
+        let targets = split
+            .users
+            .iter()
+            .map(|u| Stage::Validation.training_items(u).len().saturating_sub(1))
+            .sum();
+        Self {
+            users: split.users.len(),
+            items: split.items.len(),
+            targets,
+        }
+    }
+
+    pub fn targets_per_item(&self) -> f64 {
+        self.targets as f64 / self.items.max(1) as f64
+    }
+
+    fn is_dense(&self) -> bool {
+        self.targets_per_item() >= DENSE_TARGETS_PER_ITEM
+    }
+}
+
+/// One setting the rules chose, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Choice {
+    pub setting: &'static str,
+    pub value: serde_json::Value,
+    pub reason: String,
+}
+
+/// The defaults for data of `shape`, and the reason for each setting the data decides.
+pub fn adapted_config(shape: &DataShape) -> (TrainConfig, Vec<Choice>) {
+    let mut config = TrainConfig::default();
+    let mut choices = Vec::new();
+    let mut choose = |setting: &'static str, value: serde_json::Value, reason: String| {
+        choices.push(Choice {
+            setting,
+            value,
+            reason,
+        })
+    };
+    let per_item = shape.targets_per_item();
+    let density = if shape.is_dense() {
+        format!(
+            "dense: {per_item:.0} training targets per item, at least {DENSE_TARGETS_PER_ITEM:.0}"
+        )
+    } else {
+        format!(
+            "sparse: {per_item:.1} training targets per item, fewer than {DENSE_TARGETS_PER_ITEM:.0}"
+        )
+    };
+    let (dropout, decay) = if shape.is_dense() {
+        (0.2, 0.01)
+    } else {
+        (0.5, 0.1)
+    };
+    config.dropout = dropout;
+    config.optimiser.weight_decay = decay;
+    choose("dropout", dropout.into(), density.clone());
+    choose("optimiser.weight_decay", decay.into(), density);
+
+    let fits = ITEM_TABLE_BUDGET_BYTES / (4 * (shape.items + 1)).max(1);
+    config.dim = (fits.min(64) / 8 * 8).max(8);
+    config.ffn_dim = 2 * config.dim;
+    choose(
+        "dim",
+        config.dim.into(),
+        if config.dim == 64 {
+            format!(
+                "64: {} items x 64 x 4 bytes fit the item table's {ITEM_TABLE_BUDGET_BYTES}-byte budget",
+                shape.items
+            )
+        } else {
+            format!(
+                "lowered from 64 so that {} items fit the item table's {ITEM_TABLE_BUDGET_BYTES}-byte budget",
+                shape.items
+            )
+        },
+    );
+    choose(
+        "ffn_dim",
+        config.ffn_dim.into(),
+        "twice the embedding size".into(),
+    );
+
+    if shape.items > FULL_SOFTMAX_MAX_ITEMS {
+        config.sampled_negatives = SAMPLED_NEGATIVES;
+        choose(
+            "sampled_negatives",
+            SAMPLED_NEGATIVES.into(),
+            format!(
+                "{} items, more than {FULL_SOFTMAX_MAX_ITEMS}: a softmax against {SAMPLED_NEGATIVES} negatives per batch",
+                shape.items
+            ),
+        );
+    } else {
+        choose(
+            "sampled_negatives",
+            0.into(),
+            format!(
+                "{} items, at most {FULL_SOFTMAX_MAX_ITEMS}: the softmax runs over the whole catalogue",
+                shape.items
+            ),
+        );
+    }
+
+    // The schedule is the same in steps for every data set; what it amounts to here is worth showing.
+    let windows = shape.targets.div_ceil(config.max_len) + shape.users;
+    let per_epoch = windows.div_ceil(config.batch_size).max(1) as f64;
+    let epochs = |steps: u64| steps as f64 / per_epoch;
+    choose(
+        "evaluate_every_steps",
+        config.evaluate_every_steps.into(),
+        format!(
+            "about {per_epoch:.0} steps an epoch here: validation every {} epoch(s)",
+            (config.evaluate_every_steps as f64 / per_epoch)
+                .ceil()
+                .max(1.0)
+        ),
+    );
+    choose(
+        "patience_steps",
+        config.patience_steps.into(),
+        format!(
+            "stop after about {:.0} epochs without a better validation NDCG@10",
+            epochs(config.patience_steps)
+        ),
+    );
+    choose(
+        "max_steps",
+        config.max_steps.into(),
+        format!(
+            "the learning rate's cosine ends after about {:.0} epochs",
+            epochs(config.max_steps)
+        ),
+    );
+    (config, choices)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dense_data_keeps_the_settings_tuned_on_it_and_sparse_data_is_regularised_more() {
+        // ML-1M's shape: 6,040 users, 3,706 items, about 988,000 training targets.
+        let (dense, _) = adapted_config(&DataShape {
+            users: 6_040,
+            items: 3_706,
+            targets: 988_000,
+        });
+        assert_eq!(
+            (dense.dropout, dense.dim, dense.sampled_negatives),
+            (0.2, 64, 0)
+        );
+        assert_eq!(dense.optimiser.weight_decay, 0.01);
+        // A shop's shape: 610 users, 9,700 items, 100,000 targets.
+        let (sparse, choices) = adapted_config(&DataShape {
+            users: 610,
+            items: 9_700,
+            targets: 99_000,
+        });
+        assert_eq!((sparse.dropout, sparse.dim), (0.5, 64));
+        assert_eq!(sparse.optimiser.weight_decay, 0.1);
+        assert_eq!(sparse.sampled_negatives, SAMPLED_NEGATIVES);
+        let reason = |setting: &str| {
+            choices
+                .iter()
+                .find(|c| c.setting == setting)
+                .map(|c| c.reason.clone())
+                .unwrap_or_default()
+        };
+        assert!(reason("dropout").contains("10.2 training targets per item"));
+        assert!(
+            reason("patience_steps").contains("about 48 epochs"),
+            "{}",
+            reason("patience_steps")
+        );
+    }
+
+    #[test]
+    fn a_large_catalogue_gets_a_smaller_item_table() {
+        let (config, _) = adapted_config(&DataShape {
+            users: 100_000,
+            items: 60_000,
+            targets: 5_000_000,
+        });
+        assert_eq!((config.dim, config.ffn_dim), (8, 16));
+        assert!(config.dim * 4 * 60_000 <= ITEM_TABLE_BUDGET_BYTES);
+    }
+}
