@@ -152,7 +152,8 @@ impl TrainArgs {
     /// each setting the data decided (or the note that it was overridden).
     fn config(&self, shape: &DataShape) -> Result<(TrainConfig, Vec<Choice>)> {
         let (adapted, mut choices) = adapted_config(shape);
-        let mut value = serde_json::to_value(&adapted)?;
+        let adapted = serde_json::to_value(&adapted)?;
+        let mut value = adapted.clone();
         if let Some(path) = &self.config {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
@@ -193,7 +194,11 @@ impl TrainArgs {
         let effective = serde_json::to_value(&config)?;
         for choice in &mut choices {
             let pointer = format!("/{}", choice.setting.replace('.', "/"));
-            if let Some(set) = effective.pointer(&pointer).filter(|v| **v != choice.value) {
+            // Compared as serialised, where a float32 setting reads the same on both sides.
+            if let Some(set) = effective
+                .pointer(&pointer)
+                .filter(|v| Some(*v) != adapted.pointer(&pointer))
+            {
                 choice.reason = format!(
                     "set by --config or a flag (the data's rule gave {}: {})",
                     choice.value, choice.reason

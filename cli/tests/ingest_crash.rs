@@ -129,18 +129,22 @@ fn acknowledged_events_survive_kill_9_exactly_once() {
         .as_nanos() as u64;
     println!("seed {seed}");
     let mut random = Lcg(seed);
-    // Kill times are spread over the length of an uninterrupted run (process start included), measured here.
+    // Kill times are spread over most of an uninterrupted run (process start included), measured here.
     let trial_file = dir.path().join("trial.jsonl");
     write(&trial_file, &events[..PER_TRIAL + PER_TRIAL / 2]);
-    // The second run into an existing folder, as the trials are (a first run also creates the databases).
+    // Runs into an existing folder, as the trials are (a first run also creates the databases); the fastest of
+    // three, so that a slow moment while timing does not leave most trials finishing before their kill.
     ingest(&trial_file, &dir.path().join("timing"), None);
-    write(
-        &trial_file,
-        &events[PER_TRIAL..2 * PER_TRIAL + PER_TRIAL / 2],
-    );
-    let timing = std::time::Instant::now();
-    ingest(&trial_file, &dir.path().join("timing"), None);
-    let full_ms = timing.elapsed().as_millis() as u64;
+    let mut full_ms = u64::MAX;
+    for round in 1..=3 {
+        write(
+            &trial_file,
+            &events[round * PER_TRIAL..(round + 1) * PER_TRIAL + PER_TRIAL / 2],
+        );
+        let timing = std::time::Instant::now();
+        ingest(&trial_file, &dir.path().join("timing"), None);
+        full_ms = full_ms.min(timing.elapsed().as_millis() as u64);
+    }
     let mut acked = BTreeSet::new();
     // Events safe in the shipped log when the node's disk was wiped or restored: a new log has no memory of their
     // ids, so the client is taken not to send them again (it had their acknowledgement, or finds them logged).
@@ -172,7 +176,7 @@ fn acknowledged_events_survive_kill_9_exactly_once() {
             .collect();
         let sent = to_send.len();
         write(&trial_file, &to_send);
-        let delay = Duration::from_millis(full_ms / 10 + random.below(full_ms * 4 / 5));
+        let delay = Duration::from_millis(full_ms / 20 + random.below(full_ms * 7 / 10));
         let this_run = ingest(&trial_file, &data, Some(delay));
         if this_run.len() < sent {
             interrupted += 1;

@@ -13,6 +13,9 @@
 //! - **Weight decay from sparsity**: AdamW's 0.01 on dense data, 0.1 on sparse data, for the same reason.
 //! - **Embedding size from the catalogue**: 64, smaller where the item table would pass
 //!   [`ITEM_TABLE_BUDGET_BYTES`], so the bundle stays within what a browser downloads for one page.
+//! - **Window from the histories**: `max_len` is the 90th percentile of the users' training history lengths,
+//!   rounded up to a multiple of [`MAX_LEN_STEP`], at most 50: on logs of short histories a step then stops
+//!   paying for positions that are padding.
 //! - **Softmax from the catalogue**: over the whole catalogue up to [`FULL_SOFTMAX_MAX_ITEMS`] items; above,
 //!   against [`SAMPLED_NEGATIVES`] negatives drawn per batch, which keeps a step's cost bounded as the
 //!   catalogue grows.
@@ -28,6 +31,8 @@ pub const DENSE_TARGETS_PER_ITEM: f64 = 100.0;
 pub const ITEM_TABLE_BUDGET_BYTES: usize = 2_500_000;
 /// Catalogues up to this size train with the softmax over every item.
 pub const FULL_SOFTMAX_MAX_ITEMS: usize = 8_192;
+/// The window (`max_len`) is the 90th percentile of history lengths rounded up to a multiple of this.
+pub const MAX_LEN_STEP: usize = 10;
 /// Negatives per batch above [`FULL_SOFTMAX_MAX_ITEMS`].
 pub const SAMPLED_NEGATIVES: usize = 2_048;
 
@@ -38,19 +43,27 @@ pub struct DataShape {
     pub items: usize,
     /// Training targets: each user's items before the validation target, less the first.
     pub targets: usize,
+    /// The 90th percentile of the users' training sequence lengths.
+    pub long_history: usize,
 }
 
 impl DataShape {
     pub fn of(split: &Split) -> Self {
-        let targets = split
+        let mut lengths: Vec<usize> = split
             .users
             .iter()
-            .map(|u| Stage::Validation.training_items(u).len().saturating_sub(1))
-            .sum();
+            .map(|u| Stage::Validation.training_items(u).len())
+            .collect();
+        let targets = lengths.iter().map(|n| n.saturating_sub(1)).sum();
+        lengths.sort_unstable();
         Self {
             users: split.users.len(),
             items: split.items.len(),
             targets,
+            long_history: lengths
+                .get(lengths.len().saturating_sub(1) * 9 / 10)
+                .copied()
+                .unwrap_or(0),
         }
     }
 
@@ -92,13 +105,13 @@ pub fn adapted_config(shape: &DataShape) -> (TrainConfig, Vec<Choice>) {
             "sparse: {per_item:.1} training targets per item, fewer than {DENSE_TARGETS_PER_ITEM:.0}"
         )
     };
-    let (dropout, decay) = if shape.is_dense() {
+    let (dropout, decay): (f64, f64) = if shape.is_dense() {
         (0.2, 0.01)
     } else {
         (0.5, 0.1)
     };
-    config.dropout = dropout;
-    config.optimiser.weight_decay = decay;
+    config.dropout = dropout as f32;
+    config.optimiser.weight_decay = decay as f32;
     choose("dropout", dropout.into(), density.clone());
     choose("optimiser.weight_decay", decay.into(), density);
 
@@ -147,6 +160,23 @@ pub fn adapted_config(shape: &DataShape) -> (TrainConfig, Vec<Choice>) {
         );
     }
 
+    // Positions past the longest histories are padding that every step still pays for.
+    let default_len = config.max_len;
+    config.max_len = shape
+        .long_history
+        .div_ceil(MAX_LEN_STEP)
+        .saturating_mul(MAX_LEN_STEP)
+        .clamp(MAX_LEN_STEP, default_len);
+    choose(
+        "max_len",
+        config.max_len.into(),
+        format!(
+            "9 in 10 users have at most {} training items: the window is that, in steps of {MAX_LEN_STEP}, \
+             at most {default_len}",
+            shape.long_history
+        ),
+    );
+
     // The schedule is the same in steps for every data set; what it amounts to here is worth showing.
     let windows = shape.targets.div_ceil(config.max_len) + shape.users;
     let per_epoch = windows.div_ceil(config.batch_size).max(1) as f64;
@@ -191,10 +221,16 @@ mod tests {
             users: 6_040,
             items: 3_706,
             targets: 988_000,
+            long_history: 400,
         });
         assert_eq!(
-            (dense.dropout, dense.dim, dense.sampled_negatives),
-            (0.2, 64, 0)
+            (
+                dense.dropout,
+                dense.dim,
+                dense.sampled_negatives,
+                dense.max_len
+            ),
+            (0.2, 64, 0, 50)
         );
         assert_eq!(dense.optimiser.weight_decay, 0.01);
         // A shop's shape: 610 users, 9,700 items, 100,000 targets.
@@ -202,6 +238,7 @@ mod tests {
             users: 610,
             items: 9_700,
             targets: 99_000,
+            long_history: 350,
         });
         assert_eq!((sparse.dropout, sparse.dim), (0.5, 64));
         assert_eq!(sparse.optimiser.weight_decay, 0.1);
@@ -227,8 +264,11 @@ mod tests {
             users: 100_000,
             items: 60_000,
             targets: 5_000_000,
+            long_history: 23,
         });
         assert_eq!((config.dim, config.ffn_dim), (8, 16));
+        // Short histories: a window of 30, not 50 positions mostly padding.
+        assert_eq!(config.max_len, 30);
         assert!(config.dim * 4 * 60_000 <= ITEM_TABLE_BUDGET_BYTES);
     }
 }

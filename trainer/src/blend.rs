@@ -8,7 +8,7 @@
 //! - **co-occurrence** (C): the mean over the window's items of their item-kNN similarities: the item-kNN
 //!   baseline, as a mean so its scale does not grow with the history.
 //!
-//! Each item keeps its [`EXPORT_NEIGHBOURS`] strongest successors or neighbours, in two `[items, K]` tables
+//! Each item keeps its K strongest successors or neighbours ([`neighbours_kept`]), in two `[items, K]` tables
 //! (ids and weights) that the graph gathers by the window's ids and adds onto the scores with
 //! `ScatterElements(reduction = "add")`. Scores are `model + α·T + β·C`; without the model, a popularity
 //! tie-break far below any term replaces it. The candidates' validation figures are computed by a mirror of the
@@ -31,10 +31,19 @@ use crate::runtime::RuntimeError;
 use crate::split::{Split, Stage};
 use crate::train::TrainError;
 
-/// Successors or neighbours each item keeps in the exported tables: enough to hold nearly all of a transition
-/// share or a neighbourhood's similarity on our data sets, small enough that two tables of a 10,000-item
-/// catalogue add 1.6 MB to the bundle.
+/// The most successors or neighbours an item keeps in the exported tables: enough to hold nearly all of a
+/// transition share or a neighbourhood's similarity on our data sets.
 pub const EXPORT_NEIGHBOURS: usize = 20;
+/// The fewest kept, however large the catalogue.
+pub const MIN_EXPORT_NEIGHBOURS: usize = 4;
+/// The most bytes one term's tables (ids and weights, 4 bytes each per entry) may add to the bundle.
+pub const TERM_BUDGET_BYTES: usize = 1_500_000;
+
+/// K for a catalogue of `rows` model indices: [`EXPORT_NEIGHBOURS`], fewer where a term's tables would pass
+/// [`TERM_BUDGET_BYTES`] (from about 9,400 items), never below [`MIN_EXPORT_NEIGHBOURS`].
+pub fn neighbours_kept(rows: usize) -> usize {
+    (TERM_BUDGET_BYTES / (8 * rows.max(1))).clamp(MIN_EXPORT_NEIGHBOURS, EXPORT_NEIGHBOURS)
+}
 
 /// The weights the candidates try for each term: from a nudge to a term that dominates the model's logits.
 pub const TERM_WEIGHTS: [f32; 6] = [0.0, 0.25, 1.0, 4.0, 16.0, 64.0];
@@ -106,29 +115,30 @@ impl Blend {
     }
 }
 
-/// Per item (model index; row 0 is padding), its strongest [`EXPORT_NEIGHBOURS`] successors or neighbours and
-/// their weights, padded with `(0, 0.0)`, which adds nothing to any eligible item.
+/// Per item (model index; row 0 is padding), its `k` strongest successors or neighbours and their weights,
+/// padded with `(0, 0.0)`, which adds nothing to any eligible item.
 #[derive(Debug, Clone)]
 pub struct NeighbourTable {
+    k: usize,
     ids: Vec<u32>,
     weights: Vec<f32>,
 }
 
 impl NeighbourTable {
-    fn from_lists(lists: impl Iterator<Item = Vec<(u32, f32)>>) -> Self {
+    fn from_lists(k: usize, lists: impl Iterator<Item = Vec<(u32, f32)>>) -> Self {
         let (mut ids, mut weights) = (Vec::new(), Vec::new());
         for mut list in lists {
             list.sort_unstable_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
-            list.resize(EXPORT_NEIGHBOURS, (0, 0.0));
+            list.resize(k, (0, 0.0));
             ids.extend(list.iter().map(|&(id, _)| id));
             weights.extend(list.iter().map(|&(_, weight)| weight));
         }
-        Self { ids, weights }
+        Self { k, ids, weights }
     }
 
     fn row(&self, item: u32) -> impl Iterator<Item = (u32, f32)> + '_ {
-        let start = item as usize * EXPORT_NEIGHBOURS;
-        let end = start + EXPORT_NEIGHBOURS;
+        let start = item as usize * self.k;
+        let end = start + self.k;
         self.ids[start..end]
             .iter()
             .copied()
@@ -136,13 +146,13 @@ impl NeighbourTable {
     }
 
     fn rows(&self) -> i64 {
-        (self.ids.len() / EXPORT_NEIGHBOURS) as i64
+        (self.ids.len() / self.k) as i64
     }
 
     /// The two tables as graph constants. Ids are stored as float32, exact below 2^24, at half the bytes of
     /// int64, and cast back in the graph.
     fn constants(&self, g: &mut GraphBuilder, name: &str) -> (Value, Value) {
-        let dims = [self.rows(), EXPORT_NEIGHBOURS as i64];
+        let dims = [self.rows(), self.k as i64];
         let ids = g.f32_tensor(
             &format!("{name}_items"),
             &dims,
@@ -164,11 +174,13 @@ pub struct Terms {
 impl Terms {
     pub fn fit(split: &Split, stage: Stage) -> Self {
         let items = split.items.len() as u32 + 1;
+        let k = neighbours_kept(items as usize);
         let transitions = Transitions::fit(split, stage);
         let knn = ItemKnn::fit(split, stage);
         Self {
-            transitions: NeighbourTable::from_lists((0..items).map(|i| transitions.shares(i))),
+            transitions: NeighbourTable::from_lists(k, (0..items).map(|i| transitions.shares(i))),
             co_occurrence: NeighbourTable::from_lists(
+                k,
                 (0..items).map(|i| knn.neighbours(i).to_vec()),
             ),
             tie_break: tie_break(split, stage),
@@ -558,6 +570,15 @@ mod tests {
             .expect("fits");
         assert_eq!(exported[0], mirrored[0]);
         assert_eq!(exported[0], baseline);
+    }
+
+    #[test]
+    fn large_catalogues_keep_fewer_neighbours_within_the_budget() {
+        assert_eq!(neighbours_kept(3_707), EXPORT_NEIGHBOURS);
+        assert_eq!(neighbours_kept(9_067), EXPORT_NEIGHBOURS);
+        assert_eq!(neighbours_kept(20_000), 9);
+        assert!(8 * 20_000 * neighbours_kept(20_000) <= TERM_BUDGET_BYTES);
+        assert_eq!(neighbours_kept(1_000_000), MIN_EXPORT_NEIGHBOURS);
     }
 
     #[test]
