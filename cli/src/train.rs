@@ -380,7 +380,21 @@ fn run_as(args: &TrainArgs, processes: &Processes) -> Result<()> {
                     bar.set_message(format!("loss {loss:.4}  {examples_per_second:.0} sequences/s"));
                 }
                 Progress::Evaluating => bar.set_message("evaluating on the validation targets"),
-                Progress::EpochFinished(_) if !leader => {}
+                Progress::EpochFinished(_) | Progress::Annealing { .. } if !leader => {}
+                Progress::Annealing {
+                    steps_done,
+                    steps,
+                    learning_rate,
+                    final_learning_rate,
+                } => bar.suspend(|| {
+                    eprintln!(
+                        "validation NDCG@10 has not gained {}% in {} steps: the learning rate falls from \
+                         {learning_rate:.2e} to {final_learning_rate:.2e} over the next {steps} steps from step \
+                         {steps_done}, then training ends",
+                        config.min_improvement * 100.0,
+                        config.patience_steps
+                    )
+                }),
                 Progress::EpochFinished(record) => bar.suspend(|| eprintln!(
                     "epoch {:>3}  step {:>6}  loss {:.4}  validation HR@10 {:.4}  NDCG@10 {:.4}  lr {:.2e}  \
                      {:.1} s ({:.0} examples/s; {:.2} s preparing inputs{})",

@@ -195,8 +195,9 @@ pub fn adapted_config(shape: &DataShape) -> (TrainConfig, Vec<Choice>) {
         "patience_steps",
         config.patience_steps.into(),
         format!(
-            "stop after about {:.0} epochs without a better validation NDCG@10",
-            epochs(config.patience_steps)
+            "anneal and stop after about {:.0} epochs without a {}% better validation NDCG@10",
+            epochs(config.patience_steps),
+            config.min_improvement * 100.0
         ),
     );
     choose(

@@ -1,6 +1,11 @@
 //! How long a run trains and when it validates, counted in optimiser steps: an epoch of a small data set is a
 //! dozen steps and one of a large data set thousands, so a schedule counted in epochs stops the first before it
 //! has learnt and validates the second too rarely.
+//!
+//! A run ends in two phases. While validation keeps improving, the learning rate follows a long cosine. Once
+//! NDCG@10 has not improved by a real margin for `patience_steps`, the rate anneals from where it is to the floor
+//! over `anneal_steps` and the run ends: the drop in learning rate is what turns a noisy plateau into the best
+//! model, and waiting for the long cosine to get there costs hours on large data.
 
 use crate::train::TrainConfig;
 
@@ -38,9 +43,102 @@ impl Schedule {
     }
 }
 
+/// The step of the last validation that beat the one that last reset the patience by at least `min_improvement`
+/// (relative), given validations as (step, NDCG@10) in order. A smaller gain is still the best model, but it
+/// does not restart the patience: validation noise alone would otherwise keep a run going for thousands of
+/// steps on a plateau.
+pub fn last_real_improvement(
+    validations: impl IntoIterator<Item = (u64, f64)>,
+    min_improvement: f64,
+) -> Option<u64> {
+    let mut reference: Option<(u64, f64)> = None;
+    for (step, ndcg) in validations {
+        if reference.is_none_or(|(_, best)| ndcg > best * (1.0 + min_improvement)) {
+            reference = Some((step, ndcg));
+        }
+    }
+    reference.map(|(step, _)| step)
+}
+
+/// The last phase of a run: from `from_step`, the learning rate falls with a half cosine from where the main
+/// schedule had it to the schedule's floor over `steps` steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Anneal {
+    pub from_step: u64,
+    pub steps: u64,
+}
+
+impl Anneal {
+    /// The learning rate at optimiser step `step` (past `from_step`) of a run whose main schedule is `total`.
+    pub fn learning_rate_at(&self, config: &TrainConfig, step: u64, total: u64) -> f64 {
+        let start = config.learning_rate_at(self.from_step, total);
+        let floor = (config.learning_rate * config.final_learning_rate_fraction).min(start);
+        let progress =
+            (step.saturating_sub(self.from_step) as f64 / self.steps.max(1) as f64).min(1.0);
+        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+        floor + (start - floor) * cosine
+    }
+
+    /// Whether the anneal is over once `step` steps are done.
+    pub fn is_over(&self, step: u64) -> bool {
+        step >= self.from_step + self.steps
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_real_gain_restarts_the_patience() {
+        let validations = [
+            (100, 0.10),
+            (200, 0.12),
+            (300, 0.1205),
+            (400, 0.1211),
+            (500, 0.1213),
+        ];
+        // 0.1205 and 0.1211 are within 1% of 0.12; 0.1213 is more than 1% above it.
+        assert_eq!(last_real_improvement(validations, 0.01), Some(500));
+        assert_eq!(
+            last_real_improvement(validations[..4].iter().copied(), 0.01),
+            Some(200)
+        );
+        // With no margin, every gain counts.
+        assert_eq!(
+            last_real_improvement(validations[..4].iter().copied(), 0.0),
+            Some(400)
+        );
+        // A drop never counts.
+        assert_eq!(last_real_improvement([(1, 0.2), (2, 0.1)], 0.0), Some(1));
+        assert_eq!(last_real_improvement([], 0.01), None);
+    }
+
+    #[test]
+    fn the_anneal_falls_from_the_current_rate_to_the_floor() {
+        let config = TrainConfig {
+            learning_rate: 1.0,
+            warmup_steps: 10,
+            final_learning_rate_fraction: 0.1,
+            ..TrainConfig::default()
+        };
+        let anneal = Anneal {
+            from_step: 60,
+            steps: 20,
+        };
+        // The main cosine has 0.55 at step 60 of 110.
+        assert!((anneal.learning_rate_at(&config, 60, 110) - 0.55).abs() < 1e-12);
+        assert!((anneal.learning_rate_at(&config, 70, 110) - 0.325).abs() < 1e-12);
+        assert!((anneal.learning_rate_at(&config, 80, 110) - 0.1).abs() < 1e-12);
+        assert!((anneal.learning_rate_at(&config, 95, 110) - 0.1).abs() < 1e-12);
+        assert!(!anneal.is_over(79) && anneal.is_over(80));
+        // Already at the floor: it stays there.
+        let late = Anneal {
+            from_step: 110,
+            steps: 20,
+        };
+        assert!((late.learning_rate_at(&config, 120, 110) - 0.1).abs() < 1e-12);
+    }
 
     fn config(max_steps: u64, max_epochs: usize) -> TrainConfig {
         TrainConfig {

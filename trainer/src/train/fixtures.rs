@@ -1,0 +1,64 @@
+//! Data and settings the training tests share.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use super::{TrainConfig, TrainError, Trained, train};
+use crate::collective::SingleProcess;
+use crate::data::Interaction;
+use crate::rng::SplitMix;
+use crate::split::Split;
+
+/// Users walk a cycle of 40 items (item `i` is followed by `i + 1`), each from a random start.
+pub(crate) fn planted_pattern(users: usize) -> Split {
+    let mut rng = SplitMix::new(3);
+    let mut interactions = Vec::new();
+    for user in 0..users {
+        let start = rng.below(40);
+        let length = 6 + rng.below(10);
+        for step in 0..length {
+            interactions.push(Interaction {
+                user: format!("u{user}"),
+                item: format!("i{}", (start + step) % 40),
+                timestamp: step as i64,
+                value: None,
+            });
+        }
+    }
+    Split::leave_last_out(&interactions)
+}
+
+/// Trains as one process, to the end.
+pub(crate) fn train_alone(
+    split: &Split,
+    config: &TrainConfig,
+    checkpoints: Option<&Path>,
+    resume: bool,
+) -> Result<Trained, TrainError> {
+    train(
+        split,
+        config,
+        checkpoints,
+        resume,
+        &SingleProcess,
+        &mut |_| ControlFlow::Continue(()),
+    )
+}
+
+pub(crate) fn small_config() -> TrainConfig {
+    TrainConfig {
+        max_len: 8,
+        dim: 16,
+        blocks: 1,
+        ffn_dim: 32,
+        dropout: 0.1,
+        batch_size: 32,
+        max_epochs: 12,
+        patience_steps: 10_000,
+        evaluate_every_steps: 1,
+        learning_rate: 1e-2,
+        warmup_steps: 5,
+        threads: 1,
+        ..TrainConfig::default()
+    }
+}
