@@ -25,7 +25,7 @@ const EVENT_BATCH: usize = 1_000;
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// Train with the full settings (about 28 minutes on 2 cores, test HR@10 about 0.32 on ML-1M) instead of the
+    /// Train with the full settings (about 20 minutes on 2 cores, test HR@10 about 0.325 on ML-1M) instead of the
     /// quick ones (8 epochs at a higher learning rate, about 4 minutes).
     #[arg(long)]
     full: bool,
@@ -406,7 +406,7 @@ fn train(exe: &Path, args: &DemoArgs, loaded: &LoadedDataset) -> Result<(PathBuf
                 command.arg("--config").arg(config);
             }
             // A short cosine schedule at twice the default rate: about 4 minutes on 2 cores, test HR@10 about
-            // 0.25 on ML-1M (the full setting: 0.32 in 28 minutes).
+            // 0.25 on ML-1M (the full setting: 0.325 in 20 minutes).
             (None, false) => {
                 command.args(["--max-epochs", "8", "--learning-rate", "0.002"]);
             }
