@@ -43,6 +43,12 @@ impl Schedule {
     }
 }
 
+/// The value a half cosine takes `progress` (0 to 1) of the way from `from` down to `to`: the shape of both the
+/// main schedule's decay and the anneal.
+pub(crate) fn half_cosine(from: f64, to: f64, progress: f64) -> f64 {
+    to + (from - to) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
 /// The step of the last validation that beat the one that last reset the patience by at least `min_improvement`
 /// (relative), given validations as (step, NDCG@10) in order. A smaller gain is still the best model, but it
 /// does not restart the patience: validation noise alone would otherwise keep a run going for thousands of
@@ -75,8 +81,7 @@ impl Anneal {
         let floor = (config.learning_rate * config.final_learning_rate_fraction).min(start);
         let progress =
             (step.saturating_sub(self.from_step) as f64 / self.steps.max(1) as f64).min(1.0);
-        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
-        floor + (start - floor) * cosine
+        half_cosine(start, floor, progress)
     }
 
     /// Whether the anneal is over once `step` steps are done.

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::TrainError;
 use crate::model::Architecture;
 use crate::runtime::Device;
+use crate::schedule::half_cosine;
 use crate::step::AdamW;
 
 /// Everything that decides a training run. Read from a JSON config file and overridden by flags; every field has a
@@ -138,15 +139,62 @@ impl TrainConfig {
         }
         let span = total.saturating_sub(self.warmup_steps).max(1) as f64;
         let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
-        let floor = self.final_learning_rate_fraction;
-        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
-        self.learning_rate * (floor + (1.0 - floor) * cosine)
+        let floor = self.learning_rate * self.final_learning_rate_fraction;
+        half_cosine(self.learning_rate, floor, progress)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_out_of_range_are_refused_by_name() {
+        assert!(TrainConfig::default().check().is_ok());
+        for (config, named) in [
+            (
+                TrainConfig {
+                    min_improvement: -0.01,
+                    ..TrainConfig::default()
+                },
+                "min_improvement",
+            ),
+            (
+                TrainConfig {
+                    min_improvement: f64::NAN,
+                    ..TrainConfig::default()
+                },
+                "min_improvement",
+            ),
+            (
+                TrainConfig {
+                    learning_rate: 0.0,
+                    ..TrainConfig::default()
+                },
+                "learning_rate",
+            ),
+            (
+                TrainConfig {
+                    dropout: 1.0,
+                    ..TrainConfig::default()
+                },
+                "dropout",
+            ),
+        ] {
+            let error = config.check().expect_err(named).to_string();
+            assert!(error.contains(named), "{error}");
+        }
+        // No anneal is a valid choice: the run ends when the patience does.
+        assert!(
+            TrainConfig {
+                anneal_steps: 0,
+                min_improvement: 0.0,
+                ..TrainConfig::default()
+            }
+            .check()
+            .is_ok()
+        );
+    }
 
     #[test]
     fn learning_rate_warms_up_then_decays_to_the_floor() {

@@ -42,12 +42,13 @@ pub fn train(
     let started = Instant::now();
     let mut run = Run::start(split, config, checkpoints, resume, processes)?;
     while run.meta.epochs_done < run.schedule.last_epoch {
-        let Some(anneal) = run.phase(progress) else {
+        let phase = run.phase(progress);
+        if phase == Phase::Over {
             break;
-        };
+        }
         let epoch = run.meta.epochs_done + 1;
-        run.train_epoch(epoch, anneal, progress)?;
-        let anneal_over = anneal.is_some_and(|a| a.is_over(run.step));
+        run.train_epoch(epoch, phase, progress)?;
+        let anneal_over = matches!(phase, Phase::Annealing(a) if a.is_over(run.step));
         if !run.schedule.evaluates_after(epoch) && !anneal_over {
             continue;
         }
@@ -67,6 +68,16 @@ pub fn train(
         best_epoch,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Which learning rate the next epoch trains at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// The main schedule's warm-up and long cosine.
+    Main,
+    /// The patience ran out: the rate falls to the floor, then the run ends.
+    Annealing(Anneal),
+    Over,
 }
 
 /// A run in progress: what it trains on, its state, and what the epochs since the last validation add up to.
@@ -174,16 +185,13 @@ impl<'a> Run<'a> {
         })
     }
 
-    /// The phase the next epoch trains in: `Some(None)` on the main schedule, `Some(Some(anneal))` annealing,
-    /// `None` when the run is over. Starts the anneal (or ends the run, with no anneal) once the patience is out.
-    fn phase(
-        &mut self,
-        progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
-    ) -> Option<Option<Anneal>> {
+    /// The phase the next epoch trains in. Starts the anneal (or ends the run, with no anneal) once the patience
+    /// is out.
+    fn phase(&mut self, progress: &mut dyn FnMut(Progress) -> ControlFlow<()>) -> Phase {
         let config = self.config;
         if self.meta.anneal_from.is_none() && patience_exhausted(&self.meta, config) {
             if config.anneal_steps == 0 {
-                return None;
+                return Phase::Over;
             }
             self.meta.anneal_from = Some(self.step);
             let anneal = anneal_of(&self.meta, config).expect("just set");
@@ -199,10 +207,10 @@ impl<'a> Run<'a> {
                 ),
             });
         }
-        let anneal = anneal_of(&self.meta, config);
-        match anneal {
-            Some(a) if a.is_over(self.step) => None,
-            _ => Some(anneal),
+        match anneal_of(&self.meta, config) {
+            None => Phase::Main,
+            Some(anneal) if anneal.is_over(self.step) => Phase::Over,
+            Some(anneal) => Phase::Annealing(anneal),
         }
     }
 
@@ -210,7 +218,7 @@ impl<'a> Run<'a> {
     fn train_epoch(
         &mut self,
         epoch: usize,
-        anneal: Option<Anneal>,
+        phase: Phase,
         progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
     ) -> Result<(), TrainError> {
         let config = self.config;
@@ -242,9 +250,9 @@ impl<'a> Run<'a> {
             batch.negatives = negatives(config, self.spec.output.num_items, step);
             self.round.batching += batch_started.elapsed();
             let total = self.schedule.total_steps;
-            let learning_rate = match anneal {
-                Some(anneal) => anneal.learning_rate_at(config, step, total),
-                None => config.learning_rate_at(step, total),
+            let learning_rate = match phase {
+                Phase::Annealing(anneal) => anneal.learning_rate_at(config, step, total),
+                Phase::Main | Phase::Over => config.learning_rate_at(step, total),
             };
             self.round.learning_rate = learning_rate;
             let step_size = config.optimiser.step_size(learning_rate, step);
@@ -629,6 +637,42 @@ mod tests {
         assert!(
             from >= gain + 6 && from < gain + 6 + per_epoch,
             "{gain} → {from}"
+        );
+    }
+
+    /// With `anneal_steps` 0 the run ends where the patience does, at the rate the main schedule had.
+    #[test]
+    fn without_an_anneal_the_run_ends_with_the_patience() {
+        let split = planted_pattern(60);
+        let config = TrainConfig {
+            max_epochs: 400,
+            patience_steps: 6,
+            anneal_steps: 0,
+            ..small_config()
+        };
+        let per_epoch =
+            Schedule::new(&config, windows(&split, config.max_len).len()).batches_per_epoch as u64;
+        let mut annealed = false;
+        let trained = train(&split, &config, None, false, &SingleProcess, &mut |p| {
+            annealed |= matches!(p, Progress::Annealing { .. });
+            ControlFlow::Continue(())
+        })
+        .expect("trains");
+        assert!(!annealed);
+        let last = trained.history.last().expect("validated");
+        assert!(last.epoch < 400, "ran the whole schedule");
+        let gain = last_real_improvement(
+            trained
+                .history
+                .iter()
+                .map(|r| (r.steps, r.validation.ndcg_at_10)),
+            config.min_improvement,
+        )
+        .expect("validated");
+        assert!(
+            last.steps >= gain + 6 && last.steps < gain + 6 + per_epoch,
+            "last real gain at {gain}, ended at {}",
+            last.steps
         );
     }
 
