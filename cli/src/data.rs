@@ -3,12 +3,13 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
 use edgerec_core::{Bundle, MODEL_FILE};
 use edgerec_trainer::baseline::Reference;
 use edgerec_trainer::bundle_eval::evaluate_bundle;
 use edgerec_trainer::fetch::{self, KnownDataset};
+use edgerec_trainer::pipeline::{LoadedDataset, Source, known_dataset};
 use edgerec_trainer::split::{Split, Stage};
 
 #[derive(Subcommand, Debug)]
@@ -39,16 +40,19 @@ pub struct DatasetArgs {
 
 impl DatasetArgs {
     fn resolve(&self) -> Result<(KnownDataset, PathBuf)> {
-        let dataset = KnownDataset::parse(&self.dataset).ok_or_else(|| {
-            let known: Vec<&str> = KnownDataset::ALL.iter().map(|d| d.name()).collect();
-            anyhow!(
-                "unknown dataset `{}` (known: {}; or the path of an interaction file)",
-                self.dataset,
-                known.join(", ")
-            )
-        })?;
-        let dir = self.data_dir.clone().unwrap_or_else(crate::paths::data_dir);
-        Ok((dataset, dir))
+        Ok((known_dataset(&self.dataset)?, self.data_dir()))
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(crate::paths::data_dir)
+    }
+
+    /// The data set or interaction file these arguments name.
+    pub fn source(&self) -> Source {
+        Source::Dataset {
+            name_or_path: self.dataset.clone(),
+            data_dir: self.data_dir(),
+        }
     }
 
     /// Fetches if needed, loads and splits, reporting as it goes.
@@ -56,67 +60,12 @@ impl DatasetArgs {
         Ok(self.load()?.split)
     }
 
-    /// Fetches if needed, loads and splits, reporting as it goes; with the dataset's name and digest.
+    /// Fetches if needed, loads and splits, reporting as it goes; with the data set's name and digest.
     pub fn load(&self) -> Result<LoadedDataset> {
-        let started = Instant::now();
-        let path = std::path::Path::new(&self.dataset);
-        let data = if KnownDataset::parse(&self.dataset).is_none() && path.is_file() {
-            let interactions = edgerec_trainer::data::read_interactions(path)?;
-            edgerec_trainer::data::Dataset {
-                name: self.dataset.clone(),
-                interactions,
-                items: Default::default(),
-            }
-        } else {
-            let (dataset, dir) = self.resolve()?;
-            fetch::fetch(dataset, &dir)?;
-            fetch::load(dataset, &dir).with_context(|| format!("loading {}", dataset.name()))?
-        };
-        let split = Split::leave_last_out(&data.interactions);
-        eprintln!(
-            "{}: {} interactions, {} users ({} evaluated), {} items, loaded and split in {:.1} s",
-            data.name,
-            data.interactions.len(),
-            split.users.len(),
-            split.evaluated_users(),
-            split.items.len(),
-            started.elapsed().as_secs_f64()
-        );
-        let name = match KnownDataset::parse(&self.dataset) {
-            Some(known) => known.name().to_string(),
-            None => path
-                .file_stem()
-                .map_or("interactions".into(), |s| s.to_string_lossy().into_owned()),
-        };
-        Ok(LoadedDataset {
-            name,
-            interactions_sha256: interactions_digest(&data.interactions),
-            split,
-            source: None,
-            catalogue: data.items,
-        })
+        let loaded = self.source().load()?;
+        eprintln!("{}", loaded.summary());
+        Ok(loaded)
     }
-}
-
-/// A dataset read and split.
-pub struct LoadedDataset {
-    pub name: String,
-    /// sha256 of the interactions as `user\titem\ttimestamp\n` lines in file order: the same for the same data in
-    /// any file format.
-    pub interactions_sha256: String,
-    pub split: Split,
-    /// Where the data came from beyond the dataset's name (the event log's range and files).
-    pub source: Option<serde_json::Value>,
-    /// Titles and genres of the items, where the dataset has them.
-    pub catalogue: std::collections::BTreeMap<String, edgerec_features::item::ItemMetadata>,
-}
-
-pub(crate) fn interactions_digest(interactions: &[edgerec_trainer::data::Interaction]) -> String {
-    let mut text = Vec::with_capacity(interactions.len() * 24);
-    for i in interactions {
-        text.extend_from_slice(format!("{}\t{}\t{}\n", i.user, i.item, i.timestamp).as_bytes());
-    }
-    edgerec_core::Digest::of(&text).to_string()
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,7 +12,7 @@ mod paths;
 mod processes;
 mod registry;
 mod train;
-mod train_export;
+mod train_view;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

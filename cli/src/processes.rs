@@ -46,7 +46,7 @@ impl Processes {
         #[cfg(feature = "mpi")]
         if let Self::Mpi(mpi) = self {
             let shared = error
-                .downcast_ref::<edgerec_trainer::train::TrainError>()
+                .downcast_ref::<edgerec_trainer::pipeline::PipelineError>()
                 .is_some_and(|e| e.reached_by_every_process());
             if !shared {
                 eprintln!(

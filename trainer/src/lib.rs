@@ -15,6 +15,7 @@ pub mod log_data;
 pub mod model;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+pub mod pipeline;
 pub mod report;
 pub mod rng;
 pub mod runtime;
