@@ -14,8 +14,10 @@
 pub mod ab;
 mod bundle;
 mod digest;
+pub mod id;
 mod metrics;
 mod rank;
+pub mod recent;
 mod spec;
 mod tract_scorer;
 mod vocab;
@@ -25,6 +27,10 @@ pub use bundle::{
     Manifest, check_file_name,
 };
 pub use digest::{Digest, DigestParseError};
+pub use id::{
+    EventId, IdError, ItemId, MAX_ID_BYTES, MAX_NAME_BYTES, ModelName, RequestId, Surface, UserId,
+    VariantName, Version,
+};
 pub use metrics::{MetricsAccumulator, RankingMetrics, target_rank};
 pub use rank::{
     ErrorReport, MAX_CANDIDATES, MAX_EXCLUDE, MAX_HISTORY, RankError, RankRequest, Ranker, Ranking,
@@ -36,7 +42,7 @@ pub use spec::{
     SpecError, TensorData, TensorSignature,
 };
 pub use tract_scorer::{LoadError, TractScorer, load_tract_ranker};
-pub use vocab::{ItemVocabulary, MAX_ITEM_ID_LEN, VocabError};
+pub use vocab::{ItemVocabulary, VocabError};
 
 /// A model runtime that turns encoded inputs into one score per model index.
 ///

@@ -1,7 +1,6 @@
 use std::collections::HashMap;
 
-/// Longest external item id accepted anywhere; longer ids are never in a vocabulary.
-pub const MAX_ITEM_ID_LEN: usize = 256;
+use crate::id::{IdError, ItemId};
 
 /// The mapping between external item ids and model indices.
 ///
@@ -17,8 +16,8 @@ pub struct ItemVocabulary {
 pub enum VocabError {
     #[error("the item vocabulary is empty")]
     Empty,
-    #[error("item id at position {position} is empty or longer than {MAX_ITEM_ID_LEN} bytes")]
-    BadId { position: usize },
+    #[error("the vocabulary's entry at position {position}: {reason}")]
+    BadId { position: usize, reason: IdError },
     #[error("item id `{id}` appears twice in the vocabulary")]
     Duplicate { id: String },
     #[error("the vocabulary has {len} items, more than a u32 model index can address")]
@@ -35,8 +34,8 @@ impl ItemVocabulary {
         }
         let mut index = HashMap::with_capacity(ids.len());
         for (position, id) in ids.iter().enumerate() {
-            if id.is_empty() || id.len() > MAX_ITEM_ID_LEN {
-                return Err(VocabError::BadId { position });
+            if let Err(reason) = crate::id::check_external_id(ItemId::KIND, id) {
+                return Err(VocabError::BadId { position, reason });
             }
             let model_index =
                 u32::try_from(position + 1).map_err(|_| VocabError::TooLarge { len: ids.len() })?;
@@ -96,16 +95,30 @@ mod tests {
         assert_eq!(vocab(&[]).err(), Some(VocabError::Empty));
         assert_eq!(
             vocab(&["a", ""]).err(),
-            Some(VocabError::BadId { position: 1 })
+            Some(VocabError::BadId {
+                position: 1,
+                reason: IdError::Empty { kind: "item id" }
+            })
         );
         assert_eq!(
             vocab(&["a", "b", "a"]).err(),
             Some(VocabError::Duplicate { id: "a".into() })
         );
-        let long = "x".repeat(MAX_ITEM_ID_LEN + 1);
-        assert_eq!(
+        let long = "x".repeat(crate::id::MAX_ID_BYTES + 1);
+        assert!(matches!(
             vocab(&[long.as_str()]).err(),
-            Some(VocabError::BadId { position: 0 })
-        );
+            Some(VocabError::BadId {
+                position: 0,
+                reason: IdError::TooLong { .. }
+            })
+        ));
+        // The rule every endpoint applies to item ids: no control characters either.
+        assert!(matches!(
+            vocab(&["a", "b\tc"]).err(),
+            Some(VocabError::BadId {
+                position: 1,
+                reason: IdError::ControlCharacter { .. }
+            })
+        ));
     }
 }

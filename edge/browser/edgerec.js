@@ -7,7 +7,7 @@
 // (`visitorToken`), or an anonymous one the node issues (`POST /v1/session`), renewed before it expires.
 // Types: edgerec.d.ts.
 
-import initRanker, { Ranker, assignVariant, sha256Digest } from "./edgerec_ranker.js";
+import initRanker, { Ranker, assignVariant, rememberItem, sha256Digest } from "./edgerec_ranker.js";
 
 const MODEL_FILE = "model.onnx";
 const DEFAULTS = {
@@ -461,9 +461,8 @@ export class EdgeRec {
   }
 
   #remember(item) {
-    const history = this.history.filter((i) => i !== item);
-    history.push(item);
-    this.#writeJson(this.#historyKey(), history.slice(-this.#settings.maxHistory));
+    // Core's recent-items rule, the one the feature store and edge nodes apply.
+    this.#writeJson(this.#historyKey(), rememberItem(this.history, item, this.#settings.maxHistory));
   }
 
   /**

@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
+use edgerec_storage::encode;
 use redb::{Database, Durability, ReadableTable, TableDefinition};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::item::ItemFeatures;
@@ -75,12 +75,8 @@ fn unavailable(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Unavailable(e.into().to_string())
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("records serialise")
-}
-
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+    edgerec_storage::decode(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 fn read<T: DeserializeOwned + Default>(

@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use edgerec_core::id::check_external_id;
+use edgerec_core::{EventId, ItemId, MAX_ID_BYTES, RequestId, UserId};
 use serde::{Deserialize, Serialize};
 
 /// What a user did with an item. Every kind counts as an interaction: it enters the user's recent items and the
@@ -83,7 +85,8 @@ pub struct ServedRequest {
 pub struct EventLimits {
     /// Events in one batch.
     pub max_batch: usize,
-    /// Bytes in an id (event, user, item or request id).
+    /// Bytes in an id (event, user, item or request id): at most [`MAX_ID_BYTES`], the limit of every endpoint;
+    /// lower it to refuse longer ids at this ingest.
     pub max_id_bytes: usize,
     /// How far in the future an event may be (client clocks run fast).
     pub max_future_ms: i64,
@@ -96,7 +99,7 @@ impl Default for EventLimits {
     fn default() -> Self {
         Self {
             max_batch: 1000,
-            max_id_bytes: 128,
+            max_id_bytes: MAX_ID_BYTES,
             max_future_ms: 5 * 60 * 1000,
             max_age_ms: 7 * 24 * 3600 * 1000,
         }
@@ -143,25 +146,22 @@ impl EventLimits {
 
     fn check_one(&self, event: &Event, now_ms: i64) -> Result<(), String> {
         let ids = [
-            ("id", Some(&event.id)),
-            ("user", Some(&event.user)),
-            ("item", Some(&event.item)),
-            ("request_id", event.request_id.as_ref()),
+            ("id", EventId::KIND, Some(&event.id)),
+            ("user", UserId::KIND, Some(&event.user)),
+            ("item", ItemId::KIND, Some(&event.item)),
+            ("request_id", RequestId::KIND, event.request_id.as_ref()),
         ];
-        for (name, value) in ids {
+        for (name, kind, value) in ids {
             let Some(value) = value else { continue };
-            if value.is_empty() {
-                return Err(format!("`{name}` is empty"));
-            }
+            // The one rule for ids (the same `/v1/recommend` and the model's vocabulary apply), then this
+            // ingest's own limit, which may be lower.
+            check_external_id(kind, value).map_err(|e| format!("`{name}`: {e}"))?;
             if value.len() > self.max_id_bytes {
                 return Err(format!(
                     "`{name}` is {} bytes long; the limit is {}",
                     value.len(),
                     self.max_id_bytes
                 ));
-            }
-            if value.chars().any(char::is_control) {
-                return Err(format!("`{name}` holds a control character"));
             }
         }
         if event.time_ms > now_ms + self.max_future_ms {
@@ -217,9 +217,19 @@ mod tests {
             })
         );
         let cases: Vec<(Event, &str)> = vec![
-            (event("", now), "`id` is empty"),
-            (event(&"x".repeat(129), now), "129 bytes long"),
+            (event("", now), "`id`: event id is empty"),
+            (
+                event(&"x".repeat(257), now),
+                "257 bytes long; the limit is 256",
+            ),
             (event("a\nb", now), "control character"),
+            (
+                Event {
+                    item: "x".repeat(257),
+                    ..event("i", now)
+                },
+                "`item`: item id is 257 bytes long",
+            ),
             (event("f", now + 10 * 60 * 1000), "in the future"),
             (event("o", now - 8 * 24 * 3600 * 1000), "old"),
             (
@@ -250,6 +260,16 @@ mod tests {
                 other => panic!("expected event 1 refused for {reason}, got {other:?}"),
             }
         }
+        // An ingest may set a lower limit of its own.
+        let strict = EventLimits {
+            max_id_bytes: 8,
+            ..EventLimits::default()
+        };
+        let refused = strict.check(&[event("123456789", now)], now);
+        assert!(
+            matches!(&refused, Err(EventError::Invalid { reason, .. }) if reason.contains("the limit is 8")),
+            "{refused:?}"
+        );
         assert_eq!(limits.check(&[event("ok", now)], now), Ok(()));
     }
 

@@ -27,10 +27,4 @@ pub mod store;
 pub mod user;
 pub mod wal;
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use edgerec_storage::now_ms;

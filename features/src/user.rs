@@ -20,6 +20,15 @@ pub struct RecentItem {
     pub time_ms: i64,
 }
 
+impl edgerec_core::recent::Interaction for RecentItem {
+    fn item(&self) -> &str {
+        &self.item
+    }
+    fn time(&self) -> i64 {
+        self.time_ms
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct UserFeatures {
     /// Oldest first.
@@ -36,24 +45,11 @@ impl UserFeatures {
             self.last_seen_ms
                 .map_or(event.time_ms, |t| t.max(event.time_ms)),
         );
-        if let Some(at) = self.recent.iter().position(|r| r.item == event.item) {
-            if self.recent[at].time_ms > event.time_ms {
-                return;
-            }
-            self.recent.remove(at);
-        }
-        let at = self.recent.partition_point(|r| r.time_ms <= event.time_ms);
-        self.recent.insert(
-            at,
-            RecentItem {
-                item: event.item.clone(),
-                time_ms: event.time_ms,
-            },
-        );
-        if self.recent.len() > capacity {
-            let excess = self.recent.len() - capacity;
-            self.recent.drain(..excess);
-        }
+        let entry = RecentItem {
+            item: event.item.clone(),
+            time_ms: event.time_ms,
+        };
+        edgerec_core::recent::remember(&mut self.recent, entry, capacity);
     }
 
     /// The recent items as the model takes them: ids, oldest first.

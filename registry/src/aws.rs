@@ -23,7 +23,7 @@ use edgerec_core::Digest;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::records::{AuditEntry, Plan, TokenRecord, VersionRecord, now_millis};
+use crate::records::{AuditEntry, Plan, TokenRecord, VersionRecord, now_ms};
 use crate::store::{AuditDraft, Store, StoreError};
 
 pub use edgerec_aws::AwsConfig;
@@ -204,7 +204,7 @@ impl AwsStore {
             let sequence = last + 1;
             let entry = AuditEntry {
                 sequence,
-                at: now_millis(),
+                at: now_ms(),
                 actor: draft.actor.clone(),
                 action: draft.action.to_string(),
                 target: draft.target.clone(),

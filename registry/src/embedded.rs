@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{PoisonError, RwLock};
 
 use edgerec_core::Digest;
+use edgerec_storage::encode;
 use redb::{Database, ReadableTable, TableDefinition};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::records::{AuditEntry, Plan, TokenRecord, VersionRecord, now_millis};
+use crate::records::{AuditEntry, Plan, TokenRecord, VersionRecord, now_ms};
 use crate::store::{AuditDraft, Store, StoreError};
 
 /// `model \0 version` → [`VersionRecord`] JSON.
@@ -67,12 +67,8 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
     })
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("records serialise")
-}
-
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+    edgerec_storage::decode(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 fn version_key(model: &str, version: &str) -> String {
@@ -91,7 +87,7 @@ fn append_audit(txn: &redb::WriteTransaction, draft: AuditDraft) -> Result<Audit
         .map_or(1, |(key, _)| key.value() + 1);
     let entry = AuditEntry {
         sequence,
-        at: now_millis(),
+        at: now_ms(),
         actor: draft.actor,
         action: draft.action.to_string(),
         target: draft.target,

@@ -503,7 +503,7 @@ pub async fn observe(
         std::io::stderr().lock(),
         "{}",
         serde_json::json!({
-            "at_ms": crate::records::now_millis(),
+            "at_ms": crate::records::now_ms(),
             "target": "edgerec_registry::http",
             "method": method,
             "path": path,

@@ -19,7 +19,7 @@ pub struct VersionRecord {
     pub items: usize,
     pub published_by: String,
     /// Milliseconds since the Unix epoch.
-    pub published_at: u64,
+    pub published_at: i64,
     /// ed25519 signature of the manifest digest's 32 bytes, hex.
     pub signature: String,
 }
@@ -45,7 +45,7 @@ pub struct Plan {
     /// Mixed into the hash that assigns users to variants, so a new salt reshuffles assignments.
     pub salt: String,
     pub updated_by: String,
-    pub updated_at: u64,
+    pub updated_at: i64,
     pub reason: String,
 }
 
@@ -53,7 +53,7 @@ pub struct Plan {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub sequence: u64,
-    pub at: u64,
+    pub at: i64,
     pub actor: String,
     pub action: String,
     pub target: String,
@@ -103,7 +103,7 @@ pub struct TokenRecord {
     pub name: String,
     pub scopes: Vec<Scope>,
     pub secret_sha256: String,
-    pub created_at: u64,
+    pub created_at: i64,
     pub revoked: bool,
 }
 
@@ -113,9 +113,4 @@ impl TokenRecord {
     }
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use edgerec_storage::now_ms;

@@ -3,10 +3,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use edgerec_core::{Digest, MODEL_FILE, Manifest, load_tract_ranker};
+use edgerec_core::{
+    Digest, MODEL_FILE, Manifest, ModelName, Surface, VariantName, Version, load_tract_ranker,
+};
 use sha2::Digest as _;
 
-use crate::records::{Plan, Scope, TokenRecord, Variant, VersionRecord, now_millis};
+use crate::records::{Plan, Scope, TokenRecord, Variant, VersionRecord, now_ms};
 use crate::signing::ManifestSigner;
 use crate::store::{AuditDraft, Store, StoreError};
 
@@ -89,22 +91,10 @@ impl From<StoreError> for RegistryError {
     }
 }
 
-/// Names of models, versions, surfaces and variants: 1–128 of `[A-Za-z0-9._-]`, not starting with a dot.
-pub fn check_name(what: &str, name: &str) -> Result<(), RegistryError> {
-    let valid = !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
-    if valid {
-        Ok(())
-    } else {
-        Err(RegistryError::BadRequest(format!(
-            "{what} `{}` must be 1-128 letters, digits, '.', '_' or '-', not starting with '.'",
-            name.chars().take(140).collect::<String>()
-        )))
-    }
+/// Names of models, versions, surfaces, variants and tokens: core's one rule for names (1–128 of
+/// `[A-Za-z0-9._-]`, not starting with a dot).
+fn check_name(kind: &'static str, name: &str) -> Result<(), RegistryError> {
+    edgerec_core::id::check_name(kind, name).map_err(|e| RegistryError::BadRequest(e.to_string()))
 }
 
 /// A desired plan as a deployer sends it.
@@ -223,7 +213,7 @@ impl<S: Store> Registry<S> {
         manifest_json: &[u8],
         actor: &str,
     ) -> Result<Published, RegistryError> {
-        check_name("model", model)?;
+        check_name(ModelName::KIND, model)?;
         let manifest: Manifest = serde_json::from_slice(manifest_json).map_err(|e| {
             RegistryError::BadRequest(format!("manifest.json is not a valid manifest: {e}"))
         })?;
@@ -233,7 +223,7 @@ impl<S: Store> Registry<S> {
                 manifest.name
             )));
         }
-        check_name("version", &manifest.version)?;
+        check_name(Version::KIND, &manifest.version)?;
         let manifest_digest = Digest::of(manifest_json);
         if let Some(existing) = self.store.get_version(model, &manifest.version).await? {
             return if existing.manifest_digest == manifest_digest {
@@ -311,7 +301,7 @@ impl<S: Store> Registry<S> {
             lineage: manifest.lineage.clone(),
             items: manifest.items.len(),
             published_by: actor.to_string(),
-            published_at: now_millis(),
+            published_at: now_ms(),
             signature: self.signer.sign(&manifest_digest),
         };
         // The manifest is stored as a blob too, so nodes fetch exactly the bytes that were signed.
@@ -383,7 +373,7 @@ impl<S: Store> Registry<S> {
         }
         let mut names = BTreeSet::new();
         for variant in variants {
-            check_name("variant", &variant.name)?;
+            check_name(VariantName::KIND, &variant.name)?;
             if !names.insert(variant.name.as_str()) {
                 return Err(RegistryError::Unprocessable(format!(
                     "variant `{}` appears twice",
@@ -419,7 +409,7 @@ impl<S: Store> Registry<S> {
         if_match: Option<u64>,
         actor: &str,
     ) -> Result<Plan, RegistryError> {
-        check_name("surface", surface)?;
+        check_name(Surface::KIND, surface)?;
         self.check_variants(&request.variants).await?;
         let current = self.store.get_plan(surface).await?;
         let revision = self.expect_revision(surface, current.as_ref(), if_match)?;
@@ -432,7 +422,7 @@ impl<S: Store> Registry<S> {
                 .or_else(|| current.as_ref().map(|p| p.salt.clone()))
                 .unwrap_or_else(|| random_hex(8)),
             updated_by: actor.to_string(),
-            updated_at: now_millis(),
+            updated_at: now_ms(),
             reason: request.reason,
         };
         self.write_plan(&plan, "plan.update").await?;
@@ -466,7 +456,7 @@ impl<S: Store> Registry<S> {
         let plan = Plan {
             revision: current.revision + 1,
             updated_by: actor.to_string(),
-            updated_at: now_millis(),
+            updated_at: now_ms(),
             reason: reason.to_string(),
             ..previous.clone()
         };
@@ -536,7 +526,7 @@ impl<S: Store> Registry<S> {
                 .into_iter()
                 .collect(),
             secret_sha256: sha256_hex(secret.as_bytes()),
-            created_at: now_millis(),
+            created_at: now_ms(),
             revoked: false,
         };
         let audit = AuditDraft {

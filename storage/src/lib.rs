@@ -1,5 +1,6 @@
-//! Files that are either whole or absent after a crash, and redb databases created the same way: what the
-//! registry, the feature store, the ingest and the edge node keep on disk goes through here.
+//! Files that are either whole or absent after a crash, redb databases created the same way, the encoding of the
+//! records kept in them and the clock their timestamps come from: what the registry, the feature store, the
+//! ingest and the edge node keep on disk goes through here.
 
 use std::io::Write;
 use std::path::Path;
@@ -105,6 +106,24 @@ pub fn create_database_with(
         sync_parent(path)?;
     }
     builder.create(path)
+}
+
+/// Milliseconds since the Unix epoch, now: the one clock every record and log timestamp is read from.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A record as the embedded stores keep it: JSON, so a database stays readable by hand and across versions
+/// that add fields.
+pub fn encode<T: serde::Serialize>(record: &T) -> Vec<u8> {
+    serde_json::to_vec(record).expect("records serialise")
+}
+
+/// A record [`encode`] wrote; an error says what is wrong with bytes that are not one.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json::Error> {
+    serde_json::from_slice(bytes)
 }
 
 #[cfg(test)]

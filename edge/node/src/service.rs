@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use edgerec_core::{MAX_ITEM_ID_LEN, RankError, RankRequest, Ranking, ScoredItem};
+use edgerec_core::id::check_external_id;
+use edgerec_core::{ItemId, RankError, RankRequest, Ranking, ScoredItem, UserId};
 use edgerec_features::event::{Event, ServedRequest};
 use edgerec_features::ingest::{Ack, Ingest, IngestError};
 use edgerec_features::store::FeatureStore;
@@ -193,21 +194,12 @@ impl<S: FeatureStore> NodeState<S> {
                 )));
             }
         }
-        let ids = request
-            .user_id
-            .iter()
-            .chain(&request.recent_items)
-            .chain(&request.exclude);
-        for id in ids {
-            if id.is_empty() || id.len() > MAX_ITEM_ID_LEN {
-                return Err(ServiceError::bad(
-                    "invalid_id",
-                    format!(
-                        "ids must be 1 to {MAX_ITEM_ID_LEN} bytes; got one of {} bytes",
-                        id.len()
-                    ),
-                ));
-            }
+        // The rule `/v1/events` applies to the same ids, so whatever one endpoint takes the other takes.
+        let users = request.user_id.iter().map(|u| (UserId::KIND, u));
+        let items = request.recent_items.iter().chain(&request.exclude);
+        for (kind, id) in users.chain(items.map(|i| (ItemId::KIND, i))) {
+            check_external_id(kind, id)
+                .map_err(|e| ServiceError::bad("invalid_id", e.to_string()))?;
         }
         Ok(())
     }
@@ -284,7 +276,8 @@ impl<S: FeatureStore> NodeState<S> {
                 }
             }
         }
-        merge_recent(&mut history, &request.recent_items);
+        // Older entries are cut to the model's window below, after unknown ids are dropped.
+        edgerec_core::recent::remember_all(&mut history, &request.recent_items, usize::MAX);
         let unknown_items = unknown_items(&request.recent_items, model);
         // The model reads its last `max_len` known items: only those are ranked on and logged, so neither a long
         // history nor unknown ids grow the serving log. Older known items stay excluded from the answer.
@@ -519,26 +512,9 @@ fn served_record_bound(
         + k as usize * (longest_id + 3 + PER_VALUE)
 }
 
-/// Appends `recent` to `history`, each item once at its latest position (as the feature store keeps them).
-fn merge_recent(history: &mut Vec<String>, recent: &[String]) {
-    if recent.is_empty() {
-        return;
-    }
-    let newer: HashSet<&String> = recent.iter().collect();
-    history.retain(|item| !newer.contains(item));
-    let mut seen = HashSet::new();
-    let mut tail: Vec<&String> = recent.iter().rev().filter(|i| seen.insert(*i)).collect();
-    tail.reverse();
-    history.extend(tail.into_iter().cloned());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ids(items: &[&str]) -> Vec<String> {
-        items.iter().map(|s| s.to_string()).collect()
-    }
 
     #[test]
     fn model_faults_fall_back_and_request_errors_are_refused() {
@@ -578,16 +554,5 @@ mod tests {
             unknown_items: vec!["x".into()],
         };
         assert!(matches!(model_answer(Ok(ranking.clone())), Ok(Ok(r)) if r == ranking));
-    }
-
-    #[test]
-    fn recent_items_follow_stored_ones_each_once_at_its_latest() {
-        let mut history = ids(&["a", "b", "c"]);
-        merge_recent(&mut history, &ids(&["b", "d", "b"]));
-        assert_eq!(history, ids(&["a", "c", "d", "b"]));
-
-        let mut unchanged = ids(&["a"]);
-        merge_recent(&mut unchanged, &[]);
-        assert_eq!(unchanged, ids(&["a"]));
     }
 }

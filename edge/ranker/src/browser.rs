@@ -148,6 +148,15 @@ pub fn assign_variant(salt: &str, user: &str, weights: &[u32]) -> Option<usize> 
     edgerec_core::ab::assign(salt, user, weights.iter().copied())
 }
 
+/// `history` (oldest first) with `item` added by core's recent-items rule (each item once, at its latest
+/// position; the newest `capacity` kept), as the feature store and edge nodes keep histories.
+#[wasm_bindgen(js_name = rememberItem)]
+pub fn remember_item(history: Vec<String>, item: String, capacity: usize) -> Vec<String> {
+    let mut history = history;
+    edgerec_core::recent::remember_all(&mut history, &[item], capacity);
+    history
+}
+
 /// The sha256 of `bytes` in hex, as version records and manifests write digests.
 #[wasm_bindgen(js_name = sha256Digest)]
 pub fn sha256_digest(bytes: &[u8]) -> String {
