@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use support::{free_port, succeeds};
 
-mod support;
+use crate::support;
 
 #[test]
 fn demo_trains_serves_replays_and_stops() {

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use support::nodes::{Node, Registry, Site, edgerec, manifest_for, plant_version, run, wait_for};
 use support::succeeds;
 
-mod support;
+use crate::support;
 
 const POLL_MS: u64 = 300;
 const SURFACE: &str = "home";

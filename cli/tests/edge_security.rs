@@ -17,7 +17,7 @@ use support::nodes::{
 };
 use support::succeeds;
 
-mod support;
+use crate::support;
 
 const SURFACE: &str = "home";
 

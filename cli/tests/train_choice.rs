@@ -5,7 +5,7 @@
 
 // This file uses only part of what the test files share.
 #[allow(dead_code)]
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

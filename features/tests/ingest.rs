@@ -1,7 +1,7 @@
 //! The ingest end to end: durable acknowledgement, deduplication, replay after a restart, shipping to Parquet in
 //! a folder and in S3 (s3s-fs), and the log read back by time range.
 
-mod support;
+use crate::support;
 
 #[path = "ingest/durability.rs"]
 mod durability;

@@ -1,6 +1,6 @@
 //! One conformance suite, run on the embedded store and on DynamoDB Local.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! The real registry server on port 0 (embedded backend, and S3 + DynamoDB for the plan tests), driven over HTTP:
 //! the API, auth, signing, conditional plan updates, rollback, metrics, the bad-input paths and a full disk.
 
-mod support;
+use crate::support;
 
 use support::{aws_config, aws_registry, embedded_registry, golden, golden_as, run};
 

@@ -3,7 +3,7 @@
 //! signs, versions are immutable, plans are validated, conditional and audited, rollback restores the previous
 //! plan, tokens authorise by scope, and an unreachable backend loses nothing.
 
-mod support;
+use crate::support;
 
 use support::{aws_config, aws_registry, embedded_registry, golden, golden_as, run};
 

@@ -217,18 +217,25 @@ async fn a_store_outage_is_bounded_on_disk_and_loses_nothing() {
     // Resident memory is the whole process's: the test runs again in a process of its own, without the tests
     // running beside it here.
     if std::env::var_os(OUTAGE_ALONE).is_none() {
-        let status = std::process::Command::new(std::env::current_exe().expect("this test binary"))
-            .args([
-                "--exact",
-                "durability::a_store_outage_is_bounded_on_disk_and_loses_nothing",
-                "--nocapture",
-            ])
+        // This test's path in the binary: its module's path without the crate's name.
+        let module = module_path!().split_once("::").map_or("", |(_, path)| path);
+        let name = format!("{module}::a_store_outage_is_bounded_on_disk_and_loses_nothing");
+        let output = std::process::Command::new(std::env::current_exe().expect("this test binary"))
+            .args(["--exact", &name, "--nocapture"])
             .env(OUTAGE_ALONE, "1")
-            .status()
+            .output()
             .expect("runs the test alone");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        print!("{stdout}");
+        eprint!("{}", String::from_utf8_lossy(&output.stderr));
         assert!(
-            status.success(),
+            output.status.success(),
             "the outage test failed in its own process"
+        );
+        // A name that matched nothing would run no test and succeed.
+        assert!(
+            stdout.contains("test result: ok. 1 passed"),
+            "the outage test did not run in its own process (looked for {name})"
         );
         return;
     }
