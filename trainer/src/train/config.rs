@@ -57,7 +57,7 @@ impl Default for TrainConfig {
             max_len: 50,
             dim: 64,
             blocks: 2,
-            ffn_dim: 128,
+            ffn_dim: 256,
             dropout: 0.2,
             sampled_negatives: 0,
             batch_size: 128,
