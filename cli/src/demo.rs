@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use edgerec_trainer::adapt::DataShape;
 use edgerec_trainer::collective::SingleProcess;
-use edgerec_trainer::pipeline::{self, ExportChoice, Job, LoadedDataset, Settings};
+use edgerec_trainer::pipeline::{ExportChoice, Job, LoadedDataset, Settings};
 
 use crate::data::DatasetArgs;
 use crate::edge::VisitorMinter;
@@ -437,16 +437,7 @@ fn train_in_process(args: &DemoArgs, loaded: &LoadedDataset, out: PathBuf) -> Re
         code_version: crate::train::code_version(),
     };
     crate::train::print_start(&job, 1, 1);
-    let view = crate::train_view::ProgressView::new(
-        true,
-        1,
-        job.config.min_improvement,
-        job.config.patience_steps,
-    );
-    let outcome = pipeline::run(&job, &SingleProcess, &mut |event| view.show(event));
-    view.finish();
-    let outcome = outcome?.context("a single process is rank 0")?;
-    crate::train::print_outcome(&outcome);
+    crate::train::run_job(&job, &SingleProcess)?.context("a single process is rank 0")?;
     Ok(())
 }
 

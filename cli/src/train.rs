@@ -231,18 +231,9 @@ fn run_as(args: &TrainArgs, processes: &Processes) -> Result<()> {
     if leader {
         print_start(&job, collective.size(), collective.local_size());
     }
-    let view = ProgressView::new(
-        leader,
-        collective.size(),
-        job.config.min_improvement,
-        job.config.patience_steps,
-    );
-    let outcome = pipeline::run(&job, collective, &mut |event| view.show(event));
-    view.finish();
-    let Some(outcome) = outcome? else {
+    let Some(outcome) = run_job(&job, collective)? else {
         return Ok(());
     };
-    print_outcome(&outcome);
     if args.publish {
         let (version, _) = args
             .registry
@@ -255,6 +246,27 @@ fn run_as(args: &TrainArgs, processes: &Processes) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Runs `job` as one of the processes of `collective` with its progress shown on rank 0, and prints the outcome
+/// there.
+pub fn run_job(
+    job: &Job,
+    collective: &dyn edgerec_trainer::collective::Collective,
+) -> Result<Option<pipeline::Outcome>> {
+    let leader = collective.rank() == 0;
+    let view = ProgressView::new(
+        leader,
+        collective.size(),
+        job.config.min_improvement,
+        job.config.patience_steps,
+    );
+    let outcome = pipeline::run(job, collective, &mut |event| view.show(event));
+    view.finish();
+    if let Ok(Some(outcome)) = &outcome {
+        print_outcome(outcome);
+    }
+    Ok(outcome?)
 }
 
 /// What the run will do and where, and the settings the data decided.
@@ -289,7 +301,7 @@ pub fn print_start(job: &Job, processes: usize, per_machine: usize) {
 }
 
 /// The comparison on validation, the test table and where the run went.
-pub fn print_outcome(outcome: &pipeline::Outcome) {
+fn print_outcome(outcome: &pipeline::Outcome) {
     let (export, trained) = (&outcome.export, &outcome.trained);
     print_comparison(export, &outcome.references);
     print_test_table(export, &outcome.references);

@@ -34,18 +34,18 @@ pub enum IdError {
     BadName { kind: &'static str, shown: String },
 }
 
+/// Whether `text` is 1 to `max` bytes long.
+fn check_length(kind: &'static str, text: &str, max: usize) -> Result<(), IdError> {
+    match text.len() {
+        0 => Err(IdError::Empty { kind }),
+        len if len > max => Err(IdError::TooLong { kind, len, max }),
+        _ => Ok(()),
+    }
+}
+
 /// Checks `text` against the external-id rule.
 pub fn check_external_id(kind: &'static str, text: &str) -> Result<(), IdError> {
-    if text.is_empty() {
-        return Err(IdError::Empty { kind });
-    }
-    if text.len() > MAX_ID_BYTES {
-        return Err(IdError::TooLong {
-            kind,
-            len: text.len(),
-            max: MAX_ID_BYTES,
-        });
-    }
+    check_length(kind, text, MAX_ID_BYTES)?;
     if text.chars().any(char::is_control) {
         return Err(IdError::ControlCharacter { kind });
     }
@@ -54,16 +54,7 @@ pub fn check_external_id(kind: &'static str, text: &str) -> Result<(), IdError> 
 
 /// Checks `text` against the name rule.
 pub fn check_name(kind: &'static str, text: &str) -> Result<(), IdError> {
-    if text.is_empty() {
-        return Err(IdError::Empty { kind });
-    }
-    if text.len() > MAX_NAME_BYTES {
-        return Err(IdError::TooLong {
-            kind,
-            len: text.len(),
-            max: MAX_NAME_BYTES,
-        });
-    }
+    check_length(kind, text, MAX_NAME_BYTES)?;
     let plain = text
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));

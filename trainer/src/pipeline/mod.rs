@@ -253,22 +253,32 @@ mod tests {
         }
     }
 
+    /// A short run of the planted data into `dir/run`.
+    fn planted_job<'a>(
+        data: &'a LoadedDataset,
+        dir: &Path,
+        epochs: usize,
+        export: ExportChoice,
+    ) -> Job<'a> {
+        Job {
+            data,
+            config: TrainConfig {
+                max_epochs: epochs,
+                ..small_config()
+            },
+            choices: vec![],
+            out: dir.join("run"),
+            resume: false,
+            export,
+            code_version: "edgerec test".into(),
+        }
+    }
+
     #[test]
     fn a_run_writes_a_bundle_tract_loads_and_a_report_that_agrees_with_it() {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = planted_data();
-        let job = Job {
-            data: &data,
-            config: TrainConfig {
-                max_epochs: 3,
-                ..small_config()
-            },
-            choices: vec![],
-            out: dir.path().join("run"),
-            resume: false,
-            export: ExportChoice::Best,
-            code_version: "edgerec test".into(),
-        };
+        let job = planted_job(&data, dir.path(), 3, ExportChoice::Best);
         let mut events = Vec::new();
         let outcome = run(&job, &SingleProcess, &mut |e| events.push(e))
             .expect("runs")
@@ -321,18 +331,7 @@ mod tests {
     fn a_second_run_into_the_same_folder_is_refused_before_anything_is_written() {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = planted_data();
-        let job = Job {
-            data: &data,
-            config: TrainConfig {
-                max_epochs: 1,
-                ..small_config()
-            },
-            choices: vec![],
-            out: dir.path().join("run"),
-            resume: false,
-            export: ExportChoice::Model,
-            code_version: "edgerec test".into(),
-        };
+        let job = planted_job(&data, dir.path(), 1, ExportChoice::Model);
         run(&job, &SingleProcess, &mut |_| {}).expect("the first run");
         let report = std::fs::read(job.out.join("report.json")).expect("report");
         let mut events = 0;
