@@ -77,10 +77,15 @@ pub struct SettingFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
-    /// ONNX Runtime threads (default: all cores).
+    /// ONNX Runtime threads of each replica (default: the cores shared out between the replicas).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
+    /// Replicas of the training loop in this process, sharing each batch (default: one per core on CPU, while
+    /// each keeps at least 32 rows of a batch; 1 under mpirun or on CUDA).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<usize>,
 }
 
 impl SettingFlags {
@@ -283,8 +288,18 @@ pub fn print_start(job: &Job, processes: usize, per_machine: usize) {
             "without dropout"
         },
         match (processes, config.threads) {
-            (1, 0) => "on all cores".to_string(),
-            (1, threads) => format!("on {threads} thread(s)"),
+            (1, threads) => match (config.replicas_in(1), threads) {
+                (1, 0) => "on all cores".to_string(),
+                (1, threads) => format!("on {threads} thread(s)"),
+                (replicas, 0) => format!(
+                    "as {replicas} replicas sharing each batch of {}, the cores shared out between them",
+                    config.batch_size
+                ),
+                (replicas, threads) => format!(
+                    "as {replicas} replicas sharing each batch of {}, {threads} thread(s) each",
+                    config.batch_size
+                ),
+            },
             (size, 0) => format!(
                 "as {size} processes sharing each batch of {} ({per_machine} per machine share its cores)",
                 config.batch_size,

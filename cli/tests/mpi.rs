@@ -179,8 +179,10 @@ fn two_processes_reach_the_parameters_of_one() {
     let data = interactions(dir.path());
     let (one, two) = (dir.path().join("one"), dir.path().join("two"));
     succeeds(
-        Command::new(EDGEREC).args(train_args(&data, &one, 2)),
-        "training as one process",
+        Command::new(EDGEREC)
+            .args(train_args(&data, &one, 2))
+            .args(["--replicas", "1"]),
+        "training as one process of one replica",
     );
     train_as(2, train_args(&data, &two, 2), &[]);
 

@@ -16,6 +16,7 @@ pub mod model;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 pub mod pipeline;
+pub mod replicas;
 pub mod report;
 pub mod rng;
 pub mod runtime;

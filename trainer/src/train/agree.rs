@@ -24,7 +24,7 @@ pub(super) fn agree(
             "edgerec": env!("CARGO_PKG_VERSION"),
             // Threads are each process's own business: they change how ONNX Runtime rounds within a step, not
             // what is computed, and rank 0's state replaces every process's after each epoch.
-            "config": TrainConfig { threads: 0, ..config.clone() },
+            "config": TrainConfig { threads: 0, replicas: 0, ..config.clone() },
             "resume": resume,
             "data": format!("{:016x}", split.fingerprint()),
         }),

@@ -174,12 +174,13 @@ pub(super) fn load_checkpoint(
         patience_steps: 0,
         min_improvement: 0.0,
         threads: 0,
+        replicas: 0,
         ..c.clone()
     };
     if comparable(&meta.config) != comparable(config) {
         return Err(checkpoint_error(
             &path,
-            "was written with a different configuration (only max_epochs, patience_steps, min_improvement and threads may change)",
+            "was written with a different configuration (only max_epochs, patience_steps, min_improvement, threads and replicas may change)",
         ));
     }
     if &meta.spec != spec {

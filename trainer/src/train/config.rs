@@ -46,10 +46,18 @@ pub struct TrainConfig {
     pub final_learning_rate_fraction: f64,
     pub optimiser: AdamW,
     pub seed: u64,
-    /// ONNX Runtime intra-op threads (0: all cores, shared out between the processes of a job on one machine).
+    /// ONNX Runtime intra-op threads of each replica (0: all cores, shared out between the replicas and the
+    /// processes of a job on one machine).
     pub threads: usize,
+    /// Replicas of the training loop on threads of this process, each training its share of every batch
+    /// (0: one per core on CPU in a process of its own, while each keeps at least [`MIN_REPLICA_ROWS`] rows of a
+    /// batch; 1 on CUDA and in an MPI job, whose processes already share the cores out).
+    pub replicas: usize,
     pub device: Device,
 }
+
+/// The fewest rows of a batch an automatic replica trains: below, a step's fixed costs outweigh the core.
+pub const MIN_REPLICA_ROWS: usize = 32;
 
 impl Default for TrainConfig {
     fn default() -> Self {
@@ -75,6 +83,7 @@ impl Default for TrainConfig {
             optimiser: AdamW::default(),
             seed: 42,
             threads: 0,
+            replicas: 0,
             device: Device::Cpu,
         }
     }
@@ -122,7 +131,19 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// Threads for one of `local_processes` processes on this machine.
+    /// Replicas of the training loop in one of a job's `processes`: what [`TrainConfig::replicas`] says.
+    pub fn replicas_in(&self, processes: usize) -> usize {
+        match (self.replicas, self.device) {
+            (0, Device::Cpu) if processes == 1 => {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                cores.min(self.batch_size / MIN_REPLICA_ROWS).max(1)
+            }
+            (0, _) => 1,
+            (replicas, _) => replicas,
+        }
+    }
+
+    /// Threads for one of `local_processes` processes (or replicas) on this machine.
     pub(super) fn threads(&self, local_processes: usize) -> usize {
         if self.threads > 0 {
             self.threads

@@ -30,8 +30,40 @@ use crate::stepper::{ModelState, StepRunner};
 /// [`Progress::EpochFinished`] ends the run there (after its checkpoint), as an interruption would.
 ///
 /// With several `processes`, each calls this with the same arguments and gets the same result; only rank 0 uses
-/// `checkpoints`, and rank 0's answer to `EpochFinished` decides for all.
+/// `checkpoints`, and rank 0's answer to `EpochFinished` decides for all. A process of its own trains as
+/// [`TrainConfig::replicas_in`] replicas on threads ([`crate::replicas`]), which share each batch as processes
+/// do; `progress` sees rank 0's.
 pub fn train(
+    split: &Split,
+    config: &TrainConfig,
+    checkpoints: Option<&Path>,
+    resume: bool,
+    processes: &dyn Collective,
+    progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+) -> Result<Trained, TrainError> {
+    let replicas = config.replicas_in(processes.size());
+    if replicas <= 1 {
+        return train_replica(split, config, checkpoints, resume, processes, progress);
+    }
+    if processes.size() > 1 || config.device != Device::Cpu {
+        return Err(TrainError::Config(format!(
+            "replicas = {replicas} trains on CPU in a process of its own; an MPI job's processes (or a GPU) \
+             already share the work: leave replicas at 0 or 1"
+        )));
+    }
+    crate::replicas::run_replicas(
+        replicas,
+        |replica| {
+            train_replica(split, config, checkpoints, resume, replica, &mut |_| {
+                ControlFlow::Continue(())
+            })
+        },
+        |leader| train_replica(split, config, checkpoints, resume, leader, progress),
+    )
+}
+
+/// [`train`] as one process or replica of a group.
+fn train_replica(
     split: &Split,
     config: &TrainConfig,
     checkpoints: Option<&Path>,
@@ -566,6 +598,45 @@ mod tests {
             "{} epochs",
             trained.history.len()
         );
+    }
+
+    /// Two replicas on threads train what one does: the same steps on halves of each batch, the gradients
+    /// summed, so the runs differ only by reassociated sums. Adam divides each gradient by its own running size,
+    /// so where a gradient is nearly zero that rounding can move a parameter by up to the learning rate; hence
+    /// the losses and metrics must agree closely, nearly every parameter within 1e-6 and every one within 1e-2.
+    #[test]
+    fn replicas_on_threads_reach_the_parameters_of_one() {
+        let split = planted_pattern(120);
+        let config = |replicas| TrainConfig {
+            max_epochs: 2,
+            learning_rate: 5e-3,
+            replicas,
+            ..small_config()
+        };
+        let one = train_alone(&split, &config(1), None, false).expect("one replica trains");
+        let two = train_alone(&split, &config(2), None, false).expect("two replicas train");
+        assert_eq!(one.history.len(), 2);
+        for (a, b) in one.history.iter().zip(&two.history) {
+            assert!((a.train_loss - b.train_loss).abs() < 1e-9, "{a:?} {b:?}");
+            assert!((a.validation.ndcg_at_10 - b.validation.ndcg_at_10).abs() < 1e-9);
+        }
+        assert!(
+            two.history.iter().all(|r| r.exchange_seconds > 0.0),
+            "summed"
+        );
+        let (mut values, mut close, mut largest) = (0usize, 0usize, 0f32);
+        for (name, (_, ours)) in &one.parameters.0 {
+            for (a, b) in ours.iter().zip(&two.parameters.0[name].1) {
+                values += 1;
+                close += usize::from((a - b).abs() < 1e-6);
+                largest = largest.max((a - b).abs());
+            }
+        }
+        assert!(
+            close * 100 >= values * 99,
+            "{close} of {values} within 1e-6"
+        );
+        assert!(largest < 1e-2, "largest difference {largest}");
     }
 
     /// Once validation stops gaining, the learning rate falls to the floor over `anneal_steps`, the last epoch
