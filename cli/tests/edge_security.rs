@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use edgerec_registry::client::RegistryClient;
-use edgerec_registry::records::Variant;
+use edgerec_registry::records::{Variant, VersionRecord};
 use edgerec_registry::service::PlanRequest;
 use prost::Message;
 use serde_json::{Value, json};
@@ -101,61 +101,118 @@ fn dir_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// One guarded node, attacked step by step; each step is a function named for what it shows.
 #[test]
 fn the_public_edge_refuses_strangers_and_bounds_what_a_client_costs() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let registry_root = dir.path().join("registry");
-    let token = registry_token(&registry_root);
-    let mut registry = Registry::start(&registry_root);
-    let client = RegistryClient::new(&registry.url, Some(&token));
-    let golden = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo test"))
-        .join("../testdata/golden/bundle");
-    let (record, _) = client
-        .publish_bundle(&golden)
-        .expect("publishes the golden bundle");
-    let variant = Variant {
-        name: "control".into(),
-        model: record.model.clone(),
-        version: record.version.clone(),
-        weight: 100,
-    };
-    let request = PlanRequest {
-        variants: vec![variant],
-        salt: None,
-        reason: "security test".into(),
-    };
-    client.deploy(SURFACE, &request, None).expect("deploys");
+    let mut edge = GuardedEdge::start();
+    who_may_name_a_user(&edge);
+    anonymous_sessions_are_good_for_their_own_id(&edge);
+    an_api_key_posts_for_any_user_until_revoked(&edge);
+    the_canary_never_leaks(&edge);
+    a_flood_is_limited_while_a_neighbour_is_served(&edge);
+    maximal_histories_grow_the_serving_log_by_the_cap(&edge);
+    a_memory_hog_is_refused_and_the_previous_model_serves(&mut edge);
+    operator_routes_and_an_open_node_are_refused(&edge);
+}
 
-    let site = Site::new(dir.path(), "site-1");
-    let (jwks, ed_key) = eddsa_site(dir.path());
-    let data = dir.path().join("guarded");
-    let mut auth = site.auth_config();
-    auth["visitor_tokens"]["jwks_file"] = json!(jwks);
-    let config = json!({
-        "listen": "127.0.0.1:0",
-        "workers": 2,
-        "surfaces": [SURFACE],
-        "registry": { "url": registry.url, "token": token, "poll_interval_ms": 300 },
-        "auth": auth,
-        "rate_limits": {
-            "per_address": { "per_second": 20, "burst": 40 },
-            "per_visitor": { "per_second": 50, "burst": 100 },
-            "trusted_proxies": ["127.0.0.1"],
-        },
-        "limits": { "max_served_record_bytes": 4096 },
-        "ship_interval_ms": 3_600_000,
-        "features": { "data_dir": data, "ingest": { "node_id": "guarded" } },
-    });
-    let node = Node::start("guarded", dir.path(), config, None);
-    wait_for(
-        Duration::from_secs(60),
-        "the node to load the model",
-        || node.get("/readyz").0 == 200,
-    );
-    let items = golden_items(&golden);
-    let item = |i: usize| items[i].clone();
+/// A registry serving the golden bundle on one surface, and a node guarding it: site tokens (HS256 and an EdDSA
+/// JWKS), per-address and per-visitor rates behind a trusted proxy, a cap on each served record.
+struct GuardedEdge {
+    node: Node,
+    registry: Registry,
+    client: RegistryClient,
+    record: VersionRecord,
+    site: Site,
+    ed_key: jsonwebtoken::EncodingKey,
+    items: Vec<String>,
+    golden: PathBuf,
+    registry_root: PathBuf,
+    data: PathBuf,
+    // Last: the processes above stop before their folders go.
+    dir: tempfile::TempDir,
+}
 
-    // Who may name a user: the matrix, on both routes.
+impl GuardedEdge {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let registry_root = dir.path().join("registry");
+        let token = registry_token(&registry_root);
+        let registry = Registry::start(&registry_root);
+        let client = RegistryClient::new(&registry.url, Some(&token));
+        let golden = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo test"))
+            .join("../testdata/golden/bundle");
+        let (record, _) = client
+            .publish_bundle(&golden)
+            .expect("publishes the golden bundle");
+        let variant = Variant {
+            name: "control".into(),
+            model: record.model.clone(),
+            version: record.version.clone(),
+            weight: 100,
+        };
+        let request = PlanRequest {
+            variants: vec![variant],
+            salt: None,
+            reason: "security test".into(),
+        };
+        client.deploy(SURFACE, &request, None).expect("deploys");
+
+        let site = Site::new(dir.path(), "site-1");
+        let (jwks, ed_key) = eddsa_site(dir.path());
+        let data = dir.path().join("guarded");
+        let mut auth = site.auth_config();
+        auth["visitor_tokens"]["jwks_file"] = json!(jwks);
+        let config = json!({
+            "listen": "127.0.0.1:0",
+            "workers": 2,
+            "surfaces": [SURFACE],
+            "registry": { "url": registry.url, "token": token, "poll_interval_ms": 300 },
+            "auth": auth,
+            "rate_limits": {
+                "per_address": { "per_second": 20, "burst": 40 },
+                "per_visitor": { "per_second": 50, "burst": 100 },
+                "trusted_proxies": ["127.0.0.1"],
+            },
+            "limits": { "max_served_record_bytes": 4096 },
+            "ship_interval_ms": 3_600_000,
+            "features": { "data_dir": data, "ingest": { "node_id": "guarded" } },
+        });
+        let node = Node::start("guarded", dir.path(), config, None);
+        wait_for(
+            Duration::from_secs(60),
+            "the node to load the model",
+            || node.get("/readyz").0 == 200,
+        );
+        let items = golden_items(&golden);
+
+        Self {
+            node,
+            registry,
+            client,
+            record,
+            site,
+            ed_key,
+            items,
+            golden,
+            registry_root,
+            data,
+            dir,
+        }
+    }
+
+    /// A request that names nobody and brings its own history.
+    fn own(&self) -> Value {
+        json!({ "recent_items": [self.items[3]], "k": 3, "surface": SURFACE })
+    }
+}
+
+/// Who may name a user: the matrix, on both routes.
+fn who_may_name_a_user(edge: &GuardedEdge) {
+    let (node, site) = (&edge.node, &edge.site);
+    let item = |i: usize| edge.items[i].clone();
+    let ed_key = &edge.ed_key;
+    let ask = |user: &str| json!({ "user_id": user, "k": 3, "surface": SURFACE });
+    let post = |user: &str, id: &str| json!({ "events": [event(id, user, &item(1))] });
     let alice = site.token("alice");
     let now = jsonwebtoken::get_current_timestamp();
     let expired = site.sign(
@@ -187,17 +244,15 @@ fn the_public_edge_refuses_strangers_and_bounds_what_a_client_costs() {
         jsonwebtoken::encode(
             &header,
             &json!({ "sub": "bob", "iat": now, "exp": now + 600 }),
-            &ed_key,
+            ed_key,
         )
         .expect("signs")
     };
-    let ask = |user: &str| json!({ "user_id": user, "k": 3, "surface": SURFACE });
-    let post = |user: &str, id: &str| json!({ "events": [event(id, user, &item(1))] });
     for (path, body) in [
         ("/v1/recommend", ask("alice")),
         ("/v1/events", post("alice", "ev-matrix")),
     ] {
-        let no_token = send(&node, path, &body, None);
+        let no_token = send(node, path, &body, None);
         expect(
             &no_token,
             401,
@@ -232,25 +287,25 @@ fn the_public_edge_refuses_strangers_and_bounds_what_a_client_costs() {
             ),
             ("garbage".into(), 401, "unauthenticated", "not a JWT"),
         ] {
-            let answer = send(&node, path, &body, Some(&credential));
+            let answer = send(node, path, &body, Some(&credential));
             expect(&answer, status, Some(kind), &format!("{path} with {what}"));
         }
         expect(
-            &send(&node, path, &body, Some(&alice)),
+            &send(node, path, &body, Some(&alice)),
             200,
             None,
             &format!("{path} as alice"),
         );
     }
     expect(
-        &send(&node, "/v1/recommend", &ask("alice"), Some(&reader)),
+        &send(node, "/v1/recommend", &ask("alice"), Some(&reader)),
         200,
         None,
         "read scope",
     );
     expect(
         &send(
-            &node,
+            node,
             "/v1/events",
             &post("alice", "ev-scope"),
             Some(&reader),
@@ -260,7 +315,7 @@ fn the_public_edge_refuses_strangers_and_bounds_what_a_client_costs() {
         "a recommend-only token posting events",
     );
     expect(
-        &send(&node, "/v1/recommend", &ask("bob"), Some(&ed_token)),
+        &send(node, "/v1/recommend", &ask("bob"), Some(&ed_token)),
         200,
         None,
         "an EdDSA token",
@@ -268,13 +323,13 @@ fn the_public_edge_refuses_strangers_and_bounds_what_a_client_costs() {
     // A malformed header is refused too, and before the body is read: a body far past the limit still gets 401.
     let huge = json!({ "user_id": "alice", "k": 3, "surface": SURFACE, "exclude": vec!["x".repeat(200); 1500] });
     expect(
-        &send(&node, "/v1/recommend", &huge, Some("garbage")),
+        &send(node, "/v1/recommend", &huge, Some("garbage")),
         401,
         Some("unauthenticated"),
         "huge body",
     );
     expect(
-        &send(&node, "/v1/recommend", &huge, Some(&alice)),
+        &send(node, "/v1/recommend", &huge, Some(&alice)),
         413,
         Some("too_large"),
         "huge body, valid",
@@ -294,16 +349,23 @@ fn the_public_edge_refuses_strangers_and_bounds_what_a_client_costs() {
         Some("Bearer")
     );
     // Naming nobody needs nothing.
-    let own = json!({ "recent_items": [item(3)], "k": 3, "surface": SURFACE });
+    let own = edge.own();
     expect(
-        &send(&node, "/v1/recommend", &own, None),
+        &send(node, "/v1/recommend", &own, None),
         200,
         None,
         "no user, no token",
     );
+}
 
-    // Anonymous sessions: a token for a fresh id, good for that id only, renewed with the same id.
-    let session = send(&node, "/v1/session", &json!({}), None);
+/// Anonymous sessions: a token for a fresh id, good for that id only, renewed with the same id.
+fn anonymous_sessions_are_good_for_their_own_id(edge: &GuardedEdge) {
+    let (node, site) = (&edge.node, &edge.site);
+    let item = |i: usize| edge.items[i].clone();
+    let ask = |user: &str| json!({ "user_id": user, "k": 3, "surface": SURFACE });
+    let post = |user: &str, id: &str| json!({ "events": [event(id, user, &item(1))] });
+    let alice = site.token("alice");
+    let session = send(node, "/v1/session", &json!({}), None);
     assert_eq!(session.status, 200, "{}", session.body);
     let (visitor, visitor_token) = (
         session.body["visitor"]
@@ -313,14 +375,14 @@ fn the_public_edge_refuses_strangers_and_bounds_what_a_client_costs() {
         session.body["token"].as_str().expect("token").to_string(),
     );
     expect(
-        &send(&node, "/v1/recommend", &ask(&visitor), Some(&visitor_token)),
+        &send(node, "/v1/recommend", &ask(&visitor), Some(&visitor_token)),
         200,
         None,
         "own session",
     );
     expect(
         &send(
-            &node,
+            node,
             "/v1/events",
             &post(&visitor, "ev-anon"),
             Some(&visitor_token),
@@ -330,13 +392,13 @@ fn the_public_edge_refuses_strangers_and_bounds_what_a_client_costs() {
         "own events",
     );
     expect(
-        &send(&node, "/v1/recommend", &ask("alice"), Some(&visitor_token)),
+        &send(node, "/v1/recommend", &ask("alice"), Some(&visitor_token)),
         403,
         Some("forbidden"),
         "session for alice",
     );
     let renewed = send(
-        &node,
+        node,
         "/v1/session",
         &json!({ "previous": visitor_token }),
         None,
@@ -347,9 +409,9 @@ fn the_public_edge_refuses_strangers_and_bounds_what_a_client_costs() {
         "{}",
         renewed.body
     );
-    let other = send(&node, "/v1/session", &json!({}), None);
+    let other = send(node, "/v1/session", &json!({}), None);
     assert_ne!(other.body["visitor"].as_str(), Some(visitor.as_str()));
-    let foreign = send(&node, "/v1/session", &json!({ "previous": alice }), None);
+    let foreign = send(node, "/v1/session", &json!({ "previous": alice }), None);
     expect(
         &foreign,
         401,
@@ -363,14 +425,14 @@ fn the_public_edge_refuses_strangers_and_bounds_what_a_client_costs() {
         (json!({ "previous": "x".repeat(10_000) }), 413, "too_large"),
     ] {
         expect(
-            &send(&node, "/v1/session", &body, None),
+            &send(node, "/v1/session", &body, None),
             status,
             Some(kind),
             &format!("session {body:.40}"),
         );
     }
     let minted: Vec<Answer> = (0..80)
-        .map(|_| send_from(&node, "/v1/session", &json!({}), None, "203.0.113.70"))
+        .map(|_| send_from(node, "/v1/session", &json!({}), None, "203.0.113.70"))
         .collect();
     let sessions_limited = minted.iter().filter(|a| a.status == 429).count();
     assert!(
@@ -378,20 +440,26 @@ fn the_public_edge_refuses_strangers_and_bounds_what_a_client_costs() {
         "only {sessions_limited} of 80 session requests were limited"
     );
     assert!(minted.iter().all(|a| a.status == 200 || a.status == 429));
+}
 
-    // An API key posts for any user; revoked, it is refused from the next request on.
+/// An API key posts for any user; revoked, it is refused from the next request on.
+fn an_api_key_posts_for_any_user_until_revoked(edge: &GuardedEdge) {
+    let node = &edge.node;
+    let item = |i: usize| edge.items[i].clone();
+    let ask = |user: &str| json!({ "user_id": user, "k": 3, "surface": SURFACE });
+    let data = &edge.data;
     let created = succeeds(
         edgerec()
             .args([
                 "edge", "key", "create", "--name", "importer", "--scope", "events", "--data",
             ])
-            .arg(&data),
+            .arg(data),
         "creating an API key",
     );
     let key = String::from_utf8_lossy(&created.stdout).trim().to_string();
     assert!(key.starts_with("edk_"), "{key}");
     let listed = succeeds(
-        edgerec().args(["edge", "key", "list", "--data"]).arg(&data),
+        edgerec().args(["edge", "key", "list", "--data"]).arg(data),
         "listing keys",
     );
     let listed = String::from_utf8_lossy(&listed.stdout).to_string();
@@ -403,13 +471,13 @@ fn the_public_edge_refuses_strangers_and_bounds_what_a_client_costs() {
     let import =
         json!({ "events": [event("imp-1", "carol", &item(4)), event("imp-2", "dave", &item(5))] });
     expect(
-        &send(&node, "/v1/events", &import, Some(&key)),
+        &send(node, "/v1/events", &import, Some(&key)),
         200,
         None,
         "an API key, any users",
     );
     expect(
-        &send(&node, "/v1/recommend", &ask("carol"), Some(&key)),
+        &send(node, "/v1/recommend", &ask("carol"), Some(&key)),
         403,
         Some("forbidden"),
         "events-only key",
@@ -417,22 +485,28 @@ fn the_public_edge_refuses_strangers_and_bounds_what_a_client_costs() {
     succeeds(
         edgerec()
             .args(["edge", "key", "revoke", &key_id, "--data"])
-            .arg(&data),
+            .arg(data),
         "revoking",
     );
     let import_again = json!({ "events": [event("imp-3", "carol", &item(6))] });
     expect(
-        &send(&node, "/v1/events", &import_again, Some(&key)),
+        &send(node, "/v1/events", &import_again, Some(&key)),
         401,
         Some("unauthenticated"),
         "revoked",
     );
+}
 
-    // The canary: an item posted for alice never comes back to a request that did not send it, not even her own.
+/// The canary: an item posted for alice never comes back to a request that did not send it, not even her own.
+fn the_canary_never_leaks(edge: &GuardedEdge) {
+    let (node, site) = (&edge.node, &edge.site);
+    let item = |i: usize| edge.items[i].clone();
+    let ask = |user: &str| json!({ "user_id": user, "k": 3, "surface": SURFACE });
+    let alice = site.token("alice");
     let canary = "canary-item-7f3a";
     let planted = json!({ "events": [event("canary-1", "alice", canary), event("canary-2", "alice", &item(7))] });
     expect(
-        &send(&node, "/v1/events", &planted, Some(&alice)),
+        &send(node, "/v1/events", &planted, Some(&alice)),
         200,
         None,
         "planting the canary",
@@ -454,7 +528,7 @@ fn the_public_edge_refuses_strangers_and_bounds_what_a_client_costs() {
         (ask("alice"), Some(site.token("mallory"))),
     ];
     for (probe, credential) in &probes {
-        let answer = send(&node, "/v1/recommend", probe, credential.as_deref());
+        let answer = send(node, "/v1/recommend", probe, credential.as_deref());
         assert!(
             !answer.body.to_string().contains(canary),
             "{probe} leaked the canary: {}",
@@ -469,7 +543,7 @@ fn the_public_edge_refuses_strangers_and_bounds_what_a_client_costs() {
         }
     }
     let sent_back = send(
-        &node,
+        node,
         "/v1/recommend",
         &json!({ "user_id": "alice", "k": 3, "surface": SURFACE, "recent_items": ["mine-only"] }),
         Some(&alice),
@@ -480,10 +554,14 @@ fn the_public_edge_refuses_strangers_and_bounds_what_a_client_costs() {
         "{}",
         sent_back.body
     );
+}
 
-    // A flood from one client gets 429s with Retry-After while another client is served normally.
+/// A flood from one client gets 429s with Retry-After while another client is served normally.
+fn a_flood_is_limited_while_a_neighbour_is_served(edge: &GuardedEdge) {
+    let node = &edge.node;
+    let own = edge.own();
     let flood: Vec<Answer> = (0..120)
-        .map(|_| send_from(&node, "/v1/recommend", &own, None, "203.0.113.66"))
+        .map(|_| send_from(node, "/v1/recommend", &own, None, "203.0.113.66"))
         .collect();
     let limited: Vec<&Answer> = flood.iter().filter(|a| a.status == 429).collect();
     assert!(
@@ -500,15 +578,21 @@ fn the_public_edge_refuses_strangers_and_bounds_what_a_client_costs() {
         .expect("Retry-After");
     assert!((1..=2).contains(&wait), "Retry-After {wait}");
     expect(
-        &send_from(&node, "/v1/recommend", &own, None, "203.0.113.67"),
+        &send_from(node, "/v1/recommend", &own, None, "203.0.113.67"),
         200,
         None,
         "a neighbour during the flood",
     );
     assert!(node.metric("edgerec_node_refusals_total", &[("kind", "rate_limited")]) >= 60.0);
+}
 
-    // 1,000 requests carrying maximal histories (500 ids of 256 bytes) grow the serving log by no more than the
-    // cap each; a request that could pass the cap is refused before it is ranked.
+/// 1,000 requests carrying maximal histories (500 ids of 256 bytes) grow the serving log by no more than the
+/// cap each; a request that could pass the cap is refused before it is ranked.
+fn maximal_histories_grow_the_serving_log_by_the_cap(edge: &GuardedEdge) {
+    let (node, site) = (&edge.node, &edge.site);
+    let item = |i: usize| edge.items[i].clone();
+    let alice = site.token("alice");
+    let data = &edge.data;
     let wal = data.join("wal");
     let before = dir_bytes(&wal);
     let history: Vec<String> = (0..500)
@@ -526,7 +610,7 @@ fn the_public_edge_refuses_strangers_and_bounds_what_a_client_costs() {
         let heavy =
             json!({ "user_id": user, "recent_items": history, "k": 10, "surface": SURFACE });
         body_bytes = heavy.to_string().len();
-        let answer = send(&node, "/v1/recommend", &heavy, Some(&site.token(&user)));
+        let answer = send(node, "/v1/recommend", &heavy, Some(&site.token(&user)));
         assert_eq!(answer.status, 200, "{}", answer.body);
     }
     wait_for(
@@ -543,15 +627,21 @@ fn the_public_edge_refuses_strangers_and_bounds_what_a_client_costs() {
     );
     let greedy = json!({ "user_id": "alice", "k": 500, "surface": SURFACE });
     expect(
-        &send(&node, "/v1/recommend", &greedy, Some(&alice)),
+        &send(node, "/v1/recommend", &greedy, Some(&alice)),
         413,
         Some("request_too_large"),
         "k 500",
     );
+}
 
-    // A model that allocates far past the instance memory limit (an 800 MB constant from a 1 MB file): the
-    // registry's probe, run in the WASI ranker with the nodes' limits, refuses to publish it; planted straight into
-    // the registry's store, the node fails its load cleanly and the previous model keeps serving.
+/// A model that allocates far past the instance memory limit (an 800 MB constant from a 1 MB file): the
+/// registry's probe, run in the WASI ranker with the nodes' limits, refuses to publish it; planted straight into
+/// the registry's store, the node fails its load cleanly and the previous model keeps serving.
+fn a_memory_hog_is_refused_and_the_previous_model_serves(edge: &mut GuardedEdge) {
+    let node = &edge.node;
+    let own = edge.own();
+    let (dir, golden, record) = (&edge.dir, &edge.golden, edge.record.clone());
+    let (client, registry_root) = (&edge.client, &edge.registry_root);
     let hog = hog_model(&std::fs::read(golden.join("model.onnx")).expect("the golden model"));
     let hog_dir = dir.path().join("hog");
     std::fs::create_dir_all(&hog_dir).expect("creates");
@@ -561,9 +651,9 @@ fn the_public_edge_refuses_strangers_and_bounds_what_a_client_costs() {
         .publish_bundle(&hog_dir)
         .expect_err("the probe refuses it");
     assert!(refused.to_string().contains("not servable"), "{refused}");
-    registry.stop();
-    plant_version(&registry_root, &record, "6.6.6", &hog, true);
-    registry.restart();
+    edge.registry.stop();
+    plant_version(registry_root, &record, "6.6.6", &hog, true);
+    edge.registry.restart();
     let serving = node.revision(SURFACE).expect("a revision");
     let hog_plan = PlanRequest {
         variants: vec![Variant {
@@ -595,13 +685,18 @@ fn the_public_edge_refuses_strangers_and_bounds_what_a_client_costs() {
         Some(serving),
         "the previous plan keeps serving"
     );
-    let still = send(&node, "/v1/recommend", &own, None);
+    let still = send(node, "/v1/recommend", &own, None);
     assert_eq!(
         (still.status, still.body["model_version"].as_str()),
         (200, Some(record.version.as_str()))
     );
+}
 
-    // The operator's routes are not on the public address.
+/// The operator's routes are not on the public address, and a node without auth (or open beyond loopback) does
+/// not start.
+fn operator_routes_and_an_open_node_are_refused(edge: &GuardedEdge) {
+    let node = &edge.node;
+    let dir = &edge.dir;
     for path in ["/metrics", "/v1/deployments"] {
         assert_eq!(node.get(path).0, 404, "{path} on the public address");
         assert_eq!(node.admin_get(path).0, 200, "{path} on the admin address");
