@@ -287,24 +287,22 @@ pub fn print_start(job: &Job, processes: usize, per_machine: usize) {
         } else {
             "without dropout"
         },
-        match (processes, config.threads) {
-            (1, threads) => match (config.replicas_in(1), threads) {
-                (1, 0) => "on all cores".to_string(),
-                (1, threads) => format!("on {threads} thread(s)"),
-                (replicas, 0) => format!(
-                    "as {replicas} replicas sharing each batch of {}, the cores shared out between them",
-                    config.batch_size
-                ),
-                (replicas, threads) => format!(
-                    "as {replicas} replicas sharing each batch of {}, {threads} thread(s) each",
-                    config.batch_size
-                ),
-            },
-            (size, 0) => format!(
+        match (processes, config.replicas_in(processes), config.threads) {
+            (1, 1, 0) => "on all cores".to_string(),
+            (1, 1, threads) => format!("on {threads} thread(s)"),
+            (1, replicas, 0) => format!(
+                "as {replicas} replicas sharing each batch of {}, the cores shared out between them",
+                config.batch_size
+            ),
+            (1, replicas, threads) => format!(
+                "as {replicas} replicas sharing each batch of {}, {threads} thread(s) each",
+                config.batch_size
+            ),
+            (size, _, 0) => format!(
                 "as {size} processes sharing each batch of {} ({per_machine} per machine share its cores)",
                 config.batch_size,
             ),
-            (size, threads) => format!(
+            (size, _, threads) => format!(
                 "as {size} processes sharing each batch of {}, {threads} thread(s) each",
                 config.batch_size
             ),

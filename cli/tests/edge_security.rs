@@ -51,6 +51,11 @@ fn expect(answer: &Answer, status: u16, kind: Option<&str>, what: &str) {
     );
 }
 
+/// A recommendation request for `user`.
+fn ask(user: &str) -> Value {
+    json!({ "user_id": user, "k": 3, "surface": SURFACE })
+}
+
 fn event(id: &str, user: &str, item: &str) -> Value {
     json!({ "id": id, "user": user, "item": item, "kind": "purchase", "time_ms": edgerec_features::now_ms() })
 }
@@ -200,6 +205,11 @@ impl GuardedEdge {
         }
     }
 
+    /// A batch of one event of `user`'s (on a known item) with id `id`.
+    fn post(&self, user: &str, id: &str) -> Value {
+        json!({ "events": [event(id, user, &self.items[1])] })
+    }
+
     /// A request that names nobody and brings its own history.
     fn own(&self) -> Value {
         json!({ "recent_items": [self.items[3]], "k": 3, "surface": SURFACE })
@@ -209,10 +219,7 @@ impl GuardedEdge {
 /// Who may name a user: the matrix, on both routes.
 fn who_may_name_a_user(edge: &GuardedEdge) {
     let (node, site) = (&edge.node, &edge.site);
-    let item = |i: usize| edge.items[i].clone();
     let ed_key = &edge.ed_key;
-    let ask = |user: &str| json!({ "user_id": user, "k": 3, "surface": SURFACE });
-    let post = |user: &str, id: &str| json!({ "events": [event(id, user, &item(1))] });
     let alice = site.token("alice");
     let now = jsonwebtoken::get_current_timestamp();
     let expired = site.sign(
@@ -250,7 +257,7 @@ fn who_may_name_a_user(edge: &GuardedEdge) {
     };
     for (path, body) in [
         ("/v1/recommend", ask("alice")),
-        ("/v1/events", post("alice", "ev-matrix")),
+        ("/v1/events", edge.post("alice", "ev-matrix")),
     ] {
         let no_token = send(node, path, &body, None);
         expect(
@@ -307,7 +314,7 @@ fn who_may_name_a_user(edge: &GuardedEdge) {
         &send(
             node,
             "/v1/events",
-            &post("alice", "ev-scope"),
+            &edge.post("alice", "ev-scope"),
             Some(&reader),
         ),
         403,
@@ -361,9 +368,6 @@ fn who_may_name_a_user(edge: &GuardedEdge) {
 /// Anonymous sessions: a token for a fresh id, good for that id only, renewed with the same id.
 fn anonymous_sessions_are_good_for_their_own_id(edge: &GuardedEdge) {
     let (node, site) = (&edge.node, &edge.site);
-    let item = |i: usize| edge.items[i].clone();
-    let ask = |user: &str| json!({ "user_id": user, "k": 3, "surface": SURFACE });
-    let post = |user: &str, id: &str| json!({ "events": [event(id, user, &item(1))] });
     let alice = site.token("alice");
     let session = send(node, "/v1/session", &json!({}), None);
     assert_eq!(session.status, 200, "{}", session.body);
@@ -384,7 +388,7 @@ fn anonymous_sessions_are_good_for_their_own_id(edge: &GuardedEdge) {
         &send(
             node,
             "/v1/events",
-            &post(&visitor, "ev-anon"),
+            &edge.post(&visitor, "ev-anon"),
             Some(&visitor_token),
         ),
         200,
@@ -446,7 +450,6 @@ fn anonymous_sessions_are_good_for_their_own_id(edge: &GuardedEdge) {
 fn an_api_key_posts_for_any_user_until_revoked(edge: &GuardedEdge) {
     let node = &edge.node;
     let item = |i: usize| edge.items[i].clone();
-    let ask = |user: &str| json!({ "user_id": user, "k": 3, "surface": SURFACE });
     let data = &edge.data;
     let created = succeeds(
         edgerec()
@@ -501,7 +504,6 @@ fn an_api_key_posts_for_any_user_until_revoked(edge: &GuardedEdge) {
 fn the_canary_never_leaks(edge: &GuardedEdge) {
     let (node, site) = (&edge.node, &edge.site);
     let item = |i: usize| edge.items[i].clone();
-    let ask = |user: &str| json!({ "user_id": user, "k": 3, "surface": SURFACE });
     let alice = site.token("alice");
     let canary = "canary-item-7f3a";
     let planted = json!({ "events": [event("canary-1", "alice", canary), event("canary-2", "alice", &item(7))] });

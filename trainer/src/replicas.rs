@@ -258,7 +258,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sums_and_broadcasts_reach_every_replica_in_rank_order() {
+    fn sums_and_broadcasts_reach_every_replica() {
         let sums = run_replicas(
             3,
             |c| {
@@ -291,6 +291,27 @@ mod tests {
         assert_eq!(sums.1, [0.0 + 0.1 + 0.2]);
         assert_eq!(sums.2, [7.0, 8.0]);
         assert_eq!(sums.3, b"rank 0");
+    }
+
+    /// In f32, 1 + 1e8 rounds to 1e8: summed in rank order (1, 1e8, -1e8) the answer is 0, while the order of
+    /// arrival here (rank 0 comes last) would give 1.
+    #[test]
+    fn sums_follow_rank_order_not_arrival_order() {
+        let sum = run_replicas(
+            3,
+            |c| {
+                let mut values = [if c.rank() == 1 { 1e8f32 } else { -1e8 }];
+                c.sum_f32(&mut values);
+                Ok::<_, ()>(values[0])
+            },
+            |c| {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                let mut values = [1.0f32];
+                c.sum_f32(&mut values);
+                Ok(values[0])
+            },
+        );
+        assert_eq!(sum, Ok(0.0));
     }
 
     /// The followers' answers equal rank 0's: checked from inside, since only rank 0's result comes back.

@@ -51,6 +51,8 @@ pub fn train(
              already share the work: leave replicas at 0 or 1"
         )));
     }
+    // Before any thread starts: a thousand replicas would otherwise all start to find the same error.
+    check_batch_shared(config, replicas, "replicas")?;
     crate::replicas::run_replicas(
         replicas,
         |replica| {
@@ -409,9 +411,14 @@ fn check_settings(
         agree(processes, split, config, resume)?;
     }
     config.check()?;
-    if config.batch_size < size {
+    check_batch_shared(config, size, "processes")
+}
+
+/// Each of `parts` (processes or replicas) needs at least one row of every batch.
+fn check_batch_shared(config: &TrainConfig, parts: usize, what: &str) -> Result<(), TrainError> {
+    if config.batch_size < parts {
         return Err(TrainError::Config(format!(
-            "batch_size {} is smaller than the {size} processes sharing each batch",
+            "batch_size {} is smaller than the {parts} {what} sharing each batch",
             config.batch_size
         )));
     }
@@ -637,6 +644,35 @@ mod tests {
             "{close} of {values} within 1e-6"
         );
         assert!(largest < 1e-2, "largest difference {largest}");
+    }
+
+    /// Replicas the run cannot use are refused before any thread starts, with the setting named.
+    #[test]
+    fn replicas_it_cannot_use_are_refused() {
+        let split = planted_pattern(20);
+        for (config, expected) in [
+            (
+                TrainConfig {
+                    replicas: 2,
+                    device: Device::Cuda,
+                    ..small_config()
+                },
+                "replicas = 2 trains on CPU",
+            ),
+            (
+                TrainConfig {
+                    replicas: 33,
+                    ..small_config()
+                },
+                "batch_size 32 is smaller than the 33 replicas sharing each batch",
+            ),
+        ] {
+            let error = train_alone(&split, &config, None, false).expect_err("refused");
+            assert!(
+                matches!(&error, TrainError::Config(m) if m.contains(expected)),
+                "{error}"
+            );
+        }
     }
 
     /// Once validation stops gaining, the learning rate falls to the floor over `anneal_steps`, the last epoch
