@@ -175,6 +175,10 @@ pub(crate) struct Unroll {
     /// Dropout masks (`0` or `1 / (1 - p)` per element, `[batch, len, dim]`), one per dropout site, fed at run time
     /// so that training is reproducible from the seed and the step number.
     pub dropout: Vec<Value>,
+    /// Rows packed with several histories (training, [`POSITIONS`] and [`SEGMENTS`] inputs): each position attends
+    /// only within its segment and takes its position embedding from [`POSITIONS`]. Otherwise one history a row,
+    /// left-padded, as serving feeds it.
+    pub packed: bool,
 }
 
 /// Number of dropout sites: after the embeddings and after each block's attention and feed-forward outputs.
@@ -200,7 +204,13 @@ pub(crate) fn sequence_model(
 
     let ids = g.input(&spec.sequence.input, ElemType::I64, &[batch, l]);
     let mut x = g.op("Gather", &[&w("E"), &ids], &[Attr::Int("axis", 0)]);
-    x = g.op("Add", &[&x, &w("P")], &[]);
+    let positions = if unroll.packed {
+        let positions = g.input(POSITIONS, ElemType::I64, &[batch, l]);
+        g.op("Gather", &[&w("P"), &positions], &[Attr::Int("axis", 0)])
+    } else {
+        w("P")
+    };
+    x = g.op("Add", &[&x, &positions], &[]);
     for feature in &spec.item_features {
         let values = g.input(&feature.input, ElemType::I64, &[batch, l]);
         let embedded = g.op(
@@ -219,10 +229,21 @@ pub(crate) fn sequence_model(
     x = g.op("Mul", &[&x, &mask3], &[]);
     let one = g.f32_scalar(1.0);
     let masked = g.f32_scalar(MASKED);
-    let absent = g.op("Sub", &[&one, &mask], &[]);
-    let key_penalty = g.op("Mul", &[&absent, &masked], &[]);
     let axis1 = g.i64s(&[1]);
-    let key_penalty = g.op("Unsqueeze", &[&key_penalty, &axis1], &[]); // [B, 1, L]
+    let key_penalty = if unroll.packed {
+        // A query attends to the keys of its own segment: padding (segment 0) is no real query's.
+        let segments = g.input(SEGMENTS, ElemType::I64, &[batch, l]);
+        let queries = g.op("Unsqueeze", &[&segments, &axis2], &[]); // [B, L, 1]
+        let keys = g.op("Unsqueeze", &[&segments, &axis1], &[]); // [B, 1, L]
+        let same = g.op("Equal", &[&queries, &keys], &[]);
+        let same = g.op("Cast", &[&same], &[Attr::Int("to", 1)]);
+        let other = g.op("Sub", &[&one, &same], &[]);
+        g.op("Mul", &[&other, &masked], &[]) // [B, L, L]
+    } else {
+        let absent = g.op("Sub", &[&one, &mask], &[]);
+        let key_penalty = g.op("Mul", &[&absent, &masked], &[]);
+        g.op("Unsqueeze", &[&key_penalty, &axis1], &[]) // [B, 1, L]
+    };
     let causal: Vec<f32> = (0..l)
         .flat_map(|q| (0..l).map(move |k| if k <= q { 0.0 } else { MASKED }))
         .collect();
@@ -336,6 +357,7 @@ pub(crate) fn serving_scores(
         batch: 1,
         last_only: true,
         dropout: vec![],
+        packed: false,
     };
     let states = sequence_model(g, spec, arch, &p, &unroll); // [1, 1, d]
     let row = g.i64s(&[1, d]);
@@ -364,6 +386,7 @@ pub(crate) fn training_loss(
         batch,
         last_only: false,
         dropout,
+        packed: true,
     };
     let states = sequence_model(g, spec, arch, p, &unroll); // [B, L, d]
     let states = add_context(g, spec, p, states, &[batch, l]);
@@ -420,6 +443,11 @@ pub(crate) fn training_loss(
 
 /// Training graph input with sampled softmax: the negative item indices of the batch (`[negatives]`).
 pub const NEGATIVES: &str = "negatives";
+/// Training graph input: the serving position of each item of a packed row (`[batch, len]`, `0..len`).
+pub const POSITIONS: &str = "positions";
+/// Training graph input: which history of a packed row each position belongs to (`[batch, len]`, 1 for the
+/// first, 0 at padding).
+pub const SEGMENTS: &str = "segments";
 /// Training graph input: the next item at each position (`[batch, len]`, 0 where there is none).
 pub const TARGETS: &str = "targets";
 /// Training graph input: each target's weight in the loss (`[batch, len]`).
@@ -448,10 +476,44 @@ mod tests {
         }
     }
 
-    /// The served graph (last position only in the last block) computes what training optimises: the training
-    /// loss of a single target at the last position is minus the log-softmax of the served scores there.
-    #[test]
-    fn served_scores_are_the_trained_forward_pass() {
+    /// The training graph's loss on one row, to compare with what serving scores.
+    struct TrainedForward {
+        session: ort::session::Session,
+    }
+
+    impl TrainedForward {
+        fn new(spec: &FeatureSpec, arch: &Architecture, params: &Parameters) -> Self {
+            let mut g = GraphBuilder::new("training-forward");
+            let mut p = BTreeMap::new();
+            for (name, _) in parameter_shapes(spec, arch).expect("shapes") {
+                p.insert(name.clone(), params.tensor(&mut g, &name).expect("tensor"));
+            }
+            let loss = training_loss(&mut g, spec, arch, &p, 1, vec![], 0);
+            g.output(&loss, "loss");
+            let session = session(&g.to_bytes(), Device::Cpu, 0, 1).expect("training session");
+            Self { session }
+        }
+
+        /// The loss of a row given as its items, positions, segments and targets.
+        fn loss(&mut self, row: [&[i64]; 4], weights: Vec<f32>) -> f32 {
+            let [history, positions, segments, targets] = row.map(<[i64]>::to_vec);
+            let dims = vec![1, history.len() as i64];
+            run_once(
+                &mut self.session,
+                &[
+                    ("item_ids", Feed::I64(dims.clone(), history)),
+                    (POSITIONS, Feed::I64(dims.clone(), positions)),
+                    (SEGMENTS, Feed::I64(dims.clone(), segments)),
+                    (TARGETS, Feed::I64(dims.clone(), targets)),
+                    (TARGET_WEIGHTS, Feed::F32(dims, weights)),
+                ],
+            )
+            .expect("training forward")["loss"][0]
+        }
+    }
+
+    /// A small model's serving session and its training forward pass, from the same parameters.
+    fn small_model_sessions() -> (ort::session::Session, TrainedForward) {
         let (spec, arch) = (
             spec(),
             Architecture {
@@ -461,56 +523,76 @@ mod tests {
             },
         );
         let params = Parameters::init(&spec, &arch, 11).expect("initialises");
-        let mut served = session(
-            &inference_graph(&spec, &arch, &params).expect("test step succeeds"),
-            Device::Cpu,
-            0,
-            1,
-        )
-        .expect("serving session");
+        let onnx = inference_graph(&spec, &arch, &params).expect("builds");
+        let served = session(&onnx, Device::Cpu, 0, 1).expect("serving session");
+        (served, TrainedForward::new(&spec, &arch, &params))
+    }
 
-        let mut g = GraphBuilder::new("training-forward");
-        let mut p = BTreeMap::new();
-        for (name, _) in parameter_shapes(&spec, &arch).expect("test step succeeds") {
-            p.insert(
-                name.clone(),
-                params.tensor(&mut g, &name).expect("test step succeeds"),
-            );
-        }
-        let loss = training_loss(&mut g, &spec, &arch, &p, 1, vec![], 0);
-        g.output(&loss, "loss");
-        let mut trained = session(&g.to_bytes(), Device::Cpu, 0, 1).expect("training session");
+    /// Minus the log-softmax of the served scores of `history` (left-padded to 6) at `target`.
+    fn served_loss(served: &mut ort::session::Session, history: &[i64], target: i64) -> f32 {
+        let padded: Vec<i64> = std::iter::repeat_n(0, 6 - history.len())
+            .chain(history.iter().copied())
+            .collect();
+        let scores = &run_once(served, &[("item_ids", Feed::I64(vec![1, 6], padded))])
+            .expect("serves")["scores"];
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let log_sum = max + scores.iter().map(|s| (s - max).exp()).sum::<f32>().ln();
+        log_sum - scores[target as usize]
+    }
 
+    /// The served graph (last position only in the last block) computes what training optimises: the training
+    /// loss of a single target at the last position is minus the log-softmax of the served scores there.
+    #[test]
+    fn served_scores_are_the_trained_forward_pass() {
+        let (mut served, mut trained) = small_model_sessions();
         for (history, target) in [
             (vec![0, 0, 3, 7, 1, 12], 5i64),
             (vec![0, 0, 0, 0, 0, 4], 4),
             (vec![2, 9, 3, 7, 1, 5], 12),
         ] {
-            let scores = &run_once(
-                &mut served,
-                &[("item_ids", Feed::I64(vec![1, 6], history.clone()))],
-            )
-            .expect("test step succeeds")["scores"];
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let log_sum = max + scores.iter().map(|s| (s - max).exp()).sum::<f32>().ln();
-            let expected = log_sum - scores[target as usize];
+            let present: Vec<i64> = history.iter().map(|&h| i64::from(h > 0)).collect();
+            let start = history.iter().position(|&h| h > 0).expect("an item");
+            let expected = served_loss(&mut served, &history[start..], target);
+            let positions: Vec<i64> = (0..6).collect();
             let mut targets = vec![0i64; 6];
             targets[5] = target;
             let mut weights = vec![0f32; 6];
             weights[5] = 1.0;
-            let loss = run_once(
-                &mut trained,
-                &[
-                    ("item_ids", Feed::I64(vec![1, 6], history)),
-                    (TARGETS, Feed::I64(vec![1, 6], targets)),
-                    (TARGET_WEIGHTS, Feed::F32(vec![1, 6], weights)),
-                ],
-            )
-            .expect("test step succeeds")["loss"][0];
+            let loss = trained.loss([&history, &positions, &present, &targets], weights);
             assert!(
                 (loss - expected).abs() < 1e-4,
                 "training loss {loss}, served {expected}"
             );
         }
+    }
+
+    /// Two histories packed in one row train what each would alone: neither attends to the other, and each item
+    /// has the position serving gives it.
+    #[test]
+    fn a_packed_row_trains_each_history_as_served() {
+        let (mut served, mut trained) = small_model_sessions();
+        let first = served_loss(&mut served, &[3, 7], 5);
+        let second = served_loss(&mut served, &[2, 9, 4, 1], 12);
+        let row = [3, 7, 2, 9, 4, 1];
+        let positions = [4, 5, 2, 3, 4, 5];
+        let segments = [1, 1, 2, 2, 2, 2];
+        let targets = [0, 5, 0, 0, 0, 12];
+        let both = trained.loss(
+            [&row, &positions, &segments, &targets],
+            vec![0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+        );
+        assert!(
+            (both - (first + second)).abs() < 1e-4,
+            "packed {both}, alone {first} + {second}"
+        );
+        // Attending across segments would change the second history's loss.
+        let unsegmented = trained.loss(
+            [&row, &positions, &[1; 6], &targets],
+            vec![0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+        );
+        assert!(
+            (unsegmented - second).abs() > 1e-3,
+            "{unsegmented} vs {second}"
+        );
     }
 }

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use edgerec_core::{FeatureSpec, TensorData};
 
 use super::{TrainConfig, TrainError};
+use crate::model::{POSITIONS, SEGMENTS};
 use crate::rng::SplitMix;
 use crate::split::{LoggedHistory, Split, Stage};
 use crate::stepper::Batch;
@@ -15,7 +16,7 @@ use crate::stepper::Batch;
 /// A training window: up to `max_len` consecutive items of one user and the item after each, or one logged
 /// history and the item that followed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Window {
+enum Window {
     Sequence { user: u32, start: u32, end: u32 },
     Logged(u32),
 }
@@ -23,7 +24,7 @@ pub(super) enum Window {
 /// Cuts each user's training items (everything before the validation target) into windows of `max_len`
 /// predictions, newest first, so every training interaction is a target exactly once per epoch: in a sequence
 /// window, or, when serving logged its history, in a window of that history alone.
-pub(super) fn windows(split: &Split, max_len: usize) -> Vec<Window> {
+fn windows(split: &Split, max_len: usize) -> Vec<Window> {
     let mut windows = Vec::new();
     for (user, sequence) in split.users.iter().enumerate() {
         let items = Stage::Validation.training_items(sequence);
@@ -48,7 +49,7 @@ pub(super) fn windows(split: &Split, max_len: usize) -> Vec<Window> {
 }
 
 /// The (user, position) of every target learnt from a logged history, which sequence windows leave out.
-pub(super) fn logged_targets(split: &Split) -> HashSet<(u32, u32)> {
+fn logged_targets(split: &Split) -> HashSet<(u32, u32)> {
     split
         .logged
         .iter()
@@ -66,31 +67,120 @@ fn is_logged_training_target(split: &Split, logged: &LoggedHistory) -> bool {
     logged.position > 0 && (logged.position as usize) < training && !logged.history.is_empty()
 }
 
-/// Lays out the windows `chunk` (indices into `windows`) as a batch of `batch_size` rows; missing rows are
-/// padding with weight 0. Histories are encoded by the feature specification, as serving encodes them.
-pub(super) fn make_batch(
-    split: &Split,
-    spec: &FeatureSpec,
-    windows: &[Window],
-    logged_targets: &HashSet<(u32, u32)>,
-    chunk: &[usize],
-    batch_size: usize,
-) -> Result<Batch, TrainError> {
-    let len = spec.sequence.max_len;
-    let mut inputs: Vec<(String, Vec<i64>)> = std::iter::once(spec.sequence.input.clone())
-        .chain(spec.item_features.iter().map(|f| f.input.clone()))
-        .map(|name| (name, vec![0; batch_size * len]))
-        .collect();
-    let mut targets = vec![0i64; batch_size * len];
-    for (row, &w) in chunk.iter().enumerate() {
-        let (history, row_targets): (&[u32], Vec<i64>) = match windows[w] {
+/// The training windows packed into rows of `max_len` positions, once per run. A user's oldest window and a
+/// logged history are usually short; alone in a row, the rest of it is padding that the step pays for in full
+/// (the softmax over the catalogue above all). Packed, several share a row as segments: the step graph lets each
+/// position attend only within its own segment and gives each item the position serving would give it, so a
+/// packed row trains exactly what its windows would alone, in fewer rows.
+pub(super) struct Examples {
+    windows: Vec<Window>,
+    /// Each row's windows, in the order they are laid out.
+    rows: Vec<Vec<u32>>,
+    logged_targets: HashSet<(u32, u32)>,
+}
+
+impl Examples {
+    pub(super) fn new(split: &Split, max_len: usize) -> Self {
+        let windows = windows(split, max_len);
+        let lengths: Vec<usize> = windows
+            .iter()
+            .map(|&w| history_len(split, w, max_len))
+            .collect();
+        Self {
+            rows: pack(&lengths, max_len),
+            windows,
+            logged_targets: logged_targets(split),
+        }
+    }
+
+    /// Rows of an epoch; a batch is `batch_size` of them.
+    pub(super) fn rows(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Training windows of an epoch.
+    pub(super) fn windows(&self) -> usize {
+        self.windows.len()
+    }
+
+    /// Training windows in the packed rows `chunk`.
+    pub(super) fn windows_in(&self, chunk: &[usize]) -> usize {
+        chunk.iter().map(|&row| self.rows[row].len()).sum()
+    }
+
+    /// Lays out the rows `chunk` (indices into the packed rows) as a batch of `batch_size` rows; missing rows are
+    /// padding with weight 0. Histories are encoded by the feature specification, as serving encodes them, and
+    /// each window keeps the positions serving gives a history of its length.
+    pub(super) fn batch(
+        &self,
+        split: &Split,
+        spec: &FeatureSpec,
+        chunk: &[usize],
+        batch_size: usize,
+    ) -> Result<Batch, TrainError> {
+        let len = spec.sequence.max_len;
+        let names = std::iter::once(spec.sequence.input.clone())
+            .chain(spec.item_features.iter().map(|f| f.input.clone()));
+        let mut inputs: Vec<(String, Vec<i64>)> = names
+            .map(|name| (name, vec![0; batch_size * len]))
+            .collect();
+        let mut layout = Layout {
+            positions: vec![0; batch_size * len],
+            segments: vec![0; batch_size * len],
+            targets: vec![0; batch_size * len],
+        };
+        for (row, &packed) in chunk.iter().enumerate() {
+            let mut offset = row * len;
+            for (segment, &w) in self.rows[packed].iter().enumerate() {
+                let (history, targets) = self.example(split, self.windows[w as usize], len);
+                let encoded = spec
+                    .encode(history, &BTreeMap::new())
+                    .map_err(|e| TrainError::Config(format!("encoding a training history: {e}")))?;
+                // Left padding: the history is the last `n` positions of each encoded input.
+                let n = history.len();
+                for ((_, values), tensor) in inputs.iter_mut().zip(&encoded) {
+                    let TensorData::I64(encoded) = &tensor.data else {
+                        return Err(TrainError::Config(format!(
+                            "input `{}` is not int64",
+                            tensor.name
+                        )));
+                    };
+                    values[offset..offset + n].copy_from_slice(&encoded[len - n..]);
+                }
+                layout.place(offset, len - n, segment as i64 + 1, &targets);
+                offset += n;
+            }
+        }
+        let Layout {
+            positions,
+            segments,
+            targets,
+        } = layout;
+        inputs.push((POSITIONS.to_string(), positions));
+        inputs.push((SEGMENTS.to_string(), segments));
+        let count = targets.iter().filter(|&&t| t > 0).count().max(1);
+        let weights = targets
+            .iter()
+            .map(|&t| if t > 0 { 1.0 / count as f32 } else { 0.0 })
+            .collect();
+        Ok(Batch {
+            inputs,
+            targets,
+            weights,
+            negatives: vec![],
+        })
+    }
+
+    /// A window's history and the target after each of its items (0 where the target is not learnt here).
+    fn example<'s>(&self, split: &'s Split, window: Window, len: usize) -> (&'s [u32], Vec<i64>) {
+        match window {
             Window::Sequence { user, start, end } => {
                 let items = &split.users[user as usize].items;
                 let (start, end) = (start as usize, end as usize);
                 // A target whose logged history has a window of its own is not learnt twice.
                 let targets = (start + 1..=end)
                     .map(|p| {
-                        if logged_targets.contains(&(user, p as u32)) {
+                        if self.logged_targets.contains(&(user, p as u32)) {
                             0
                         } else {
                             i64::from(items[p])
@@ -109,33 +199,64 @@ pub(super) fn make_batch(
                 }
                 (history, targets)
             }
-        };
-        let encoded = spec
-            .encode(history, &BTreeMap::new())
-            .map_err(|e| TrainError::Config(format!("encoding a training history: {e}")))?;
-        for ((_, rows), tensor) in inputs.iter_mut().zip(&encoded) {
-            let TensorData::I64(values) = &tensor.data else {
-                return Err(TrainError::Config(format!(
-                    "input `{}` is not int64",
-                    tensor.name
-                )));
-            };
-            rows[row * len..(row + 1) * len].copy_from_slice(values);
         }
-        let pad = len - history.len();
-        targets[row * len + pad..(row + 1) * len].copy_from_slice(&row_targets);
     }
-    let count = targets.iter().filter(|&&t| t > 0).count().max(1);
-    let weights = targets
-        .iter()
-        .map(|&t| if t > 0 { 1.0 / count as f32 } else { 0.0 })
-        .collect();
-    Ok(Batch {
-        inputs,
-        targets,
-        weights,
-        negatives: vec![],
-    })
+}
+
+/// The per-position inputs of a batch besides the encoded histories.
+struct Layout {
+    positions: Vec<i64>,
+    segments: Vec<i64>,
+    targets: Vec<i64>,
+}
+
+impl Layout {
+    /// Places a window of `targets.len()` items at `offset`, as segment `segment`, its first item at serving
+    /// position `first_position`.
+    fn place(&mut self, offset: usize, first_position: usize, segment: i64, targets: &[i64]) {
+        let n = targets.len();
+        for (j, position) in self.positions[offset..offset + n].iter_mut().enumerate() {
+            *position = (first_position + j) as i64;
+        }
+        self.segments[offset..offset + n].fill(segment);
+        self.targets[offset..offset + n].copy_from_slice(targets);
+    }
+}
+
+fn history_len(split: &Split, window: Window, max_len: usize) -> usize {
+    match window {
+        Window::Sequence { start, end, .. } => (end - start) as usize,
+        Window::Logged(i) => split.logged[i as usize].history.len().min(max_len),
+    }
+}
+
+/// Packs windows of `lengths` (each 1 to `max_len`) into rows of `max_len` positions: longest first, each into
+/// the fullest row it fits (best fit decreasing, within a few percent of the fewest rows possible).
+/// Deterministic: ties go by window index.
+fn pack(lengths: &[usize], max_len: usize) -> Vec<Vec<u32>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&w| (std::cmp::Reverse(lengths[w]), w));
+    let mut rows: Vec<Vec<u32>> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    // Rows with room left, by how much: `with_room[f]` holds the rows with exactly `f` free positions.
+    let mut with_room: Vec<Vec<usize>> = vec![Vec::new(); max_len];
+    for w in order {
+        let n = lengths[w];
+        let row = match (n..max_len).find_map(|f| with_room[f].pop()) {
+            Some(row) => row,
+            None => {
+                rows.push(Vec::new());
+                free.push(max_len);
+                rows.len() - 1
+            }
+        };
+        rows[row].push(w as u32);
+        free[row] -= n;
+        if free[row] > 0 {
+            with_room[free[row]].push(row);
+        }
+    }
+    rows
 }
 
 /// A permutation of `0..n` for `epoch`.
@@ -200,7 +321,7 @@ mod tests {
     use crate::train::sequence_spec;
 
     #[test]
-    fn windows_cover_every_training_target_once() {
+    fn packed_rows_cover_every_training_target_once() {
         let mut split = planted_pattern(20);
         // Serving logged the history of user 0's third and user 1's second interactions; one log points at a
         // held-out target and is not trained on.
@@ -222,28 +343,72 @@ mod tests {
                 history: vec![1],
             },
         ];
-        let windows = windows(&split, 4);
-        let spec = sequence_spec(&split, 4);
-        let all: Vec<usize> = (0..windows.len()).collect();
-        let batch = make_batch(
-            &split,
-            &spec,
-            &windows,
-            &logged_targets(&split),
-            &all,
-            windows.len(),
-        )
-        .expect("batch");
-        // (user, target) of every nonzero target, from each row's window.
+        let len = 4;
+        let examples = Examples::new(&split, len);
+        let spec = sequence_spec(&split, len);
+        let all: Vec<usize> = (0..examples.rows()).collect();
+        let batch = examples
+            .batch(&split, &spec, &all, examples.rows())
+            .expect("batch");
+        let input = |name: &str| {
+            &batch
+                .inputs
+                .iter()
+                .find(|(n, _)| n == name)
+                .expect("an input")
+                .1
+        };
+        let (items, positions, segments) = (input("item_ids"), input(POSITIONS), input(SEGMENTS));
+        // Each segment of each row, read back as (history, serving positions, targets).
+        let mut segments_seen = Vec::new();
+        for row in 0..examples.rows() {
+            let at = |values: &[i64], range: std::ops::Range<usize>| values[range].to_vec();
+            let mut offset = row * len;
+            for segment in 1.. {
+                let n = segments[offset..(row + 1) * len]
+                    .iter()
+                    .take_while(|&&s| s == segment)
+                    .count();
+                if n == 0 {
+                    break;
+                }
+                let range = offset..offset + n;
+                segments_seen.push((
+                    at(items, range.clone()),
+                    at(positions, range.clone()),
+                    at(&batch.targets, range),
+                ));
+                offset += n;
+            }
+            assert!(
+                segments[offset..(row + 1) * len].iter().all(|&s| s == 0),
+                "padding only after the segments"
+            );
+            assert!(
+                batch.targets[offset..(row + 1) * len]
+                    .iter()
+                    .all(|&t| t == 0)
+            );
+        }
+        // In row order, the windows the packing put there.
+        let packed: Vec<Window> = examples
+            .rows
+            .iter()
+            .flatten()
+            .map(|&w| examples.windows[w as usize])
+            .collect();
+        assert_eq!(segments_seen.len(), packed.len(), "a segment per window");
         let mut covered = Vec::new();
-        for (row, window) in windows.iter().enumerate() {
-            let targets = &batch.targets[row * 4..(row + 1) * 4];
-            match *window {
+        for ((history, served_at, targets), window) in segments_seen.iter().zip(packed) {
+            let n = history.len();
+            let expected_positions: Vec<i64> = (len - n..len).map(|p| p as i64).collect();
+            assert_eq!(served_at, &expected_positions, "serving's positions");
+            let as_i64 = |items: &[u32]| items.iter().map(|&i| i64::from(i)).collect::<Vec<_>>();
+            match window {
                 Window::Sequence { user, start, end } => {
-                    assert!(end > start && end - start <= 4);
                     let items = &split.users[user as usize].items;
-                    for p in start + 1..=end {
-                        let t = targets[4 - (end - p) as usize - 1];
+                    assert_eq!(history, &as_i64(&items[start as usize..end as usize]));
+                    for (p, &t) in (start + 1..=end).zip(targets) {
                         if t != 0 {
                             assert_eq!(t, i64::from(items[p as usize]));
                             covered.push((user, p));
@@ -252,18 +417,10 @@ mod tests {
                 }
                 Window::Logged(i) => {
                     let logged = &split.logged[i as usize];
+                    assert_eq!(history, &as_i64(&logged.history), "as serving fed it");
                     let target = split.users[logged.user as usize].items[logged.position as usize];
-                    assert_eq!(targets[..3], [0, 0, 0]);
-                    assert_eq!(targets[3], i64::from(target));
-                    let history = &batch.inputs[0].1[row * 4..(row + 1) * 4];
-                    let padded: Vec<i64> = std::iter::repeat_n(0, 4 - logged.history.len())
-                        .chain(logged.history.iter().map(|&h| i64::from(h)))
-                        .collect();
-                    assert_eq!(
-                        history,
-                        padded.as_slice(),
-                        "the logged history, as serving fed it"
-                    );
+                    assert!(targets[..n - 1].iter().all(|&t| t == 0));
+                    assert_eq!(targets[n - 1], i64::from(target));
                     covered.push((logged.user, logged.position));
                 }
             }
@@ -278,13 +435,28 @@ mod tests {
             })
             .collect();
         assert_eq!(covered, expected, "each training target once");
-        assert_eq!(
-            windows
-                .iter()
-                .filter(|w| matches!(w, Window::Logged(_)))
-                .count(),
-            2
+        assert!(
+            examples.rows() < examples.windows(),
+            "short windows share rows: {} rows for {} windows",
+            examples.rows(),
+            examples.windows()
         );
+    }
+
+    #[test]
+    fn packing_fills_rows_with_the_fewest_it_can() {
+        let lengths = [50, 3, 47, 20, 30, 1, 49, 25, 25, 50];
+        let rows = pack(&lengths, 50);
+        let mut placed: Vec<u32> = rows.iter().flatten().copied().collect();
+        placed.sort_unstable();
+        assert_eq!(placed, (0..10).collect::<Vec<u32>>(), "each window once");
+        for row in &rows {
+            let used: usize = row.iter().map(|&w| lengths[w as usize]).sum();
+            assert!(used <= 50, "{row:?} holds {used} positions");
+        }
+        // 300 positions: six full rows (50, 50, 47+3, 49+1, 30+20, 25+25).
+        assert_eq!(rows.len(), 6, "{rows:?}");
+        assert_eq!(pack(&lengths, 50), rows, "deterministic");
     }
 
     #[test]
