@@ -29,8 +29,8 @@ const EVENT_BATCH: usize = 1_000;
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// Train with the full settings (about 25 minutes on 2 cores, test HR@10 about 0.33 on ML-1M) instead of the
-    /// quick ones (a cosine schedule of 8 epochs, about 5 minutes).
+    /// Train with the full settings (about 8 minutes on 2 cores, test HR@10 about 0.33 on ML-1M) instead of the
+    /// quick ones (a cosine schedule of 8 epochs, about 2 minutes).
     #[arg(long)]
     full: bool,
     /// The data set (default movielens-1m); any `edgerec train` data set works.
@@ -419,7 +419,7 @@ fn train(args: &DemoArgs, loaded: &LoadedDataset) -> Result<(PathBuf, Option<f64
 fn train_in_process(args: &DemoArgs, loaded: &LoadedDataset, out: PathBuf) -> Result<()> {
     let mut flags = crate::train::SettingFlags::default();
     if args.train_config.is_none() && !args.full {
-        // A short cosine schedule: the learning rate's cosine ends at epoch 8, about 5 minutes on 2 cores.
+        // A short cosine schedule: the learning rate's cosine ends at epoch 8, about 2 minutes on 2 cores.
         flags.max_epochs = Some(8);
     }
     let settings = Settings {
