@@ -64,7 +64,7 @@ pub struct DemoArgs {
     /// Recommendations per request.
     #[arg(long, default_value_t = 10)]
     k: u32,
-    /// Stop after this many seconds of serving after the replay (default: run until Ctrl-C).
+    /// Stop after this many seconds of serving after the replay (default: run until Ctrl-C or SIGTERM).
     #[arg(long)]
     duration: Option<u64>,
     /// The web demo folder served at the node's `/` (default: web-demo/ of this repository).
@@ -134,6 +134,16 @@ fn post(agent: &ureq::Agent, url: &str, credential: &str, body: &Value) -> Resul
     Ok(serde_json::from_str(&text)?)
 }
 
+/// Waits for Ctrl-C or SIGTERM (`kill`, a service manager): either stops the demo and the services it started,
+/// which a process killed outright would leave running.
+async fn stop_requested() -> std::io::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => interrupted,
+        _ = terminate.recv() => Ok(()),
+    }
+}
+
 pub fn run(args: DemoArgs) -> Result<()> {
     let exe = std::env::current_exe().context("locating the edgerec binary")?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -144,7 +154,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
                 .enable_all()
                 .build();
             if let Ok(runtime) = runtime
-                && runtime.block_on(tokio::signal::ctrl_c()).is_ok()
+                && runtime.block_on(stop_requested()).is_ok()
             {
                 stop.store(true, Ordering::SeqCst);
             }
@@ -338,8 +348,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
     );
     let started = Instant::now();
     match args.duration {
-        Some(seconds) => eprintln!("stopping in {seconds} s (Ctrl-C stops earlier)"),
-        None => eprintln!("Ctrl-C stops the demo"),
+        Some(seconds) => eprintln!("stopping in {seconds} s (Ctrl-C or SIGTERM stops earlier)"),
+        None => eprintln!("Ctrl-C (or SIGTERM) stops the demo"),
     }
     while !stop.load(Ordering::SeqCst)
         && args

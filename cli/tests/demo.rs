@@ -118,7 +118,7 @@ fn demo_trains_serves_replays_and_stops() {
         "the browser package checks",
     );
 
-    // Ctrl-C stops the demo and everything it started.
+    // SIGTERM (as `kill` or a service manager sends it) stops the demo and everything it started, as Ctrl-C does.
     let status = demo.stop();
     log.extend(logged.iter().map(|line| line + "\n"));
     assert!(status.success(), "the demo failed:\n{log}");
@@ -189,30 +189,30 @@ fn demo_trains_serves_replays_and_stops() {
     assert!(variant["requests"].as_u64() > Some(60), "{report}");
 }
 
-/// The running demo, interrupted (Ctrl-C, so it stops the registry and node it started) when the test is done
-/// with it or fails.
+/// The running demo, signalled (so it stops the registry and node it started) when the test is done with it or
+/// fails.
 struct Interrupted(Option<std::process::Child>);
 
 impl Interrupted {
-    fn interrupt(&mut self) -> std::io::Result<std::process::ExitStatus> {
+    fn signal(&mut self, signal: &str) -> std::io::Result<std::process::ExitStatus> {
         let Some(mut child) = self.0.take() else {
             return Err(std::io::Error::other("already stopped"));
         };
         Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
+            .args([signal, &child.id().to_string()])
             .status()?;
         child.wait()
     }
 
     fn stop(&mut self) -> std::process::ExitStatus {
-        self.interrupt().expect("interrupts the demo")
+        self.signal("-TERM").expect("terminates the demo")
     }
 }
 
 impl Drop for Interrupted {
     fn drop(&mut self) {
         // Also while a failed assertion unwinds: nothing here may panic.
-        let _ = self.interrupt();
+        let _ = self.signal("-INT");
     }
 }
 
