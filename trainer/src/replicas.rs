@@ -87,17 +87,19 @@ impl ReplicaGroup {
             return state;
         }
         loop {
+            // Checked before every wait, not only after a wake-up: a replica that arrives after the group stopped
+            // would otherwise wait for a notification that never comes.
+            if state.stopped {
+                drop(state);
+                // Not a panic: no message, and no hook; the thread's owner reports the replica that stopped.
+                std::panic::resume_unwind(Box::new(GroupStopped));
+            }
             state = self
                 .changed
                 .wait(state)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             if state.passed != barrier {
                 return state;
-            }
-            if state.stopped {
-                drop(state);
-                // Not a panic: no message, and no hook; the thread's owner reports the replica that stopped.
-                std::panic::resume_unwind(Box::new(GroupStopped));
             }
         }
     }
@@ -360,6 +362,20 @@ mod tests {
             outcome,
             Err("replica 2 could not read its shard".to_string())
         );
+    }
+
+    /// The failing replica may stop the group before the others reach their next sum: they must not wait.
+    #[test]
+    fn a_replica_arriving_after_the_group_stopped_does_not_wait() {
+        let group = ReplicaGroup::new(3);
+        group.stop();
+        for rank in [0, 1] {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                group.member(rank).sum_f32(&mut [1.0]);
+            }));
+            let payload = outcome.expect_err("unwinds instead of waiting");
+            assert!(payload.is::<GroupStopped>(), "rank {rank}");
+        }
     }
 
     #[test]
