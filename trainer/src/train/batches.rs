@@ -119,9 +119,11 @@ impl Examples {
         batch_size: usize,
     ) -> Result<Batch, TrainError> {
         let len = spec.sequence.max_len;
-        let names = std::iter::once(spec.sequence.input.clone())
-            .chain(spec.item_features.iter().map(|f| f.input.clone()));
+        // The encoded inputs (sequence and item features) first, then the layout's, as `row_inputs` lists them.
+        let mut names = row_inputs(spec).into_iter();
         let mut inputs: Vec<(String, Vec<i64>)> = names
+            .by_ref()
+            .take(1 + spec.item_features.len())
             .map(|name| (name, vec![0; batch_size * len]))
             .collect();
         let mut layout = Layout {
@@ -156,8 +158,7 @@ impl Examples {
             segments,
             targets,
         } = layout;
-        inputs.push((POSITIONS.to_string(), positions));
-        inputs.push((SEGMENTS.to_string(), segments));
+        inputs.extend(names.zip([positions, segments]));
         let count = targets.iter().filter(|&&t| t > 0).count().max(1);
         let weights = targets
             .iter()
@@ -201,6 +202,15 @@ impl Examples {
             }
         }
     }
+}
+
+/// The step graph's `[batch, len]` int64 inputs, in the order a batch holds them: the sequence, each item
+/// feature, then the packing's positions and segments.
+pub(super) fn row_inputs(spec: &FeatureSpec) -> Vec<String> {
+    std::iter::once(spec.sequence.input.clone())
+        .chain(spec.item_features.iter().map(|f| f.input.clone()))
+        .chain([POSITIONS, SEGMENTS].map(String::from))
+        .collect()
 }
 
 /// The per-position inputs of a batch besides the encoded histories.

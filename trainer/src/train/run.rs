@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 use edgerec_core::FeatureSpec;
 
 use super::agree::{agree, agree_on_graph, share_from_rank_0, shared_error};
-use super::batches::{Examples, fill_dropout_mask, negatives, shuffled};
+use super::batches::{Examples, fill_dropout_mask, negatives, row_inputs, shuffled};
 use super::checkpoint::{
     CheckpointMeta, Restored, flatten, load_checkpoint, save_checkpoint, unflatten,
 };
 use super::evaluate::{evaluate, parameters_with_shapes};
 use super::{EpochRecord, Progress, TrainConfig, TrainError, Trained, sequence_spec};
 use crate::collective::Collective;
-use crate::model::{Architecture, POSITIONS, Parameters, SEGMENTS};
+use crate::model::{Architecture, Parameters};
 use crate::runtime::Device;
 use crate::schedule::{Anneal, Schedule, last_real_improvement};
 use crate::split::{Split, Stage};
@@ -39,9 +39,15 @@ pub fn train(
     processes: &dyn Collective,
     progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
 ) -> Result<Trained, TrainError> {
+    let job = Job {
+        split,
+        config,
+        checkpoints,
+        resume,
+    };
     let replicas = config.replicas_in(processes.size());
     if replicas <= 1 {
-        return train_replica(split, config, checkpoints, resume, processes, progress);
+        return job.train_replica(processes, progress);
     }
     if processes.size() > 1 || config.device != Device::Cpu {
         return Err(TrainError::Config(format!(
@@ -53,53 +59,57 @@ pub fn train(
     check_batch_shared(config, replicas, "replicas")?;
     crate::replicas::run_replicas(
         replicas,
-        |replica| {
-            train_replica(split, config, checkpoints, resume, replica, &mut |_| {
-                ControlFlow::Continue(())
-            })
-        },
-        |leader| train_replica(split, config, checkpoints, resume, leader, progress),
+        |replica| job.train_replica(replica, &mut |_| ControlFlow::Continue(())),
+        |leader| job.train_replica(leader, progress),
     )
 }
 
-/// [`train`] as one process or replica of a group.
-fn train_replica(
-    split: &Split,
-    config: &TrainConfig,
-    checkpoints: Option<&Path>,
+/// What every process and replica of a run trains on.
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    split: &'a Split,
+    config: &'a TrainConfig,
+    checkpoints: Option<&'a Path>,
     resume: bool,
-    processes: &dyn Collective,
-    progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
-) -> Result<Trained, TrainError> {
-    let started = Instant::now();
-    let mut run = Run::start(split, config, checkpoints, resume, processes)?;
-    while run.meta.epochs_done < run.schedule.last_epoch {
-        let phase = run.phase(progress);
-        if phase == Phase::Over {
-            break;
+}
+
+impl<'a> Job<'a> {
+    /// [`train`] as one process or replica of a group.
+    fn train_replica(
+        self,
+        processes: &'a dyn Collective,
+        progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+    ) -> Result<Trained, TrainError> {
+        let started = Instant::now();
+        let mut run = Run::start(self, processes)?;
+        while run.meta.epochs_done < run.schedule.last_epoch {
+            let phase = run.phase(progress);
+            if phase == Phase::Over {
+                break;
+            }
+            let epoch = run.meta.epochs_done + 1;
+            run.train_epoch(epoch, phase, progress)?;
+            let anneal_over = matches!(phase, Phase::Annealing(a) if a.is_over(run.step));
+            if !run.schedule.evaluates_after(epoch) && !anneal_over {
+                continue;
+            }
+            if run.validate(epoch, progress)?.is_break() {
+                break;
+            }
         }
-        let epoch = run.meta.epochs_done + 1;
-        run.train_epoch(epoch, phase, progress)?;
-        let anneal_over = matches!(phase, Phase::Annealing(a) if a.is_over(run.step));
-        if !run.schedule.evaluates_after(epoch) && !anneal_over {
-            continue;
-        }
-        if run.validate(epoch, progress)?.is_break() {
-            break;
-        }
+        let best_epoch = run.meta.best_epoch.unwrap_or(run.meta.epochs_done);
+        Ok(Trained {
+            parameters: parameters_with_shapes(&run.spec, &run.arch, run.best)?,
+            validation: best_record(&run.meta)
+                .map(|r| r.validation)
+                .unwrap_or_default(),
+            spec: run.spec,
+            architecture: run.arch,
+            history: run.meta.history,
+            best_epoch,
+            seconds: started.elapsed().as_secs_f64(),
+        })
     }
-    let best_epoch = run.meta.best_epoch.unwrap_or(run.meta.epochs_done);
-    Ok(Trained {
-        parameters: parameters_with_shapes(&run.spec, &run.arch, run.best)?,
-        validation: best_record(&run.meta)
-            .map(|r| r.validation)
-            .unwrap_or_default(),
-        spec: run.spec,
-        architecture: run.arch,
-        history: run.meta.history,
-        best_epoch,
-        seconds: started.elapsed().as_secs_f64(),
-    })
 }
 
 /// Which learning rate the next epoch trains at.
@@ -158,13 +168,13 @@ impl Round {
 }
 
 impl<'a> Run<'a> {
-    fn start(
-        split: &'a Split,
-        config: &'a TrainConfig,
-        checkpoints: Option<&'a Path>,
-        resume: bool,
-        processes: &'a dyn Collective,
-    ) -> Result<Self, TrainError> {
+    fn start(job: Job<'a>, processes: &'a dyn Collective) -> Result<Self, TrainError> {
+        let Job {
+            split,
+            config,
+            checkpoints,
+            resume,
+        } = job;
         check_settings(split, config, resume, processes)?;
         let threads = config.threads(processes.local_size());
         let spec = sequence_spec(split, config.max_len);
@@ -176,10 +186,7 @@ impl<'a> Run<'a> {
         let shard_rows = config.batch_size.div_ceil(processes.size());
         let graph = build_step_graph(&spec, &arch, config, shard_rows, processes)?;
         let (meta, state, best) = restore(&spec, &arch, config, checkpoints, resume, processes)?;
-        let inputs: Vec<String> = std::iter::once(spec.sequence.input.clone())
-            .chain(spec.item_features.iter().map(|f| f.input.clone()))
-            .chain([POSITIONS, SEGMENTS].map(String::from))
-            .collect();
+        let inputs = row_inputs(&spec);
         let gpu = match config.device {
             Device::Cuda => {
                 crate::runtime::gpu_of(processes.local_rank(), crate::runtime::visible_gpus())
@@ -819,7 +826,7 @@ mod tests {
         let (spec, arch) = (sequence_spec(&split, config.max_len), config.architecture());
         let examples = Examples::new(&split, config.max_len);
         let start = initial_state(&spec, &arch, config.seed).expect("initial state");
-        let inputs = [spec.sequence.input.as_str(), POSITIONS, SEGMENTS].map(String::from);
+        let inputs = row_inputs(&spec);
         let runner = |graph: &crate::step::StepGraph| {
             StepRunner::new(
                 graph,
