@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 use edgerec_core::Manifest;
-use edgerec_registry::client::{PlanRead, RegistryClient};
-use edgerec_registry::records::{Scope, Variant};
 use edgerec_registry::server::{RegistryConfig, RunningServer};
-use edgerec_registry::service::PlanRequest;
+use edgerec_registry_api::client::{PlanRead, RegistryClient};
+use edgerec_registry_api::records::PlanRequest;
+use edgerec_registry_api::records::{Scope, Variant};
 
 use crate::bench::percentiles;
 

@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use edgerec_registry::client::RegistryClient;
-use edgerec_registry::records::Variant;
-use edgerec_registry::service::PlanRequest;
+use edgerec_registry_api::client::RegistryClient;
+use edgerec_registry_api::records::PlanRequest;
+use edgerec_registry_api::records::Variant;
 use serde_json::{Value, json};
 
 use edgerec_trainer::adapt::DataShape;

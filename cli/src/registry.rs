@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Subcommand;
-use edgerec_registry::client::RegistryClient;
-use edgerec_registry::records::{Plan, Scope, Variant};
 use edgerec_registry::server::{RegistryConfig, serve};
-use edgerec_registry::service::{PlanRequest, Registry};
+use edgerec_registry::service::Registry;
 use edgerec_registry::store::Store;
+use edgerec_registry_api::client::RegistryClient;
+use edgerec_registry_api::records::{Plan, PlanRequest, Scope, Variant};
 
 #[derive(Subcommand, Debug)]
 pub enum RegistryCommand {
@@ -222,7 +222,7 @@ fn serve_registry<S: Store + Send + Sync + 'static>(
 /// ranker was built (and none configured), tract in this process, with a warning.
 fn model_probe(
     config: &RegistryConfig,
-) -> Result<std::sync::Arc<dyn edgerec_registry::service::ModelProbe>> {
+) -> Result<std::sync::Arc<dyn edgerec_registry_api::probe::ModelProbe>> {
     let wasm = match &config.probe.ranker_wasm {
         Some(wasm) => {
             anyhow::ensure!(
@@ -291,7 +291,7 @@ async fn local_token<S: Store>(registry: &Registry<S>, command: LocalTokenComman
     Ok(())
 }
 
-fn print_issued(issued: &edgerec_registry::service::IssuedToken) {
+fn print_issued(issued: &edgerec_registry_api::records::IssuedToken) {
     eprintln!(
         "token {} ({}) with scopes {}; its secret, shown only now:",
         issued.token.id,
@@ -307,7 +307,7 @@ fn print_issued(issued: &edgerec_registry::service::IssuedToken) {
     println!("{}", issued.secret);
 }
 
-fn print_tokens(tokens: Vec<edgerec_registry::records::TokenRecord>) {
+fn print_tokens(tokens: Vec<edgerec_registry_api::records::TokenRecord>) {
     for token in tokens {
         println!(
             "{}  {:<20} {:<28} {}",

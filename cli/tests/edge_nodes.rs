@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edgerec_core::{Digest, MODEL_FILE};
-use edgerec_registry::client::RegistryClient;
-use edgerec_registry::records::{Variant, VersionRecord};
-use edgerec_registry::service::PlanRequest;
+use edgerec_registry_api::client::RegistryClient;
+use edgerec_registry_api::records::PlanRequest;
+use edgerec_registry_api::records::{Variant, VersionRecord};
 use prost::Message;
 use serde_json::{Value, json};
 use support::nodes::{Node, Registry, Site, edgerec, manifest_for, plant_version, run, wait_for};
@@ -431,7 +431,7 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
     serves_browsers(
         &node_a,
         &client.version(MODEL, "1.0.0").expect("the record"),
-        &client.signing_key().expect("the key"),
+        &client.signing_key().expect("the key").public_key,
     );
 
     // A node with a wrong registry token never becomes ready, says why, and refuses to guess an answer.

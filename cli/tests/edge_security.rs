@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use edgerec_registry::client::RegistryClient;
-use edgerec_registry::records::{Variant, VersionRecord};
-use edgerec_registry::service::PlanRequest;
+use edgerec_registry_api::client::RegistryClient;
+use edgerec_registry_api::records::PlanRequest;
+use edgerec_registry_api::records::{Variant, VersionRecord};
 use prost::Message;
 use serde_json::{Value, json};
 use support::nodes::{

@@ -23,8 +23,9 @@ use edgerec_core::Digest;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::records::{AuditEntry, Plan, TokenRecord, VersionRecord, now_ms};
 use crate::store::{AuditDraft, Store, StoreError};
+use edgerec_registry_api::records::{AuditEntry, Plan, TokenRecord, VersionRecord};
+use edgerec_storage::now_ms;
 
 pub use edgerec_aws::AwsConfig;
 

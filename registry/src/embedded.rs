@@ -13,8 +13,9 @@ use edgerec_storage::encode;
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 
-use crate::records::{AuditEntry, Plan, TokenRecord, VersionRecord, now_ms};
 use crate::store::{AuditDraft, Store, StoreError};
+use edgerec_registry_api::records::{AuditEntry, Plan, TokenRecord, VersionRecord};
+use edgerec_storage::now_ms;
 
 /// `model \0 version` → [`VersionRecord`] JSON.
 const VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("versions");

@@ -13,8 +13,10 @@ use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Deserialize;
 
-use crate::records::{Plan, Scope};
-use crate::service::{PlanRequest, Registry, RegistryError, group_by_model};
+use edgerec_registry_api::records::{Plan, PlanRequest, Scope};
+use edgerec_registry_api::signature::SigningKeyDocument;
+
+use crate::service::{Registry, RegistryError, group_by_model};
 use crate::store::Store;
 
 /// The OpenAPI 3.1 description of this API.
@@ -359,11 +361,9 @@ async fn revoke_token<S: Store + 'static>(
 }
 
 async fn signing_key<S: Store + 'static>(registry: Shared<S>) -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({
-        "algorithm": "ed25519",
-        "signs": "the sha256 digest of manifest.json (32 bytes)",
-        "public_key": registry.signer.public_key_hex(),
-    }))
+    HttpResponse::Ok().json(SigningKeyDocument::ed25519(
+        registry.signer.public_key_hex(),
+    ))
 }
 
 async fn healthz() -> HttpResponse {
@@ -503,7 +503,7 @@ pub async fn observe(
         std::io::stderr().lock(),
         "{}",
         serde_json::json!({
-            "at_ms": crate::records::now_ms(),
+            "at_ms": edgerec_storage::now_ms(),
             "target": "edgerec_registry::http",
             "method": method,
             "path": path,

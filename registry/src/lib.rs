@@ -2,13 +2,12 @@
 //! out per surface through deployment plans with weighted variants; edge nodes follow the plans.
 //!
 //! [`service::Registry`] holds the rules over any [`store::Store`]; [`embedded::EmbeddedStore`] is the default
-//! backend (a folder and a redb file).
+//! backend (a folder and a redb file). What crosses its API (records, the client, signature checks) is in
+//! `edgerec-registry-api`, which edge nodes and tools use without this server.
 
 pub mod aws;
-pub mod client;
 pub mod embedded;
 pub mod http;
-pub mod records;
 pub mod server;
 pub mod service;
 pub mod signing;

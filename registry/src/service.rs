@@ -8,9 +8,13 @@ use edgerec_core::{
 };
 use sha2::Digest as _;
 
-use crate::records::{Plan, Scope, TokenRecord, Variant, VersionRecord, now_ms};
 use crate::signing::ManifestSigner;
 use crate::store::{AuditDraft, Store, StoreError};
+use edgerec_registry_api::probe::ModelProbe;
+use edgerec_registry_api::records::{
+    IssuedToken, Plan, PlanRequest, Scope, TokenRecord, Variant, VersionRecord,
+};
+use edgerec_storage::now_ms;
 
 /// Why a registry operation was refused. Each maps to one HTTP status.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -97,36 +101,12 @@ fn check_name(kind: &'static str, name: &str) -> Result<(), RegistryError> {
     edgerec_core::id::check_name(kind, name).map_err(|e| RegistryError::BadRequest(e.to_string()))
 }
 
-/// A desired plan as a deployer sends it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PlanRequest {
-    pub variants: Vec<Variant>,
-    #[serde(default)]
-    pub salt: Option<String>,
-    pub reason: String,
-}
-
-/// A newly created token: the secret is shown once and never stored.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct IssuedToken {
-    pub secret: String,
-    pub token: TokenRecord,
-}
-
 /// A publish's outcome: the version, and whether this call created it (false: the identical manifest was already
 /// published).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Published {
     pub version: VersionRecord,
     pub created: bool,
-}
-
-/// Loads a published model as edge nodes would and ranks once, within bounds of its own: the registry must not
-/// be exhausted by a hostile model from a `publish` token.
-pub trait ModelProbe: Send + Sync + std::fmt::Debug {
-    /// `Err` with the reason the model cannot be served.
-    fn probe(&self, manifest_json: &[u8], model: &[u8]) -> Result<(), String>;
 }
 
 /// The probe without bounds of its own: tract in this process (for tools and tests; `edgerec registry serve`

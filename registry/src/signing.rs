@@ -1,20 +1,17 @@
-//! ed25519 signatures over manifest digests: the registry signs each version it accepts, and edge nodes configured
-//! with its public key refuse any manifest whose signature does not verify.
+//! The registry's ed25519 key, which signs the digest of each manifest it accepts; verifiers use
+//! [`edgerec_registry_api::signature`].
 
 use std::path::Path;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey};
 use edgerec_core::Digest;
 
-/// Why a key could not be loaded or a signature checked.
+/// Why the signing key could not be loaded or created.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum SigningError {
-    #[error("signing key {path}: {message}")]
-    Key { path: String, message: String },
-    #[error("`{0}` is not an ed25519 public key (64 hex characters)")]
-    PublicKey(String),
-    #[error("the signature does not verify against the registry's public key")]
-    BadSignature,
+#[error("signing key {path}: {message}")]
+pub struct SigningKeyError {
+    pub path: String,
+    pub message: String,
 }
 
 /// The registry's signing key.
@@ -25,8 +22,8 @@ pub struct ManifestSigner {
 
 impl ManifestSigner {
     /// Loads the key from `path` (hex of the 32-byte secret), creating it with owner-only permissions if missing.
-    pub fn load_or_create(path: &Path) -> Result<Self, SigningError> {
-        let error = |message: String| SigningError::Key {
+    pub fn load_or_create(path: &Path) -> Result<Self, SigningKeyError> {
+        let error = |message: String| SigningKeyError {
             path: path.display().to_string(),
             message,
         };
@@ -61,30 +58,10 @@ impl ManifestSigner {
     }
 }
 
-/// Checks `signature_hex` over `manifest_digest` against `public_key_hex`.
-pub fn verify_manifest_signature(
-    public_key_hex: &str,
-    manifest_digest: &Digest,
-    signature_hex: &str,
-) -> Result<(), SigningError> {
-    let mut key = [0u8; 32];
-    hex::decode_to_slice(public_key_hex.trim(), &mut key)
-        .map_err(|_| SigningError::PublicKey(public_key_hex.chars().take(80).collect()))?;
-    let key = VerifyingKey::from_bytes(&key)
-        .map_err(|_| SigningError::PublicKey(public_key_hex.chars().take(80).collect()))?;
-    let mut signature = [0u8; 64];
-    hex::decode_to_slice(signature_hex.trim(), &mut signature)
-        .map_err(|_| SigningError::BadSignature)?;
-    key.verify(
-        manifest_digest.as_bytes(),
-        &Signature::from_bytes(&signature),
-    )
-    .map_err(|_| SigningError::BadSignature)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edgerec_registry_api::signature::{SignatureError, verify_manifest_signature};
 
     #[test]
     fn signs_verifies_and_keeps_its_key() {
@@ -96,20 +73,16 @@ mod tests {
         verify_manifest_signature(&signer.public_key_hex(), &digest, &signature).expect("verifies");
         assert_eq!(
             verify_manifest_signature(&signer.public_key_hex(), &Digest::of(b"other"), &signature),
-            Err(SigningError::BadSignature)
+            Err(SignatureError::BadSignature)
         );
         let mut tampered = signature.clone().into_bytes();
         tampered[0] = if tampered[0] == b'0' { b'1' } else { b'0' };
         let tampered = String::from_utf8(tampered).expect("ascii");
         assert_eq!(
             verify_manifest_signature(&signer.public_key_hex(), &digest, &tampered),
-            Err(SigningError::BadSignature)
+            Err(SignatureError::BadSignature)
         );
         let reloaded = ManifestSigner::load_or_create(&path).expect("loads the key");
         assert_eq!(reloaded.public_key_hex(), signer.public_key_hex());
-        assert!(matches!(
-            verify_manifest_signature("zz", &digest, &signature),
-            Err(SigningError::PublicKey(_))
-        ));
     }
 }

@@ -4,7 +4,7 @@
 
 use edgerec_core::Digest;
 
-use crate::records::{AuditEntry, Plan, TokenRecord, VersionRecord};
+use edgerec_registry_api::records::{AuditEntry, Plan, TokenRecord, VersionRecord};
 
 /// Why a storage operation failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -6,11 +6,11 @@ use crate::support;
 use support::{aws_config, aws_registry, embedded_registry, golden, golden_as, run};
 
 use edgerec_core::Digest;
-use edgerec_registry::records::Scope;
 use edgerec_registry::server::RunningServer;
 use edgerec_registry::service::Registry;
-use edgerec_registry::signing::verify_manifest_signature;
 use edgerec_registry::store::Store;
+use edgerec_registry_api::records::Scope;
+use edgerec_registry_api::signature::verify_manifest_signature;
 use serde_json::{Value, json};
 
 struct Client {
@@ -537,9 +537,9 @@ fn plans_on(fixture: Fixture) {
 
 #[test]
 fn the_client_publishes_a_bundle_folder_and_follows_plans() {
-    use edgerec_registry::client::{PlanRead, RegistryClient};
-    use edgerec_registry::records::Variant;
-    use edgerec_registry::service::PlanRequest;
+    use edgerec_registry_api::client::{PlanRead, RegistryClient};
+    use edgerec_registry_api::records::PlanRequest;
+    use edgerec_registry_api::records::Variant;
 
     let fixture = start(64 << 20);
     let client = RegistryClient::new(&fixture.server.url(), Some(&fixture.admin));
@@ -551,7 +551,7 @@ fn the_client_publishes_a_bundle_folder_and_follows_plans() {
     assert!(!client.publish_bundle(&bundle).expect("again").1);
     assert_eq!(client.versions("golden-sasrec").expect("lists")[0], version);
     verify_manifest_signature(
-        &client.signing_key().expect("key"),
+        &client.signing_key().expect("key").public_key,
         &version.manifest_digest,
         &version.signature,
     )
@@ -613,7 +613,7 @@ fn the_client_publishes_a_bundle_folder_and_follows_plans() {
     let nowhere = RegistryClient::new("http://127.0.0.1:9", None);
     assert!(matches!(
         nowhere.models(),
-        Err(edgerec_registry::client::ClientError::Transport { .. })
+        Err(edgerec_registry_api::client::ClientError::Transport { .. })
     ));
 }
 

@@ -10,10 +10,11 @@ use support::{aws_config, aws_registry, embedded_registry, golden, golden_as, ru
 use edgerec_core::{Digest, MODEL_FILE, Manifest};
 use edgerec_registry::aws::{AwsConfig, AwsStore};
 use edgerec_registry::embedded::EmbeddedStore;
-use edgerec_registry::records::{Scope, Variant};
-use edgerec_registry::service::{PlanRequest, Published, Registry, RegistryError};
-use edgerec_registry::signing::{ManifestSigner, verify_manifest_signature};
+use edgerec_registry::service::{Published, Registry, RegistryError};
+use edgerec_registry::signing::ManifestSigner;
 use edgerec_registry::store::Store;
+use edgerec_registry_api::records::{PlanRequest, Scope, Variant};
+use edgerec_registry_api::signature::verify_manifest_signature;
 
 /// Runs `check` on a fresh embedded registry and on a fresh S3 + DynamoDB registry.
 macro_rules! on_both_backends {

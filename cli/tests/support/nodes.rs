@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 
 use edgerec_core::{Digest, MODEL_FILE};
 use edgerec_registry::embedded::EmbeddedStore;
-use edgerec_registry::records::VersionRecord;
 use edgerec_registry::signing::ManifestSigner;
 use edgerec_registry::store::{AuditDraft, Store};
+use edgerec_registry_api::records::VersionRecord;
 use serde_json::{Value, json};
 
 use super::free_port;

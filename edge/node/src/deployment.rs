@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use edgerec_core::{Digest, ab};
-use edgerec_registry::records::{Plan, VersionRecord};
+use edgerec_registry_api::records::{Plan, VersionRecord};
 use serde::Serialize;
 
 use crate::model::LoadedModel;

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use edgerec_core::MODEL_FILE;
 use edgerec_core::ab;
-use edgerec_registry::client::{PlanRead, RegistryClient};
-use edgerec_registry::records::{Plan, VersionRecord};
+use edgerec_registry_api::client::{PlanRead, RegistryClient};
+use edgerec_registry_api::records::{Plan, VersionRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::config::NodeConfig;
@@ -267,7 +267,7 @@ impl Follower {
                     return Some(key.trim().to_string());
                 }
                 let key = match self.client.signing_key() {
-                    Ok(key) if !key.is_empty() => key,
+                    Ok(document) if !document.public_key.is_empty() => document.public_key,
                     answer => {
                         let error = match answer {
                             Err(e) => e.to_string(),

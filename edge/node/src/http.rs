@@ -18,7 +18,7 @@ use edgerec_core::Digest;
 use edgerec_features::ingest::LeaseState;
 use edgerec_features::store::FeatureStore;
 // Which other sites' pages may call the API (`*` for any): the registry's rules, so a page can use either.
-use edgerec_registry::http::cors;
+use edgerec_registry_api::signature::SigningKeyDocument;
 
 use crate::auth::{AuthError, Caller};
 use crate::catalogue::PageQuery;
@@ -171,11 +171,7 @@ async fn signing_key<S: FeatureStore>(state: Shared<S>) -> Result<HttpResponse, 
         .deployments
         .signing_key()
         .ok_or(ServiceError::NoKeyYet)?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "algorithm": "ed25519",
-        "signs": "the sha256 digest of manifest.json (32 bytes)",
-        "public_key": key,
-    })))
+    Ok(HttpResponse::Ok().json(SigningKeyDocument::ed25519(key)))
 }
 
 async fn catalogue<S: FeatureStore>(
@@ -355,6 +351,24 @@ async fn package_file(
         header::HeaderValue::from_static("accept-encoding"),
     );
     Ok(response)
+}
+
+/// Cross-origin access for the pages that rank on the device: the listed origins (`*` for any) may read and send
+/// JSON with a visitor token or API key. Nothing the node serves takes `PUT` or conditional requests, so neither is
+/// allowed; `Retry-After` is exposed so a page backs off from a 429 or 503 as told.
+fn cors(allowed_origins: &[String]) -> actix_cors::Cors {
+    let cors = actix_cors::Cors::default()
+        .allowed_methods(["GET", "POST"])
+        .allowed_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+        .expose_headers([header::RETRY_AFTER])
+        .max_age(3600);
+    if allowed_origins.iter().any(|o| o == "*") {
+        cors.allow_any_origin()
+    } else {
+        allowed_origins
+            .iter()
+            .fold(cors, |cors, origin| cors.allowed_origin(origin))
+    }
 }
 
 /// Query strings that do not parse get the node's error shape.

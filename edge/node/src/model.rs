@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgerec_core::{Digest, MODEL_FILE, Manifest, RankRequest, Ranking, ScoredItem};
-use edgerec_registry::client::ClientError;
-use edgerec_registry::records::VersionRecord;
-use edgerec_registry::signing::verify_manifest_signature;
+use edgerec_registry_api::client::ClientError;
+use edgerec_registry_api::records::VersionRecord;
+use edgerec_registry_api::signature::verify_manifest_signature;
 
 use crate::host::{HostError, RankerEngine, RankerInstance};
 use crate::pool::InstancePool;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use edgerec_core::RankRequest;
-use edgerec_registry::service::ModelProbe;
+use edgerec_registry_api::probe::ModelProbe;
 
 use crate::host::RankerEngine;
 use crate::model::default_memory_limit;

@@ -198,7 +198,7 @@ fn a_full_pool_answers_busy_instead_of_growing() {
 
     use edgerec_core::{Digest, MODEL_FILE};
     use edgerec_node::model::{LoadedModel, ModelFiles, PoolSettings};
-    use edgerec_registry::records::VersionRecord;
+    use edgerec_registry_api::records::VersionRecord;
 
     let cache = tempfile::tempdir().expect("temp dir");
     let (manifest, model) = golden_bundle();

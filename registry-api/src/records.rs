@@ -113,4 +113,19 @@ impl TokenRecord {
     }
 }
 
-pub use edgerec_storage::now_ms;
+/// A desired plan as a deployer sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanRequest {
+    pub variants: Vec<Variant>,
+    #[serde(default)]
+    pub salt: Option<String>,
+    pub reason: String,
+}
+
+/// A newly created token: the secret is shown once and never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedToken {
+    pub secret: String,
+    pub token: TokenRecord,
+}

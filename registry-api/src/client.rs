@@ -5,8 +5,10 @@ use std::path::Path;
 use edgerec_core::{Digest, Manifest};
 use serde::de::DeserializeOwned;
 
-use crate::records::{AuditEntry, Plan, Scope, TokenRecord, VersionRecord};
-use crate::service::{IssuedToken, PlanRequest};
+use crate::records::{
+    AuditEntry, IssuedToken, Plan, PlanRequest, Scope, TokenRecord, VersionRecord,
+};
+use crate::signature::SigningKeyDocument;
 
 /// Why a registry call failed.
 #[derive(Debug, thiserror::Error)]
@@ -270,9 +272,8 @@ impl RegistryClient {
         self.get(&format!("/v1/audit?limit={limit}"))
     }
 
-    pub fn signing_key(&self) -> Result<String, ClientError> {
-        let key: serde_json::Value = self.get("/v1/signing-key")?;
-        Ok(key["public_key"].as_str().unwrap_or_default().to_string())
+    pub fn signing_key(&self) -> Result<SigningKeyDocument, ClientError> {
+        self.get("/v1/signing-key")
     }
 
     pub fn create_token(&self, name: &str, scopes: &[Scope]) -> Result<IssuedToken, ClientError> {
