@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
-use edgerec_core::Manifest;
+use edgerec_core::{Manifest, ModelName, VariantName, Version};
 use edgerec_registry::server::{RegistryConfig, RunningServer};
 use edgerec_registry_api::client::{PlanRead, RegistryClient};
 use edgerec_registry_api::records::PlanRequest;
@@ -61,9 +61,9 @@ pub fn run(args: RegistryBenchArgs) -> Result<()> {
         "home",
         &PlanRequest {
             variants: vec![Variant {
-                name: "control".into(),
-                model: manifest.name.clone(),
-                version: "bench.0".into(),
+                name: VariantName::parse("control").expect("a valid name"),
+                model: ModelName::parse(manifest.name.as_str())?,
+                version: Version::parse("bench.0").expect("a valid version"),
                 weight: 100,
             }],
             salt: None,

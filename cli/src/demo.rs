@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use edgerec_core::VariantName;
 use edgerec_registry_api::client::RegistryClient;
 use edgerec_registry_api::records::PlanRequest;
 use edgerec_registry_api::records::Variant;
@@ -222,7 +223,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         SURFACE,
         &PlanRequest {
             variants: vec![Variant {
-                name: "control".into(),
+                name: VariantName::parse("control").expect("a valid name"),
                 model: record.model.clone(),
                 version: record.version.clone(),
                 weight: 100,

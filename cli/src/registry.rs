@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Subcommand;
+use edgerec_core::{IdError, ModelName, VariantName, Version};
 use edgerec_registry::server::{RegistryConfig, serve};
 use edgerec_registry::service::Registry;
 use edgerec_registry::store::Store;
@@ -155,10 +156,11 @@ fn parse_variant(text: &str) -> Result<Variant, String> {
     let (name, rest) = text.split_once('=').ok_or_else(usage)?;
     let (model, rest) = rest.split_once('@').ok_or_else(usage)?;
     let (version, weight) = rest.rsplit_once(':').ok_or_else(usage)?;
+    let invalid = |e: IdError| format!("`{text}`: {e}");
     Ok(Variant {
-        name: name.into(),
-        model: model.into(),
-        version: version.into(),
+        name: VariantName::parse(name).map_err(invalid)?,
+        model: ModelName::parse(model).map_err(invalid)?,
+        version: Version::parse(version).map_err(invalid)?,
         weight: weight.parse().map_err(|_| usage())?,
     })
 }
@@ -459,9 +461,9 @@ mod tests {
         assert_eq!(
             variant,
             Variant {
-                name: "control".into(),
-                model: "ml-1m-sasrec".into(),
-                version: "1.0.48".into(),
+                name: VariantName::parse("control").expect("a name"),
+                model: ModelName::parse("ml-1m-sasrec").expect("a name"),
+                version: Version::parse("1.0.48").expect("a version"),
                 weight: 90,
             }
         );

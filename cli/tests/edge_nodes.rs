@@ -8,12 +8,12 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
-use edgerec_core::{Digest, MODEL_FILE};
+use edgerec_core::{Digest, MODEL_FILE, ModelName, VariantName, Version};
 use edgerec_registry_api::client::RegistryClient;
-use edgerec_registry_api::records::PlanRequest;
-use edgerec_registry_api::records::{Variant, VersionRecord};
+use edgerec_registry_api::records::{PlanRequest, Variant, VersionRecord};
 use prost::Message;
 use serde_json::{Value, json};
 use support::nodes::{Node, Registry, Site, edgerec, manifest_for, plant_version, run, wait_for};
@@ -124,9 +124,9 @@ fn deploy(client: &RegistryClient, variants: &[(&str, &str, u32)], reason: &str)
         variants: variants
             .iter()
             .map(|(name, version, weight)| Variant {
-                name: (*name).into(),
-                model: MODEL.into(),
-                version: (*version).into(),
+                name: VariantName::parse(*name).expect("a name"),
+                model: ModelName::parse(MODEL).expect("a name"),
+                version: Version::parse(*version).expect("a version"),
                 weight: *weight,
             })
             .collect(),
@@ -338,66 +338,30 @@ struct Traffic {
     versions: Mutex<BTreeSet<String>>,
 }
 
-#[test]
-fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let registry_root = dir.path().join("registry");
-    let created = edgerec()
-        .args([
-            "registry", "token", "create", "--name", "admin", "--scope", "admin", "--root",
-        ])
-        .arg(&registry_root)
-        .output()
-        .expect("creates a token");
-    let token = String::from_utf8_lossy(&created.stdout)
-        .split_whitespace()
-        .chain(String::from_utf8_lossy(&created.stderr).split_whitespace())
-        .find(|w| w.starts_with("erk_"))
-        .expect("prints the secret")
-        .to_string();
-    let mut registry = Registry::start(&registry_root);
-    let client = RegistryClient::new(&registry.url, Some(&token));
-    let (_, golden_model) = edgerec_conformance::golden_bundle();
-    for version in ["1.0.0", "2.0.0"] {
-        let bundle = dir.path().join(format!("bundle-{version}"));
-        std::fs::create_dir_all(&bundle).expect("bundle dir");
-        std::fs::write(
-            bundle.join("manifest.json"),
-            manifest_for(version, &golden_model),
-        )
-        .expect("manifest");
-        std::fs::write(bundle.join(MODEL_FILE), &golden_model).expect("model");
-        client.publish_bundle(&bundle).expect("publishes");
-    }
-    let revision = deploy(&client, &[("control", "1.0.0", 100)], "first deployment");
+/// What every node of the test shares: its folder, the site whose visitor tokens it trusts, and the registry.
+struct Cluster<'a> {
+    dir: &'a Path,
+    site: Site,
+    registry_url: String,
+    token: String,
+}
 
-    // Node A: embedded features. Node B: DynamoDB (the local test server) behind a proxy that can be cut.
-    let aws =
-        edgerec_aws::AwsConfig::for_test_servers("edge-nodes").unwrap_or_else(|e| panic!("{e}"));
-    let proxy = Proxy::start(
-        aws.dynamodb_endpoint
-            .clone()
-            .expect("an endpoint")
-            .trim_start_matches("http://")
-            .to_string(),
-    );
-    let registry_url = registry.url.clone();
-    // The nodes trust one site's visitor tokens; the client sends as fast as the nodes answer, so no per-address
-    // limit (the security test covers limits).
-    let site = Site::new(dir.path(), "shop-site");
-    let node_config = |name: &str, aws: Option<&edgerec_aws::AwsConfig>| {
+impl Cluster<'_> {
+    /// A node's configuration: embedded features, or DynamoDB at `aws`. The client sends as fast as the nodes
+    /// answer, so no per-address limit (the security test covers limits).
+    fn node_config(&self, name: &str, aws: Option<&edgerec_aws::AwsConfig>) -> Value {
         let mut config = json!({
             "listen": "127.0.0.1:0",
-            "auth": site.auth_config(),
+            "auth": self.site.auth_config(),
             "rate_limits": { "per_address": { "per_second": 0, "burst": 0 }, "per_visitor": { "per_second": 0, "burst": 0 } },
             "workers": 2,
             "surfaces": [SURFACE],
-            "registry": { "url": registry_url, "token": token, "poll_interval_ms": POLL_MS },
+            "registry": { "url": self.registry_url, "token": self.token, "poll_interval_ms": POLL_MS },
             "deadlines": { "features_ms": 2000 },
             "ship_interval_ms": 3_600_000,
             "allowed_origins": [SHOP],
             "features": {
-                "data_dir": dir.path().join(name),
+                "data_dir": self.dir.join(name),
                 "ingest": { "node_id": name },
             },
         });
@@ -405,40 +369,51 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
             config["features"]["aws"] = serde_json::to_value(aws).expect("serialises");
         }
         config
-    };
-    let mut proxied = aws.clone();
-    proxied.dynamodb_endpoint = Some(format!("http://127.0.0.1:{}", proxy.port));
-    let node_a = Node::start(
-        "node-a",
-        dir.path(),
-        node_config("node-a", None),
-        Some(site.clone()),
-    );
-    let node_b = Node::start(
-        "node-b",
-        dir.path(),
-        node_config("node-b", Some(&proxied)),
-        Some(site.clone()),
-    );
-    let nodes = [&node_a, &node_b];
-    converge(&nodes, revision);
-    for node in nodes {
-        assert_eq!(node.get("/readyz").0, 200);
     }
-    refuses_bad_requests(&node_a);
-    refuses_a_second_node_with_the_same_id(dir.path(), node_config("node-b", Some(&proxied)));
-    refuses_events_past_the_backlog(dir.path(), node_config("node-full", None), &site);
-    serves_browsers(
-        &node_a,
-        &client.version(MODEL, "1.0.0").expect("the record"),
-        &client.signing_key().expect("the key").public_key,
-    );
 
-    // A node with a wrong registry token never becomes ready, says why, and refuses to guess an answer.
-    let mut bad_token = node_config("node-bad-token", None);
+    fn start(&self, name: &str, config: Value) -> Node {
+        Node::start(name, self.dir, config, Some(self.site.clone()))
+    }
+}
+
+/// An admin token of a registry that is not running yet, created by the command line.
+fn admin_token(registry_root: &Path) -> String {
+    let created = edgerec()
+        .args([
+            "registry", "token", "create", "--name", "admin", "--scope", "admin", "--root",
+        ])
+        .arg(registry_root)
+        .output()
+        .expect("creates a token");
+    String::from_utf8_lossy(&created.stdout)
+        .split_whitespace()
+        .chain(String::from_utf8_lossy(&created.stderr).split_whitespace())
+        .find(|w| w.starts_with("erk_"))
+        .expect("prints the secret")
+        .to_string()
+}
+
+/// Versions 1.0.0 and 2.0.0 of the golden model.
+fn publish_two_versions(dir: &Path, client: &RegistryClient, golden_model: &[u8]) {
+    for version in ["1.0.0", "2.0.0"] {
+        let bundle = dir.join(format!("bundle-{version}"));
+        std::fs::create_dir_all(&bundle).expect("bundle dir");
+        std::fs::write(
+            bundle.join("manifest.json"),
+            manifest_for(version, golden_model),
+        )
+        .expect("manifest");
+        std::fs::write(bundle.join(MODEL_FILE), golden_model).expect("model");
+        client.publish_bundle(&bundle).expect("publishes");
+    }
+}
+
+/// A node with a wrong registry token never becomes ready, says why, and refuses to guess an answer.
+fn a_node_locked_out_of_the_registry_is_not_ready(cluster: &Cluster) {
+    let mut bad_token = cluster.node_config("node-bad-token", None);
     bad_token["registry"]["token"] = json!("erk_not-a-real-token");
-    let locked_out = Node::start("node-bad-token", dir.path(), bad_token, Some(site.clone()));
-    let log = dir.path().join("node-bad-token.log");
+    let locked_out = cluster.start("node-bad-token", bad_token);
+    let log = cluster.dir.join("node-bad-token.log");
     wait_for(
         Duration::from_secs(30),
         "the node to log the refusal",
@@ -455,70 +430,77 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
         (status, answer["error"]["kind"].as_str()),
         (503, Some("not_ready"))
     );
-    drop(locked_out);
+}
 
-    // A client sends requests to both nodes for the whole test.
-    let traffic = Arc::new(Traffic::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let sender =
-        {
-            let (traffic, stop) = (traffic.clone(), stop.clone());
-            let urls = [node_a.url.clone(), node_b.url.clone()];
-            let site = site.clone();
-            std::thread::spawn(move || {
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .timeout_global(Some(Duration::from_secs(10)))
-                    .build()
-                    .into();
-                let mut n = 0u64;
-                while !stop.load(Ordering::SeqCst) {
-                    let node = (n % 2) as usize;
-                    let user = format!("user-{}", n % 40);
-                    let body = json!({
-                        "user_id": user,
-                        "recent_items": ["m1", "m7"],
-                        "k": 5,
-                        "surface": SURFACE,
-                    });
-                    let result = agent
-                        .post(format!("{}/v1/recommend", urls[node]))
-                        .header("Content-Type", "application/json")
-                        .header("Authorization", format!("Bearer {}", site.token(&user)))
-                        .send(body.to_string());
-                    match result {
-                        Ok(mut response) if response.status() == 200 => {
-                            let answer: Value = serde_json::from_str(
-                                &response.body_mut().read_to_string().unwrap_or_default(),
-                            )
-                            .unwrap_or_default();
-                            traffic.answered.fetch_add(1, Ordering::SeqCst);
-                            if answer["items"].as_array().is_none_or(|i| i.len() != 5) {
-                                traffic
-                                    .failures
-                                    .lock()
-                                    .expect("lock")
-                                    .push(answer.to_string());
-                            }
-                            traffic.versions.lock().expect("lock").insert(
-                                answer["model_version"].as_str().unwrap_or("?").to_string(),
-                            );
-                        }
-                        Ok(mut response) => traffic.failures.lock().expect("lock").push(format!(
-                            "{}: {}",
-                            response.status(),
-                            response.body_mut().read_to_string().unwrap_or_default()
-                        )),
-                        Err(e) => traffic.failures.lock().expect("lock").push(e.to_string()),
+/// A client that sends requests to both nodes, alternating, until `stop` is set.
+fn send_in_the_background(
+    nodes: [&Node; 2],
+    site: &Site,
+    traffic: Arc<Traffic>,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    let urls = nodes.map(|node| node.url.clone());
+    let site = site.clone();
+    std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let mut n = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            let user = format!("user-{}", n % 40);
+            let body = json!({
+                "user_id": user,
+                "recent_items": ["m1", "m7"],
+                "k": 5,
+                "surface": SURFACE,
+            });
+            let result = agent
+                .post(format!("{}/v1/recommend", urls[(n % 2) as usize]))
+                .header("Content-Type", "application/json")
+                .header("Authorization", format!("Bearer {}", site.token(&user)))
+                .send(body.to_string());
+            match result {
+                Ok(mut response) if response.status() == 200 => {
+                    let answer: Value = serde_json::from_str(
+                        &response.body_mut().read_to_string().unwrap_or_default(),
+                    )
+                    .unwrap_or_default();
+                    traffic.answered.fetch_add(1, Ordering::SeqCst);
+                    if answer["items"].as_array().is_none_or(|i| i.len() != 5) {
+                        traffic
+                            .failures
+                            .lock()
+                            .expect("lock")
+                            .push(answer.to_string());
                     }
-                    n += 1;
+                    traffic
+                        .versions
+                        .lock()
+                        .expect("lock")
+                        .insert(answer["model_version"].as_str().unwrap_or("?").to_string());
                 }
-            })
-        };
+                Ok(mut response) => traffic.failures.lock().expect("lock").push(format!(
+                    "{}: {}",
+                    response.status(),
+                    response.body_mut().read_to_string().unwrap_or_default()
+                )),
+                Err(e) => traffic.failures.lock().expect("lock").push(e.to_string()),
+            }
+            n += 1;
+        }
+    })
+}
 
-    // 50/50 split: both nodes converge and put each user in the same variant.
+/// A 50/50 split: both nodes converge and put each user in the same variant. Candidate users click what node A
+/// showed them; control users do not. Returns the users per variant.
+fn a_split_puts_each_user_in_one_variant_on_every_node(
+    client: &RegistryClient,
+    nodes: [&Node; 2],
+) -> BTreeMap<String, usize> {
     let split = deploy(
-        &client,
+        client,
         &[("control", "1.0.0", 50), ("candidate", "2.0.0", 50)],
         "A/B test",
     );
@@ -526,6 +508,7 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
     eprintln!(
         "50/50 plan served by both nodes {took:?} after the deployment (poll interval {POLL_MS} ms)"
     );
+    let [node_a, node_b] = nodes;
     let mut by_variant: BTreeMap<String, usize> = BTreeMap::new();
     for user in 0..60 {
         let request = json!({"user_id": format!("ab-{user}"), "k": 3, "surface": SURFACE});
@@ -545,7 +528,6 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
         *by_variant
             .entry(a["variant"].as_str().unwrap_or("?").into())
             .or_default() += 1;
-        // Candidate users click what node A showed them; control users do not.
         if a["variant"] == "candidate" {
             let click = json!({"events": [{
                 "id": format!("click-{user}"), "user": format!("ab-{user}"), "item": a["items"][0]["item"],
@@ -560,64 +542,56 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
         2,
         "both variants get users: {by_variant:?}"
     );
+    by_variant
+}
 
-    // Rollback: every node returns to v1.
-    let rolled_back = client
-        .rollback(SURFACE, "candidate regressed")
-        .expect("rolls back")
-        .revision;
-    converge(&nodes, rolled_back);
-    // A third node, outside the client's rotation, learns the plan now and is restarted while the registry is down.
-    let node_c = Node::start(
-        "node-c",
-        dir.path(),
-        node_config("node-c", None),
-        Some(site.clone()),
-    );
-    converge(&[&node_c], rolled_back);
-    for user in 0..20 {
-        let answer =
-            node_b.recommend(json!({"user_id": format!("rb-{user}"), "k": 3, "surface": SURFACE}));
-        assert_eq!(answer["model_version"], "1.0.0");
-    }
-
-    // The registry goes away (nodes keep serving), and its storage is tampered with: a bundle with a forged
-    // signature and a correctly signed bundle whose model scores NaN.
-    let template = client
-        .version("golden-sasrec", "1.0.0")
-        .expect("v1's record");
+/// The registry goes away (and stays stopped); a node restarted meanwhile serves the last plan it verified, from its own disk, and
+/// the running nodes count the registry errors and keep their plan.
+fn nodes_serve_their_last_plan_without_the_registry(
+    cluster: &Cluster,
+    registry: &mut Registry,
+    nodes: [&Node; 2],
+    revision: u64,
+) {
+    let node_c = cluster.start("node-c", cluster.node_config("node-c", None));
+    converge(&[&node_c], revision);
     registry.stop();
     std::thread::sleep(Duration::from_millis(3 * POLL_MS));
-    // A node restarted without a registry serves the last plan it verified, from its own disk.
     let Node { mut process, .. } = node_c;
     process.stop();
-    let node_c = Node::start(
-        "node-c",
-        dir.path(),
-        node_config("node-c", None),
-        Some(site.clone()),
-    );
+    let node_c = cluster.start("node-c", cluster.node_config("node-c", None));
     wait_for(
         Duration::from_secs(60),
         "the restarted node to be ready",
         || node_c.get("/readyz").0 == 200,
     );
-    assert_eq!(node_c.revision(SURFACE), Some(rolled_back));
+    assert_eq!(node_c.revision(SURFACE), Some(revision));
     assert_eq!(
         node_c.recommend(json!({"user_id": "restarted", "k": 3, "surface": SURFACE}))["model_version"],
         "1.0.0"
     );
-    drop(node_c);
     for node in nodes {
-        assert_eq!(node.revision(SURFACE), Some(rolled_back));
+        assert_eq!(node.revision(SURFACE), Some(revision));
         assert!(node.metric("edgerec_node_errors_total", &[("kind", "registry")]) >= 1.0);
     }
-    plant_version(&registry.root, &template, "3.0.0", &golden_model, false);
-    plant_version(&registry.root, &template, "4.0.0", &nan_model(), true);
-    registry.restart();
+}
 
+/// While the registry is stopped, its storage is tampered with (a bundle with a forged signature, and a correctly
+/// signed bundle whose model scores NaN, both made from `template`); restarted, it deploys both: no node puts
+/// either into service.
+fn nodes_refuse_tampered_and_broken_bundles(
+    client: &RegistryClient,
+    registry: &mut Registry,
+    template: &VersionRecord,
+    nodes: [&Node; 2],
+    revision: u64,
+) {
+    let golden_model = edgerec_conformance::golden_bundle().1;
+    plant_version(&registry.root, template, "3.0.0", &golden_model, false);
+    plant_version(&registry.root, template, "4.0.0", &nan_model(), true);
+    registry.restart();
     for (version, reason) in [("3.0.0", "signature"), ("4.0.0", "load")] {
-        let bad = deploy(&client, &[("control", version, 100)], "bad bundle");
+        let bad = deploy(client, &[("control", version, 100)], "bad bundle");
         wait_for(
             Duration::from_secs(60),
             &format!("both nodes to refuse {version}"),
@@ -634,15 +608,14 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
                 Some(bad),
                 "a node put {version} into service"
             );
-            assert_eq!(node.revision(SURFACE), Some(rolled_back));
+            assert_eq!(node.revision(SURFACE), Some(revision));
         }
     }
+}
 
-    // A good plan after the refused ones is followed again.
-    let recovered = deploy(&client, &[("control", "2.0.0", 100)], "recover");
-    converge(&nodes, recovered);
-
-    // The feature store goes away under node B: answers continue, flagged degraded.
+/// The feature store goes away under node B: answers continue, flagged degraded, and events are still taken (the
+/// write-ahead log holds them until the store is back); node A, on its own store, is untouched.
+fn answers_degrade_when_the_feature_store_goes_away(node_a: &Node, node_b: &Node, proxy: &Proxy) {
     let fresh = node_b
         .recommend(json!({"user_id": "fs-0", "recent_items": ["m1"], "k": 3, "surface": SURFACE}));
     assert!(fresh.get("degraded").is_none(), "{fresh}");
@@ -659,7 +632,6 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
     let popular = node_b.recommend(json!({"user_id": "fs-new", "k": 4, "surface": SURFACE}));
     assert_eq!(popular["degraded"]["fallback"], "popularity", "{popular}");
     assert_eq!(popular["items"].as_array().map(Vec::len), Some(4));
-    // Events are still taken: the write-ahead log holds them until the store is back.
     let (status, ack) = node_b
         .post(
             "/v1/events",
@@ -676,15 +648,19 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
     let untouched = node_a
         .recommend(json!({"user_id": "fs-0", "recent_items": ["m1"], "k": 3, "surface": SURFACE}));
     assert!(untouched.get("degraded").is_none());
+}
 
-    stop.store(true, Ordering::SeqCst);
-    sender.join().expect("the client thread");
-
-    // Every answer node A gave is in its serving log once it has shipped (it ships everything when stopped).
+/// Every answer node A gave is in its serving log once it has shipped (it ships everything when stopped), and the
+/// A/B report reading that log attributes every candidate click, none to control.
+fn the_serving_log_and_the_ab_report_count_every_answer(
+    dir: &Path,
+    node_a: Node,
+    by_variant: &BTreeMap<String, usize>,
+) {
     let answered_by_a = node_a.metric("edgerec_node_recommendations_total", &[]);
     let Node { mut process, .. } = node_a;
     process.stop();
-    let log = edgerec_features::log::EventLog::Folder(dir.path().join("node-a/log"));
+    let log = edgerec_features::log::EventLog::Folder(dir.join("node-a/log"));
     let served = run(log.read(0, i64::MAX))
         .expect("reads node A's log")
         .served;
@@ -694,12 +670,10 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
             .iter()
             .any(|s| s.variant == "candidate" && s.model_version == "2.0.0")
     );
-
-    // The A/B report reads node A's log: every candidate click is attributed, none to control.
     let report = succeeds(
         edgerec()
             .args(["ab", "report", "--surface", SURFACE, "--json", "--data"])
-            .arg(dir.path().join("node-a")),
+            .arg(dir.join("node-a")),
         "the A/B report",
     );
     let report: Value = serde_json::from_slice(&report.stdout).expect("JSON report");
@@ -724,6 +698,10 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
         .map(|v| v.iter().filter_map(|o| o["requests"].as_u64()).sum())
         .unwrap_or(0);
     assert_eq!(requests as usize, served.len());
+}
+
+/// The background client got an answer to every request, from a verified version only.
+fn every_background_request_was_answered(traffic: &Traffic) {
     let failures = traffic.failures.lock().expect("lock").clone();
     let answered = traffic.answered.load(Ordering::SeqCst);
     eprintln!(
@@ -740,4 +718,89 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
         versions.iter().all(|v| v == "1.0.0" || v == "2.0.0"),
         "served versions: {versions:?}"
     );
+}
+
+#[test]
+fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let registry_root = dir.path().join("registry");
+    let token = admin_token(&registry_root);
+    let mut registry = Registry::start(&registry_root);
+    let client = RegistryClient::new(&registry.url, Some(&token));
+    let (_, golden_model) = edgerec_conformance::golden_bundle();
+    publish_two_versions(dir.path(), &client, &golden_model);
+    let revision = deploy(&client, &[("control", "1.0.0", 100)], "first deployment");
+
+    // Node A: embedded features. Node B: DynamoDB (the local test server) behind a proxy that can be cut.
+    let aws =
+        edgerec_aws::AwsConfig::for_test_servers("edge-nodes").unwrap_or_else(|e| panic!("{e}"));
+    let proxy = Proxy::start(
+        aws.dynamodb_endpoint
+            .clone()
+            .expect("an endpoint")
+            .trim_start_matches("http://")
+            .to_string(),
+    );
+    let mut proxied = aws.clone();
+    proxied.dynamodb_endpoint = Some(format!("http://127.0.0.1:{}", proxy.port));
+    let cluster = Cluster {
+        dir: dir.path(),
+        site: Site::new(dir.path(), "shop-site"),
+        registry_url: registry.url.clone(),
+        token,
+    };
+    let node_a = cluster.start("node-a", cluster.node_config("node-a", None));
+    let node_b = cluster.start("node-b", cluster.node_config("node-b", Some(&proxied)));
+    let nodes = [&node_a, &node_b];
+    converge(&nodes, revision);
+    for node in nodes {
+        assert_eq!(node.get("/readyz").0, 200);
+    }
+    refuses_bad_requests(&node_a);
+    refuses_a_second_node_with_the_same_id(
+        dir.path(),
+        cluster.node_config("node-b", Some(&proxied)),
+    );
+    refuses_events_past_the_backlog(
+        dir.path(),
+        cluster.node_config("node-full", None),
+        &cluster.site,
+    );
+    serves_browsers(
+        &node_a,
+        &client.version(MODEL, "1.0.0").expect("the record"),
+        &client.signing_key().expect("the key").public_key,
+    );
+    a_node_locked_out_of_the_registry_is_not_ready(&cluster);
+
+    // From here on a client sends requests to both nodes; every one must be answered.
+    let traffic = Arc::new(Traffic::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = send_in_the_background(nodes, &cluster.site, traffic.clone(), stop.clone());
+    let by_variant = a_split_puts_each_user_in_one_variant_on_every_node(&client, nodes);
+
+    // Rollback: every node returns to v1.
+    let rolled_back = client
+        .rollback(SURFACE, "candidate regressed")
+        .expect("rolls back")
+        .revision;
+    converge(&nodes, rolled_back);
+    for user in 0..20 {
+        let answer =
+            node_b.recommend(json!({"user_id": format!("rb-{user}"), "k": 3, "surface": SURFACE}));
+        assert_eq!(answer["model_version"], "1.0.0");
+    }
+    let template = client.version(MODEL, "1.0.0").expect("v1's record");
+    nodes_serve_their_last_plan_without_the_registry(&cluster, &mut registry, nodes, rolled_back);
+    nodes_refuse_tampered_and_broken_bundles(&client, &mut registry, &template, nodes, rolled_back);
+
+    // A good plan after the refused ones is followed again.
+    let recovered = deploy(&client, &[("control", "2.0.0", 100)], "recover");
+    converge(&nodes, recovered);
+    answers_degrade_when_the_feature_store_goes_away(&node_a, &node_b, &proxy);
+
+    stop.store(true, Ordering::SeqCst);
+    sender.join().expect("the client thread");
+    the_serving_log_and_the_ab_report_count_every_answer(dir.path(), node_a, &by_variant);
+    every_background_request_was_answered(&traffic);
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use edgerec_core::{VariantName, Version};
 use edgerec_registry_api::client::RegistryClient;
 use edgerec_registry_api::records::PlanRequest;
 use edgerec_registry_api::records::{Variant, VersionRecord};
@@ -150,7 +151,7 @@ impl GuardedEdge {
             .publish_bundle(&golden)
             .expect("publishes the golden bundle");
         let variant = Variant {
-            name: "control".into(),
+            name: VariantName::parse("control").expect("a name"),
             model: record.model.clone(),
             version: record.version.clone(),
             weight: 100,
@@ -659,9 +660,9 @@ fn a_memory_hog_is_refused_and_the_previous_model_serves(edge: &mut GuardedEdge)
     let serving = node.revision(SURFACE).expect("a revision");
     let hog_plan = PlanRequest {
         variants: vec![Variant {
-            name: "control".into(),
+            name: VariantName::parse("control").expect("a name"),
             model: record.model.clone(),
-            version: "6.6.6".into(),
+            version: Version::parse("6.6.6").expect("a version"),
             weight: 100,
         }],
         salt: None,

@@ -2,14 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use edgerec_core::Digest;
+use edgerec_core::{Digest, ModelName, Surface, VariantName, Version};
 use serde::{Deserialize, Serialize};
 
 /// A published, immutable model version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VersionRecord {
-    pub model: String,
-    pub version: String,
+    pub model: ModelName,
+    pub version: Version,
     /// sha256 of `manifest.json` exactly as published: the address edge nodes verify and the signature covers.
     pub manifest_digest: Digest,
     /// Each bundle file and its digest (the blobs to fetch).
@@ -28,9 +28,9 @@ pub struct VersionRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Variant {
-    pub name: String,
-    pub model: String,
-    pub version: String,
+    pub name: VariantName,
+    pub model: ModelName,
+    pub version: Version,
     /// Share of traffic in percent; the variants of a plan sum to 100.
     pub weight: u32,
 }
@@ -38,7 +38,7 @@ pub struct Variant {
 /// Which model versions serve a surface (for example `home`), and how traffic splits between them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
-    pub surface: String,
+    pub surface: Surface,
     /// 1 for the first plan of a surface, then +1 per change (rollbacks included): the plan's ETag.
     pub revision: u64,
     pub variants: Vec<Variant>,
@@ -128,4 +128,33 @@ pub struct PlanRequest {
 pub struct IssuedToken {
     pub secret: String,
     pub token: TokenRecord,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_from_the_wire_hold_only_valid_names() {
+        let plan = |surface: &str, variant: &str, model: &str, version: &str| {
+            serde_json::json!({
+                "surface": surface, "revision": 3, "salt": "s", "updated_by": "carol", "updated_at": 0,
+                "reason": "r",
+                "variants": [{ "name": variant, "model": model, "version": version, "weight": 100 }],
+            })
+        };
+        let good: Plan = serde_json::from_value(plan("home", "control", "ml-1m", "1.0.0"))
+            .expect("a valid plan parses");
+        assert_eq!(good.surface, "home");
+        assert_eq!(good.variants[0].version, "1.0.0");
+        for (bad, kind) in [
+            (plan("../home", "control", "ml-1m", "1.0.0"), "surface"),
+            (plan("home", "", "ml-1m", "1.0.0"), "variant name is empty"),
+            (plan("home", "control", "ml 1m", "1.0.0"), "model name"),
+            (plan("home", "control", "ml-1m", ".hidden"), "version"),
+        ] {
+            let error = serde_json::from_value::<Plan>(bad).expect_err("refused");
+            assert!(error.to_string().contains(kind), "{error}");
+        }
+    }
 }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use edgerec_core::{
-    Digest, MODEL_FILE, Manifest, ModelName, Surface, VariantName, Version, load_tract_ranker,
+    Digest, IdError, MODEL_FILE, Manifest, ModelName, Surface, Version, load_tract_ranker,
 };
 use sha2::Digest as _;
 
@@ -98,7 +98,11 @@ impl From<StoreError> for RegistryError {
 /// Names of models, versions, surfaces, variants and tokens: core's one rule for names (1–128 of
 /// `[A-Za-z0-9._-]`, not starting with a dot).
 fn check_name(kind: &'static str, name: &str) -> Result<(), RegistryError> {
-    edgerec_core::id::check_name(kind, name).map_err(|e| RegistryError::BadRequest(e.to_string()))
+    edgerec_core::id::check_name(kind, name).map_err(bad_name)
+}
+
+fn bad_name(error: IdError) -> RegistryError {
+    RegistryError::BadRequest(error.to_string())
 }
 
 /// A publish's outcome: the version, and whether this call created it (false: the identical manifest was already
@@ -193,7 +197,7 @@ impl<S: Store> Registry<S> {
         manifest_json: &[u8],
         actor: &str,
     ) -> Result<Published, RegistryError> {
-        check_name(ModelName::KIND, model)?;
+        let model = ModelName::parse(model).map_err(bad_name)?;
         let manifest: Manifest = serde_json::from_slice(manifest_json).map_err(|e| {
             RegistryError::BadRequest(format!("manifest.json is not a valid manifest: {e}"))
         })?;
@@ -203,9 +207,9 @@ impl<S: Store> Registry<S> {
                 manifest.name
             )));
         }
-        check_name(Version::KIND, &manifest.version)?;
+        let version = Version::parse(manifest.version.as_str()).map_err(bad_name)?;
         let manifest_digest = Digest::of(manifest_json);
-        if let Some(existing) = self.store.get_version(model, &manifest.version).await? {
+        if let Some(existing) = self.store.get_version(&model, &version).await? {
             return if existing.manifest_digest == manifest_digest {
                 Ok(Published {
                     version: existing,
@@ -269,8 +273,8 @@ impl<S: Store> Registry<S> {
             .map_err(|e| RegistryError::Unprocessable(format!("the model is not servable: {e}")))?;
 
         let record = VersionRecord {
-            model: model.to_string(),
-            version: manifest.version.clone(),
+            model: model.clone(),
+            version,
             manifest_digest,
             files: manifest
                 .files
@@ -353,7 +357,6 @@ impl<S: Store> Registry<S> {
         }
         let mut names = BTreeSet::new();
         for variant in variants {
-            check_name(VariantName::KIND, &variant.name)?;
             if !names.insert(variant.name.as_str()) {
                 return Err(RegistryError::Unprocessable(format!(
                     "variant `{}` appears twice",
@@ -389,12 +392,12 @@ impl<S: Store> Registry<S> {
         if_match: Option<u64>,
         actor: &str,
     ) -> Result<Plan, RegistryError> {
-        check_name(Surface::KIND, surface)?;
+        let surface = Surface::parse(surface).map_err(bad_name)?;
         self.check_variants(&request.variants).await?;
-        let current = self.store.get_plan(surface).await?;
-        let revision = self.expect_revision(surface, current.as_ref(), if_match)?;
+        let current = self.store.get_plan(&surface).await?;
+        let revision = self.expect_revision(&surface, current.as_ref(), if_match)?;
         let plan = Plan {
-            surface: surface.to_string(),
+            surface: surface.clone(),
             revision: revision + 1,
             variants: request.variants,
             salt: request
@@ -471,7 +474,7 @@ impl<S: Store> Registry<S> {
         let audit = AuditDraft {
             actor: plan.updated_by.clone(),
             action,
-            target: plan.surface.clone(),
+            target: plan.surface.to_string(),
             reason: plan.reason.clone(),
             detail: serde_json::json!({ "revision": plan.revision, "variants": plan.variants, "salt": plan.salt }),
         };
@@ -562,7 +565,10 @@ impl<S: Store> Registry<S> {
 pub fn group_by_model(records: Vec<VersionRecord>) -> BTreeMap<String, Vec<VersionRecord>> {
     let mut models: BTreeMap<String, Vec<VersionRecord>> = BTreeMap::new();
     for record in records {
-        models.entry(record.model.clone()).or_default().push(record);
+        models
+            .entry(record.model.to_string())
+            .or_default()
+            .push(record);
     }
     models
 }

@@ -5,7 +5,7 @@ use crate::support;
 
 use support::{aws_config, aws_registry, embedded_registry, golden, golden_as, run};
 
-use edgerec_core::Digest;
+use edgerec_core::{Digest, ModelName, VariantName};
 use edgerec_registry::server::RunningServer;
 use edgerec_registry::service::Registry;
 use edgerec_registry::store::Store;
@@ -564,8 +564,8 @@ fn the_client_publishes_a_bundle_folder_and_follows_plans() {
     assert_eq!(client.plan("home").expect("reads"), None);
     let request = PlanRequest {
         variants: vec![Variant {
-            name: "control".into(),
-            model: "golden-sasrec".into(),
+            name: VariantName::parse("control").expect("a name"),
+            model: ModelName::parse("golden-sasrec").expect("a name"),
             version: version.version.clone(),
             weight: 100,
         }],
@@ -819,7 +819,7 @@ fn a_full_disk_refuses_writes_with_507_and_recovers_without_a_restart() {
     let versions: Vec<String> = run(reopened.list_versions(None))
         .expect("lists")
         .into_iter()
-        .map(|v| v.version)
+        .map(|v| v.version.into_string())
         .collect();
     assert_eq!(versions, ["1.0.0", "1.1.0"]);
     assert_eq!(

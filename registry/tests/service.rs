@@ -7,7 +7,7 @@ use crate::support;
 
 use support::{aws_config, aws_registry, embedded_registry, golden, golden_as, run};
 
-use edgerec_core::{Digest, MODEL_FILE, Manifest};
+use edgerec_core::{Digest, MODEL_FILE, Manifest, ModelName, VariantName, Version};
 use edgerec_registry::aws::{AwsConfig, AwsStore};
 use edgerec_registry::embedded::EmbeddedStore;
 use edgerec_registry::service::{Published, Registry, RegistryError};
@@ -51,9 +51,9 @@ fn plan(variants: &[(&str, &str, u32)], reason: &str) -> PlanRequest {
         variants: variants
             .iter()
             .map(|&(name, version, weight)| Variant {
-                name: name.into(),
-                model: "golden-sasrec".into(),
-                version: version.into(),
+                name: VariantName::parse(name).expect("a name"),
+                model: ModelName::parse("golden-sasrec").expect("a name"),
+                version: Version::parse(version).expect("a version"),
                 weight,
             })
             .collect(),

@@ -407,7 +407,7 @@ pub fn plant_version(
         signer.sign(&Digest::of(b"something else"))
     };
     let record = VersionRecord {
-        version: version.into(),
+        version: edgerec_core::Version::parse(version).expect("a version"),
         manifest_digest,
         files: BTreeMap::from([(MODEL_FILE.to_string(), Digest::of(model))]),
         signature,

@@ -37,7 +37,7 @@ impl Deployment {
 
     pub fn describe(&self) -> DeploymentStatus {
         DeploymentStatus {
-            surface: self.plan.surface.clone(),
+            surface: self.plan.surface.to_string(),
             revision: self.plan.revision,
             salt: self.plan.salt.clone(),
             since_ms: self.since_ms,
@@ -93,7 +93,7 @@ impl Deployments {
         self.current
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(deployment.plan.surface.clone(), Arc::new(deployment))
+            .insert(deployment.plan.surface.to_string(), Arc::new(deployment))
     }
 
     pub fn all(&self) -> Vec<Arc<Deployment>> {

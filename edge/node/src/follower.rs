@@ -33,11 +33,11 @@ const MAX_RETRY_WAIT: Duration = Duration::from_secs(300);
 fn check_plan(plan: &Plan, surfaces: &[String]) -> Result<(), RolloutError> {
     let refuse = |message: String| {
         Err(RolloutError::Plan {
-            surface: plan.surface.clone(),
+            surface: plan.surface.to_string(),
             message,
         })
     };
-    if !surfaces.contains(&plan.surface) {
+    if !surfaces.iter().any(|s| *s == plan.surface) {
         return refuse("this node does not serve that surface".into());
     }
     if plan.variants.is_empty() {
@@ -351,7 +351,7 @@ impl Follower {
             };
             records.push(model.files.record.clone());
             variants.push(ServingVariant {
-                name: variant.name.clone(),
+                name: variant.name.to_string(),
                 weight: variant.weight,
                 model,
             });
@@ -371,7 +371,7 @@ impl Follower {
             .plan_revision
             .with_label_values(&[plan.surface.as_str()])
             .set(plan.revision as i64);
-        self.refused.remove(&plan.surface);
+        self.refused.remove(plan.surface.as_str());
         crate::log_line(
             "follower",
             serde_json::json!({

@@ -204,8 +204,8 @@ fn a_full_pool_answers_busy_instead_of_growing() {
     let (manifest, model) = golden_bundle();
     let files = ModelFiles {
         record: VersionRecord {
-            model: "golden-sasrec".into(),
-            version: "1.0.0".into(),
+            model: edgerec_core::ModelName::parse("golden-sasrec").expect("a name"),
+            version: edgerec_core::Version::parse("1.0.0").expect("a version"),
             manifest_digest: Digest::of(&manifest),
             files: [(MODEL_FILE.to_string(), Digest::of(&model))].into(),
             metrics: Default::default(),
