@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use edgerec_core::VariantName;
 use edgerec_registry_api::client::RegistryClient;
-use edgerec_registry_api::records::PlanRequest;
-use edgerec_registry_api::records::Variant;
+use edgerec_registry_api::records::{PlanRequest, Variant, VersionRecord};
 use serde_json::{Value, json};
 
 use edgerec_trainer::adapt::DataShape;
@@ -147,37 +146,9 @@ async fn stop_requested() -> std::io::Result<()> {
 
 pub fn run(args: DemoArgs) -> Result<()> {
     let exe = std::env::current_exe().context("locating the edgerec binary")?;
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            if let Ok(runtime) = runtime
-                && runtime.block_on(stop_requested()).is_ok()
-            {
-                stop.store(true, Ordering::SeqCst);
-            }
-        });
-    }
+    let stop = watch_for_stop();
     std::fs::create_dir_all(&args.dir)?;
-    // A registry or node already listening there would answer in place of ours (and refuse our token).
-    for (what, address, flag) in [
-        ("registry", &args.registry_listen, "--registry-listen"),
-        ("edge node", &args.node_listen, "--node-listen"),
-        (
-            "edge node's admin",
-            &args.node_admin_listen,
-            "--node-admin-listen",
-        ),
-    ] {
-        if let Err(e) = std::net::TcpListener::bind(address) {
-            bail!(
-                "cannot use {address} for the demo's {what}: {e} (is another demo or server running? pass {flag})"
-            );
-        }
-    }
+    check_addresses_free(&args)?;
 
     let dataset = DatasetArgs {
         dataset: args.dataset.clone(),
@@ -188,71 +159,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let (bundle, offline_hr) = train(&args, &loaded)?;
 
     step("starting the registry");
-    let registry_root = args.dir.join("registry");
-    let _ = std::fs::remove_dir_all(&registry_root);
-    let token = create_token(&exe, &registry_root)?;
-    let registry_log = std::fs::File::create(args.dir.join("registry.log"))?;
-    let _registry = Service {
-        child: Command::new(&exe)
-            .args([
-                "registry",
-                "serve",
-                "--listen",
-                &args.registry_listen,
-                "--root",
-            ])
-            .arg(&registry_root)
-            .stdout(Stdio::null())
-            .stderr(registry_log)
-            .spawn()
-            .context("starting the registry")?,
-        name: "the registry",
-    };
-    let registry_url = format!("http://{}", args.registry_listen);
-    wait_until(
-        Duration::from_secs(30),
-        "the registry to answer",
-        &stop,
-        || answers_ok(&format!("{registry_url}/healthz")),
-    )?;
-    let client = RegistryClient::new(&registry_url, Some(&token));
-    let (record, _) = client
-        .publish_bundle(&bundle)
-        .context("publishing the model")?;
-    let plan = client.deploy(
-        SURFACE,
-        &PlanRequest {
-            variants: vec![Variant {
-                name: VariantName::parse("control").expect("a valid name"),
-                model: record.model.clone(),
-                version: record.version.clone(),
-                weight: 100,
-            }],
-            salt: None,
-            reason: "edgerec demo".into(),
-        },
-        None,
-    )?;
-    eprintln!(
-        "registry {registry_url}: published {}@{} (signed), deployed to surface `{SURFACE}` (plan revision {}); logs in {}",
-        record.model,
-        record.version,
-        plan.revision,
-        args.dir.join("registry.log").display()
-    );
+    let (_registry, registry) = start_registry(&args, &exe, &stop, &bundle)?;
 
     step("starting the edge node");
     let node_data = args.dir.join("node");
     let _ = std::fs::remove_dir_all(&node_data);
     load_catalogue(&node_data, &loaded)?;
-    let web_demo = args.web_demo.clone().or_else(|| {
-        [
-            PathBuf::from("web-demo"),
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../web-demo"),
-        ]
-        .into_iter()
-        .find(|p| p.join("index.html").is_file())
-    });
     // The demo plays the site's backend: it signs visitor tokens for the replayed users with its own secret, and
     // imports their history with an API key; pages get anonymous sessions from the node.
     let minter = VisitorMinter::create(&args.dir.join("visitor-secret"), "demo-site")?;
@@ -261,68 +173,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "demo history import",
         &[edgerec_node::auth::Scope::Events],
     )?;
-    let node_config = json!({
-        "listen": args.node_listen,
-        "admin_listen": args.node_admin_listen,
-        "auth": {
-            "visitor_tokens": { "hs256": [{ "kid": minter.kid(), "secret_file": minter.secret_file() }] },
-            "anonymous_sessions": { "enabled": true },
-        },
-        // The replay is thousands of visitors from one address: the per-address limit is raised for it; each
-        // visitor keeps the default limit.
-        "rate_limits": { "per_address": { "per_second": 20_000, "burst": 40_000 } },
-        "surfaces": [SURFACE],
-        "registry": { "url": registry_url, "token": token, "poll_interval_ms": 1000 },
-        "ship_interval_ms": 10_000,
-        "web_demo": web_demo,
-        "browser_package": web_demo.as_ref().map(|_| crate::paths::wasm_artifact("browser")),
-        "features": { "data_dir": node_data, "ingest": { "node_id": "demo-node" } },
-    });
-    let config_path = args.dir.join("node.json");
-    std::fs::write(&config_path, serde_json::to_vec_pretty(&node_config)?)?;
-    let mut command = Command::new(&exe);
-    command
-        .args(["edge", "serve", "--config"])
-        .arg(&config_path);
-    if let Some(wasm) = &args.wasm {
-        command.arg("--wasm").arg(wasm);
-    }
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(args.dir.join("node.log"))?)
-        .spawn()
-        .context("starting the edge node")?;
-    let mut first_line = String::new();
-    if let Some(stdout) = child.stdout.take() {
-        BufReader::new(stdout).read_line(&mut first_line)?;
-    }
-    let _node = Service {
-        child,
-        name: "the edge node",
-    };
-    if first_line.is_empty() {
-        bail!(
-            "the edge node did not start: see {}",
-            args.dir.join("node.log").display()
-        );
-    }
-    let node_url = format!("http://{}", args.node_listen);
+    let (_node, node_url) = start_node(&args, &exe, &stop, &registry, &minter, &node_data)?;
     let admin_url = format!("http://{}", args.node_admin_listen);
-    wait_until(
-        Duration::from_secs(120),
-        "the edge node to load the model",
-        &stop,
-        || answers_ok(&format!("{node_url}/readyz")),
-    )?;
-    eprintln!(
-        "edge node {node_url}: serving {}@{}; logs in {}",
-        record.model,
-        record.version,
-        args.dir.join("node.log").display()
-    );
-    if web_demo.is_some() {
-        eprintln!("web demo: open {node_url}/ in a browser");
-    }
 
     step("replaying the data set as live traffic");
     load_history(&node_url, &admin_url, &import_key, &loaded, &stop)?;
@@ -347,20 +199,212 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "metrics: {admin_url}/metrics; A/B report once the log is shipped (every 10 s): edgerec ab report --surface {SURFACE} --data {}",
         node_data.display()
     );
+    serve_until_stopped(args.duration, &stop);
+    eprintln!("stopping the edge node and the registry");
+    Ok(())
+}
+
+/// A flag set when Ctrl-C or SIGTERM arrives, so every wait of the demo can stop early.
+fn watch_for_stop() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        if let Ok(runtime) = runtime
+            && runtime.block_on(stop_requested()).is_ok()
+        {
+            flag.store(true, Ordering::SeqCst);
+        }
+    });
+    stop
+}
+
+/// A registry or node already listening on one of the demo's addresses would answer in place of ours (and refuse
+/// our token): refuse to start instead.
+fn check_addresses_free(args: &DemoArgs) -> Result<()> {
+    for (what, address, flag) in [
+        ("registry", &args.registry_listen, "--registry-listen"),
+        ("edge node", &args.node_listen, "--node-listen"),
+        (
+            "edge node's admin",
+            &args.node_admin_listen,
+            "--node-admin-listen",
+        ),
+    ] {
+        if let Err(e) = std::net::TcpListener::bind(address) {
+            bail!(
+                "cannot use {address} for the demo's {what}: {e} (is another demo or server running? pass {flag})"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The running registry as the node sees it: its address, an admin token and the version it serves.
+struct RunningRegistry {
+    url: String,
+    token: String,
+    record: VersionRecord,
+}
+
+/// Starts a fresh registry, publishes `bundle` and deploys it to the demo's surface.
+fn start_registry(
+    args: &DemoArgs,
+    exe: &Path,
+    stop: &AtomicBool,
+    bundle: &Path,
+) -> Result<(Service, RunningRegistry)> {
+    let registry_root = args.dir.join("registry");
+    let _ = std::fs::remove_dir_all(&registry_root);
+    let token = create_token(exe, &registry_root)?;
+    let registry_log = std::fs::File::create(args.dir.join("registry.log"))?;
+    let service = Service {
+        child: Command::new(exe)
+            .args([
+                "registry",
+                "serve",
+                "--listen",
+                &args.registry_listen,
+                "--root",
+            ])
+            .arg(&registry_root)
+            .stdout(Stdio::null())
+            .stderr(registry_log)
+            .spawn()
+            .context("starting the registry")?,
+        name: "the registry",
+    };
+    let url = format!("http://{}", args.registry_listen);
+    wait_until(
+        Duration::from_secs(30),
+        "the registry to answer",
+        stop,
+        || answers_ok(&format!("{url}/healthz")),
+    )?;
+    let client = RegistryClient::new(&url, Some(&token));
+    let (record, _) = client
+        .publish_bundle(bundle)
+        .context("publishing the model")?;
+    let plan = client.deploy(
+        SURFACE,
+        &PlanRequest {
+            variants: vec![Variant {
+                name: VariantName::parse("control").expect("a valid name"),
+                model: record.model.clone(),
+                version: record.version.clone(),
+                weight: 100,
+            }],
+            salt: None,
+            reason: "edgerec demo".into(),
+        },
+        None,
+    )?;
+    eprintln!(
+        "registry {url}: published {}@{} (signed), deployed to surface `{SURFACE}` (plan revision {}); logs in {}",
+        record.model,
+        record.version,
+        plan.revision,
+        args.dir.join("registry.log").display()
+    );
+    Ok((service, RunningRegistry { url, token, record }))
+}
+
+/// Starts the edge node on the registry's plan, with the web demo when its folder is found; returns once it
+/// serves the model.
+fn start_node(
+    args: &DemoArgs,
+    exe: &Path,
+    stop: &AtomicBool,
+    registry: &RunningRegistry,
+    minter: &VisitorMinter,
+    node_data: &Path,
+) -> Result<(Service, String)> {
+    let web_demo = args.web_demo.clone().or_else(|| {
+        [
+            PathBuf::from("web-demo"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../web-demo"),
+        ]
+        .into_iter()
+        .find(|p| p.join("index.html").is_file())
+    });
+    let node_config = json!({
+        "listen": args.node_listen,
+        "admin_listen": args.node_admin_listen,
+        "auth": {
+            "visitor_tokens": { "hs256": [{ "kid": minter.kid(), "secret_file": minter.secret_file() }] },
+            "anonymous_sessions": { "enabled": true },
+        },
+        // The replay is thousands of visitors from one address: the per-address limit is raised for it; each
+        // visitor keeps the default limit.
+        "rate_limits": { "per_address": { "per_second": 20_000, "burst": 40_000 } },
+        "surfaces": [SURFACE],
+        "registry": { "url": registry.url, "token": registry.token, "poll_interval_ms": 1000 },
+        "ship_interval_ms": 10_000,
+        "web_demo": web_demo,
+        "browser_package": web_demo.as_ref().map(|_| crate::paths::wasm_artifact("browser")),
+        "features": { "data_dir": node_data, "ingest": { "node_id": "demo-node" } },
+    });
+    let config_path = args.dir.join("node.json");
+    std::fs::write(&config_path, serde_json::to_vec_pretty(&node_config)?)?;
+    let mut command = Command::new(exe);
+    command
+        .args(["edge", "serve", "--config"])
+        .arg(&config_path);
+    if let Some(wasm) = &args.wasm {
+        command.arg("--wasm").arg(wasm);
+    }
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(args.dir.join("node.log"))?)
+        .spawn()
+        .context("starting the edge node")?;
+    let mut first_line = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        BufReader::new(stdout).read_line(&mut first_line)?;
+    }
+    let service = Service {
+        child,
+        name: "the edge node",
+    };
+    if first_line.is_empty() {
+        bail!(
+            "the edge node did not start: see {}",
+            args.dir.join("node.log").display()
+        );
+    }
+    let node_url = format!("http://{}", args.node_listen);
+    wait_until(
+        Duration::from_secs(120),
+        "the edge node to load the model",
+        stop,
+        || answers_ok(&format!("{node_url}/readyz")),
+    )?;
+    eprintln!(
+        "edge node {node_url}: serving {}@{}; logs in {}",
+        registry.record.model,
+        registry.record.version,
+        args.dir.join("node.log").display()
+    );
+    if web_demo.is_some() {
+        eprintln!("web demo: open {node_url}/ in a browser");
+    }
+    Ok((service, node_url))
+}
+
+/// Waits for Ctrl-C or SIGTERM, or `duration` seconds when given.
+fn serve_until_stopped(duration: Option<u64>, stop: &AtomicBool) {
     let started = Instant::now();
-    match args.duration {
+    match duration {
         Some(seconds) => eprintln!("stopping in {seconds} s (Ctrl-C or SIGTERM stops earlier)"),
         None => eprintln!("Ctrl-C (or SIGTERM) stops the demo"),
     }
     while !stop.load(Ordering::SeqCst)
-        && args
-            .duration
-            .is_none_or(|s| started.elapsed() < Duration::from_secs(s))
+        && duration.is_none_or(|s| started.elapsed() < Duration::from_secs(s))
     {
         std::thread::sleep(Duration::from_millis(200));
     }
-    eprintln!("stopping the edge node and the registry");
-    Ok(())
 }
 
 fn wait_until(
