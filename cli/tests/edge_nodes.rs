@@ -16,7 +16,9 @@ use edgerec_registry_api::client::RegistryClient;
 use edgerec_registry_api::records::{PlanRequest, Variant, VersionRecord};
 use prost::Message;
 use serde_json::{Value, json};
-use support::nodes::{Node, Registry, Site, edgerec, manifest_for, plant_version, run, wait_for};
+use support::nodes::{
+    Node, Registry, Site, admin_token, edgerec, manifest_for, plant_version, run, wait_for,
+};
 use support::succeeds;
 
 use crate::support;
@@ -374,23 +376,6 @@ impl Cluster<'_> {
     fn start(&self, name: &str, config: Value) -> Node {
         Node::start(name, self.dir, config, Some(self.site.clone()))
     }
-}
-
-/// An admin token of a registry that is not running yet, created by the command line.
-fn admin_token(registry_root: &Path) -> String {
-    let created = edgerec()
-        .args([
-            "registry", "token", "create", "--name", "admin", "--scope", "admin", "--root",
-        ])
-        .arg(registry_root)
-        .output()
-        .expect("creates a token");
-    String::from_utf8_lossy(&created.stdout)
-        .split_whitespace()
-        .chain(String::from_utf8_lossy(&created.stderr).split_whitespace())
-        .find(|w| w.starts_with("erk_"))
-        .expect("prints the secret")
-        .to_string()
 }
 
 /// Versions 1.0.0 and 2.0.0 of the golden model.

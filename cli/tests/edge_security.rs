@@ -9,12 +9,11 @@ use std::time::Duration;
 
 use edgerec_core::{VariantName, Version};
 use edgerec_registry_api::client::RegistryClient;
-use edgerec_registry_api::records::PlanRequest;
-use edgerec_registry_api::records::{Variant, VersionRecord};
+use edgerec_registry_api::records::{PlanRequest, Variant, VersionRecord};
 use prost::Message;
 use serde_json::{Value, json};
 use support::nodes::{
-    Answer, Node, Registry, Site, edgerec, manifest_for, plant_version, wait_for,
+    Answer, Node, Registry, Site, admin_token, edgerec, manifest_for, plant_version, wait_for,
 };
 use support::succeeds;
 
@@ -59,23 +58,6 @@ fn ask(user: &str) -> Value {
 
 fn event(id: &str, user: &str, item: &str) -> Value {
     json!({ "id": id, "user": user, "item": item, "kind": "purchase", "time_ms": edgerec_features::now_ms() })
-}
-
-fn registry_token(root: &Path) -> String {
-    let created = succeeds(
-        edgerec()
-            .args([
-                "registry", "token", "create", "--name", "admin", "--scope", "admin", "--root",
-            ])
-            .arg(root),
-        "creating a registry token",
-    );
-    String::from_utf8_lossy(&created.stdout)
-        .split_whitespace()
-        .chain(String::from_utf8_lossy(&created.stderr).split_whitespace())
-        .find(|w| w.starts_with("erk_"))
-        .expect("prints the secret")
-        .to_string()
 }
 
 /// An Ed25519 key of the site's, published to nodes as a JWKS file.
@@ -142,7 +124,7 @@ impl GuardedEdge {
     fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let registry_root = dir.path().join("registry");
-        let token = registry_token(&registry_root);
+        let token = admin_token(&registry_root);
         let registry = Registry::start(&registry_root);
         let client = RegistryClient::new(&registry.url, Some(&token));
         let golden = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo test"))

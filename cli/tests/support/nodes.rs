@@ -38,6 +38,24 @@ pub fn edgerec() -> Command {
     command
 }
 
+/// An admin token of a registry that is not running yet, created by the command line.
+pub fn admin_token(root: &Path) -> String {
+    let created = super::succeeds(
+        edgerec()
+            .args([
+                "registry", "token", "create", "--name", "admin", "--scope", "admin", "--root",
+            ])
+            .arg(root),
+        "creating a registry token",
+    );
+    String::from_utf8_lossy(&created.stdout)
+        .split_whitespace()
+        .chain(String::from_utf8_lossy(&created.stderr).split_whitespace())
+        .find(|w| w.starts_with("erk_"))
+        .expect("prints the secret")
+        .to_string()
+}
+
 pub fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
     let started = Instant::now();
     while !done() {
