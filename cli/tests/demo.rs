@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use support::{free_port, succeeds};
+use support::{free_port, succeeds, warm_module_cache};
 
 use crate::support;
 
@@ -30,6 +30,7 @@ fn demo_trains_serves_replays_and_stops() {
         r#"{"max_len": 8, "dim": 16, "blocks": 1, "ffn_dim": 32, "dropout": 0.0, "max_epochs": 30, "patience_steps": 100000, "learning_rate": 0.01, "warmup_steps": 5, "batch_size": 32}"#,
     )
     .expect("writes the training settings");
+    warm_module_cache();
     let (registry_port, node_port, admin_port) = (free_port(), free_port(), free_port());
     let mut demo = Command::new(env!("CARGO_BIN_EXE_edgerec"))
         .current_dir(dir.path())

@@ -5,7 +5,9 @@
 pub mod nodes;
 
 use std::net::TcpListener;
+use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::Once;
 
 /// A port nothing listens on right now (the service started on it binds it a moment later).
 pub fn free_port() -> u16 {
@@ -28,4 +30,21 @@ pub fn succeeds(command: &mut Command, what: &str) -> Output {
         String::from_utf8_lossy(&output.stderr)
     );
     output
+}
+
+/// Compiles the WASI ranker into the machine's module cache (`~/.cache/edgerec/modules`) once per test run, before
+/// the first registry, node or demo starts. Each of them loads the ranker from that cache; on a machine where it is
+/// empty each would compile it itself (about 35 s of one core here), several at once while other tests run, past
+/// the time a test gives a service to answer.
+pub fn warm_module_cache() {
+    static WARMED: Once = Once::new();
+    WARMED.call_once(|| {
+        let bundle = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden/bundle");
+        succeeds(
+            Command::new(env!("CARGO_BIN_EXE_edgerec"))
+                .args(["rank", "--runtime", "wasmtime", "--k", "1", "--bundle"])
+                .arg(bundle),
+            "ranking once in wasmtime, which compiles the WASI ranker into the module cache",
+        );
+    });
 }

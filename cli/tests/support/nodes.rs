@@ -23,6 +23,7 @@ pub fn wasm() -> PathBuf {
 
 /// The `edgerec` binary, with none of the variables that would point it elsewhere.
 pub fn edgerec() -> Command {
+    super::warm_module_cache();
     let mut command = Command::new(env!("CARGO_BIN_EXE_edgerec"));
     for name in [
         "EDGEREC_TOKEN",
