@@ -19,6 +19,10 @@
 //! - **Window from the histories**: `max_len` is the 90th percentile of the users' training history lengths,
 //!   rounded up to a multiple of [`MAX_LEN_STEP`], at most 50: on logs of short histories attention then
 //!   spans the window a history needs, not 50 positions.
+//! - **Batch from the data's size**: 128 rows, or [`SMALL_DATA_BATCH_ROWS`] where an epoch holds fewer than
+//!   [`SMALL_DATA_ROWS`] rows. A step of half the rows costs about half as much, and the best model comes after
+//!   about as many steps, so small runs take about half the time; on ML-1M (about 19,800 rows) the large batch
+//!   ends better (docs/benchmarks.md, "Half the batch on small data").
 //! - **Softmax from the catalogue**: over the whole catalogue up to [`FULL_SOFTMAX_MAX_ITEMS`] items; above,
 //!   against [`SAMPLED_NEGATIVES`] negatives drawn per batch, which keeps a step's cost bounded as the
 //!   catalogue grows.
@@ -41,6 +45,11 @@ pub const MAX_LEN_STEP: usize = 10;
 pub const FFN_FACTOR: usize = 4;
 /// Negatives per batch above [`FULL_SOFTMAX_MAX_ITEMS`].
 pub const SAMPLED_NEGATIVES: usize = 2_048;
+/// Data of fewer training rows an epoch than this (64 batches of 128 rows: about 400,000 training targets at a
+/// 50-item window) trains in batches of [`SMALL_DATA_BATCH_ROWS`] rows.
+pub const SMALL_DATA_ROWS: usize = 8_192;
+/// Rows in a batch on small data.
+pub const SMALL_DATA_BATCH_ROWS: usize = 64;
 
 /// What the rules look at.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -184,9 +193,28 @@ pub fn adapted_config(shape: &DataShape) -> (TrainConfig, Vec<Choice>) {
         ),
     );
 
-    // The schedule is the same in steps for every data set; what it amounts to here is worth showing.
     // Windows are packed into rows of `max_len` positions, so an epoch is about the targets in rows.
     let rows = shape.targets.div_ceil(config.max_len);
+    let large_batch = config.batch_size;
+    if rows < SMALL_DATA_ROWS {
+        config.batch_size = SMALL_DATA_BATCH_ROWS;
+    }
+    choose(
+        "batch_size",
+        config.batch_size.into(),
+        if rows < SMALL_DATA_ROWS {
+            format!(
+                "about {rows} rows an epoch, fewer than {SMALL_DATA_ROWS}: batches of {SMALL_DATA_BATCH_ROWS} \
+                 rows, half the cost of a step for about as many steps to the best model"
+            )
+        } else {
+            format!(
+                "about {rows} rows an epoch, at least {SMALL_DATA_ROWS}: batches of {large_batch} rows"
+            )
+        },
+    );
+
+    // The schedule is the same in steps for every data set; what it amounts to here is worth showing.
     let per_epoch = rows.div_ceil(config.batch_size).max(1) as f64;
     let epochs = |steps: u64| steps as f64 / per_epoch;
     choose(
@@ -241,6 +269,8 @@ mod tests {
             ),
             (0.2, 64, 0, 50)
         );
+        // About 19,800 rows an epoch: the large batch.
+        assert_eq!(dense.batch_size, 128);
         assert_eq!(dense.optimiser.weight_decay, 0.01);
         // A shop's shape: 610 users, 9,700 items, 100,000 targets.
         let (sparse, choices) = adapted_config(&DataShape {
@@ -252,6 +282,8 @@ mod tests {
         assert_eq!((sparse.dropout, sparse.dim), (0.5, 64));
         assert_eq!(sparse.optimiser.weight_decay, 0.1);
         assert_eq!(sparse.sampled_negatives, SAMPLED_NEGATIVES);
+        // About 2,000 rows an epoch: half the batch.
+        assert_eq!(sparse.batch_size, SMALL_DATA_BATCH_ROWS);
         let reason = |setting: &str| {
             choices
                 .iter()
@@ -261,10 +293,27 @@ mod tests {
         };
         assert!(reason("dropout").contains("10.2 training targets per item"));
         assert!(
-            reason("patience_steps").contains("about 62 epochs"),
+            reason("patience_steps").contains("about 32 epochs"),
             "{}",
             reason("patience_steps")
         );
+    }
+
+    #[test]
+    fn the_batch_halves_below_the_small_data_rows() {
+        let batch = |targets: usize| {
+            adapted_config(&DataShape {
+                users: 1_000,
+                items: 2_000,
+                targets,
+                long_history: 200,
+            })
+            .0
+            .batch_size
+        };
+        // Windows of 50 positions: SMALL_DATA_ROWS rows hold 50 times as many targets.
+        assert_eq!(batch(SMALL_DATA_ROWS * 50), 128);
+        assert_eq!(batch((SMALL_DATA_ROWS - 1) * 50), SMALL_DATA_BATCH_ROWS);
     }
 
     #[test]
