@@ -9,7 +9,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use support::{free_port, succeeds, warm_module_cache};
+use support::nodes::edgerec;
+use support::{free_port, succeeds};
 
 use crate::support;
 
@@ -30,12 +31,9 @@ fn demo_trains_serves_replays_and_stops() {
         r#"{"max_len": 8, "dim": 16, "blocks": 1, "ffn_dim": 32, "dropout": 0.0, "max_epochs": 30, "patience_steps": 100000, "learning_rate": 0.01, "warmup_steps": 5, "batch_size": 32}"#,
     )
     .expect("writes the training settings");
-    warm_module_cache();
     let (registry_port, node_port, admin_port) = (free_port(), free_port(), free_port());
-    let mut demo = Command::new(env!("CARGO_BIN_EXE_edgerec"))
+    let mut demo = edgerec()
         .current_dir(dir.path())
-        .env_remove("EDGEREC_TOKEN")
-        .env_remove("EDGEREC_REGISTRY")
         .args([
             "demo",
             "--dataset",
@@ -95,7 +93,7 @@ fn demo_trains_serves_replays_and_stops() {
     .expect("JSON");
     // A visitor token the demo's site would sign (the demo wrote its secret).
     let minted = succeeds(
-        Command::new(env!("CARGO_BIN_EXE_edgerec"))
+        edgerec()
             .current_dir(dir.path())
             .args(["edge", "mint-token", "--secret-file", "run/visitor-secret"])
             .args(["--kid", "demo-site", "--user", "package-site-visitor"]),
@@ -152,7 +150,7 @@ fn demo_trains_serves_replays_and_stops() {
     }
     // A port in use is refused up front, with the flag that changes it.
     let taken = TcpListener::bind("127.0.0.1:0").expect("binds");
-    let busy = Command::new(env!("CARGO_BIN_EXE_edgerec"))
+    let busy = edgerec()
         .current_dir(dir.path())
         .args(["demo", "--dataset", "walks.csv", "--dir", "run"])
         .args([
@@ -166,17 +164,15 @@ fn demo_trains_serves_replays_and_stops() {
 
     // The node shipped its log when it stopped: the A/B report sees every replayed request.
     let report = succeeds(
-        Command::new(env!("CARGO_BIN_EXE_edgerec"))
-            .current_dir(dir.path())
-            .args([
-                "ab",
-                "report",
-                "--surface",
-                "home",
-                "--json",
-                "--data",
-                "run/node",
-            ]),
+        edgerec().current_dir(dir.path()).args([
+            "ab",
+            "report",
+            "--surface",
+            "home",
+            "--json",
+            "--data",
+            "run/node",
+        ]),
         "the A/B report",
     );
     let report: serde_json::Value = serde_json::from_slice(&report.stdout).expect("JSON");

@@ -195,24 +195,19 @@ pub fn adapted_config(shape: &DataShape) -> (TrainConfig, Vec<Choice>) {
 
     // Windows are packed into rows of `max_len` positions, so an epoch is about the targets in rows.
     let rows = shape.targets.div_ceil(config.max_len);
-    let large_batch = config.batch_size;
-    if rows < SMALL_DATA_ROWS {
+    let batch_reason = if rows < SMALL_DATA_ROWS {
         config.batch_size = SMALL_DATA_BATCH_ROWS;
-    }
-    choose(
-        "batch_size",
-        config.batch_size.into(),
-        if rows < SMALL_DATA_ROWS {
-            format!(
-                "about {rows} rows an epoch, fewer than {SMALL_DATA_ROWS}: batches of {SMALL_DATA_BATCH_ROWS} \
-                 rows, half the cost of a step for about as many steps to the best model"
-            )
-        } else {
-            format!(
-                "about {rows} rows an epoch, at least {SMALL_DATA_ROWS}: batches of {large_batch} rows"
-            )
-        },
-    );
+        format!(
+            "about {rows} rows an epoch, fewer than {SMALL_DATA_ROWS}: batches of {SMALL_DATA_BATCH_ROWS} rows, \
+             half the cost of a step for about as many steps to the best model"
+        )
+    } else {
+        format!(
+            "about {rows} rows an epoch, at least {SMALL_DATA_ROWS}: batches of {} rows",
+            config.batch_size
+        )
+    };
+    choose("batch_size", config.batch_size.into(), batch_reason);
 
     // The schedule is the same in steps for every data set; what it amounts to here is worth showing.
     let per_epoch = rows.div_ceil(config.batch_size).max(1) as f64;

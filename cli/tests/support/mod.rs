@@ -7,7 +7,7 @@ pub mod nodes;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::Once;
+use std::sync::OnceLock;
 
 /// A port nothing listens on right now (the service started on it binds it a moment later).
 pub fn free_port() -> u16 {
@@ -37,14 +37,29 @@ pub fn succeeds(command: &mut Command, what: &str) -> Output {
 /// empty each would compile it itself (about 35 s of one core here), several at once while other tests run, past
 /// the time a test gives a service to answer.
 pub fn warm_module_cache() {
-    static WARMED: Once = Once::new();
-    WARMED.call_once(|| {
+    // The outcome is kept, so that every test after a failed warm-up says why rather than that a `Once` was
+    // poisoned.
+    static WARMED: OnceLock<Result<(), String>> = OnceLock::new();
+    let warmed = WARMED.get_or_init(|| {
         let bundle = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden/bundle");
-        succeeds(
-            Command::new(env!("CARGO_BIN_EXE_edgerec"))
-                .args(["rank", "--runtime", "wasmtime", "--k", "1", "--bundle"])
-                .arg(bundle),
-            "ranking once in wasmtime, which compiles the WASI ranker into the module cache",
-        );
+        let output = Command::new(env!("CARGO_BIN_EXE_edgerec"))
+            .args(["rank", "--runtime", "wasmtime", "--k", "1", "--bundle"])
+            .arg(bundle)
+            .output()
+            .map_err(|e| format!("cannot run edgerec: {e}"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ))
+        }
     });
+    if let Err(why) = warmed {
+        panic!(
+            "ranking once in wasmtime, to compile the WASI ranker into the module cache, failed ({why})"
+        );
+    }
 }
