@@ -52,9 +52,14 @@ pub struct SettingFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evaluate_every_steps: Option<u64>,
+    /// Rows in a batch while the learning rate follows the main schedule.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
+    /// Rows in a batch during the anneal (0: the same as --batch-size).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anneal_batch_size: Option<usize>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub learning_rate: Option<f64>,

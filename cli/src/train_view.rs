@@ -77,13 +77,14 @@ impl ProgressView {
             Progress::Annealing {
                 steps_done,
                 steps,
+                batch_rows,
                 learning_rate,
                 final_learning_rate,
             } => bar.suspend(|| {
                 eprintln!(
                     "validation NDCG@10 has not gained {}% in {} steps: the learning rate falls from \
-                     {learning_rate:.2e} to {final_learning_rate:.2e} over the next {steps} steps from step \
-                     {steps_done}, then training ends",
+                     {learning_rate:.2e} to {final_learning_rate:.2e} over the next {steps} steps of {batch_rows} \
+                     rows from step {steps_done}, then training ends",
                     self.min_improvement * 100.0,
                     self.patience_steps
                 )

@@ -37,6 +37,21 @@ impl Schedule {
         }
     }
 
+    /// The schedule of the anneal, whose batches hold [`TrainConfig::batch_rows`] rows: as many steps an epoch
+    /// as those take and validation by the same count of steps, with the main schedule's last epoch and the
+    /// length of its cosine (where the anneal's learning rate starts from).
+    pub fn annealing(self, config: &TrainConfig, windows: usize) -> Self {
+        let per_epoch = windows.div_ceil(config.batch_rows(true).max(1)).max(1);
+        Self {
+            batches_per_epoch: per_epoch,
+            epochs_per_evaluation: config
+                .evaluate_every_steps
+                .div_ceil(per_epoch as u64)
+                .max(1) as usize,
+            ..self
+        }
+    }
+
     /// Whether validation runs after `epoch` (1-based): every `epochs_per_evaluation` epochs, and after the last.
     pub fn evaluates_after(&self, epoch: usize) -> bool {
         epoch.is_multiple_of(self.epochs_per_evaluation) || epoch >= self.last_epoch
@@ -169,6 +184,33 @@ mod tests {
         assert!(
             small.evaluates_after(13) && !small.evaluates_after(14) && small.evaluates_after(2_917)
         );
+    }
+
+    #[test]
+    fn the_anneal_takes_its_own_batches_and_keeps_the_main_cosine() {
+        let doubled = TrainConfig {
+            anneal_batch_size: 200,
+            ..config(35_000, 10_000)
+        };
+        let main = Schedule::new(&doubled, 17_550);
+        let anneal = main.annealing(&doubled, 17_550);
+        assert_eq!(
+            (main.batches_per_epoch, anneal.batches_per_epoch),
+            (176, 88)
+        );
+        // 150 steps: every epoch of 176 steps, every second of 88.
+        assert_eq!(
+            (main.epochs_per_evaluation, anneal.epochs_per_evaluation),
+            (1, 2)
+        );
+        assert_eq!(
+            (anneal.last_epoch, anneal.total_steps),
+            (main.last_epoch, main.total_steps)
+        );
+        // Without an anneal batch, the anneal's schedule is the main one.
+        let same = config(35_000, 10_000);
+        let main = Schedule::new(&same, 17_550);
+        assert_eq!(main.annealing(&same, 17_550), main);
     }
 
     #[test]

@@ -237,7 +237,7 @@ mod tests {
 
     use super::*;
     use crate::collective::SingleProcess;
-    use crate::train::fixtures::{planted_pattern, small_config, train_alone};
+    use crate::train::fixtures::{planted_pattern, resume_to_the_end, small_config, train_alone};
     use crate::train::{Progress, train};
 
     #[test]
@@ -268,21 +268,8 @@ mod tests {
         )
         .expect("first half");
         assert_eq!(first_half.history.len(), 2);
-        let mut epochs_seen = vec![];
-        let resumed = train(
-            &split,
-            &config,
-            Some(parts.path()),
-            true,
-            &SingleProcess,
-            &mut |p| {
-                if let Progress::EpochStarted { epoch, .. } = p {
-                    epochs_seen.push(epoch);
-                }
-                ControlFlow::Continue(())
-            },
-        )
-        .expect("resumes");
+        let (resumed, started) = resume_to_the_end(&split, &config, parts.path());
+        let epochs_seen: Vec<usize> = started.iter().map(|&(epoch, _)| epoch).collect();
         assert_eq!(epochs_seen, vec![3, 4], "resumed at the wrong epoch");
         assert_eq!(resumed.history, {
             // Timings differ between runs; everything else must not.

@@ -22,7 +22,11 @@ pub struct TrainConfig {
     /// 0: softmax over the whole catalogue. Otherwise the softmax of each target runs against this many
     /// negatives drawn uniformly per batch (for catalogues too large to score whole at every step).
     pub sampled_negatives: usize,
+    /// Rows in a batch while the learning rate follows the main schedule.
     pub batch_size: usize,
+    /// Rows in a batch during the anneal (0: `batch_size`). A larger batch lowers the gradient noise as the falling
+    /// rate does; its larger steps cost more only in the anneal (docs/benchmarks.md: not the default).
+    pub anneal_batch_size: usize,
     /// The run's length in optimiser steps: the learning rate's cosine ends here. Early stopping usually ends the
     /// run sooner. Counted in steps, not epochs, so that a small data set (a dozen steps an epoch) gets as many
     /// updates as a large one.
@@ -69,6 +73,7 @@ impl Default for TrainConfig {
             dropout: 0.2,
             sampled_negatives: 0,
             batch_size: 128,
+            anneal_batch_size: 0,
             max_steps: 35_000,
             max_epochs: 10_000,
             evaluate_every_steps: 150,
@@ -131,12 +136,26 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// Rows in a batch: the anneal's while `annealing`, the main schedule's otherwise.
+    pub fn batch_rows(&self, annealing: bool) -> usize {
+        if annealing && self.anneal_batch_size > 0 {
+            self.anneal_batch_size
+        } else {
+            self.batch_size
+        }
+    }
+
+    /// The smaller of the two batches, which every replica and process must share.
+    pub(super) fn smallest_batch(&self) -> usize {
+        self.batch_rows(false).min(self.batch_rows(true))
+    }
+
     /// Replicas of the training loop in one of a job's `processes`: what [`TrainConfig::replicas`] says.
     pub fn replicas_in(&self, processes: usize) -> usize {
         match (self.replicas, self.device) {
             (0, Device::Cpu) if processes == 1 => {
                 let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-                cores.min(self.batch_size / MIN_REPLICA_ROWS).max(1)
+                cores.min(self.smallest_batch() / MIN_REPLICA_ROWS).max(1)
             }
             (0, _) => 1,
             (replicas, _) => replicas,

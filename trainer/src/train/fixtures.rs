@@ -3,7 +3,7 @@
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use super::{TrainConfig, TrainError, Trained, train};
+use super::{Progress, TrainConfig, TrainError, Trained, train};
 use crate::collective::SingleProcess;
 use crate::data::Interaction;
 use crate::rng::SplitMix;
@@ -43,6 +43,24 @@ pub(crate) fn train_alone(
         &SingleProcess,
         &mut |_| ControlFlow::Continue(()),
     )
+}
+
+/// Resumes the run checkpointed in `dir` and trains it to the end; with the (epoch, batches) of every epoch it
+/// started.
+pub(crate) fn resume_to_the_end(
+    split: &Split,
+    config: &TrainConfig,
+    dir: &Path,
+) -> (Trained, Vec<(usize, usize)>) {
+    let mut started = vec![];
+    let trained = train(split, config, Some(dir), true, &SingleProcess, &mut |p| {
+        if let Progress::EpochStarted { epoch, batches } = p {
+            started.push((epoch, batches));
+        }
+        ControlFlow::Continue(())
+    })
+    .expect("resumes");
+    (trained, started)
 }
 
 pub(crate) fn small_config() -> TrainConfig {

@@ -127,10 +127,11 @@ pub enum Progress {
     Evaluating,
     EpochFinished(EpochRecord),
     /// The patience ran out after `steps_done` steps: the learning rate falls from `learning_rate` to
-    /// `final_learning_rate` over `steps` steps, then the run ends.
+    /// `final_learning_rate` over `steps` steps of `batch_rows` rows, then the run ends.
     Annealing {
         steps_done: u64,
         steps: u64,
+        batch_rows: usize,
         learning_rate: f64,
         final_learning_rate: f64,
     },

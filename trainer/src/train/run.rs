@@ -83,7 +83,7 @@ impl<'a> Job<'a> {
         let started = Instant::now();
         let mut run = Run::start(self, processes)?;
         while run.meta.epochs_done < run.schedule.last_epoch {
-            let phase = run.phase(progress);
+            let phase = run.phase(progress)?;
             if phase == Phase::Over {
                 break;
             }
@@ -150,6 +150,7 @@ struct Round {
     epochs: usize,
     training: Duration,
     batching: Duration,
+    batches: usize,
     loss_sum: f64,
     learning_rate: f64,
 }
@@ -161,6 +162,7 @@ impl Round {
             epochs: 0,
             training: Duration::ZERO,
             batching: Duration::ZERO,
+            batches: 0,
             loss_sum: 0.0,
             learning_rate: 0.0,
         }
@@ -183,32 +185,22 @@ impl<'a> Run<'a> {
         if examples.rows() == 0 {
             return Err(TrainError::NoExamples);
         }
-        let shard_rows = config.batch_size.div_ceil(processes.size());
-        let graph = build_step_graph(&spec, &arch, config, shard_rows, processes)?;
         let (meta, state, best) = restore(&spec, &arch, config, checkpoints, resume, processes)?;
-        let inputs = row_inputs(&spec);
-        let gpu = match config.device {
-            Device::Cuda => {
-                crate::runtime::gpu_of(processes.local_rank(), crate::runtime::visible_gpus())
-            }
-            Device::Cpu => 0,
-        };
-        let runner = StepRunner::new(
-            &graph,
-            &inputs,
-            config.max_len,
-            config.dim,
-            &state,
-            config.device,
-            gpu,
-            threads,
-        )?;
+        // A run resumed inside its anneal goes on with the anneal's batches.
+        let annealing = meta.anneal_from.is_some();
+        let shard_rows = config.batch_rows(annealing).div_ceil(processes.size());
+        let runner = step_runner(&spec, &arch, config, shard_rows, processes, threads, &state)?;
+        let main = Schedule::new(config, examples.rows());
         Ok(Self {
             split,
             config,
             checkpoints,
             processes,
-            schedule: Schedule::new(config, examples.rows()),
+            schedule: if annealing {
+                main.annealing(config, examples.rows())
+            } else {
+                main
+            },
             spec,
             arch,
             examples,
@@ -225,18 +217,25 @@ impl<'a> Run<'a> {
 
     /// The phase the next epoch trains in. Starts the anneal (or ends the run, with no anneal) once the patience
     /// is out.
-    fn phase(&mut self, progress: &mut dyn FnMut(Progress) -> ControlFlow<()>) -> Phase {
+    fn phase(
+        &mut self,
+        progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+    ) -> Result<Phase, TrainError> {
         let config = self.config;
         if self.meta.anneal_from.is_none() && patience_exhausted(&self.meta, config) {
             if config.anneal_steps == 0 {
-                return Phase::Over;
+                return Ok(Phase::Over);
             }
             self.meta.anneal_from = Some(self.step);
+            if config.batch_rows(true) != config.batch_rows(false) {
+                self.take_anneal_batches()?;
+            }
             let anneal = anneal_of(&self.meta, config).expect("just set");
             let total = self.schedule.total_steps;
             let _ = progress(Progress::Annealing {
                 steps_done: self.step,
                 steps: anneal.steps,
+                batch_rows: config.batch_rows(true),
                 learning_rate: anneal.learning_rate_at(config, self.step, total),
                 final_learning_rate: anneal.learning_rate_at(
                     config,
@@ -245,11 +244,29 @@ impl<'a> Run<'a> {
                 ),
             });
         }
-        match anneal_of(&self.meta, config) {
+        Ok(match anneal_of(&self.meta, config) {
             None => Phase::Main,
             Some(anneal) if anneal.is_over(self.step) => Phase::Over,
             Some(anneal) => Phase::Annealing(anneal),
-        }
+        })
+    }
+
+    /// From here on, batches of the anneal's rows: the step graph is built for them and continues from the
+    /// state (parameters and moments) the main schedule's steps reached.
+    fn take_anneal_batches(&mut self) -> Result<(), TrainError> {
+        self.take_rank_0_state()?;
+        self.shard_rows = self.config.batch_rows(true).div_ceil(self.processes.size());
+        self.runner = step_runner(
+            &self.spec,
+            &self.arch,
+            self.config,
+            self.shard_rows,
+            self.processes,
+            self.threads,
+            &self.state,
+        )?;
+        self.schedule = self.schedule.annealing(self.config, self.examples.rows());
+        Ok(())
     }
 
     /// One pass over the shuffled windows, a step per batch.
@@ -267,14 +284,13 @@ impl<'a> Run<'a> {
             batches: self.schedule.batches_per_epoch,
         });
         let order = shuffled(self.examples.rows(), config.seed, epoch);
+        let rows = config.batch_rows(matches!(phase, Phase::Annealing(_)));
         let mut examples = 0;
-        for (index, chunk) in order.chunks(config.batch_size).enumerate() {
+        for (index, chunk) in order.chunks(rows).enumerate() {
             self.step += 1;
             let step = self.step;
             let batch_started = Instant::now();
-            let whole = self
-                .examples
-                .batch(self.split, &self.spec, chunk, config.batch_size)?;
+            let whole = self.examples.batch(self.split, &self.spec, chunk, rows)?;
             let first_row = rank * self.shard_rows;
             let mut batch = if size == 1 {
                 whole
@@ -303,6 +319,7 @@ impl<'a> Run<'a> {
                 return Err(TrainError::Diverged { epoch, step, loss });
             }
             self.round.loss_sum += f64::from(loss);
+            self.round.batches += 1;
             examples += self.examples.windows_in(chunk);
             let _ = progress(Progress::Step {
                 batch: index + 1,
@@ -340,7 +357,7 @@ impl<'a> Run<'a> {
         let mut record = EpochRecord {
             epoch,
             steps: self.step,
-            train_loss: round.loss_sum / (self.schedule.batches_per_epoch * round.epochs) as f64,
+            train_loss: round.loss_sum / round.batches.max(1) as f64,
             learning_rate: round.learning_rate,
             validation,
             seconds: round.started.elapsed().as_secs_f64(),
@@ -414,12 +431,17 @@ fn check_settings(
     check_batch_shared(config, size, "processes")
 }
 
-/// Each of `parts` (processes or replicas) needs at least one row of every batch.
+/// Each of `parts` (processes or replicas) needs at least one row of every batch, the anneal's included.
 fn check_batch_shared(config: &TrainConfig, parts: usize, what: &str) -> Result<(), TrainError> {
-    if config.batch_size < parts {
+    let smallest = config.smallest_batch();
+    if smallest < parts {
+        let setting = if smallest == config.batch_size {
+            "batch_size"
+        } else {
+            "anneal_batch_size"
+        };
         return Err(TrainError::Config(format!(
-            "batch_size {} is smaller than the {parts} {what} sharing each batch",
-            config.batch_size
+            "{setting} {smallest} is smaller than the {parts} {what} sharing each batch"
         )));
     }
     Ok(())
@@ -457,6 +479,35 @@ fn build_step_graph(
         )));
     }
     Ok(graph)
+}
+
+/// The step of one process's shard of `shard_rows` rows, on this process's device, starting from `state`.
+fn step_runner(
+    spec: &FeatureSpec,
+    arch: &Architecture,
+    config: &TrainConfig,
+    shard_rows: usize,
+    processes: &dyn Collective,
+    threads: usize,
+    state: &ModelState,
+) -> Result<StepRunner, TrainError> {
+    let graph = build_step_graph(spec, arch, config, shard_rows, processes)?;
+    let gpu = match config.device {
+        Device::Cuda => {
+            crate::runtime::gpu_of(processes.local_rank(), crate::runtime::visible_gpus())
+        }
+        Device::Cpu => 0,
+    };
+    Ok(StepRunner::new(
+        &graph,
+        &row_inputs(spec),
+        config.max_len,
+        config.dim,
+        state,
+        config.device,
+        gpu,
+        threads,
+    )?)
 }
 
 /// The run's starting point: fresh parameters, or (with `resume`) rank 0's checkpoint, shared with every process.
@@ -538,350 +589,4 @@ fn anneal_of(meta: &CheckpointMeta, config: &TrainConfig) -> Option<Anneal> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::collective::SingleProcess;
-    use crate::data::Interaction;
-    use crate::train::evaluate;
-    use crate::train::fixtures::{planted_pattern, small_config, train_alone};
-
-    #[test]
-    fn learns_a_planted_sequential_pattern() {
-        let split = planted_pattern(200);
-        let trained = train_alone(&split, &small_config(), None, false).expect("trains");
-        let first = trained.history[0].validation.hr_at_10;
-        let test = evaluate(
-            &SingleProcess,
-            &split,
-            &trained.spec,
-            &trained.architecture,
-            &trained
-                .parameters
-                .0
-                .iter()
-                .map(|(name, (_, data))| (name.clone(), data.clone()))
-                .collect(),
-            Stage::Test,
-            1,
-        )
-        .expect("evaluates");
-        assert!(
-            trained.validation.hr_at_10 > 0.95 && test.hr_at_10 > 0.95,
-            "validation {:?}, test {test:?} (first epoch HR@10 {first})",
-            trained.validation
-        );
-        assert!(test.mrr > 0.8, "{test:?}");
-        let losses: Vec<f64> = trained.history.iter().map(|r| r.train_loss).collect();
-        assert!(
-            losses.last() < losses.first(),
-            "loss did not fall: {losses:?}"
-        );
-    }
-
-    /// On a tiny data set (one or two steps an epoch) the run lasts the schedule's steps, not a handful of
-    /// epochs, and validates by steps.
-    #[test]
-    fn a_tiny_data_set_trains_for_the_scheduled_steps() {
-        let split = planted_pattern(30);
-        let config = TrainConfig {
-            max_steps: 120,
-            max_epochs: 10_000,
-            evaluate_every_steps: 40,
-            ..small_config()
-        };
-        let schedule = Schedule::new(&config, Examples::new(&split, config.max_len).rows());
-        assert!(schedule.batches_per_epoch <= 2, "{schedule:?}");
-        let trained = train_alone(&split, &config, None, false).expect("trains");
-        let steps: Vec<u64> = trained.history.iter().map(|r| r.steps).collect();
-        assert!(*steps.last().expect("validated") >= 120, "{steps:?}");
-        assert!(
-            steps.windows(2).all(|w| w[1] - w[0] >= 40) && steps[0] >= 40,
-            "validations {steps:?} come every 40 steps or more"
-        );
-        assert!(steps.len() >= 3, "{steps:?}");
-        assert!(
-            trained.history.last().expect("validated").epoch >= 60,
-            "{} epochs",
-            trained.history.len()
-        );
-    }
-
-    /// Two replicas on threads train what one does: the same steps on halves of each batch, the gradients
-    /// summed, so the runs differ only by reassociated sums. Adam divides each gradient by its own running size,
-    /// so where a gradient is nearly zero that rounding can move a parameter by up to the learning rate; hence
-    /// the losses and metrics must agree closely, nearly every parameter within 1e-6 and every one within 1e-2.
-    #[test]
-    fn replicas_on_threads_reach_the_parameters_of_one() {
-        let split = planted_pattern(120);
-        let config = |replicas| TrainConfig {
-            max_epochs: 2,
-            learning_rate: 5e-3,
-            replicas,
-            ..small_config()
-        };
-        let one = train_alone(&split, &config(1), None, false).expect("one replica trains");
-        let two = train_alone(&split, &config(2), None, false).expect("two replicas train");
-        assert_eq!(one.history.len(), 2);
-        for (a, b) in one.history.iter().zip(&two.history) {
-            // Each step's loss is an f32 sum of the shards' (one ulp near 3.7 is 2.4e-7).
-            assert!((a.train_loss - b.train_loss).abs() < 1e-6, "{a:?} {b:?}");
-            assert!((a.validation.ndcg_at_10 - b.validation.ndcg_at_10).abs() < 1e-9);
-        }
-        assert!(
-            two.history.iter().all(|r| r.exchange_seconds > 0.0),
-            "summed"
-        );
-        let (mut values, mut close, mut largest) = (0usize, 0usize, 0f32);
-        for (name, (_, ours)) in &one.parameters.0 {
-            for (a, b) in ours.iter().zip(&two.parameters.0[name].1) {
-                values += 1;
-                close += usize::from((a - b).abs() < 1e-6);
-                largest = largest.max((a - b).abs());
-            }
-        }
-        assert!(
-            close * 100 >= values * 99,
-            "{close} of {values} within 1e-6"
-        );
-        assert!(largest < 1e-2, "largest difference {largest}");
-    }
-
-    /// Replicas the run cannot use are refused before any thread starts, with the setting named.
-    #[test]
-    fn replicas_it_cannot_use_are_refused() {
-        let split = planted_pattern(20);
-        for (config, expected) in [
-            (
-                TrainConfig {
-                    replicas: 2,
-                    device: Device::Cuda,
-                    ..small_config()
-                },
-                "replicas = 2 trains on CPU",
-            ),
-            (
-                TrainConfig {
-                    replicas: 33,
-                    ..small_config()
-                },
-                "batch_size 32 is smaller than the 33 replicas sharing each batch",
-            ),
-        ] {
-            let error = train_alone(&split, &config, None, false).expect_err("refused");
-            assert!(
-                matches!(&error, TrainError::Config(m) if m.contains(expected)),
-                "{error}"
-            );
-        }
-    }
-
-    /// Once validation stops gaining, the learning rate falls to the floor over `anneal_steps`, the last epoch
-    /// is validated, and the run ends long before its schedule would.
-    #[test]
-    fn a_plateau_anneals_then_ends() {
-        let split = planted_pattern(60);
-        let config = TrainConfig {
-            max_epochs: 400,
-            patience_steps: 6,
-            min_improvement: 0.01,
-            anneal_steps: 12,
-            ..small_config()
-        };
-        let per_epoch = Schedule::new(&config, Examples::new(&split, config.max_len).rows())
-            .batches_per_epoch as u64;
-        let mut annealing = vec![];
-        let trained = train(&split, &config, None, false, &SingleProcess, &mut |p| {
-            if let Progress::Annealing {
-                steps_done,
-                steps,
-                learning_rate,
-                final_learning_rate,
-            } = p
-            {
-                annealing.push((steps_done, steps, learning_rate, final_learning_rate));
-            }
-            ControlFlow::Continue(())
-        })
-        .expect("trains");
-        let [(from, steps, start, end)] = annealing[..] else {
-            panic!("annealed {annealing:?}");
-        };
-        assert_eq!(steps, 12);
-        let floor = config.learning_rate * config.final_learning_rate_fraction;
-        assert!(
-            (end - floor).abs() < 1e-12 && start > end,
-            "{start} → {end}"
-        );
-        let last = trained.history.last().expect("validated");
-        assert!(
-            last.steps >= from + 12 && last.steps < from + 12 + per_epoch,
-            "ended at step {} after annealing from {from}",
-            last.steps
-        );
-        assert!(last.epoch < 400, "ran the whole schedule");
-        assert!(
-            (last.learning_rate - floor).abs() < 1e-9,
-            "{}",
-            last.learning_rate
-        );
-        let annealed: Vec<f64> = trained
-            .history
-            .iter()
-            .filter(|r| r.steps > from)
-            .map(|r| r.learning_rate)
-            .collect();
-        assert!(
-            annealed.len() >= 2 && annealed.windows(2).all(|w| w[1] <= w[0]),
-            "{annealed:?}"
-        );
-        // The patience ran out on a validation `patience_steps` past the last real gain.
-        let validations = trained
-            .history
-            .iter()
-            .filter(|r| r.steps <= from)
-            .map(|r| (r.steps, r.validation.ndcg_at_10));
-        let gain = last_real_improvement(validations, 0.01).expect("validated");
-        assert!(
-            from >= gain + 6 && from < gain + 6 + per_epoch,
-            "{gain} → {from}"
-        );
-    }
-
-    /// With `anneal_steps` 0 the run ends where the patience does, at the rate the main schedule had.
-    #[test]
-    fn without_an_anneal_the_run_ends_with_the_patience() {
-        let split = planted_pattern(60);
-        let config = TrainConfig {
-            max_epochs: 400,
-            patience_steps: 6,
-            anneal_steps: 0,
-            ..small_config()
-        };
-        let per_epoch = Schedule::new(&config, Examples::new(&split, config.max_len).rows())
-            .batches_per_epoch as u64;
-        let mut annealed = false;
-        let trained = train(&split, &config, None, false, &SingleProcess, &mut |p| {
-            annealed |= matches!(p, Progress::Annealing { .. });
-            ControlFlow::Continue(())
-        })
-        .expect("trains");
-        assert!(!annealed);
-        let last = trained.history.last().expect("validated");
-        assert!(last.epoch < 400, "ran the whole schedule");
-        let gain = last_real_improvement(
-            trained
-                .history
-                .iter()
-                .map(|r| (r.steps, r.validation.ndcg_at_10)),
-            config.min_improvement,
-        )
-        .expect("validated");
-        assert!(
-            last.steps >= gain + 6 && last.steps < gain + 6 + per_epoch,
-            "last real gain at {gain}, ended at {}",
-            last.steps
-        );
-    }
-
-    #[test]
-    fn learns_the_pattern_with_sampled_softmax_too() {
-        let split = planted_pattern(200);
-        let config = TrainConfig {
-            sampled_negatives: 8,
-            ..small_config()
-        };
-        let trained = train_alone(&split, &config, None, false).expect("trains");
-        assert!(
-            trained.validation.hr_at_10 > 0.9,
-            "{:?}",
-            trained.validation
-        );
-    }
-
-    #[test]
-    fn users_with_one_interaction_give_no_examples() {
-        let interactions: Vec<Interaction> = (0..5)
-            .map(|u| Interaction {
-                user: format!("u{u}"),
-                item: format!("i{u}"),
-                timestamp: 0,
-                value: None,
-            })
-            .collect();
-        let split = Split::leave_last_out(&interactions);
-        let error = train_alone(&split, &small_config(), None, false).expect_err("must be refused");
-        assert!(matches!(error, TrainError::NoExamples), "{error}");
-    }
-
-    /// The pair of graphs data parallelism runs computes the fused step's update: here over the whole batch in
-    /// one process, so only the order of floating-point additions may differ (the two-process sum is checked
-    /// through `mpirun` in the CLI's tests). A state set on a runner is the state it then holds.
-    #[test]
-    fn the_split_step_updates_as_the_fused_step_does() {
-        let split = planted_pattern(60);
-        let config = TrainConfig {
-            sampled_negatives: 0,
-            ..small_config()
-        };
-        let (spec, arch) = (sequence_spec(&split, config.max_len), config.architecture());
-        let examples = Examples::new(&split, config.max_len);
-        let start = initial_state(&spec, &arch, config.seed).expect("initial state");
-        let inputs = row_inputs(&spec);
-        let runner = |graph: &crate::step::StepGraph| {
-            StepRunner::new(
-                graph,
-                &inputs,
-                config.max_len,
-                config.dim,
-                &start,
-                Device::Cpu,
-                0,
-                1,
-            )
-            .expect("runner")
-        };
-        let b = config.batch_size;
-        let optimiser = &config.optimiser;
-        let mut fused =
-            runner(&step_graph(&spec, &arch, b, true, 0, optimiser, false).expect("graph"));
-        let mut split_step =
-            runner(&step_graph(&spec, &arch, b, true, 0, optimiser, true).expect("graphs"));
-        let order = shuffled(examples.rows(), config.seed, 1);
-        for (step, chunk) in (1..=3).zip(order.chunks(b)) {
-            let batch = examples.batch(&split, &spec, chunk, b).expect("batch");
-            let mask = |site, mask: &mut [f32]| fill_dropout_mask(&config, site, step, 0, mask);
-            let size = config.optimiser.step_size(1e-2, step);
-            let one = fused
-                .step(&batch, mask, size, 1e-4, &SingleProcess)
-                .expect("fused step");
-            let other = split_step
-                .step(&batch, mask, size, 1e-4, &SingleProcess)
-                .expect("split step");
-            assert!(
-                (one.0 - other.0).abs() < 1e-5 && (one.1 - other.1).abs() < 1e-4,
-                "loss and gradient norm: {one:?} against {other:?}"
-            );
-        }
-        let (a, b) = (
-            fused.state().expect("state"),
-            split_step.state().expect("state"),
-        );
-        let moved = flatten(&start)
-            .iter()
-            .zip(flatten(&a))
-            .map(|(s, a)| (s - a).abs())
-            .fold(0f32, f32::max);
-        let differ = flatten(&a)
-            .iter()
-            .zip(flatten(&b))
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(moved > 1e-3, "the steps moved the parameters by {moved}");
-        assert!(differ < 1e-5, "the split step's state differs by {differ}");
-        // Another process's state, taken whole (as every process takes rank 0's after each epoch).
-        split_step.set_state(&a).expect("set state");
-        assert_eq!(split_step.state().expect("state"), a);
-        split_step.set_state(&start).expect("set state");
-        assert_eq!(split_step.state().expect("state"), start);
-    }
-}
+mod tests;
