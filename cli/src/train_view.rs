@@ -73,7 +73,19 @@ impl ProgressView {
                 ));
             }
             Progress::Evaluating => bar.set_message("evaluating on the validation targets"),
-            Progress::EpochFinished(_) | Progress::Annealing { .. } if !self.leader => {}
+            Progress::EpochFinished(_) | Progress::Annealing { .. } | Progress::AnnealGaveUp { .. }
+                if !self.leader => {}
+            Progress::AnnealGaveUp {
+                steps_done,
+                share,
+                best_ndcg_at_10,
+            } => bar.suspend(|| {
+                eprintln!(
+                    "no validation in the first {:.0}% of the anneal beat the best NDCG@10 before it \
+                     ({best_ndcg_at_10:.4}): training ends at step {steps_done}",
+                    share * 100.0
+                )
+            }),
             Progress::Annealing {
                 steps_done,
                 steps,

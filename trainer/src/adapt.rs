@@ -4,10 +4,10 @@
 //!
 //! The rules, in short:
 //! - **Schedule, in optimiser steps** (the same for every data set): 100 warm-up steps, validation at the first
-//!   whole epoch past every 150 steps, stop after 1,000 steps without a better validation NDCG@10, the cosine
-//!   ending at 35,000 steps. On ML-1M (about 155 steps an epoch) this is close to the epoch schedule it was tuned
-//!   with; on a data set of a dozen steps an epoch it is hundreds of epochs, as many updates as the large data
-//!   set gets. A patience of 25 epochs (400 steps) on small data sets was measured and rejected: ML latest-small
+//!   whole epoch past every 150 steps, anneal after 1,000 steps without a better validation NDCG@10 (over 1,000
+//!   steps, given up halfway when none of its validations beats the best), the cosine ending at 35,000 steps.
+//!   On ML-1M (about 155 steps an epoch) this is close to the epoch schedule it was tuned with; on a data set
+//!   of a dozen steps an epoch it is hundreds of epochs, as many updates as the large data set gets. A patience of 25 epochs (400 steps) on small data sets was measured and rejected: ML latest-small
 //!   learns through a long dip in validation and stopped in it (docs/benchmarks.md).
 //! - **Dropout from sparsity**: 0.2 where items have at least [`DENSE_TARGETS_PER_ITEM`] training targets on
 //!   average, 0.5 below (the rates published sequence recommenders use on dense MovieLens-1M and on sparse

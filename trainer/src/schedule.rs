@@ -5,7 +5,9 @@
 //! A run ends in two phases. While validation keeps improving, the learning rate follows a long cosine. Once
 //! NDCG@10 has not improved by a real margin for `patience_steps`, the rate anneals from where it is to the floor
 //! over `anneal_steps` and the run ends: the drop in learning rate is what turns a noisy plateau into the best
-//! model, and waiting for the long cosine to get there costs hours on large data.
+//! model, and waiting for the long cosine to get there costs hours on large data. An anneal none of whose
+//! validations beats the best before it within its first part (`anneal_must_gain_within`) ends there: it started
+//! from a plateau that was already overfitting, which the falling rate does not bring back.
 
 use crate::train::TrainConfig;
 
@@ -103,6 +105,23 @@ impl Anneal {
     pub fn is_over(&self, step: u64) -> bool {
         step >= self.from_step + self.steps
     }
+
+    /// Given validations as (step, NDCG@10) in order: the best NDCG@10 before the anneal, when the last
+    /// validation is at or past `share` of the anneal and none of the anneal's beat that best.
+    pub fn gave_up(&self, validations: &[(u64, f64)], share: f64) -> Option<f64> {
+        let &(last, _) = validations.last()?;
+        if last < self.from_step + (self.steps as f64 * share).ceil() as u64 {
+            return None;
+        }
+        let (before, during): (Vec<_>, Vec<_>) = validations
+            .iter()
+            .partition(|&&(step, _)| step <= self.from_step);
+        let best = before
+            .iter()
+            .map(|&&(_, ndcg)| ndcg)
+            .fold(f64::NEG_INFINITY, f64::max);
+        (!during.iter().any(|&&(_, ndcg)| ndcg > best)).then_some(best)
+    }
 }
 
 #[cfg(test)]
@@ -158,6 +177,38 @@ mod tests {
             steps: 20,
         };
         assert!((late.learning_rate_at(&config, 120, 110) - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn an_anneal_gives_up_only_past_its_share_and_only_without_a_gain() {
+        let anneal = Anneal {
+            from_step: 300,
+            steps: 100,
+        };
+        // The best before the anneal is 0.12 at step 200; the anneal's validations come at 330, 360, 390.
+        let flat = [
+            (100, 0.10),
+            (200, 0.12),
+            (300, 0.11),
+            (330, 0.115),
+            (360, 0.12),
+        ];
+        // Before half the anneal (step 350) it goes on.
+        assert_eq!(anneal.gave_up(&flat[..4], 0.5), None);
+        // At 360, past half, nothing beat 0.12 (equal is no gain): it gives up.
+        assert_eq!(anneal.gave_up(&flat, 0.5), Some(0.12));
+        // Asked to gain within the whole anneal, it goes on.
+        assert_eq!(anneal.gave_up(&flat, 1.0), None);
+        // A gain anywhere in the anneal keeps it going to its end.
+        let gained = [
+            (200, 0.12),
+            (300, 0.11),
+            (330, 0.121),
+            (360, 0.118),
+            (390, 0.119),
+        ];
+        assert_eq!(anneal.gave_up(&gained, 0.5), None);
+        assert_eq!(anneal.gave_up(&[], 0.5), None);
     }
 
     fn config(max_steps: u64, max_epochs: usize) -> TrainConfig {

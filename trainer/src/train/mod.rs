@@ -135,6 +135,13 @@ pub enum Progress {
         learning_rate: f64,
         final_learning_rate: f64,
     },
+    /// No validation in the first `share` of the anneal beat the best before it, `best_ndcg_at_10`: the run
+    /// ends after `steps_done` steps.
+    AnnealGaveUp {
+        steps_done: u64,
+        share: f64,
+        best_ndcg_at_10: f64,
+    },
 }
 /// A finished run: the parameters of the best validation epoch and the history.
 #[derive(Debug, Clone)]

@@ -247,7 +247,17 @@ impl<'a> Run<'a> {
         Ok(match anneal_of(&self.meta, config) {
             None => Phase::Main,
             Some(anneal) if anneal.is_over(self.step) => Phase::Over,
-            Some(anneal) => Phase::Annealing(anneal),
+            Some(anneal) => match anneal_gave_up(&self.meta, config, anneal) {
+                Some(best_ndcg_at_10) => {
+                    let _ = progress(Progress::AnnealGaveUp {
+                        steps_done: self.step,
+                        share: config.anneal_must_gain_within,
+                        best_ndcg_at_10,
+                    });
+                    Phase::Over
+                }
+                None => Phase::Annealing(anneal),
+            },
         })
     }
 
@@ -579,6 +589,15 @@ fn patience_exhausted(meta: &CheckpointMeta, config: &TrainConfig) -> bool {
         .map(|r| (r.steps, r.validation.ndcg_at_10));
     last_real_improvement(validations, config.min_improvement)
         .is_some_and(|last| meta.steps_done >= last + config.patience_steps.max(1))
+}
+
+fn anneal_gave_up(meta: &CheckpointMeta, config: &TrainConfig, anneal: Anneal) -> Option<f64> {
+    let validations: Vec<(u64, f64)> = meta
+        .history
+        .iter()
+        .map(|r| (r.steps, r.validation.ndcg_at_10))
+        .collect();
+    anneal.gave_up(&validations, config.anneal_must_gain_within)
 }
 
 fn anneal_of(meta: &CheckpointMeta, config: &TrainConfig) -> Option<Anneal> {

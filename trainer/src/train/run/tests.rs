@@ -147,6 +147,8 @@ fn a_plateau_anneals_then_ends() {
         patience_steps: 6,
         min_improvement: 0.01,
         anneal_steps: 12,
+        // The whole anneal, whether it gains or not.
+        anneal_must_gain_within: 1.0,
         ..small_config()
     };
     let per_epoch = Schedule::new(&config, Examples::new(&split, config.max_len).rows())
@@ -223,6 +225,7 @@ fn the_anneal_trains_on_batches_of_its_own_rows_and_resumes_with_them() {
         anneal_batch_size: 16,
         patience_steps: 6,
         anneal_steps: 30,
+        anneal_must_gain_within: 1.0,
         ..small_config()
     };
     let rows = Examples::new(&split, config.max_len).rows();
@@ -313,6 +316,60 @@ fn the_anneal_trains_on_batches_of_its_own_rows_and_resumes_with_them() {
     };
     assert_eq!(figures(&resumed.history), figures(&uninterrupted.history));
     assert_eq!(resumed.parameters, uninterrupted.parameters);
+}
+
+/// An anneal that cannot beat the plateau (here the rate is too small to move any parameter, so every validation
+/// equals the first) ends at the first validation past the share of it it had to gain within, not at its end.
+#[test]
+fn an_anneal_without_a_gain_gives_up_at_its_share() {
+    let split = planted_pattern(60);
+    let config = TrainConfig {
+        max_epochs: 400,
+        learning_rate: 1e-12,
+        patience_steps: 6,
+        anneal_steps: 40,
+        anneal_must_gain_within: 0.5,
+        ..small_config()
+    };
+    let per_epoch = Schedule::new(&config, Examples::new(&split, config.max_len).rows())
+        .batches_per_epoch as u64;
+    let (mut from, mut gave_up) = (None, None);
+    let trained = train(&split, &config, None, false, &SingleProcess, &mut |p| {
+        match p {
+            Progress::Annealing { steps_done, .. } => from = Some(steps_done),
+            Progress::AnnealGaveUp {
+                steps_done,
+                share,
+                best_ndcg_at_10,
+            } => gave_up = Some((steps_done, share, best_ndcg_at_10)),
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    })
+    .expect("trains");
+    let from = from.expect("annealed");
+    let (ended, share, best) = gave_up.expect("gave up");
+    assert_eq!(share, 0.5);
+    assert_eq!(best, trained.validation.ndcg_at_10);
+    let last = trained.history.last().expect("validated").steps;
+    assert_eq!(last, ended);
+    // Validation after every epoch: the first at or past half the anneal's 40 steps.
+    assert!(
+        ended >= from + 20 && ended < from + 20 + per_epoch && ended < from + 40,
+        "annealed from {from}, ended at {ended} ({per_epoch} steps an epoch)"
+    );
+    // Asked to gain within the whole anneal, the same run goes on to its end.
+    let whole = train_alone(
+        &split,
+        &TrainConfig {
+            anneal_must_gain_within: 1.0,
+            ..config
+        },
+        None,
+        false,
+    )
+    .expect("trains");
+    assert!(whole.history.last().expect("validated").steps >= from + 40);
 }
 
 /// With `anneal_steps` 0 the run ends where the patience does, at the rate the main schedule had.
