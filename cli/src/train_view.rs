@@ -96,7 +96,7 @@ impl ProgressView {
                 eprintln!(
                     "validation NDCG@10 has not gained {}% in {} steps: the learning rate falls from \
                      {learning_rate:.2e} to {final_learning_rate:.2e} over the next {steps} steps of {batch_rows} \
-                     rows from step {steps_done}, then training ends",
+                     rows from step {steps_done}, then training ends (sooner if the anneal does not gain)",
                     self.min_improvement * 100.0,
                     self.patience_steps
                 )

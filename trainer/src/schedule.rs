@@ -25,7 +25,7 @@ pub struct Schedule {
 
 impl Schedule {
     pub fn new(config: &TrainConfig, windows: usize) -> Self {
-        let batches_per_epoch = windows.div_ceil(config.batch_size.max(1)).max(1);
+        let (batches_per_epoch, epochs_per_evaluation) = epochs_of(config, windows, false);
         let per_epoch = batches_per_epoch as u64;
         let last_epoch = config
             .max_epochs
@@ -33,7 +33,7 @@ impl Schedule {
             .max(1);
         Self {
             batches_per_epoch,
-            epochs_per_evaluation: config.evaluate_every_steps.div_ceil(per_epoch).max(1) as usize,
+            epochs_per_evaluation,
             last_epoch,
             total_steps: last_epoch as u64 * per_epoch,
         }
@@ -43,13 +43,10 @@ impl Schedule {
     /// as those take and validation by the same count of steps, with the main schedule's last epoch and the
     /// length of its cosine (where the anneal's learning rate starts from).
     pub fn annealing(self, config: &TrainConfig, windows: usize) -> Self {
-        let per_epoch = windows.div_ceil(config.batch_rows(true).max(1)).max(1);
+        let (batches_per_epoch, epochs_per_evaluation) = epochs_of(config, windows, true);
         Self {
-            batches_per_epoch: per_epoch,
-            epochs_per_evaluation: config
-                .evaluate_every_steps
-                .div_ceil(per_epoch as u64)
-                .max(1) as usize,
+            batches_per_epoch,
+            epochs_per_evaluation,
             ..self
         }
     }
@@ -58,6 +55,17 @@ impl Schedule {
     pub fn evaluates_after(&self, epoch: usize) -> bool {
         epoch.is_multiple_of(self.epochs_per_evaluation) || epoch >= self.last_epoch
     }
+}
+
+/// Batches an epoch of `windows` rows in the phase (`annealing` or not), and the fewest whole epochs between
+/// validations that make at least `evaluate_every_steps` steps.
+fn epochs_of(config: &TrainConfig, windows: usize, annealing: bool) -> (usize, usize) {
+    let per_epoch = windows.div_ceil(config.batch_rows(annealing).max(1)).max(1);
+    let between = config
+        .evaluate_every_steps
+        .div_ceil(per_epoch as u64)
+        .max(1);
+    (per_epoch, between as usize)
 }
 
 /// The value a half cosine takes `progress` (0 to 1) of the way from `from` down to `to`: the shape of both the
@@ -108,19 +116,22 @@ impl Anneal {
 
     /// Given validations as (step, NDCG@10) in order: the best NDCG@10 before the anneal, when the last
     /// validation is at or past `share` of the anneal and none of the anneal's beat that best.
-    pub fn gave_up(&self, validations: &[(u64, f64)], share: f64) -> Option<f64> {
-        let &(last, _) = validations.last()?;
-        if last < self.from_step + (self.steps as f64 * share).ceil() as u64 {
-            return None;
+    pub fn gave_up(
+        &self,
+        validations: impl IntoIterator<Item = (u64, f64)>,
+        share: f64,
+    ) -> Option<f64> {
+        let (mut best, mut best_during, mut last) = (f64::NEG_INFINITY, f64::NEG_INFINITY, None);
+        for (step, ndcg) in validations {
+            if step <= self.from_step {
+                best = best.max(ndcg);
+            } else {
+                best_during = best_during.max(ndcg);
+            }
+            last = Some(step);
         }
-        let (before, during): (Vec<_>, Vec<_>) = validations
-            .iter()
-            .partition(|&&(step, _)| step <= self.from_step);
-        let best = before
-            .iter()
-            .map(|&&(_, ndcg)| ndcg)
-            .fold(f64::NEG_INFINITY, f64::max);
-        (!during.iter().any(|&&(_, ndcg)| ndcg > best)).then_some(best)
+        let decided = last? >= self.from_step + (self.steps as f64 * share).ceil() as u64;
+        (decided && best_during <= best).then_some(best)
     }
 }
 
@@ -194,11 +205,11 @@ mod tests {
             (360, 0.12),
         ];
         // Before half the anneal (step 350) it goes on.
-        assert_eq!(anneal.gave_up(&flat[..4], 0.5), None);
+        assert_eq!(anneal.gave_up(flat[..4].iter().copied(), 0.5), None);
         // At 360, past half, nothing beat 0.12 (equal is no gain): it gives up.
-        assert_eq!(anneal.gave_up(&flat, 0.5), Some(0.12));
+        assert_eq!(anneal.gave_up(flat, 0.5), Some(0.12));
         // Asked to gain within the whole anneal, it goes on.
-        assert_eq!(anneal.gave_up(&flat, 1.0), None);
+        assert_eq!(anneal.gave_up(flat, 1.0), None);
         // A gain anywhere in the anneal keeps it going to its end.
         let gained = [
             (200, 0.12),
@@ -207,8 +218,8 @@ mod tests {
             (360, 0.118),
             (390, 0.119),
         ];
-        assert_eq!(anneal.gave_up(&gained, 0.5), None);
-        assert_eq!(anneal.gave_up(&[], 0.5), None);
+        assert_eq!(anneal.gave_up(gained, 0.5), None);
+        assert_eq!(anneal.gave_up([], 0.5), None);
     }
 
     fn config(max_steps: u64, max_epochs: usize) -> TrainConfig {

@@ -188,8 +188,8 @@ impl<'a> Run<'a> {
         let (meta, state, best) = restore(&spec, &arch, config, checkpoints, resume, processes)?;
         // A run resumed inside its anneal goes on with the anneal's batches.
         let annealing = meta.anneal_from.is_some();
-        let shard_rows = config.batch_rows(annealing).div_ceil(processes.size());
-        let runner = step_runner(&spec, &arch, config, shard_rows, processes, threads, &state)?;
+        let (shard_rows, runner) =
+            step_runner(&spec, &arch, config, annealing, processes, threads, &state)?;
         let main = Schedule::new(config, examples.rows());
         Ok(Self {
             split,
@@ -247,17 +247,19 @@ impl<'a> Run<'a> {
         Ok(match anneal_of(&self.meta, config) {
             None => Phase::Main,
             Some(anneal) if anneal.is_over(self.step) => Phase::Over,
-            Some(anneal) => match anneal_gave_up(&self.meta, config, anneal) {
-                Some(best_ndcg_at_10) => {
-                    let _ = progress(Progress::AnnealGaveUp {
-                        steps_done: self.step,
-                        share: config.anneal_must_gain_within,
-                        best_ndcg_at_10,
-                    });
-                    Phase::Over
+            Some(anneal) => {
+                match anneal.gave_up(validations(&self.meta), config.anneal_must_gain_within) {
+                    Some(best_ndcg_at_10) => {
+                        let _ = progress(Progress::AnnealGaveUp {
+                            steps_done: self.step,
+                            share: config.anneal_must_gain_within,
+                            best_ndcg_at_10,
+                        });
+                        Phase::Over
+                    }
+                    None => Phase::Annealing(anneal),
                 }
-                None => Phase::Annealing(anneal),
-            },
+            }
         })
     }
 
@@ -265,12 +267,11 @@ impl<'a> Run<'a> {
     /// state (parameters and moments) the main schedule's steps reached.
     fn take_anneal_batches(&mut self) -> Result<(), TrainError> {
         self.take_rank_0_state()?;
-        self.shard_rows = self.config.batch_rows(true).div_ceil(self.processes.size());
-        self.runner = step_runner(
+        (self.shard_rows, self.runner) = step_runner(
             &self.spec,
             &self.arch,
             self.config,
-            self.shard_rows,
+            true,
             self.processes,
             self.threads,
             &self.state,
@@ -491,16 +492,18 @@ fn build_step_graph(
     Ok(graph)
 }
 
-/// The step of one process's shard of `shard_rows` rows, on this process's device, starting from `state`.
+/// The rows of one process's shard of a batch of the phase (`annealing` or not), and the step over them on this
+/// process's device, starting from `state`.
 fn step_runner(
     spec: &FeatureSpec,
     arch: &Architecture,
     config: &TrainConfig,
-    shard_rows: usize,
+    annealing: bool,
     processes: &dyn Collective,
     threads: usize,
     state: &ModelState,
-) -> Result<StepRunner, TrainError> {
+) -> Result<(usize, StepRunner), TrainError> {
+    let shard_rows = config.batch_rows(annealing).div_ceil(processes.size());
     let graph = build_step_graph(spec, arch, config, shard_rows, processes)?;
     let gpu = match config.device {
         Device::Cuda => {
@@ -508,7 +511,7 @@ fn step_runner(
         }
         Device::Cpu => 0,
     };
-    Ok(StepRunner::new(
+    let runner = StepRunner::new(
         &graph,
         &row_inputs(spec),
         config.max_len,
@@ -517,7 +520,8 @@ fn step_runner(
         config.device,
         gpu,
         threads,
-    )?)
+    )?;
+    Ok((shard_rows, runner))
 }
 
 /// The run's starting point: fresh parameters, or (with `resume`) rank 0's checkpoint, shared with every process.
@@ -582,22 +586,16 @@ fn best_record(meta: &CheckpointMeta) -> Option<&EpochRecord> {
     meta.history.iter().find(|r| r.epoch == best)
 }
 
-fn patience_exhausted(meta: &CheckpointMeta, config: &TrainConfig) -> bool {
-    let validations = meta
-        .history
-        .iter()
-        .map(|r| (r.steps, r.validation.ndcg_at_10));
-    last_real_improvement(validations, config.min_improvement)
-        .is_some_and(|last| meta.steps_done >= last + config.patience_steps.max(1))
-}
-
-fn anneal_gave_up(meta: &CheckpointMeta, config: &TrainConfig, anneal: Anneal) -> Option<f64> {
-    let validations: Vec<(u64, f64)> = meta
-        .history
+/// The run's validations so far, as (step, NDCG@10).
+fn validations(meta: &CheckpointMeta) -> impl Iterator<Item = (u64, f64)> + '_ {
+    meta.history
         .iter()
         .map(|r| (r.steps, r.validation.ndcg_at_10))
-        .collect();
-    anneal.gave_up(&validations, config.anneal_must_gain_within)
+}
+
+fn patience_exhausted(meta: &CheckpointMeta, config: &TrainConfig) -> bool {
+    last_real_improvement(validations(meta), config.min_improvement)
+        .is_some_and(|last| meta.steps_done >= last + config.patience_steps.max(1))
 }
 
 fn anneal_of(meta: &CheckpointMeta, config: &TrainConfig) -> Option<Anneal> {

@@ -128,6 +128,14 @@ fn replicas_it_cannot_use_are_refused() {
             },
             "batch_size 32 is smaller than the 33 replicas sharing each batch",
         ),
+        (
+            TrainConfig {
+                replicas: 2,
+                anneal_batch_size: 1,
+                ..small_config()
+            },
+            "anneal_batch_size 1 is smaller than the 2 replicas sharing each batch",
+        ),
     ] {
         let error = train_alone(&split, &config, None, false).expect_err("refused");
         assert!(
@@ -316,6 +324,43 @@ fn the_anneal_trains_on_batches_of_its_own_rows_and_resumes_with_them() {
     };
     assert_eq!(figures(&resumed.history), figures(&uninterrupted.history));
     assert_eq!(resumed.parameters, uninterrupted.parameters);
+
+    // Two replicas switch together: every anneal epoch of the leader takes the anneal's batches, and the run
+    // ends its anneal as one replica does (a replica left on the main batches would sum gradients of another
+    // graph and fail).
+    let mut replicated = vec![];
+    let mut replica_from = None;
+    let two = train(
+        &split,
+        &TrainConfig {
+            replicas: 2,
+            ..config.clone()
+        },
+        None,
+        false,
+        &SingleProcess,
+        &mut |p| {
+            match p {
+                Progress::EpochStarted { batches, .. } => {
+                    replicated.push((replica_from.is_some(), batches))
+                }
+                Progress::Annealing { steps_done, .. } => replica_from = Some(steps_done),
+                _ => {}
+            }
+            ControlFlow::Continue(())
+        },
+    )
+    .expect("two replicas train");
+    let replica_from = replica_from.expect("two replicas anneal");
+    assert!(replicated.iter().any(|&(annealing, _)| annealing));
+    for (annealing, batches) in replicated {
+        assert_eq!(batches, rows.div_ceil(if annealing { 16 } else { 8 }));
+    }
+    let last = two.history.last().expect("validated").steps;
+    assert!(
+        last >= replica_from + 30,
+        "ended at {last}, annealed from {replica_from}"
+    );
 }
 
 /// An anneal that cannot beat the plateau (here the rate is too small to move any parameter, so every validation
