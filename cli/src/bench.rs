@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
-use edgerec_core::{Bundle, MODEL_FILE, RankRequest, Ranker, Ranking, load_tract_ranker};
+use edgerec_core::{Bundle, ItemId, MODEL_FILE, RankRequest, Ranker, Ranking, load_tract_ranker};
 use edgerec_trainer::rng::SplitMix;
 use serde::{Deserialize, Serialize};
 
@@ -107,7 +107,7 @@ fn figures(runtime: BenchRuntime, scenario: &'static str, micros: Vec<f64>) -> F
 /// Sixteen users with full histories (`max_len` items), and for the candidate scenario the same users with a
 /// distinct candidate list each.
 fn requests(
-    ids: &[String],
+    ids: &[ItemId],
     max_len: usize,
     k: u32,
     candidates: usize,

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use edgerec_aws::AwsConfig;
+use edgerec_core::{ItemId, UserId};
 use edgerec_features::dynamodb::DynamoFeatureStore;
 use edgerec_features::embedded::EmbeddedFeatureStore;
-use edgerec_features::event::{Event, EventKind};
+use edgerec_features::event::{ClientEvent, Event, EventKind};
 use edgerec_features::ingest::{Ingest, IngestConfig};
 use edgerec_features::store::{FeatureSettings, FeatureStore, Sequenced};
 use futures::StreamExt;
@@ -45,8 +46,9 @@ pub struct FeaturesBenchArgs {
     aws_secret: String,
 }
 
-pub(crate) fn event(i: usize, time_ms: i64) -> Event {
-    Event {
+/// The `i`th event a benchmark client sends.
+pub(crate) fn event(i: usize, time_ms: i64) -> ClientEvent {
+    ClientEvent {
         id: format!("bench-{i}"),
         user: format!("user-{}", i % 5000),
         item: format!("item-{}", (i * 7919) % 3000),
@@ -87,11 +89,11 @@ async fn bench(args: FeaturesBenchArgs) -> Result<()> {
     let now = edgerec_features::now_ms();
 
     // Throughput: batches sent as fast as they are acknowledged.
-    let batches: Vec<Vec<Event>> = (0..args.events)
+    let batches: Vec<Vec<ClientEvent>> = (0..args.events)
         .map(|i| event(i, now - 1000))
         .collect::<Vec<_>>()
         .chunks(args.batch)
-        .map(<[Event]>::to_vec)
+        .map(<[ClientEvent]>::to_vec)
         .collect();
     let started = Instant::now();
     let mut acks = futures::stream::iter(batches)
@@ -123,7 +125,7 @@ async fn bench(args: FeaturesBenchArgs) -> Result<()> {
     let ticker_start = Instant::now();
     for b in 0..batches {
         tokio::time::sleep_until((ticker_start + per_batch * b as u32).into()).await;
-        let batch: Vec<Event> = (0..args.batch)
+        let batch: Vec<ClientEvent> = (0..args.batch)
             .map(|i| event(args.events + b * args.batch + i, edgerec_features::now_ms()))
             .collect();
         let ingest = ingest.clone();
@@ -184,11 +186,13 @@ async fn bench(args: FeaturesBenchArgs) -> Result<()> {
         let events: Vec<Sequenced> = (0..100)
             .map(|i| Sequenced {
                 seq: i as u64 + 1,
-                event: Event {
-                    user: "user-0".into(),
-                    item: format!("item-{i}"),
-                    ..event(i, now)
-                },
+                event: Event::from_good_ids(
+                    &format!("bench-{i}"),
+                    "user-0",
+                    &format!("item-{i}"),
+                    EventKind::View,
+                    now,
+                ),
             })
             .collect();
         dynamo.apply("bench", &events).await?;
@@ -203,8 +207,8 @@ async fn bench(args: FeaturesBenchArgs) -> Result<()> {
 }
 
 async fn read_latency<S: FeatureStore>(name: &str, store: &S, reads: usize) -> Result<()> {
-    let users = vec!["user-0".to_owned()];
-    let items: Vec<String> = (0..100).map(|i| format!("item-{i}")).collect();
+    let users = UserId::parse_all(["user-0"])?;
+    let items = ItemId::parse_all((0..100).map(|i| format!("item-{i}")))?;
     let mut micros = Vec::with_capacity(reads);
     for _ in 0..reads {
         let started = Instant::now();

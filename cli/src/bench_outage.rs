@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use edgerec_aws::AwsConfig;
 use edgerec_features::dynamodb::DynamoFeatureStore;
-use edgerec_features::event::Event;
+use edgerec_features::event::ClientEvent;
 use edgerec_features::ingest::{Ingest, IngestConfig, IngestError};
 use edgerec_features::store::FeatureSettings;
 
@@ -137,7 +137,7 @@ async fn bench(args: OutageBenchArgs) -> Result<()> {
         }
         tokio::time::sleep_until((started + per_batch * (sent / args.batch) as u32).into()).await;
         let time_ms = edgerec_features::now_ms();
-        let batch: Vec<Event> = (sent..sent + args.batch)
+        let batch: Vec<ClientEvent> = (sent..sent + args.batch)
             .map(|i| event(i, time_ms))
             .collect();
         sent += args.batch;

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use edgerec_core::VariantName;
+use edgerec_core::{ItemId, UserId, VariantName};
 use edgerec_registry_api::client::RegistryClient;
 use edgerec_registry_api::records::{PlanRequest, Variant, VersionRecord};
 use serde_json::{Value, json};
@@ -666,7 +666,7 @@ fn replay(
     stop: &AtomicBool,
 ) -> Result<ReplayFigures> {
     let split = &loaded.split;
-    let mut users: Vec<(String, String)> = split
+    let mut users: Vec<(UserId, ItemId)> = split
         .users
         .iter()
         .filter(|u| u.items.len() >= 2)

@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use edgerec_core::{ItemId, UserId};
 use edgerec_features::catalogue::{item_features, read_catalogue, write_items};
 use edgerec_features::config::FeaturesConfig;
-use edgerec_features::event::Event;
+use edgerec_features::event::ClientEvent;
 use edgerec_features::ingest::Ingest;
 use edgerec_features::item::ItemMetadata;
 use edgerec_features::store::FeatureStore;
@@ -61,9 +62,9 @@ pub enum FeaturesCommand {
         #[command(flatten)]
         store: StoreArgs,
         #[arg(long = "user")]
-        users: Vec<String>,
+        users: Vec<UserId>,
         #[arg(long = "item")]
-        items: Vec<String>,
+        items: Vec<ItemId>,
     },
     /// Print the configuration in use, every field included.
     PrintConfig {
@@ -188,7 +189,7 @@ pub fn run_events(command: EventsCommand) -> Result<()> {
 pub(crate) async fn refresh_items<S: FeatureStore>(
     config: &FeaturesConfig,
     store: &S,
-    items: &BTreeMap<String, ItemMetadata>,
+    items: &BTreeMap<ItemId, ItemMetadata>,
     source: &str,
     prior: f64,
     days: i64,
@@ -213,7 +214,7 @@ pub(crate) async fn refresh_items<S: FeatureStore>(
     Ok(())
 }
 
-async fn show<S: FeatureStore>(store: Arc<S>, users: &[String], items: &[String]) -> Result<()> {
+async fn show<S: FeatureStore>(store: Arc<S>, users: &[UserId], items: &[ItemId]) -> Result<()> {
     let user_features = store.users(users).await?;
     let item_features = store.items(items).await?;
     let json = serde_json::json!({
@@ -244,13 +245,14 @@ async fn ingest_file<S: FeatureStore>(
         if line.trim().is_empty() {
             continue;
         }
-        let event: Event = serde_json::from_str(&line)
+        let event: ClientEvent = serde_json::from_str(&line)
             .with_context(|| format!("{}:{}: not an event", file.display(), n + 1))?;
         events.push(event);
     }
     let ingest = Ingest::open(&config.wal_dir(), config.ingest.clone(), store).await?;
     let started = std::time::Instant::now();
-    let batches: Vec<Vec<Event>> = events.chunks(batch).map(<[Event]>::to_vec).collect();
+    let batches: Vec<Vec<ClientEvent>> =
+        events.chunks(batch).map(<[ClientEvent]>::to_vec).collect();
     let mut acks = futures::stream::iter(batches)
         .map(|batch| {
             let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use edgerec_core::{RankRequest, Ranking, load_tract_ranker};
+use edgerec_core::{ItemId, RankRequest, Ranking, load_tract_ranker};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -103,13 +103,13 @@ struct RankArgs {
     bundle: PathBuf,
     /// The user's recent item ids, oldest first, comma-separated.
     #[arg(long, value_delimiter = ',')]
-    recent: Vec<String>,
+    recent: Vec<ItemId>,
     /// How many items to return.
     #[arg(long, default_value_t = 10)]
     k: u32,
     /// Items never to return, comma-separated.
     #[arg(long, value_delimiter = ',')]
-    exclude: Vec<String>,
+    exclude: Vec<ItemId>,
     /// Context feature values, as name=value.
     #[arg(long = "context", value_parser = parse_context)]
     context: Vec<(String, f64)>,

@@ -202,6 +202,33 @@ fn refuses_bad_requests(node: &Node) {
         (400, Some("invalid_events")),
         "{answer}"
     );
+    // One rule for ids at both endpoints: the item id `/v1/recommend` refuses, `/v1/events` refuses too, by the
+    // same words, and only once the id is parsed (the caller was checked before).
+    refused(
+        json!({"k": 3, "surface": SURFACE, "recent_items": ["m1", "a\u{7}b"]}),
+        400,
+        "invalid_id",
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64;
+    let (status, answer) = node
+        .post(
+            "/v1/events",
+            &json!({"events": [{"id": "e2", "user": "u", "item": "a\u{7}b", "kind": "view", "time_ms": now_ms}]}),
+        )
+        .expect("answers");
+    assert_eq!(
+        (status, answer["error"]["kind"].as_str()),
+        (400, Some("invalid_events")),
+        "{answer}"
+    );
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("item id holds a control character"),
+        "{message}"
+    );
     // Items the model does not know are skipped and reported, not an error.
     let answer =
         node.recommend(json!({"k": 3, "surface": SURFACE, "recent_items": ["m1", "no-such-item"]}));

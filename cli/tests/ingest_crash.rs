@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use edgerec_core::UserId;
 use edgerec_features::event::{Event, EventKind};
 use edgerec_features::log::EventLog;
 use edgerec_features::store::{FeatureSettings, FeatureStore};
@@ -101,18 +102,18 @@ fn acknowledged_events_survive_kill_9_exactly_once() {
     let file = dir.path().join("events.jsonl");
     let start = edgerec_features::now_ms() - 3600 * 1000;
     let events: Vec<Event> = (0..EVENTS)
-        .map(|i| Event {
-            id: format!("ev-{i}"),
-            user: format!("user-{}", i % 37),
-            item: format!("item-{}", (i * 7) % 211),
-            kind: if i % 5 == 0 {
-                EventKind::Click
-            } else {
-                EventKind::View
-            },
-            time_ms: start + i as i64 * 10,
-            value: None,
-            request_id: None,
+        .map(|i| {
+            Event::from_good_ids(
+                &format!("ev-{i}"),
+                &format!("user-{}", i % 37),
+                &format!("item-{}", (i * 7) % 211),
+                if i % 5 == 0 {
+                    EventKind::Click
+                } else {
+                    EventKind::View
+                },
+                start + i as i64 * 10,
+            )
         })
         .collect();
     let write = |path: &Path, events: &[Event]| {
@@ -171,7 +172,7 @@ fn acknowledged_events_survive_kill_9_exactly_once() {
         let range = (trial * PER_TRIAL).saturating_sub(PER_TRIAL / 2)..(trial + 1) * PER_TRIAL;
         let to_send: Vec<Event> = events[range]
             .iter()
-            .filter(|e| !logged_before_wipe.contains(&e.id))
+            .filter(|e| !logged_before_wipe.contains(e.id.as_str()))
             .cloned()
             .collect();
         let sent = to_send.len();
@@ -204,7 +205,7 @@ fn acknowledged_events_survive_kill_9_exactly_once() {
     // The last run sends everything: whatever no earlier run acknowledged gets in now.
     let rest: Vec<Event> = events
         .iter()
-        .filter(|e| !logged_before_wipe.contains(&e.id))
+        .filter(|e| !logged_before_wipe.contains(e.id.as_str()))
         .cloned()
         .collect();
     write(&file, &rest);
@@ -239,7 +240,7 @@ fn acknowledged_events_survive_kill_9_exactly_once() {
             FeatureSettings::default(),
         )
         .expect("opens the store");
-        let users: Vec<String> = (0..37).map(|u| format!("user-{u}")).collect();
+        let users = UserId::parse_all((0..37).map(|u| format!("user-{u}"))).expect("user ids");
         let stored = store.users(&users).await.expect("reads");
         for (user, features) in users.iter().zip(stored) {
             let mut expected = UserFeatures::default();
@@ -278,7 +279,7 @@ fn logged_ids(data: &Path) -> Vec<String> {
                     .await
                     .expect("reads one file")
                     .into_iter()
-                    .map(|e| e.event.id),
+                    .map(|e| e.event.id.into_string()),
             );
         }
         ids

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
-use edgerec_core::{Bundle, MODEL_FILE, RankRequest, Scorer, TractScorer, load_tract_ranker};
+use edgerec_core::{
+    Bundle, ItemId, MODEL_FILE, RankRequest, Scorer, TractScorer, load_tract_ranker,
+};
 use edgerec_trainer::collective::SingleProcess;
 use edgerec_trainer::data::Interaction;
 use edgerec_trainer::export::{BundleInfo, serving_model, write_bundle};
@@ -17,12 +19,11 @@ fn interactions() -> Vec<Interaction> {
     for user in 0..120usize {
         let mut item = (user * 7) % 30;
         for step in 0..(8 + user % 9) {
-            interactions.push(Interaction {
-                user: format!("user-{user}"),
-                item: format!("item-{item}"),
-                timestamp: step as i64,
-                value: None,
-            });
+            interactions.push(Interaction::from_good_ids(
+                &format!("user-{user}"),
+                &format!("item-{item}"),
+                step as i64,
+            ));
             item = if item % 5 == 0 && user % 3 == 0 {
                 (item + 2) % 30
             } else {
@@ -78,7 +79,7 @@ fn exported_bundle_scores_agree_in_onnxruntime_tract_and_wasmtime() {
             name: "cycle-sasrec".into(),
             version: "1.0.0".into(),
             spec: trained.spec.clone(),
-            items: split.items.clone(),
+            items: split.items.iter().map(ToString::to_string).collect(),
             metrics: BTreeMap::from([("validation_ndcg@10".into(), trained.validation.ndcg_at_10)]),
             lineage: BTreeMap::from([("dataset".into(), serde_json::json!("cycle"))]),
         },
@@ -120,7 +121,7 @@ fn exported_bundle_scores_agree_in_onnxruntime_tract_and_wasmtime() {
     );
     let mut native = load_tract_ranker(&manifest, &model).expect("native ranker");
     for user in split.users.iter().take(12) {
-        let recent: Vec<String> = user
+        let recent: Vec<ItemId> = user
             .items
             .iter()
             .map(|&i| split.items[i as usize - 1].clone())

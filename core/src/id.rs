@@ -85,12 +85,26 @@ macro_rules! id_type {
                 Ok(Self(text))
             }
 
+            /// Each of `texts` as this kind of id, or why the first that is not one is not.
+            pub fn parse_all<T: Into<String>>(
+                texts: impl IntoIterator<Item = T>,
+            ) -> Result<Vec<Self>, IdError> {
+                texts.into_iter().map(Self::parse).collect()
+            }
+
             pub fn as_str(&self) -> &str {
                 &self.0
             }
 
             pub fn into_string(self) -> String {
                 self.0
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = IdError;
+            fn from_str(text: &str) -> Result<Self, IdError> {
+                Self::parse(text)
             }
         }
 

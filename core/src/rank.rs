@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::Bundle;
+use crate::id::ItemId;
 use crate::spec::{FeatureError, FeatureSpec};
 use crate::vocab::ItemVocabulary;
 use crate::{ScoreError, Scorer};
@@ -22,16 +23,16 @@ pub const MAX_EXCLUDE: usize = 100_000;
 pub struct RankRequest {
     /// The user's recent items, oldest first. Ids the model does not know are skipped.
     #[serde(default)]
-    pub recent_items: Vec<String>,
+    pub recent_items: Vec<ItemId>,
     /// How many items to return (at least 1; fewer come back when fewer are eligible). A `u32`, so that a request
     /// means the same to 32-bit Wasm rankers and 64-bit hosts.
     pub k: u32,
     /// Items never to return. Ids the model does not know are ignored.
     #[serde(default)]
-    pub exclude: Vec<String>,
+    pub exclude: Vec<ItemId>,
     /// Rank only these items (the whole catalogue when absent). Every candidate must be known to the model.
     #[serde(default)]
-    pub candidates: Option<Vec<String>>,
+    pub candidates: Option<Vec<ItemId>>,
     /// Context feature values by name; missing ones encode as 0.
     #[serde(default)]
     pub context: BTreeMap<String, f64>,
@@ -46,7 +47,7 @@ fn default_true() -> bool {
 
 impl RankRequest {
     /// A request for the top `k` of the whole catalogue after `recent_items`.
-    pub fn new(recent_items: Vec<String>, k: u32) -> Self {
+    pub fn new(recent_items: Vec<ItemId>, k: u32) -> Self {
         Self {
             recent_items,
             k,
@@ -61,7 +62,7 @@ impl RankRequest {
 /// One ranked item.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoredItem {
-    pub item: String,
+    pub item: ItemId,
     pub score: f32,
 }
 
@@ -71,7 +72,7 @@ pub struct Ranking {
     pub items: Vec<ScoredItem>,
     /// Recent items the model does not know (new since it was trained), skipped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub unknown_items: Vec<String>,
+    pub unknown_items: Vec<ItemId>,
 }
 
 /// A request that could not be ranked.
@@ -86,7 +87,7 @@ pub enum RankError {
         max: usize,
     },
     #[error("candidate `{0}` is not in the model's item vocabulary")]
-    UnknownCandidate(String),
+    UnknownCandidate(ItemId),
     #[error(transparent)]
     Feature(#[from] FeatureError),
     #[error(transparent)]
@@ -271,10 +272,10 @@ impl<S: Scorer> Ranker<S> {
         let top = top_k(scored, request.k as usize);
         let items = top
             .into_iter()
-            .map(|(score, index)| ScoredItem {
-                // Every eligible index came from the vocabulary, so the lookup always succeeds.
-                item: self.vocab.id_of(index).unwrap_or_default().to_string(),
-                score,
+            // Every eligible index came from the vocabulary, so the lookup always succeeds.
+            .filter_map(|(score, index)| {
+                let item = self.vocab.id_of(index)?.clone();
+                Some(ScoredItem { item, score })
             })
             .collect();
         Ok(Ranking {
@@ -308,7 +309,7 @@ mod tests {
                 len: 2,
                 max: 1,
             },
-            RankError::UnknownCandidate("x".into()),
+            RankError::UnknownCandidate(strings(&["x"]).remove(0)),
         ];
         for error in &request {
             assert!(RankError::REQUEST_KINDS.contains(&error.kind()), "{error}");
@@ -394,8 +395,8 @@ mod tests {
         ranking.items.iter().map(|s| s.item.as_str()).collect()
     }
 
-    fn strings(ids: &[&str]) -> Vec<String> {
-        ids.iter().map(|s| s.to_string()).collect()
+    fn strings(ids: &[&str]) -> Vec<ItemId> {
+        ItemId::parse_all(ids.iter().copied()).expect("item ids")
     }
 
     #[test]
@@ -430,7 +431,7 @@ mod tests {
         request.candidates = Some(strings(&["i3", "nope"]));
         assert_eq!(
             r.rank(&request).err(),
-            Some(RankError::UnknownCandidate("nope".into()))
+            Some(RankError::UnknownCandidate(strings(&["nope"]).remove(0)))
         );
     }
 
@@ -456,7 +457,7 @@ mod tests {
                 .len(),
             2
         );
-        let huge = vec!["i1".to_string(); MAX_HISTORY + 1];
+        let huge = vec![strings(&["i1"]).remove(0); MAX_HISTORY + 1];
         assert!(matches!(
             r.rank(&RankRequest::new(huge, 1)),
             Err(RankError::TooLarge {

@@ -9,9 +9,9 @@ pub trait Interaction {
     fn time(&self) -> i64;
 }
 
-impl Interaction for (String, i64) {
+impl<T: AsRef<str>> Interaction for (T, i64) {
     fn item(&self) -> &str {
-        &self.0
+        self.0.as_ref()
     }
     fn time(&self) -> i64 {
         self.1
@@ -36,8 +36,8 @@ pub fn remember<T: Interaction>(history: &mut Vec<T>, entry: T, capacity: usize)
 }
 
 /// Adds `items` (oldest first, all newer than anything in `history`) to a history of ids by the rule.
-pub fn remember_all(history: &mut Vec<String>, items: &[String], capacity: usize) {
-    let mut timed: Vec<(String, i64)> = std::mem::take(history)
+pub fn remember_all<T: AsRef<str> + Clone>(history: &mut Vec<T>, items: &[T], capacity: usize) {
+    let mut timed: Vec<(T, i64)> = std::mem::take(history)
         .into_iter()
         .map(|item| (item, 0))
         .collect();

@@ -7,8 +7,8 @@ use crate::id::{IdError, ItemId};
 /// Model index 0 is padding; the item at position `i` of the list has model index `i + 1`.
 #[derive(Debug, Clone)]
 pub struct ItemVocabulary {
-    ids: Vec<String>,
-    index: HashMap<String, u32>,
+    ids: Vec<ItemId>,
+    index: HashMap<ItemId, u32>,
 }
 
 /// A vocabulary that cannot be used.
@@ -25,6 +25,7 @@ pub enum VocabError {
 }
 
 impl ItemVocabulary {
+    /// The vocabulary of `ids` (a bundle's item list, in model order), each parsed as an item id.
     pub fn new(ids: Vec<String>) -> Result<Self, VocabError> {
         if ids.is_empty() {
             return Err(VocabError::Empty);
@@ -32,18 +33,21 @@ impl ItemVocabulary {
         if ids.len() >= u32::MAX as usize {
             return Err(VocabError::TooLarge { len: ids.len() });
         }
-        let mut index = HashMap::with_capacity(ids.len());
-        for (position, id) in ids.iter().enumerate() {
-            if let Err(reason) = crate::id::check_external_id(ItemId::KIND, id) {
-                return Err(VocabError::BadId { position, reason });
-            }
+        let len = ids.len();
+        let mut index = HashMap::with_capacity(len);
+        let mut parsed = Vec::with_capacity(len);
+        for (position, id) in ids.into_iter().enumerate() {
+            let id = ItemId::parse(id).map_err(|reason| VocabError::BadId { position, reason })?;
             let model_index =
-                u32::try_from(position + 1).map_err(|_| VocabError::TooLarge { len: ids.len() })?;
+                u32::try_from(position + 1).map_err(|_| VocabError::TooLarge { len })?;
             if index.insert(id.clone(), model_index).is_some() {
-                return Err(VocabError::Duplicate { id: id.clone() });
+                return Err(VocabError::Duplicate {
+                    id: id.into_string(),
+                });
             }
+            parsed.push(id);
         }
-        Ok(Self { ids, index })
+        Ok(Self { ids: parsed, index })
     }
 
     /// Number of real items (padding excluded).
@@ -61,12 +65,12 @@ impl ItemVocabulary {
     }
 
     /// The external id of a model index; `None` for padding and out-of-range indices.
-    pub fn id_of(&self, model_index: u32) -> Option<&str> {
+    pub fn id_of(&self, model_index: u32) -> Option<&ItemId> {
         let position = (model_index as usize).checked_sub(1)?;
-        self.ids.get(position).map(String::as_str)
+        self.ids.get(position)
     }
 
-    pub fn ids(&self) -> &[String] {
+    pub fn ids(&self) -> &[ItemId] {
         &self.ids
     }
 }
@@ -86,7 +90,7 @@ mod tests {
         assert_eq!(v.index_of("c"), Some(3));
         assert_eq!(v.index_of("d"), None);
         assert_eq!(v.id_of(0), None);
-        assert_eq!(v.id_of(2), Some("b"));
+        assert_eq!(v.id_of(2).map(ItemId::as_str), Some("b"));
         assert_eq!(v.id_of(4), None);
     }
 

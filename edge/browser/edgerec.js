@@ -313,7 +313,13 @@ export class EdgeRec {
     if ((kind === "rating") !== Number.isFinite(event.value)) {
       throw new EdgeRecError("invalid_event", "a rating needs a finite `value`, and only a rating has one");
     }
-    this.#remember(event.item);
+    try {
+      this.#remember(event.item);
+    } catch (e) {
+      // The ranker holds ids to core's one rule (1 to 256 bytes of UTF-8, no control characters), as nodes do.
+      if (e?.kind === "invalid_request") throw new EdgeRecError("invalid_event", e.message);
+      throw e;
+    }
     // Nothing leaves the device in the local mode, and without a node there is nowhere to send events.
     if (this.privacy === "local" || !this.#settings.node) {
       return;

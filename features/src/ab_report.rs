@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use edgerec_core::ItemId;
 use serde::Serialize;
 
 use crate::event::{EventKind, ServedRequest};
@@ -154,7 +155,7 @@ pub fn ab_report(slice: &LogSlice, surface: &str, control: &str, window_ms: i64)
         }
         tally.requests += 1;
         tally.degraded += u64::from(request.degraded.is_some());
-        let shown: HashSet<&str> = request.items.iter().map(String::as_str).collect();
+        let shown: HashSet<&str> = request.items.iter().map(ItemId::as_str).collect();
         let by_its_user = |user: &str| request.user.as_deref().is_none_or(|u| u == user);
         if clicked
             .get(request.request_id.as_str())
@@ -215,6 +216,8 @@ pub fn ab_report(slice: &LogSlice, surface: &str, control: &str, window_ms: i64)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edgerec_core::{RequestId, Surface, UserId, VariantName, Version};
+
     use crate::event::Event;
     use crate::log::LoggedEvent;
 
@@ -256,15 +259,15 @@ mod tests {
 
     fn served(id: &str, user: &str, variant: &str, time_ms: i64, items: &[&str]) -> ServedRequest {
         ServedRequest {
-            request_id: id.into(),
+            request_id: RequestId::parse(id).expect("a request id"),
             time_ms,
-            user: Some(user.into()),
-            surface: "home".into(),
+            user: Some(UserId::parse(user).expect("a user id")),
+            surface: Surface::parse("home").expect("a surface"),
             history: Vec::new(),
             context: Default::default(),
-            model_version: format!("{variant}-v"),
-            variant: variant.into(),
-            items: items.iter().map(|s| s.to_string()).collect(),
+            model_version: Version::parse(format!("{variant}-v")).expect("a version"),
+            variant: VariantName::parse(variant).expect("a variant"),
+            items: ItemId::parse_all(items.iter().copied()).expect("item ids"),
             scores: vec![1.0; items.len()],
             degraded: None,
         }
@@ -283,13 +286,8 @@ mod tests {
             incarnation: String::new(),
             seq: 0,
             event: Event {
-                id: id.into(),
-                user: user.into(),
-                item: item.into(),
-                kind,
-                time_ms,
-                value: None,
-                request_id: request.map(str::to_string),
+                request_id: request.map(|r| RequestId::parse(r).expect("a request id")),
+                ..Event::from_good_ids(id, user, item, kind, time_ms)
             },
         }
     }
@@ -297,7 +295,7 @@ mod tests {
     #[test]
     fn clicks_and_hits_are_attributed_per_variant() {
         let mut other_surface = served("r9", "u1", "control", 0, &["a"]);
-        other_surface.surface = "search".into();
+        other_surface.surface = Surface::parse("search").expect("a surface");
         let slice = LogSlice {
             served: vec![
                 served("r1", "u1", "control", 100, &["a", "b"]),

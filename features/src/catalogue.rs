@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use edgerec_core::ItemId;
 use serde::Serialize;
 
 use crate::item::{ItemFeatures, ItemMetadata, Popularity};
@@ -59,7 +60,7 @@ const ML100K_GENRES: [&str; 19] = [
 ];
 
 /// Reads a catalogue file into metadata by item id.
-pub fn read_catalogue(path: &Path) -> Result<BTreeMap<String, ItemMetadata>, CatalogueError> {
+pub fn read_catalogue(path: &Path) -> Result<BTreeMap<ItemId, ItemMetadata>, CatalogueError> {
     let bytes = std::fs::read(path).map_err(|source| CatalogueError::Io {
         path: path.into(),
         source,
@@ -78,6 +79,8 @@ pub fn read_catalogue(path: &Path) -> Result<BTreeMap<String, ItemMetadata>, Cat
         line,
         reason: reason.into(),
     };
+    let item_id =
+        |line: usize, text: &str| ItemId::parse(text).map_err(|e| line_error(line, &e.to_string()));
     let mut items = BTreeMap::new();
     if name.ends_with(".dat") {
         for (n, line) in text
@@ -90,7 +93,7 @@ pub fn read_catalogue(path: &Path) -> Result<BTreeMap<String, ItemMetadata>, Cat
                 return Err(line_error(n + 1, "expected `id::title::genres`"));
             };
             items.insert(
-                id.to_owned(),
+                item_id(n + 1, id)?,
                 ItemMetadata {
                     title: title.to_owned(),
                     genres: genres
@@ -118,7 +121,7 @@ pub fn read_catalogue(path: &Path) -> Result<BTreeMap<String, ItemMetadata>, Cat
                 .map(|(g, _)| (*g).to_owned())
                 .collect();
             items.insert(
-                fields[0].to_owned(),
+                item_id(n + 1, fields[0])?,
                 ItemMetadata {
                     title: fields[1].to_owned(),
                     genres,
@@ -148,7 +151,7 @@ pub fn read_catalogue(path: &Path) -> Result<BTreeMap<String, ItemMetadata>, Cat
                 .filter(|i| !i.is_empty())
                 .ok_or_else(|| line_error(n + 1, "no item id"))?;
             items.insert(
-                (*item).to_owned(),
+                item_id(n + 1, item)?,
                 ItemMetadata {
                     title: title
                         .and_then(|t| fields.get(t))
@@ -191,12 +194,12 @@ pub struct RefreshReport {
 /// streaming updates built, so events acknowledged but not yet shipped when the refresh reads the log count again
 /// only from the next refresh on (minutes of data, at the shipping interval).
 pub fn item_features(
-    catalogue: &BTreeMap<String, ItemMetadata>,
+    catalogue: &BTreeMap<ItemId, ItemMetadata>,
     events: &[LoggedEvent],
     settings: &FeatureSettings,
     prior: f64,
-) -> (Vec<(String, ItemFeatures)>, RefreshReport) {
-    let mut features: BTreeMap<&str, ItemFeatures> = BTreeMap::new();
+) -> (Vec<(ItemId, ItemFeatures)>, RefreshReport) {
+    let mut features: BTreeMap<&ItemId, ItemFeatures> = BTreeMap::new();
     for logged in events {
         let item = features.entry(&logged.event.item).or_default();
         item.interactions += 1;
@@ -231,7 +234,7 @@ pub fn item_features(
     (
         features
             .into_iter()
-            .map(|(id, f)| (id.to_owned(), f))
+            .map(|(id, f)| (id.clone(), f))
             .collect(),
         report,
     )
@@ -240,7 +243,7 @@ pub fn item_features(
 /// Writes refreshed item features in chunks.
 pub async fn write_items<S: FeatureStore>(
     store: &S,
-    items: &[(String, ItemFeatures)],
+    items: &[(ItemId, ItemFeatures)],
 ) -> Result<(), StoreError> {
     for chunk in items.chunks(500) {
         store.put_items(chunk).await?;
@@ -324,14 +327,14 @@ mod tests {
     fn refresh_gives_cold_items_the_prior_and_is_deterministic() {
         let catalogue = BTreeMap::from([
             (
-                "a".to_owned(),
+                ItemId::parse("a").expect("an item id"),
                 ItemMetadata {
                     title: "A".into(),
                     genres: vec![],
                 },
             ),
             (
-                "new".to_owned(),
+                ItemId::parse("new").expect("an item id"),
                 ItemMetadata {
                     title: "New".into(),
                     genres: vec!["x".into()],
@@ -342,15 +345,7 @@ mod tests {
             node: "n".into(),
             incarnation: String::new(),
             seq,
-            event: Event {
-                id: seq.to_string(),
-                user: "u".into(),
-                item: item.into(),
-                kind: EventKind::View,
-                time_ms,
-                value: None,
-                request_id: None,
-            },
+            event: Event::from_good_ids(&seq.to_string(), "u", item, EventKind::View, time_ms),
         };
         let events = [
             event("a", 1, 1000),

@@ -20,6 +20,8 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use edgerec_core::{ItemId, UserId};
+
 use crate::item::ItemFeatures;
 use crate::store::{
     FeatureSettings, FeatureStore, ItemRecord, Lease, Sequenced, StoreError, UserRecord, by_entity,
@@ -271,7 +273,7 @@ impl FeatureStore for DynamoFeatureStore {
         bounded(updates).await
     }
 
-    async fn users(&self, ids: &[String]) -> Result<Vec<UserFeatures>, StoreError> {
+    async fn users(&self, ids: &[UserId]) -> Result<Vec<UserFeatures>, StoreError> {
         let pks: Vec<String> = ids.iter().map(|id| user_key(id)).collect();
         let found = self.batch_get(&pks).await?;
         pks.iter()
@@ -282,7 +284,7 @@ impl FeatureStore for DynamoFeatureStore {
             .collect()
     }
 
-    async fn items(&self, ids: &[String]) -> Result<Vec<Option<ItemFeatures>>, StoreError> {
+    async fn items(&self, ids: &[ItemId]) -> Result<Vec<Option<ItemFeatures>>, StoreError> {
         let pks: Vec<String> = ids.iter().map(|id| item_key(id)).collect();
         let found = self.batch_get(&pks).await?;
         pks.iter()
@@ -295,7 +297,7 @@ impl FeatureStore for DynamoFeatureStore {
             .collect()
     }
 
-    async fn put_items(&self, items: &[(String, ItemFeatures)]) -> Result<(), StoreError> {
+    async fn put_items(&self, items: &[(ItemId, ItemFeatures)]) -> Result<(), StoreError> {
         let pks: Vec<String> = items.iter().map(|(id, _)| item_key(id)).collect();
         let mut read = self.batch_get(&pks).await?;
         let updates: Vec<_> = items

@@ -9,6 +9,8 @@ use edgerec_storage::encode;
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 
+use edgerec_core::{ItemId, UserId};
+
 use crate::item::ItemFeatures;
 use crate::store::{
     FeatureSettings, FeatureStore, ItemRecord, Lease, Sequenced, StoreError, UserRecord, by_entity,
@@ -141,11 +143,11 @@ impl EmbeddedFeatureStore {
     fn read_all<T: DeserializeOwned + Default>(
         &self,
         table: TableDefinition<&'static str, &'static [u8]>,
-        ids: &[String],
+        ids: &[impl AsRef<str>],
     ) -> Result<Vec<Option<T>>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(table).map_err(unavailable)?;
-        ids.iter().map(|id| read(&table, id)).collect()
+        ids.iter().map(|id| read(&table, id.as_ref())).collect()
     }
 
     fn swap_lease_now(
@@ -194,7 +196,7 @@ impl FeatureStore for EmbeddedFeatureStore {
         self.db.check(self.apply_now(node, events))
     }
 
-    async fn users(&self, ids: &[String]) -> Result<Vec<UserFeatures>, StoreError> {
+    async fn users(&self, ids: &[UserId]) -> Result<Vec<UserFeatures>, StoreError> {
         Ok(self
             .read_all::<UserRecord>(USERS, ids)?
             .into_iter()
@@ -202,7 +204,7 @@ impl FeatureStore for EmbeddedFeatureStore {
             .collect())
     }
 
-    async fn items(&self, ids: &[String]) -> Result<Vec<Option<ItemFeatures>>, StoreError> {
+    async fn items(&self, ids: &[ItemId]) -> Result<Vec<Option<ItemFeatures>>, StoreError> {
         Ok(self
             .read_all::<ItemRecord>(ITEMS, ids)?
             .into_iter()
@@ -210,7 +212,7 @@ impl FeatureStore for EmbeddedFeatureStore {
             .collect())
     }
 
-    async fn put_items(&self, items: &[(String, ItemFeatures)]) -> Result<(), StoreError> {
+    async fn put_items(&self, items: &[(ItemId, ItemFeatures)]) -> Result<(), StoreError> {
         self.db.check(self.put_items_now(items))
     }
 
@@ -238,7 +240,7 @@ impl FeatureStore for EmbeddedFeatureStore {
 }
 
 impl EmbeddedFeatureStore {
-    fn put_items_now(&self, items: &[(String, ItemFeatures)]) -> Result<(), StoreError> {
+    fn put_items_now(&self, items: &[(ItemId, ItemFeatures)]) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(ITEMS).map_err(unavailable)?;

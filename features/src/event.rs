@@ -2,8 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use edgerec_core::id::check_external_id;
-use edgerec_core::{EventId, ItemId, MAX_ID_BYTES, RequestId, UserId};
+use edgerec_core::{
+    EventId, IdError, ItemId, MAX_ID_BYTES, RequestId, Surface, UserId, VariantName, Version,
+};
 use serde::{Deserialize, Serialize};
 
 /// What a user did with an item. Every kind counts as an interaction: it enters the user's recent items and the
@@ -39,14 +40,15 @@ impl EventKind {
     }
 }
 
-/// One interaction, as a client reports it.
+/// One interaction, as the system holds it once its ids are parsed ([`EventLimits::accept`] makes these from what
+/// clients send; the log and the write-ahead log hold them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Event {
     /// Chosen by the client, unique per event: a retried send carries the same id and is applied once.
-    pub id: String,
-    pub user: String,
-    pub item: String,
+    pub id: EventId,
+    pub user: UserId,
+    pub item: ItemId,
     pub kind: EventKind,
     /// When it happened, milliseconds since the Unix epoch.
     pub time_ms: i64,
@@ -56,24 +58,75 @@ pub struct Event {
     /// The served request this event answers (a click on a recommendation), which ties it to the exact feature
     /// values that request was ranked with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<RequestId>,
+}
+
+impl Event {
+    /// An event from ids that are already known to be good (tests, benchmarks, generated data); panics on a bad
+    /// one, naming it.
+    pub fn from_good_ids(id: &str, user: &str, item: &str, kind: EventKind, time_ms: i64) -> Self {
+        fn good<T>(parsed: Result<T, IdError>) -> T {
+            parsed.unwrap_or_else(|e| panic!("{e}"))
+        }
+        Self {
+            id: good(EventId::parse(id)),
+            user: good(UserId::parse(user)),
+            item: good(ItemId::parse(item)),
+            kind,
+            time_ms,
+            value: None,
+            request_id: None,
+        }
+    }
+}
+
+/// One interaction as a client sends it (the body of `POST /v1/events`, a line of an imported file): the same
+/// fields as [`Event`] with the ids not yet parsed, so that a node can first check who may name which user (a
+/// caller without the right gets 401/403 whatever the ids hold) and then refuse a bad id as an invalid event,
+/// named by its position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientEvent {
+    pub id: String,
+    pub user: String,
+    pub item: String,
+    pub kind: EventKind,
+    pub time_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+}
+
+impl From<Event> for ClientEvent {
+    fn from(event: Event) -> Self {
+        Self {
+            id: event.id.into_string(),
+            user: event.user.into_string(),
+            item: event.item.into_string(),
+            kind: event.kind,
+            time_ms: event.time_ms,
+            value: event.value,
+            request_id: event.request_id.map(RequestId::into_string),
+        }
+    }
 }
 
 /// One answered recommendation request, with exactly what the model was fed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServedRequest {
-    pub request_id: String,
+    pub request_id: RequestId,
     pub time_ms: i64,
-    pub user: Option<String>,
-    pub surface: String,
+    pub user: Option<UserId>,
+    pub surface: Surface,
     /// The recent items fed to the model, oldest first, as ids.
-    pub history: Vec<String>,
+    pub history: Vec<ItemId>,
     /// The context feature values fed to the model.
     pub context: BTreeMap<String, f64>,
-    pub model_version: String,
-    pub variant: String,
-    pub items: Vec<String>,
+    pub model_version: Version,
+    pub variant: VariantName,
+    pub items: Vec<ItemId>,
     pub scores: Vec<f32>,
     /// Why the answer did not come from the model's full path, when it did not.
     pub degraded: Option<String>,
@@ -122,48 +175,46 @@ pub enum EventError {
 }
 
 impl EventLimits {
-    /// Checks a batch against the limits at time `now_ms`.
-    pub fn check(&self, events: &[Event], now_ms: i64) -> Result<(), EventError> {
-        if events.is_empty() {
+    /// The batch's events with their ids parsed, if every one meets the limits at time `now_ms`; otherwise the
+    /// first that does not, by position and reason (all or none are accepted).
+    pub fn accept(&self, batch: Vec<ClientEvent>, now_ms: i64) -> Result<Vec<Event>, EventError> {
+        if batch.is_empty() {
             return Err(EventError::EmptyBatch);
         }
-        if events.len() > self.max_batch {
+        if batch.len() > self.max_batch {
             return Err(EventError::BatchTooLarge {
-                count: events.len(),
+                count: batch.len(),
                 max: self.max_batch,
             });
         }
-        for (index, event) in events.iter().enumerate() {
-            self.check_one(event, now_ms)
-                .map_err(|reason| EventError::Invalid {
-                    index,
-                    id: event.id.chars().take(64).collect(),
-                    reason,
-                })?;
-        }
-        Ok(())
+        batch
+            .into_iter()
+            .enumerate()
+            .map(|(index, sent)| {
+                let shown = sent.id.chars().take(64).collect();
+                self.accept_one(sent, now_ms)
+                    .map_err(|reason| EventError::Invalid {
+                        index,
+                        id: shown,
+                        reason,
+                    })
+            })
+            .collect()
     }
 
-    fn check_one(&self, event: &Event, now_ms: i64) -> Result<(), String> {
-        let ids = [
-            ("id", EventId::KIND, Some(&event.id)),
-            ("user", UserId::KIND, Some(&event.user)),
-            ("item", ItemId::KIND, Some(&event.item)),
-            ("request_id", RequestId::KIND, event.request_id.as_ref()),
-        ];
-        for (name, kind, value) in ids {
-            let Some(value) = value else { continue };
-            // The one rule for ids (the same `/v1/recommend` and the model's vocabulary apply), then this
-            // ingest's own limit, which may be lower.
-            check_external_id(kind, value).map_err(|e| format!("`{name}`: {e}"))?;
-            if value.len() > self.max_id_bytes {
-                return Err(format!(
-                    "`{name}` is {} bytes long; the limit is {}",
-                    value.len(),
-                    self.max_id_bytes
-                ));
-            }
-        }
+    fn accept_one(&self, sent: ClientEvent, now_ms: i64) -> Result<Event, String> {
+        let event = Event {
+            id: self.parse_id("id", sent.id, EventId::parse)?,
+            user: self.parse_id("user", sent.user, UserId::parse)?,
+            item: self.parse_id("item", sent.item, ItemId::parse)?,
+            kind: sent.kind,
+            time_ms: sent.time_ms,
+            value: sent.value,
+            request_id: sent
+                .request_id
+                .map(|id| self.parse_id("request_id", id, RequestId::parse))
+                .transpose()?,
+        };
         if event.time_ms > now_ms + self.max_future_ms {
             return Err(format!(
                 "`time_ms` is {} s in the future; clocks may differ by at most {} s",
@@ -183,7 +234,25 @@ impl EventLimits {
             (_, Some(v)) if !v.is_finite() => return Err("`value` is not a finite number".into()),
             _ => {}
         }
-        Ok(())
+        Ok(event)
+    }
+
+    /// `text` parsed by the one rule for ids (the same `/v1/recommend` and the model's vocabulary apply), then
+    /// held to this ingest's own limit, which may be lower.
+    fn parse_id<T>(
+        &self,
+        field: &str,
+        text: String,
+        parse: impl FnOnce(String) -> Result<T, IdError>,
+    ) -> Result<T, String> {
+        if text.len() > self.max_id_bytes && self.max_id_bytes < MAX_ID_BYTES {
+            return Err(format!(
+                "`{field}` is {} bytes long; the limit is {}",
+                text.len(),
+                self.max_id_bytes
+            ));
+        }
+        parse(text).map_err(|e| format!("`{field}`: {e}"))
     }
 }
 
@@ -191,8 +260,8 @@ impl EventLimits {
 mod tests {
     use super::*;
 
-    fn event(id: &str, time_ms: i64) -> Event {
-        Event {
+    fn event(id: &str, time_ms: i64) -> ClientEvent {
+        ClientEvent {
             id: id.into(),
             user: "u".into(),
             item: "i".into(),
@@ -207,16 +276,16 @@ mod tests {
     fn each_bad_event_is_named_by_position_and_reason() {
         let limits = EventLimits::default();
         let now = 1_000_000_000_000;
-        assert_eq!(limits.check(&[], now), Err(EventError::EmptyBatch));
+        assert_eq!(limits.accept(Vec::new(), now), Err(EventError::EmptyBatch));
         let many = vec![event("e", now); 1001];
         assert_eq!(
-            limits.check(&many, now),
+            limits.accept(many, now),
             Err(EventError::BatchTooLarge {
                 count: 1001,
                 max: 1000
             })
         );
-        let cases: Vec<(Event, &str)> = vec![
+        let cases: Vec<(ClientEvent, &str)> = vec![
             (event("", now), "`id`: event id is empty"),
             (
                 event(&"x".repeat(257), now),
@@ -224,7 +293,7 @@ mod tests {
             ),
             (event("a\nb", now), "control character"),
             (
-                Event {
+                ClientEvent {
                     item: "x".repeat(257),
                     ..event("i", now)
                 },
@@ -233,14 +302,14 @@ mod tests {
             (event("f", now + 10 * 60 * 1000), "in the future"),
             (event("o", now - 8 * 24 * 3600 * 1000), "old"),
             (
-                Event {
+                ClientEvent {
                     kind: EventKind::Rating,
                     ..event("r", now)
                 },
                 "needs a `value`",
             ),
             (
-                Event {
+                ClientEvent {
                     value: Some(f32::NAN),
                     ..event("n", now)
                 },
@@ -248,8 +317,8 @@ mod tests {
             ),
         ];
         for (bad, reason) in cases {
-            let batch = [event("ok", now), bad];
-            match limits.check(&batch, now) {
+            let batch = vec![event("ok", now), bad];
+            match limits.accept(batch, now) {
                 Err(EventError::Invalid {
                     index: 1,
                     reason: r,
@@ -265,21 +334,45 @@ mod tests {
             max_id_bytes: 8,
             ..EventLimits::default()
         };
-        let refused = strict.check(&[event("123456789", now)], now);
+        let refused = strict.accept(vec![event("123456789", now)], now);
         assert!(
             matches!(&refused, Err(EventError::Invalid { reason, .. }) if reason.contains("the limit is 8")),
             "{refused:?}"
         );
-        assert_eq!(limits.check(&[event("ok", now)], now), Ok(()));
+        let accepted = limits
+            .accept(vec![event("ok", now)], now)
+            .expect("a good event is accepted");
+        assert_eq!(accepted[0].id, "ok");
     }
 
     #[test]
     fn unknown_kinds_and_fields_are_refused_when_parsed() {
         let unknown_kind = r#"{"id":"1","user":"u","item":"i","kind":"like","time_ms":1}"#;
-        let e = serde_json::from_str::<Event>(unknown_kind).expect_err("unknown kind");
+        let e = serde_json::from_str::<ClientEvent>(unknown_kind).expect_err("unknown kind");
         assert!(e.to_string().contains("unknown variant `like`"), "{e}");
         let unknown_field = r#"{"id":"1","user":"u","item":"i","kind":"view","time_ms":1,"x":2}"#;
-        let e = serde_json::from_str::<Event>(unknown_field).expect_err("unknown field");
+        let e = serde_json::from_str::<ClientEvent>(unknown_field).expect_err("unknown field");
         assert!(e.to_string().contains("unknown field `x`"), "{e}");
+    }
+
+    #[test]
+    fn a_held_event_reads_back_as_written_and_a_bad_id_is_refused_when_read() {
+        let now = 1_000_000_000_000;
+        let accepted = EventLimits::default()
+            .accept(vec![event("e1", now)], now)
+            .expect("accepted");
+        let text = serde_json::to_string(&accepted[0]).expect("serialises");
+        assert_eq!(
+            text,
+            serde_json::to_string(&event("e1", now)).expect("serialises"),
+            "an event is held in the form clients send it"
+        );
+        assert_eq!(
+            serde_json::from_str::<Event>(&text).expect("reads back"),
+            accepted[0]
+        );
+        let bad = text.replace(r#""user":"u""#, r#""user":"""#);
+        let e = serde_json::from_str::<Event>(&bad).expect_err("an empty user id");
+        assert!(e.to_string().contains("user id is empty"), "{e}");
     }
 }

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 use crate::dedupe::DedupeError;
-use crate::event::{Event, EventError, EventLimits, ServedRequest};
+use crate::event::{ClientEvent, Event, EventError, EventLimits, ServedRequest};
 use crate::log::{EventLog, LogError, ShipReport};
 use crate::store::{FeatureStore, StoreError};
 use crate::wal::{WalError, remove_segment, segments};
@@ -274,9 +274,9 @@ impl<S: FeatureStore> Ingest<S> {
         })
     }
 
-    /// Validates `events` (all or none are accepted), writes the new ones durably and acknowledges.
-    pub async fn ingest(&self, events: Vec<Event>) -> Result<Ack, IngestError> {
-        self.config.limits.check(&events, crate::now_ms())?;
+    /// Parses and validates `batch` (all or none are accepted), writes the new events durably and acknowledges.
+    pub async fn ingest(&self, batch: Vec<ClientEvent>) -> Result<Ack, IngestError> {
+        let events = self.config.limits.accept(batch, crate::now_ms())?;
         self.enqueue(events, Vec::new())?.await
     }
 

@@ -21,7 +21,9 @@ use arrow_array::{
 use arrow_schema::{DataType, Field, Schema};
 use aws_sdk_s3::primitives::ByteStream;
 use edgerec_aws::{AwsConfig, Clients, describe};
-use edgerec_core::Digest;
+use edgerec_core::{
+    Digest, EventId, IdError, ItemId, RequestId, Surface, UserId, VariantName, Version,
+};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::Compression;
@@ -177,11 +179,11 @@ fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
     Arc::new(StringArray::from_iter_values(values))
 }
 
-fn string_lists<'a>(rows: impl Iterator<Item = &'a [String]>) -> ArrayRef {
+fn string_lists<'a>(rows: impl Iterator<Item = &'a [ItemId]>) -> ArrayRef {
     let mut builder = ListBuilder::new(StringBuilder::new());
     for row in rows {
         for value in row {
-            builder.values().append_value(value);
+            builder.values().append_value(value.as_str());
         }
         builder.append(true);
     }
@@ -273,16 +275,33 @@ impl<'a> Columns<'a> {
         self.get::<StringArray>(name)
     }
 
-    fn list_strings(&self, name: &str, row: usize) -> Result<Vec<String>, LogError> {
+    fn item_ids(&self, name: &str, row: usize) -> Result<Vec<ItemId>, LogError> {
         let values = self.get::<ListArray>(name)?.value(row);
         let values = values
             .as_any()
             .downcast_ref::<StringArray>()
             .ok_or_else(|| self.bad(format!("`{name}` is not a list of strings")))?;
-        Ok(values
-            .iter()
-            .map(|v| v.unwrap_or_default().to_owned())
-            .collect())
+        ItemId::parse_all(values.iter().map(Option::unwrap_or_default))
+            .map_err(|e| self.bad(format!("row {row}, `{name}`: {e}")))
+    }
+
+    /// The id in `column` at `row`, parsed by the one rule for its kind: a file holding a bad id is damaged.
+    fn id<T>(
+        &self,
+        column: &StringArray,
+        row: usize,
+        parse: impl FnOnce(String) -> Result<T, IdError>,
+    ) -> Result<T, LogError> {
+        self.parsed(row, column.value(row).to_owned(), parse)
+    }
+
+    fn parsed<T>(
+        &self,
+        row: usize,
+        text: String,
+        parse: impl FnOnce(String) -> Result<T, IdError>,
+    ) -> Result<T, LogError> {
+        parse(text).map_err(|e| self.bad(format!("row {row}: {e}")))
     }
 
     fn bad(&self, message: String) -> LogError {
@@ -333,13 +352,15 @@ fn read_events(key: &str, bytes: Vec<u8>, out: &mut Vec<LoggedEvent>) -> Result<
                 incarnation: incarnation.map_or_else(String::new, |c| c.value(row).to_owned()),
                 seq: seq.value(row),
                 event: Event {
-                    id: id.value(row).to_owned(),
-                    user: user.value(row).to_owned(),
-                    item: item.value(row).to_owned(),
+                    id: c.id(id, row, EventId::parse)?,
+                    user: c.id(user, row, UserId::parse)?,
+                    item: c.id(item, row, ItemId::parse)?,
                     kind,
                     time_ms: time.value(row),
                     value: value.is_valid(row).then(|| value.value(row)),
-                    request_id: optional(request, row),
+                    request_id: optional(request, row)
+                        .map(|text| c.parsed(row, text, RequestId::parse))
+                        .transpose()?,
                 },
             });
         }
@@ -366,16 +387,18 @@ fn read_served(key: &str, bytes: Vec<u8>, out: &mut Vec<ServedRequest>) -> Resul
                 .downcast_ref::<Float32Array>()
                 .ok_or_else(|| c.bad("`scores` is not a list of floats".into()))?;
             out.push(ServedRequest {
-                request_id: request.value(row).to_owned(),
+                request_id: c.id(request, row, RequestId::parse)?,
                 time_ms: time.value(row),
-                user: optional(user, row),
-                surface: surface.value(row).to_owned(),
-                history: c.list_strings("history", row)?,
+                user: optional(user, row)
+                    .map(|text| c.parsed(row, text, UserId::parse))
+                    .transpose()?,
+                surface: c.id(surface, row, Surface::parse)?,
+                history: c.item_ids("history", row)?,
                 context: serde_json::from_str(context.value(row))
                     .map_err(|e| c.bad(format!("`context`: {e}")))?,
-                model_version: version.value(row).to_owned(),
-                variant: variant.value(row).to_owned(),
-                items: c.list_strings("items", row)?,
+                model_version: c.id(version, row, Version::parse)?,
+                variant: c.id(variant, row, VariantName::parse)?,
+                items: c.item_ids("items", row)?,
                 scores: row_scores.values().to_vec(),
                 degraded: optional(degraded, row),
             });

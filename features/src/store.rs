@@ -11,6 +11,8 @@ use std::future::Future;
 
 use serde::{Deserialize, Serialize};
 
+use edgerec_core::{ItemId, UserId};
+
 use crate::event::Event;
 use crate::item::{DEFAULT_HALF_LIFE_MS, ItemFeatures};
 use crate::user::{DEFAULT_CAPACITY, UserFeatures};
@@ -93,20 +95,20 @@ pub trait FeatureStore: Send + Sync + 'static {
     /// The features of each user, in order; a user never seen has the default (cold start).
     fn users(
         &self,
-        ids: &[String],
+        ids: &[UserId],
     ) -> impl Future<Output = Result<Vec<UserFeatures>, StoreError>> + Send;
 
     /// The features of each item, in order; `None` for an item neither the catalogue nor an event has named.
     fn items(
         &self,
-        ids: &[String],
+        ids: &[ItemId],
     ) -> impl Future<Output = Result<Vec<Option<ItemFeatures>>, StoreError>> + Send;
 
     /// Replaces the metadata, popularity and interaction count of items (the scheduled refresh). What each item
     /// has applied is kept, so later events add to the new figures.
     fn put_items(
         &self,
-        items: &[(String, ItemFeatures)],
+        items: &[(ItemId, ItemFeatures)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Makes every applied change durable (the ingest calls it before a write-ahead log segment may be removed).

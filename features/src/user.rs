@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use edgerec_core::ItemId;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, EventKind};
@@ -16,7 +17,7 @@ pub const DEFAULT_CAPACITY: usize = 50;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecentItem {
-    pub item: String,
+    pub item: ItemId,
     pub time_ms: i64,
 }
 
@@ -53,7 +54,7 @@ impl UserFeatures {
     }
 
     /// The recent items as the model takes them: ids, oldest first.
-    pub fn history(&self) -> Vec<String> {
+    pub fn history(&self) -> Vec<ItemId> {
         self.recent.iter().map(|r| r.item.clone()).collect()
     }
 
@@ -67,15 +68,7 @@ mod tests {
     use super::*;
 
     fn event(item: &str, time_ms: i64, kind: EventKind) -> Event {
-        Event {
-            id: format!("{item}@{time_ms}"),
-            user: "u".into(),
-            item: item.into(),
-            kind,
-            time_ms,
-            value: None,
-            request_id: None,
-        }
+        Event::from_good_ids(&format!("{item}@{time_ms}"), "u", item, kind, time_ms)
     }
 
     #[test]

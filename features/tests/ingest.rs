@@ -9,6 +9,7 @@ mod durability;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use edgerec_core::{ItemId, RequestId, Surface, UserId, VariantName, Version};
 use edgerec_features::embedded::EmbeddedFeatureStore;
 use edgerec_features::event::{EventError, EventKind, ServedRequest};
 use edgerec_features::ingest::{Ingest, IngestConfig, IngestError};
@@ -47,15 +48,15 @@ async fn reopen(
 
 fn served(request_id: &str, time_ms: i64) -> ServedRequest {
     ServedRequest {
-        request_id: request_id.into(),
+        request_id: RequestId::parse(request_id).expect("a request id"),
         time_ms,
-        user: Some("u1".into()),
-        surface: "home".into(),
-        history: vec!["a".into(), "b".into()],
+        user: Some(UserId::parse("u1").expect("a user id")),
+        surface: Surface::parse("home").expect("a surface"),
+        history: ItemId::parse_all(["a", "b"]).expect("item ids"),
         context: BTreeMap::from([("hour".into(), 9.0)]),
-        model_version: "v1".into(),
-        variant: "control".into(),
-        items: vec!["c".into(), "d".into()],
+        model_version: Version::parse("v1").expect("a version"),
+        variant: VariantName::parse("control").expect("a variant"),
+        items: ItemId::parse_all(["c", "d"]).expect("item ids"),
         scores: vec![2.5, 1.25],
         degraded: None,
     }
@@ -95,7 +96,11 @@ async fn acknowledged_events_are_applied_once_across_restarts_and_shipped_once()
             .wait_applied(ack.last_seq.expect("wrote"))
             .await
             .expect("applied");
-        let users = ingest.store().users(&["u1".into()]).await.expect("reads");
+        let users = ingest
+            .store()
+            .users(&[support::user("u1")])
+            .await
+            .expect("reads");
         assert_eq!(users[0].history(), ["a", "b"]);
         // Ship part of it, then "crash" (drop without closing).
         ingest.ship(&log, true).await.expect("ships");
@@ -123,7 +128,7 @@ async fn acknowledged_events_are_applied_once_across_restarts_and_shipped_once()
     assert!(report.segments >= 1);
     let users = ingest
         .store()
-        .users(&["u1".into(), "u2".into()])
+        .users(&[support::user("u1"), support::user("u2")])
         .await
         .expect("reads");
     assert_eq!(users[0].counts[&EventKind::View], 3);
@@ -291,7 +296,7 @@ impl FeatureStore for FlakyStore {
 
     async fn users(
         &self,
-        ids: &[String],
+        ids: &[UserId],
     ) -> Result<Vec<edgerec_features::user::UserFeatures>, edgerec_features::store::StoreError>
     {
         self.inner.users(ids).await
@@ -299,7 +304,7 @@ impl FeatureStore for FlakyStore {
 
     async fn items(
         &self,
-        ids: &[String],
+        ids: &[ItemId],
     ) -> Result<
         Vec<Option<edgerec_features::item::ItemFeatures>>,
         edgerec_features::store::StoreError,
@@ -309,7 +314,7 @@ impl FeatureStore for FlakyStore {
 
     async fn put_items(
         &self,
-        items: &[(String, edgerec_features::item::ItemFeatures)],
+        items: &[(ItemId, edgerec_features::item::ItemFeatures)],
     ) -> Result<(), edgerec_features::store::StoreError> {
         self.inner.put_items(items).await
     }
@@ -379,7 +384,11 @@ async fn an_unreachable_store_delays_updates_but_loses_nothing() {
             .expect("recorded")
             .contains("connection refused")
     );
-    let user = &ingest.store().users(&["u".into()]).await.expect("reads")[0];
+    let user = &ingest
+        .store()
+        .users(&[support::user("u")])
+        .await
+        .expect("reads")[0];
     assert_eq!(user.interactions(), 10);
     ingest.close().await.expect("closes");
 }

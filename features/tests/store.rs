@@ -6,11 +6,10 @@ use std::sync::Arc;
 
 use edgerec_features::dynamodb::DynamoFeatureStore;
 use edgerec_features::embedded::EmbeddedFeatureStore;
-use edgerec_features::event::EventKind;
+use edgerec_features::event::{Event, EventKind};
 use edgerec_features::item::{ItemFeatures, ItemMetadata, Popularity};
 use edgerec_features::store::{FeatureSettings, FeatureStore, Lease, Sequenced};
 use edgerec_features::user::UserFeatures;
-use support::event;
 
 fn settings() -> FeatureSettings {
     FeatureSettings {
@@ -22,7 +21,7 @@ fn settings() -> FeatureSettings {
 fn sequenced(seq: u64, user: &str, item: &str, time_ms: i64) -> Sequenced {
     Sequenced {
         seq,
-        event: event(&format!("e{seq}"), user, item, time_ms),
+        event: Event::from_good_ids(&format!("e{seq}"), user, item, EventKind::View, time_ms),
     }
 }
 
@@ -46,7 +45,7 @@ async fn updates_are_applied_once_and_read_in_batches<S: FeatureStore>(store: &S
         .await
         .expect("re-applies a suffix");
 
-    let ids = ["u1", "nobody", "u2"].map(String::from);
+    let ids = ["u1", "nobody", "u2"].map(support::user);
     let users = store.users(&ids).await.expect("reads users");
     assert_eq!(
         users[0].history(),
@@ -67,7 +66,7 @@ async fn updates_are_applied_once_and_read_in_batches<S: FeatureStore>(store: &S
     assert_eq!(u2.history(), ["a", "z"]);
 
     let items = store
-        .items(&["a", "never"].map(String::from))
+        .items(&[support::item("a"), support::item("never")])
         .await
         .expect("reads items");
     let a = items[0].as_ref().expect("item a exists");
@@ -92,7 +91,7 @@ async fn updates_are_applied_once_and_read_in_batches<S: FeatureStore>(store: &S
         interactions: 10,
     };
     store
-        .put_items(&[("a".into(), refreshed.clone())])
+        .put_items(&[(support::item("a"), refreshed.clone())])
         .await
         .expect("puts items");
     store.apply("n1", &batch).await.expect("replays again");
@@ -100,7 +99,7 @@ async fn updates_are_applied_once_and_read_in_batches<S: FeatureStore>(store: &S
         .apply("n1", &[sequenced(6, "u3", "a", 100)])
         .await
         .expect("applies a new event");
-    let a = store.items(&["a".into()]).await.expect("reads")[0]
+    let a = store.items(&[support::item("a")]).await.expect("reads")[0]
         .clone()
         .expect("a");
     assert_eq!(a.metadata, refreshed.metadata);
@@ -126,7 +125,7 @@ async fn updates_are_applied_once_and_read_in_batches<S: FeatureStore>(store: &S
         })
         .collect();
     store.apply("n1", &many).await.expect("applies many");
-    let ids: Vec<String> = (0..250).map(|i| format!("m{i}")).collect();
+    let ids: Vec<_> = (0..250).map(|i| support::user(&format!("m{i}"))).collect();
     let users = store.users(&ids).await.expect("reads many");
     assert!(
         users
@@ -160,7 +159,7 @@ async fn concurrent_writers_lose_no_update<S: FeatureStore>(store: Arc<S>) {
     for task in tasks {
         task.await.expect("task");
     }
-    let user = &store.users(&["hot".into()]).await.expect("reads")[0];
+    let user = &store.users(&[support::user("hot")]).await.expect("reads")[0];
     assert_eq!(
         user.counts[&EventKind::View],
         40,
@@ -325,7 +324,7 @@ async fn embedded_store_conforms() {
     let store =
         EmbeddedFeatureStore::open(&dir.path().join("features.redb"), settings()).expect("reopens");
     assert_eq!(
-        store.users(&["hot".into()]).await.expect("reads")[0].interactions(),
+        store.users(&[support::user("hot")]).await.expect("reads")[0].interactions(),
         40
     );
     assert_eq!(store.lease("n2").await.expect("reads"), Some(left));
@@ -351,7 +350,10 @@ async fn an_unreachable_dynamodb_is_a_clear_error() {
     let mut config = support::aws_config("unreachable");
     config.dynamodb_endpoint = Some("http://127.0.0.1:9".into());
     let store = DynamoFeatureStore::connect(&config, settings());
-    let e = store.users(&["u".into()]).await.expect_err("unreachable");
+    let e = store
+        .users(&[support::user("u")])
+        .await
+        .expect_err("unreachable");
     let text = e.to_string();
     assert!(
         text.contains("feature store is unavailable") && text.contains("reading DynamoDB"),

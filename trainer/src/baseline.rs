@@ -229,12 +229,7 @@ mod tests {
     use crate::data::Interaction;
 
     fn interaction(user: usize, item: usize, step: usize) -> Interaction {
-        Interaction {
-            user: format!("u{user}"),
-            item: format!("i{item}"),
-            timestamp: step as i64,
-            value: None,
-        }
+        Interaction::from_good_ids(&format!("u{user}"), &format!("i{item}"), step as i64)
     }
 
     /// Every user walks the same cycle of items, starting somewhere: what follows the last item is always known.

@@ -426,12 +426,11 @@ mod tests {
         for user in 0..users {
             let mut item = rng.below(25);
             for step in 0..5 + rng.below(9) {
-                log.push(Interaction {
-                    user: format!("u{user}"),
-                    item: format!("i{item}"),
-                    timestamp: step as i64,
-                    value: None,
-                });
+                log.push(Interaction::from_good_ids(
+                    &format!("u{user}"),
+                    &format!("i{item}"),
+                    step as i64,
+                ));
                 item = match rng.below(4) {
                     0 => rng.below(25),
                     r => (item + r) % 25,
@@ -525,12 +524,11 @@ mod tests {
         for user in 0..80 {
             let mut item = rng.below(25);
             for step in 0..5 + rng.below(9) {
-                log.push(Interaction {
-                    user: format!("u{user}"),
-                    item: format!("i{item}"),
-                    timestamp: step as i64,
-                    value: None,
-                });
+                log.push(Interaction::from_good_ids(
+                    &format!("u{user}"),
+                    &format!("i{item}"),
+                    step as i64,
+                ));
                 item = (item + [1, 2, 3, 5, 7][rng.below(5)]) % 25;
             }
         }

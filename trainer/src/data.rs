@@ -5,16 +5,33 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
+use edgerec_core::{ItemId, UserId};
 use edgerec_features::catalogue::CatalogueError;
 use edgerec_features::item::ItemMetadata;
 
 /// One interaction: a user and an item at a time (seconds), with an optional value (a rating).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Interaction {
-    pub user: String,
-    pub item: String,
+    pub user: UserId,
+    pub item: ItemId,
     pub timestamp: i64,
     pub value: Option<f32>,
+}
+
+impl Interaction {
+    /// An interaction from ids that are already known to be good (tests, generated data); panics on a bad one,
+    /// naming it.
+    pub fn from_good_ids(user: &str, item: &str, timestamp: i64) -> Self {
+        fn good<T>(parsed: Result<T, edgerec_core::IdError>) -> T {
+            parsed.unwrap_or_else(|e| panic!("{e}"))
+        }
+        Self {
+            user: good(UserId::parse(user)),
+            item: good(ItemId::parse(item)),
+            timestamp,
+            value: None,
+        }
+    }
 }
 
 /// Interactions in file order, and item metadata where the dataset has it.
@@ -22,7 +39,7 @@ pub struct Interaction {
 pub struct Dataset {
     pub name: String,
     pub interactions: Vec<Interaction>,
-    pub items: BTreeMap<String, ItemMetadata>,
+    pub items: BTreeMap<ItemId, ItemMetadata>,
 }
 
 /// Data that cannot be read, with where and why.
@@ -173,9 +190,9 @@ pub fn parse_interactions(
         let [user, item, timestamp, value] = columns;
         let user = field(user.unwrap_or_default(), "user")?.trim();
         let item = field(item.unwrap_or_default(), "item")?.trim();
-        if user.is_empty() || item.is_empty() {
-            return Err(bad(number, "empty user or item id".into()));
-        }
+        // The one rule for ids: what trains is what nodes, events and bundles accept.
+        let user = UserId::parse(user).map_err(|e| bad(number, e.to_string()))?;
+        let item = ItemId::parse(item).map_err(|e| bad(number, e.to_string()))?;
         let ts_text = field(timestamp.unwrap_or_default(), "timestamp")?.trim();
         // RecBole writes timestamps as floats ("978300760.0").
         let timestamp = ts_text
@@ -200,8 +217,8 @@ pub fn parse_interactions(
             None => None,
         };
         interactions.push(Interaction {
-            user: user.into(),
-            item: item.into(),
+            user,
+            item,
             timestamp,
             value,
         });
@@ -269,10 +286,8 @@ mod tests {
         assert_eq!(
             dat[1],
             Interaction {
-                user: "1".into(),
-                item: "661".into(),
-                timestamp: 978302109,
-                value: Some(3.0)
+                value: Some(3.0),
+                ..Interaction::from_good_ids("1", "661", 978302109)
             }
         );
         let udata = parse("196\t242\t3\t881250949\n", Format::MovieLensUData).expect("u.data");
@@ -338,6 +353,30 @@ mod tests {
         )
         .expect_err("value");
         assert!(matches!(err, DataError::BadLine { line: 2, .. }), "{err}");
+        // Ids by core's one rule, as nodes and the event ingest take them.
+        let long = "x".repeat(edgerec_core::MAX_ID_BYTES + 1);
+        for (text, reason) in [
+            ("user,item,timestamp\nu,a,1\n ,b,2\n", "user id is empty"),
+            (
+                "user\titem\ttimestamp\nu\ta\x07b\t1\n",
+                "item id holds a control character",
+            ),
+            (
+                &format!("user,item,timestamp\nu,{long},1\n"),
+                "item id is 257 bytes long",
+            ),
+        ] {
+            let format = if text.contains('\t') {
+                Format::Delimited(b'\t')
+            } else {
+                Format::Delimited(b',')
+            };
+            let err = parse(text, format).expect_err(reason);
+            assert!(
+                matches!(&err, DataError::BadLine { reason: r, .. } if r.contains(reason)),
+                "{err} should say {reason}"
+            );
+        }
         assert!(matches!(
             Format::of(Path::new("x.parquet")),
             Err(DataError::UnknownFormat { .. })

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+use edgerec_core::ItemId;
 use edgerec_features::log::LogSlice;
 
 use crate::data::Interaction;
@@ -45,7 +46,7 @@ pub fn from_log(slice: &LogSlice) -> LogDataset {
         .enumerate()
         .map(|(i, item)| (item.as_str(), i as u32 + 1))
         .collect();
-    let served: HashMap<&str, &Vec<String>> = slice
+    let served: HashMap<&str, &Vec<ItemId>> = slice
         .served
         .iter()
         .map(|s| (s.request_id.as_str(), &s.history))
@@ -82,6 +83,7 @@ pub fn from_log(slice: &LogSlice) -> LogDataset {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edgerec_core::{RequestId, Surface, UserId, VariantName, Version};
     use edgerec_features::event::{Event, EventKind, ServedRequest};
     use edgerec_features::log::LoggedEvent;
 
@@ -92,13 +94,8 @@ mod tests {
             incarnation: String::new(),
             seq,
             event: Event {
-                id: seq.to_string(),
-                user: user.into(),
-                item: item.into(),
-                kind: EventKind::Click,
-                time_ms: seq as i64,
-                value: None,
-                request_id: request.map(String::from),
+                request_id: request.map(|r| RequestId::parse(r).expect("a request id")),
+                ..Event::from_good_ids(&seq.to_string(), user, item, EventKind::Click, seq as i64)
             },
         };
         let slice = LogSlice {
@@ -109,16 +106,16 @@ mod tests {
                 event(4, "u", "c", Some("r1")),
             ],
             served: vec![ServedRequest {
-                request_id: "r1".into(),
+                request_id: RequestId::parse("r1").expect("a request id"),
                 time_ms: 4,
-                user: Some("u".into()),
-                surface: "home".into(),
+                user: Some(UserId::parse("u").expect("a user id")),
+                surface: Surface::parse("home").expect("a surface"),
                 // Serving had not seen `b` yet, and knew an item the log never names.
-                history: vec!["a".into(), "unknown".into()],
+                history: ItemId::parse_all(["a", "unknown"]).expect("item ids"),
                 context: Default::default(),
-                model_version: "v1".into(),
-                variant: "control".into(),
-                items: vec!["c".into()],
+                model_version: Version::parse("v1").expect("a version"),
+                variant: VariantName::parse("control").expect("a variant"),
+                items: ItemId::parse_all(["c"]).expect("item ids"),
                 scores: vec![1.0],
                 degraded: None,
             }],

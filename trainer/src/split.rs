@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
-use edgerec_core::{MetricsAccumulator, RankingMetrics, target_rank};
+use edgerec_core::{ItemId, MetricsAccumulator, RankingMetrics, UserId, target_rank};
 
 use crate::data::Interaction;
 
@@ -15,7 +15,7 @@ pub const MIN_EVALUATED_INTERACTIONS: usize = 3;
 /// One user's items (model indices) and their times, oldest first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UserSequence {
-    pub user: String,
+    pub user: UserId,
     pub items: Vec<u32>,
     pub timestamps: Vec<i64>,
 }
@@ -58,7 +58,7 @@ impl Stage {
 /// The split of a whole dataset, with its item vocabulary (model index `i + 1` is `items[i]`).
 #[derive(Debug, Clone)]
 pub struct Split {
-    pub items: Vec<String>,
+    pub items: Vec<ItemId>,
     pub users: Vec<UserSequence>,
     /// Training targets whose history serving logged: they are learnt from that exact history instead of the one
     /// rebuilt from the sequence.
@@ -80,16 +80,20 @@ impl Split {
         let mut item_index: HashMap<&str, u32> = HashMap::new();
         let mut items = Vec::new();
         let mut user_index: HashMap<&str, usize> = HashMap::new();
-        let mut per_user: Vec<(String, Vec<(i64, u32)>)> = Vec::new();
+        let mut per_user: Vec<(UserId, Vec<(i64, u32)>)> = Vec::new();
         for interaction in interactions {
-            let item = *item_index.entry(&interaction.item).or_insert_with(|| {
-                items.push(interaction.item.clone());
-                items.len() as u32
-            });
-            let user = *user_index.entry(&interaction.user).or_insert_with(|| {
-                per_user.push((interaction.user.clone(), Vec::new()));
-                per_user.len() - 1
-            });
+            let item = *item_index
+                .entry(interaction.item.as_str())
+                .or_insert_with(|| {
+                    items.push(interaction.item.clone());
+                    items.len() as u32
+                });
+            let user = *user_index
+                .entry(interaction.user.as_str())
+                .or_insert_with(|| {
+                    per_user.push((interaction.user.clone(), Vec::new()));
+                    per_user.len() - 1
+                });
             per_user[user].1.push((interaction.timestamp, item));
         }
         let users = per_user
@@ -226,12 +230,7 @@ mod tests {
 
     fn events(rows: &[(&str, &str, i64)]) -> Vec<Interaction> {
         rows.iter()
-            .map(|&(user, item, timestamp)| Interaction {
-                user: user.into(),
-                item: item.into(),
-                timestamp,
-                value: None,
-            })
+            .map(|&(user, item, timestamp)| Interaction::from_good_ids(user, item, timestamp))
             .collect()
     }
 

@@ -65,6 +65,15 @@ await fromNode.flush();
 assert.equal(sent, 4);
 assert.equal(fromNode.pendingEvents, 0);
 assert.throws(() => fromNode.track({ item: "" }), /item id/);
+// Core's one rule for ids, as the node applies it: refused before it joins the history or the queue.
+for (const bad of ["a\nb", "x".repeat(257)]) {
+  assert.throws(
+    () => fromNode.track({ item: bad }),
+    (e) => e instanceof EdgeRecError && e.kind === "invalid_event" && /item id/.test(e.message),
+  );
+}
+assert.deepEqual(fromNode.history, items.slice(0, 4));
+assert.equal(fromNode.pendingEvents, 0);
 assert.throws(() => fromNode.track({ item: items[0], kind: "like" }), /unknown event kind/);
 assert.throws(() => fromNode.track({ item: items[0], kind: "rating" }), /finite `value`/);
 
@@ -139,6 +148,10 @@ fromRegistry.clearHistory();
 for (const item of fromNode.history) fromRegistry.track({ item });
 const device = fromNode.recommend({ k: 10 });
 const viaRegistry = fromRegistry.recommend({ k: 10 });
+assert.throws(
+  () => fromNode.recommend({ k: 10, exclude: ["a\u0000b"] }),
+  (e) => e.kind === "invalid_request" && /item id holds a control character/.test(e.message),
+);
 const onNode = await fromNode.recommendOnNode({ k: 10 });
 assert.deepEqual(device.items.map((s) => s.item), onNode.items.map((s) => s.item));
 assert.deepEqual(viaRegistry.items.map((s) => s.item), device.items.map((s) => s.item));

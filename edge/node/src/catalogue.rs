@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use edgerec_core::ItemId;
 use edgerec_features::store::FeatureStore;
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +16,7 @@ use crate::service::{NodeState, ServiceError};
 /// An item as the catalogue lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CatalogueItem {
-    pub id: String,
+    pub id: ItemId,
     /// Absent until a catalogue refresh names the item.
     pub title: Option<String>,
     pub genres: Vec<String>,
@@ -174,7 +175,7 @@ impl<S: FeatureStore> NodeState<S> {
         &self,
         deployment: &Deployment,
     ) -> Result<Vec<CatalogueItem>, ServiceError> {
-        let mut ids: Vec<String> = Vec::new();
+        let mut ids: Vec<ItemId> = Vec::new();
         let mut seen = HashSet::new();
         let popular = self.popularity.ranked();
         for item in popular.iter() {

@@ -252,6 +252,9 @@ impl NodeConfig {
     }
 
     fn check(&self) -> Result<(), String> {
+        // Request ids and log file names are made from it.
+        edgerec_core::id::check_name("node id", &self.features.ingest.node_id)
+            .map_err(|e| format!("`features.ingest.node_id`: {e}"))?;
         if self.surfaces.is_empty() {
             return Err("`surfaces` is empty: name at least one surface to serve".into());
         }

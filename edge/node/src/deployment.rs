@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use edgerec_core::{Digest, ab};
+use edgerec_core::{Digest, ModelName, Surface, VariantName, Version, ab};
 use edgerec_registry_api::records::{Plan, VersionRecord};
 use serde::Serialize;
 
@@ -12,7 +12,7 @@ use crate::model::LoadedModel;
 
 #[derive(Debug)]
 pub struct ServingVariant {
-    pub name: String,
+    pub name: VariantName,
     pub weight: u32,
     pub model: Arc<LoadedModel>,
 }
@@ -37,7 +37,7 @@ impl Deployment {
 
     pub fn describe(&self) -> DeploymentStatus {
         DeploymentStatus {
-            surface: self.plan.surface.to_string(),
+            surface: self.plan.surface.clone(),
             revision: self.plan.revision,
             salt: self.plan.salt.clone(),
             since_ms: self.since_ms,
@@ -47,9 +47,9 @@ impl Deployment {
                 .map(|v| VariantStatus {
                     name: v.name.clone(),
                     weight: v.weight,
-                    model: v.model.model().to_string(),
-                    version: v.model.version().to_string(),
-                    manifest_digest: v.model.files.record.manifest_digest.to_string(),
+                    model: v.model.model().clone(),
+                    version: v.model.version().clone(),
+                    manifest_digest: v.model.files.record.manifest_digest,
                 })
                 .collect(),
         }
@@ -59,7 +59,7 @@ impl Deployment {
 /// A deployment as `GET /v1/deployments` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct DeploymentStatus {
-    pub surface: String,
+    pub surface: Surface,
     pub revision: u64,
     pub salt: String,
     pub since_ms: i64,
@@ -68,11 +68,11 @@ pub struct DeploymentStatus {
 
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct VariantStatus {
-    pub name: String,
+    pub name: VariantName,
     pub weight: u32,
-    pub model: String,
-    pub version: String,
-    pub manifest_digest: String,
+    pub model: ModelName,
+    pub version: Version,
+    pub manifest_digest: Digest,
 }
 
 /// The current deployment of every surface.

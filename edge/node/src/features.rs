@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use edgerec_core::ScoredItem;
+use edgerec_core::{ItemId, ScoredItem, UserId};
 use edgerec_features::store::FeatureStore;
 
 use crate::config::{Deadlines, FeatureCacheConfig};
@@ -33,7 +33,7 @@ pub enum FeatureSource {
 }
 
 /// Recent items by user, with when they were read.
-type CachedUsers = HashMap<String, (Instant, Arc<[String]>)>;
+type CachedUsers = HashMap<UserId, (Instant, Arc<[ItemId]>)>;
 
 pub struct UserFeatureReader<S> {
     store: Arc<S>,
@@ -79,8 +79,8 @@ impl<S: FeatureStore> UserFeatureReader<S> {
     /// The user's recent items, oldest first.
     pub async fn recent_items(
         &self,
-        user: &str,
-    ) -> Result<(Arc<[String]>, FeatureSource), FeatureReadError> {
+        user: &UserId,
+    ) -> Result<(Arc<[ItemId]>, FeatureSource), FeatureReadError> {
         let now = Instant::now();
         if let Some((at, items)) = self.lock_cache().get(user)
             && now.duration_since(*at) < self.ttl
@@ -94,7 +94,7 @@ impl<S: FeatureStore> UserFeatureReader<S> {
         }
         // Read on the caller's runtime: the background runtime also ships the log, whose Parquet encoding would
         // hold a read up past its deadline.
-        let id = [user.to_string()];
+        let id = [user.clone()];
         let result = match tokio::time::timeout(self.timeout, self.store.users(&id)).await {
             Err(_) => Err(FeatureReadError::Timeout(self.timeout)),
             Ok(Err(e)) => Err(FeatureReadError::Store(e.to_string())),
@@ -103,7 +103,7 @@ impl<S: FeatureStore> UserFeatureReader<S> {
         match result {
             Ok(history) => {
                 self.consecutive_failures.store(0, Ordering::Relaxed);
-                let items: Arc<[String]> = history.into();
+                let items: Arc<[ItemId]> = history.into();
                 self.remember(user, items.clone());
                 Ok((items, FeatureSource::Store))
             }
@@ -118,7 +118,7 @@ impl<S: FeatureStore> UserFeatureReader<S> {
         }
     }
 
-    fn remember(&self, user: &str, items: Arc<[String]>) {
+    fn remember(&self, user: &UserId, items: Arc<[ItemId]>) {
         let mut cache = self.lock_cache();
         if cache.len() >= self.capacity {
             let now = Instant::now();
@@ -131,7 +131,7 @@ impl<S: FeatureStore> UserFeatureReader<S> {
                 cache.retain(|_, (at, _)| *at > cut);
             }
         }
-        cache.insert(user.to_string(), (Instant::now(), items));
+        cache.insert(user.clone(), (Instant::now(), items));
     }
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, CachedUsers> {
@@ -164,7 +164,7 @@ impl Popularity {
         deployments: &Deployments,
         half_life_ms: i64,
     ) -> Result<(), String> {
-        let mut ids: Vec<String> = Vec::new();
+        let mut ids: Vec<ItemId> = Vec::new();
         let mut seen = HashSet::new();
         for deployment in deployments.all() {
             for variant in &deployment.variants {
@@ -226,7 +226,7 @@ mod tests {
             self.inner.apply(node, events).await
         }
 
-        async fn users(&self, ids: &[String]) -> Result<Vec<UserFeatures>, StoreError> {
+        async fn users(&self, ids: &[UserId]) -> Result<Vec<UserFeatures>, StoreError> {
             self.reads.fetch_add(1, Ordering::SeqCst);
             match self.mode.load(Ordering::SeqCst) {
                 FAILING => Err(StoreError::Unavailable("switched off".into())),
@@ -235,11 +235,11 @@ mod tests {
             }
         }
 
-        async fn items(&self, ids: &[String]) -> Result<Vec<Option<ItemFeatures>>, StoreError> {
+        async fn items(&self, ids: &[ItemId]) -> Result<Vec<Option<ItemFeatures>>, StoreError> {
             self.inner.items(ids).await
         }
 
-        async fn put_items(&self, items: &[(String, ItemFeatures)]) -> Result<(), StoreError> {
+        async fn put_items(&self, items: &[(ItemId, ItemFeatures)]) -> Result<(), StoreError> {
             self.inner.put_items(items).await
         }
 
@@ -271,18 +271,20 @@ mod tests {
         })
     }
 
+    fn uid(id: &str) -> UserId {
+        UserId::parse(id).expect("a user id")
+    }
+
     fn view(seq: u64, user: &str, item: &str) -> Sequenced {
         Sequenced {
             seq,
-            event: Event {
-                id: format!("e{seq}"),
-                user: user.into(),
-                item: item.into(),
-                kind: EventKind::View,
-                time_ms: 1_000 + seq as i64,
-                value: None,
-                request_id: None,
-            },
+            event: Event::from_good_ids(
+                &format!("e{seq}"),
+                user,
+                item,
+                EventKind::View,
+                1_000 + seq as i64,
+            ),
         }
     }
 
@@ -307,36 +309,36 @@ mod tests {
             },
         );
 
-        let (items, source) = reader.recent_items("u1").await.expect("reads");
+        let (items, source) = reader.recent_items(&uid("u1")).await.expect("reads");
         assert_eq!(
             (&items[..], source),
             (
-                &["a".to_string(), "b".to_string()][..],
+                &ItemId::parse_all(["a", "b"]).expect("item ids")[..],
                 FeatureSource::Store
             )
         );
         // Within the TTL the store is not asked again, even while it is down.
         store.mode.store(FAILING, Ordering::SeqCst);
-        let (_, source) = reader.recent_items("u1").await.expect("cached");
+        let (_, source) = reader.recent_items(&uid("u1")).await.expect("cached");
         assert_eq!(source, FeatureSource::Cache);
         assert_eq!(store.reads.load(Ordering::SeqCst), 1);
 
         // Unknown users go to the store: two failures are reported as such, a hang as a timeout...
         for user in ["u2", "u3"] {
             assert!(matches!(
-                reader.recent_items(user).await,
+                reader.recent_items(&uid(user)).await,
                 Err(FeatureReadError::Store(_))
             ));
         }
         store.mode.store(HANGING, Ordering::SeqCst);
         assert_eq!(
-            reader.recent_items("u4").await,
+            reader.recent_items(&uid("u4")).await,
             Err(FeatureReadError::Timeout(Duration::from_millis(50)))
         );
         // ...and after the third failure in a row the store is left alone.
         let reads = store.reads.load(Ordering::SeqCst);
         assert_eq!(
-            reader.recent_items("u5").await,
+            reader.recent_items(&uid("u5")).await,
             Err(FeatureReadError::Paused)
         );
         assert_eq!(store.reads.load(Ordering::SeqCst), reads);
@@ -356,17 +358,20 @@ mod tests {
         );
         for user in ["a", "b", "c"] {
             assert!(matches!(
-                reader.recent_items(user).await,
+                reader.recent_items(&uid(user)).await,
                 Err(FeatureReadError::Store(_))
             ));
         }
         assert_eq!(
-            reader.recent_items("d").await,
+            reader.recent_items(&uid("d")).await,
             Err(FeatureReadError::Paused)
         );
         store.mode.store(UP, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let (_, source) = reader.recent_items("d").await.expect("the store is back");
+        let (_, source) = reader
+            .recent_items(&uid("d"))
+            .await
+            .expect("the store is back");
         assert_eq!(source, FeatureSource::Store);
     }
 
@@ -381,10 +386,15 @@ mod tests {
         );
         for round in 0..5 {
             store.mode.store(FAILING, Ordering::SeqCst);
-            assert!(reader.recent_items(&format!("f{round}")).await.is_err());
+            assert!(
+                reader
+                    .recent_items(&uid(&format!("f{round}")))
+                    .await
+                    .is_err()
+            );
             store.mode.store(UP, Ordering::SeqCst);
             let (items, _) = reader
-                .recent_items(&format!("ok{round}"))
+                .recent_items(&uid(&format!("ok{round}")))
                 .await
                 .expect("a new user reads fine");
             assert!(items.is_empty());

@@ -351,7 +351,7 @@ impl Follower {
             };
             records.push(model.files.record.clone());
             variants.push(ServingVariant {
-                name: variant.name.to_string(),
+                name: variant.name.clone(),
                 weight: variant.weight,
                 model,
             });

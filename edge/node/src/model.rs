@@ -5,7 +5,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgerec_core::{Digest, MODEL_FILE, Manifest, RankRequest, Ranking, ScoredItem};
+use edgerec_core::{
+    Digest, ItemId, MODEL_FILE, Manifest, ModelName, RankRequest, Ranking, ScoredItem, Version,
+};
 use edgerec_registry_api::client::ClientError;
 use edgerec_registry_api::records::VersionRecord;
 use edgerec_registry_api::signature::verify_manifest_signature;
@@ -130,8 +132,8 @@ pub struct LoadedModel {
     pub files: ModelFiles,
     pool: Arc<InstancePool>,
     prior: Vec<ScoredItem>,
-    items: Vec<String>,
-    known: HashSet<String>,
+    items: Vec<ItemId>,
+    known: HashSet<ItemId>,
     /// Recent items the model reads.
     max_len: usize,
     /// Bytes of its longest item id.
@@ -202,7 +204,10 @@ impl LoadedModel {
             step,
             source,
         };
-        let items = manifest.items;
+        let items = ItemId::parse_all(manifest.items).map_err(|e| RolloutError::Manifest {
+            version: version.clone(),
+            message: format!("`items`: {e}"),
+        })?;
         let k = PRIOR_LEN.min(items.len() as u32).max(1);
         let prior = first
             .rank(&RankRequest::new(Vec::new(), k), settings.load_deadline)
@@ -236,7 +241,7 @@ impl LoadedModel {
             prior,
             known: items.iter().cloned().collect(),
             max_len: manifest.feature_spec.sequence.max_len,
-            longest_id: items.iter().map(String::len).max().unwrap_or(0),
+            longest_id: items.iter().map(|item| item.len()).max().unwrap_or(0),
             items,
             memory_limit,
             memory_used,
@@ -245,16 +250,16 @@ impl LoadedModel {
         })
     }
 
-    pub fn model(&self) -> &str {
+    pub fn model(&self) -> &ModelName {
         &self.files.record.model
     }
 
-    pub fn version(&self) -> &str {
+    pub fn version(&self) -> &Version {
         &self.files.record.version
     }
 
     /// The model's item ids.
-    pub fn items(&self) -> &[String] {
+    pub fn items(&self) -> &[ItemId] {
         &self.items
     }
 

@@ -5,9 +5,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use edgerec_core::id::check_external_id;
-use edgerec_core::{ItemId, RankError, RankRequest, Ranking, ScoredItem, UserId};
-use edgerec_features::event::{Event, ServedRequest};
+use edgerec_core::{
+    ItemId, ModelName, RankError, RankRequest, Ranking, RequestId, ScoredItem, UserId, VariantName,
+    Version,
+};
+use edgerec_features::event::{ClientEvent, ServedRequest};
 use edgerec_features::ingest::{Ack, Ingest, IngestError};
 use edgerec_features::store::FeatureStore;
 use serde::{Deserialize, Serialize};
@@ -40,15 +42,25 @@ pub struct RecommendRequest {
     pub context: BTreeMap<String, f64>,
 }
 
+/// A [`RecommendRequest`] with its ids parsed.
+struct CheckedRequest {
+    user: Option<UserId>,
+    recent_items: Vec<ItemId>,
+    k: u32,
+    exclude: Vec<ItemId>,
+    surface: String,
+    context: BTreeMap<String, f64>,
+}
+
 /// The answer to a recommendation request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecommendResponse {
     /// Quote it in events that answer this request (`request_id`), to tie them to what was served.
-    pub request_id: String,
+    pub request_id: RequestId,
     pub items: Vec<ScoredItem>,
-    pub model: String,
-    pub model_version: String,
-    pub variant: String,
+    pub model: ModelName,
+    pub model_version: Version,
+    pub variant: VariantName,
     pub plan_revision: u64,
     /// Present when the answer did not come from the model's full path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,7 +68,7 @@ pub struct RecommendResponse {
     /// Items of this request's `recent_items` the model does not know (skipped). Never anything stored for the
     /// user: a request only learns about what it sent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub unknown_items: Vec<String>,
+    pub unknown_items: Vec<ItemId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,7 +87,7 @@ pub struct Degraded {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventBatch {
-    pub events: Vec<Event>,
+    pub events: Vec<ClientEvent>,
 }
 
 /// A request the node did not answer.
@@ -167,12 +179,16 @@ impl<S: FeatureStore> NodeState<S> {
             .collect()
     }
 
-    fn next_request_id(&self) -> String {
+    fn next_request_id(&self) -> RequestId {
         let n = self.requests.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{:x}-{n:x}", self.node_id, self.boot_ms)
+        RequestId::parse(format!("{}-{:x}-{n:x}", self.node_id, self.boot_ms)).expect(
+            "a node id of the name rule (checked with the configuration) makes a good request id",
+        )
     }
 
-    fn check(&self, request: &RecommendRequest) -> Result<(), ServiceError> {
+    /// The request with its ids parsed, if it is within the limits; run once the caller is known to be allowed to
+    /// name its user, so a caller without the right learns nothing about the rest of the request.
+    fn check(&self, request: RecommendRequest) -> Result<CheckedRequest, ServiceError> {
         let limits = &self.limits;
         if request.k == 0 || request.k > limits.max_k {
             return Err(ServiceError::bad(
@@ -195,13 +211,19 @@ impl<S: FeatureStore> NodeState<S> {
             }
         }
         // The rule `/v1/events` applies to the same ids, so whatever one endpoint takes the other takes.
-        let users = request.user_id.iter().map(|u| (UserId::KIND, u));
-        let items = request.recent_items.iter().chain(&request.exclude);
-        for (kind, id) in users.chain(items.map(|i| (ItemId::KIND, i))) {
-            check_external_id(kind, id)
-                .map_err(|e| ServiceError::bad("invalid_id", e.to_string()))?;
-        }
-        Ok(())
+        let invalid = |e: edgerec_core::IdError| ServiceError::bad("invalid_id", e.to_string());
+        Ok(CheckedRequest {
+            user: request
+                .user_id
+                .map(UserId::parse)
+                .transpose()
+                .map_err(invalid)?,
+            recent_items: ItemId::parse_all(request.recent_items).map_err(invalid)?,
+            k: request.k,
+            exclude: ItemId::parse_all(request.exclude).map_err(invalid)?,
+            surface: request.surface,
+            context: request.context,
+        })
     }
 
     /// The deployment serving `surface`.
@@ -221,14 +243,81 @@ impl<S: FeatureStore> NodeState<S> {
         request: RecommendRequest,
     ) -> Result<RecommendResponse, ServiceError> {
         caller.may_act_for(request.user_id.as_deref(), Scope::Recommend)?;
-        self.check(&request)?;
+        let request = self.check(request)?;
         let deployment = self.deployment(&request.surface)?;
         let request_id = self.next_request_id();
-        let variant = deployment.variant_for(request.user_id.as_deref().unwrap_or(&request_id));
+        let variant = deployment.variant_for(request.user.as_deref().unwrap_or(&request_id));
         let model = &variant.model;
-        // What the answer's record could add to the serving log, bounded before anything is read.
+        self.check_record_bound(&request, model)?;
+
+        let (history, mut degraded) = self.stored_history(&request).await;
+        let unknown_items = unknown_items(&request.recent_items, model);
+        let surface = request.surface;
+        let user = request.user;
+        // What the model is fed, and what the serving log records as fed.
+        let rank_request = fed_request(
+            history,
+            &request.recent_items,
+            request.exclude,
+            request.k,
+            request.context,
+            model,
+        );
+        let (items, rank_request) = if degraded.is_some() && rank_request.recent_items.is_empty() {
+            (self.by_popularity(model, &rank_request), rank_request)
+        } else {
+            let (ranked, rank_request) = self.rank(model, rank_request, &surface).await?;
+            match ranked {
+                Ok(items) => (items, rank_request),
+                Err(fault) => {
+                    degraded = Some(fault);
+                    (self.by_popularity(model, &rank_request), rank_request)
+                }
+            }
+        };
+        if let Some(degraded) = &degraded {
+            self.metrics
+                .fallbacks
+                .with_label_values(&[degraded.reason.as_str()])
+                .inc();
+        }
+        self.metrics
+            .recommendations
+            .with_label_values(&[surface.as_str(), &variant.name, model.version()])
+            .inc();
+        self.log_served(ServedRequest {
+            request_id: request_id.clone(),
+            time_ms: edgerec_features::now_ms(),
+            user,
+            surface: deployment.plan.surface.clone(),
+            history: rank_request.recent_items,
+            context: rank_request.context,
+            model_version: model.version().clone(),
+            variant: variant.name.clone(),
+            items: items.iter().map(|s| s.item.clone()).collect(),
+            scores: items.iter().map(|s| s.score).collect(),
+            degraded: degraded.as_ref().map(|d| d.reason.clone()),
+        });
+        Ok(RecommendResponse {
+            request_id,
+            items,
+            model: model.model().clone(),
+            model_version: model.version().clone(),
+            variant: variant.name.clone(),
+            plan_revision: deployment.plan.revision,
+            degraded,
+            unknown_items,
+        })
+    }
+
+    /// Refuses a request whose serving-log record could pass the limit, before anything is read.
+    fn check_record_bound(
+        &self,
+        request: &CheckedRequest,
+        model: &LoadedModel,
+    ) -> Result<(), ServiceError> {
         let bound = served_record_bound(
-            request.user_id.as_deref(),
+            request.user.as_deref(),
             model.max_len(),
             &request.context,
             request.k,
@@ -240,127 +329,84 @@ impl<S: FeatureStore> NodeState<S> {
                 self.limits.max_served_record_bytes
             )));
         }
+        Ok(())
+    }
 
-        let mut degraded = None;
-        let mut history: Vec<String> = Vec::new();
-        if let Some(user) = &request.user_id {
-            match self.features.recent_items(user).await {
-                Ok((items, source)) => {
-                    let outcome = match source {
-                        FeatureSource::Cache => "cache_hit",
-                        FeatureSource::Store => "store",
-                    };
-                    self.metrics
-                        .feature_reads
-                        .with_label_values(&[outcome])
-                        .inc();
-                    history.extend(items.iter().cloned());
-                }
-                Err(e) => {
-                    self.metrics
-                        .feature_reads
-                        .with_label_values(&["unavailable"])
-                        .inc();
-                    crate::log_line("features", serde_json::json!({ "error": e.to_string() }));
-                    let own_items = !request.recent_items.is_empty();
-                    degraded = Some(Degraded {
-                        reason: "feature_store_unavailable".into(),
-                        fallback: if own_items { "recent_items" } else { "popularity" }.into(),
-                        message: if own_items {
-                            "the user's stored history could not be read; ranked from this request's items"
-                        } else {
-                            "the user's stored history could not be read; ranked by popularity"
-                        }
-                        .into(),
-                    });
-                }
+    /// The user's stored recent items (none for an anonymous request), or none and why, when the store cannot be
+    /// read: the answer is then made from the request's own items, or by popularity.
+    async fn stored_history(&self, request: &CheckedRequest) -> (Vec<ItemId>, Option<Degraded>) {
+        let Some(user) = &request.user else {
+            return (Vec::new(), None);
+        };
+        let reads = &self.metrics.feature_reads;
+        match self.features.recent_items(user).await {
+            Ok((items, source)) => {
+                let outcome = match source {
+                    FeatureSource::Cache => "cache_hit",
+                    FeatureSource::Store => "store",
+                };
+                reads.with_label_values(&[outcome]).inc();
+                (items.to_vec(), None)
+            }
+            Err(e) => {
+                reads.with_label_values(&["unavailable"]).inc();
+                crate::log_line("features", serde_json::json!({ "error": e.to_string() }));
+                let own_items = !request.recent_items.is_empty();
+                let degraded = Degraded {
+                    reason: "feature_store_unavailable".into(),
+                    fallback: if own_items { "recent_items" } else { "popularity" }.into(),
+                    message: if own_items {
+                        "the user's stored history could not be read; ranked from this request's items"
+                    } else {
+                        "the user's stored history could not be read; ranked by popularity"
+                    }
+                    .into(),
+                };
+                (Vec::new(), Some(degraded))
             }
         }
-        // Older entries are cut to the model's window below, after unknown ids are dropped.
-        edgerec_core::recent::remember_all(&mut history, &request.recent_items, usize::MAX);
-        let unknown_items = unknown_items(&request.recent_items, model);
-        // The model reads its last `max_len` known items: only those are ranked on and logged, so neither a long
-        // history nor unknown ids grow the serving log. Older known items stay excluded from the answer.
-        history.retain(|item| model.knows(item));
-        let older = history.len().saturating_sub(model.max_len());
-        let mut exclude = request.exclude;
-        exclude.extend(history.drain(..older));
+    }
 
-        // What the model is fed, and what the serving log records as fed.
-        let rank_request = RankRequest {
-            recent_items: history,
-            k: request.k,
-            exclude,
-            candidates: None,
-            context: request.context,
-            exclude_seen: true,
+    /// Ranks `request` with `model` off the HTTP workers (a ranking holds its thread for its whole deadline): the
+    /// items, or the fault that sends the answer to popularity; a request error is refused.
+    async fn rank(
+        &self,
+        model: &Arc<LoadedModel>,
+        request: RankRequest,
+        surface: &str,
+    ) -> Result<(Result<Vec<ScoredItem>, Degraded>, RankRequest), ServiceError> {
+        let ranker = model.clone();
+        let ranked = actix_web::web::block(move || {
+            let (ranked, took) = ranker.rank_timed(&request);
+            (ranked, request, took)
+        })
+        .await;
+        let Ok((ranked, request, took)) = ranked else {
+            return Err(ServiceError::NotReady(surface.to_string()));
         };
-        let popular = |model, request: &RankRequest| {
-            self.by_popularity(model, &request.recent_items, &request.exclude, request.k)
-        };
-        let (items, rank_request) = if degraded.is_some() && rank_request.recent_items.is_empty() {
-            (popular(model, &rank_request), rank_request)
-        } else {
-            // Off the HTTP workers: a ranking holds its thread for its whole deadline.
-            let ranker = model.clone();
-            let ranked = actix_web::web::block(move || {
-                let (ranked, took) = ranker.rank_timed(&rank_request);
-                (ranked, rank_request, took)
-            })
-            .await;
-            let Ok((ranked, rank_request, took)) = ranked else {
-                return Err(ServiceError::NotReady(request.surface));
-            };
-            if let Some(took) = took {
-                self.metrics
-                    .rank_seconds
-                    .with_label_values(&[request.surface.as_str()])
-                    .observe(took.as_secs_f64());
-            }
-            let items = match model_answer(ranked)? {
-                Ok(ranking) => ranking.items,
-                Err(fault) => {
-                    self.metrics
-                        .errors
-                        .with_label_values(&[fault.reason.as_str()])
-                        .inc();
-                    degraded = Some(fault);
-                    popular(model, &rank_request)
-                }
-            };
-            (items, rank_request)
-        };
-        if let Some(degraded) = &degraded {
+        if let Some(took) = took {
             self.metrics
-                .fallbacks
-                .with_label_values(&[degraded.reason.as_str()])
+                .rank_seconds
+                .with_label_values(&[surface])
+                .observe(took.as_secs_f64());
+        }
+        let answer = model_answer(ranked)?.map(|ranking| ranking.items);
+        if let Err(fault) = &answer {
+            self.metrics
+                .errors
+                .with_label_values(&[fault.reason.as_str()])
                 .inc();
         }
-        self.metrics
-            .recommendations
-            .with_label_values(&[request.surface.as_str(), &variant.name, model.version()])
-            .inc();
+        Ok((answer, request))
+    }
 
-        let served = ServedRequest {
-            request_id: request_id.clone(),
-            time_ms: edgerec_features::now_ms(),
-            user: request.user_id,
-            surface: request.surface,
-            history: rank_request.recent_items,
-            context: rank_request.context,
-            model_version: model.version().to_string(),
-            variant: variant.name.clone(),
-            items: items.iter().map(|s| s.item.clone()).collect(),
-            scores: items.iter().map(|s| s.score).collect(),
-            degraded: degraded.as_ref().map(|d| d.reason.clone()),
-        };
-        // The record is queued for the write-ahead log before the answer leaves, but the answer does not wait for
-        // the log's sync: that wait tripled the latency under load (docs/benchmarks.md). A crash can lose the last
-        // few milliseconds of served requests; events quoting them are then learnt from rebuilt histories. A failed
-        // write is counted and logged, never turned into a failed answer.
-        let written = self.ingest.queue_served(vec![served]);
+    /// Queues the record for the write-ahead log before the answer leaves, but the answer does not wait for the
+    /// log's sync: that wait tripled the latency under load (docs/benchmarks.md). A crash can lose the last few
+    /// milliseconds of served requests; events quoting them are then learnt from rebuilt histories. A failed write
+    /// is counted and logged, never turned into a failed answer.
+    fn log_served(&self, served: ServedRequest) {
         let metrics = self.metrics.clone();
-        let id = request_id.clone();
+        let id = served.request_id.clone();
         let report = move |e: IngestError| {
             metrics.errors.with_label_values(&["serving_log"]).inc();
             crate::log_line(
@@ -368,7 +414,7 @@ impl<S: FeatureStore> NodeState<S> {
                 serde_json::json!({"request_id": id, "error": e.to_string()}),
             );
         };
-        match written {
+        match self.ingest.queue_served(vec![served]) {
             Ok(ack) => {
                 actix_web::rt::spawn(async move {
                     if let Err(e) = ack.await {
@@ -378,28 +424,13 @@ impl<S: FeatureStore> NodeState<S> {
             }
             Err(e) => report(e),
         }
-        Ok(RecommendResponse {
-            request_id,
-            items,
-            model: model.model().to_string(),
-            model_version: model.version().to_string(),
-            variant: variant.name.clone(),
-            plan_revision: deployment.plan.revision,
-            degraded,
-            unknown_items,
-        })
     }
 
     /// The most popular items the model knows, not in `history` or `exclude`, topped up from the model's
     /// no-history ranking when fewer than `k` items have popularity figures (a new catalogue, a fresh node).
-    fn by_popularity(
-        &self,
-        model: &LoadedModel,
-        history: &[String],
-        exclude: &[String],
-        k: u32,
-    ) -> Vec<ScoredItem> {
-        let mut skip: HashSet<&str> = history.iter().chain(exclude).map(String::as_str).collect();
+    fn by_popularity(&self, model: &LoadedModel, request: &RankRequest) -> Vec<ScoredItem> {
+        let (history, exclude, k) = (&request.recent_items, &request.exclude, request.k);
+        let mut skip: HashSet<&str> = history.iter().chain(exclude).map(ItemId::as_str).collect();
         let popular = self.popularity.ranked();
         let mut answer = Vec::with_capacity(k as usize);
         for item in popular.iter().chain(model.prior()) {
@@ -480,8 +511,33 @@ fn model_answer(
     }
 }
 
+/// What the model is fed: the stored history with the request's items added by the recent-items rule, unknown
+/// ids dropped, and the last `max_len` known items kept; older known items stay excluded from the answer. So
+/// neither a long history nor unknown ids grow the serving log.
+fn fed_request(
+    mut history: Vec<ItemId>,
+    recent_items: &[ItemId],
+    mut exclude: Vec<ItemId>,
+    k: u32,
+    context: BTreeMap<String, f64>,
+    model: &LoadedModel,
+) -> RankRequest {
+    edgerec_core::recent::remember_all(&mut history, recent_items, usize::MAX);
+    history.retain(|item| model.knows(item));
+    let older = history.len().saturating_sub(model.max_len());
+    exclude.extend(history.drain(..older));
+    RankRequest {
+        recent_items: history,
+        k,
+        exclude,
+        candidates: None,
+        context,
+        exclude_seen: true,
+    }
+}
+
 /// The items of `recent` the model does not know, each once, in the request's order.
-fn unknown_items(recent: &[String], model: &LoadedModel) -> Vec<String> {
+fn unknown_items(recent: &[ItemId], model: &LoadedModel) -> Vec<ItemId> {
     let mut seen = HashSet::new();
     recent
         .iter()
@@ -551,7 +607,7 @@ mod tests {
         }
         let ranking = Ranking {
             items: Vec::new(),
-            unknown_items: vec!["x".into()],
+            unknown_items: ItemId::parse_all(["x"]).expect("an item id"),
         };
         assert!(matches!(model_answer(Ok(ranking.clone())), Ok(Ok(r)) if r == ranking));
     }

@@ -3,11 +3,15 @@
 use std::time::Duration;
 
 use edgerec_conformance::{golden_bundle, wasm_artifact};
-use edgerec_core::RankRequest;
+use edgerec_core::{ItemId, RankRequest};
 use edgerec_node::{DEFAULT_LOAD_DEADLINE, HostError, RankerEngine};
 
 fn engine(cache: &std::path::Path) -> RankerEngine {
     RankerEngine::load(&wasm_artifact("ranker-wasi.wasm"), cache).expect("the WASI ranker compiles")
+}
+
+fn items(ids: &[&str]) -> Vec<ItemId> {
+    ItemId::parse_all(ids.iter().copied()).expect("item ids")
 }
 
 #[test]
@@ -24,7 +28,7 @@ fn compiled_module_is_cached_and_a_corrupt_cache_is_recompiled() {
 
     // A second engine deserialises the cached code, and ranks exactly like a fresh compile.
     let (manifest, model) = golden_bundle();
-    let request = RankRequest::new(vec!["m1".into(), "m7".into()], 5);
+    let request = RankRequest::new(items(&["m1", "m7"]), 5);
     let mut rankings = Vec::new();
     for _ in 0..2 {
         let mut instance = engine(cache.path()).instantiate().expect("instantiates");
@@ -111,10 +115,7 @@ fn bad_bundles_and_requests_are_refused_and_the_current_model_keeps_serving() {
         .load_bundle(&manifest, &model, DEFAULT_LOAD_DEADLINE)
         .expect("loads");
     let before = instance
-        .rank(
-            &RankRequest::new(vec!["m3".into()], 5),
-            Duration::from_secs(5),
-        )
+        .rank(&RankRequest::new(items(&["m3"]), 5), Duration::from_secs(5))
         .expect("ranks");
 
     let mut tampered = model.clone();
@@ -139,10 +140,7 @@ fn bad_bundles_and_requests_are_refused_and_the_current_model_keeps_serving() {
         );
     }
     let after = instance
-        .rank(
-            &RankRequest::new(vec!["m3".into()], 5),
-            Duration::from_secs(5),
-        )
+        .rank(&RankRequest::new(items(&["m3"]), 5), Duration::from_secs(5))
         .expect("still ranks");
     assert_eq!(
         before, after,
@@ -233,7 +231,7 @@ fn a_full_pool_answers_busy_instead_of_growing() {
         .map(|_| {
             let (loaded, answered, busy) = (loaded.clone(), answered.clone(), busy.clone());
             std::thread::spawn(move || {
-                let request = RankRequest::new(vec!["m1".into(), "m7".into()], 10);
+                let request = RankRequest::new(items(&["m1", "m7"]), 10);
                 for _ in 0..200 {
                     match loaded.rank(&request) {
                         Ok(ranking) => {

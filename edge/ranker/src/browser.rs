@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use edgerec_core::{ErrorReport, RankRequest, TractScorer, load_tract_ranker};
+use edgerec_core::{ErrorReport, IdError, ItemId, RankRequest, TractScorer, load_tract_ranker};
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
@@ -39,13 +39,15 @@ export interface RankerError extends Error {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RecommendOptions {
+    /// From the page's storage, which anyone can edit: an entry that is not an item id is skipped, as one the model
+    /// does not know is (`exclude` and `candidates` come from the page's code and are held to the rule).
     #[serde(default)]
     recent_items: Vec<String>,
     k: u32,
     #[serde(default)]
-    exclude: Vec<String>,
+    exclude: Vec<ItemId>,
     #[serde(default)]
-    candidates: Option<Vec<String>>,
+    candidates: Option<Vec<ItemId>>,
     #[serde(default)]
     context: BTreeMap<String, f64>,
     #[serde(default = "default_true")]
@@ -123,7 +125,11 @@ impl Ranker {
         let options: RecommendOptions = serde_json::from_str(&String::from(json))
             .map_err(|e| js_error(&ErrorReport::new("invalid_request", e)))?;
         let request = RankRequest {
-            recent_items: options.recent_items,
+            recent_items: options
+                .recent_items
+                .into_iter()
+                .filter_map(|id| ItemId::parse(id).ok())
+                .collect(),
             k: options.k,
             exclude: options.exclude,
             candidates: options.candidates,
@@ -149,12 +155,23 @@ pub fn assign_variant(salt: &str, user: &str, weights: &[u32]) -> Option<usize> 
 }
 
 /// `history` (oldest first) with `item` added by core's recent-items rule (each item once, at its latest
-/// position; the newest `capacity` kept), as the feature store and edge nodes keep histories.
+/// position; the newest `capacity` kept), as the feature store and edge nodes keep histories. Throws a
+/// `RankerError` (`invalid_request`) if `item` is not an item id by the rule every endpoint applies; entries of
+/// `history` that are not are dropped (it comes from the page's storage, which anyone can edit).
 #[wasm_bindgen(js_name = rememberItem)]
-pub fn remember_item(history: Vec<String>, item: String, capacity: usize) -> Vec<String> {
-    let mut history = history;
+pub fn remember_item(
+    history: Vec<String>,
+    item: String,
+    capacity: usize,
+) -> Result<Vec<String>, JsValue> {
+    let invalid = |e: IdError| js_error(&ErrorReport::new("invalid_request", e));
+    let item = ItemId::parse(item).map_err(invalid)?;
+    let mut history: Vec<ItemId> = history
+        .into_iter()
+        .filter_map(|id| ItemId::parse(id).ok())
+        .collect();
     edgerec_core::recent::remember_all(&mut history, &[item], capacity);
-    history
+    Ok(history.into_iter().map(ItemId::into_string).collect())
 }
 
 /// The sha256 of `bytes` in hex, as version records and manifests write digests.

@@ -1,16 +1,16 @@
 use super::*;
-use crate::event::EventKind;
+use edgerec_core::{ItemId, MAX_ID_BYTES, RequestId, Surface, VariantName, Version};
+
+use crate::event::{EventKind, ServedRequest};
 
 fn entry(i: usize) -> WalEntry {
-    WalEntry::Event(Event {
-        id: format!("e{i}"),
-        user: "u".into(),
-        item: format!("i{i}"),
-        kind: EventKind::View,
-        time_ms: i as i64,
-        value: None,
-        request_id: None,
-    })
+    WalEntry::Event(Event::from_good_ids(
+        &format!("e{i}"),
+        "u",
+        &format!("i{i}"),
+        EventKind::View,
+        i as i64,
+    ))
 }
 
 /// Opens the log in `dir` and returns it with every record it held.
@@ -106,12 +106,23 @@ fn an_entry_too_large_to_read_back_is_never_written() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (mut wal, _) = open(dir.path(), 1 << 30).expect("opens");
     wal.append(&[entry(0)]).expect("appends");
-    let WalEntry::Event(mut huge) = entry(1) else {
-        unreachable!("an event")
+    // Ids are short, so only a served request's lists can make an entry this large.
+    let long_id = ItemId::parse("x".repeat(MAX_ID_BYTES)).expect("an item id");
+    let huge = ServedRequest {
+        request_id: RequestId::parse("r").expect("a request id"),
+        time_ms: 0,
+        user: None,
+        surface: Surface::parse("home").expect("a surface"),
+        history: Vec::new(),
+        context: Default::default(),
+        model_version: Version::parse("1").expect("a version"),
+        variant: VariantName::parse("control").expect("a variant"),
+        items: vec![long_id; MAX_PAYLOAD / MAX_ID_BYTES + 1],
+        scores: Vec::new(),
+        degraded: None,
     };
-    huge.item = "x".repeat(MAX_PAYLOAD);
     let e = wal
-        .append(&[entry(2), WalEntry::Event(huge)])
+        .append(&[entry(2), WalEntry::Served(huge)])
         .expect_err("too large");
     assert!(matches!(e, WalError::TooLarge(_)), "{e}");
     // Nothing of the refused batch was written; numbering goes on from the last good record.

@@ -5,9 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use edgerec_core::{ItemId, UserId};
 use edgerec_features::dynamodb::DynamoFeatureStore;
 use edgerec_features::embedded::EmbeddedFeatureStore;
-use edgerec_features::event::Event;
+use edgerec_features::event::ClientEvent;
 use edgerec_features::ingest::{Ingest, IngestConfig, IngestError, LeaseState};
 use edgerec_features::item::ItemFeatures;
 use edgerec_features::log::EventLog;
@@ -33,7 +34,7 @@ fn embedded(dir: &Path) -> Arc<EmbeddedFeatureStore> {
     )
 }
 
-fn events(prefix: &str, user: &str, n: usize, now: i64) -> Vec<Event> {
+fn events(prefix: &str, user: &str, n: usize, now: i64) -> Vec<ClientEvent> {
     (0..n)
         .map(|i| {
             event(
@@ -46,7 +47,7 @@ fn events(prefix: &str, user: &str, n: usize, now: i64) -> Vec<Event> {
         .collect()
 }
 
-async fn ingest_all<S: FeatureStore>(ingest: &Ingest<S>, events: Vec<Event>) {
+async fn ingest_all<S: FeatureStore>(ingest: &Ingest<S>, events: Vec<ClientEvent>) {
     for batch in events.chunks(50) {
         ingest.ingest(batch.to_vec()).await.expect("ingests");
     }
@@ -87,9 +88,9 @@ async fn a_wiped_or_restored_log_never_hides_new_events() {
         .expect("ingests");
     ingest.ship(&log, true).await.expect("ships");
     ingest.close().await.expect("closes");
-    let user = &store.users(&["U".into()]).await.expect("reads")[0];
+    let user = &store.users(&[support::user("U")]).await.expect("reads")[0];
     assert_eq!(user.interactions(), 201);
-    assert_eq!(user.history().last().map(String::as_str), Some("Z"));
+    assert_eq!(user.history().last().map(|i| i.as_str()), Some("Z"));
 
     // The node comes back from the older copy: its numbers repeat, its new events still land.
     std::fs::remove_dir_all(&wal).expect("wipes the log");
@@ -103,13 +104,13 @@ async fn a_wiped_or_restored_log_never_hides_new_events() {
         .expect("ingests");
     ingest.ship(&log, true).await.expect("ships");
     ingest.close().await.expect("closes");
-    let user = &store.users(&["U".into()]).await.expect("reads")[0];
+    let user = &store.users(&[support::user("U")]).await.expect("reads")[0];
     assert_eq!(
         user.interactions(),
         202,
         "the restored records were not applied twice"
     );
-    assert_eq!(user.history().last().map(String::as_str), Some("Y"));
+    assert_eq!(user.history().last().map(|i| i.as_str()), Some("Y"));
 
     // The shipped log has Z and Y exactly once each; nothing shipped before was overwritten.
     let slice = log
@@ -156,15 +157,15 @@ impl FeatureStore for Switched {
         self.inner.apply(node, events).await
     }
 
-    async fn users(&self, ids: &[String]) -> Result<Vec<UserFeatures>, StoreError> {
+    async fn users(&self, ids: &[UserId]) -> Result<Vec<UserFeatures>, StoreError> {
         self.inner.users(ids).await
     }
 
-    async fn items(&self, ids: &[String]) -> Result<Vec<Option<ItemFeatures>>, StoreError> {
+    async fn items(&self, ids: &[ItemId]) -> Result<Vec<Option<ItemFeatures>>, StoreError> {
         self.inner.items(ids).await
     }
 
-    async fn put_items(&self, items: &[(String, ItemFeatures)]) -> Result<(), StoreError> {
+    async fn put_items(&self, items: &[(ItemId, ItemFeatures)]) -> Result<(), StoreError> {
         self.inner.put_items(items).await
     }
 
@@ -271,7 +272,7 @@ async fn a_store_outage_is_bounded_on_disk_and_loses_nothing() {
     let mut at_50k = None;
     let (mut acked, mut refused) = (Vec::new(), 0usize);
     for chunk in 0..OUTAGE_EVENTS / 1000 {
-        let batch: Vec<Event> = (0..1000)
+        let batch: Vec<ClientEvent> = (0..1000)
             .map(|i| {
                 let n = chunk * 1000 + i;
                 event(
@@ -328,7 +329,9 @@ async fn a_store_outage_is_bounded_on_disk_and_loses_nothing() {
         .await
         .expect("applied");
     // Every acknowledged event applied exactly once: each user's interactions add up.
-    let users: Vec<String> = (0..1000).map(|u| format!("user{u}")).collect();
+    let users: Vec<_> = (0..1000)
+        .map(|u| support::user(&format!("user{u}")))
+        .collect();
     let read = store.users(&users).await.expect("reads");
     let total: u64 = read.iter().map(|u| u.interactions()).sum();
     assert_eq!(total, acked.len() as u64);
@@ -383,7 +386,7 @@ async fn one_id_two_nodes<S: FeatureStore>(dir: &Path, store: Arc<S>) {
     first.close().await.expect("closes");
     second.close().await.expect("closes");
     assert_eq!(
-        store.users(&["P".into()]).await.expect("reads")[0].interactions(),
+        store.users(&[support::user("P")]).await.expect("reads")[0].interactions(),
         200
     );
     // A clean stop gives the id back at once.
@@ -457,7 +460,7 @@ async fn damage_in_the_live_segment_refuses_start_and_repair_salvages_the_rest()
         .expect("opens after the repair");
     ingest.close().await.expect("closes");
     assert_eq!(
-        fresh.users(&["D".into()]).await.expect("reads")[0].interactions(),
+        fresh.users(&[support::user("D")]).await.expect("reads")[0].interactions(),
         19
     );
 }
@@ -513,7 +516,7 @@ async fn a_full_disk_refuses_events_loses_nothing_and_recovers() {
     let mut acked = 0u64;
     let mut refusal = None;
     for round in 0..20_000 {
-        let batch: Vec<Event> = (0..50)
+        let batch: Vec<ClientEvent> = (0..50)
             .map(|i| {
                 let n = round * 50 + i;
                 event(
@@ -561,7 +564,7 @@ async fn a_full_disk_refuses_events_loses_nothing_and_recovers() {
         .expect("applied");
     ingest.close().await.expect("closes");
     assert_eq!(
-        store.users(&["F".into()]).await.expect("reads")[0].interactions(),
+        store.users(&[support::user("F")]).await.expect("reads")[0].interactions(),
         acked
     );
     drop(store);
@@ -576,7 +579,7 @@ async fn a_full_disk_refuses_events_loses_nothing_and_recovers() {
     assert_eq!(report.events as u64, acked);
     ingest.close().await.expect("closes");
     assert_eq!(
-        store.users(&["F".into()]).await.expect("reads")[0].interactions(),
+        store.users(&[support::user("F")]).await.expect("reads")[0].interactions(),
         acked
     );
 }

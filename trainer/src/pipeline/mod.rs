@@ -168,7 +168,13 @@ fn write_verified_bundle(
         name: format!("{}-sasrec", job.data.name),
         version: format!("1.0.{}", trained.best_epoch),
         spec: trained.spec.clone(),
-        items: job.data.split.items.clone(),
+        items: job
+            .data
+            .split
+            .items
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         metrics: bundle_metrics(export, references),
         lineage: lineage(
             job.data,

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use edgerec_core::ItemId;
 use edgerec_features::config::FeaturesConfig;
 use edgerec_features::item::ItemMetadata;
 use edgerec_features::log::LogError;
@@ -68,7 +69,7 @@ pub struct LoadedDataset {
     /// Where the data came from beyond the data set's name (the event log's range and files).
     pub source: Option<serde_json::Value>,
     /// Titles and genres of the items, where the data set has them.
-    pub catalogue: BTreeMap<String, ItemMetadata>,
+    pub catalogue: BTreeMap<ItemId, ItemMetadata>,
     /// Seconds spent reading and splitting.
     pub seconds: f64,
 }
@@ -241,12 +242,7 @@ mod tests {
     use super::*;
 
     fn interaction(user: &str, item: &str, timestamp: i64) -> Interaction {
-        Interaction {
-            user: user.into(),
-            item: item.into(),
-            timestamp,
-            value: None,
-        }
+        Interaction::from_good_ids(user, item, timestamp)
     }
 
     #[test]

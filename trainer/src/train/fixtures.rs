@@ -17,12 +17,11 @@ pub(crate) fn planted_pattern(users: usize) -> Split {
         let start = rng.below(40);
         let length = 6 + rng.below(10);
         for step in 0..length {
-            interactions.push(Interaction {
-                user: format!("u{user}"),
-                item: format!("i{}", (start + step) % 40),
-                timestamp: step as i64,
-                value: None,
-            });
+            interactions.push(Interaction::from_good_ids(
+                &format!("u{user}"),
+                &format!("i{}", (start + step) % 40),
+                step as i64,
+            ));
         }
     }
     Split::leave_last_out(&interactions)

@@ -471,12 +471,7 @@ fn learns_the_pattern_with_sampled_softmax_too() {
 #[test]
 fn users_with_one_interaction_give_no_examples() {
     let interactions: Vec<Interaction> = (0..5)
-        .map(|u| Interaction {
-            user: format!("u{u}"),
-            item: format!("i{u}"),
-            timestamp: 0,
-            value: None,
-        })
+        .map(|u| Interaction::from_good_ids(&format!("u{u}"), &format!("i{u}"), 0))
         .collect();
     let split = Split::leave_last_out(&interactions);
     let error = train_alone(&split, &small_config(), None, false).expect_err("must be refused");
