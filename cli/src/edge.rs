@@ -140,7 +140,7 @@ pub struct ServeArgs {
     public_key: Option<String>,
     /// Surface to serve; repeat for several (default: home).
     #[arg(long = "surface")]
-    surfaces: Vec<String>,
+    surfaces: Vec<edgerec_core::Surface>,
     /// Folder for the embedded feature store, the write-ahead log, the event log and verified bundles.
     #[arg(long)]
     data: Option<PathBuf>,

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use edgerec_core::Surface;
 use edgerec_features::config::FeaturesConfig;
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +29,7 @@ pub struct NodeConfig {
     /// HTTP workers, each with its own ranker instance per model; 0 means one per core.
     pub workers: usize,
     /// The surfaces (plan names in the registry) this node serves.
-    pub surfaces: Vec<String>,
+    pub surfaces: Vec<Surface>,
     pub registry: FollowerConfig,
     /// The WASI ranker module (`ranker-wasi.wasm` from `scripts/build-wasm.sh`).
     pub ranker_wasm: Option<PathBuf>,
@@ -70,7 +71,7 @@ impl Default for NodeConfig {
             insecure_no_auth: false,
             rate_limits: RateLimitConfig::default(),
             workers: 0,
-            surfaces: vec!["home".into()],
+            surfaces: vec![Surface::parse("home").expect("a surface name")],
             registry: FollowerConfig::default(),
             ranker_wasm: None,
             module_cache: None,
@@ -363,13 +364,29 @@ mod tests {
             ..NodeConfig::default()
         };
         assert!(config.check().expect_err("no surface").contains("surfaces"));
-        config.surfaces = vec!["home".into()];
+        config.surfaces = vec![Surface::parse("home").expect("a surface name")];
         config.deadlines.rank_ms = 0;
         assert!(
             config
                 .check()
                 .expect_err("zero deadline")
                 .contains("rank_ms")
+        );
+        config.deadlines.rank_ms = 100;
+        // Request ids and log file names are made from the node id; surfaces are names by the registry's rule.
+        config.features.ingest.node_id = "edge/../a".into();
+        let refused = config.check().expect_err("a node id that is not a name");
+        assert!(
+            refused.contains("node_id") && refused.contains("edge/../a"),
+            "{refused}"
+        );
+        config.features.ingest.node_id = "edge-a".into();
+        assert_eq!(config.check(), Ok(()));
+        let bad_surface = serde_json::from_str::<NodeConfig>(r#"{"surfaces": ["home page"]}"#)
+            .expect_err("a surface that is not a name");
+        assert!(
+            bad_surface.to_string().contains("surface `home page`"),
+            "{bad_surface}"
         );
     }
 }

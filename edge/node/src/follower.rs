@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use edgerec_core::MODEL_FILE;
 use edgerec_core::ab;
+use edgerec_core::{MODEL_FILE, Surface};
 use edgerec_registry_api::client::{PlanRead, RegistryClient};
-use edgerec_registry_api::records::{Plan, VersionRecord};
+use edgerec_registry_api::records::{Plan, Variant, VersionRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::config::NodeConfig;
@@ -30,14 +30,32 @@ const MAX_RETRY_WAIT: Duration = Duration::from_secs(300);
 
 /// Refuses a plan the node cannot serve as it is meant: another surface's, without variants, or with weights that
 /// leave users unassigned (the registry validates plans, but they are not signed).
-fn check_plan(plan: &Plan, surfaces: &[String]) -> Result<(), RolloutError> {
+/// The record asked for `variant` must be the one it names: an answer for another version is a relabelling.
+fn check_labels(
+    plan: &Plan,
+    variant: &Variant,
+    record: &VersionRecord,
+) -> Result<(), RolloutError> {
+    if record.model == variant.model && record.version == variant.version {
+        return Ok(());
+    }
+    Err(RolloutError::Relabelled {
+        version: format!("{}@{}", variant.model, variant.version),
+        named_by: format!("the plan of `{}`", plan.surface),
+        named: format!("{}@{}", variant.model, variant.version),
+        bound_by: "the record the registry answered".into(),
+        bound: format!("{}@{}", record.model, record.version),
+    })
+}
+
+fn check_plan(plan: &Plan, surfaces: &[Surface]) -> Result<(), RolloutError> {
     let refuse = |message: String| {
         Err(RolloutError::Plan {
             surface: plan.surface.to_string(),
             message,
         })
     };
-    if !surfaces.iter().any(|s| *s == plan.surface) {
+    if !surfaces.contains(&plan.surface) {
         return refuse("this node does not serve that surface".into());
     }
     if plan.variants.is_empty() {
@@ -70,7 +88,7 @@ pub struct Follower {
     client: RegistryClient,
     configured_key: Option<String>,
     public_key: Option<String>,
-    surfaces: Vec<String>,
+    surfaces: Vec<Surface>,
     dir: PathBuf,
     poll_interval: Duration,
     engine: Arc<RankerEngine>,
@@ -317,7 +335,9 @@ impl Follower {
                 None => {
                     let record = match &source {
                         Source::Registry => {
-                            self.client.version(&variant.model, &variant.version)?
+                            let record = self.client.version(&variant.model, &variant.version)?;
+                            check_labels(plan, variant, &record)?;
+                            record
                         }
                         Source::Saved(saved) => saved
                             .iter()
@@ -333,6 +353,7 @@ impl Follower {
                     };
                     let files = self.files(record, matches!(source, Source::Registry))?;
                     files.check_signature(key)?;
+                    files.check_binding()?;
                     let loaded = LoadedModel::load(self.engine.clone(), files, &self.pool)?;
                     let (limit, used) = loaded.memory();
                     crate::log_line(
@@ -475,5 +496,64 @@ impl Follower {
         let bytes = serde_json::to_vec_pretty(saved).expect("records serialise");
         std::fs::write(&partial, bytes).map_err(io)?;
         std::fs::rename(&partial, &path).map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use edgerec_core::{Digest, ModelName, Surface, VariantName, Version};
+    use edgerec_registry_api::records::{Plan, Variant, VersionRecord};
+
+    use super::check_labels;
+    use crate::model::RolloutError;
+
+    fn record(model: &str, version: &str) -> VersionRecord {
+        VersionRecord {
+            model: ModelName::parse(model).expect("a name"),
+            version: Version::parse(version).expect("a version"),
+            manifest_digest: Digest::of(b"manifest"),
+            files: Default::default(),
+            metrics: Default::default(),
+            lineage: Default::default(),
+            items: 0,
+            published_by: "test".into(),
+            published_at: 0,
+            signature: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_record_answered_for_another_version_is_refused() {
+        let variant = Variant {
+            name: VariantName::parse("control").expect("a variant"),
+            model: ModelName::parse("m").expect("a name"),
+            version: Version::parse("2").expect("a version"),
+            weight: 100,
+        };
+        let plan = Plan {
+            surface: Surface::parse("home").expect("a surface"),
+            revision: 3,
+            variants: vec![variant.clone()],
+            salt: "s".into(),
+            updated_by: "test".into(),
+            updated_at: 0,
+            reason: String::new(),
+        };
+        check_labels(&plan, &variant, &record("m", "2")).expect("the record asked for");
+        for (model, version) in [("m", "1"), ("n", "2")] {
+            let refused = check_labels(&plan, &variant, &record(model, version))
+                .expect_err("another version");
+            assert!(
+                matches!(refused, RolloutError::Relabelled { .. }),
+                "{refused}"
+            );
+            assert_eq!(
+                refused.to_string(),
+                format!(
+                    "m@2: the plan of `home` names m@2, but the record the registry answered names \
+                     {model}@{version}"
+                )
+            );
+        }
     }
 }

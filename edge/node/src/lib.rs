@@ -26,6 +26,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use edgerec_features::ingest::{Ingest, IngestError};
+use edgerec_features::log::EventLog;
 use edgerec_features::store::{FeatureStore, StoreError};
 pub use host::{
     DEFAULT_CALL_DEADLINE, DEFAULT_LOAD_DEADLINE, HostError, Loaded, RankerEngine, RankerInstance,
@@ -119,16 +120,7 @@ pub fn run_with<S: FeatureStore>(
     on_listening: impl FnOnce(&Listening),
 ) -> Result<(), NodeError> {
     config.check_security().map_err(NodeError::Config)?;
-    let auth = match &config.auth {
-        Some(auth) if !config.insecure_no_auth => Authenticator::new(auth, &config.models_dir())?,
-        _ => {
-            log_line(
-                "auth",
-                serde_json::json!({"warning": "--insecure-no-auth: no credential is checked; anyone who can reach this node can read and write any user's data"}),
-            );
-            Authenticator::insecure()
-        }
-    };
+    let auth = authenticator(&config)?;
     let rate = ClientLimits::new(&config.rate_limits);
     let wasm = config.ranker_wasm.clone().ok_or(NodeError::NoRanker)?;
     // First, so that a node whose id another live node holds, or whose log is damaged, stops at once.
@@ -154,39 +146,19 @@ pub fn run_with<S: FeatureStore>(
     };
 
     let popularity = Arc::new(Popularity::default());
-    let refresh = background.spawn({
-        let (popularity, store, deployments) =
-            (popularity.clone(), store.clone(), deployments.clone());
-        let every = Duration::from_millis(config.popularity_refresh_ms);
-        let half_life = config.features.features.popularity_half_life_ms;
-        async move {
-            loop {
-                // Until a model is loaded there are no items to read; look again soon.
-                let wait = if deployments.all().is_empty() {
-                    every.min(Duration::from_secs(1))
-                } else {
-                    every
-                };
-                tokio::time::sleep(wait).await;
-                if let Err(e) = popularity.refresh(&*store, &deployments, half_life).await {
-                    log_line("popularity", serde_json::json!({ "error": e }));
-                }
-            }
-        }
-    });
     let event_log = config.features.event_log();
-    let shipper = background.spawn({
-        let (ingest, log) = (ingest.clone(), event_log.clone());
-        let every = Duration::from_millis(config.ship_interval_ms);
-        async move {
-            loop {
-                tokio::time::sleep(every).await;
-                if let Err(e) = ingest.ship(&log, true).await {
-                    log_line("shipper", serde_json::json!({ "error": e.to_string() }));
-                }
-            }
-        }
-    });
+    let refresh = background.spawn(refresh_popularity(
+        popularity.clone(),
+        store.clone(),
+        deployments.clone(),
+        Duration::from_millis(config.popularity_refresh_ms),
+        config.features.features.popularity_half_life_ms,
+    ));
+    let shipper = background.spawn(ship_every(
+        ingest.clone(),
+        event_log.clone(),
+        Duration::from_millis(config.ship_interval_ms),
+    ));
 
     let state = actix_web::web::Data::new(NodeState {
         auth,
@@ -218,51 +190,8 @@ pub fn run_with<S: FeatureStore>(
             }
         }
     });
-    let allowed_origins = config.allowed_origins.clone();
-    let listen_failed = |address: &str| {
-        let address = address.to_string();
-        move |source| NodeError::Listen { address, source }
-    };
-    let served = actix_web::rt::System::new().block_on(async {
-        let public = actix_web::HttpServer::new({
-            let state = state.clone();
-            move || {
-                let (state, folders) = (state.clone(), folders.clone());
-                let allowed_origins = allowed_origins.clone();
-                actix_web::App::new()
-                    .configure(move |c| http::configure(c, state, folders, &allowed_origins))
-            }
-        })
-        .workers(config.worker_count())
-        .shutdown_timeout(5)
-        .bind(&config.listen)
-        .map_err(listen_failed(&config.listen))?;
-        let admin = match &config.admin_listen {
-            Some(address) => Some(
-                actix_web::HttpServer::new({
-                    let state = state.clone();
-                    move || {
-                        let state = state.clone();
-                        actix_web::App::new().configure(move |c| http::configure_admin(c, state))
-                    }
-                })
-                .workers(1)
-                .shutdown_timeout(1)
-                .bind(address)
-                .map_err(listen_failed(address))?,
-            ),
-            None => None,
-        };
-        on_listening(&Listening {
-            public: public.addrs(),
-            admin: admin.as_ref().map(|a| a.addrs()).unwrap_or_default(),
-        });
-        match admin {
-            Some(admin) => tokio::try_join!(public.run(), admin.run()).map(|_| ()),
-            None => public.run().await,
-        }
-        .map_err(NodeError::from)
-    });
+    let served =
+        actix_web::rt::System::new().block_on(serve(&config, state, folders, on_listening));
     forget.abort();
 
     // Stopped (or failed to start): stop following (without waiting for a roll-out in progress: it only writes
@@ -271,10 +200,122 @@ pub fn run_with<S: FeatureStore>(
     drop(follower);
     refresh.abort();
     shipper.abort();
-    // With the store down nothing can be applied, so nothing can be shipped: give up quickly, the write-ahead log
-    // keeps every acknowledged record for the next start.
+    ship_and_close(&background, ingest, &event_log);
+    served
+}
+
+/// Who may call: the configured credentials, or (only with `--insecure-no-auth`) anyone, said in the log.
+fn authenticator(config: &NodeConfig) -> Result<Authenticator, NodeError> {
+    match &config.auth {
+        Some(auth) if !config.insecure_no_auth => {
+            Ok(Authenticator::new(auth, &config.models_dir())?)
+        }
+        _ => {
+            log_line(
+                "auth",
+                serde_json::json!({"warning": "--insecure-no-auth: no credential is checked; anyone who can reach this node can read and write any user's data"}),
+            );
+            Ok(Authenticator::insecure())
+        }
+    }
+}
+
+/// Re-reads item popularity every `every`; until a model is loaded there are no items to read, so it looks again
+/// soon.
+async fn refresh_popularity<S: FeatureStore>(
+    popularity: Arc<Popularity>,
+    store: Arc<S>,
+    deployments: Arc<Deployments>,
+    every: Duration,
+    half_life_ms: i64,
+) {
+    loop {
+        let wait = if deployments.all().is_empty() {
+            every.min(Duration::from_secs(1))
+        } else {
+            every
+        };
+        tokio::time::sleep(wait).await;
+        if let Err(e) = popularity
+            .refresh(&*store, &deployments, half_life_ms)
+            .await
+        {
+            log_line("popularity", serde_json::json!({ "error": e }));
+        }
+    }
+}
+
+/// Ships the write-ahead log to the event log every `every`.
+async fn ship_every<S: FeatureStore>(ingest: Arc<Ingest<S>>, log: EventLog, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = ingest.ship(&log, true).await {
+            log_line("shipper", serde_json::json!({ "error": e.to_string() }));
+        }
+    }
+}
+
+/// Serves the public API (and the admin API where configured) until the node is stopped.
+async fn serve<S: FeatureStore>(
+    config: &NodeConfig,
+    state: actix_web::web::Data<NodeState<S>>,
+    folders: http::StaticFolders,
+    on_listening: impl FnOnce(&Listening),
+) -> Result<(), NodeError> {
+    let allowed_origins = config.allowed_origins.clone();
+    let listen_failed = |address: &str| {
+        let address = address.to_string();
+        move |source| NodeError::Listen { address, source }
+    };
+    let public = actix_web::HttpServer::new({
+        let state = state.clone();
+        move || {
+            let (state, folders) = (state.clone(), folders.clone());
+            let allowed_origins = allowed_origins.clone();
+            actix_web::App::new()
+                .configure(move |c| http::configure(c, state, folders, &allowed_origins))
+        }
+    })
+    .workers(config.worker_count())
+    .shutdown_timeout(5)
+    .bind(&config.listen)
+    .map_err(listen_failed(&config.listen))?;
+    let admin = match &config.admin_listen {
+        Some(address) => Some(
+            actix_web::HttpServer::new({
+                let state = state.clone();
+                move || {
+                    let state = state.clone();
+                    actix_web::App::new().configure(move |c| http::configure_admin(c, state))
+                }
+            })
+            .workers(1)
+            .shutdown_timeout(1)
+            .bind(address)
+            .map_err(listen_failed(address))?,
+        ),
+        None => None,
+    };
+    on_listening(&Listening {
+        public: public.addrs(),
+        admin: admin.as_ref().map(|a| a.addrs()).unwrap_or_default(),
+    });
+    match admin {
+        Some(admin) => tokio::try_join!(public.run(), admin.run()).map(|_| ()),
+        None => public.run().await,
+    }
+    .map_err(NodeError::from)
+}
+
+/// Ships what was acknowledged and closes the log. With the store down nothing can be applied, so nothing can be
+/// shipped: it gives up quickly, and the write-ahead log keeps every acknowledged record for the next start.
+fn ship_and_close<S: FeatureStore>(
+    background: &tokio::runtime::Runtime,
+    ingest: Arc<Ingest<S>>,
+    event_log: &EventLog,
+) {
     let shipped = background.block_on(async {
-        tokio::time::timeout(Duration::from_secs(5), ingest.ship(&event_log, true)).await
+        tokio::time::timeout(Duration::from_secs(5), ingest.ship(event_log, true)).await
     });
     match shipped {
         Ok(Ok(_)) => match Arc::try_unwrap(ingest) {
@@ -300,5 +341,4 @@ pub fn run_with<S: FeatureStore>(
             }),
         ),
     }
-    served
 }

@@ -50,6 +50,15 @@ pub enum RolloutError {
     Io { path: String, message: String },
     #[error("the plan of `{surface}` cannot be served: {message}")]
     Plan { surface: String, message: String },
+    /// A record or plan whose labels are not the signed manifest's: relabelled on the way, or by the registry.
+    #[error("{version}: {named_by} names {named}, but {bound_by} names {bound}")]
+    Relabelled {
+        version: String,
+        named_by: String,
+        named: String,
+        bound_by: String,
+        bound: String,
+    },
 }
 
 impl RolloutError {
@@ -64,6 +73,7 @@ impl RolloutError {
             RolloutError::WarmUp { .. } => "warm_up",
             RolloutError::Io { .. } => "io",
             RolloutError::Plan { .. } => "plan",
+            RolloutError::Relabelled { .. } => "relabelled",
         }
     }
 
@@ -114,6 +124,31 @@ impl ModelFiles {
                     actual: Box::new(actual),
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// Checks that the record names the model and version its manifest does: the signature covers the manifest,
+    /// not the record, so a record relabelled on the way (a version served under another's name) would otherwise
+    /// pass. Run after [`Self::check_digests`] and [`Self::check_signature`].
+    pub fn check_binding(&self) -> Result<(), RolloutError> {
+        let manifest: Manifest =
+            serde_json::from_slice(&self.manifest).map_err(|e| RolloutError::Manifest {
+                version: self.version(),
+                message: e.to_string(),
+            })?;
+        let (record, signed) = (
+            (self.record.model.as_str(), self.record.version.as_str()),
+            (manifest.name.as_str(), manifest.version.as_str()),
+        );
+        if record != signed {
+            return Err(RolloutError::Relabelled {
+                version: self.version(),
+                named_by: "the registry's record".into(),
+                named: format!("{}@{}", record.0, record.1),
+                bound_by: "the signed manifest".into(),
+                bound: format!("{}@{}", signed.0, signed.1),
+            });
         }
         Ok(())
     }
@@ -318,4 +353,64 @@ fn build_instance(
     let mut instance = engine.instantiate_limited(Some(memory_limit))?;
     instance.load_bundle(&files.manifest, &files.model, deadline)?;
     Ok(instance)
+}
+
+#[cfg(test)]
+mod tests {
+    use edgerec_core::{Digest, MODEL_FILE, ModelName, Version};
+    use edgerec_registry_api::records::VersionRecord;
+
+    use super::{ModelFiles, RolloutError};
+
+    /// The golden bundle's files under a record naming `model@version`, with digests that match.
+    fn golden_files(model: &str, version: &str) -> ModelFiles {
+        let (manifest, bytes) = edgerec_conformance::golden_bundle();
+        ModelFiles {
+            record: VersionRecord {
+                model: ModelName::parse(model).expect("a name"),
+                version: Version::parse(version).expect("a version"),
+                manifest_digest: Digest::of(&manifest),
+                files: [(MODEL_FILE.to_string(), Digest::of(&bytes))].into(),
+                metrics: Default::default(),
+                lineage: Default::default(),
+                items: 0,
+                published_by: "test".into(),
+                published_at: 0,
+                signature: String::new(),
+            },
+            manifest: manifest.into(),
+            model: bytes.into(),
+        }
+    }
+
+    #[test]
+    fn a_record_is_bound_to_the_model_and_version_its_manifest_names() {
+        let files = golden_files("golden-sasrec", "1.0.0");
+        files.check_digests().expect("the digests match");
+        files
+            .check_binding()
+            .expect("the record names what the manifest does");
+        // The same signed bytes under another version's or model's name: the digests and the signature of the
+        // manifest still match, the labels do not.
+        for (model, version) in [("golden-sasrec", "2.0.0"), ("other-model", "1.0.0")] {
+            let relabelled = golden_files(model, version);
+            relabelled
+                .check_digests()
+                .expect("the bytes are the signed ones");
+            let refused = relabelled.check_binding().expect_err("relabelled");
+            assert!(
+                matches!(&refused, RolloutError::Relabelled { .. }),
+                "{refused}"
+            );
+            assert_eq!(refused.reason(), "relabelled");
+            assert!(refused.is_permanent());
+            assert_eq!(
+                refused.to_string(),
+                format!(
+                    "{model}@{version}: the registry's record names {model}@{version}, but the signed manifest \
+                     names golden-sasrec@1.0.0"
+                )
+            );
+        }
+    }
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use edgerec_core::{
-    ItemId, ModelName, RankError, RankRequest, Ranking, RequestId, ScoredItem, UserId, VariantName,
-    Version,
+    ItemId, ModelName, RankError, RankRequest, Ranking, RequestId, ScoredItem, Surface, UserId,
+    VariantName, Version,
 };
 use edgerec_features::event::{ClientEvent, ServedRequest};
 use edgerec_features::ingest::{Ack, Ingest, IngestError};
@@ -145,7 +145,7 @@ impl ServiceError {
 /// Everything a request needs, shared by the HTTP workers.
 pub struct NodeState<S> {
     pub(crate) node_id: String,
-    pub(crate) surfaces: Vec<String>,
+    pub(crate) surfaces: Vec<Surface>,
     pub(crate) limits: RequestLimits,
     pub(crate) access_log: bool,
     pub(crate) deployments: Arc<Deployments>,
@@ -171,7 +171,7 @@ impl<S> std::fmt::Debug for NodeState<S> {
 
 impl<S: FeatureStore> NodeState<S> {
     /// Surfaces with no deployment yet (empty: ready).
-    pub fn unready_surfaces(&self) -> Vec<String> {
+    pub fn unready_surfaces(&self) -> Vec<Surface> {
         self.surfaces
             .iter()
             .filter(|s| self.deployments.get(s).is_none())
