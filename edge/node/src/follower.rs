@@ -501,25 +501,14 @@ impl Follower {
 
 #[cfg(test)]
 mod tests {
-    use edgerec_core::{Digest, ModelName, Surface, VariantName, Version};
+    use edgerec_core::{ModelName, Surface, VariantName, Version};
     use edgerec_registry_api::records::{Plan, Variant, VersionRecord};
 
     use super::check_labels;
     use crate::model::RolloutError;
 
     fn record(model: &str, version: &str) -> VersionRecord {
-        VersionRecord {
-            model: ModelName::parse(model).expect("a name"),
-            version: Version::parse(version).expect("a version"),
-            manifest_digest: Digest::of(b"manifest"),
-            files: Default::default(),
-            metrics: Default::default(),
-            lineage: Default::default(),
-            items: 0,
-            published_by: "test".into(),
-            published_at: 0,
-            signature: String::new(),
-        }
+        crate::model::tests::golden_files(model, version).record
     }
 
     #[test]

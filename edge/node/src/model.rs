@@ -356,14 +356,14 @@ fn build_instance(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use edgerec_core::{Digest, MODEL_FILE, ModelName, Version};
     use edgerec_registry_api::records::VersionRecord;
 
     use super::{ModelFiles, RolloutError};
 
     /// The golden bundle's files under a record naming `model@version`, with digests that match.
-    fn golden_files(model: &str, version: &str) -> ModelFiles {
+    pub(crate) fn golden_files(model: &str, version: &str) -> ModelFiles {
         let (manifest, bytes) = edgerec_conformance::golden_bundle();
         ModelFiles {
             record: VersionRecord {
