@@ -8,4 +8,5 @@ mod edge_security;
 mod features_cli;
 mod ingest_crash;
 mod mpi;
+mod registry_link;
 mod train_choice;

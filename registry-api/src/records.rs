@@ -47,6 +47,43 @@ pub struct Plan {
     pub updated_by: String,
     pub updated_at: i64,
     pub reason: String,
+    /// The registry's signature of this revision, added when the plan is served (stored plans carry none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<PlanSignature>,
+}
+
+/// The registry's signature over a plan revision: over [`Plan::statement`] with these digests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanSignature {
+    /// Each variant's manifest digest, in the plan's order: a node serves a variant only from a bundle whose
+    /// manifest has this digest.
+    pub manifest_digests: Vec<Digest>,
+    /// ed25519 over the statement's UTF-8 bytes, hex.
+    pub signature: String,
+}
+
+impl Plan {
+    /// What the registry signs for this revision, one fact a line: the surface, the revision, when it was issued,
+    /// the sha256 of the salt, and each variant's name, model, version, weight and manifest digest. Every field is
+    /// a name (letters, digits, `.`, `_`, `-`), a number or hex, so the lines cannot be confused and the browser
+    /// package rebuilds the same bytes in JavaScript.
+    pub fn statement(&self, manifest_digests: &[Digest]) -> String {
+        let mut text = format!(
+            "edgerec plan v1\nsurface {}\nrevision {}\nissued_at {}\nsalt_sha256 {}\n",
+            self.surface,
+            self.revision,
+            self.updated_at,
+            Digest::of(self.salt.as_bytes())
+        );
+        for (variant, digest) in self.variants.iter().zip(manifest_digests) {
+            text.push_str(&format!(
+                "variant {} {} {} {} {}\n",
+                variant.name, variant.model, variant.version, variant.weight, digest
+            ));
+        }
+        text
+    }
 }
 
 /// An entry of the append-only audit log.

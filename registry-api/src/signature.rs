@@ -6,6 +6,8 @@ use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use edgerec_core::Digest;
 use serde::{Deserialize, Serialize};
 
+use crate::records::Plan;
+
 /// Why a signature was not accepted.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SignatureError {
@@ -13,6 +15,10 @@ pub enum SignatureError {
     PublicKey(String),
     #[error("the signature does not verify against the registry's public key")]
     BadSignature,
+    #[error("the plan carries no signature")]
+    UnsignedPlan,
+    #[error("the plan's signature lists {digests} manifest digests for {variants} variants")]
+    DigestCount { digests: usize, variants: usize },
 }
 
 /// What `GET /v1/signing-key` answers, on the registry and on edge nodes (which relay the key they verify with).
@@ -31,7 +37,9 @@ impl SigningKeyDocument {
     pub fn ed25519(public_key_hex: String) -> Self {
         Self {
             algorithm: "ed25519".into(),
-            signs: "the sha256 digest of manifest.json (32 bytes)".into(),
+            signs:
+                "the sha256 digest of manifest.json (32 bytes), and each plan revision's statement"
+                    .into(),
             public_key: public_key_hex,
         }
     }
@@ -43,6 +51,27 @@ pub fn verify_manifest_signature(
     manifest_digest: &Digest,
     signature_hex: &str,
 ) -> Result<(), SignatureError> {
+    verify(public_key_hex, manifest_digest.as_bytes(), signature_hex)
+}
+
+/// Checks that `plan` carries the registry's signature over its statement ([`Plan::statement`]), with a manifest
+/// digest for each variant, against `public_key_hex`.
+pub fn verify_plan_signature(public_key_hex: &str, plan: &Plan) -> Result<(), SignatureError> {
+    let signed = plan
+        .signature
+        .as_ref()
+        .ok_or(SignatureError::UnsignedPlan)?;
+    if signed.manifest_digests.len() != plan.variants.len() {
+        return Err(SignatureError::DigestCount {
+            digests: signed.manifest_digests.len(),
+            variants: plan.variants.len(),
+        });
+    }
+    let statement = plan.statement(&signed.manifest_digests);
+    verify(public_key_hex, statement.as_bytes(), &signed.signature)
+}
+
+fn verify(public_key_hex: &str, message: &[u8], signature_hex: &str) -> Result<(), SignatureError> {
     let mut key = [0u8; 32];
     hex::decode_to_slice(public_key_hex.trim(), &mut key)
         .map_err(|_| SignatureError::PublicKey(public_key_hex.chars().take(80).collect()))?;
@@ -51,11 +80,8 @@ pub fn verify_manifest_signature(
     let mut signature = [0u8; 64];
     hex::decode_to_slice(signature_hex.trim(), &mut signature)
         .map_err(|_| SignatureError::BadSignature)?;
-    key.verify(
-        manifest_digest.as_bytes(),
-        &Signature::from_bytes(&signature),
-    )
-    .map_err(|_| SignatureError::BadSignature)
+    key.verify(message, &Signature::from_bytes(&signature))
+        .map_err(|_| SignatureError::BadSignature)
 }
 
 #[cfg(test)]
@@ -90,6 +116,110 @@ mod tests {
             verify_manifest_signature("zz", &digest, &signature),
             Err(SignatureError::PublicKey(_))
         ));
+    }
+
+    fn plan() -> Plan {
+        let variant = |name: &str, version: &str, weight: u32| crate::records::Variant {
+            name: edgerec_core::VariantName::parse(name).expect("a variant"),
+            model: edgerec_core::ModelName::parse("m").expect("a name"),
+            version: edgerec_core::Version::parse(version).expect("a version"),
+            weight,
+        };
+        Plan {
+            surface: edgerec_core::Surface::parse("home").expect("a surface"),
+            revision: 4,
+            variants: vec![variant("control", "1", 90), variant("treatment", "2", 10)],
+            salt: "a salt with spaces\nand a newline".into(),
+            updated_by: "deployer".into(),
+            updated_at: 1_765_000_000_000,
+            reason: "canary".into(),
+            signature: None,
+        }
+    }
+
+    fn signed(mut plan: Plan, key: &SigningKey) -> Plan {
+        let digests = vec![Digest::of(b"manifest 1"), Digest::of(b"manifest 2")];
+        let statement = plan.statement(&digests);
+        plan.signature = Some(crate::records::PlanSignature {
+            manifest_digests: digests,
+            signature: hex::encode(key.sign(statement.as_bytes()).to_bytes()),
+        });
+        plan
+    }
+
+    #[test]
+    fn a_plan_statement_has_one_fact_a_line() {
+        let digests = [Digest::of(b"manifest 1"), Digest::of(b"manifest 2")];
+        assert_eq!(
+            plan().statement(&digests),
+            format!(
+                "edgerec plan v1\nsurface home\nrevision 4\nissued_at 1765000000000\nsalt_sha256 {}\n\
+                 variant control m 1 90 {}\nvariant treatment m 2 10 {}\n",
+                Digest::of("a salt with spaces\nand a newline".as_bytes()),
+                digests[0],
+                digests[1]
+            )
+        );
+    }
+
+    #[test]
+    fn a_plan_verifies_only_as_signed() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let public = hex::encode(key.verifying_key().to_bytes());
+        let good = signed(plan(), &key);
+        verify_plan_signature(&public, &good).expect("verifies");
+        // What a proxy in the middle might change: each is refused.
+        let mut changes: Vec<(&str, Plan)> = Vec::new();
+        let mut replayed = good.clone();
+        replayed.revision = 3;
+        changes.push(("revision", replayed));
+        let mut reweighted = good.clone();
+        reweighted.variants[0].weight = 10;
+        reweighted.variants[1].weight = 90;
+        changes.push(("weights", reweighted));
+        let mut relabelled = good.clone();
+        relabelled.variants[1].version = edgerec_core::Version::parse("3").expect("a version");
+        changes.push(("version", relabelled));
+        let mut salted = good.clone();
+        salted.salt = "another".into();
+        changes.push(("salt", salted));
+        let mut swapped = good.clone();
+        if let Some(signature) = &mut swapped.signature {
+            signature.manifest_digests.swap(0, 1);
+        }
+        changes.push(("digests", swapped));
+        for (what, plan) in changes {
+            assert_eq!(
+                verify_plan_signature(&public, &plan),
+                Err(SignatureError::BadSignature),
+                "{what}"
+            );
+        }
+        let mut stripped = good.clone();
+        stripped.signature = None;
+        assert_eq!(
+            verify_plan_signature(&public, &stripped),
+            Err(SignatureError::UnsignedPlan)
+        );
+        let mut short = good.clone();
+        if let Some(signature) = &mut short.signature {
+            signature.manifest_digests.pop();
+        }
+        assert_eq!(
+            verify_plan_signature(&public, &short),
+            Err(SignatureError::DigestCount {
+                digests: 1,
+                variants: 2
+            })
+        );
+        let other = SigningKey::from_bytes(&[8; 32]);
+        assert_eq!(
+            verify_plan_signature(&public, &signed(plan(), &other)),
+            Err(SignatureError::BadSignature)
+        );
+        // The wire form: the signature travels with the plan and parses back.
+        let json = serde_json::to_string(&good).expect("serialises");
+        assert_eq!(serde_json::from_str::<Plan>(&json).expect("parses"), good);
     }
 
     #[test]

@@ -262,7 +262,7 @@ async fn get_plan<S: Store + 'static>(
     }
     Ok(HttpResponse::Ok()
         .insert_header((header::ETAG, tag))
-        .json(plan))
+        .json(registry.signed(plan).await?))
 }
 
 async fn put_plan<S: Store + 'static>(
@@ -277,7 +277,7 @@ async fn put_plan<S: Store + 'static>(
         .await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::ETAG, etag(&plan)))
-        .json(plan))
+        .json(registry.signed(plan).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -298,7 +298,7 @@ async fn rollback<S: Store + 'static>(
         .await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::ETAG, etag(&plan)))
-        .json(plan))
+        .json(registry.signed(plan).await?))
 }
 
 async fn plan_history<S: Store + 'static>(

@@ -12,7 +12,7 @@ use crate::signing::ManifestSigner;
 use crate::store::{AuditDraft, Store, StoreError};
 use edgerec_registry_api::probe::ModelProbe;
 use edgerec_registry_api::records::{
-    IssuedToken, Plan, PlanRequest, Scope, TokenRecord, Variant, VersionRecord,
+    IssuedToken, Plan, PlanRequest, PlanSignature, Scope, TokenRecord, Variant, VersionRecord,
 };
 use edgerec_storage::now_ms;
 
@@ -326,6 +326,33 @@ impl<S: Store> Registry<S> {
             })
     }
 
+    /// `plan` signed for those who follow it: each variant's manifest digest (from its version record; a version
+    /// a current plan names cannot be deleted) and the registry's signature over the revision's statement.
+    pub async fn signed(&self, mut plan: Plan) -> Result<Plan, RegistryError> {
+        let mut manifest_digests = Vec::with_capacity(plan.variants.len());
+        for variant in &plan.variants {
+            let record = self
+                .store
+                .get_version(&variant.model, &variant.version)
+                .await?
+                .ok_or_else(|| {
+                    RegistryError::Conflict(format!(
+                        "the plan of `{}` names {}@{}, which this registry no longer holds",
+                        plan.surface, variant.model, variant.version
+                    ))
+                })?;
+            manifest_digests.push(record.manifest_digest);
+        }
+        let signature = self
+            .signer
+            .sign_statement(&plan.statement(&manifest_digests));
+        plan.signature = Some(PlanSignature {
+            manifest_digests,
+            signature,
+        });
+        Ok(plan)
+    }
+
     pub async fn delete_version(
         &self,
         model: &str,
@@ -407,6 +434,7 @@ impl<S: Store> Registry<S> {
             updated_by: actor.to_string(),
             updated_at: now_ms(),
             reason: request.reason,
+            signature: None,
         };
         self.write_plan(&plan, "plan.update").await?;
         Ok(plan)
@@ -441,6 +469,7 @@ impl<S: Store> Registry<S> {
             updated_by: actor.to_string(),
             updated_at: now_ms(),
             reason: reason.to_string(),
+            signature: None,
             ..previous.clone()
         };
         self.write_plan(&plan, "plan.rollback").await?;

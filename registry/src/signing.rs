@@ -1,5 +1,5 @@
-//! The registry's ed25519 key, which signs the digest of each manifest it accepts; verifiers use
-//! [`edgerec_registry_api::signature`].
+//! The registry's ed25519 key, which signs the digest of each manifest it accepts and each plan revision it
+//! serves; verifiers use [`edgerec_registry_api::signature`].
 
 use std::path::Path;
 
@@ -55,6 +55,11 @@ impl ManifestSigner {
     /// The signature of a manifest digest, hex.
     pub fn sign(&self, manifest_digest: &Digest) -> String {
         hex::encode(self.key.sign(manifest_digest.as_bytes()).to_bytes())
+    }
+
+    /// The signature of a plan statement ([`edgerec_registry_api::records::Plan::statement`]), hex.
+    pub fn sign_statement(&self, statement: &str) -> String {
+        hex::encode(self.key.sign(statement.as_bytes()).to_bytes())
     }
 }
 

@@ -440,6 +440,24 @@ fn plans_on(fixture: Fixture) {
     assert_eq!((first.status, first.etag.as_deref()), (200, Some("\"1\"")));
     let read = deployer.get("/v1/plans/home");
     assert_eq!(read.etag.as_deref(), Some("\"1\""));
+    // Every plan revision served is signed: its surface, revision, salt and variants with their manifest digests,
+    // under the registry's key.
+    let served: edgerec_registry_api::records::Plan =
+        serde_json::from_value(read.json()).expect("a plan");
+    let key = deployer.get("/v1/signing-key").json()["public_key"]
+        .as_str()
+        .expect("a key")
+        .to_string();
+    edgerec_registry_api::signature::verify_plan_signature(&key, &served)
+        .expect("signed with the registry's key");
+    let version = deployer
+        .get("/v1/models/golden-sasrec/versions/1.0.0")
+        .json();
+    let signed = served.signature.as_ref().expect("a signature");
+    assert_eq!(
+        json!(signed.manifest_digests),
+        json!([version["manifest_digest"]])
+    );
     assert_eq!(
         deployer
             .send("GET", "/v1/plans/home", None, &[("If-None-Match", "\"1\"")])

@@ -10,9 +10,10 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use edgerec_core::ab;
-use edgerec_core::{MODEL_FILE, Surface};
+use edgerec_core::{Digest, MODEL_FILE, Surface};
 use edgerec_registry_api::client::{PlanRead, RegistryClient};
 use edgerec_registry_api::records::{Plan, Variant, VersionRecord};
+use edgerec_registry_api::signature::verify_plan_signature;
 use serde::{Deserialize, Serialize};
 
 use crate::config::NodeConfig;
@@ -30,6 +31,44 @@ const MAX_RETRY_WAIT: Duration = Duration::from_secs(300);
 
 /// Refuses a plan the node cannot serve as it is meant: another surface's, without variants, or with weights that
 /// leave users unassigned (the registry validates plans, but they are not signed).
+/// Checks that `plan` verifies against `key` and is not older than `highest`, the highest revision verified so
+/// far, which it then becomes.
+fn check_signed(key: &str, plan: &Plan, highest: &mut u64) -> Result<(), RolloutError> {
+    verify_plan_signature(key, plan).map_err(|e| RolloutError::PlanSignature {
+        surface: plan.surface.to_string(),
+        revision: plan.revision,
+        message: e.to_string(),
+    })?;
+    if plan.revision < *highest {
+        return Err(RolloutError::Replayed {
+            surface: plan.surface.to_string(),
+            revision: plan.revision,
+            highest: *highest,
+        });
+    }
+    *highest = plan.revision;
+    Ok(())
+}
+
+/// The record of `variant` must be of the manifest the plan's signature names for it.
+fn check_signed_digest(
+    plan: &Plan,
+    variant: &Variant,
+    record: &VersionRecord,
+    signed: &Digest,
+) -> Result<(), RolloutError> {
+    if record.manifest_digest == *signed {
+        return Ok(());
+    }
+    Err(RolloutError::Relabelled {
+        version: format!("{}@{}", variant.model, variant.version),
+        named_by: format!("the signed plan of `{}`", plan.surface),
+        named: format!("manifest {signed}"),
+        bound_by: "the record".into(),
+        bound: format!("manifest {}", record.manifest_digest),
+    })
+}
+
 /// The record asked for `variant` must be the one it names: an answer for another version is a relabelling.
 fn check_labels(
     plan: &Plan,
@@ -105,6 +144,9 @@ pub struct Follower {
     unreachable: HashMap<String, String>,
     /// The last error getting the registry's key, already logged.
     key_error: Option<String>,
+    /// The highest plan revision of each surface whose signature verified: a lower one is a replay and refused
+    /// (a rollback is a new, higher revision). After a restart it starts from the saved plan's.
+    highest_revision: HashMap<String, u64>,
 }
 
 impl std::fmt::Debug for Follower {
@@ -138,6 +180,7 @@ impl Follower {
             metrics,
             pool: config.pool_settings(),
             refused: HashMap::new(),
+            highest_revision: HashMap::new(),
             retry: HashMap::new(),
             unreachable: HashMap::new(),
             key_error: None,
@@ -324,13 +367,33 @@ impl Follower {
         self.public_key.clone()
     }
 
+    /// Checks that `plan` is what the registry signed and no older than a revision already verified here.
+    fn check_signed(&mut self, key: &str, plan: &Plan) -> Result<(), RolloutError> {
+        let highest = self
+            .highest_revision
+            .entry(plan.surface.to_string())
+            .or_default();
+        check_signed(key, plan, highest)
+    }
+
     fn roll_out(&mut self, key: &str, plan: &Plan, source: Source) -> Result<(), RolloutError> {
         let started = Instant::now();
         check_plan(plan, &self.surfaces)?;
+        self.check_signed(key, plan)?;
         let mut variants = Vec::with_capacity(plan.variants.len());
         let mut records = Vec::with_capacity(plan.variants.len());
-        for variant in &plan.variants {
-            let model = match self.deployments.loaded(&variant.model, &variant.version) {
+        // Verified above: one signed manifest digest a variant.
+        let signed_digests = plan
+            .signature
+            .as_ref()
+            .map(|s| s.manifest_digests.clone())
+            .unwrap_or_default();
+        for (variant, signed_digest) in plan.variants.iter().zip(signed_digests) {
+            let loaded = self
+                .deployments
+                .loaded(&variant.model, &variant.version)
+                .filter(|model| model.files.record.manifest_digest == signed_digest);
+            let model = match loaded {
                 Some(model) => model,
                 None => {
                     let record = match &source {
@@ -351,6 +414,7 @@ impl Follower {
                                 ),
                             })?,
                     };
+                    check_signed_digest(plan, variant, &record, &signed_digest)?;
                     let files = self.files(record, matches!(source, Source::Registry))?;
                     files.check_signature(key)?;
                     files.check_binding()?;
@@ -504,7 +568,11 @@ mod tests {
     use edgerec_core::{ModelName, Surface, VariantName, Version};
     use edgerec_registry_api::records::{Plan, Variant, VersionRecord};
 
-    use super::check_labels;
+    use ed25519_dalek::{Signer, SigningKey};
+    use edgerec_core::Digest;
+    use edgerec_registry_api::records::PlanSignature;
+
+    use super::{check_labels, check_signed};
     use crate::model::RolloutError;
 
     fn record(model: &str, version: &str) -> VersionRecord {
@@ -527,6 +595,7 @@ mod tests {
             updated_by: "test".into(),
             updated_at: 0,
             reason: String::new(),
+            signature: None,
         };
         check_labels(&plan, &variant, &record("m", "2")).expect("the record asked for");
         for (model, version) in [("m", "1"), ("n", "2")] {
@@ -544,5 +613,72 @@ mod tests {
                 )
             );
         }
+    }
+
+    fn signed_plan(revision: u64, key: &SigningKey) -> Plan {
+        let mut plan = Plan {
+            surface: Surface::parse("home").expect("a surface"),
+            revision,
+            variants: vec![Variant {
+                name: VariantName::parse("control").expect("a variant"),
+                model: ModelName::parse("m").expect("a name"),
+                version: Version::parse("1").expect("a version"),
+                weight: 100,
+            }],
+            salt: "s".into(),
+            updated_by: "test".into(),
+            updated_at: 0,
+            reason: String::new(),
+            signature: None,
+        };
+        let manifest_digests = vec![Digest::of(b"manifest")];
+        let statement = plan.statement(&manifest_digests);
+        plan.signature = Some(PlanSignature {
+            manifest_digests,
+            signature: hex::encode(key.sign(statement.as_bytes()).to_bytes()),
+        });
+        plan
+    }
+
+    #[test]
+    fn only_signed_plans_no_older_than_the_last_verified_pass() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let public = hex::encode(key.verifying_key().to_bytes());
+        let mut highest = 0;
+        check_signed(&public, &signed_plan(5, &key), &mut highest).expect("signed");
+        assert_eq!(highest, 5);
+        // The same revision again (a restart restores it) passes; an older one is a replay.
+        check_signed(&public, &signed_plan(5, &key), &mut highest).expect("the same revision");
+        let replayed = check_signed(&public, &signed_plan(4, &key), &mut highest)
+            .expect_err("an older revision");
+        assert!(
+            matches!(
+                replayed,
+                RolloutError::Replayed {
+                    revision: 4,
+                    highest: 5,
+                    ..
+                }
+            ),
+            "{replayed}"
+        );
+        assert_eq!(replayed.reason(), "replayed");
+        assert!(replayed.is_permanent());
+        // Unsigned, altered, or signed by another key: refused, and the highest revision stays.
+        let mut unsigned = signed_plan(6, &key);
+        unsigned.signature = None;
+        let mut altered = signed_plan(6, &key);
+        altered.variants[0].weight = 50;
+        let foreign = signed_plan(6, &SigningKey::from_bytes(&[4; 32]));
+        for (plan, says) in [
+            (unsigned, "carries no signature"),
+            (altered, "does not verify"),
+            (foreign, "does not verify"),
+        ] {
+            let refused = check_signed(&public, &plan, &mut highest).expect_err("refused");
+            assert_eq!(refused.reason(), "plan_signature");
+            assert!(refused.to_string().contains(says), "{refused}");
+        }
+        assert_eq!(highest, 5);
     }
 }

@@ -50,6 +50,25 @@ pub enum RolloutError {
     Io { path: String, message: String },
     #[error("the plan of `{surface}` cannot be served: {message}")]
     Plan { surface: String, message: String },
+    /// A plan without the registry's valid signature: unsigned, altered on the way, or signed by another key.
+    #[error(
+        "the plan of `{surface}` (revision {revision}) is not what the registry signed: {message}"
+    )]
+    PlanSignature {
+        surface: String,
+        revision: u64,
+        message: String,
+    },
+    /// A plan older than one whose signature already verified: a replay (a rollback is a new, higher revision).
+    #[error(
+        "the plan of `{surface}` at revision {revision} is older than revision {highest}, already verified here: \
+         a replayed plan is never served"
+    )]
+    Replayed {
+        surface: String,
+        revision: u64,
+        highest: u64,
+    },
     /// A record or plan whose labels are not the signed manifest's: relabelled on the way, or by the registry.
     #[error("{version}: {named_by} names {named}, but {bound_by} names {bound}")]
     Relabelled {
@@ -74,6 +93,8 @@ impl RolloutError {
             RolloutError::Io { .. } => "io",
             RolloutError::Plan { .. } => "plan",
             RolloutError::Relabelled { .. } => "relabelled",
+            RolloutError::PlanSignature { .. } => "plan_signature",
+            RolloutError::Replayed { .. } => "replayed",
         }
     }
 

@@ -1,0 +1,297 @@
+//! A man in the middle of the plain-HTTP link between an edge node and the registry, as an attacker on that link
+//! would be: it reweights plans, strips or swaps their signatures, replays an old plan and relabels a version's
+//! record. The node refuses every altered answer (its log and `edgerec_node_rollout_failures_total` say why), the
+//! plan it served keeps serving, and with the link clean again it follows the registry.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use edgerec_core::{MODEL_FILE, ModelName, VariantName, Version};
+use edgerec_registry_api::client::RegistryClient;
+use edgerec_registry_api::records::{PlanRequest, Variant};
+use serde_json::{Value, json};
+use support::nodes::{Node, Registry, Site, admin_token, manifest_for, wait_for};
+
+use crate::support;
+
+const SURFACE: &str = "home";
+const MODEL: &str = "golden-sasrec";
+
+/// What the man in the middle does to the registry's answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tamper {
+    Nothing,
+    /// Swaps the weights of a plan's first two variants, keeping its signature.
+    Reweight,
+    /// Removes a plan's signature.
+    Strip,
+    /// Puts the signature of the first plan it saw on the plan it forwards.
+    ForeignSignature,
+    /// Answers the first plan it saw, whatever the registry answered.
+    Replay,
+    /// Answers the record of version 1.0.0, relabelled, when 3.0.0 is asked for (digests and signature intact).
+    RelabelRecord,
+}
+
+struct ManInTheMiddle {
+    url: String,
+    tamper: Arc<Mutex<Tamper>>,
+}
+
+impl ManInTheMiddle {
+    /// Forwards GET requests to `upstream` (one request a connection), altering answers as [`Tamper`] says.
+    fn start(upstream: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binds");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let tamper = Arc::new(Mutex::new(Tamper::Nothing));
+        let first_plan: Arc<Mutex<Option<Value>>> = Arc::default();
+        {
+            let tamper = tamper.clone();
+            std::thread::spawn(move || {
+                for client in listener.incoming().flatten() {
+                    let (upstream, tamper, first_plan) =
+                        (upstream.clone(), tamper.clone(), first_plan.clone());
+                    std::thread::spawn(move || {
+                        let mode = *tamper.lock().expect("lock");
+                        forward(client, &upstream, mode, &first_plan);
+                    });
+                }
+            });
+        }
+        Self { url, tamper }
+    }
+
+    fn set(&self, tamper: Tamper) {
+        *self.tamper.lock().expect("lock") = tamper;
+    }
+}
+
+/// Reads one request head from `client`, asks `upstream` the same, and answers it, altered by `mode`.
+fn forward(mut client: TcpStream, upstream: &str, mode: Tamper, first_plan: &Mutex<Option<Value>>) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match client.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let mut lines = head.split("\r\n");
+    let path = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .unwrap_or("/")
+        .to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_lowercase(), value.trim().to_string()))
+        .filter(|(name, _)| name == "authorization" || name == "if-none-match")
+        .collect();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let get = |path: &str| {
+        let mut request = agent.get(format!("{upstream}{path}"));
+        for (name, value) in &headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let mut response = request.call().expect("the registry answers");
+        let etag = response
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        let body = response.body_mut().read_to_vec().unwrap_or_default();
+        (response.status().as_u16(), etag, body)
+    };
+    let relabelled = mode == Tamper::RelabelRecord && path.ends_with("/versions/3.0.0");
+    let (status, etag, mut body) = if relabelled {
+        get(&path.replace("/versions/3.0.0", "/versions/1.0.0"))
+    } else {
+        get(&path)
+    };
+    if relabelled {
+        let mut record: Value = serde_json::from_slice(&body).expect("a record");
+        record["version"] = json!("3.0.0");
+        body = record.to_string().into_bytes();
+    }
+    if status == 200 && path.starts_with("/v1/plans/") {
+        let mut plan: Value = serde_json::from_slice(&body).expect("a plan");
+        let first = first_plan
+            .lock()
+            .expect("lock")
+            .get_or_insert(plan.clone())
+            .clone();
+        match mode {
+            Tamper::Reweight => {
+                let variants = plan["variants"].as_array_mut().expect("variants");
+                let (a, b) = (variants[0]["weight"].clone(), variants[1]["weight"].clone());
+                variants[0]["weight"] = b;
+                variants[1]["weight"] = a;
+            }
+            Tamper::Strip => {
+                plan.as_object_mut().expect("an object").remove("signature");
+            }
+            Tamper::ForeignSignature => plan["signature"] = first["signature"].clone(),
+            Tamper::Replay => plan = first,
+            Tamper::Nothing | Tamper::RelabelRecord => {}
+        }
+        body = plan.to_string().into_bytes();
+    }
+    let mut answer = format!(
+        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if let Some(etag) = etag {
+        answer.push_str(&format!("ETag: {etag}\r\n"));
+    }
+    answer.push_str("\r\n");
+    let _ = client.write_all(answer.as_bytes());
+    let _ = client.write_all(&body);
+}
+
+fn deploy(client: &RegistryClient, variants: &[(&str, &str, u32)]) -> u64 {
+    let current = client.plan(SURFACE).expect("reads the plan");
+    let request = PlanRequest {
+        variants: variants
+            .iter()
+            .map(|(name, version, weight)| Variant {
+                name: VariantName::parse(*name).expect("a name"),
+                model: ModelName::parse(MODEL).expect("a name"),
+                version: Version::parse(*version).expect("a version"),
+                weight: *weight,
+            })
+            .collect(),
+        salt: None,
+        reason: "link test".into(),
+    };
+    client
+        .deploy(SURFACE, &request, current.map(|p| p.revision))
+        .expect("deploys")
+        .revision
+}
+
+fn publish(dir: &Path, client: &RegistryClient, version: &str) {
+    let (_, model) = edgerec_conformance::golden_bundle();
+    let bundle = dir.join(format!("bundle-{version}"));
+    std::fs::create_dir_all(&bundle).expect("bundle dir");
+    std::fs::write(bundle.join("manifest.json"), manifest_for(version, &model)).expect("manifest");
+    std::fs::write(bundle.join(MODEL_FILE), &model).expect("model");
+    client.publish_bundle(&bundle).expect("publishes");
+}
+
+/// The node answers with the plan it served before: revision `serving`, its versions only.
+fn still_serves(node: &Node, serving: u64, versions: &[&str]) {
+    assert_eq!(node.revision(SURFACE), Some(serving));
+    for n in 0..8 {
+        let answer = node.recommend(json!({
+            "user_id": format!("user-{n}"), "recent_items": ["m1"], "k": 3, "surface": SURFACE,
+        }));
+        let version = answer["model_version"].as_str().unwrap_or_default();
+        assert!(versions.contains(&version), "{answer}");
+    }
+}
+
+#[test]
+fn a_man_in_the_middle_cannot_make_a_node_serve_what_the_registry_did_not_sign() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let registry_root = dir.path().join("registry");
+    let token = admin_token(&registry_root);
+    let registry = Registry::start(&registry_root);
+    let client = RegistryClient::new(&registry.url, Some(&token));
+    for version in ["1.0.0", "2.0.0", "3.0.0"] {
+        publish(dir.path(), &client, version);
+    }
+    let key = client.signing_key().expect("the registry's key").public_key;
+    let middle = ManInTheMiddle::start(registry.url.clone());
+    deploy(&client, &[("control", "1.0.0", 100)]);
+
+    let site = Site::new(dir.path(), "site-1");
+    let config = json!({
+        "listen": "127.0.0.1:0",
+        "workers": 2,
+        "surfaces": [SURFACE],
+        "registry": { "url": middle.url, "token": token, "poll_interval_ms": 200, "public_key": key },
+        "auth": site.auth_config(),
+        "ship_interval_ms": 3_600_000,
+        "features": { "data_dir": dir.path().join("node"), "ingest": { "node_id": "node" } },
+    });
+    let node = Node::start("node", dir.path(), config, Some(site));
+    let serving = deploy(
+        &client,
+        &[("control", "1.0.0", 90), ("candidate", "2.0.0", 10)],
+    );
+    wait_for(Duration::from_secs(60), "the node to follow", || {
+        node.revision(SURFACE) == Some(serving)
+    });
+
+    let cases: [(Tamper, &[(&str, &str, u32)], &str, &str); 5] = [
+        (
+            Tamper::Reweight,
+            &[("control", "1.0.0", 70), ("candidate", "2.0.0", 30)],
+            "plan_signature",
+            "does not verify",
+        ),
+        (
+            Tamper::Strip,
+            &[("control", "1.0.0", 60), ("candidate", "2.0.0", 40)],
+            "plan_signature",
+            "carries no signature",
+        ),
+        (
+            Tamper::ForeignSignature,
+            &[("control", "1.0.0", 50), ("candidate", "2.0.0", 50)],
+            "plan_signature",
+            "manifest digests for 2 variants",
+        ),
+        (
+            Tamper::Replay,
+            &[("control", "1.0.0", 40), ("candidate", "2.0.0", 60)],
+            "replayed",
+            "a replayed plan is never served",
+        ),
+        (
+            Tamper::RelabelRecord,
+            &[("control", "1.0.0", 50), ("candidate", "3.0.0", 50)],
+            "relabelled",
+            "golden-sasrec@3.0.0: the signed plan of `home` names manifest",
+        ),
+    ];
+    let log = dir.path().join("node.log");
+    for (tamper, variants, reason, says) in cases {
+        middle.set(tamper);
+        let labels = [("surface", SURFACE), ("reason", reason)];
+        let before = node.metric("edgerec_node_rollout_failures_total", &labels);
+        deploy(&client, variants);
+        wait_for(
+            Duration::from_secs(30),
+            &format!("{tamper:?} refused"),
+            || node.metric("edgerec_node_rollout_failures_total", &labels) > before,
+        );
+        let logged = std::fs::read_to_string(&log).expect("the node's log");
+        assert!(
+            logged
+                .lines()
+                .any(|line| line.contains(&format!("\"reason\":\"{reason}\""))
+                    && line.contains(says)),
+            "{tamper:?}: no log line saying {says:?}"
+        );
+        still_serves(&node, serving, &["1.0.0", "2.0.0"]);
+    }
+
+    // The link clean again: the next revision is followed, with the version the relabelled record stood for.
+    middle.set(Tamper::Nothing);
+    let next = deploy(
+        &client,
+        &[("control", "1.0.0", 50), ("candidate", "3.0.0", 50)],
+    );
+    wait_for(Duration::from_secs(60), "the node to follow again", || {
+        node.revision(SURFACE) == Some(next)
+    });
+    still_serves(&node, next, &["1.0.0", "3.0.0"]);
+}
