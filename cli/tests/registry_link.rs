@@ -210,6 +210,12 @@ fn a_man_in_the_middle_cannot_make_a_node_serve_what_the_registry_did_not_sign()
     let key = client.signing_key().expect("the registry's key").public_key;
     let middle = ManInTheMiddle::start(registry.url.clone());
     deploy(&client, &[("control", "1.0.0", 100)]);
+    // Through the middle, so that revision 1 is the plan it keeps to replay and to take a signature from.
+    let first = RegistryClient::new(&middle.url, Some(&token))
+        .plan(SURFACE)
+        .expect("reads through the middle")
+        .expect("a plan");
+    assert_eq!(first.revision, 1);
 
     let site = Site::new(dir.path(), "site-1");
     let config = json!({
@@ -230,7 +236,10 @@ fn a_man_in_the_middle_cannot_make_a_node_serve_what_the_registry_did_not_sign()
         node.revision(SURFACE) == Some(serving)
     });
 
-    let cases: [(Tamper, &[(&str, &str, u32)], &str, &str); 5] = [
+    // What the man in the middle does while the registry deploys these variants, the reason the node refuses the
+    // revision under, and what its log line says.
+    type Case<'a> = (Tamper, &'a [(&'a str, &'a str, u32)], &'a str, &'a str);
+    let cases: [Case; 5] = [
         (
             Tamper::Reweight,
             &[("control", "1.0.0", 70), ("candidate", "2.0.0", 30)],
@@ -273,13 +282,16 @@ fn a_man_in_the_middle_cannot_make_a_node_serve_what_the_registry_did_not_sign()
             &format!("{tamper:?} refused"),
             || node.metric("edgerec_node_rollout_failures_total", &labels) > before,
         );
-        let logged = std::fs::read_to_string(&log).expect("the node's log");
-        assert!(
-            logged
-                .lines()
-                .any(|line| line.contains(&format!("\"reason\":\"{reason}\""))
-                    && line.contains(says)),
-            "{tamper:?}: no log line saying {says:?}"
+        // The counter moves just before the line is written.
+        wait_for(
+            Duration::from_secs(10),
+            &format!("{tamper:?}: a log line saying {says:?}"),
+            || {
+                let logged = std::fs::read_to_string(&log).unwrap_or_default();
+                logged.lines().any(|line| {
+                    line.contains(&format!("\"reason\":\"{reason}\"")) && line.contains(says)
+                })
+            },
         );
         still_serves(&node, serving, &["1.0.0", "2.0.0"]);
     }
