@@ -1,7 +1,8 @@
 //! A man in the middle of the plain-HTTP link between an edge node and the registry, as an attacker on that link
 //! would be: it reweights plans, strips or swaps their signatures, replays an old plan and relabels a version's
 //! record. The node refuses every altered answer (its log and `edgerec_node_rollout_failures_total` say why), the
-//! plan it served keeps serving, and with the link clean again it follows the registry.
+//! plan it served keeps serving, and with the link clean again it follows the registry. Cut, the link leaves the
+//! node serving and saying so (`/readyz`, the plan's age).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -34,6 +35,8 @@ enum Tamper {
     Replay,
     /// Answers the record of version 1.0.0, relabelled, when 3.0.0 is asked for (digests and signature intact).
     RelabelRecord,
+    /// Answers every plan request with 503, as a registry that cannot be reached.
+    Down,
 }
 
 struct ManInTheMiddle {
@@ -110,7 +113,13 @@ fn forward(mut client: TcpStream, upstream: &str, mode: Tamper, first_plan: &Mut
         (response.status().as_u16(), etag, body)
     };
     let relabelled = mode == Tamper::RelabelRecord && path.ends_with("/versions/3.0.0");
-    let (status, etag, mut body) = if relabelled {
+    let (status, etag, mut body) = if mode == Tamper::Down && path.starts_with("/v1/plans/") {
+        (
+            503,
+            None,
+            br#"{"error":{"kind":"unavailable","message":"down"}}"#.to_vec(),
+        )
+    } else if relabelled {
         get(&path.replace("/versions/3.0.0", "/versions/1.0.0"))
     } else {
         get(&path)
@@ -139,7 +148,7 @@ fn forward(mut client: TcpStream, upstream: &str, mode: Tamper, first_plan: &Mut
             }
             Tamper::ForeignSignature => plan["signature"] = first["signature"].clone(),
             Tamper::Replay => plan = first,
-            Tamper::Nothing | Tamper::RelabelRecord => {}
+            Tamper::Nothing | Tamper::RelabelRecord | Tamper::Down => {}
         }
         body = plan.to_string().into_bytes();
     }
@@ -222,7 +231,10 @@ fn a_man_in_the_middle_cannot_make_a_node_serve_what_the_registry_did_not_sign()
         "listen": "127.0.0.1:0",
         "workers": 2,
         "surfaces": [SURFACE],
-        "registry": { "url": middle.url, "token": token, "poll_interval_ms": 200, "public_key": key },
+        "registry": {
+            "url": middle.url, "token": token, "poll_interval_ms": 200, "public_key": key,
+            "max_plan_age_ms": 1500,
+        },
         "auth": site.auth_config(),
         "ship_interval_ms": 3_600_000,
         "features": { "data_dir": dir.path().join("node"), "ingest": { "node_id": "node" } },
@@ -306,4 +318,28 @@ fn a_man_in_the_middle_cannot_make_a_node_serve_what_the_registry_did_not_sign()
         node.revision(SURFACE) == Some(next)
     });
     still_serves(&node, next, &["1.0.0", "3.0.0"]);
+    wait_for(Duration::from_secs(30), "the node to be ready", || {
+        node.get("/readyz").0 == 200
+    });
+
+    // A link that stays down: the node serves on, and `/readyz` and the plan's age say it is out of touch.
+    middle.set(Tamper::Down);
+    wait_for(
+        Duration::from_secs(30),
+        "/readyz to flag the stale plan",
+        || node.get("/readyz").0 == 503,
+    );
+    let (_, body) = node.get("/readyz");
+    assert!(
+        body.contains("stale_plans") && body.contains("\"surface\":\"home\""),
+        "{body}"
+    );
+    assert!(node.metric("edgerec_node_plan_age_seconds", &[("surface", SURFACE)]) > 1.5);
+    still_serves(&node, next, &["1.0.0", "3.0.0"]);
+    middle.set(Tamper::Nothing);
+    wait_for(
+        Duration::from_secs(30),
+        "the node to be ready again",
+        || node.get("/readyz").0 == 200,
+    );
 }

@@ -108,8 +108,9 @@ export interface LoadedModel {
 }
 
 /**
- * Errors carry a stable `kind`: "bad_signature", "digest_mismatch", "record_mismatch", "invalid_bundle",
- * "invalid_record", "network", "privacy", "invalid_options", "invalid_event", or the server's error kind.
+ * Errors carry a stable `kind`: "bad_signature", "bad_plan_signature", "replayed_plan", "digest_mismatch",
+ * "record_mismatch", "invalid_bundle", "invalid_record", "network", "privacy", "invalid_options", "invalid_event",
+ * or the server's error kind.
  */
 export class EdgeRecError extends Error {
   constructor(kind: string, message: string, options?: { cause?: unknown; status?: number });

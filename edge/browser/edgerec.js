@@ -105,7 +105,27 @@ function randomId() {
 }
 
 /** Checks the ed25519 signature of a manifest digest with the browser's own Web Crypto. */
-async function verifySignature(publicKeyHex, digestHex, signatureHex) {
+function verifySignature(publicKeyHex, digestHex, signatureHex) {
+  return verifyEd25519(publicKeyHex, hexToBytes(digestHex, "the digest"), signatureHex);
+}
+
+/**
+ * What the registry signs for a plan revision, one fact a line, as `Plan::statement` in the registry's crate
+ * writes it: every field is a name, a number or hex, so the bytes are the same in both languages.
+ */
+function planStatement(plan, manifestDigests) {
+  const salt = sha256Digest(new TextEncoder().encode(String(plan.salt)));
+  let text =
+    `edgerec plan v1\nsurface ${plan.surface}\nrevision ${plan.revision}\n` +
+    `issued_at ${plan.updated_at}\nsalt_sha256 ${salt}\n`;
+  plan.variants.forEach((v, i) => {
+    text += `variant ${v.name} ${v.model} ${v.version} ${v.weight} ${manifestDigests[i]}\n`;
+  });
+  return text;
+}
+
+/** Checks an ed25519 signature of `message` (bytes) with the browser's own Web Crypto. */
+async function verifyEd25519(publicKeyHex, message, signatureHex) {
   const subtle = globalThis.crypto?.subtle;
   if (!subtle) {
     throw new EdgeRecError(
@@ -130,7 +150,7 @@ async function verifySignature(publicKeyHex, digestHex, signatureHex) {
   } catch {
     return false;
   }
-  return subtle.verify({ name: "Ed25519" }, key, signature, hexToBytes(digestHex, "the digest"));
+  return subtle.verify({ name: "Ed25519" }, key, signature, message);
 }
 
 /**
@@ -569,11 +589,18 @@ export class EdgeRec {
       const plan = await this.#json(`${this.#source}/v1/plans/${encodeURIComponent(surface)}`, {
         headers: this.#headers,
       });
+      const manifestDigests = await this.#checkPlan(plan, surface);
       const index = assignVariant(plan.salt, this.userId, new Uint32Array(plan.variants.map((v) => v.weight))) ?? 0;
       const variant = plan.variants[index];
       const path = `${encodeURIComponent(variant.model)}/versions/${encodeURIComponent(variant.version)}`;
       const record = await this.#json(`${this.#source}/v1/models/${path}`, { headers: this.#headers });
-      deployment = { record, variant: variant.name, planRevision: plan.revision, offline: false };
+      deployment = {
+        record,
+        variant: variant.name,
+        planRevision: plan.revision,
+        signedDigest: manifestDigests[index],
+        offline: false,
+      };
     } catch (error) {
       // Offline (or the source is down): the last verified deployment, if its files are still cached.
       const saved = this.#readJson(`deployment:${surface}`);
@@ -588,6 +615,12 @@ export class EdgeRec {
     const named = `${record.model}@${record.version}`;
     if (!DIGEST.test(modelDigest) || !DIGEST.test(record.manifest_digest) || typeof record.signature !== "string") {
       throw new EdgeRecError("invalid_record", `the version record of ${named} is incomplete or malformed`);
+    }
+    if (record.manifest_digest !== deployment.signedDigest) {
+      throw new EdgeRecError(
+        "record_mismatch",
+        `the record of ${named} is not of the manifest the signed plan names: the bundle was refused`,
+      );
     }
     const { key, pinnedOnFirstUse, pin } = await this.#publicKey(deployment.offline);
     if (!(await verifySignature(key, record.manifest_digest, record.signature))) {
@@ -628,6 +661,35 @@ export class EdgeRec {
       const { offline, ...kept } = deployment;
       this.#writeJson(`deployment:${surface}`, kept);
     }
+  }
+
+  /**
+   * The manifest digest the registry signed for each variant of `plan`, if the plan carries the registry's
+   * signature under the trusted key and is not older than a revision of this source already verified here (a
+   * rollback is a new, higher revision); throws `bad_plan_signature` or `replayed_plan` otherwise.
+   */
+  async #checkPlan(plan, surface) {
+    const signed = plan?.signature;
+    const digests = signed?.manifest_digests;
+    const refused = (kind, why) => new EdgeRecError(kind, `the plan of ${surface} ${why}: it was refused`);
+    if (!Array.isArray(digests) || typeof signed.signature !== "string") {
+      throw refused("bad_plan_signature", "carries no signature");
+    }
+    if (digests.length !== plan.variants?.length || !digests.every((d) => DIGEST.test(d))) {
+      throw refused("bad_plan_signature", `signs ${digests.length} manifest digests for its variants`);
+    }
+    const { key } = await this.#publicKey(false);
+    const statement = new TextEncoder().encode(planStatement(plan, digests));
+    if (!(await verifyEd25519(key, statement, signed.signature))) {
+      throw refused("bad_plan_signature", `(revision ${plan.revision}) is not what the registry signed`);
+    }
+    const floor = `revision:${this.#source}:${surface}`;
+    const highest = Number(this.#read(floor) ?? 0);
+    if (!(plan.revision >= highest)) {
+      throw refused("replayed_plan", `at revision ${plan.revision} is older than revision ${highest}, already verified here`);
+    }
+    this.#write(floor, String(plan.revision));
+    return digests;
   }
 
   /**

@@ -116,7 +116,8 @@ fn zeros(g: &mut GraphBuilder, dims: &[i64]) -> Value {
     g.op("ConstantOfShape", &[&shape], &[])
 }
 
-/// The contribution of `node`'s output adjoint `dy` to the adjoint of its input number `index`.
+/// The contribution of `node`'s output adjoint `dy` to the adjoint of its input number `index`. One match arm per
+/// differentiable operator (each checked against finite differences): long, but a table of independent rules.
 fn input_gradient(g: &mut GraphBuilder, node: &Node, index: usize, dy: &Value) -> Value {
     let x = |i: usize| node.inputs[i].clone();
     let y = node.output.clone();

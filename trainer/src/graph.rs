@@ -312,6 +312,8 @@ impl GraphBuilder {
         self.define(name, elem, dims);
     }
 
+    /// The output type of `node` from its inputs' types. One match arm per operator the builder emits: long,
+    /// but each arm is the shape rule of one operator, read against the ONNX specification one at a time.
     fn infer(&self, node: &Node) -> TensorType {
         let input = |i: usize| self.tensor_type(&node.inputs[i]);
         let constant = |i: usize| {

@@ -52,6 +52,33 @@ assert.equal(storage.values.get(`edgerec:key:${node}`), key, "the node names ano
 const items = fromNode.items();
 assert.equal(items.length, fromNode.model.items);
 
+// A man in the middle of the page's requests: a plan altered on the way is refused, and so is a signed plan older
+// than a revision this page already verified (here the page's storage says it verified a later one).
+const tampering = (change) => async (url, init) => {
+  const response = await fetch(url, init);
+  if (!String(url).includes("/v1/plans/") || !response.ok) return response;
+  const plan = await response.json();
+  change(plan);
+  return new Response(JSON.stringify(plan), { status: 200, headers: { "Content-Type": "application/json" } });
+};
+const viaMiddle = (change, pageStorage = null) =>
+  EdgeRec.connect({ registry: { url: registry, token }, userId, publicKey: key, wasm, storage: pageStorage, fetch: tampering(change) });
+for (const [change, what] of [
+  [(p) => (p.variants[0].weight += 1), "a reweighted plan"],
+  [(p) => delete p.signature, "an unsigned plan"],
+  [(p) => (p.revision += 1), "a plan with another revision"],
+  [(p) => (p.salt = "another salt"), "a plan with another salt"],
+  [(p) => p.signature.manifest_digests.reverse().push("0".repeat(64)), "a plan whose digests were changed"],
+]) {
+  await rejects(viaMiddle(change), "bad_plan_signature", what);
+}
+const verifiedLater = memory();
+verifiedLater.setItem(`edgerec:revision:${registry}:home`, String(fromRegistry.model.planRevision + 1));
+await rejects(viaMiddle(() => {}, verifiedLater), "replayed_plan", "a revision older than one verified");
+const floor = memory();
+const clean = await viaMiddle(() => {}, floor);
+assert.equal(floor.getItem(`edgerec:revision:${registry}:home`), String(clean.model.planRevision));
+
 // track(): history at once, events in batches of 3, all acknowledged by the node.
 let sent = 0;
 fromNode.on((event) => {
@@ -186,11 +213,20 @@ const relabel = async (url, init) => {
 };
 await rejects(EdgeRec.connect({ node, wasm, storage: null, fetch: relabel }), "record_mismatch", "relabelled record");
 await rejects(EdgeRec.connect({ node, wasm, storage: null, maxHistory: 501 }), "invalid_options", "maxHistory");
+// Another key: the plan is the first thing checked with it.
 const otherKey = "11".repeat(32);
-await rejects(EdgeRec.connect({ node, publicKey: otherKey, wasm, storage: null }), "bad_signature", "wrong key");
+await rejects(EdgeRec.connect({ node, publicKey: otherKey, wasm, storage: null }), "bad_plan_signature", "wrong key");
 const pinned = memory();
 pinned.setItem(`edgerec:key:${node}`, otherKey);
-await rejects(EdgeRec.connect({ node, wasm, storage: pinned }), "bad_signature", "changed key");
+await rejects(EdgeRec.connect({ node, wasm, storage: pinned }), "bad_plan_signature", "changed key");
+const forgedRecord = async (url, init) => {
+  const response = await fetch(url, init);
+  if (!url.includes("/v1/models/")) return response;
+  const record = await response.json();
+  record.signature = `${record.signature.slice(0, -2)}${record.signature.endsWith("00") ? "11" : "00"}`;
+  return new Response(JSON.stringify(record), { status: 200, headers: { "Content-Type": "application/json" } });
+};
+await rejects(EdgeRec.connect({ node, wasm, storage: null, fetch: forgedRecord }), "bad_signature", "a forged record signature");
 await rejects(EdgeRec.connect({ node, surface: "nowhere", wasm, storage: null }), "unknown_surface", "surface");
 await rejects(EdgeRec.connect({ wasm }), "invalid_options", "no source");
 await rejects(EdgeRec.connect({ registry: { url: registry }, wasm, storage: null }), "unauthenticated", "registry without token");

@@ -102,6 +102,9 @@ pub struct FollowerConfig {
     pub public_key: Option<String>,
     /// How often each surface's plan is polled (a conditional GET, so an unchanged plan costs a 304).
     pub poll_interval_ms: u64,
+    /// When set, a surface whose plan the registry has not confirmed for this long (no verified answer: the
+    /// registry unreachable, or its answers refused) makes `/readyz` answer 503 and says so; serving goes on.
+    pub max_plan_age_ms: Option<u64>,
 }
 
 impl Default for FollowerConfig {
@@ -111,6 +114,7 @@ impl Default for FollowerConfig {
             token: None,
             public_key: None,
             poll_interval_ms: 2_000,
+            max_plan_age_ms: None,
         }
     }
 }
@@ -259,6 +263,15 @@ impl NodeConfig {
         if self.surfaces.is_empty() {
             return Err("`surfaces` is empty: name at least one surface to serve".into());
         }
+        if let Some(max_age) = self.registry.max_plan_age_ms
+            && max_age <= self.registry.poll_interval_ms
+        {
+            return Err(format!(
+                "`registry.max_plan_age_ms` ({max_age}) must be longer than `registry.poll_interval_ms` ({}): \
+                 every plan would be stale between two polls",
+                self.registry.poll_interval_ms
+            ));
+        }
         for (name, value) in [
             ("registry.poll_interval_ms", self.registry.poll_interval_ms),
             ("deadlines.rank_ms", self.deadlines.rank_ms),
@@ -381,6 +394,11 @@ mod tests {
             "{refused}"
         );
         config.features.ingest.node_id = "edge-a".into();
+        assert_eq!(config.check(), Ok(()));
+        config.registry.max_plan_age_ms = Some(config.registry.poll_interval_ms);
+        let refused = config.check().expect_err("a maximum age within one poll");
+        assert!(refused.contains("max_plan_age_ms"), "{refused}");
+        config.registry.max_plan_age_ms = Some(3 * config.registry.poll_interval_ms);
         assert_eq!(config.check(), Ok(()));
         let bad_surface = serde_json::from_str::<NodeConfig>(r#"{"surfaces": ["home page"]}"#)
             .expect_err("a surface that is not a name");

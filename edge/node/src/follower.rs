@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::NodeConfig;
 use crate::deployment::{Deployment, Deployments, ServingVariant};
+use crate::freshness::PlanFreshness;
 use crate::host::RankerEngine;
 use crate::metrics::NodeMetrics;
 use crate::model::{LoadedModel, ModelFiles, PoolSettings, RolloutError};
@@ -144,6 +145,8 @@ pub struct Follower {
     unreachable: HashMap<String, String>,
     /// The last error getting the registry's key, already logged.
     key_error: Option<String>,
+    /// When each surface's plan was last confirmed with the registry.
+    freshness: Arc<PlanFreshness>,
     /// The highest plan revision of each surface whose signature verified: a lower one is a replay and refused
     /// (a rollback is a new, higher revision). After a restart it starts from the saved plan's.
     highest_revision: HashMap<String, u64>,
@@ -163,6 +166,7 @@ impl Follower {
         engine: Arc<RankerEngine>,
         deployments: Arc<Deployments>,
         metrics: NodeMetrics,
+        freshness: Arc<PlanFreshness>,
     ) -> Self {
         Self {
             client: RegistryClient::with_timeout(
@@ -181,6 +185,7 @@ impl Follower {
             pool: config.pool_settings(),
             refused: HashMap::new(),
             highest_revision: HashMap::new(),
+            freshness,
             retry: HashMap::new(),
             unreachable: HashMap::new(),
             key_error: None,
@@ -238,6 +243,10 @@ impl Follower {
         let plan = match self.client.plan_if_changed(surface, known) {
             Ok(PlanRead::Unchanged) => {
                 self.unreachable.remove(surface);
+                // A 304 confirms the plan only if it is the one in service (not one this node refused).
+                if known > 0 {
+                    self.freshness.confirm(surface);
+                }
                 return;
             }
             Ok(PlanRead::Changed(plan)) => plan,
@@ -279,6 +288,7 @@ impl Follower {
         match self.roll_out(&key, &plan, Source::Registry) {
             Ok(()) => {
                 self.retry.remove(surface);
+                self.freshness.confirm(surface);
             }
             Err(e) => self.failed(surface, plan.revision, &e),
         }

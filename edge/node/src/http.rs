@@ -204,13 +204,25 @@ async fn readyz<S: FeatureStore>(state: Shared<S>) -> HttpResponse {
             "status": "not_ready",
             "message": message,
         }))
-    } else if waiting.is_empty() {
-        HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }))
-    } else {
+    } else if !waiting.is_empty() {
         HttpResponse::ServiceUnavailable().json(serde_json::json!({
             "status": "not_ready",
             "message": "no verified model is loaded yet for these surfaces",
             "surfaces": waiting,
+        }))
+    } else {
+        let stale = state.freshness.stale(&state.surfaces, Instant::now());
+        if stale.is_empty() {
+            return HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }));
+        }
+        HttpResponse::ServiceUnavailable().json(serde_json::json!({
+            "status": "not_ready",
+            "message": "the registry has not confirmed these surfaces' plans within registry.max_plan_age_ms \
+                        (unreachable, or its answers refused): the plans in service may be out of date",
+            "stale_plans": stale
+                .iter()
+                .map(|(surface, age)| serde_json::json!({"surface": surface, "age_seconds": age.as_secs_f64()}))
+                .collect::<Vec<_>>(),
         }))
     }
 }
@@ -234,6 +246,14 @@ async fn metrics<S: FeatureStore>(state: Shared<S>) -> HttpResponse {
         .metrics
         .rate_limited_clients
         .set(state.rate.tracked() as i64);
+    let now = Instant::now();
+    for surface in &state.surfaces {
+        state
+            .metrics
+            .plan_age_seconds
+            .with_label_values(&[surface.as_str()])
+            .set(state.freshness.age(surface, now).as_secs_f64());
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())

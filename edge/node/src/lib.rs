@@ -9,6 +9,7 @@ pub mod config;
 pub mod deployment;
 pub mod features;
 pub mod follower;
+pub mod freshness;
 mod guard;
 mod host;
 pub mod http;
@@ -137,9 +138,18 @@ pub fn run_with<S: FeatureStore>(
     let metrics = NodeMetrics::new();
     let deployments = Arc::new(Deployments::default());
 
+    let freshness = Arc::new(freshness::PlanFreshness::new(
+        config.registry.max_plan_age_ms.map(Duration::from_millis),
+    ));
     let (stop_follower, follower_stopped) = std::sync::mpsc::channel();
     let follower = {
-        let follower = Follower::new(&config, engine, deployments.clone(), metrics.clone());
+        let follower = Follower::new(
+            &config,
+            engine,
+            deployments.clone(),
+            metrics.clone(),
+            freshness.clone(),
+        );
         std::thread::Builder::new()
             .name("edgerec-follower".into())
             .spawn(move || follower.run(follower_stopped))?
@@ -175,6 +185,7 @@ pub fn run_with<S: FeatureStore>(
         metrics,
         boot_ms: edgerec_features::now_ms(),
         requests: AtomicU64::new(0),
+        freshness,
     });
     let folders = http::StaticFolders {
         web_demo: config.web_demo.clone(),

@@ -1,7 +1,8 @@
 //! The node's Prometheus metrics.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Latency buckets in seconds: sub-millisecond ranking up to slow fallbacks.
@@ -20,6 +21,8 @@ pub struct NodeMetrics {
     pub swaps: IntCounterVec,
     pub rollout_failures: IntCounterVec,
     pub plan_revision: IntGaugeVec,
+    /// Seconds since each surface's plan was last confirmed with the registry (set when metrics are read).
+    pub plan_age_seconds: GaugeVec,
     pub feature_reads: IntCounterVec,
     pub events: IntCounterVec,
     /// Write-ahead log records not yet applied to the feature store (set when metrics are read).
@@ -106,6 +109,13 @@ impl NodeMetrics {
             )),
             plan_revision: register!(IntGaugeVec::new(
                 counter("plan_revision", "The plan revision each surface serves."),
+                &["surface"]
+            )),
+            plan_age_seconds: register!(GaugeVec::new(
+                counter(
+                    "plan_age_seconds",
+                    "Seconds since the registry last confirmed each surface's plan (a verified answer or a 304)."
+                ),
                 &["surface"]
             )),
             feature_reads: register!(IntCounterVec::new(

@@ -159,6 +159,8 @@ pub struct NodeState<S> {
     /// Request ids are `<node>-<boot time>-<counter>`: unique across nodes and restarts without coordination.
     pub(crate) boot_ms: i64,
     pub(crate) requests: AtomicU64,
+    /// When each surface's plan was last confirmed with the registry.
+    pub(crate) freshness: Arc<crate::freshness::PlanFreshness>,
 }
 
 impl<S> std::fmt::Debug for NodeState<S> {
