@@ -31,6 +31,7 @@ export EDGEREC_TOKEN="$("$edgerec" registry token create --name bench --scope ad
 export EDGEREC_REGISTRY="http://127.0.0.1:$registry_port"
 "$edgerec" registry serve --root "$work/registry" --listen "127.0.0.1:$registry_port" 2>"$work/registry.log" & pids+=($!)
 until curl -sf "$EDGEREC_REGISTRY/healthz" >/dev/null; do sleep 0.1; done
+registry_key="$(curl -sf "$EDGEREC_REGISTRY/v1/signing-key" | python3 -c 'import json, sys; print(json.load(sys.stdin)["public_key"])')"
 
 # Two versions of the golden model (same weights, different labels) for the swap.
 for version in 1.0.0 2.0.0; do
@@ -57,9 +58,9 @@ cat > "$work/node.json" <<JSON
   "rate_limits": { "per_address": { "per_second": 0, "burst": 0 } } }
 JSON
 echo '{ "rate_limits": { "per_address": { "per_second": 0, "burst": 0 } } }' > "$work/open-node.json"
-"$edgerec" edge serve --config "$work/node.json" --listen "127.0.0.1:$node_port" --admin-listen "127.0.0.1:$admin_port" \
+"$edgerec" edge serve --config "$work/node.json" --public-key "$registry_key" --listen "127.0.0.1:$node_port" --admin-listen "127.0.0.1:$admin_port" \
   --data "$work/node" --poll-ms 1000 --workers 2 >/dev/null 2>"$work/node.log" & pids+=($!)
-"$edgerec" edge serve --config "$work/open-node.json" --insecure-no-auth --listen "127.0.0.1:$open_port" --admin-listen none \
+"$edgerec" edge serve --config "$work/open-node.json" --public-key "$registry_key" --insecure-no-auth --listen "127.0.0.1:$open_port" --admin-listen none \
   --data "$work/open-node" --poll-ms 1000 --workers 2 >/dev/null 2>"$work/open-node.log" & pids+=($!)
 node="http://127.0.0.1:$node_port"; admin="http://127.0.0.1:$admin_port"; open_node="http://127.0.0.1:$open_port"
 until curl -sf "$node/readyz" >/dev/null && curl -sf "$open_node/readyz" >/dev/null; do sleep 0.1; done

@@ -246,6 +246,8 @@ fn check_addresses_free(args: &DemoArgs) -> Result<()> {
 struct RunningRegistry {
     url: String,
     token: String,
+    /// Its signing key, which the node is given (it never trusts what a registry answers first).
+    public_key: String,
     record: VersionRecord,
 }
 
@@ -308,7 +310,19 @@ fn start_registry(
         plan.revision,
         args.dir.join("registry.log").display()
     );
-    Ok((service, RunningRegistry { url, token, record }))
+    let public_key = client
+        .signing_key()
+        .context("reading the registry's signing key")?
+        .public_key;
+    Ok((
+        service,
+        RunningRegistry {
+            url,
+            token,
+            public_key,
+            record,
+        },
+    ))
 }
 
 /// Starts the edge node on the registry's plan, with the web demo when its folder is found; returns once it
@@ -340,7 +354,10 @@ fn start_node(
         // visitor keeps the default limit.
         "rate_limits": { "per_address": { "per_second": 20_000, "burst": 40_000 } },
         "surfaces": [SURFACE],
-        "registry": { "url": registry.url, "token": registry.token, "poll_interval_ms": 1000 },
+        "registry": {
+            "url": registry.url, "token": registry.token, "public_key": registry.public_key,
+            "poll_interval_ms": 1000,
+        },
         "ship_interval_ms": 10_000,
         "web_demo": web_demo,
         "browser_package": web_demo.as_ref().map(|_| crate::paths::wasm_artifact("browser")),

@@ -135,9 +135,14 @@ pub struct ServeArgs {
     /// A registry token with the `read` scope.
     #[arg(long, env = "EDGEREC_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// The registry's public signing key (hex); default: asked of the registry once and pinned.
+    /// The registry's public signing key (hex, from its `GET /v1/signing-key`): what every plan and bundle must be
+    /// signed with. Required unless --trust-on-first-use.
     #[arg(long)]
     public_key: Option<String>,
+    /// Without --public-key: ask the registry for its key once and pin the answer (whoever answers first decides
+    /// what this node trusts).
+    #[arg(long)]
+    trust_on_first_use: bool,
     /// Surface to serve; repeat for several (default: home).
     #[arg(long = "surface")]
     surfaces: Vec<edgerec_core::Surface>,
@@ -198,6 +203,9 @@ impl ServeArgs {
         if let Some(key) = self.public_key {
             config.registry.public_key = Some(key);
         }
+        if self.trust_on_first_use {
+            config.registry.trust_on_first_use = true;
+        }
         if !self.surfaces.is_empty() {
             config.surfaces = self.surfaces;
         }
@@ -234,6 +242,8 @@ impl ServeArgs {
         if config.module_cache.is_none() {
             config.module_cache = Some(paths::module_cache_dir());
         }
+        // Checked once the flags are in: a flag may set what the file left out, or set it wrong.
+        config.check().map_err(anyhow::Error::msg)?;
         Ok(config)
     }
 }

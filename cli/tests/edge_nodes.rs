@@ -373,6 +373,8 @@ struct Cluster<'a> {
     site: Site,
     registry_url: String,
     token: String,
+    /// The registry's signing key, which nodes are given.
+    public_key: String,
 }
 
 impl Cluster<'_> {
@@ -385,7 +387,10 @@ impl Cluster<'_> {
             "rate_limits": { "per_address": { "per_second": 0, "burst": 0 }, "per_visitor": { "per_second": 0, "burst": 0 } },
             "workers": 2,
             "surfaces": [SURFACE],
-            "registry": { "url": self.registry_url, "token": self.token, "poll_interval_ms": POLL_MS },
+            "registry": {
+                "url": self.registry_url, "token": self.token, "public_key": self.public_key,
+                "poll_interval_ms": POLL_MS,
+            },
             "deadlines": { "features_ms": 2000 },
             "ship_interval_ms": 3_600_000,
             "allowed_origins": [SHOP],
@@ -760,9 +765,14 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
         site: Site::new(dir.path(), "shop-site"),
         registry_url: registry.url.clone(),
         token,
+        public_key: client.signing_key().expect("the key").public_key,
     };
     let node_a = cluster.start("node-a", cluster.node_config("node-a", None));
-    let node_b = cluster.start("node-b", cluster.node_config("node-b", Some(&proxied)));
+    // Node B pins the key the registry answers first, as it is asked to.
+    let mut config_b = cluster.node_config("node-b", Some(&proxied));
+    config_b["registry"]["public_key"] = Value::Null;
+    config_b["registry"]["trust_on_first_use"] = json!(true);
+    let node_b = cluster.start("node-b", config_b);
     let nodes = [&node_a, &node_b];
     converge(&nodes, revision);
     for node in nodes {

@@ -154,7 +154,10 @@ impl GuardedEdge {
             "listen": "127.0.0.1:0",
             "workers": 2,
             "surfaces": [SURFACE],
-            "registry": { "url": registry.url, "token": token, "poll_interval_ms": 300 },
+            "registry": {
+                "url": registry.url, "token": token, "poll_interval_ms": 300,
+                "public_key": client.signing_key().expect("the registry's key").public_key,
+            },
             "auth": auth,
             "rate_limits": {
                 "per_address": { "per_second": 20, "burst": 40 },
@@ -687,9 +690,35 @@ fn operator_routes_and_an_open_node_are_refused(edge: &GuardedEdge) {
         assert_eq!(node.admin_get(path).0, 200, "{path} on the admin address");
     }
 
+    // Without the registry's key (or being told to trust the first one) the node does not start.
+    let keyless = edgerec()
+        .args([
+            "edge",
+            "serve",
+            "--insecure-no-auth",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(dir.path().join("keyless"))
+        .output()
+        .expect("runs");
+    assert!(!keyless.status.success());
+    let said = String::from_utf8_lossy(&keyless.stderr);
+    assert!(
+        said.contains("--public-key") && said.contains("--trust-on-first-use"),
+        "{said}"
+    );
     // Without an auth configuration the node does not start; --insecure-no-auth only on loopback.
     let refused = edgerec()
-        .args(["edge", "serve", "--listen", "127.0.0.1:0", "--data"])
+        .args([
+            "edge",
+            "serve",
+            "--trust-on-first-use",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
         .arg(dir.path().join("open"))
         .output()
         .expect("runs");
@@ -699,6 +728,7 @@ fn operator_routes_and_an_open_node_are_refused(edge: &GuardedEdge) {
         .args([
             "edge",
             "serve",
+            "--trust-on-first-use",
             "--insecure-no-auth",
             "--listen",
             "0.0.0.0:0",

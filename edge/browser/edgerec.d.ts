@@ -17,11 +17,16 @@ export interface ConnectOptions {
   /** Plan name in the registry (default "home"). */
   surface?: string;
   /**
-   * The registry's ed25519 public key (hex, from `GET /v1/signing-key`). Set it: it is the only protection against
-   * a source that serves a bundle and a key of its own. Without it the source's key is pinned in storage after its
-   * first successful check, and a later different key is refused.
+   * The registry's ed25519 public key (hex, from `GET /v1/signing-key`): every plan and bundle must be signed with
+   * it. It is the only protection against a source that serves a bundle and a key of its own. Required unless
+   * `trustOnFirstUse`.
    */
   publicKey?: string;
+  /**
+   * Without `publicKey`: pin the source's key in storage after its first successful check (a later different key
+   * is refused). Whoever answers first decides what the page trusts, so it must be asked for.
+   */
+  trustOnFirstUse?: boolean;
   /**
    * The site's visitor token for this visitor: a JWT its backend signs (`sub`: the visitor's id, `exp`; a key the
    * node is configured with). Called again shortly before the token expires and when the node refuses it. Without

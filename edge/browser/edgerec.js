@@ -176,6 +176,12 @@ export class EdgeRec {
     if (!["share", "local"].includes(settings.privacy)) {
       throw new EdgeRecError("invalid_options", `privacy is "share" or "local", not ${JSON.stringify(settings.privacy)}`);
     }
+    if (!settings.publicKey && settings.trustOnFirstUse !== true) {
+      throw new EdgeRecError(
+        "invalid_options",
+        "pass the registry's signing key (`publicKey`), or `trustOnFirstUse: true` to pin whatever key the source answers first",
+      );
+    }
     if (settings.visitorToken !== undefined && typeof settings.visitorToken !== "function") {
       throw new EdgeRecError("invalid_options", "visitorToken is an async function returning the visitor's JWT");
     }

@@ -40,7 +40,7 @@ const rejects = async (promise, kind, what) => {
 const key = (await (await fetch(`${registry}/v1/signing-key`, { headers: { Authorization: `Bearer ${token}` } })).json())
   .public_key;
 const storage = memory();
-const fromNode = await EdgeRec.connect({ node, wasm, storage, batchSize: 3, flushIntervalMs: 60_000 });
+const fromNode = await EdgeRec.connect({ node, wasm, storage, batchSize: 3, flushIntervalMs: 60_000, trustOnFirstUse: true });
 const userId = fromNode.userId;
 assert.match(userId, /^anon-[0-9a-f]{32}$/, "the node's anonymous visitor id");
 assert.equal(JSON.parse(storage.values.get("edgerec:session")).visitor, userId);
@@ -123,9 +123,9 @@ assert.equal(sent, 5);
 
 // Anonymous sessions: a page restarted with the same storage is the same visitor (its session renewed), another
 // page is another visitor, and a session's token names its own visitor only.
-const again = await EdgeRec.connect({ node, wasm, storage, flushIntervalMs: 60_000 });
+const again = await EdgeRec.connect({ node, wasm, storage, flushIntervalMs: 60_000, trustOnFirstUse: true });
 assert.equal(again.userId, userId, "a renewed session keeps the visitor id");
-const stranger = await EdgeRec.connect({ node, wasm, storage: memory() });
+const stranger = await EdgeRec.connect({ node, wasm, storage: memory(), trustOnFirstUse: true });
 assert.notEqual(stranger.userId, userId);
 const session = JSON.parse(storage.values.get("edgerec:session"));
 const forged = await fetch(`${node}/v1/events`, {
@@ -149,19 +149,19 @@ const provider = async () => {
   asked += 1;
   return siteToken;
 };
-const signedIn = await EdgeRec.connect({ node, visitorToken: provider, wasm, storage: memory(), flushIntervalMs: 60_000 });
+const signedIn = await EdgeRec.connect({ node, visitorToken: provider, wasm, storage: memory(), flushIntervalMs: 60_000, trustOnFirstUse: true });
 assert.equal(signedIn.userId, siteSub);
 signedIn.track({ item: items[2] });
 assert.deepEqual(await signedIn.flush(), { sent: 1 });
 assert.equal((await signedIn.recommendOnNode({ k: 3 })).items.length, 3);
 assert.equal(asked, 1, "a token with time left is reused");
 await rejects(
-  EdgeRec.connect({ node, visitorToken: provider, userId: "someone-else", wasm, storage: null }),
+  EdgeRec.connect({ node, visitorToken: provider, userId: "someone-else", wasm, storage: null, trustOnFirstUse: true }),
   "invalid_token",
   "userId not the token's subject",
 );
 await rejects(
-  EdgeRec.connect({ node, visitorToken: async () => "not-a-jwt", wasm, storage: null }),
+  EdgeRec.connect({ node, visitorToken: async () => "not-a-jwt", wasm, storage: null, trustOnFirstUse: true }),
   "invalid_token",
   "a provider returning garbage",
 );
@@ -193,7 +193,7 @@ const watching = (url, init) => {
   requests.push(`${init?.method ?? "GET"} ${url}`);
   return fetch(url, init);
 };
-const privateRec = await EdgeRec.connect({ node, privacy: "local", wasm, storage: memory(), fetch: watching });
+const privateRec = await EdgeRec.connect({ node, privacy: "local", wasm, storage: memory(), fetch: watching, trustOnFirstUse: true });
 const loads = requests.length;
 privateRec.track({ item: items[0] });
 assert.deepEqual(privateRec.history, [items[0]]);
@@ -211,14 +211,14 @@ const relabel = async (url, init) => {
   record.version = "99.0.0";
   return new Response(JSON.stringify(record), { status: 200, headers: { "Content-Type": "application/json" } });
 };
-await rejects(EdgeRec.connect({ node, wasm, storage: null, fetch: relabel }), "record_mismatch", "relabelled record");
-await rejects(EdgeRec.connect({ node, wasm, storage: null, maxHistory: 501 }), "invalid_options", "maxHistory");
+await rejects(EdgeRec.connect({ node, wasm, storage: null, fetch: relabel, trustOnFirstUse: true }), "record_mismatch", "relabelled record");
+await rejects(EdgeRec.connect({ node, wasm, storage: null, maxHistory: 501, trustOnFirstUse: true }), "invalid_options", "maxHistory");
 // Another key: the plan is the first thing checked with it.
 const otherKey = "11".repeat(32);
 await rejects(EdgeRec.connect({ node, publicKey: otherKey, wasm, storage: null }), "bad_plan_signature", "wrong key");
 const pinned = memory();
 pinned.setItem(`edgerec:key:${node}`, otherKey);
-await rejects(EdgeRec.connect({ node, wasm, storage: pinned }), "bad_plan_signature", "changed key");
+await rejects(EdgeRec.connect({ node, wasm, storage: pinned, trustOnFirstUse: true }), "bad_plan_signature", "changed key");
 const forgedRecord = async (url, init) => {
   const response = await fetch(url, init);
   if (!url.includes("/v1/models/")) return response;
@@ -226,16 +226,17 @@ const forgedRecord = async (url, init) => {
   record.signature = `${record.signature.slice(0, -2)}${record.signature.endsWith("00") ? "11" : "00"}`;
   return new Response(JSON.stringify(record), { status: 200, headers: { "Content-Type": "application/json" } });
 };
-await rejects(EdgeRec.connect({ node, wasm, storage: null, fetch: forgedRecord }), "bad_signature", "a forged record signature");
-await rejects(EdgeRec.connect({ node, surface: "nowhere", wasm, storage: null }), "unknown_surface", "surface");
-await rejects(EdgeRec.connect({ wasm }), "invalid_options", "no source");
-await rejects(EdgeRec.connect({ registry: { url: registry }, wasm, storage: null }), "unauthenticated", "registry without token");
+await rejects(EdgeRec.connect({ node, wasm, storage: null, fetch: forgedRecord, trustOnFirstUse: true }), "bad_signature", "a forged record signature");
+await rejects(EdgeRec.connect({ node, surface: "nowhere", wasm, storage: null, trustOnFirstUse: true }), "unknown_surface", "surface");
+await rejects(EdgeRec.connect({ wasm, trustOnFirstUse: true }), "invalid_options", "no source");
+await rejects(EdgeRec.connect({ node, wasm, storage: null }), "invalid_options", "neither a key nor trust on first use");
+await rejects(EdgeRec.connect({ registry: { url: registry }, wasm, storage: null, trustOnFirstUse: true }), "unauthenticated", "registry without token");
 
 // Offline once loaded: a fresh page state whose source is unreachable restarts from the saved plan and cache.
 // Node has no Cache API, so the bundle files cannot come back offline here: a clear refusal, not a hang.
 const offlineStorage = memory();
-await EdgeRec.connect({ node, wasm, storage: offlineStorage });
+await EdgeRec.connect({ node, wasm, storage: offlineStorage, trustOnFirstUse: true });
 const unreachable = () => Promise.reject(new TypeError("fetch failed"));
-await rejects(EdgeRec.connect({ node, wasm, storage: offlineStorage, fetch: unreachable }), "network", "offline");
+await rejects(EdgeRec.connect({ node, wasm, storage: offlineStorage, fetch: unreachable, trustOnFirstUse: true }), "network", "offline");
 
 console.log(JSON.stringify({ ok: true, version: fromNode.model.version, items: items.length }));

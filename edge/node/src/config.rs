@@ -97,9 +97,13 @@ pub struct FollowerConfig {
     pub url: String,
     /// A token with the `read` scope, if the registry requires one.
     pub token: Option<String>,
-    /// The registry's ed25519 public key (hex, from `GET /v1/signing-key`). When absent the node asks the registry
-    /// once and pins the answer in its data folder (trust on first use); set it to trust nothing unverified.
+    /// The registry's ed25519 public key (hex, from `GET /v1/signing-key`): what every plan and bundle must be
+    /// signed with. Required unless `trust_on_first_use`.
     pub public_key: Option<String>,
+    /// Without `public_key`, ask the registry for its key once and pin the answer in the data folder. Whoever
+    /// answers first (on a plain-HTTP link, anyone in the middle) then decides what this node trusts, so it must be
+    /// asked for by name.
+    pub trust_on_first_use: bool,
     /// How often each surface's plan is polled (a conditional GET, so an unchanged plan costs a 304).
     pub poll_interval_ms: u64,
     /// When set, a surface whose plan the registry has not confirmed for this long (no verified answer: the
@@ -113,6 +117,7 @@ impl Default for FollowerConfig {
             url: "http://127.0.0.1:7070".into(),
             token: None,
             public_key: None,
+            trust_on_first_use: false,
             poll_interval_ms: 2_000,
             max_plan_age_ms: None,
         }
@@ -232,7 +237,7 @@ impl Default for FeatureCacheConfig {
 
 impl NodeConfig {
     /// The file at `path` (defaults where absent), then `EDGEREC_NODE_LISTEN`, `EDGEREC_NODE_DATA_DIR` and
-    /// `EDGEREC_NODE_ID` over it.
+    /// `EDGEREC_NODE_ID` over it; not yet checked ([`NodeConfig::check`], once flags are applied too).
     pub fn load(path: Option<&Path>) -> Result<Self, String> {
         let mut config: Self = match path {
             Some(path) => {
@@ -252,16 +257,25 @@ impl NodeConfig {
         if let Some(id) = var("EDGEREC_NODE_ID") {
             config.features.ingest.node_id = id;
         }
-        config.check()?;
         Ok(config)
     }
 
-    fn check(&self) -> Result<(), String> {
+    /// Whether the configuration can run, once everything that sets it (file, environment, flags) has: the node
+    /// refuses to start otherwise ([`crate::run_with`] checks it first).
+    pub fn check(&self) -> Result<(), String> {
         // Request ids and log file names are made from it.
         edgerec_core::id::check_name("node id", &self.features.ingest.node_id)
             .map_err(|e| format!("`features.ingest.node_id`: {e}"))?;
         if self.surfaces.is_empty() {
             return Err("`surfaces` is empty: name at least one surface to serve".into());
+        }
+        if self.registry.public_key.is_none() && !self.registry.trust_on_first_use {
+            return Err(
+                "`registry.public_key` is not set: give the registry's signing key (`--public-key`, from its \
+                 `GET /v1/signing-key`), or, to pin whatever key the registry answers first, \
+                 `--trust-on-first-use`"
+                    .into(),
+            );
         }
         if let Some(max_age) = self.registry.max_plan_age_ms
             && max_age <= self.registry.poll_interval_ms
@@ -362,7 +376,28 @@ mod tests {
     fn defaults_parse_and_bad_values_are_refused() {
         let empty: NodeConfig = serde_json::from_str("{}").expect("an empty file is all defaults");
         assert_eq!(empty, NodeConfig::default());
-        assert!(empty.check().is_ok());
+        // The one thing a node is never given by default: whom to trust.
+        let keyless = empty.check().expect_err("no registry key");
+        assert!(
+            keyless.contains("registry.public_key") && keyless.contains("--trust-on-first-use"),
+            "{keyless}"
+        );
+        let trusting = NodeConfig {
+            registry: FollowerConfig {
+                trust_on_first_use: true,
+                ..FollowerConfig::default()
+            },
+            ..NodeConfig::default()
+        };
+        assert_eq!(trusting.check(), Ok(()));
+        let keyed = NodeConfig {
+            registry: FollowerConfig {
+                public_key: Some("ab".repeat(32)),
+                ..FollowerConfig::default()
+            },
+            ..NodeConfig::default()
+        };
+        assert_eq!(keyed.check(), Ok(()));
 
         let unknown = serde_json::from_str::<NodeConfig>(r#"{"listn": "x"}"#);
         assert!(
@@ -374,7 +409,7 @@ mod tests {
 
         let mut config = NodeConfig {
             surfaces: Vec::new(),
-            ..NodeConfig::default()
+            ..keyed
         };
         assert!(config.check().expect_err("no surface").contains("surfaces"));
         config.surfaces = vec![Surface::parse("home").expect("a surface name")];

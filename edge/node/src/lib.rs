@@ -120,6 +120,7 @@ pub fn run_with<S: FeatureStore>(
     background: tokio::runtime::Runtime,
     on_listening: impl FnOnce(&Listening),
 ) -> Result<(), NodeError> {
+    config.check().map_err(NodeError::Config)?;
     config.check_security().map_err(NodeError::Config)?;
     let auth = authenticator(&config)?;
     let rate = ClientLimits::new(&config.rate_limits);
