@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use edgerec_core::{Digest, MODEL_FILE, ModelName, VariantName, Version};
+use edgerec_core::{Digest, MODEL_FILE};
 use edgerec_registry_api::client::RegistryClient;
-use edgerec_registry_api::records::{PlanRequest, Variant, VersionRecord};
+use edgerec_registry_api::records::VersionRecord;
 use prost::Message;
 use serde_json::{Value, json};
 use support::nodes::{
@@ -121,24 +121,7 @@ fn nan_model() -> Vec<u8> {
 }
 
 fn deploy(client: &RegistryClient, variants: &[(&str, &str, u32)], reason: &str) -> u64 {
-    let current = client.plan(SURFACE).expect("reads the plan");
-    let request = PlanRequest {
-        variants: variants
-            .iter()
-            .map(|(name, version, weight)| Variant {
-                name: VariantName::parse(*name).expect("a name"),
-                model: ModelName::parse(MODEL).expect("a name"),
-                version: Version::parse(*version).expect("a version"),
-                weight: *weight,
-            })
-            .collect(),
-        salt: None,
-        reason: reason.into(),
-    };
-    client
-        .deploy(SURFACE, &request, current.map(|p| p.revision))
-        .expect("deploys")
-        .revision
+    support::nodes::deploy(client, SURFACE, MODEL, variants, reason)
 }
 
 /// Every kind of bad request gets a precise JSON error, and the node keeps answering good ones.

@@ -10,9 +10,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use edgerec_core::{MODEL_FILE, ModelName, VariantName, Version};
+use edgerec_core::MODEL_FILE;
 use edgerec_registry_api::client::RegistryClient;
-use edgerec_registry_api::records::{PlanRequest, Variant};
 use serde_json::{Value, json};
 use support::nodes::{Node, Registry, Site, admin_token, manifest_for, wait_for};
 
@@ -165,24 +164,7 @@ fn forward(mut client: TcpStream, upstream: &str, mode: Tamper, first_plan: &Mut
 }
 
 fn deploy(client: &RegistryClient, variants: &[(&str, &str, u32)]) -> u64 {
-    let current = client.plan(SURFACE).expect("reads the plan");
-    let request = PlanRequest {
-        variants: variants
-            .iter()
-            .map(|(name, version, weight)| Variant {
-                name: VariantName::parse(*name).expect("a name"),
-                model: ModelName::parse(MODEL).expect("a name"),
-                version: Version::parse(*version).expect("a version"),
-                weight: *weight,
-            })
-            .collect(),
-        salt: None,
-        reason: "link test".into(),
-    };
-    client
-        .deploy(SURFACE, &request, current.map(|p| p.revision))
-        .expect("deploys")
-        .revision
+    support::nodes::deploy(client, SURFACE, MODEL, variants, "link test")
 }
 
 fn publish(dir: &Path, client: &RegistryClient, version: &str) {

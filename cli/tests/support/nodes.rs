@@ -457,3 +457,34 @@ pub fn plant_version(
             .expect("inserts the version");
     });
 }
+
+/// Deploys `variants` (name, version of `model`, weight in percent) to `surface`, conditional on the plan read
+/// just before; returns the new revision.
+pub fn deploy(
+    client: &edgerec_registry_api::client::RegistryClient,
+    surface: &str,
+    model: &str,
+    variants: &[(&str, &str, u32)],
+    reason: &str,
+) -> u64 {
+    use edgerec_core::{ModelName, VariantName, Version};
+    use edgerec_registry_api::records::{PlanRequest, Variant};
+    let current = client.plan(surface).expect("reads the plan");
+    let request = PlanRequest {
+        variants: variants
+            .iter()
+            .map(|(name, version, weight)| Variant {
+                name: VariantName::parse(*name).expect("a name"),
+                model: ModelName::parse(model).expect("a name"),
+                version: Version::parse(*version).expect("a version"),
+                weight: *weight,
+            })
+            .collect(),
+        salt: None,
+        reason: reason.into(),
+    };
+    client
+        .deploy(surface, &request, current.map(|p| p.revision))
+        .expect("deploys")
+        .revision
+}
