@@ -287,6 +287,12 @@ fn a_man_in_the_middle_cannot_make_a_node_serve_what_the_registry_did_not_sign()
                 })
             },
         );
+        if reason == "plan_signature" {
+            // A current plan that does not verify against the node's key: not ready, and it says why.
+            let (status, body) = node.get("/readyz");
+            assert_eq!(status, 503, "{body}");
+            assert!(body.contains("untrusted_plans"), "{body}");
+        }
         still_serves(&node, serving, &["1.0.0", "2.0.0"]);
     }
 

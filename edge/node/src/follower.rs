@@ -18,10 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::NodeConfig;
 use crate::deployment::{Deployment, Deployments, ServingVariant};
-use crate::freshness::PlanFreshness;
 use crate::host::RankerEngine;
 use crate::metrics::NodeMetrics;
 use crate::model::{LoadedModel, ModelFiles, PoolSettings, RolloutError};
+use crate::plan_health::PlanHealth;
 
 /// Longest a registry call may take (a bundle download included), so that a registry that stops answering cannot
 /// hold the follower, or the node's shutdown, for long.
@@ -146,7 +146,7 @@ pub struct Follower {
     /// The last error getting the registry's key, already logged.
     key_error: Option<String>,
     /// When each surface's plan was last confirmed with the registry.
-    freshness: Arc<PlanFreshness>,
+    plan_health: Arc<PlanHealth>,
     /// The highest plan revision of each surface whose signature verified: a lower one is a replay and refused
     /// (a rollback is a new, higher revision). After a restart it starts from the saved plan's.
     highest_revision: HashMap<String, u64>,
@@ -166,7 +166,7 @@ impl Follower {
         engine: Arc<RankerEngine>,
         deployments: Arc<Deployments>,
         metrics: NodeMetrics,
-        freshness: Arc<PlanFreshness>,
+        plan_health: Arc<PlanHealth>,
     ) -> Self {
         Self {
             client: RegistryClient::with_timeout(
@@ -185,7 +185,7 @@ impl Follower {
             pool: config.pool_settings(),
             refused: HashMap::new(),
             highest_revision: HashMap::new(),
-            freshness,
+            plan_health,
             retry: HashMap::new(),
             unreachable: HashMap::new(),
             key_error: None,
@@ -245,7 +245,7 @@ impl Follower {
                 self.unreachable.remove(surface);
                 // A 304 confirms the plan only if it is the one in service (not one this node refused).
                 if known > 0 {
-                    self.freshness.confirm(surface);
+                    self.plan_health.confirm(surface);
                 }
                 return;
             }
@@ -288,13 +288,17 @@ impl Follower {
         match self.roll_out(&key, &plan, Source::Registry) {
             Ok(()) => {
                 self.retry.remove(surface);
-                self.freshness.confirm(surface);
+                self.plan_health.confirm(surface);
             }
             Err(e) => self.failed(surface, plan.revision, &e),
         }
     }
 
     fn failed(&mut self, surface: &str, revision: u64, error: &RolloutError) {
+        if matches!(error, RolloutError::PlanSignature { .. }) {
+            self.plan_health
+                .untrusted(surface, revision, error.to_string());
+        }
         self.metrics
             .rollout_failures
             .with_label_values(&[surface, error.reason()])

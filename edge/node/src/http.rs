@@ -210,8 +210,20 @@ async fn readyz<S: FeatureStore>(state: Shared<S>) -> HttpResponse {
             "message": "no verified model is loaded yet for these surfaces",
             "surfaces": waiting,
         }))
+    } else if let untrusted = state.plan_health.untrusted_plans()
+        && !untrusted.is_empty()
+    {
+        HttpResponse::ServiceUnavailable().json(serde_json::json!({
+            "status": "not_ready",
+            "message": "the registry's current plan does not verify against this node's key (a key rotated without \
+                        this node, or answers altered on the way): the previous plan keeps serving",
+            "untrusted_plans": untrusted
+                .iter()
+                .map(|(surface, revision, why)| serde_json::json!({"surface": surface, "revision": revision, "error": why}))
+                .collect::<Vec<_>>(),
+        }))
     } else {
-        let stale = state.freshness.stale(&state.surfaces, Instant::now());
+        let stale = state.plan_health.stale(&state.surfaces, Instant::now());
         if stale.is_empty() {
             return HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }));
         }
@@ -252,7 +264,7 @@ async fn metrics<S: FeatureStore>(state: Shared<S>) -> HttpResponse {
             .metrics
             .plan_age_seconds
             .with_label_values(&[surface.as_str()])
-            .set(state.freshness.age(surface, now).as_secs_f64());
+            .set(state.plan_health.age(surface, now).as_secs_f64());
     }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

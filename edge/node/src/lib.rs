@@ -9,12 +9,12 @@ pub mod config;
 pub mod deployment;
 pub mod features;
 pub mod follower;
-pub mod freshness;
 mod guard;
 mod host;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod plan_health;
 mod pool;
 pub mod probe;
 pub mod rate;
@@ -139,7 +139,7 @@ pub fn run_with<S: FeatureStore>(
     let metrics = NodeMetrics::new();
     let deployments = Arc::new(Deployments::default());
 
-    let freshness = Arc::new(freshness::PlanFreshness::new(
+    let plan_health = Arc::new(plan_health::PlanHealth::new(
         config.registry.max_plan_age_ms.map(Duration::from_millis),
     ));
     let (stop_follower, follower_stopped) = std::sync::mpsc::channel();
@@ -149,7 +149,7 @@ pub fn run_with<S: FeatureStore>(
             engine,
             deployments.clone(),
             metrics.clone(),
-            freshness.clone(),
+            plan_health.clone(),
         );
         std::thread::Builder::new()
             .name("edgerec-follower".into())
@@ -186,7 +186,7 @@ pub fn run_with<S: FeatureStore>(
         metrics,
         boot_ms: edgerec_features::now_ms(),
         requests: AtomicU64::new(0),
-        freshness,
+        plan_health,
     });
     let folders = http::StaticFolders {
         web_demo: config.web_demo.clone(),

@@ -160,7 +160,7 @@ pub struct NodeState<S> {
     pub(crate) boot_ms: i64,
     pub(crate) requests: AtomicU64,
     /// When each surface's plan was last confirmed with the registry.
-    pub(crate) freshness: Arc<crate::freshness::PlanFreshness>,
+    pub(crate) plan_health: Arc<crate::plan_health::PlanHealth>,
 }
 
 impl<S> std::fmt::Debug for NodeState<S> {

@@ -1,6 +1,7 @@
-//! How long ago each surface's plan was last confirmed with the registry (a plan read that verified and is in
-//! service, or a `304 Not Modified` for it), so a node that cannot get a fresh plan says so (`/readyz`, the
-//! `plan_age_seconds` metric) instead of serving an old one silently.
+//! What a node knows of its plans' standing with the registry, so that it says when it is out of step instead of
+//! serving an old plan silently (`/readyz`, the `plan_age_seconds` metric): how long ago each surface's plan was
+//! last confirmed (a plan read that verified and is in service, or a `304 Not Modified` for it), and which surfaces'
+//! current plans do not verify against the key the node trusts.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -8,16 +9,19 @@ use std::time::{Duration, Instant};
 
 use edgerec_core::Surface;
 
-/// When each surface's plan was last confirmed, and the age past which it counts as stale.
+/// When each surface's plan was last confirmed, the age past which it counts as stale, and the plans refused for
+/// their signature.
 #[derive(Debug)]
-pub struct PlanFreshness {
+pub struct PlanHealth {
     /// A plan never confirmed since the node started (a restored one) is as old as the node.
     started: Instant,
     confirmed: Mutex<HashMap<String, Instant>>,
     max_age: Option<Duration>,
+    /// By surface: the revision whose signature did not verify against the trusted key, and why.
+    untrusted: Mutex<HashMap<String, (u64, String)>>,
 }
 
-impl PlanFreshness {
+impl PlanHealth {
     pub fn new(max_age: Option<Duration>) -> Self {
         Self::started_at(Instant::now(), max_age)
     }
@@ -27,6 +31,7 @@ impl PlanFreshness {
             started,
             confirmed: Mutex::default(),
             max_age,
+            untrusted: Mutex::default(),
         }
     }
 
@@ -37,6 +42,25 @@ impl PlanFreshness {
 
     fn confirm_at(&self, surface: &str, at: Instant) {
         self.lock().insert(surface.to_string(), at);
+        self.lock_untrusted().remove(surface);
+    }
+
+    /// The registry's current plan of `surface` (`revision`) does not verify against the trusted key.
+    pub fn untrusted(&self, surface: &str, revision: u64, why: String) {
+        self.lock_untrusted()
+            .insert(surface.to_string(), (revision, why));
+    }
+
+    /// The surfaces whose current plan did not verify, with its revision and why, by surface; a surface leaves the
+    /// list when its plan is next confirmed.
+    pub fn untrusted_plans(&self) -> Vec<(String, u64, String)> {
+        let mut plans: Vec<_> = self
+            .lock_untrusted()
+            .iter()
+            .map(|(surface, (revision, why))| (surface.clone(), *revision, why.clone()))
+            .collect();
+        plans.sort();
+        plans
     }
 
     /// How long ago the plan of `surface` was last confirmed, at `now`.
@@ -60,6 +84,10 @@ impl PlanFreshness {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
         self.confirmed.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn lock_untrusted(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, String)>> {
+        self.untrusted.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 #[cfg(test)]
@@ -73,26 +101,46 @@ mod tests {
             Surface::parse("home").expect("a surface"),
             Surface::parse("search").expect("a surface"),
         ];
-        let freshness = PlanFreshness::started_at(start, Some(Duration::from_secs(10)));
+        let health = PlanHealth::started_at(start, Some(Duration::from_secs(10)));
         assert!(
-            freshness
+            health
                 .stale(&surfaces, start + Duration::from_secs(10))
                 .is_empty()
         );
         let later = start + Duration::from_secs(11);
         assert_eq!(
-            freshness.stale(&surfaces, later),
+            health.stale(&surfaces, later),
             vec![
                 (surfaces[0].clone(), Duration::from_secs(11)),
                 (surfaces[1].clone(), Duration::from_secs(11)),
             ]
         );
-        freshness.confirm_at("home", later);
-        let stale = freshness.stale(&surfaces, later + Duration::from_secs(1));
+        health.confirm_at("home", later);
+        let stale = health.stale(&surfaces, later + Duration::from_secs(1));
         assert_eq!(stale, vec![(surfaces[1].clone(), Duration::from_secs(12))]);
         // Without a maximum nothing is ever stale; the age is still kept for the metric.
-        let unbounded = PlanFreshness::started_at(start, None);
+        let unbounded = PlanHealth::started_at(start, None);
         assert!(unbounded.stale(&surfaces, later).is_empty());
         assert_eq!(unbounded.age("home", later), Duration::from_secs(11));
+    }
+
+    #[test]
+    fn an_untrusted_plan_is_listed_until_its_surface_is_confirmed() {
+        let health = PlanHealth::new(None);
+        assert!(health.untrusted_plans().is_empty());
+        health.untrusted("search", 4, "bad".into());
+        health.untrusted("home", 7, "unsigned".into());
+        assert_eq!(
+            health.untrusted_plans(),
+            vec![
+                ("home".to_string(), 7, "unsigned".to_string()),
+                ("search".to_string(), 4, "bad".to_string()),
+            ]
+        );
+        health.confirm("home");
+        assert_eq!(
+            health.untrusted_plans(),
+            vec![("search".to_string(), 4, "bad".to_string())]
+        );
     }
 }
