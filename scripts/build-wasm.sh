@@ -25,6 +25,18 @@ wasm-bindgen --target web --remove-name-section --remove-producers-section \
 cp edge/browser/edgerec.js edge/browser/edgerec.d.ts edge/browser/package.json "$EDGEREC_WASM_DIR/browser/"
 # Served as is to browsers that accept gzip (edge nodes compress other files on the fly, at a fast level).
 gzip -9 -k -f "$EDGEREC_WASM_DIR/browser/edgerec_ranker_bg.wasm"
+# Subresource Integrity hashes of the files a page loads, for sites that pin the package (README, "Pinning the
+# package"); written next to them as integrity.json.
+python3 - "$EDGEREC_WASM_DIR/browser" <<'PY'
+import base64, hashlib, json, pathlib, sys
+folder = pathlib.Path(sys.argv[1])
+names = ["edgerec.js", "edgerec_ranker.js", "edgerec_ranker_bg.wasm"]
+hashes = {n: "sha384-" + base64.b64encode(hashlib.sha384((folder / n).read_bytes()).digest()).decode() for n in names}
+(folder / "integrity.json").write_text(json.dumps(hashes, indent=2) + "\n")
+print("==> Subresource Integrity (browser/integrity.json)")
+for name, value in hashes.items():
+    print(f"{name:28} {value}")
+PY
 
 if [ "${1:-}" = "--no-simd-too" ]; then
   echo "==> WASI ranker without SIMD (benchmark only)"

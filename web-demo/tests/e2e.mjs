@@ -5,6 +5,7 @@
 
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 
 import { launchChromium, option, pick, ready, shown } from "./chromium.mjs";
@@ -192,6 +193,38 @@ try {
     const response = await fetch(`${base}${path}`);
     assert.equal(response.status, 404, `${path} answered ${response.status}`);
   }
+  // 10. A page that pins the package with Subresource Integrity: the hash scripts/build-wasm.sh printed is the
+  //     served file's and loads it; with any other hash Chromium refuses to run the package.
+  const servedPackage = Buffer.from(await (await fetch(`${base}/pkg/edgerec.js`)).arrayBuffer());
+  const integrity = `sha384-${createHash("sha384").update(servedPackage).digest("base64")}`;
+  if (process.env.EDGEREC_WASM_DIR) {
+    const printed = JSON.parse(readFileSync(join(process.env.EDGEREC_WASM_DIR, "browser", "integrity.json"), "utf8"));
+    assert.equal(printed["edgerec.js"], integrity, "integrity.json names the file the node serves");
+  }
+  const loadsWith = async (hash) => {
+    // A fresh page each time: a module URL is fetched (and checked) once per document.
+    const pinned = await context.newPage();
+    await pinned.goto(`${base}/healthz`);
+    const outcome = await pinned.evaluate(
+      (hash) =>
+        new Promise((resolve) => {
+          const script = document.createElement("script");
+          script.type = "module";
+          script.src = "/pkg/edgerec.js";
+          script.integrity = hash;
+          script.onload = () => resolve("loaded");
+          script.onerror = () => resolve("refused");
+          document.head.append(script);
+        }),
+      hash,
+    );
+    await pinned.close();
+    return outcome;
+  };
+  assert.equal(await loadsWith(integrity), "loaded", "the package with its own hash");
+  const wrong = `sha384-${createHash("sha384").update("another file").digest("base64")}`;
+  assert.equal(await loadsWith(wrong), "refused", "the package with a wrong hash");
+
   console.log(JSON.stringify(figures));
 } finally {
   await browser.close();
