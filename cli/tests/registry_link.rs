@@ -221,6 +221,7 @@ fn a_man_in_the_middle_cannot_make_a_node_serve_what_the_registry_did_not_sign()
         "ship_interval_ms": 3_600_000,
         "features": { "data_dir": dir.path().join("node"), "ingest": { "node_id": "node" } },
     });
+    let restart_config = config.clone();
     let node = Node::start("node", dir.path(), config, Some(site));
     let serving = deploy(
         &client,
@@ -329,5 +330,30 @@ fn a_man_in_the_middle_cannot_make_a_node_serve_what_the_registry_did_not_sign()
         Duration::from_secs(30),
         "the node to be ready again",
         || node.get("/readyz").0 == 200,
+    );
+
+    // A plan saved unsigned (by a node from before plans were signed) is refused at the restart, and the same
+    // revision, signed, is taken from the registry.
+    let mut node = node;
+    node.process.stop();
+    let saved = dir.path().join("node/node/deployments/home.json");
+    let mut deployment: Value =
+        serde_json::from_slice(&std::fs::read(&saved).expect("the saved plan")).expect("JSON");
+    deployment["plan"]
+        .as_object_mut()
+        .expect("a plan")
+        .remove("signature")
+        .expect("saved signed");
+    std::fs::write(&saved, deployment.to_string()).expect("rewrites the saved plan");
+    let node = Node::start("node", dir.path(), restart_config, None);
+    wait_for(
+        Duration::from_secs(60),
+        "the restarted node to follow",
+        || node.revision(SURFACE) == Some(next),
+    );
+    let logged = std::fs::read_to_string(&log).expect("the node's log");
+    assert!(
+        logged.contains("carries no signature"),
+        "the saved plan was not refused"
     );
 }

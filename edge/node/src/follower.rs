@@ -230,7 +230,12 @@ impl Follower {
                     "follower",
                     serde_json::json!({"surface": surface, "restored_revision": saved.plan.revision}),
                 ),
-                Err(e) => self.failed(&surface, saved.plan.revision, &e),
+                Err(e) => {
+                    self.failed(&surface, saved.plan.revision, &e);
+                    // What this node saved is refused, not the registry's plan: the same revision from the
+                    // registry (signed, where an older node saved it unsigned) is still taken.
+                    self.refused.remove(surface.as_str());
+                }
             }
         }
     }
