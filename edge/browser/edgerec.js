@@ -27,6 +27,8 @@ const MAX_EVENT_AGE_MS = 7 * 24 * 3600 * 1000;
 // Chromium refuses keepalive requests whose bodies together pass 64 KiB.
 const KEEPALIVE_BYTES = 60_000;
 const DIGEST = /^[0-9a-f]{64}$/;
+/** Core's rule for names (models, versions, surfaces, variants). */
+const NAME = /^(?!\.)[A-Za-z0-9._-]{1,128}$/;
 // A visitor token is renewed when it has less than this left (seconds).
 const TOKEN_MARGIN_S = 60;
 
@@ -603,6 +605,8 @@ export class EdgeRec {
       deployment = {
         record,
         variant: variant.name,
+        model: variant.model,
+        version: variant.version,
         planRevision: plan.revision,
         signedDigest: manifestDigests[index],
         offline: false,
@@ -622,7 +626,10 @@ export class EdgeRec {
     if (!DIGEST.test(modelDigest) || !DIGEST.test(record.manifest_digest) || typeof record.signature !== "string") {
       throw new EdgeRecError("invalid_record", `the version record of ${named} is incomplete or malformed`);
     }
-    if (record.manifest_digest !== deployment.signedDigest) {
+    if (
+      record.manifest_digest !== deployment.signedDigest ||
+      (deployment.model && (record.model !== deployment.model || record.version !== deployment.version))
+    ) {
       throw new EdgeRecError(
         "record_mismatch",
         `the record of ${named} is not of the manifest the signed plan names: the bundle was refused`,
@@ -681,8 +688,24 @@ export class EdgeRec {
     if (!Array.isArray(digests) || typeof signed.signature !== "string") {
       throw refused("bad_plan_signature", "carries no signature");
     }
-    if (digests.length !== plan.variants?.length || !digests.every((d) => DIGEST.test(d))) {
-      throw refused("bad_plan_signature", `signs ${digests.length} manifest digests for its variants`);
+    // Every field the statement is made of must be what the registry writes (names, integers, hex), so that no
+    // field can carry other lines of the signed statement into this one.
+    const variants = Array.isArray(plan.variants) ? plan.variants : [];
+    const weights = variants.map((v) => v?.weight);
+    const wellFormed =
+      plan.surface === surface &&
+      Number.isSafeInteger(plan.revision) &&
+      Number.isSafeInteger(plan.updated_at) &&
+      typeof plan.salt === "string" &&
+      variants.length > 0 &&
+      variants.every((v) => [v?.name, v?.model, v?.version].every((n) => typeof n === "string" && NAME.test(n))) &&
+      weights.every((w) => Number.isInteger(w) && w >= 0 && w <= 100) &&
+      weights.reduce((sum, w) => sum + w, 0) === 100;
+    if (!wellFormed) {
+      throw refused("bad_plan_signature", "is not a well-formed plan of this surface");
+    }
+    if (digests.length !== variants.length || !digests.every((d) => typeof d === "string" && DIGEST.test(d))) {
+      throw refused("bad_plan_signature", "does not sign one well-formed manifest digest per variant");
     }
     const { key } = await this.#publicKey(false);
     const statement = new TextEncoder().encode(planStatement(plan, digests));

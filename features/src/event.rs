@@ -215,17 +215,20 @@ impl EventLimits {
                 .map(|id| self.parse_id("request_id", id, RequestId::parse))
                 .transpose()?,
         };
-        if event.time_ms > now_ms + self.max_future_ms {
+        // Saturating: `time_ms` is whatever the client sent, down to i64::MIN.
+        let ahead = event.time_ms.saturating_sub(now_ms);
+        if ahead > self.max_future_ms {
             return Err(format!(
                 "`time_ms` is {} s in the future; clocks may differ by at most {} s",
-                (event.time_ms - now_ms) / 1000,
+                ahead / 1000,
                 self.max_future_ms / 1000
             ));
         }
-        if event.time_ms < now_ms - self.max_age_ms {
+        let age = now_ms.saturating_sub(event.time_ms);
+        if age > self.max_age_ms {
             return Err(format!(
                 "`time_ms` is {} s old; events older than {} s are refused",
-                (now_ms - event.time_ms) / 1000,
+                age / 1000,
                 self.max_age_ms / 1000
             ));
         }
@@ -301,6 +304,8 @@ mod tests {
             ),
             (event("f", now + 10 * 60 * 1000), "in the future"),
             (event("o", now - 8 * 24 * 3600 * 1000), "old"),
+            (event("oldest", i64::MIN), "old"),
+            (event("latest", i64::MAX), "in the future"),
             (
                 ClientEvent {
                     kind: EventKind::Rating,

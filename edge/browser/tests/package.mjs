@@ -69,6 +69,15 @@ for (const [change, what] of [
   [(p) => (p.revision += 1), "a plan with another revision"],
   [(p) => (p.salt = "another salt"), "a plan with another salt"],
   [(p) => p.signature.manifest_digests.reverse().push("0".repeat(64)), "a plan whose digests were changed"],
+  // Two signed variants folded into one: the fields carry the other's line of the statement.
+  [
+    (p) => {
+      const [d] = p.signature.manifest_digests;
+      p.variants[0].weight = `${p.variants[0].weight} ${d}\nvariant x ${p.variants[0].model} ${p.variants[0].version} 0`;
+    },
+    "a plan whose fields carry other lines",
+  ],
+  [(p) => (p.surface = "search"), "another surface's plan"],
 ]) {
   await rejects(viaMiddle(change), "bad_plan_signature", what);
 }

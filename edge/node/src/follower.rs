@@ -30,8 +30,6 @@ const REGISTRY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest pause before a failed roll-out that is worth retrying is tried again.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(300);
 
-/// Refuses a plan the node cannot serve as it is meant: another surface's, without variants, or with weights that
-/// leave users unassigned (the registry validates plans, but they are not signed).
 /// Checks that `plan` verifies against `key` and is not older than `highest`, the highest revision verified so
 /// far, which it then becomes.
 fn check_signed(key: &str, plan: &Plan, highest: &mut u64) -> Result<(), RolloutError> {
@@ -88,6 +86,8 @@ fn check_labels(
     })
 }
 
+/// Refuses a plan the node cannot serve as it is meant: another surface's, without variants, or with weights that
+/// leave users unassigned (the registry validates the plans it signs; this holds whatever arrives).
 fn check_plan(plan: &Plan, surfaces: &[Surface]) -> Result<(), RolloutError> {
     let refuse = |message: String| {
         Err(RolloutError::Plan {
@@ -101,8 +101,9 @@ fn check_plan(plan: &Plan, surfaces: &[Surface]) -> Result<(), RolloutError> {
     if plan.variants.is_empty() {
         return refuse("the plan has no variants".into());
     }
-    let total: u32 = plan.variants.iter().map(|v| v.weight).sum();
-    if total != ab::BUCKETS {
+    // In u64: the weights arrive from the network, and u32 would overflow.
+    let total: u64 = plan.variants.iter().map(|v| u64::from(v.weight)).sum();
+    if total != u64::from(ab::BUCKETS) {
         return refuse(format!(
             "the variants' weights sum to {total}, not {}",
             ab::BUCKETS
@@ -233,8 +234,9 @@ impl Follower {
                 Err(e) => {
                     self.failed(&surface, saved.plan.revision, &e);
                     // What this node saved is refused, not the registry's plan: the same revision from the
-                    // registry (signed, where an older node saved it unsigned) is still taken.
+                    // registry (signed, where an older node saved it unsigned) is still taken, at once.
                     self.refused.remove(surface.as_str());
+                    self.retry.remove(surface.as_str());
                 }
             }
         }
@@ -397,8 +399,8 @@ impl Follower {
 
     fn roll_out(&mut self, key: &str, plan: &Plan, source: Source) -> Result<(), RolloutError> {
         let started = Instant::now();
-        check_plan(plan, &self.surfaces)?;
         self.check_signed(key, plan)?;
+        check_plan(plan, &self.surfaces)?;
         let mut variants = Vec::with_capacity(plan.variants.len());
         let mut records = Vec::with_capacity(plan.variants.len());
         // Verified above: one signed manifest digest a variant.
@@ -682,7 +684,10 @@ mod tests {
             "{replayed}"
         );
         assert_eq!(replayed.reason(), "replayed");
-        assert!(replayed.is_permanent());
+        assert!(
+            !replayed.is_permanent(),
+            "retried: the next answer may be the real plan"
+        );
         // Unsigned, altered, or signed by another key: refused, and the highest revision stays.
         let mut unsigned = signed_plan(6, &key);
         unsigned.signature = None;

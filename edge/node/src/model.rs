@@ -99,10 +99,16 @@ impl RolloutError {
     }
 
     /// Whether trying the same plan again can only fail the same way. Registry and disk errors, and loads or
-    /// warm-ups that ran out of time on a busy node, are worth another try.
+    /// warm-ups that ran out of time on a busy node, are worth another try; so are answers that did not verify
+    /// (a bad signature, a relabelled record, a replay): whoever altered one answer may not alter the next, and a
+    /// refusal remembered by revision alone would keep the node from the registry's real plan of that revision.
     pub fn is_permanent(&self) -> bool {
         match self {
-            RolloutError::Registry(_) | RolloutError::Io { .. } => false,
+            RolloutError::Registry(_)
+            | RolloutError::Io { .. }
+            | RolloutError::PlanSignature { .. }
+            | RolloutError::Replayed { .. }
+            | RolloutError::Relabelled { .. } => false,
             RolloutError::Load { source, .. } | RolloutError::WarmUp { source, .. } => {
                 !matches!(source, HostError::DeadlineExceeded(_))
             }
@@ -424,7 +430,10 @@ pub(crate) mod tests {
                 "{refused}"
             );
             assert_eq!(refused.reason(), "relabelled");
-            assert!(refused.is_permanent());
+            assert!(
+                !refused.is_permanent(),
+                "retried: the next answer may be true"
+            );
             assert_eq!(
                 refused.to_string(),
                 format!(
