@@ -593,11 +593,14 @@ export class EdgeRec {
   async #loadOnce() {
     const surface = this.#settings.surface;
     let deployment;
+    // The key everything below is checked with, asked for once (pinned only once the bundle checks out).
+    let trusted;
     try {
       const plan = await this.#json(`${this.#source}/v1/plans/${encodeURIComponent(surface)}`, {
         headers: this.#headers,
       });
-      const manifestDigests = await this.#checkPlan(plan, surface);
+      trusted = await this.#publicKey(false);
+      const manifestDigests = await this.#checkPlan(plan, surface, trusted.key);
       const index = assignVariant(plan.salt, this.userId, new Uint32Array(plan.variants.map((v) => v.weight))) ?? 0;
       const variant = plan.variants[index];
       const path = `${encodeURIComponent(variant.model)}/versions/${encodeURIComponent(variant.version)}`;
@@ -635,7 +638,7 @@ export class EdgeRec {
         `the record of ${named} is not of the manifest the signed plan names: the bundle was refused`,
       );
     }
-    const { key, pinnedOnFirstUse, pin } = await this.#publicKey(deployment.offline);
+    const { key, pinnedOnFirstUse, pin } = trusted ?? (await this.#publicKey(deployment.offline));
     if (!(await verifySignature(key, record.manifest_digest, record.signature))) {
       throw new EdgeRecError(
         "bad_signature",
@@ -681,7 +684,7 @@ export class EdgeRec {
    * signature under the trusted key and is not older than a revision of this source already verified here (a
    * rollback is a new, higher revision); throws `bad_plan_signature` or `replayed_plan` otherwise.
    */
-  async #checkPlan(plan, surface) {
+  async #checkPlan(plan, surface, key) {
     const signed = plan?.signature;
     const digests = signed?.manifest_digests;
     const refused = (kind, why) => new EdgeRecError(kind, `the plan of ${surface} ${why}: it was refused`);
@@ -707,7 +710,6 @@ export class EdgeRec {
     if (digests.length !== variants.length || !digests.every((d) => typeof d === "string" && DIGEST.test(d))) {
       throw refused("bad_plan_signature", "does not sign one well-formed manifest digest per variant");
     }
-    const { key } = await this.#publicKey(false);
     const statement = new TextEncoder().encode(planStatement(plan, digests));
     if (!(await verifyEd25519(key, statement, signed.signature))) {
       throw refused("bad_plan_signature", `(revision ${plan.revision}) is not what the registry signed`);
