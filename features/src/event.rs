@@ -98,20 +98,6 @@ pub struct ClientEvent {
     pub request_id: Option<String>,
 }
 
-impl From<Event> for ClientEvent {
-    fn from(event: Event) -> Self {
-        Self {
-            id: event.id.into_string(),
-            user: event.user.into_string(),
-            item: event.item.into_string(),
-            kind: event.kind,
-            time_ms: event.time_ms,
-            value: event.value,
-            request_id: event.request_id.map(RequestId::into_string),
-        }
-    }
-}
-
 /// One answered recommendation request, with exactly what the model was fed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -248,14 +234,15 @@ impl EventLimits {
         text: String,
         parse: impl FnOnce(String) -> Result<T, IdError>,
     ) -> Result<T, String> {
-        if text.len() > self.max_id_bytes && self.max_id_bytes < MAX_ID_BYTES {
+        let len = text.len();
+        let id = parse(text).map_err(|e| format!("`{field}`: {e}"))?;
+        if len > self.max_id_bytes {
             return Err(format!(
-                "`{field}` is {} bytes long; the limit is {}",
-                text.len(),
+                "`{field}` is {len} bytes long; the limit is {}",
                 self.max_id_bytes
             ));
         }
-        parse(text).map_err(|e| format!("`{field}`: {e}"))
+        Ok(id)
     }
 }
 

@@ -54,13 +54,15 @@ assert.equal(items.length, fromNode.model.items);
 
 // A man in the middle of the page's requests: a plan altered on the way is refused, and so is a signed plan older
 // than a revision this page already verified (here the page's storage says it verified a later one).
-const tampering = (change) => async (url, init) => {
+/** A fetch in the middle: JSON answers from paths containing `part` are handed to `change` before the page. */
+const rewriting = (part, change) => async (url, init) => {
   const response = await fetch(url, init);
-  if (!String(url).includes("/v1/plans/") || !response.ok) return response;
-  const plan = await response.json();
-  change(plan);
-  return new Response(JSON.stringify(plan), { status: 200, headers: { "Content-Type": "application/json" } });
+  if (!String(url).includes(part) || !response.ok) return response;
+  const body = await response.json();
+  change(body);
+  return new Response(JSON.stringify(body), { status: 200, headers: { "Content-Type": "application/json" } });
 };
+const tampering = (change) => rewriting("/v1/plans/", change);
 const viaMiddle = (change, pageStorage = null) =>
   EdgeRec.connect({ registry: { url: registry, token }, userId, publicKey: key, wasm, storage: pageStorage, fetch: tampering(change) });
 for (const [change, what] of [
@@ -213,13 +215,7 @@ assert.ok(requests.every((r) => r.startsWith("GET ")), `${requests}`);
 
 // Refusals: another key, a pinned key that changed, a record naming another version than its signed manifest, an
 // unknown surface, bad options.
-const relabel = async (url, init) => {
-  const response = await fetch(url, init);
-  if (!url.includes("/v1/models/")) return response;
-  const record = await response.json();
-  record.version = "99.0.0";
-  return new Response(JSON.stringify(record), { status: 200, headers: { "Content-Type": "application/json" } });
-};
+const relabel = rewriting("/v1/models/", (record) => (record.version = "99.0.0"));
 await rejects(EdgeRec.connect({ node, wasm, storage: null, fetch: relabel, trustOnFirstUse: true }), "record_mismatch", "relabelled record");
 await rejects(EdgeRec.connect({ node, wasm, storage: null, maxHistory: 501, trustOnFirstUse: true }), "invalid_options", "maxHistory");
 // Another key: the plan is the first thing checked with it.
@@ -228,13 +224,9 @@ await rejects(EdgeRec.connect({ node, publicKey: otherKey, wasm, storage: null }
 const pinned = memory();
 pinned.setItem(`edgerec:key:${node}`, otherKey);
 await rejects(EdgeRec.connect({ node, wasm, storage: pinned, trustOnFirstUse: true }), "bad_plan_signature", "changed key");
-const forgedRecord = async (url, init) => {
-  const response = await fetch(url, init);
-  if (!url.includes("/v1/models/")) return response;
-  const record = await response.json();
+const forgedRecord = rewriting("/v1/models/", (record) => {
   record.signature = `${record.signature.slice(0, -2)}${record.signature.endsWith("00") ? "11" : "00"}`;
-  return new Response(JSON.stringify(record), { status: 200, headers: { "Content-Type": "application/json" } });
-};
+});
 await rejects(EdgeRec.connect({ node, wasm, storage: null, fetch: forgedRecord, trustOnFirstUse: true }), "bad_signature", "a forged record signature");
 await rejects(EdgeRec.connect({ node, surface: "nowhere", wasm, storage: null, trustOnFirstUse: true }), "unknown_surface", "surface");
 await rejects(EdgeRec.connect({ wasm, trustOnFirstUse: true }), "invalid_options", "no source");

@@ -586,12 +586,9 @@ impl Follower {
 
 #[cfg(test)]
 mod tests {
-    use edgerec_core::{ModelName, Surface, VariantName, Version};
-    use edgerec_registry_api::records::{Plan, Variant, VersionRecord};
-
     use ed25519_dalek::{Signer, SigningKey};
-    use edgerec_core::Digest;
-    use edgerec_registry_api::records::PlanSignature;
+    use edgerec_core::{Digest, ModelName, Surface, VariantName, Version};
+    use edgerec_registry_api::records::{Plan, PlanSignature, Variant, VersionRecord};
 
     use super::{check_labels, check_signed};
     use crate::model::RolloutError;

@@ -198,45 +198,56 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz<S: FeatureStore>(state: Shared<S>) -> HttpResponse {
-    let waiting = state.unready_surfaces();
-    if let LeaseState::Conflict(message) = state.ingest.stats().lease {
-        HttpResponse::ServiceUnavailable().json(serde_json::json!({
-            "status": "not_ready",
-            "message": message,
-        }))
-    } else if !waiting.is_empty() {
-        HttpResponse::ServiceUnavailable().json(serde_json::json!({
-            "status": "not_ready",
-            "message": "no verified model is loaded yet for these surfaces",
-            "surfaces": waiting,
-        }))
-    } else if let untrusted = state.plan_health.untrusted_plans()
-        && !untrusted.is_empty()
-    {
-        HttpResponse::ServiceUnavailable().json(serde_json::json!({
-            "status": "not_ready",
-            "message": "the registry's current plan does not verify against this node's key (a key rotated without \
-                        this node, or answers altered on the way): the previous plan keeps serving",
-            "untrusted_plans": untrusted
-                .iter()
-                .map(|(surface, revision, why)| serde_json::json!({"surface": surface, "revision": revision, "error": why}))
-                .collect::<Vec<_>>(),
-        }))
-    } else {
-        let stale = state.plan_health.stale(&state.surfaces, Instant::now());
-        if stale.is_empty() {
-            return HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }));
-        }
-        HttpResponse::ServiceUnavailable().json(serde_json::json!({
-            "status": "not_ready",
-            "message": "the registry has not confirmed these surfaces' plans within registry.max_plan_age_ms \
-                        (unreachable, or its answers refused): the plans in service may be out of date",
-            "stale_plans": stale
-                .iter()
-                .map(|(surface, age)| serde_json::json!({"surface": surface, "age_seconds": age.as_secs_f64()}))
-                .collect::<Vec<_>>(),
-        }))
+    match not_ready(&state) {
+        None => HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })),
+        Some(why) => HttpResponse::ServiceUnavailable().json(why),
     }
+}
+
+/// Why the node should not take traffic, as the body of its 503; `None` when it is ready. Serving goes on either
+/// way: readiness only tells a load balancer where to send requests.
+fn not_ready<S: FeatureStore>(state: &NodeState<S>) -> Option<serde_json::Value> {
+    let body = |message: &str, field: &str, detail: serde_json::Value| serde_json::json!({ "status": "not_ready", "message": message, field: detail });
+    if let LeaseState::Conflict(message) = state.ingest.stats().lease {
+        return Some(serde_json::json!({ "status": "not_ready", "message": message }));
+    }
+    let waiting = state.unready_surfaces();
+    if !waiting.is_empty() {
+        return Some(body(
+            "no verified model is loaded yet for these surfaces",
+            "surfaces",
+            serde_json::json!(waiting),
+        ));
+    }
+    let untrusted = state.plan_health.untrusted_plans();
+    if !untrusted.is_empty() {
+        let plans: Vec<_> = untrusted
+            .iter()
+            .map(|(surface, revision, why)| {
+                serde_json::json!({"surface": surface, "revision": revision, "error": why})
+            })
+            .collect();
+        return Some(body(
+            "the registry's current plan does not verify against this node's key (a key rotated without this \
+             node, or answers altered on the way): the previous plan keeps serving",
+            "untrusted_plans",
+            serde_json::json!(plans),
+        ));
+    }
+    let stale = state.plan_health.stale(&state.surfaces, Instant::now());
+    if !stale.is_empty() {
+        let plans: Vec<_> = stale
+            .iter()
+            .map(|(surface, age)| serde_json::json!({"surface": surface, "age_seconds": age.as_secs_f64()}))
+            .collect();
+        return Some(body(
+            "the registry has not confirmed these surfaces' plans within registry.max_plan_age_ms (unreachable, \
+             or its answers refused): the plans in service may be out of date",
+            "stale_plans",
+            serde_json::json!(plans),
+        ));
+    }
+    None
 }
 
 async fn metrics<S: FeatureStore>(state: Shared<S>) -> HttpResponse {
