@@ -138,6 +138,31 @@ pub enum ModelCommand {
         #[command(flatten)]
         registry: RegistryAddress,
     },
+    /// Revoke a version for good: edge nodes and browsers stop serving it at their next poll (its variants'
+    /// users go to the plan's other variants, or to popularity), and no plan may name it again.
+    Revoke {
+        model: String,
+        version: String,
+        /// Why (kept in the audit log and the revocation list).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        registry: RegistryAddress,
+    },
+    /// Delete a version no plan names (admin token); it goes on the revocation list.
+    Delete {
+        model: String,
+        version: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        registry: RegistryAddress,
+    },
+    /// Every revoked or deleted version.
+    Revocations {
+        #[command(flatten)]
+        registry: RegistryAddress,
+    },
     /// Every revision of a surface's plan.
     History {
         surface: String,
@@ -437,6 +462,49 @@ pub fn run_model(command: ModelCommand) -> Result<()> {
         } => {
             let plan = registry.client().rollback(&surface, &reason)?;
             print_plan(&plan);
+        }
+        ModelCommand::Revoke {
+            model,
+            version,
+            reason,
+            registry,
+        } => {
+            let answer = registry.client().revoke(&model, &version, &reason)?;
+            println!("revoked {model} {version}");
+            for named in answer["still_named_by"].as_array().into_iter().flatten() {
+                println!(
+                    "  still named by variant `{}` ({}%) of surface `{}` at revision {}: its users go to the \
+                     other variants (or to popularity) until the plan changes",
+                    named["variant"].as_str().unwrap_or_default(),
+                    named["weight"],
+                    named["surface"].as_str().unwrap_or_default(),
+                    named["revision"]
+                );
+            }
+        }
+        ModelCommand::Delete {
+            model,
+            version,
+            reason,
+            registry,
+        } => {
+            registry
+                .client()
+                .delete_version(&model, &version, &reason)?;
+            println!("deleted {model} {version} (on the revocation list)");
+        }
+        ModelCommand::Revocations { registry } => {
+            for revocation in registry.client().revocations()? {
+                println!(
+                    "{:<32} {:<12} {:<8} by {} at {} ms: {}",
+                    revocation.model,
+                    revocation.version,
+                    revocation.cause,
+                    revocation.revoked_by,
+                    revocation.revoked_at,
+                    revocation.reason
+                );
+            }
         }
         ModelCommand::History { surface, registry } => {
             let history = registry.client().history(&surface)?;

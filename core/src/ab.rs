@@ -35,6 +35,54 @@ pub fn assign(salt: &str, user: &str, weights: impl IntoIterator<Item = u32>) ->
     None
 }
 
+/// Where a user goes when some of a plan's variants may not serve (their version was revoked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Assignment {
+    /// The variant the plan assigns (as [`assign`]).
+    pub own: usize,
+    /// The variant that serves: `own` when it may, else one of those that may, chosen by a second bucket (under
+    /// the salt followed by `/reassigned`) over their weights, evenly when those are all zero; `None` when no
+    /// variant may serve.
+    pub serving: Option<usize>,
+}
+
+/// [`assign`], with `serving[i]` saying whether variant `i` may serve: users of a variant that may keep it, and
+/// those of one that may not are spread over the others by weight, the same way on every node and browser.
+/// `None` when the weights cover no bucket.
+pub fn assign_serving(
+    salt: &str,
+    user: &str,
+    weights: &[u32],
+    serving: &[bool],
+) -> Option<Assignment> {
+    let own = assign(salt, user, weights.iter().copied())?;
+    let may = |index: usize| serving.get(index).copied().unwrap_or(false);
+    if may(own) {
+        return Some(Assignment {
+            own,
+            serving: Some(own),
+        });
+    }
+    let candidates: Vec<usize> = (0..weights.len()).filter(|&i| may(i)).collect();
+    let total: u64 = candidates.iter().map(|&i| u64::from(weights[i])).sum();
+    let share = |index: usize| {
+        if total == 0 {
+            1
+        } else {
+            u64::from(weights[index])
+        }
+    };
+    let spread: u64 = candidates.iter().map(|&i| share(i)).sum();
+    let point =
+        u64::from(bucket(&format!("{salt}/reassigned"), user)) * spread / u64::from(BUCKETS);
+    let mut upper = 0;
+    let serving = candidates.into_iter().find(|&index| {
+        upper += share(index);
+        point < upper
+    });
+    Some(Assignment { own, serving })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +134,57 @@ mod tests {
             prop_assert!(weights[index] > 0);
             prop_assert_eq!(index == 0, bucket(&salt, &user) < first);
         }
+    }
+
+    #[test]
+    fn a_variant_that_may_not_serve_sends_its_users_to_the_others_by_weight() {
+        let weights = [50, 30, 20];
+        let mut counts = [0usize; 3];
+        let users = 20_000;
+        for u in 0..users {
+            let user = format!("user-{u}");
+            let all = assign_serving("s", &user, &weights, &[true; 3]).expect("assigned");
+            let own = assign("s", &user, weights).expect("assigned");
+            assert_eq!(
+                all,
+                Assignment {
+                    own,
+                    serving: Some(own)
+                }
+            );
+            let without_first =
+                assign_serving("s", &user, &weights, &[false, true, true]).expect("assigned");
+            assert_eq!(without_first.own, own);
+            let serving = without_first.serving.expect("two variants serve");
+            // Users of a variant that serves keep it; the first's go 60/40 to the others.
+            if own != 0 {
+                assert_eq!(serving, own);
+            }
+            counts[serving] += 1;
+        }
+        assert_eq!(counts[0], 0);
+        let share = 100.0 * counts[1] as f64 / users as f64;
+        assert!((share - 60.0).abs() < 2.0, "{counts:?}");
+        // None may serve: no variant; only zero weights left: spread evenly over them.
+        let none = assign_serving("s", "u", &[100], &[false]).expect("assigned");
+        assert_eq!(
+            none,
+            Assignment {
+                own: 0,
+                serving: None
+            }
+        );
+        let mut zero_weighted = [0usize; 3];
+        for u in 0..3_000 {
+            let assigned =
+                assign_serving("s", &format!("u{u}"), &[100, 0, 0], &[false, true, true])
+                    .expect("assigned");
+            zero_weighted[assigned.serving.expect("two serve")] += 1;
+        }
+        assert!(
+            zero_weighted[1] > 1_300 && zero_weighted[2] > 1_300,
+            "{zero_weighted:?}"
+        );
+        assert_eq!(assign_serving("s", "u", &[], &[]), None);
     }
 }

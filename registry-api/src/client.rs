@@ -6,7 +6,8 @@ use edgerec_core::{Digest, Manifest};
 use serde::de::DeserializeOwned;
 
 use crate::records::{
-    AuditEntry, IssuedToken, Plan, PlanRequest, Scope, TokenRecord, VersionRecord,
+    AuditEntry, IssuedToken, Plan, PlanRequest, PlanTag, Revocation, Scope, TokenRecord,
+    VersionRecord,
 };
 use crate::signature::SigningKeyDocument;
 
@@ -223,17 +224,14 @@ impl RegistryClient {
         }
     }
 
-    /// Reads a plan unless its revision is still `known_revision` (304 from the registry).
-    pub fn plan_if_changed(
-        &self,
-        surface: &str,
-        known_revision: u64,
-    ) -> Result<PlanRead, ClientError> {
+    /// Reads a plan unless it is still the one tagged `known` (304 from the registry): the same revision with the
+    /// same number of revocations.
+    pub fn plan_if_changed(&self, surface: &str, known: PlanTag) -> Result<PlanRead, ClientError> {
         let reply = self.call(
             "GET",
             &format!("/v1/plans/{surface}"),
             None,
-            &[("If-None-Match", format!("\"{known_revision}\""))],
+            &[("If-None-Match", format!("\"{known}\""))],
         )?;
         if reply.status == 304 {
             return Ok(PlanRead::Unchanged);
@@ -262,6 +260,45 @@ impl RegistryClient {
             &serde_json::json!({ "reason": reason }),
             &[],
         )
+    }
+
+    /// Puts a version on the registry's revocation list (deploy scope); the answer names the plans that still
+    /// name it.
+    pub fn revoke(
+        &self,
+        model: &str,
+        version: &str,
+        reason: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.send_json(
+            "POST",
+            &format!("/v1/models/{model}/versions/{version}/revoke"),
+            &serde_json::json!({ "reason": reason }),
+            &[],
+        )
+    }
+
+    /// Deletes a version no plan names (admin scope); it goes on the revocation list.
+    pub fn delete_version(
+        &self,
+        model: &str,
+        version: &str,
+        reason: &str,
+    ) -> Result<(), ClientError> {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("reason", reason)
+            .finish();
+        self.call(
+            "DELETE",
+            &format!("/v1/models/{model}/versions/{version}?{query}"),
+            None,
+            &[],
+        )?;
+        Ok(())
+    }
+
+    pub fn revocations(&self) -> Result<Vec<Revocation>, ClientError> {
+        self.get("/v1/revocations")
     }
 
     pub fn history(&self, surface: &str) -> Result<Vec<Plan>, ClientError> {

@@ -52,25 +52,101 @@ pub struct Plan {
     pub signature: Option<PlanSignature>,
 }
 
-/// The registry's signature over a plan revision: over [`Plan::statement`] with these digests.
+/// The registry's signature over a plan revision: over [`Plan::statement`] with these digests and revocations.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanSignature {
     /// Each variant's manifest digest, in the plan's order: a node serves a variant only from a bundle whose
     /// manifest has this digest.
     pub manifest_digests: Vec<Digest>,
+    /// Every revoked or deleted version of the models the plan names, by model and version: nodes and browsers
+    /// serve none of them, and send a revoked variant's traffic to the plan's other variants.
+    #[serde(default)]
+    pub revoked: Vec<RevokedVersion>,
     /// ed25519 over the statement's UTF-8 bytes, hex.
     pub signature: String,
 }
 
+/// A version the registry no longer vouches for, as a signed plan lists it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokedVersion {
+    pub model: ModelName,
+    pub version: Version,
+    pub manifest_digest: Digest,
+}
+
+impl RevokedVersion {
+    /// Whether this revocation covers `model@version` or the manifest `digest` (the same bundle under any name).
+    pub fn covers(&self, model: &str, version: &str, digest: &Digest) -> bool {
+        self.manifest_digest == *digest || (self.model == model && self.version == version)
+    }
+}
+
+/// A revocation as the registry keeps it: a version revoked (`edgerec model revoke`) or deleted. Kept for good,
+/// so the list only grows, and a version once on it can never be deployed again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub model: ModelName,
+    pub version: Version,
+    pub manifest_digest: Digest,
+    /// `revoked` or `deleted`.
+    pub cause: String,
+    pub revoked_by: String,
+    /// Milliseconds since the Unix epoch.
+    pub revoked_at: i64,
+    pub reason: String,
+}
+
+impl Revocation {
+    pub fn listed(&self) -> RevokedVersion {
+        RevokedVersion {
+            model: self.model.clone(),
+            version: self.version.clone(),
+            manifest_digest: self.manifest_digest,
+        }
+    }
+}
+
+/// How fresh a signed plan is: its revision, then how many revocations it lists (a revocation changes no
+/// revision, but a plan that lists fewer at the same revision is older). Ordered in that order; the plan's
+/// `ETag` as `"<revision>.<revocations>"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PlanTag {
+    pub revision: u64,
+    pub revocations: usize,
+}
+
+impl std::fmt::Display for PlanTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.revision, self.revocations)
+    }
+}
+
+impl std::str::FromStr for PlanTag {
+    type Err = String;
+
+    /// `3.1`, or `3` (no revocation), with or without the quotes and `W/` of an `ETag`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bare = text.trim().trim_start_matches("W/").trim_matches('"');
+        let bad = || format!("`{bare}` is not a plan tag like \"3\" or \"3.1\"");
+        let (revision, revocations) = bare.split_once('.').unwrap_or((bare, "0"));
+        Ok(Self {
+            revision: revision.parse().map_err(|_| bad())?,
+            revocations: revocations.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
 impl Plan {
     /// What the registry signs for this revision, one fact a line: the surface, the revision, when it was issued,
-    /// the sha256 of the salt, and each variant's name, model, version, weight and manifest digest. Every field is
-    /// a name (letters, digits, `.`, `_`, `-`), a number or hex, so the lines cannot be confused and the browser
-    /// package rebuilds the same bytes in JavaScript.
-    pub fn statement(&self, manifest_digests: &[Digest]) -> String {
+    /// the sha256 of the salt, each variant's name, model, version, weight and manifest digest, then how many
+    /// versions of the plan's models are revoked and each of them. Every field is a name (letters, digits, `.`,
+    /// `_`, `-`), a number or hex, so the lines cannot be confused and the browser package rebuilds the same bytes
+    /// in JavaScript.
+    pub fn statement(&self, manifest_digests: &[Digest], revoked: &[RevokedVersion]) -> String {
         let mut text = format!(
-            "edgerec plan v1\nsurface {}\nrevision {}\nissued_at {}\nsalt_sha256 {}\n",
+            "edgerec plan v2\nsurface {}\nrevision {}\nissued_at {}\nsalt_sha256 {}\n",
             self.surface,
             self.revision,
             self.updated_at,
@@ -82,7 +158,31 @@ impl Plan {
                 variant.name, variant.model, variant.version, variant.weight, digest
             ));
         }
+        text.push_str(&format!("revocations {}\n", revoked.len()));
+        for version in revoked {
+            text.push_str(&format!(
+                "revoked {} {} {}\n",
+                version.model, version.version, version.manifest_digest
+            ));
+        }
         text
+    }
+
+    /// The revision and the number of revocations the plan's signature lists (none when unsigned).
+    pub fn tag(&self) -> PlanTag {
+        PlanTag {
+            revision: self.revision,
+            revocations: self.signature.as_ref().map_or(0, |s| s.revoked.len()),
+        }
+    }
+
+    /// The revocation covering `variant` with the manifest `digest`, if the plan's signature lists one.
+    pub fn revocation_of(&self, variant: &Variant, digest: &Digest) -> Option<&RevokedVersion> {
+        self.signature.as_ref().and_then(|s| {
+            s.revoked
+                .iter()
+                .find(|r| r.covers(&variant.model, &variant.version, digest))
+        })
     }
 }
 
@@ -192,6 +292,24 @@ mod tests {
         ] {
             let error = serde_json::from_value::<Plan>(bad).expect_err("refused");
             assert!(error.to_string().contains(kind), "{error}");
+        }
+    }
+
+    #[test]
+    fn plan_tags_order_by_revision_then_revocations() {
+        let tag = |text: &str| text.parse::<PlanTag>();
+        assert_eq!(
+            tag("\"3.1\""),
+            Ok(PlanTag {
+                revision: 3,
+                revocations: 1
+            })
+        );
+        assert_eq!(tag("W/\"3\""), tag("3.0"));
+        assert_eq!(tag("3.1").expect("a tag").to_string(), "3.1");
+        assert!(tag("3.0") < tag("3.1") && tag("3.9") < tag("4.0"));
+        for bad in ["", "x", "3.", "3.x", "-1.0", "1.2.3"] {
+            assert!(tag(bad).is_err(), "{bad}");
         }
     }
 }

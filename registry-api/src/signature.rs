@@ -67,7 +67,7 @@ pub fn verify_plan_signature(public_key_hex: &str, plan: &Plan) -> Result<(), Si
             variants: plan.variants.len(),
         });
     }
-    let statement = plan.statement(&signed.manifest_digests);
+    let statement = plan.statement(&signed.manifest_digests, &signed.revoked);
     verify(public_key_hex, statement.as_bytes(), &signed.signature)
 }
 
@@ -87,6 +87,7 @@ fn verify(public_key_hex: &str, message: &[u8], signature_hex: &str) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::records::RevokedVersion;
     use ed25519_dalek::{Signer, SigningKey};
 
     #[test]
@@ -137,11 +138,20 @@ mod tests {
         }
     }
 
+    fn revoked() -> Vec<RevokedVersion> {
+        vec![RevokedVersion {
+            model: edgerec_core::ModelName::parse("m").expect("a name"),
+            version: edgerec_core::Version::parse("0.9").expect("a version"),
+            manifest_digest: Digest::of(b"manifest 0.9"),
+        }]
+    }
+
     fn signed(mut plan: Plan, key: &SigningKey) -> Plan {
         let digests = vec![Digest::of(b"manifest 1"), Digest::of(b"manifest 2")];
-        let statement = plan.statement(&digests);
+        let statement = plan.statement(&digests, &revoked());
         plan.signature = Some(crate::records::PlanSignature {
             manifest_digests: digests,
+            revoked: revoked(),
             signature: hex::encode(key.sign(statement.as_bytes()).to_bytes()),
         });
         plan
@@ -151,14 +161,20 @@ mod tests {
     fn a_plan_statement_has_one_fact_a_line() {
         let digests = [Digest::of(b"manifest 1"), Digest::of(b"manifest 2")];
         assert_eq!(
-            plan().statement(&digests),
+            plan().statement(&digests, &revoked()),
             format!(
-                "edgerec plan v1\nsurface home\nrevision 4\nissued_at 1765000000000\nsalt_sha256 {}\n\
-                 variant control m 1 90 {}\nvariant treatment m 2 10 {}\n",
+                "edgerec plan v2\nsurface home\nrevision 4\nissued_at 1765000000000\nsalt_sha256 {}\n\
+                 variant control m 1 90 {}\nvariant treatment m 2 10 {}\nrevocations 1\nrevoked m 0.9 {}\n",
                 Digest::of("a salt with spaces\nand a newline".as_bytes()),
                 digests[0],
-                digests[1]
+                digests[1],
+                Digest::of(b"manifest 0.9")
             )
+        );
+        assert!(
+            plan()
+                .statement(&digests, &[])
+                .ends_with(&format!("{}\nrevocations 0\n", digests[1]))
         );
     }
 
@@ -188,6 +204,12 @@ mod tests {
             signature.manifest_digests.swap(0, 1);
         }
         changes.push(("digests", swapped));
+        // A revocation taken off the list on the way (an older answer's list, replayed) does not verify either.
+        let mut unrevoked = good.clone();
+        if let Some(signature) = &mut unrevoked.signature {
+            signature.revoked.clear();
+        }
+        changes.push(("revocations", unrevoked));
         for (what, plan) in changes {
             assert_eq!(
                 verify_plan_signature(&public, &plan),

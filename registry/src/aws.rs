@@ -10,6 +10,7 @@
 //! | plan revision | `plans` | `<surface>\0<revision, 20 digits>` |
 //! | audit entry | `audit` | `<sequence, 20 digits>` |
 //! | audit counter (attribute `n`) | `counters` | `audit` |
+//! | revocation | `revocations` | `<model>\0<version>` |
 //! | token | `tokens` | `<id>` |
 //! | token secret hash (attribute `id`) | `token-secrets` | `<sha256>` |
 
@@ -24,7 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::store::{AuditDraft, Store, StoreError};
-use edgerec_registry_api::records::{AuditEntry, Plan, TokenRecord, VersionRecord};
+use edgerec_registry_api::records::{AuditEntry, Plan, Revocation, TokenRecord, VersionRecord};
 use edgerec_storage::now_ms;
 
 pub use edgerec_aws::AwsConfig;
@@ -370,6 +371,7 @@ impl Store for AwsStore {
         &self,
         model: &str,
         version: &str,
+        revocation: Option<&Revocation>,
         audit: AuditDraft,
     ) -> Result<(), StoreError> {
         if self.get_version(model, version).await?.is_none() {
@@ -406,6 +408,14 @@ impl Store for AwsStore {
                         ))
                         .build(),
                 ];
+                if let Some(revocation) = revocation {
+                    items.push(self.write(
+                        "revocations",
+                        &version_key(model, version),
+                        ("record", encode(revocation)),
+                        Some("attribute_not_exists(pk)"),
+                    ));
+                }
                 // No plan may have changed since it was checked for this version.
                 for (surface, revision) in &checks {
                     items.push(
@@ -426,11 +436,57 @@ impl Store for AwsStore {
             },
             |_| {
                 StoreError::Conflict(format!(
-                    "{model} {version} or a plan changed meanwhile; try again"
+                    "{model} {version}, its revocation or a plan changed meanwhile; try again"
                 ))
             },
         )
         .await
+    }
+
+    async fn revoke_version(
+        &self,
+        revocation: &Revocation,
+        audit: AuditDraft,
+    ) -> Result<(), StoreError> {
+        let key = version_key(&revocation.model, &revocation.version);
+        let named = format!("{} {}", revocation.model, revocation.version);
+        self.transact(
+            &audit,
+            || {
+                vec![
+                    TransactWriteItem::builder()
+                        .condition_check(edgerec_aws::built(
+                            ConditionCheck::builder()
+                                .table_name(&self.table)
+                                .key("pk", s("versions"))
+                                .key("sk", s(key.clone()))
+                                .condition_expression("attribute_exists(pk)")
+                                .build(),
+                        ))
+                        .build(),
+                    self.write(
+                        "revocations",
+                        &key,
+                        ("record", encode(revocation)),
+                        Some("attribute_not_exists(pk)"),
+                    ),
+                ]
+            },
+            |index| match index {
+                0 => StoreError::NotFound(named.clone()),
+                _ => StoreError::Conflict(format!("{named} is already revoked")),
+            },
+        )
+        .await
+    }
+
+    async fn revocations(&self, model: Option<&str>) -> Result<Vec<Revocation>, StoreError> {
+        let prefix = model.map(|m| format!("{m}\0")).unwrap_or_default();
+        self.query("revocations", &prefix)
+            .await?
+            .iter()
+            .map(decode)
+            .collect()
     }
 
     async fn get_plan(&self, surface: &str) -> Result<Option<Plan>, StoreError> {

@@ -14,11 +14,13 @@ use redb::{Database, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 
 use crate::store::{AuditDraft, Store, StoreError};
-use edgerec_registry_api::records::{AuditEntry, Plan, TokenRecord, VersionRecord};
+use edgerec_registry_api::records::{AuditEntry, Plan, Revocation, TokenRecord, VersionRecord};
 use edgerec_storage::now_ms;
 
 /// `model \0 version` → [`VersionRecord`] JSON.
 const VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("versions");
+/// `model \0 version` → [`Revocation`] JSON; entries are never removed.
+const REVOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("revocations");
 /// `surface \0 revision (20 digits)` → [`Plan`] JSON, every revision.
 const PLANS: TableDefinition<&str, &[u8]> = TableDefinition::new("plans");
 /// `surface` → current revision.
@@ -80,6 +82,25 @@ fn plan_key(surface: &str, revision: u64) -> String {
     format!("{surface}\0{revision:020}")
 }
 
+/// Puts `revocation` on the list; [`StoreError::Conflict`] if its version is already there.
+fn insert_revocation(
+    txn: &redb::WriteTransaction,
+    revocation: &Revocation,
+) -> Result<(), StoreError> {
+    let mut table = txn.open_table(REVOCATIONS).map_err(unavailable)?;
+    let key = version_key(&revocation.model, &revocation.version);
+    if table.get(key.as_str()).map_err(unavailable)?.is_some() {
+        return Err(StoreError::Conflict(format!(
+            "{} {} is already revoked",
+            revocation.model, revocation.version
+        )));
+    }
+    table
+        .insert(key.as_str(), encode(revocation).as_slice())
+        .map_err(unavailable)?;
+    Ok(())
+}
+
 fn append_audit(txn: &redb::WriteTransaction, draft: AuditDraft) -> Result<AuditEntry, StoreError> {
     let mut table = txn.open_table(AUDIT).map_err(unavailable)?;
     let sequence = table
@@ -124,6 +145,7 @@ impl EmbeddedStore {
             txn.open_table(AUDIT).map_err(unavailable)?;
             txn.open_table(TOKENS).map_err(unavailable)?;
             txn.open_table(TOKEN_SECRETS).map_err(unavailable)?;
+            txn.open_table(REVOCATIONS).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
         Ok(Self {
@@ -296,6 +318,7 @@ impl Store for EmbeddedStore {
         &self,
         model: &str,
         version: &str,
+        revocation: Option<&Revocation>,
         audit: AuditDraft,
     ) -> Result<(), StoreError> {
         self.write(|txn| {
@@ -329,8 +352,56 @@ impl Store for EmbeddedStore {
             if !removed {
                 return Err(StoreError::NotFound(format!("{model} {version}")));
             }
+            if let Some(revocation) = revocation {
+                insert_revocation(txn, revocation)?;
+            }
             append_audit(txn, audit)?;
             Ok(())
+        })
+    }
+
+    async fn revoke_version(
+        &self,
+        revocation: &Revocation,
+        audit: AuditDraft,
+    ) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let key = version_key(&revocation.model, &revocation.version);
+            if txn
+                .open_table(VERSIONS)
+                .map_err(unavailable)?
+                .get(key.as_str())
+                .map_err(unavailable)?
+                .is_none()
+            {
+                return Err(StoreError::NotFound(format!(
+                    "{} {}",
+                    revocation.model, revocation.version
+                )));
+            }
+            insert_revocation(txn, revocation)?;
+            append_audit(txn, audit)?;
+            Ok(())
+        })
+    }
+
+    async fn revocations(&self, model: Option<&str>) -> Result<Vec<Revocation>, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(REVOCATIONS).map_err(unavailable)?;
+            let mut revocations = Vec::new();
+            // `\0` ends the model's name in a key, and `\u{1}` is the character after it.
+            let (from, to) = model.map_or_else(Default::default, |model| {
+                (format!("{model}\0"), format!("{model}\u{1}"))
+            });
+            let entries = match model {
+                Some(_) => table.range(from.as_str()..to.as_str()),
+                None => table.iter(),
+            };
+            for entry in entries.map_err(unavailable)? {
+                let (_, value) = entry.map_err(unavailable)?;
+                revocations.push(decode(value.value())?);
+            }
+            Ok(revocations)
         })
     }
 

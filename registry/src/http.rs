@@ -13,7 +13,7 @@ use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Deserialize;
 
-use edgerec_registry_api::records::{Plan, PlanRequest, Scope};
+use edgerec_registry_api::records::{PlanRequest, PlanTag, Scope};
 use edgerec_registry_api::signature::SigningKeyDocument;
 
 use crate::service::{Registry, RegistryError, group_by_model};
@@ -77,23 +77,24 @@ async fn actor<S: Store>(
         .map(|token| token.name)
 }
 
-fn etag(plan: &Plan) -> String {
-    format!("\"{}\"", plan.revision)
+/// A plan's `ETag`: its revision and how many revocations its signature lists, so a revocation, which changes no
+/// revision, still reaches those who poll with `If-None-Match`.
+fn etag(tag: PlanTag) -> String {
+    format!("\"{tag}\"")
 }
 
-/// The revision an `If-Match: "<revision>"` names.
+/// The revision an `If-Match: "<revision>"` (or the `"<revision>.<revocations>"` of an `ETag`) names.
 fn if_match(request: &HttpRequest) -> Result<Option<u64>, RegistryError> {
     let Some(value) = request.headers().get(header::IF_MATCH) else {
         return Ok(None);
     };
-    let text = value.to_str().unwrap_or_default().trim();
-    text.trim_start_matches("W/")
-        .trim_matches('"')
-        .parse()
-        .map(Some)
+    let text = value.to_str().unwrap_or_default();
+    text.parse::<PlanTag>()
+        .map(|tag| Some(tag.revision))
         .map_err(|_| {
             RegistryError::BadRequest(format!(
-                "If-Match `{text}` is not a plan revision like \"3\""
+                "If-Match `{}` is not a plan revision like \"3\"",
+                text.trim()
             ))
         })
 }
@@ -227,6 +228,49 @@ async fn delete_version<S: Store + 'static>(
     Ok(HttpResponse::NoContent().finish())
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    reason: String,
+}
+
+/// `POST /v1/models/{model}/versions/{version}/revoke` (deploy scope): the version goes on the signed revocation
+/// list for good; the answer names each current plan that still names it (its traffic goes to the plan's other
+/// variants, or to popularity, until the plan changes).
+async fn revoke_version<S: Store + 'static>(
+    registry: Shared<S>,
+    request: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Json<RevokeRequest>,
+) -> Result<HttpResponse, RegistryError> {
+    let who = actor(&registry, &request, Scope::Deploy).await?;
+    let (model, version) = path.into_inner();
+    let (revocation, named) = registry
+        .revoke_version(&model, &version, &who, &body.reason)
+        .await?;
+    let still_named_by: Vec<serde_json::Value> = named
+        .iter()
+        .map(|(plan, variant)| {
+            serde_json::json!({
+                "surface": plan.surface, "revision": plan.revision, "variant": variant.name,
+                "weight": variant.weight,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "revocation": revocation,
+        "still_named_by": still_named_by,
+    })))
+}
+
+async fn list_revocations<S: Store + 'static>(
+    registry: Shared<S>,
+    request: HttpRequest,
+) -> Result<HttpResponse, RegistryError> {
+    actor(&registry, &request, Scope::Read).await?;
+    Ok(HttpResponse::Ok().json(registry.revocations().await?))
+}
+
 async fn list_plans<S: Store + 'static>(
     registry: Shared<S>,
     request: HttpRequest,
@@ -246,15 +290,18 @@ async fn get_plan<S: Store + 'static>(
         .get_plan(&surface)
         .await?
         .ok_or_else(|| RegistryError::NotFound(format!("surface `{surface}` has no plan")))?;
-    let tag = etag(&plan);
+    let revoked = registry.revoked_for(&plan).await?;
+    let tag = PlanTag {
+        revision: plan.revision,
+        revocations: revoked.len(),
+    };
+    // `"3"` (a revision alone, as tags were before revocations) is `"3.0"`.
     let unchanged = request
         .headers()
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().trim_start_matches("W/") == tag)
-        });
+        .is_some_and(|v| v.split(',').any(|t| t.parse() == Ok(tag)));
+    let tag = etag(tag);
     if unchanged {
         return Ok(HttpResponse::NotModified()
             .insert_header((header::ETAG, tag))
@@ -262,7 +309,7 @@ async fn get_plan<S: Store + 'static>(
     }
     Ok(HttpResponse::Ok()
         .insert_header((header::ETAG, tag))
-        .json(registry.signed(plan).await?))
+        .json(registry.sign(plan, revoked).await?))
 }
 
 async fn put_plan<S: Store + 'static>(
@@ -275,9 +322,10 @@ async fn put_plan<S: Store + 'static>(
     let plan = registry
         .deploy(&surface, plan.into_inner(), if_match(&request)?, &who)
         .await?;
+    let plan = registry.signed(plan).await?;
     Ok(HttpResponse::Ok()
-        .insert_header((header::ETAG, etag(&plan)))
-        .json(registry.signed(plan).await?))
+        .insert_header((header::ETAG, etag(plan.tag())))
+        .json(plan))
 }
 
 #[derive(Debug, Deserialize)]
@@ -296,9 +344,10 @@ async fn rollback<S: Store + 'static>(
     let plan = registry
         .rollback(&surface, &body.reason, if_match(&request)?, &who)
         .await?;
+    let plan = registry.signed(plan).await?;
     Ok(HttpResponse::Ok()
-        .insert_header((header::ETAG, etag(&plan)))
-        .json(registry.signed(plan).await?))
+        .insert_header((header::ETAG, etag(plan.tag())))
+        .json(plan))
 }
 
 async fn plan_history<S: Store + 'static>(
@@ -564,6 +613,11 @@ pub fn configure<S: Store + 'static>(config: &mut web::ServiceConfig) {
                     "/models/{model}/versions/{version}",
                     web::delete().to(delete_version::<S>),
                 )
+                .route(
+                    "/models/{model}/versions/{version}/revoke",
+                    web::post().to(revoke_version::<S>),
+                )
+                .route("/revocations", web::get().to(list_revocations::<S>))
                 .route("/plans", web::get().to(list_plans::<S>))
                 .route("/plans/{surface}", web::get().to(get_plan::<S>))
                 .route("/plans/{surface}", web::put().to(put_plan::<S>))

@@ -12,7 +12,8 @@ use crate::signing::ManifestSigner;
 use crate::store::{AuditDraft, Store, StoreError};
 use edgerec_registry_api::probe::ModelProbe;
 use edgerec_registry_api::records::{
-    IssuedToken, Plan, PlanRequest, PlanSignature, Scope, TokenRecord, Variant, VersionRecord,
+    IssuedToken, Plan, PlanRequest, PlanSignature, Revocation, RevokedVersion, Scope, TokenRecord,
+    Variant, VersionRecord,
 };
 use edgerec_storage::now_ms;
 
@@ -326,9 +327,33 @@ impl<S: Store> Registry<S> {
             })
     }
 
-    /// `plan` signed for those who follow it: each variant's manifest digest (from its version record; a version
-    /// a current plan names cannot be deleted) and the registry's signature over the revision's statement.
-    pub async fn signed(&self, mut plan: Plan) -> Result<Plan, RegistryError> {
+    /// Every revoked or deleted version of the models `plan` names, in the order the signed statement lists them.
+    pub async fn revoked_for(&self, plan: &Plan) -> Result<Vec<RevokedVersion>, RegistryError> {
+        let models: BTreeSet<&str> = plan.variants.iter().map(|v| v.model.as_str()).collect();
+        let mut revoked = Vec::new();
+        for model in models {
+            for revocation in self.store.revocations(Some(model)).await? {
+                revoked.push(revocation.listed());
+            }
+        }
+        revoked.sort();
+        Ok(revoked)
+    }
+
+    /// `plan` signed for those who follow it, with the revocations of its models.
+    pub async fn signed(&self, plan: Plan) -> Result<Plan, RegistryError> {
+        let revoked = self.revoked_for(&plan).await?;
+        self.sign(plan, revoked).await
+    }
+
+    /// `plan` signed with `revoked` ([`Registry::revoked_for`]): each variant's manifest digest (from its version
+    /// record; a version a current plan names cannot be deleted) and the registry's signature over the revision's
+    /// statement.
+    pub async fn sign(
+        &self,
+        mut plan: Plan,
+        revoked: Vec<RevokedVersion>,
+    ) -> Result<Plan, RegistryError> {
         let mut manifest_digests = Vec::with_capacity(plan.variants.len());
         for variant in &plan.variants {
             let record = self
@@ -345,14 +370,78 @@ impl<S: Store> Registry<S> {
         }
         let signature = self
             .signer
-            .sign_statement(&plan.statement(&manifest_digests));
+            .sign_statement(&plan.statement(&manifest_digests, &revoked));
         plan.signature = Some(PlanSignature {
             manifest_digests,
+            revoked,
             signature,
         });
         Ok(plan)
     }
 
+    /// Whether `model@version` is on the revocation list.
+    async fn revocation(
+        &self,
+        model: &str,
+        version: &str,
+    ) -> Result<Option<Revocation>, RegistryError> {
+        Ok(self
+            .store
+            .revocations(Some(model))
+            .await?
+            .into_iter()
+            .find(|r| r.version == version))
+    }
+
+    /// Puts a published version on the revocation list, for good: nodes and browsers stop serving it at their next
+    /// poll (its plans' variants send their traffic to the other variants, or to popularity), and no plan may name
+    /// it again. Returns the revocation and each current plan that still names it.
+    pub async fn revoke_version(
+        &self,
+        model: &str,
+        version: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<(Revocation, Vec<(Plan, Variant)>), RegistryError> {
+        let record = self.version(model, version).await?;
+        let revocation = Revocation {
+            model: record.model.clone(),
+            version: record.version.clone(),
+            manifest_digest: record.manifest_digest,
+            cause: "revoked".into(),
+            revoked_by: actor.to_string(),
+            revoked_at: now_ms(),
+            reason: reason.to_string(),
+        };
+        self.store
+            .revoke_version(
+                &revocation,
+                AuditDraft {
+                    actor: actor.to_string(),
+                    action: "version.revoke",
+                    target: format!("{model}/{version}"),
+                    reason: reason.to_string(),
+                    detail: serde_json::json!({ "manifest_digest": record.manifest_digest.to_string() }),
+                },
+            )
+            .await?;
+        let mut named = Vec::new();
+        for plan in self.store.list_plans().await? {
+            for variant in plan.variants.clone() {
+                if variant.model == model && variant.version == version {
+                    named.push((plan.clone(), variant));
+                }
+            }
+        }
+        Ok((revocation, named))
+    }
+
+    /// Every revocation, by model then version.
+    pub async fn revocations(&self) -> Result<Vec<Revocation>, RegistryError> {
+        Ok(self.store.revocations(None).await?)
+    }
+
+    /// Removes a version no current plan names and puts it on the revocation list (unless it is there already).
     pub async fn delete_version(
         &self,
         model: &str,
@@ -360,16 +449,30 @@ impl<S: Store> Registry<S> {
         actor: &str,
         reason: &str,
     ) -> Result<(), RegistryError> {
+        let record = self.version(model, version).await?;
+        let revocation = match self.revocation(model, version).await? {
+            Some(_) => None,
+            None => Some(Revocation {
+                model: record.model.clone(),
+                version: record.version.clone(),
+                manifest_digest: record.manifest_digest,
+                cause: "deleted".into(),
+                revoked_by: actor.to_string(),
+                revoked_at: now_ms(),
+                reason: reason.to_string(),
+            }),
+        };
         self.store
             .delete_version(
                 model,
                 version,
+                revocation.as_ref(),
                 AuditDraft {
                     actor: actor.to_string(),
                     action: "version.delete",
                     target: format!("{model}/{version}"),
                     reason: reason.to_string(),
-                    detail: serde_json::Value::Null,
+                    detail: serde_json::json!({ "manifest_digest": record.manifest_digest.to_string() }),
                 },
             )
             .await
@@ -399,6 +502,12 @@ impl<S: Store> Registry<S> {
                 return Err(RegistryError::Unprocessable(format!(
                     "variant `{}` names {} {}, which is not published",
                     variant.name, variant.model, variant.version
+                )));
+            }
+            if let Some(revoked) = self.revocation(&variant.model, &variant.version).await? {
+                return Err(RegistryError::Unprocessable(format!(
+                    "variant `{}` names {} {}, which was {} ({}); publish a new version",
+                    variant.name, variant.model, variant.version, revoked.cause, revoked.reason
                 )));
             }
         }

@@ -4,7 +4,7 @@
 
 use edgerec_core::Digest;
 
-use edgerec_registry_api::records::{AuditEntry, Plan, TokenRecord, VersionRecord};
+use edgerec_registry_api::records::{AuditEntry, Plan, Revocation, TokenRecord, VersionRecord};
 
 /// Why a storage operation failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -58,13 +58,24 @@ pub trait Store {
     ) -> Result<Option<VersionRecord>, StoreError>;
     /// All versions of `model` (of every model when `None`), by model then publication order.
     async fn list_versions(&self, model: Option<&str>) -> Result<Vec<VersionRecord>, StoreError>;
-    /// Removes a version that no current plan names ([`StoreError::Referenced`] otherwise).
+    /// Removes a version that no current plan names ([`StoreError::Referenced`] otherwise), putting it on the
+    /// revocation list in the same write when `revocation` is given (the caller found it not yet there).
     async fn delete_version(
         &self,
         model: &str,
         version: &str,
+        revocation: Option<&Revocation>,
         audit: AuditDraft,
     ) -> Result<(), StoreError>;
+    /// Puts a published version on the revocation list: [`StoreError::NotFound`] without such a version,
+    /// [`StoreError::Conflict`] if it is already there. Entries are never removed.
+    async fn revoke_version(
+        &self,
+        revocation: &Revocation,
+        audit: AuditDraft,
+    ) -> Result<(), StoreError>;
+    /// The revocations of `model` (of every model when `None`), by model then version.
+    async fn revocations(&self, model: Option<&str>) -> Result<Vec<Revocation>, StoreError>;
 
     async fn get_plan(&self, surface: &str) -> Result<Option<Plan>, StoreError>;
     /// Every revision of a surface's plan, oldest first.

@@ -37,6 +37,13 @@ impl Reply {
             .unwrap_or_default()
             .to_string()
     }
+
+    fn message(&self) -> String {
+        self.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
 }
 
 impl Client {
@@ -437,9 +444,12 @@ fn plans_on(fixture: Fixture) {
     );
 
     let first = deployer.json("PUT", "/v1/plans/home", &single, &[]);
-    assert_eq!((first.status, first.etag.as_deref()), (200, Some("\"1\"")));
+    assert_eq!(
+        (first.status, first.etag.as_deref()),
+        (200, Some("\"1.0\""))
+    );
     let read = deployer.get("/v1/plans/home");
-    assert_eq!(read.etag.as_deref(), Some("\"1\""));
+    assert_eq!(read.etag.as_deref(), Some("\"1.0\""));
     // Every plan revision served is signed: its surface, revision, salt and variants with their manifest digests,
     // under the registry's key.
     let served: edgerec_registry_api::records::Plan =
@@ -533,7 +543,7 @@ fn plans_on(fixture: Fixture) {
     );
     assert_eq!(
         (rolled.status, rolled.etag.as_deref()),
-        (200, Some("\"3\""))
+        (200, Some("\"3.0\""))
     );
     let history = deployer.get("/v1/plans/home/history").json();
     assert_eq!(history.as_array().expect("history").len(), 3);
@@ -551,6 +561,119 @@ fn plans_on(fixture: Fixture) {
     let audit = admin.get("/v1/audit?limit=3").json();
     assert_eq!(audit[0]["action"], "plan.rollback");
     assert_eq!(audit[0]["actor"], "ml-team");
+    revocations_on(&admin, &deployer, &key);
+}
+
+/// Revoking and deleting versions, with revision 3 of `home` naming 1.0.0 alone: each revocation is listed, signed,
+/// in every plan of its model, changes the plan's tag without a new revision, and keeps the version out of plans.
+fn revocations_on(admin: &Client, deployer: &Client, key: &str) {
+    let signed_plan = |reply: &Reply| {
+        let plan: edgerec_registry_api::records::Plan =
+            serde_json::from_value(reply.json()).expect("a plan");
+        edgerec_registry_api::signature::verify_plan_signature(key, &plan).expect("signed");
+        plan.signature.expect("signed").revoked
+    };
+    let revoke = |client: &Client, version: &str| {
+        client.json(
+            "POST",
+            &format!("/v1/models/golden-sasrec/versions/{version}/revoke"),
+            &json!({"reason": "leaked"}),
+            &[],
+        )
+    };
+    let reader = Client::new(&admin.base, Some(&token(admin, "reader", &["read"])));
+    assert_eq!(
+        revoke(&reader, "1.1.0").status,
+        403,
+        "revoking needs deploy"
+    );
+    assert_eq!(revoke(deployer, "9.9.9").status, 404);
+    let revoked = revoke(deployer, "1.1.0");
+    assert_eq!(revoked.status, 200);
+    assert_eq!(revoked.json()["still_named_by"], json!([]));
+    let twice = revoke(deployer, "1.1.0");
+    assert_eq!((twice.status, twice.kind().as_str()), (409, "conflict"));
+    let read = deployer.get("/v1/plans/home");
+    assert_eq!(read.etag.as_deref(), Some("\"3.1\""));
+    let digest_of = |version: &str| {
+        deployer
+            .get(&format!("/v1/models/golden-sasrec/versions/{version}"))
+            .json()["manifest_digest"]
+            .clone()
+    };
+    let listed = signed_plan(&read);
+    assert_eq!(
+        json!(listed),
+        json!([{"model": "golden-sasrec", "version": "1.1.0", "manifest_digest": digest_of("1.1.0")}])
+    );
+    // Polls with the tag from before the revocation get the new list; with the new tag, 304.
+    for (tag, status) in [("\"3\"", 200), ("\"3.0\"", 200), ("\"3.1\"", 304)] {
+        let reply = deployer.send("GET", "/v1/plans/home", None, &[("If-None-Match", tag)]);
+        assert_eq!(reply.status, status, "{tag}");
+    }
+    // No plan may name a revoked version again.
+    let again = json!({
+        "variants": [{"name": "control", "model": "golden-sasrec", "version": "1.1.0", "weight": 100}],
+        "reason": "x",
+    });
+    let refused = deployer.json("PUT", "/v1/plans/home", &again, &[("If-Match", "\"3.1\"")]);
+    assert_eq!(
+        (refused.status, refused.kind().as_str()),
+        (422, "invalid_bundle_or_plan")
+    );
+    assert!(
+        refused.message().contains("revoked"),
+        "{}",
+        refused.message()
+    );
+    // A version the current plan names can be revoked (its traffic moves at the nodes); the answer says so.
+    let named = revoke(deployer, "1.0.0");
+    assert_eq!(named.status, 200);
+    assert_eq!(
+        named.json()["still_named_by"],
+        json!([{"surface": "home", "revision": 3, "variant": "control", "weight": 100}])
+    );
+    // Deleting a revoked version keeps its one entry; deleting another adds one, as `deleted`.
+    assert_eq!(publish(deployer, "1.2.0").status, 201);
+    let delete = |version: &str| {
+        admin.send(
+            "DELETE",
+            &format!("/v1/models/golden-sasrec/versions/{version}?reason=cleanup"),
+            None,
+            &[],
+        )
+    };
+    assert_eq!(delete("1.1.0").status, 204);
+    assert_eq!(delete("1.2.0").status, 204);
+    assert_eq!(delete("1.2.0").status, 404);
+    let all = reader.get("/v1/revocations").json();
+    let causes: Vec<(&str, &str)> = all
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|r| {
+            (
+                r["version"].as_str().unwrap_or(""),
+                r["cause"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        causes,
+        [
+            ("1.0.0", "revoked"),
+            ("1.1.0", "revoked"),
+            ("1.2.0", "deleted")
+        ]
+    );
+    let read = deployer.get("/v1/plans/home");
+    assert_eq!(read.etag.as_deref(), Some("\"3.3\""));
+    assert_eq!(signed_plan(&read).len(), 3);
+    let audit = admin.get("/v1/audit?limit=2").json();
+    assert_eq!(
+        (audit[0]["action"].as_str(), audit[1]["action"].as_str()),
+        (Some("version.delete"), Some("version.delete"))
+    );
 }
 
 #[test]
@@ -592,9 +715,7 @@ fn the_client_publishes_a_bundle_folder_and_follows_plans() {
     };
     let plan = client.deploy("home", &request, None).expect("deploys");
     assert_eq!(
-        client
-            .plan_if_changed("home", plan.revision)
-            .expect("reads"),
+        client.plan_if_changed("home", plan.tag()).expect("reads"),
         PlanRead::Unchanged
     );
     let error = client.deploy("home", &request, Some(9)).expect_err("stale");
@@ -603,9 +724,7 @@ fn the_client_publishes_a_bundle_folder_and_follows_plans() {
         .deploy("home", &request, Some(plan.revision))
         .expect("updates");
     assert_eq!(
-        client
-            .plan_if_changed("home", plan.revision)
-            .expect("reads"),
+        client.plan_if_changed("home", plan.tag()).expect("reads"),
         PlanRead::Changed(second)
     );
     assert_eq!(

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use edgerec_core::{Digest, ModelName, Surface, VariantName, Version, ab};
-use edgerec_registry_api::records::{Plan, VersionRecord};
+use edgerec_registry_api::records::{Plan, Variant, VersionRecord};
 use serde::Serialize;
 
 use crate::model::LoadedModel;
@@ -21,18 +21,59 @@ pub struct ServingVariant {
 pub struct Deployment {
     /// The registry's plan this deployment carries out (browsers fetch it to pick the same variant).
     pub plan: Plan,
+    /// The plan's variants that serve, in plan order.
     pub variants: Vec<ServingVariant>,
+    /// The plan's variants whose version the plan's signature lists as revoked: they serve nothing, and their
+    /// users go to the other variants (or to popularity when none is left).
+    pub revoked: Vec<Variant>,
     /// When this node started serving it, milliseconds since the Unix epoch.
     pub since_ms: i64,
 }
 
+/// Which variant answers a user.
+#[derive(Debug, Clone, Copy)]
+pub enum Assigned<'a> {
+    /// The plan's own variant for the user.
+    Own(&'a ServingVariant),
+    /// Another variant, as the user's own is revoked.
+    Reassigned {
+        serving: &'a ServingVariant,
+        revoked: &'a Variant,
+    },
+    /// Every variant of the plan is revoked: the user's own, which serves nothing.
+    NoneServing(&'a Variant),
+}
+
 impl Deployment {
     /// The variant of `user_key` (the user id, or the request id for anonymous requests): the same on every node
-    /// that serves this plan, as the bucket depends only on the plan's salt and the key.
-    pub fn variant_for(&self, user_key: &str) -> &ServingVariant {
-        let weights = self.variants.iter().map(|v| v.weight);
-        let index = ab::assign(&self.plan.salt, user_key, weights).unwrap_or(0);
-        &self.variants[index]
+    /// that serves this plan (and in the browser package), as the buckets depend only on the plan's salt, the key
+    /// and which variants are revoked.
+    pub fn variant_for(&self, user_key: &str) -> Assigned<'_> {
+        let weights: Vec<u32> = self.plan.variants.iter().map(|v| v.weight).collect();
+        let serving_variant =
+            |variant: &Variant| self.variants.iter().find(|s| s.name == variant.name);
+        let serving: Vec<bool> = self
+            .plan
+            .variants
+            .iter()
+            .map(|v| serving_variant(v).is_some())
+            .collect();
+        // The follower installs only plans whose weights cover every bucket.
+        let assignment = ab::assign_serving(&self.plan.salt, user_key, &weights, &serving)
+            .unwrap_or(ab::Assignment {
+                own: 0,
+                serving: serving.iter().position(|&s| s),
+            });
+        let own = &self.plan.variants[assignment.own];
+        let by_index = |index: usize| serving_variant(&self.plan.variants[index]);
+        match assignment.serving.and_then(by_index) {
+            Some(variant) if assignment.serving == Some(assignment.own) => Assigned::Own(variant),
+            Some(variant) => Assigned::Reassigned {
+                serving: variant,
+                revoked: own,
+            },
+            None => Assigned::NoneServing(own),
+        }
     }
 
     pub fn describe(&self) -> DeploymentStatus {
@@ -52,6 +93,7 @@ impl Deployment {
                     manifest_digest: v.model.files.record.manifest_digest,
                 })
                 .collect(),
+            revoked: self.revoked.clone(),
         }
     }
 }
@@ -64,6 +106,9 @@ pub struct DeploymentStatus {
     pub salt: String,
     pub since_ms: i64,
     pub variants: Vec<VariantStatus>,
+    /// The plan's variants that serve nothing, their version being revoked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked: Vec<Variant>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]

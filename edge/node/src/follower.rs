@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use edgerec_core::ab;
 use edgerec_core::{Digest, MODEL_FILE, Surface};
 use edgerec_registry_api::client::{PlanRead, RegistryClient};
-use edgerec_registry_api::records::{Plan, Variant, VersionRecord};
+use edgerec_registry_api::records::{Plan, PlanTag, Variant, VersionRecord};
 use edgerec_registry_api::signature::verify_plan_signature;
 use serde::{Deserialize, Serialize};
 
@@ -30,22 +30,22 @@ const REGISTRY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest pause before a failed roll-out that is worth retrying is tried again.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(300);
 
-/// Checks that `plan` verifies against `key` and is not older than `highest`, the highest revision verified so
-/// far, which it then becomes.
-fn check_signed(key: &str, plan: &Plan, highest: &mut u64) -> Result<(), RolloutError> {
+/// Checks that `plan` verifies against `key` and is not older than `highest`, the highest tag (revision, then
+/// revocations) verified so far, which it then becomes.
+fn check_signed(key: &str, plan: &Plan, highest: &mut PlanTag) -> Result<(), RolloutError> {
     verify_plan_signature(key, plan).map_err(|e| RolloutError::PlanSignature {
         surface: plan.surface.to_string(),
         revision: plan.revision,
         message: e.to_string(),
     })?;
-    if plan.revision < *highest {
+    if plan.tag() < *highest {
         return Err(RolloutError::Replayed {
             surface: plan.surface.to_string(),
-            revision: plan.revision,
+            tag: plan.tag(),
             highest: *highest,
         });
     }
-    *highest = plan.revision;
+    *highest = plan.tag();
     Ok(())
 }
 
@@ -136,21 +136,22 @@ pub struct Follower {
     deployments: Arc<Deployments>,
     metrics: NodeMetrics,
     pool: PoolSettings,
-    /// The plan revision of each surface whose roll-out failed for good (bad signature, model that does not load):
-    /// not retried until the plan changes again.
-    refused: HashMap<String, u64>,
+    /// The plan (revision and revocations) of each surface whose roll-out failed for good (a model that does not
+    /// load): not retried until the plan changes again.
+    refused: HashMap<String, PlanTag>,
     /// Plans whose roll-out failed in a way worth retrying (a load that ran out of time): the revision, the
     /// failures so far and when to try again (doubling from the poll interval, at most [`MAX_RETRY_WAIT`]).
-    retry: HashMap<String, (u64, u32, Instant)>,
+    retry: HashMap<String, (PlanTag, u32, Instant)>,
     /// Surfaces whose registry error was already logged (logged again only after a success).
     unreachable: HashMap<String, String>,
     /// The last error getting the registry's key, already logged.
     key_error: Option<String>,
     /// When each surface's plan was last confirmed with the registry.
     plan_health: Arc<PlanHealth>,
-    /// The highest plan revision of each surface whose signature verified: a lower one is a replay and refused
-    /// (a rollback is a new, higher revision). After a restart it starts from the saved plan's.
-    highest_revision: HashMap<String, u64>,
+    /// The highest plan tag of each surface whose signature verified: a lower revision, or the same with fewer
+    /// revocations, is a replay and refused (a rollback is a new, higher revision). After a restart it starts from
+    /// the saved plan's.
+    highest_revision: HashMap<String, PlanTag>,
 }
 
 impl std::fmt::Debug for Follower {
@@ -232,7 +233,7 @@ impl Follower {
                     serde_json::json!({"surface": surface, "restored_revision": saved.plan.revision}),
                 ),
                 Err(e) => {
-                    self.failed(&surface, saved.plan.revision, &e);
+                    self.failed(&surface, saved.plan.tag(), &e);
                     // What this node saved is refused, not the registry's plan: the same revision from the
                     // registry (signed, where an older node saved it unsigned) is still taken, at once.
                     self.refused.remove(surface.as_str());
@@ -246,12 +247,15 @@ impl Follower {
         let Some(key) = self.key() else {
             return;
         };
-        let known = self.deployments.get(surface).map_or(0, |d| d.plan.revision);
+        let known = self
+            .deployments
+            .get(surface)
+            .map_or_else(PlanTag::default, |d| d.plan.tag());
         let plan = match self.client.plan_if_changed(surface, known) {
             Ok(PlanRead::Unchanged) => {
                 self.unreachable.remove(surface);
                 // A 304 confirms the plan only if it is the one in service (not one this node refused).
-                if known > 0 {
+                if known.revision > 0 {
                     self.plan_health.confirm(surface);
                 }
                 return;
@@ -266,7 +270,7 @@ impl Follower {
                 if self.unreachable.get(surface) != Some(&message) {
                     crate::log_line(
                         "follower",
-                        serde_json::json!({"surface": surface, "error": message, "serving_revision": known}),
+                        serde_json::json!({"surface": surface, "error": message, "serving_revision": known.revision}),
                     );
                     self.unreachable.insert(surface.to_string(), message);
                 }
@@ -275,11 +279,11 @@ impl Follower {
             }
         };
         self.unreachable.remove(surface);
-        if self.refused.get(surface) == Some(&plan.revision) {
+        if self.refused.get(surface) == Some(&plan.tag()) {
             return;
         }
-        if let Some(&(revision, _, at)) = self.retry.get(surface)
-            && revision == plan.revision
+        if let Some(&(tag, _, at)) = self.retry.get(surface)
+            && tag == plan.tag()
             && Instant::now() < at
         {
             return;
@@ -289,7 +293,7 @@ impl Follower {
                 surface: surface.to_string(),
                 message: format!("the registry answered with the plan of `{}`", plan.surface),
             };
-            self.failed(surface, plan.revision, &error);
+            self.failed(surface, plan.tag(), &error);
             return;
         }
         match self.roll_out(&key, &plan, Source::Registry) {
@@ -297,14 +301,14 @@ impl Follower {
                 self.retry.remove(surface);
                 self.plan_health.confirm(surface);
             }
-            Err(e) => self.failed(surface, plan.revision, &e),
+            Err(e) => self.failed(surface, plan.tag(), &e),
         }
     }
 
-    fn failed(&mut self, surface: &str, revision: u64, error: &RolloutError) {
+    fn failed(&mut self, surface: &str, tag: PlanTag, error: &RolloutError) {
         if matches!(error, RolloutError::PlanSignature { .. }) {
             self.plan_health
-                .untrusted(surface, revision, error.to_string());
+                .untrusted(surface, tag.revision, error.to_string());
         }
         self.metrics
             .rollout_failures
@@ -315,27 +319,26 @@ impl Follower {
             "follower",
             serde_json::json!({
                 "surface": surface,
-                "refused_revision": revision,
+                "refused_revision": tag.revision,
+                "refused_revocations": tag.revocations,
                 "reason": error.reason(),
                 "error": error.to_string(),
                 "serving_revision": serving,
             }),
         );
         if error.is_permanent() {
-            self.refused.insert(surface.to_string(), revision);
+            self.refused.insert(surface.to_string(), tag);
         } else {
             let failures = match self.retry.get(surface) {
-                Some(&(r, failures, _)) if r == revision => failures + 1,
+                Some(&(t, failures, _)) if t == tag => failures + 1,
                 _ => 1,
             };
             let wait = self
                 .poll_interval
                 .saturating_mul(1 << failures.min(16))
                 .min(MAX_RETRY_WAIT);
-            self.retry.insert(
-                surface.to_string(),
-                (revision, failures, Instant::now() + wait),
-            );
+            self.retry
+                .insert(surface.to_string(), (tag, failures, Instant::now() + wait));
         }
     }
 
@@ -402,6 +405,7 @@ impl Follower {
         self.check_signed(key, plan)?;
         check_plan(plan, &self.surfaces)?;
         let mut variants = Vec::with_capacity(plan.variants.len());
+        let mut revoked = Vec::new();
         let mut records = Vec::with_capacity(plan.variants.len());
         // Verified above: one signed manifest digest a variant.
         let signed_digests = plan
@@ -410,6 +414,11 @@ impl Follower {
             .map(|s| s.manifest_digests.clone())
             .unwrap_or_default();
         for (variant, signed_digest) in plan.variants.iter().zip(signed_digests) {
+            // Listed as revoked by the plan's own signature: nothing of it is fetched, loaded or served.
+            if plan.revocation_of(variant, &signed_digest).is_some() {
+                revoked.push(variant.clone());
+                continue;
+            }
             let loaded = self
                 .deployments
                 .loaded(&variant.model, &variant.version)
@@ -465,6 +474,7 @@ impl Follower {
         let deployment = Deployment {
             plan: plan.clone(),
             variants,
+            revoked,
             since_ms: edgerec_features::now_ms(),
         };
         let status = deployment.describe();
@@ -477,6 +487,10 @@ impl Follower {
             .plan_revision
             .with_label_values(&[plan.surface.as_str()])
             .set(plan.revision as i64);
+        self.metrics
+            .revoked_variants
+            .with_label_values(&[plan.surface.as_str()])
+            .set(status.revoked.len() as i64);
         self.refused.remove(plan.surface.as_str());
         crate::log_line(
             "follower",
@@ -485,6 +499,7 @@ impl Follower {
                 "serving_revision": plan.revision,
                 "previous_revision": previous.map(|p| p.plan.revision),
                 "variants": status.variants,
+                "revoked_variants": status.revoked,
                 "rollout_ms": started.elapsed().as_millis() as u64,
             }),
         );
@@ -588,7 +603,9 @@ impl Follower {
 mod tests {
     use ed25519_dalek::{Signer, SigningKey};
     use edgerec_core::{Digest, ModelName, Surface, VariantName, Version};
-    use edgerec_registry_api::records::{Plan, PlanSignature, Variant, VersionRecord};
+    use edgerec_registry_api::records::{
+        Plan, PlanSignature, PlanTag, RevokedVersion, Variant, VersionRecord,
+    };
 
     use super::{check_labels, check_signed};
     use crate::model::RolloutError;
@@ -634,6 +651,10 @@ mod tests {
     }
 
     fn signed_plan(revision: u64, key: &SigningKey) -> Plan {
+        signed_plan_revoking(revision, &[], key)
+    }
+
+    fn signed_plan_revoking(revision: u64, revoked: &[&str], key: &SigningKey) -> Plan {
         let mut plan = Plan {
             surface: Surface::parse("home").expect("a surface"),
             revision,
@@ -650,9 +671,18 @@ mod tests {
             signature: None,
         };
         let manifest_digests = vec![Digest::of(b"manifest")];
-        let statement = plan.statement(&manifest_digests);
+        let revoked: Vec<RevokedVersion> = revoked
+            .iter()
+            .map(|version| RevokedVersion {
+                model: ModelName::parse("m").expect("a name"),
+                version: Version::parse(*version).expect("a version"),
+                manifest_digest: Digest::of(version.as_bytes()),
+            })
+            .collect();
+        let statement = plan.statement(&manifest_digests, &revoked);
         plan.signature = Some(PlanSignature {
             manifest_digests,
+            revoked,
             signature: hex::encode(key.sign(statement.as_bytes()).to_bytes()),
         });
         plan
@@ -662,22 +692,20 @@ mod tests {
     fn only_signed_plans_no_older_than_the_last_verified_pass() {
         let key = SigningKey::from_bytes(&[3; 32]);
         let public = hex::encode(key.verifying_key().to_bytes());
-        let mut highest = 0;
+        let tag = |revision, revocations| PlanTag {
+            revision,
+            revocations,
+        };
+        let mut highest = PlanTag::default();
         check_signed(&public, &signed_plan(5, &key), &mut highest).expect("signed");
-        assert_eq!(highest, 5);
+        assert_eq!(highest, tag(5, 0));
         // The same revision again (a restart restores it) passes; an older one is a replay.
         check_signed(&public, &signed_plan(5, &key), &mut highest).expect("the same revision");
         let replayed = check_signed(&public, &signed_plan(4, &key), &mut highest)
             .expect_err("an older revision");
         assert!(
-            matches!(
-                replayed,
-                RolloutError::Replayed {
-                    revision: 4,
-                    highest: 5,
-                    ..
-                }
-            ),
+            matches!(replayed, RolloutError::Replayed { tag: PlanTag { revision: 4, .. }, highest, .. }
+                if highest == tag(5, 0)),
             "{replayed}"
         );
         assert_eq!(replayed.reason(), "replayed");
@@ -700,6 +728,20 @@ mod tests {
             assert_eq!(refused.reason(), "plan_signature");
             assert!(refused.to_string().contains(says), "{refused}");
         }
-        assert_eq!(highest, 5);
+        assert_eq!(highest, tag(5, 0));
+        // A revocation comes at the same revision; the same revision with fewer revocations is then a replay.
+        check_signed(
+            &public,
+            &signed_plan_revoking(5, &["0.9"], &key),
+            &mut highest,
+        )
+        .expect("a revocation");
+        assert_eq!(highest, tag(5, 1));
+        let unrevoked = check_signed(&public, &signed_plan(5, &key), &mut highest)
+            .expect_err("the answer from before the revocation");
+        assert_eq!(unrevoked.reason(), "replayed");
+        // A higher revision may list fewer (it names other models).
+        check_signed(&public, &signed_plan(6, &key), &mut highest).expect("a new revision");
+        assert_eq!(highest, tag(6, 0));
     }
 }

@@ -21,6 +21,8 @@ pub struct NodeMetrics {
     pub swaps: IntCounterVec,
     pub rollout_failures: IntCounterVec,
     pub plan_revision: IntGaugeVec,
+    /// Variants of each surface's plan whose version is revoked (serving nothing).
+    pub revoked_variants: IntGaugeVec,
     /// Seconds since each surface's plan was last confirmed with the registry (set when metrics are read).
     pub plan_age_seconds: GaugeVec,
     pub feature_reads: IntCounterVec,
@@ -109,6 +111,14 @@ impl NodeMetrics {
             )),
             plan_revision: register!(IntGaugeVec::new(
                 counter("plan_revision", "The plan revision each surface serves."),
+                &["surface"]
+            )),
+            revoked_variants: register!(IntGaugeVec::new(
+                counter(
+                    "revoked_variants",
+                    "Variants of each surface's plan whose version is revoked: their users are served by the \
+                     other variants, or by popularity when none is left."
+                ),
                 &["surface"]
             )),
             plan_age_seconds: register!(GaugeVec::new(

@@ -9,7 +9,7 @@ use edgerec_core::{
     Digest, ItemId, MODEL_FILE, Manifest, ModelName, RankRequest, Ranking, ScoredItem, Version,
 };
 use edgerec_registry_api::client::ClientError;
-use edgerec_registry_api::records::VersionRecord;
+use edgerec_registry_api::records::{PlanTag, VersionRecord};
 use edgerec_registry_api::signature::verify_manifest_signature;
 
 use crate::host::{HostError, RankerEngine, RankerInstance};
@@ -61,13 +61,13 @@ pub enum RolloutError {
     },
     /// A plan older than one whose signature already verified: a replay (a rollback is a new, higher revision).
     #[error(
-        "the plan of `{surface}` at revision {revision} is older than revision {highest}, already verified here: \
+        "the plan of `{surface}` at revision.revocations {tag} is older than {highest}, already verified here: \
          a replayed plan is never served"
     )]
     Replayed {
         surface: String,
-        revision: u64,
-        highest: u64,
+        tag: PlanTag,
+        highest: PlanTag,
     },
     /// A record or plan whose labels are not the signed manifest's: relabelled on the way, or by the registry.
     #[error("{version}: {named_by} names {named}, but {bound_by} names {bound}")]

@@ -12,12 +12,13 @@ use edgerec_core::{
 use edgerec_features::event::{ClientEvent, ServedRequest};
 use edgerec_features::ingest::{Ack, Ingest, IngestError};
 use edgerec_features::store::FeatureStore;
+use edgerec_registry_api::records::Variant;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{AuthError, Authenticator, Caller, Scope};
 use crate::catalogue::CatalogueCache;
 use crate::config::RequestLimits;
-use crate::deployment::{Deployment, Deployments};
+use crate::deployment::{Assigned, Deployment, Deployments};
 use crate::features::{FeatureSource, Popularity, UserFeatureReader};
 use crate::host::HostError;
 use crate::metrics::NodeMetrics;
@@ -73,11 +74,11 @@ pub struct RecommendResponse {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Degraded {
-    /// `feature_store_unavailable`, `deadline_exceeded`, `busy` (no ranker instance free in time) or
-    /// `ranker_error`.
+    /// `feature_store_unavailable`, `deadline_exceeded`, `busy` (no ranker instance free in time),
+    /// `ranker_error`, or `revoked` (the user's variant serves a revoked version).
     pub reason: String,
-    /// What the answer was made from instead: `recent_items` (the model, on the request's own items) or
-    /// `popularity`.
+    /// What the answer was made from instead: `recent_items` (the model, on the request's own items),
+    /// `popularity`, or `other_variant` (another variant of the plan, named in the answer's `variant`).
     pub fallback: String,
     /// What happened, in words; never a backend's own error text (that goes to the node's log).
     pub message: String,
@@ -248,7 +249,14 @@ impl<S: FeatureStore> NodeState<S> {
         let request = self.check(request)?;
         let deployment = self.deployment(&request.surface)?;
         let request_id = self.next_request_id();
-        let variant = deployment.variant_for(request.user.as_deref().unwrap_or(&request_id));
+        let (variant, revoked) =
+            match deployment.variant_for(request.user.as_deref().unwrap_or(&request_id)) {
+                Assigned::Own(variant) => (variant, None),
+                Assigned::Reassigned { serving, revoked } => (serving, Some(revoked)),
+                Assigned::NoneServing(own) => {
+                    return self.by_popularity_alone(request, &deployment, own, request_id);
+                }
+            };
         let model = &variant.model;
         self.check_record_bound(&request, model)?;
 
@@ -277,6 +285,17 @@ impl<S: FeatureStore> NodeState<S> {
                 }
             }
         };
+        // A fault of the serving variant says more than the reassignment it answered for.
+        let degraded = degraded.or_else(|| {
+            revoked.map(|own| Degraded {
+                reason: "revoked".into(),
+                fallback: "other_variant".into(),
+                message: format!(
+                    "variant `{}` serves {}@{}, which the registry revoked; answered by variant `{}`",
+                    own.name, own.model, own.version, variant.name
+                ),
+            })
+        });
         if let Some(degraded) = &degraded {
             self.metrics
                 .fallbacks
@@ -426,6 +445,75 @@ impl<S: FeatureStore> NodeState<S> {
             }
             Err(e) => report(e),
         }
+    }
+
+    /// The answer when every variant of the plan is revoked: the node's live popularity, without any model (the
+    /// answer names the user's own variant, flagged `revoked`).
+    fn by_popularity_alone(
+        &self,
+        request: CheckedRequest,
+        deployment: &Deployment,
+        own: &Variant,
+        request_id: RequestId,
+    ) -> Result<RecommendResponse, ServiceError> {
+        let bound = served_record_bound(
+            request.user.as_deref(),
+            request.recent_items.len(),
+            &request.context,
+            request.k,
+            edgerec_core::id::MAX_ID_BYTES,
+        );
+        if bound > self.limits.max_served_record_bytes {
+            return Err(ServiceError::TooLarge(format!(
+                "this request could add up to {bound} bytes to the serving log, more than the limit of {}",
+                self.limits.max_served_record_bytes
+            )));
+        }
+        let mut skip: HashSet<&ItemId> = request
+            .recent_items
+            .iter()
+            .chain(&request.exclude)
+            .collect();
+        let items: Vec<ScoredItem> = self
+            .popularity
+            .ranked()
+            .iter()
+            .filter(|item| skip.insert(&item.item))
+            .take(request.k as usize)
+            .cloned()
+            .collect();
+        let degraded = Degraded {
+            reason: "revoked".into(),
+            fallback: "popularity".into(),
+            message: format!(
+                "every variant of the plan of `{}` serves a version the registry revoked; ranked by popularity",
+                deployment.plan.surface
+            ),
+        };
+        self.metrics.fallbacks.with_label_values(&["revoked"]).inc();
+        self.log_served(ServedRequest {
+            request_id: request_id.clone(),
+            time_ms: edgerec_features::now_ms(),
+            user: request.user,
+            surface: deployment.plan.surface.clone(),
+            history: request.recent_items,
+            context: request.context,
+            model_version: own.version.clone(),
+            variant: own.name.clone(),
+            items: items.iter().map(|s| s.item.clone()).collect(),
+            scores: items.iter().map(|s| s.score).collect(),
+            degraded: Some(degraded.reason.clone()),
+        });
+        Ok(RecommendResponse {
+            request_id,
+            items,
+            model: own.model.clone(),
+            model_version: own.version.clone(),
+            variant: own.name.clone(),
+            plan_revision: deployment.plan.revision,
+            degraded: Some(degraded),
+            unknown_items: Vec::new(),
+        })
     }
 
     /// The most popular items the model knows, not in `history` or `exclude`, topped up from the model's
