@@ -396,6 +396,57 @@ fn print_plan(plan: &Plan) {
     }
 }
 
+/// `model revoke`, `model delete` and `model revocations`.
+fn run_revocation(command: ModelCommand) -> Result<()> {
+    match command {
+        ModelCommand::Revoke {
+            model,
+            version,
+            reason,
+            registry,
+        } => {
+            let answer = registry.client().revoke(&model, &version, &reason)?;
+            println!("revoked {model} {version}");
+            for named in answer["still_named_by"].as_array().into_iter().flatten() {
+                println!(
+                    "  still named by variant `{}` ({}%) of surface `{}` at revision {}: its users go to the \
+                     other variants (or to popularity) until the plan changes",
+                    named["variant"].as_str().unwrap_or_default(),
+                    named["weight"],
+                    named["surface"].as_str().unwrap_or_default(),
+                    named["revision"]
+                );
+            }
+        }
+        ModelCommand::Delete {
+            model,
+            version,
+            reason,
+            registry,
+        } => {
+            registry
+                .client()
+                .delete_version(&model, &version, &reason)?;
+            println!("deleted {model} {version} (on the revocation list)");
+        }
+        ModelCommand::Revocations { registry } => {
+            for revocation in registry.client().revocations()? {
+                println!(
+                    "{:<32} {:<12} {:<8} by {} at {} ms: {}",
+                    revocation.model,
+                    revocation.version,
+                    revocation.cause,
+                    revocation.revoked_by,
+                    revocation.revoked_at,
+                    revocation.reason
+                );
+            }
+        }
+        other => bail!("not a revocation command: {other:?}"),
+    }
+    Ok(())
+}
+
 pub fn run_model(command: ModelCommand) -> Result<()> {
     match command {
         ModelCommand::Publish { bundle, registry } => {
@@ -463,49 +514,9 @@ pub fn run_model(command: ModelCommand) -> Result<()> {
             let plan = registry.client().rollback(&surface, &reason)?;
             print_plan(&plan);
         }
-        ModelCommand::Revoke {
-            model,
-            version,
-            reason,
-            registry,
-        } => {
-            let answer = registry.client().revoke(&model, &version, &reason)?;
-            println!("revoked {model} {version}");
-            for named in answer["still_named_by"].as_array().into_iter().flatten() {
-                println!(
-                    "  still named by variant `{}` ({}%) of surface `{}` at revision {}: its users go to the \
-                     other variants (or to popularity) until the plan changes",
-                    named["variant"].as_str().unwrap_or_default(),
-                    named["weight"],
-                    named["surface"].as_str().unwrap_or_default(),
-                    named["revision"]
-                );
-            }
-        }
-        ModelCommand::Delete {
-            model,
-            version,
-            reason,
-            registry,
-        } => {
-            registry
-                .client()
-                .delete_version(&model, &version, &reason)?;
-            println!("deleted {model} {version} (on the revocation list)");
-        }
-        ModelCommand::Revocations { registry } => {
-            for revocation in registry.client().revocations()? {
-                println!(
-                    "{:<32} {:<12} {:<8} by {} at {} ms: {}",
-                    revocation.model,
-                    revocation.version,
-                    revocation.cause,
-                    revocation.revoked_by,
-                    revocation.revoked_at,
-                    revocation.reason
-                );
-            }
-        }
+        ModelCommand::Revoke { .. }
+        | ModelCommand::Delete { .. }
+        | ModelCommand::Revocations { .. } => run_revocation(command)?,
         ModelCommand::History { surface, registry } => {
             let history = registry.client().history(&surface)?;
             if history.is_empty() {

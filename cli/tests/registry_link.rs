@@ -36,11 +36,22 @@ enum Tamper {
     RelabelRecord,
     /// Answers every plan request with 503, as a registry that cannot be reached.
     Down,
+    /// Answers every plan request with the plan it was given to hold (a signed answer from before a revocation,
+    /// replayed at the same revision).
+    Stale,
+}
+
+/// The plans the man in the middle keeps: the first it saw, and one it was given to replay.
+#[derive(Debug, Default)]
+struct Seen {
+    first: Mutex<Option<Value>>,
+    held: Mutex<Option<Value>>,
 }
 
 struct ManInTheMiddle {
     url: String,
     tamper: Arc<Mutex<Tamper>>,
+    seen: Arc<Seen>,
 }
 
 impl ManInTheMiddle {
@@ -49,30 +60,35 @@ impl ManInTheMiddle {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binds");
         let url = format!("http://{}", listener.local_addr().expect("address"));
         let tamper = Arc::new(Mutex::new(Tamper::Nothing));
-        let first_plan: Arc<Mutex<Option<Value>>> = Arc::default();
+        let seen: Arc<Seen> = Arc::default();
         {
+            let seen = seen.clone();
             let tamper = tamper.clone();
             std::thread::spawn(move || {
                 for client in listener.incoming().flatten() {
-                    let (upstream, tamper, first_plan) =
-                        (upstream.clone(), tamper.clone(), first_plan.clone());
+                    let (upstream, tamper, seen) = (upstream.clone(), tamper.clone(), seen.clone());
                     std::thread::spawn(move || {
                         let mode = *tamper.lock().expect("lock");
-                        forward(client, &upstream, mode, &first_plan);
+                        forward(client, &upstream, mode, &seen);
                     });
                 }
             });
         }
-        Self { url, tamper }
+        Self { url, tamper, seen }
     }
 
     fn set(&self, tamper: Tamper) {
         *self.tamper.lock().expect("lock") = tamper;
     }
+
+    /// The plan [`Tamper::Stale`] answers.
+    fn hold(&self, plan: Value) {
+        *self.seen.held.lock().expect("lock") = Some(plan);
+    }
 }
 
 /// Reads one request head from `client`, asks `upstream` the same, and answers it, altered by `mode`.
-fn forward(mut client: TcpStream, upstream: &str, mode: Tamper, first_plan: &Mutex<Option<Value>>) {
+fn forward(mut client: TcpStream, upstream: &str, mode: Tamper, seen: &Seen) {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -118,6 +134,13 @@ fn forward(mut client: TcpStream, upstream: &str, mode: Tamper, first_plan: &Mut
             None,
             br#"{"error":{"kind":"unavailable","message":"down"}}"#.to_vec(),
         )
+    } else if mode == Tamper::Stale && path.starts_with("/v1/plans/") {
+        let held = seen.held.lock().expect("lock").clone();
+        (
+            200,
+            None,
+            held.expect("a plan to hold").to_string().into_bytes(),
+        )
     } else if relabelled {
         get(&path.replace("/versions/3.0.0", "/versions/1.0.0"))
     } else {
@@ -130,7 +153,8 @@ fn forward(mut client: TcpStream, upstream: &str, mode: Tamper, first_plan: &Mut
     }
     if status == 200 && path.starts_with("/v1/plans/") {
         let mut plan: Value = serde_json::from_slice(&body).expect("a plan");
-        let first = first_plan
+        let first = seen
+            .first
             .lock()
             .expect("lock")
             .get_or_insert(plan.clone())
@@ -147,7 +171,7 @@ fn forward(mut client: TcpStream, upstream: &str, mode: Tamper, first_plan: &Mut
             }
             Tamper::ForeignSignature => plan["signature"] = first["signature"].clone(),
             Tamper::Replay => plan = first,
-            Tamper::Nothing | Tamper::RelabelRecord | Tamper::Down => {}
+            Tamper::Nothing | Tamper::RelabelRecord | Tamper::Down | Tamper::Stale => {}
         }
         body = plan.to_string().into_bytes();
     }
@@ -348,7 +372,8 @@ fn a_man_in_the_middle_cannot_make_a_node_serve_what_the_registry_did_not_sign()
         .remove("signature")
         .expect("saved signed");
     std::fs::write(&saved, deployment.to_string()).expect("rewrites the saved plan");
-    let node = Node::start("node", dir.path(), restart_config, None);
+    let site = Site::new(dir.path(), "site-1");
+    let node = Node::start("node", dir.path(), restart_config, Some(site));
     wait_for(
         Duration::from_secs(60),
         "the restarted node to follow",
@@ -359,4 +384,173 @@ fn a_man_in_the_middle_cannot_make_a_node_serve_what_the_registry_did_not_sign()
         logged.contains("carries no signature"),
         "the saved plan was not refused"
     );
+    let link = Link {
+        client: &client,
+        middle: &middle,
+        node: &node,
+        registry: &registry.url,
+        token: &token,
+        key: &key,
+    };
+    revoked_versions_stop_serving(dir.path(), &link, next);
+}
+
+/// The registry, the node behind the man in the middle, and what the browser package needs to reach them.
+struct Link<'a> {
+    client: &'a RegistryClient,
+    middle: &'a ManInTheMiddle,
+    node: &'a Node,
+    registry: &'a str,
+    token: &'a str,
+    key: &'a str,
+}
+
+/// The node's answer for `user`, from the plan of `home` (control 1.0.0, candidate 3.0.0, 50/50 at `serving`).
+fn answer_for(node: &Node, user: &str) -> Value {
+    node.recommend(json!({
+        "user_id": user, "recent_items": ["m1"], "k": 3, "surface": SURFACE,
+    }))
+}
+
+/// The browser package's checks of revocations (`phase` one or all), against the registry: each visitor's variant
+/// as the package picked it, by user id.
+fn browser_revocation_checks(dir: &Path, link: &Link, phase: &str) -> Value {
+    let package_dir = std::env::var("EDGEREC_WASM_DIR").expect(
+        "EDGEREC_WASM_DIR is not set: run the tests through scripts/test.sh, which builds the browser package",
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../edge/browser/tests/revocation.mjs");
+    let output = std::process::Command::new("node")
+        .arg(script)
+        .arg(Path::new(&package_dir).join("browser"))
+        .args([link.registry, link.token, link.key, phase])
+        .arg(dir.join("plan-before-revocation.json"))
+        .output()
+        .expect("runs node");
+    assert!(
+        output.status.success(),
+        "the browser package's revocation checks ({phase}) failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("the checks' JSON summary")
+}
+
+/// A revoked version stops serving within a poll, at the same plan revision: its users go to the other variant
+/// (flagged), in the node and in the browser package alike; the answer from before the revocation, replayed, is
+/// refused; with every variant revoked, answers come by popularity, flagged, and the browser package ranks nothing.
+fn revoked_versions_stop_serving(dir: &Path, link: &Link, serving: u64) {
+    let node = link.node;
+    link.middle.set(Tamper::Nothing);
+    // The signed answer from before the revocation, as the man in the middle keeps it.
+    let before = link.client.plan(SURFACE).expect("reads").expect("a plan");
+    link.middle
+        .hold(serde_json::to_value(&before).expect("JSON"));
+    std::fs::write(
+        dir.join("plan-before-revocation.json"),
+        serde_json::to_vec(&before).expect("JSON"),
+    )
+    .expect("writes");
+    let revoked = [("surface", SURFACE)];
+    // With the command a deployer types; it says which plan still names the version.
+    let said = edgerec_says(
+        link,
+        &[
+            "model",
+            "revoke",
+            MODEL,
+            "3.0.0",
+            "--reason",
+            "trained on leaked data",
+        ],
+    );
+    assert!(
+        said.contains("revoked golden-sasrec 3.0.0")
+            && said.contains("still named by variant `candidate` (50%) of surface `home`"),
+        "{said}"
+    );
+    wait_for(Duration::from_secs(60), "the revocation followed", || {
+        node.metric("edgerec_node_revoked_variants", &revoked) == 1.0
+    });
+    assert_eq!(node.revision(SURFACE), Some(serving), "no new revision");
+    let users: Vec<String> = (0..40).map(|n| format!("visitor-{n}")).collect();
+    let mut moved = Vec::new();
+    for user in &users {
+        let answer = answer_for(node, user);
+        assert_eq!(
+            (answer["model_version"].as_str(), answer["variant"].as_str()),
+            (Some("1.0.0"), Some("control")),
+            "{answer}"
+        );
+        if answer["degraded"]["reason"] == "revoked" {
+            assert_eq!(answer["degraded"]["fallback"], "other_variant", "{answer}");
+            moved.push(user.clone());
+        }
+    }
+    // About half the users were the candidate's (fewer than 6 of 40 by chance: under 1e-6).
+    assert!((6..=34).contains(&moved.len()), "{moved:?}");
+    // The browser package sends the same users to the other variant, flagged.
+    let browser = browser_revocation_checks(dir, link, "one");
+    for user in &users {
+        let flagged = browser["revoked_variant"][user.as_str()] == "candidate";
+        assert_eq!(flagged, moved.contains(user), "{user}: {browser}");
+    }
+
+    // The answer from before the revocation, replayed on the link: refused, and the revoked version stays out.
+    link.middle.set(Tamper::Stale);
+    let replayed = [("surface", SURFACE), ("reason", "replayed")];
+    let refusals = node.metric("edgerec_node_rollout_failures_total", &replayed);
+    wait_for(Duration::from_secs(30), "the stale answer refused", || {
+        node.metric("edgerec_node_rollout_failures_total", &replayed) > refusals
+    });
+    for user in &users[..8] {
+        assert_eq!(answer_for(node, user)["model_version"], "1.0.0");
+    }
+    link.middle.set(Tamper::Nothing);
+
+    // Every variant revoked: popularity, flagged, in the user's own variant's name; the browser ranks nothing.
+    link.client
+        .revoke(MODEL, "1.0.0", "superseded")
+        .expect("revokes");
+    wait_for(Duration::from_secs(60), "both revocations followed", || {
+        node.metric("edgerec_node_revoked_variants", &revoked) == 2.0
+    });
+    for user in &users[..8] {
+        let answer = answer_for(node, user);
+        assert_eq!(
+            (
+                answer["degraded"]["reason"].as_str(),
+                answer["degraded"]["fallback"].as_str()
+            ),
+            (Some("revoked"), Some("popularity")),
+            "{answer}"
+        );
+        let own = if moved.contains(user) {
+            "candidate"
+        } else {
+            "control"
+        };
+        assert_eq!(answer["variant"], own, "{answer}");
+    }
+    browser_revocation_checks(dir, link, "all");
+    let listed = edgerec_says(link, &["model", "revocations"]);
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    assert!(
+        listed.contains("superseded") && listed.contains("trained on leaked data"),
+        "{listed}"
+    );
+}
+
+/// What `edgerec ARGS --registry ... --token ...` prints; it must succeed.
+fn edgerec_says(link: &Link, args: &[&str]) -> String {
+    let output = support::nodes::edgerec()
+        .args(args)
+        .args(["--registry", link.registry, "--token", link.token])
+        .output()
+        .expect("runs edgerec");
+    assert!(
+        output.status.success(),
+        "edgerec {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }

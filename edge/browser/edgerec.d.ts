@@ -83,7 +83,10 @@ export interface Recommendation {
   planRevision: number;
   /** Node answers: the id to quote in `track({ requestId })`. */
   requestId?: string;
-  /** Node answers made without the model or the stored features say why. */
+  /**
+   * Answers made without the model or the stored features say why (node answers), as do answers of another
+   * variant than the visitor's own, whose version is revoked (`reason: "revoked"`, on the device too).
+   */
   degraded?: { reason: string; fallback: string; message: string };
 }
 
@@ -104,6 +107,8 @@ export interface LoadedModel {
   version: string;
   variant: string;
   planRevision: number;
+  /** The visitor's own variant, when the registry revoked its version and `variant` serves instead. */
+  revokedVariant?: string;
   manifestDigest: string;
   items: number;
   /** Loaded from this page's cache because the source could not be reached. */
@@ -113,7 +118,8 @@ export interface LoadedModel {
 }
 
 /**
- * Errors carry a stable `kind`: "bad_signature", "bad_plan_signature", "replayed_plan", "digest_mismatch",
+ * Errors carry a stable `kind`: "bad_signature", "bad_plan_signature", "replayed_plan", "revoked" (every variant
+ * of the plan serves a revoked version: nothing ranks on the device), "digest_mismatch",
  * "record_mismatch", "invalid_bundle", "invalid_record", "network", "privacy", "invalid_options", "invalid_event",
  * or the server's error kind.
  */

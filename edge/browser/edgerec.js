@@ -115,15 +115,32 @@ function verifySignature(publicKeyHex, digestHex, signatureHex) {
  * What the registry signs for a plan revision, one fact a line, as `Plan::statement` in the registry's crate
  * writes it: every field is a name, a number or hex, so the bytes are the same in both languages.
  */
-function planStatement(plan, manifestDigests) {
+function planStatement(plan, manifestDigests, revoked) {
   const salt = sha256Digest(new TextEncoder().encode(String(plan.salt)));
   let text =
-    `edgerec plan v1\nsurface ${plan.surface}\nrevision ${plan.revision}\n` +
+    `edgerec plan v2\nsurface ${plan.surface}\nrevision ${plan.revision}\n` +
     `issued_at ${plan.updated_at}\nsalt_sha256 ${salt}\n`;
   plan.variants.forEach((v, i) => {
     text += `variant ${v.name} ${v.model} ${v.version} ${v.weight} ${manifestDigests[i]}\n`;
   });
+  text += `revocations ${revoked.length}\n`;
+  for (const r of revoked) {
+    text += `revoked ${r.model} ${r.version} ${r.manifest_digest}\n`;
+  }
   return text;
+}
+
+/** Whether a signed plan's revocations cover `variant` (by name and version, or by its manifest digest). */
+function isRevoked(revoked, variant, manifestDigest) {
+  return revoked.some(
+    (r) => r.manifest_digest === manifestDigest || (r.model === variant.model && r.version === variant.version),
+  );
+}
+
+/** A plan's floor as stored: `revision.revocations` (a bare revision from older pages counts no revocations). */
+function parseFloor(text) {
+  const [revision, revocations] = String(text ?? "0").split(".");
+  return [Number(revision) || 0, Number(revocations ?? 0) || 0];
 }
 
 /** Checks an ed25519 signature of `message` (bytes) with the browser's own Web Crypto. */
@@ -202,6 +219,8 @@ export class EdgeRec {
   #fetch;
   #storage;
   #ranker = null;
+  /** Why no model serves (every variant revoked), once the plan said so. */
+  #withdrawn = null;
   #deployment = null;
   #queue;
   #timer = null;
@@ -243,8 +262,9 @@ export class EdgeRec {
       version: modelVersion,
       variant,
       planRevision,
+      revokedVariant: d.revokedVariant,
       manifestDigest: d.record.manifest_digest,
-      items: this.#ranker.itemCount,
+      items: this.#current().itemCount,
       offline: d.offline,
       keyPinnedOnFirstUse: d.keyPinnedOnFirstUse,
     };
@@ -269,7 +289,7 @@ export class EdgeRec {
 
   /** Every item id the model can recommend. */
   items() {
-    return this.#ranker.items();
+    return this.#current().items();
   }
 
   /** Events waiting to be sent to the edge node. */
@@ -280,7 +300,7 @@ export class EdgeRec {
   /** Ranks on this device from the local history; synchronous, no network. */
   recommend(options = {}) {
     const started = performance.now();
-    const items = this.#ranker.recommend({
+    const items = this.#current().recommend({
       recentItems: this.history,
       k: options.k ?? 10,
       exclude: options.exclude,
@@ -483,15 +503,45 @@ export class EdgeRec {
     for (const listener of this.#listeners) listener(event);
   }
 
-  /** Name and version from the signed manifest (the ranker's), variant and revision from the plan. */
+  /**
+   * Name and version from the signed manifest (the ranker's), variant and revision from the plan; flagged when the
+   * visitor's own variant is revoked and another one answers.
+   */
   #answerModel() {
     const d = this.#deployment;
-    return {
-      model: this.#ranker.modelName,
-      modelVersion: this.#ranker.modelVersion,
+    const ranker = this.#current();
+    const answer = {
+      model: ranker.modelName,
+      modelVersion: ranker.modelVersion,
       variant: d.variant,
       planRevision: d.planRevision,
     };
+    if (d.revokedVariant) {
+      answer.degraded = {
+        reason: "revoked",
+        fallback: "other_variant",
+        message: `variant ${d.revokedVariant} serves a version the registry revoked; variant ${d.variant} answered`,
+      };
+    }
+    return answer;
+  }
+
+  /** The ranker, or why there is none: every variant of the plan is revoked. */
+  #current() {
+    if (!this.#ranker) {
+      throw this.#withdrawn ?? new EdgeRecError("not_loaded", "no model is loaded");
+    }
+    return this.#ranker;
+  }
+
+  /** Drops the model when the plan leaves nothing to serve, so a revoked bundle never ranks again. */
+  #withdraw(surface, error) {
+    this.#ranker?.free();
+    this.#ranker = null;
+    this.#deployment = null;
+    this.#withdrawn = error;
+    this.#storage.removeItem(this.#key(`deployment:${surface}`));
+    return error;
   }
 
   #remember(item) {
@@ -601,7 +651,23 @@ export class EdgeRec {
       });
       trusted = await this.#publicKey(false);
       const manifestDigests = await this.#checkPlan(plan, surface, trusted.key);
-      const index = assignVariant(plan.salt, this.userId, new Uint32Array(plan.variants.map((v) => v.weight))) ?? 0;
+      // Core's assignment, as nodes make it: a visitor whose variant is revoked goes to another by weight.
+      const weights = new Uint32Array(plan.variants.map((v) => v.weight));
+      const serving = Uint8Array.from(plan.variants, (v, i) =>
+        isRevoked(plan.signature.revoked, v, manifestDigests[i]) ? 0 : 1,
+      );
+      const own = assignVariant(plan.salt, this.userId, weights, new Uint8Array(weights.length).fill(1)) ?? 0;
+      const index = assignVariant(plan.salt, this.userId, weights, serving);
+      if (index === undefined) {
+        throw this.#withdraw(
+          surface,
+          new EdgeRecError(
+            "revoked",
+            `every variant of the plan of ${surface} serves a version the registry revoked: nothing ranks on this ` +
+              "device (the edge node answers by popularity: recommendOnNode)",
+          ),
+        );
+      }
       const variant = plan.variants[index];
       const path = `${encodeURIComponent(variant.model)}/versions/${encodeURIComponent(variant.version)}`;
       const record = await this.#json(`${this.#source}/v1/models/${path}`, { headers: this.#headers });
@@ -611,10 +677,12 @@ export class EdgeRec {
         model: variant.model,
         version: variant.version,
         planRevision: plan.revision,
+        revokedVariant: index === own ? undefined : plan.variants[own].name,
         signedDigest: manifestDigests[index],
         offline: false,
       };
     } catch (error) {
+      if (error instanceof EdgeRecError && error.kind === "revoked") throw error;
       // Offline (or the source is down): the last verified deployment, if its files are still cached.
       const saved = this.#readJson(`deployment:${surface}`);
       const unreachable = error instanceof EdgeRecError && (error.kind === "network" || error.status >= 500);
@@ -673,6 +741,7 @@ export class EdgeRec {
     this.#ranker?.free();
     this.#ranker = ranker;
     this.#deployment = deployment;
+    this.#withdrawn = null;
     if (!deployment.offline) {
       const { offline, ...kept } = deployment;
       this.#writeJson(`deployment:${surface}`, kept);
@@ -710,16 +779,34 @@ export class EdgeRec {
     if (digests.length !== variants.length || !digests.every((d) => typeof d === "string" && DIGEST.test(d))) {
       throw refused("bad_plan_signature", "does not sign one well-formed manifest digest per variant");
     }
-    const statement = new TextEncoder().encode(planStatement(plan, digests));
+    const revoked = signed.revoked;
+    const revocationsWellFormed =
+      Array.isArray(revoked) &&
+      revoked.every(
+        (r) =>
+          [r?.model, r?.version].every((n) => typeof n === "string" && NAME.test(n)) &&
+          typeof r.manifest_digest === "string" &&
+          DIGEST.test(r.manifest_digest),
+      );
+    if (!revocationsWellFormed) {
+      throw refused("bad_plan_signature", "does not list its revocations as the registry writes them");
+    }
+    const statement = new TextEncoder().encode(planStatement(plan, digests, revoked));
     if (!(await verifyEd25519(key, statement, signed.signature))) {
       throw refused("bad_plan_signature", `(revision ${plan.revision}) is not what the registry signed`);
     }
+    // Never back: not to a lower revision, nor to fewer revocations at the same one (an answer from before a
+    // revocation, replayed).
     const floor = `revision:${this.#source}:${surface}`;
-    const highest = Number(this.#read(floor) ?? 0);
-    if (!(plan.revision >= highest)) {
-      throw refused("replayed_plan", `at revision ${plan.revision} is older than revision ${highest}, already verified here`);
+    const [highest, revocations] = parseFloor(this.#read(floor));
+    if (plan.revision < highest || (plan.revision === highest && revoked.length < revocations)) {
+      throw refused(
+        "replayed_plan",
+        `at revision.revocations ${plan.revision}.${revoked.length} is older than ${highest}.${revocations}, ` +
+          "already verified here",
+      );
     }
-    this.#write(floor, String(plan.revision));
+    this.#write(floor, `${plan.revision}.${revoked.length}`);
     return digests;
   }
 

@@ -41,7 +41,7 @@ impl ClientError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum PlanRead {
     Unchanged,
-    Changed(Plan),
+    Changed(Box<Plan>),
 }
 
 /// The registry at `base_url`, with an optional bearer token.
@@ -236,7 +236,7 @@ impl RegistryClient {
         if reply.status == 304 {
             return Ok(PlanRead::Unchanged);
         }
-        Ok(PlanRead::Changed(self.json(reply)?))
+        Ok(PlanRead::Changed(Box::new(self.json(reply)?)))
     }
 
     /// Replaces a plan, conditional on the revision the caller read (`None`: there was no plan).

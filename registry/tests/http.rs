@@ -197,6 +197,8 @@ fn public_endpoints_and_auth() {
         ("post", "/v1/models/{model}/versions"),
         ("get", "/v1/models/{model}/versions/{version}"),
         ("delete", "/v1/models/{model}/versions/{version}"),
+        ("post", "/v1/models/{model}/versions/{version}/revoke"),
+        ("get", "/v1/revocations"),
         ("get", "/v1/plans/{surface}"),
         ("put", "/v1/plans/{surface}"),
         ("post", "/v1/plans/{surface}/rollback"),
@@ -725,7 +727,7 @@ fn the_client_publishes_a_bundle_folder_and_follows_plans() {
         .expect("updates");
     assert_eq!(
         client.plan_if_changed("home", plan.tag()).expect("reads"),
-        PlanRead::Changed(second)
+        PlanRead::Changed(Box::new(second))
     );
     assert_eq!(
         client

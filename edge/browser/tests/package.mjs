@@ -88,7 +88,8 @@ verifiedLater.setItem(`edgerec:revision:${registry}:home`, String(fromRegistry.m
 await rejects(viaMiddle(() => {}, verifiedLater), "replayed_plan", "a revision older than one verified");
 const floor = memory();
 const clean = await viaMiddle(() => {}, floor);
-assert.equal(floor.getItem(`edgerec:revision:${registry}:home`), String(clean.model.planRevision));
+// The floor: the revision and how many revocations its signed plan listed (none here).
+assert.equal(floor.getItem(`edgerec:revision:${registry}:home`), `${clean.model.planRevision}.0`);
 
 // track(): history at once, events in batches of 3, all acknowledged by the node.
 let sent = 0;

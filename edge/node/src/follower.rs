@@ -260,7 +260,7 @@ impl Follower {
                 }
                 return;
             }
-            Ok(PlanRead::Changed(plan)) => plan,
+            Ok(PlanRead::Changed(plan)) => *plan,
             Err(e) if e.status() == Some(404) => {
                 self.unreachable.remove(surface);
                 return;
@@ -419,51 +419,7 @@ impl Follower {
                 revoked.push(variant.clone());
                 continue;
             }
-            let loaded = self
-                .deployments
-                .loaded(&variant.model, &variant.version)
-                .filter(|model| model.files.record.manifest_digest == signed_digest);
-            let model = match loaded {
-                Some(model) => model,
-                None => {
-                    let record = match &source {
-                        Source::Registry => {
-                            let record = self.client.version(&variant.model, &variant.version)?;
-                            check_labels(plan, variant, &record)?;
-                            record
-                        }
-                        Source::Saved(saved) => saved
-                            .iter()
-                            .find(|r| r.model == variant.model && r.version == variant.version)
-                            .cloned()
-                            .ok_or_else(|| RolloutError::Io {
-                                path: self.saved_path(&plan.surface).display().to_string(),
-                                message: format!(
-                                    "no saved record of {}@{}",
-                                    variant.model, variant.version
-                                ),
-                            })?,
-                    };
-                    check_signed_digest(plan, variant, &record, &signed_digest)?;
-                    let files = self.files(record, matches!(source, Source::Registry))?;
-                    files.check_signature(key)?;
-                    files.check_binding()?;
-                    let loaded = LoadedModel::load(self.engine.clone(), files, &self.pool)?;
-                    let (limit, used) = loaded.memory();
-                    crate::log_line(
-                        "follower",
-                        serde_json::json!({
-                            "loaded": format!("{}@{}", variant.model, variant.version),
-                            "instance_memory_bytes": used,
-                            "instance_memory_limit_bytes": limit,
-                        }),
-                    );
-                    if let Err(e) = self.keep(&loaded.files) {
-                        crate::log_line("follower", serde_json::json!({"warning": e.to_string()}));
-                    }
-                    Arc::new(loaded)
-                }
-            };
+            let model = self.model_for(key, plan, variant, signed_digest, &source)?;
             records.push(model.files.record.clone());
             variants.push(ServingVariant {
                 name: variant.name.clone(),
@@ -511,6 +467,59 @@ impl Follower {
             crate::log_line("follower", serde_json::json!({"warning": e.to_string()}));
         }
         Ok(())
+    }
+
+    /// The loaded model of `variant`, whose manifest the plan signed as `signed_digest`: the one another surface
+    /// already serves, else its record (the registry's, or the one saved at the last roll-out) checked against the
+    /// plan and its files against the record, loaded, warmed and kept on disk.
+    fn model_for(
+        &self,
+        key: &str,
+        plan: &Plan,
+        variant: &Variant,
+        signed_digest: Digest,
+        source: &Source,
+    ) -> Result<Arc<LoadedModel>, RolloutError> {
+        let loaded = self
+            .deployments
+            .loaded(&variant.model, &variant.version)
+            .filter(|model| model.files.record.manifest_digest == signed_digest);
+        if let Some(model) = loaded {
+            return Ok(model);
+        }
+        let record = match source {
+            Source::Registry => {
+                let record = self.client.version(&variant.model, &variant.version)?;
+                check_labels(plan, variant, &record)?;
+                record
+            }
+            Source::Saved(saved) => saved
+                .iter()
+                .find(|r| r.model == variant.model && r.version == variant.version)
+                .cloned()
+                .ok_or_else(|| RolloutError::Io {
+                    path: self.saved_path(&plan.surface).display().to_string(),
+                    message: format!("no saved record of {}@{}", variant.model, variant.version),
+                })?,
+        };
+        check_signed_digest(plan, variant, &record, &signed_digest)?;
+        let files = self.files(record, matches!(source, Source::Registry))?;
+        files.check_signature(key)?;
+        files.check_binding()?;
+        let loaded = LoadedModel::load(self.engine.clone(), files, &self.pool)?;
+        let (limit, used) = loaded.memory();
+        crate::log_line(
+            "follower",
+            serde_json::json!({
+                "loaded": format!("{}@{}", variant.model, variant.version),
+                "instance_memory_bytes": used,
+                "instance_memory_limit_bytes": limit,
+            }),
+        );
+        if let Err(e) = self.keep(&loaded.files) {
+            crate::log_line("follower", serde_json::json!({"warning": e.to_string()}));
+        }
+        Ok(Arc::new(loaded))
     }
 
     /// The files of `record`, checked against its digests: this node's copies when they still match, else the

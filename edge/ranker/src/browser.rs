@@ -147,11 +147,13 @@ impl Ranker {
     }
 }
 
-/// The index of the plan variant `user` is assigned to, given each variant's weight in percent: the same
-/// assignment edge nodes make (`undefined` when the weights cover no bucket).
+/// The index of the plan variant that serves `user`, given each variant's weight in percent and whether it may
+/// serve (`serving[i]` 0 when its version is revoked): the same assignment edge nodes make, the user's own variant
+/// when it may serve, else another by weight (`undefined` when none may, or the weights cover no bucket).
 #[wasm_bindgen(js_name = assignVariant)]
-pub fn assign_variant(salt: &str, user: &str, weights: &[u32]) -> Option<usize> {
-    edgerec_core::ab::assign(salt, user, weights.iter().copied())
+pub fn assign_variant(salt: &str, user: &str, weights: &[u32], serving: &[u8]) -> Option<usize> {
+    let serving: Vec<bool> = serving.iter().map(|&s| s != 0).collect();
+    edgerec_core::ab::assign_serving(salt, user, weights, &serving)?.serving
 }
 
 /// `history` (oldest first) with `item` added by core's recent-items rule (each item once, at its latest
