@@ -22,7 +22,7 @@ raw="$CARGO_TARGET_DIR/wasm32-unknown-unknown/wasm-size/edgerec_ranker.wasm"
 wasm-bindgen --target web --remove-name-section --remove-producers-section \
   --out-dir "$EDGEREC_WASM_DIR/browser" "$raw"
 # The package a website embeds: our module over wasm-bindgen's, its types and package.json.
-cp edge/browser/edgerec.js edge/browser/edgerec.d.ts edge/browser/package.json "$EDGEREC_WASM_DIR/browser/"
+cp edge/browser/edgerec.js edge/browser/plan.js edge/browser/edgerec.d.ts edge/browser/package.json "$EDGEREC_WASM_DIR/browser/"
 # Served as is to browsers that accept gzip (edge nodes compress other files on the fly, at a fast level).
 gzip -9 -k -f "$EDGEREC_WASM_DIR/browser/edgerec_ranker_bg.wasm"
 # Subresource Integrity hashes of the files a page loads, for sites that pin the package (README, "Pinning the
@@ -30,7 +30,7 @@ gzip -9 -k -f "$EDGEREC_WASM_DIR/browser/edgerec_ranker_bg.wasm"
 python3 - "$EDGEREC_WASM_DIR/browser" <<'PY'
 import base64, hashlib, json, pathlib, sys
 folder = pathlib.Path(sys.argv[1])
-names = ["edgerec.js", "edgerec_ranker.js", "edgerec_ranker_bg.wasm"]
+names = ["edgerec.js", "plan.js", "edgerec_ranker.js", "edgerec_ranker_bg.wasm"]
 hashes = {n: "sha384-" + base64.b64encode(hashlib.sha384((folder / n).read_bytes()).digest()).decode() for n in names}
 (folder / "integrity.json").write_text(json.dumps(hashes, indent=2) + "\n")
 print("==> Subresource Integrity (browser/integrity.json)")

@@ -7,7 +7,8 @@
 // (`visitorToken`), or an anonymous one the node issues (`POST /v1/session`), renewed before it expires.
 // Types: edgerec.d.ts.
 
-import initRanker, { Ranker, assignVariant, rememberItem, sha256Digest } from "./edgerec_ranker.js";
+import initRanker, { Ranker, rememberItem, sha256Digest } from "./edgerec_ranker.js";
+import { DIGEST, assignment, malformation, olderThan, planStatement, planTag } from "./plan.js";
 
 const MODEL_FILE = "model.onnx";
 const DEFAULTS = {
@@ -26,9 +27,6 @@ const TRACKED_KINDS = new Set(["view", "click", "purchase", "rating"]);
 const MAX_EVENT_AGE_MS = 7 * 24 * 3600 * 1000;
 // Chromium refuses keepalive requests whose bodies together pass 64 KiB.
 const KEEPALIVE_BYTES = 60_000;
-const DIGEST = /^[0-9a-f]{64}$/;
-/** Core's rule for names (models, versions, surfaces, variants). */
-const NAME = /^(?!\.)[A-Za-z0-9._-]{1,128}$/;
 // A visitor token is renewed when it has less than this left (seconds).
 const TOKEN_MARGIN_S = 60;
 
@@ -109,38 +107,6 @@ function randomId() {
 /** Checks the ed25519 signature of a manifest digest with the browser's own Web Crypto. */
 function verifySignature(publicKeyHex, digestHex, signatureHex) {
   return verifyEd25519(publicKeyHex, hexToBytes(digestHex, "the digest"), signatureHex);
-}
-
-/**
- * What the registry signs for a plan revision, one fact a line, as `Plan::statement` in the registry's crate
- * writes it: every field is a name, a number or hex, so the bytes are the same in both languages.
- */
-function planStatement(plan, manifestDigests, revoked) {
-  const salt = sha256Digest(new TextEncoder().encode(String(plan.salt)));
-  let text =
-    `edgerec plan v2\nsurface ${plan.surface}\nrevision ${plan.revision}\n` +
-    `issued_at ${plan.updated_at}\nsalt_sha256 ${salt}\n`;
-  plan.variants.forEach((v, i) => {
-    text += `variant ${v.name} ${v.model} ${v.version} ${v.weight} ${manifestDigests[i]}\n`;
-  });
-  text += `revocations ${revoked.length}\n`;
-  for (const r of revoked) {
-    text += `revoked ${r.model} ${r.version} ${r.manifest_digest}\n`;
-  }
-  return text;
-}
-
-/** Whether a signed plan's revocations cover `variant` (by name and version, or by its manifest digest). */
-function isRevoked(revoked, variant, manifestDigest) {
-  return revoked.some(
-    (r) => r.manifest_digest === manifestDigest || (r.model === variant.model && r.version === variant.version),
-  );
-}
-
-/** A plan's floor as stored: `revision.revocations` (a bare revision from older pages counts no revocations). */
-function parseFloor(text) {
-  const [revision, revocations] = String(text ?? "0").split(".");
-  return [Number(revision) || 0, Number(revocations ?? 0) || 0];
 }
 
 /** Checks an ed25519 signature of `message` (bytes) with the browser's own Web Crypto. */
@@ -652,12 +618,7 @@ export class EdgeRec {
       trusted = await this.#publicKey(false);
       const manifestDigests = await this.#checkPlan(plan, surface, trusted.key);
       // Core's assignment, as nodes make it: a visitor whose variant is revoked goes to another by weight.
-      const weights = new Uint32Array(plan.variants.map((v) => v.weight));
-      const serving = Uint8Array.from(plan.variants, (v, i) =>
-        isRevoked(plan.signature.revoked, v, manifestDigests[i]) ? 0 : 1,
-      );
-      const own = assignVariant(plan.salt, this.userId, weights, new Uint8Array(weights.length).fill(1)) ?? 0;
-      const index = assignVariant(plan.salt, this.userId, weights, serving);
+      const { own, serving: index } = assignment(plan, manifestDigests, this.userId);
       if (index === undefined) {
         throw this.#withdraw(
           surface,
@@ -750,63 +711,29 @@ export class EdgeRec {
 
   /**
    * The manifest digest the registry signed for each variant of `plan`, if the plan carries the registry's
-   * signature under the trusted key and is not older than a revision of this source already verified here (a
-   * rollback is a new, higher revision); throws `bad_plan_signature` or `replayed_plan` otherwise.
+   * signature under the trusted key and is not older than a plan of this source already verified here (a lower
+   * revision, or the same with fewer revocations; a rollback is a new, higher revision); throws
+   * `bad_plan_signature` or `replayed_plan` otherwise.
    */
   async #checkPlan(plan, surface, key) {
-    const signed = plan?.signature;
-    const digests = signed?.manifest_digests;
     const refused = (kind, why) => new EdgeRecError(kind, `the plan of ${surface} ${why}: it was refused`);
-    if (!Array.isArray(digests) || typeof signed.signature !== "string") {
-      throw refused("bad_plan_signature", "carries no signature");
+    const problem = malformation(plan, surface);
+    if (problem) {
+      throw refused("bad_plan_signature", problem);
     }
-    // Every field the statement is made of must be what the registry writes (names, integers, hex), so that no
-    // field can carry other lines of the signed statement into this one.
-    const variants = Array.isArray(plan.variants) ? plan.variants : [];
-    const weights = variants.map((v) => v?.weight);
-    const wellFormed =
-      plan.surface === surface &&
-      Number.isSafeInteger(plan.revision) &&
-      Number.isSafeInteger(plan.updated_at) &&
-      typeof plan.salt === "string" &&
-      variants.length > 0 &&
-      variants.every((v) => [v?.name, v?.model, v?.version].every((n) => typeof n === "string" && NAME.test(n))) &&
-      weights.every((w) => Number.isInteger(w) && w >= 0 && w <= 100) &&
-      weights.reduce((sum, w) => sum + w, 0) === 100;
-    if (!wellFormed) {
-      throw refused("bad_plan_signature", "is not a well-formed plan of this surface");
-    }
-    if (digests.length !== variants.length || !digests.every((d) => typeof d === "string" && DIGEST.test(d))) {
-      throw refused("bad_plan_signature", "does not sign one well-formed manifest digest per variant");
-    }
-    const revoked = signed.revoked;
-    const revocationsWellFormed =
-      Array.isArray(revoked) &&
-      revoked.every(
-        (r) =>
-          [r?.model, r?.version].every((n) => typeof n === "string" && NAME.test(n)) &&
-          typeof r.manifest_digest === "string" &&
-          DIGEST.test(r.manifest_digest),
-      );
-    if (!revocationsWellFormed) {
-      throw refused("bad_plan_signature", "does not list its revocations as the registry writes them");
-    }
+    const { manifest_digests: digests, revoked, signature } = plan.signature;
     const statement = new TextEncoder().encode(planStatement(plan, digests, revoked));
-    if (!(await verifyEd25519(key, statement, signed.signature))) {
+    if (!(await verifyEd25519(key, statement, signature))) {
       throw refused("bad_plan_signature", `(revision ${plan.revision}) is not what the registry signed`);
     }
-    // Never back: not to a lower revision, nor to fewer revocations at the same one (an answer from before a
-    // revocation, replayed).
     const floor = `revision:${this.#source}:${surface}`;
-    const [highest, revocations] = parseFloor(this.#read(floor));
-    if (plan.revision < highest || (plan.revision === highest && revoked.length < revocations)) {
+    if (olderThan(plan, this.#read(floor))) {
       throw refused(
         "replayed_plan",
-        `at revision.revocations ${plan.revision}.${revoked.length} is older than ${highest}.${revocations}, ` +
-          "already verified here",
+        `at revision.revocations ${planTag(plan)} is older than ${this.#read(floor)}, already verified here`,
       );
     }
-    this.#write(floor, `${plan.revision}.${revoked.length}`);
+    this.#write(floor, planTag(plan));
     return digests;
   }
 
