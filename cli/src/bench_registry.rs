@@ -78,7 +78,7 @@ pub fn run(args: RegistryBenchArgs) -> Result<()> {
         client.plan("home")?;
         full_us.push(started.elapsed().as_secs_f64() * 1e6);
         let started = Instant::now();
-        let read = client.plan_if_changed("home", plan.tag())?;
+        let read = client.plan_if_changed("home", &plan.etag())?;
         unchanged_us.push(started.elapsed().as_secs_f64() * 1e6);
         anyhow::ensure!(
             read == PlanRead::Unchanged,

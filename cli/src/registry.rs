@@ -8,8 +8,10 @@ use clap::Subcommand;
 use edgerec_core::{IdError, ModelName, VariantName, Version};
 use edgerec_registry::server::{RegistryConfig, serve};
 use edgerec_registry::service::Registry;
+use edgerec_registry::signing::ManifestSigner;
 use edgerec_registry::store::Store;
 use edgerec_registry_api::client::RegistryClient;
+use edgerec_registry_api::keys::key_id;
 use edgerec_registry_api::records::{Plan, PlanRequest, Scope, Variant};
 
 #[derive(Subcommand, Debug)]
@@ -35,6 +37,31 @@ pub enum RegistryCommand {
     Token {
         #[command(subcommand)]
         what: TokenCommand,
+    },
+    /// The signing key: create the one file every replica shares, or rotate to a new key.
+    Key {
+        #[command(subcommand)]
+        what: RegistryKeyCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RegistryKeyCommand {
+    /// Make a new signing key file (owner-only), for a registry's `signing_key`: once, before the first start of
+    /// an S3 + DynamoDB registry, whose replicas all sign with it. Prints the public key nodes are configured with.
+    Create {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Rotate a running registry to a new key (admin token). The retired key signs a statement naming the new key
+    /// and how long it stays valid; nodes and pages configured with it follow the chain. Other replicas refuse to
+    /// start until they get the new key file (the registry's signing_key file is replaced).
+    Rotate {
+        /// How long the retired key still verifies, in hours: enough for every node and page to poll once.
+        #[arg(long, default_value_t = 168)]
+        grace_hours: u32,
+        #[command(flatten)]
+        registry: RegistryAddress,
     },
 }
 
@@ -216,7 +243,36 @@ pub fn run_registry(command: RegistryCommand) -> Result<()> {
             }
         }
         RegistryCommand::Token { what } => token(what),
+        RegistryCommand::Key { what } => registry_key(what),
     }
+}
+
+fn registry_key(command: RegistryKeyCommand) -> Result<()> {
+    match command {
+        RegistryKeyCommand::Create { out } => {
+            let signer = ManifestSigner::create(&out)?;
+            println!(
+                "created {} (key {}); public key, for edge nodes' --public-key: {}",
+                out.display(),
+                signer.key_id(),
+                signer.public_key_hex()
+            );
+        }
+        RegistryKeyCommand::Rotate {
+            grace_hours,
+            registry,
+        } => {
+            let rotation = registry.client().rotate_key(grace_hours)?;
+            println!(
+                "rotated to key {} ({}); key {} stays valid until {} ms since the epoch",
+                key_id(&rotation.to_key).unwrap_or_default(),
+                rotation.to_key,
+                key_id(&rotation.from_key).unwrap_or_default(),
+                rotation.old_valid_until
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Serves `registry` as `config` says, telling the operator where, with which key, and whether a token exists.

@@ -5,9 +5,9 @@ use std::path::Path;
 use edgerec_core::{Digest, Manifest};
 use serde::de::DeserializeOwned;
 
+use crate::keys::KeyRotation;
 use crate::records::{
-    AuditEntry, IssuedToken, Plan, PlanRequest, PlanTag, Revocation, Scope, TokenRecord,
-    VersionRecord,
+    AuditEntry, IssuedToken, Plan, PlanRequest, Revocation, Scope, TokenRecord, VersionRecord,
 };
 use crate::signature::SigningKeyDocument;
 
@@ -224,9 +224,9 @@ impl RegistryClient {
         }
     }
 
-    /// Reads a plan unless it is still the one tagged `known` (304 from the registry): the same revision with the
-    /// same number of revocations.
-    pub fn plan_if_changed(&self, surface: &str, known: PlanTag) -> Result<PlanRead, ClientError> {
+    /// Reads a plan unless it is still the one whose `ETag` is `known` ([`Plan::etag`]; 304 from the registry):
+    /// the same revision, the same number of revocations, signed by the same key.
+    pub fn plan_if_changed(&self, surface: &str, known: &str) -> Result<PlanRead, ClientError> {
         let reply = self.call(
             "GET",
             &format!("/v1/plans/{surface}"),
@@ -311,6 +311,16 @@ impl RegistryClient {
 
     pub fn signing_key(&self) -> Result<SigningKeyDocument, ClientError> {
         self.get("/v1/signing-key")
+    }
+
+    /// Rotates the registry to a new signing key (admin scope); the retired key stays valid `grace_hours`.
+    pub fn rotate_key(&self, grace_hours: u32) -> Result<KeyRotation, ClientError> {
+        self.send_json(
+            "POST",
+            "/v1/signing-key/rotate",
+            &serde_json::json!({ "grace_hours": grace_hours }),
+            &[],
+        )
     }
 
     pub fn create_token(&self, name: &str, scopes: &[Scope]) -> Result<IssuedToken, ClientError> {

@@ -5,6 +5,7 @@
 //! framework, stores and AWS backend).
 
 pub mod client;
+pub mod keys;
 pub mod probe;
 pub mod records;
 pub mod signature;

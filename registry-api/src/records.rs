@@ -63,6 +63,9 @@ pub struct PlanSignature {
     /// serve none of them, and send a revoked variant's traffic to the plan's other variants.
     #[serde(default)]
     pub revoked: Vec<RevokedVersion>,
+    /// The id of the key that signed (`keys::key_id`): a key rotation re-signs every plan, and changes its ETag.
+    #[serde(default)]
+    pub key_id: String,
     /// ed25519 over the statement's UTF-8 bytes, hex.
     pub signature: String,
 }
@@ -174,6 +177,13 @@ impl Plan {
             revision: self.revision,
             revocations: self.signature.as_ref().map_or(0, |s| s.revoked.len()),
         }
+    }
+
+    /// The plan's `ETag`, without quotes: its tag and the id of the key that signed it,
+    /// `<revision>.<revocations>.<key id>`.
+    pub fn etag(&self) -> String {
+        let key = self.signature.as_ref().map_or("", |s| s.key_id.as_str());
+        format!("{}.{key}", self.tag())
     }
 
     /// The revocation covering `variant` with the manifest `digest`, if the plan's signature lists one.

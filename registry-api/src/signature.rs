@@ -6,6 +6,7 @@ use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use edgerec_core::Digest;
 use serde::{Deserialize, Serialize};
 
+use crate::keys::{KeyRotation, TrustedKeys, key_id};
 use crate::records::Plan;
 
 /// Why a signature was not accepted.
@@ -19,28 +20,41 @@ pub enum SignatureError {
     UnsignedPlan,
     #[error("the plan's signature lists {digests} manifest digests for {variants} variants")]
     DigestCount { digests: usize, variants: usize },
+    /// A key rotation from an accepted key (this id) that the key did not sign.
+    #[error(
+        "the rotation from key {0} is not signed by that key: the key chain is not the registry's"
+    )]
+    BadRotation(String),
 }
 
-/// What `GET /v1/signing-key` answers, on the registry and on edge nodes (which relay the key they verify with).
+/// What `GET /v1/signing-key` answers, on the registry and on edge nodes (which relay the keys they verify with).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SigningKeyDocument {
     /// Always `ed25519`.
     pub algorithm: String,
     /// What the key signs, in words.
     pub signs: String,
-    /// The public key, 64 hex characters.
+    /// The current public key, 64 hex characters.
     pub public_key: String,
+    /// Its id ([`key_id`]).
+    #[serde(default)]
+    pub key_id: String,
+    /// Every rotation so far, oldest first: a verifier configured with an earlier key follows them to this one.
+    #[serde(default)]
+    pub rotations: Vec<KeyRotation>,
 }
 
 impl SigningKeyDocument {
-    /// The document for `public_key_hex`.
-    pub fn ed25519(public_key_hex: String) -> Self {
+    /// The document for `public_key_hex`, reached through `rotations`.
+    pub fn ed25519(public_key_hex: String, rotations: Vec<KeyRotation>) -> Self {
         Self {
             algorithm: "ed25519".into(),
-            signs:
-                "the sha256 digest of manifest.json (32 bytes), and each plan revision's statement"
-                    .into(),
+            signs: "the sha256 digest of manifest.json (32 bytes), each plan revision's statement, and (the \
+                    retiring key) each rotation's statement"
+                .into(),
+            key_id: key_id(&public_key_hex).unwrap_or_default(),
             public_key: public_key_hex,
+            rotations,
         }
     }
 }
@@ -55,8 +69,12 @@ pub fn verify_manifest_signature(
 }
 
 /// Checks that `plan` carries the registry's signature over its statement ([`Plan::statement`]), with a manifest
-/// digest for each variant, against `public_key_hex`.
-pub fn verify_plan_signature(public_key_hex: &str, plan: &Plan) -> Result<(), SignatureError> {
+/// digest for each variant, by one of `keys` valid at `now_ms`.
+pub fn verify_plan_signature(
+    keys: &TrustedKeys,
+    plan: &Plan,
+    now_ms: i64,
+) -> Result<(), SignatureError> {
     let signed = plan
         .signature
         .as_ref()
@@ -68,10 +86,14 @@ pub fn verify_plan_signature(public_key_hex: &str, plan: &Plan) -> Result<(), Si
         });
     }
     let statement = plan.statement(&signed.manifest_digests, &signed.revoked);
-    verify(public_key_hex, statement.as_bytes(), &signed.signature)
+    keys.verify(statement.as_bytes(), &signed.signature, now_ms)
 }
 
-fn verify(public_key_hex: &str, message: &[u8], signature_hex: &str) -> Result<(), SignatureError> {
+pub(crate) fn verify(
+    public_key_hex: &str,
+    message: &[u8],
+    signature_hex: &str,
+) -> Result<(), SignatureError> {
     let mut key = [0u8; 32];
     hex::decode_to_slice(public_key_hex.trim(), &mut key)
         .map_err(|_| SignatureError::PublicKey(public_key_hex.chars().take(80).collect()))?;
@@ -87,6 +109,7 @@ fn verify(public_key_hex: &str, message: &[u8], signature_hex: &str) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::TrustedKeys;
     use crate::records::RevokedVersion;
     use ed25519_dalek::{Signer, SigningKey};
 
@@ -152,6 +175,7 @@ mod tests {
         plan.signature = Some(crate::records::PlanSignature {
             manifest_digests: digests,
             revoked: revoked(),
+            key_id: String::new(),
             signature: hex::encode(key.sign(statement.as_bytes()).to_bytes()),
         });
         plan
@@ -182,8 +206,9 @@ mod tests {
     fn a_plan_verifies_only_as_signed() {
         let key = SigningKey::from_bytes(&[7; 32]);
         let public = hex::encode(key.verifying_key().to_bytes());
+        let keys = TrustedKeys::single(&public).expect("a key");
         let good = signed(plan(), &key);
-        verify_plan_signature(&public, &good).expect("verifies");
+        verify_plan_signature(&keys, &good, 0).expect("verifies");
         // What a proxy in the middle might change: each is refused.
         let mut changes: Vec<(&str, Plan)> = Vec::new();
         let mut replayed = good.clone();
@@ -212,7 +237,7 @@ mod tests {
         changes.push(("revocations", unrevoked));
         for (what, plan) in changes {
             assert_eq!(
-                verify_plan_signature(&public, &plan),
+                verify_plan_signature(&keys, &plan, 0),
                 Err(SignatureError::BadSignature),
                 "{what}"
             );
@@ -220,7 +245,7 @@ mod tests {
         let mut stripped = good.clone();
         stripped.signature = None;
         assert_eq!(
-            verify_plan_signature(&public, &stripped),
+            verify_plan_signature(&keys, &stripped, 0),
             Err(SignatureError::UnsignedPlan)
         );
         let mut short = good.clone();
@@ -228,7 +253,7 @@ mod tests {
             signature.manifest_digests.pop();
         }
         assert_eq!(
-            verify_plan_signature(&public, &short),
+            verify_plan_signature(&keys, &short, 0),
             Err(SignatureError::DigestCount {
                 digests: 1,
                 variants: 2
@@ -236,7 +261,7 @@ mod tests {
         );
         let other = SigningKey::from_bytes(&[8; 32]);
         assert_eq!(
-            verify_plan_signature(&public, &signed(plan(), &other)),
+            verify_plan_signature(&keys, &signed(plan(), &other), 0),
             Err(SignatureError::BadSignature)
         );
         // The wire form: the signature travels with the plan and parses back.
@@ -246,7 +271,7 @@ mod tests {
 
     #[test]
     fn the_signing_key_document_keeps_its_wire_form() {
-        let document = SigningKeyDocument::ed25519("ab".repeat(32));
+        let document = SigningKeyDocument::ed25519("ab".repeat(32), Vec::new());
         let json = serde_json::to_value(&document).expect("serialises");
         assert_eq!(json["algorithm"], "ed25519");
         assert_eq!(json["public_key"], "ab".repeat(32));

@@ -11,6 +11,7 @@
 //! | audit entry | `audit` | `<sequence, 20 digits>` |
 //! | audit counter (attribute `n`) | `counters` | `audit` |
 //! | revocation | `revocations` | `<model>\0<version>` |
+//! | key rotation | `key-rotations` | `<sequence, 20 digits>` |
 //! | token | `tokens` | `<id>` |
 //! | token secret hash (attribute `id`) | `token-secrets` | `<sha256>` |
 
@@ -21,6 +22,7 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem};
 use aws_sdk_s3::primitives::ByteStream;
 use edgerec_core::Digest;
+use edgerec_registry_api::keys::KeyRotation;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -476,6 +478,45 @@ impl Store for AwsStore {
                 0 => StoreError::NotFound(named.clone()),
                 _ => StoreError::Conflict(format!("{named} is already revoked")),
             },
+        )
+        .await
+    }
+
+    async fn key_rotations(&self) -> Result<Vec<KeyRotation>, StoreError> {
+        self.query("key-rotations", "")
+            .await?
+            .iter()
+            .map(decode)
+            .collect()
+    }
+
+    async fn add_key_rotation(
+        &self,
+        rotation: &KeyRotation,
+        audit: AuditDraft,
+    ) -> Result<(), StoreError> {
+        let rotations = self.key_rotations().await?;
+        if rotations
+            .last()
+            .is_some_and(|last| last.to_key != rotation.from_key)
+        {
+            return Err(StoreError::Conflict(
+                "the key being retired is not the registry's current key".into(),
+            ));
+        }
+        // The next sequence number, taken only if free: of two rotations from the same key, one lands.
+        let sequence = format!("{:020}", rotations.len() + 1);
+        self.transact(
+            &audit,
+            || {
+                vec![self.write(
+                    "key-rotations",
+                    &sequence,
+                    ("record", encode(rotation)),
+                    Some("attribute_not_exists(pk)"),
+                )]
+            },
+            |_| StoreError::Conflict("another key rotation landed first".into()),
         )
         .await
     }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{PoisonError, RwLock};
 
 use edgerec_core::Digest;
+use edgerec_registry_api::keys::KeyRotation;
 use edgerec_storage::encode;
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
@@ -21,6 +22,8 @@ use edgerec_storage::now_ms;
 const VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("versions");
 /// `model \0 version` → [`Revocation`] JSON; entries are never removed.
 const REVOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("revocations");
+/// sequence (1, 2, ...) → [`KeyRotation`] JSON, oldest first.
+const KEY_ROTATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("key_rotations");
 /// `surface \0 revision (20 digits)` → [`Plan`] JSON, every revision.
 const PLANS: TableDefinition<&str, &[u8]> = TableDefinition::new("plans");
 /// `surface` → current revision.
@@ -146,6 +149,7 @@ impl EmbeddedStore {
             txn.open_table(TOKENS).map_err(unavailable)?;
             txn.open_table(TOKEN_SECRETS).map_err(unavailable)?;
             txn.open_table(REVOCATIONS).map_err(unavailable)?;
+            txn.open_table(KEY_ROTATIONS).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
         Ok(Self {
@@ -380,6 +384,50 @@ impl Store for EmbeddedStore {
                 )));
             }
             insert_revocation(txn, revocation)?;
+            append_audit(txn, audit)?;
+            Ok(())
+        })
+    }
+
+    async fn key_rotations(&self) -> Result<Vec<KeyRotation>, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(KEY_ROTATIONS).map_err(unavailable)?;
+            let mut rotations = Vec::new();
+            for entry in table.iter().map_err(unavailable)? {
+                let (_, value) = entry.map_err(unavailable)?;
+                rotations.push(decode(value.value())?);
+            }
+            Ok(rotations)
+        })
+    }
+
+    async fn add_key_rotation(
+        &self,
+        rotation: &KeyRotation,
+        audit: AuditDraft,
+    ) -> Result<(), StoreError> {
+        self.write(|txn| {
+            {
+                let mut table = txn.open_table(KEY_ROTATIONS).map_err(unavailable)?;
+                let last = match table.last().map_err(unavailable)? {
+                    Some((sequence, value)) => {
+                        Some((sequence.value(), decode::<KeyRotation>(value.value())?))
+                    }
+                    None => None,
+                };
+                let sequence = match last {
+                    Some((_, last)) if last.to_key != rotation.from_key => {
+                        return Err(StoreError::Conflict(
+                            "the key being retired is not the registry's current key".into(),
+                        ));
+                    }
+                    Some((sequence, _)) => sequence + 1,
+                    None => 1,
+                };
+                table
+                    .insert(sequence, encode(rotation).as_slice())
+                    .map_err(unavailable)?;
+            }
             append_audit(txn, audit)?;
             Ok(())
         })

@@ -77,21 +77,25 @@ async fn actor<S: Store>(
         .map(|token| token.name)
 }
 
-/// A plan's `ETag`: its revision and how many revocations its signature lists, so a revocation, which changes no
-/// revision, still reaches those who poll with `If-None-Match`.
-fn etag(tag: PlanTag) -> String {
-    format!("\"{tag}\"")
+/// A plan's `ETag`: its revision, how many revocations its signature lists and the signing key's id, so a
+/// revocation or a key rotation, which change no revision, still reach those who poll with `If-None-Match`.
+fn etag(tag: PlanTag, key_id: &str) -> String {
+    format!("\"{tag}.{key_id}\"")
 }
 
-/// The revision an `If-Match: "<revision>"` (or the `"<revision>.<revocations>"` of an `ETag`) names.
+/// The revision an `If-Match: "<revision>"` (or a plan's whole `ETag`, `"<revision>.<revocations>.<key id>"`)
+/// names.
 fn if_match(request: &HttpRequest) -> Result<Option<u64>, RegistryError> {
     let Some(value) = request.headers().get(header::IF_MATCH) else {
         return Ok(None);
     };
     let text = value.to_str().unwrap_or_default();
-    text.parse::<PlanTag>()
-        .map(|tag| Some(tag.revision))
-        .map_err(|_| {
+    let bare = text.trim().trim_start_matches("W/").trim_matches('"');
+    bare.split('.')
+        .next()
+        .and_then(|revision| revision.parse().ok())
+        .map(Some)
+        .ok_or_else(|| {
             RegistryError::BadRequest(format!(
                 "If-Match `{}` is not a plan revision like \"3\"",
                 text.trim()
@@ -195,6 +199,10 @@ async fn list_versions<S: Store + 'static>(
     if versions.is_empty() {
         return Err(RegistryError::NotFound(format!("no model `{model}`")));
     }
+    let versions: Vec<_> = versions
+        .into_iter()
+        .map(|record| registry.signed_record(record))
+        .collect();
     Ok(HttpResponse::Ok().json(versions))
 }
 
@@ -295,13 +303,19 @@ async fn get_plan<S: Store + 'static>(
         revision: plan.revision,
         revocations: revoked.len(),
     };
-    // `"3"` (a revision alone, as tags were before revocations) is `"3.0"`.
+    let key_id = registry.signer.key_id();
+    let full = etag(tag, &key_id);
+    // The whole tag, or a revision alone (`"3"`, as tags were before revocations) or with its revocations (`"3.0"`).
     let unchanged = request
         .headers()
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.parse() == Ok(tag)));
-    let tag = etag(tag);
+        .is_some_and(|v| {
+            v.split(',')
+                .map(|t| t.trim().trim_start_matches("W/"))
+                .any(|t| t == full || t.parse() == Ok(tag))
+        });
+    let tag = full;
     if unchanged {
         return Ok(HttpResponse::NotModified()
             .insert_header((header::ETAG, tag))
@@ -324,7 +338,7 @@ async fn put_plan<S: Store + 'static>(
         .await?;
     let plan = registry.signed(plan).await?;
     Ok(HttpResponse::Ok()
-        .insert_header((header::ETAG, etag(plan.tag())))
+        .insert_header((header::ETAG, format!("\"{}\"", plan.etag())))
         .json(plan))
 }
 
@@ -346,7 +360,7 @@ async fn rollback<S: Store + 'static>(
         .await?;
     let plan = registry.signed(plan).await?;
     Ok(HttpResponse::Ok()
-        .insert_header((header::ETAG, etag(plan.tag())))
+        .insert_header((header::ETAG, format!("\"{}\"", plan.etag())))
         .json(plan))
 }
 
@@ -409,9 +423,30 @@ async fn revoke_token<S: Store + 'static>(
     Ok(HttpResponse::NoContent().finish())
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateRequest {
+    /// How long the retired key stays valid for verification, in hours.
+    grace_hours: u32,
+}
+
+/// `POST /v1/signing-key/rotate` (admin): a new key signs from now on; the retired key signs the rotation
+/// statement, which names how long it stays valid.
+async fn rotate_key<S: Store + 'static>(
+    registry: Shared<S>,
+    request: HttpRequest,
+    body: web::Json<RotateRequest>,
+) -> Result<HttpResponse, RegistryError> {
+    let who = actor(&registry, &request, Scope::Admin).await?;
+    let grace_ms = i64::from(body.grace_hours) * 3_600_000;
+    let rotation = registry.rotate_key(grace_ms, &who).await?;
+    Ok(HttpResponse::Ok().json(rotation))
+}
+
 async fn signing_key<S: Store + 'static>(registry: Shared<S>) -> HttpResponse {
     HttpResponse::Ok().json(SigningKeyDocument::ed25519(
         registry.signer.public_key_hex(),
+        registry.signer.rotations(),
     ))
 }
 
@@ -597,6 +632,7 @@ pub fn configure<S: Store + 'static>(config: &mut web::ServiceConfig) {
         .service(
             web::scope("/v1")
                 .route("/signing-key", web::get().to(signing_key::<S>))
+                .route("/signing-key/rotate", web::post().to(rotate_key::<S>))
                 .route("/blobs/{digest}", web::put().to(put_blob::<S>))
                 .route("/blobs/{digest}", web::get().to(get_blob::<S>))
                 .route("/models", web::get().to(list_models::<S>))

@@ -145,27 +145,45 @@ impl RegistryConfig {
             .unwrap_or_else(|| self.root.join("signing.key"))
     }
 
-    /// The signing key, created on first start only: a registry that has published versions and finds no key
-    /// refuses to make a new one, since every edge node trusts the one that signed them.
+    /// The signing key, and the rotations that led to it. Created on first start only, and only for the embedded
+    /// backend: a registry that has published versions (or rotated keys) and finds no key refuses to make a new
+    /// one, since every edge node trusts the one that signed them; replicas of the S3 + DynamoDB backend share one
+    /// key file, which must exist (`edgerec registry key create`). A key that is not the end of the store's
+    /// rotations is refused too.
     fn signer<S: Store>(
         &self,
         store: &S,
         runtime: &actix_web::rt::Runtime,
+        shared: bool,
     ) -> Result<ManifestSigner, Box<dyn std::error::Error + Send + Sync>> {
         let path = self.signing_key_path();
-        if !path.exists() {
+        let rotations = runtime.block_on(store.key_rotations())?;
+        let signer = if path.exists() {
+            ManifestSigner::load(&path)?
+        } else if shared {
+            return Err(format!(
+                "no signing key at {}: every replica of an S3 + DynamoDB registry signs with one shared key file \
+                 (signing_key); create it once with `edgerec registry key create --out FILE` and give it to each",
+                path.display()
+            )
+            .into());
+        } else {
             let published = runtime.block_on(store.list_versions(None))?;
-            if !published.is_empty() {
+            if !published.is_empty() || !rotations.is_empty() {
                 return Err(format!(
-                    "no signing key at {}, but this registry has {} published versions signed with one: restore \
-                     the key (edge nodes trust it), or point signing_key at it; a new key is not created",
+                    "no signing key at {}, but this registry has {} published versions and {} key rotations \
+                     signed with one: restore the key (edge nodes trust it), or point signing_key at it; a new key \
+                     is not created",
                     path.display(),
-                    published.len()
+                    published.len(),
+                    rotations.len()
                 )
                 .into());
             }
-        }
-        Ok(ManifestSigner::load_or_create(&path)?)
+            ManifestSigner::create(&path)?
+        };
+        signer.adopt(rotations)?;
+        Ok(signer)
     }
 
     /// Connects to the S3 + DynamoDB backend of `aws`, creating the table and bucket if needed, with the signing
@@ -177,7 +195,7 @@ impl RegistryConfig {
         let store = AwsStore::connect(aws);
         let runtime = actix_web::rt::Runtime::new()?;
         runtime.block_on(store.ensure_created())?;
-        let signer = self.signer(&store, &runtime)?;
+        let signer = self.signer(&store, &runtime, true)?;
         Ok(Registry {
             store,
             signer,
@@ -191,7 +209,7 @@ impl RegistryConfig {
         &self,
     ) -> Result<Registry<EmbeddedStore>, Box<dyn std::error::Error + Send + Sync>> {
         let store = EmbeddedStore::open(&self.root)?;
-        let signer = self.signer(&store, &actix_web::rt::Runtime::new()?)?;
+        let signer = self.signer(&store, &actix_web::rt::Runtime::new()?, false)?;
         Ok(Registry {
             store,
             signer,

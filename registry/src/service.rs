@@ -10,6 +10,7 @@ use sha2::Digest as _;
 
 use crate::signing::ManifestSigner;
 use crate::store::{AuditDraft, Store, StoreError};
+use edgerec_registry_api::keys::{KeyRotation, key_id};
 use edgerec_registry_api::probe::ModelProbe;
 use edgerec_registry_api::records::{
     IssuedToken, Plan, PlanRequest, PlanSignature, Revocation, RevokedVersion, Scope, TokenRecord,
@@ -314,6 +315,8 @@ impl<S: Store> Registry<S> {
         })
     }
 
+    /// The record of `model@version`, its manifest digest signed with the current key (a key rotation re-signs
+    /// every version without rewriting it).
     pub async fn version(
         &self,
         model: &str,
@@ -322,9 +325,49 @@ impl<S: Store> Registry<S> {
         self.store
             .get_version(model, version)
             .await?
+            .map(|record| self.signed_record(record))
             .ok_or_else(|| {
                 RegistryError::NotFound(format!("no version {version} of model `{model}`"))
             })
+    }
+
+    /// `record` with its manifest digest signed by the current key.
+    pub fn signed_record(&self, mut record: VersionRecord) -> VersionRecord {
+        record.signature = self.signer.sign(&record.manifest_digest);
+        record
+    }
+
+    /// Retires the signing key: a new one signs from now on, and the old one stays valid for verification for
+    /// `grace_ms`, as the rotation statement it signs says. The statement joins the store's chain (which every
+    /// replica reads at start) before the new key is used.
+    pub async fn rotate_key(
+        &self,
+        grace_ms: i64,
+        actor: &str,
+    ) -> Result<KeyRotation, RegistryError> {
+        let prepared = self
+            .signer
+            .prepare(grace_ms, now_ms())
+            .map_err(|e| RegistryError::Internal(e.to_string()))?;
+        let rotation = prepared.rotation.clone();
+        let audit = AuditDraft {
+            actor: actor.to_string(),
+            action: "key.rotate",
+            target: key_id(&rotation.to_key).unwrap_or_default(),
+            reason: String::new(),
+            detail: serde_json::json!({
+                "from": key_id(&rotation.from_key), "to": key_id(&rotation.to_key),
+                "old_valid_until": rotation.old_valid_until,
+            }),
+        };
+        if let Err(e) = self.store.add_key_rotation(&rotation, audit).await {
+            self.signer.abandon(prepared);
+            return Err(e.into());
+        }
+        self.signer
+            .complete(prepared)
+            .map_err(|e| RegistryError::Internal(e.to_string()))?;
+        Ok(rotation)
     }
 
     /// Every revoked or deleted version of the models `plan` names, in the order the signed statement lists them.
@@ -368,12 +411,13 @@ impl<S: Store> Registry<S> {
                 })?;
             manifest_digests.push(record.manifest_digest);
         }
-        let signature = self
+        let (key_id, signature) = self
             .signer
             .sign_statement(&plan.statement(&manifest_digests, &revoked));
         plan.signature = Some(PlanSignature {
             manifest_digests,
             revoked,
+            key_id,
             signature,
         });
         Ok(plan)

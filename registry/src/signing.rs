@@ -1,10 +1,13 @@
 //! The registry's ed25519 key, which signs the digest of each manifest it accepts and each plan revision it
-//! serves; verifiers use [`edgerec_registry_api::signature`].
+//! serves, and its rotations to a new key; verifiers use [`edgerec_registry_api::signature`] and
+//! [`edgerec_registry_api::keys`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use ed25519_dalek::{Signer, SigningKey};
 use edgerec_core::Digest;
+use edgerec_registry_api::keys::{KeyRotation, key_id};
 
 /// Why the signing key could not be loaded or created.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -14,52 +17,194 @@ pub struct SigningKeyError {
     pub message: String,
 }
 
-/// The registry's signing key.
+/// The registry's signing key, and the rotations that led to it (oldest first).
 #[derive(Debug)]
 pub struct ManifestSigner {
+    path: PathBuf,
+    state: RwLock<SignerState>,
+}
+
+#[derive(Debug)]
+struct SignerState {
     key: SigningKey,
+    rotations: Vec<KeyRotation>,
+}
+
+/// A new key, written next to the current one, and the rotation statement the current key signed for it: in effect
+/// once the store holds the statement ([`ManifestSigner::complete`]).
+#[derive(Debug)]
+pub struct PreparedRotation {
+    pub rotation: KeyRotation,
+    key: SigningKey,
+}
+
+fn read_key(path: &Path) -> Result<SigningKey, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let mut secret = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut secret)
+        .map_err(|_| "not 64 hex characters".to_string())?;
+    Ok(SigningKey::from_bytes(&secret))
+}
+
+/// Writes `key`'s secret to `path`, readable by its owner only from its first byte, durably.
+fn write_key(path: &Path, key: &SigningKey) -> std::io::Result<()> {
+    edgerec_storage::write_durably(
+        path,
+        hex::encode(key.to_bytes()).as_bytes(),
+        edgerec_storage::Access::OwnerOnly,
+    )
 }
 
 impl ManifestSigner {
     /// Loads the key from `path` (hex of the 32-byte secret), creating it with owner-only permissions if missing.
     pub fn load_or_create(path: &Path) -> Result<Self, SigningKeyError> {
-        let error = |message: String| SigningKeyError {
-            path: path.display().to_string(),
-            message,
-        };
         if path.exists() {
-            let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
-            let mut secret = [0u8; 32];
-            hex::decode_to_slice(text.trim(), &mut secret)
-                .map_err(|_| error("not 64 hex characters".into()))?;
-            return Ok(Self {
-                key: SigningKey::from_bytes(&secret),
-            });
+            Self::load(path)
+        } else {
+            Self::create(path)
+        }
+    }
+
+    /// Loads the key at `path`, which must exist.
+    pub fn load(path: &Path) -> Result<Self, SigningKeyError> {
+        let key = read_key(path).map_err(|message| error(path, message))?;
+        Ok(Self::with(path, key))
+    }
+
+    /// Makes a new key at `path`, which must not exist yet.
+    pub fn create(path: &Path) -> Result<Self, SigningKeyError> {
+        if path.exists() {
+            return Err(error(
+                path,
+                "already exists; a key is never overwritten".into(),
+            ));
         }
         let key = SigningKey::generate(&mut rand_core::OsRng);
-        // Readable by its owner only from its first byte, and durable before it is used to sign anything.
-        edgerec_storage::write_durably(
-            path,
-            hex::encode(key.to_bytes()).as_bytes(),
-            edgerec_storage::Access::OwnerOnly,
-        )
-        .map_err(|e| error(e.to_string()))?;
-        Ok(Self { key })
+        // Durable before it is used to sign anything.
+        write_key(path, &key).map_err(|e| error(path, e.to_string()))?;
+        Ok(Self::with(path, key))
+    }
+
+    fn with(path: &Path, key: SigningKey) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            state: RwLock::new(SignerState {
+                key,
+                rotations: Vec::new(),
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::RwLockReadGuard<'_, SignerState> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Where a prepared rotation's new key waits until the store holds its statement.
+    fn next_path(&self) -> PathBuf {
+        self.path.with_extension("next")
+    }
+
+    /// Takes the store's rotations (oldest first), which must end at this key: a registry started with a key that
+    /// was rotated away (or that is not its own) refuses to sign. A rotation whose statement reached the store but
+    /// whose key file was not yet moved into place (a crash in between) is completed here.
+    pub fn adopt(&self, rotations: Vec<KeyRotation>) -> Result<(), SigningKeyError> {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(head) = rotations.last() {
+            let own = hex::encode(state.key.verifying_key().to_bytes());
+            if head.to_key != own {
+                let next = read_key(&self.next_path()).ok();
+                match next {
+                    Some(key) if hex::encode(key.verifying_key().to_bytes()) == head.to_key => {
+                        std::fs::rename(self.next_path(), &self.path)
+                            .map_err(|e| error(&self.path, e.to_string()))?;
+                        state.key = key;
+                    }
+                    _ => {
+                        return Err(error(
+                            &self.path,
+                            format!(
+                                "holds key {}, but the registry's current key is {} (rotated {}): install that \
+                                 key's file, which every replica shares",
+                                key_id(&own).unwrap_or_default(),
+                                key_id(&head.to_key).unwrap_or_default(),
+                                head.issued_at
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        state.rotations = rotations;
+        Ok(())
     }
 
     /// The public key, hex: what edge nodes are configured with.
     pub fn public_key_hex(&self) -> String {
-        hex::encode(self.key.verifying_key().to_bytes())
+        hex::encode(self.state().key.verifying_key().to_bytes())
+    }
+
+    /// The current key's id.
+    pub fn key_id(&self) -> String {
+        key_id(&self.public_key_hex()).unwrap_or_default()
+    }
+
+    /// Every rotation so far, oldest first.
+    pub fn rotations(&self) -> Vec<KeyRotation> {
+        self.state().rotations.clone()
     }
 
     /// The signature of a manifest digest, hex.
     pub fn sign(&self, manifest_digest: &Digest) -> String {
-        hex::encode(self.key.sign(manifest_digest.as_bytes()).to_bytes())
+        hex::encode(self.state().key.sign(manifest_digest.as_bytes()).to_bytes())
     }
 
-    /// The signature of a plan statement ([`edgerec_registry_api::records::Plan::statement`]), hex.
-    pub fn sign_statement(&self, statement: &str) -> String {
-        hex::encode(self.key.sign(statement.as_bytes()).to_bytes())
+    /// The signature of a plan statement ([`edgerec_registry_api::records::Plan::statement`]), hex, and the id of
+    /// the key that made it.
+    pub fn sign_statement(&self, statement: &str) -> (String, String) {
+        let state = self.state();
+        let public = hex::encode(state.key.verifying_key().to_bytes());
+        let signature = hex::encode(state.key.sign(statement.as_bytes()).to_bytes());
+        (key_id(&public).unwrap_or_default(), signature)
+    }
+
+    /// A new key, written durably beside the current one, and its rotation statement signed by the current key,
+    /// which stays valid for `grace_ms` from `now_ms`.
+    pub fn prepare(&self, grace_ms: i64, now_ms: i64) -> Result<PreparedRotation, SigningKeyError> {
+        let key = SigningKey::generate(&mut rand_core::OsRng);
+        write_key(&self.next_path(), &key).map_err(|e| error(&self.next_path(), e.to_string()))?;
+        let state = self.state();
+        let mut rotation = KeyRotation {
+            from_key: hex::encode(state.key.verifying_key().to_bytes()),
+            to_key: hex::encode(key.verifying_key().to_bytes()),
+            old_valid_until: now_ms.saturating_add(grace_ms),
+            issued_at: now_ms,
+            signature: String::new(),
+        };
+        rotation.signature =
+            hex::encode(state.key.sign(rotation.statement().as_bytes()).to_bytes());
+        Ok(PreparedRotation { rotation, key })
+    }
+
+    /// Signs with the prepared key from now on (its statement is in the store): the key file is replaced by it.
+    pub fn complete(&self, prepared: PreparedRotation) -> Result<(), SigningKeyError> {
+        std::fs::rename(self.next_path(), &self.path)
+            .map_err(|e| error(&self.path, e.to_string()))?;
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        state.key = prepared.key;
+        state.rotations.push(prepared.rotation);
+        Ok(())
+    }
+
+    /// Forgets a prepared rotation whose statement did not reach the store.
+    pub fn abandon(&self, _prepared: PreparedRotation) {
+        let _ = std::fs::remove_file(self.next_path());
+    }
+}
+
+fn error(path: &Path, message: String) -> SigningKeyError {
+    SigningKeyError {
+        path: path.display().to_string(),
+        message,
     }
 }
 

@@ -3,6 +3,7 @@
 //! revision the writer read.
 
 use edgerec_core::Digest;
+use edgerec_registry_api::keys::KeyRotation;
 
 use edgerec_registry_api::records::{AuditEntry, Plan, Revocation, TokenRecord, VersionRecord};
 
@@ -76,6 +77,16 @@ pub trait Store {
     ) -> Result<(), StoreError>;
     /// The revocations of `model` (of every model when `None`), by model then version.
     async fn revocations(&self, model: Option<&str>) -> Result<Vec<Revocation>, StoreError>;
+
+    /// Every signing-key rotation, oldest first.
+    async fn key_rotations(&self) -> Result<Vec<KeyRotation>, StoreError>;
+    /// Appends `rotation`, which must retire the key the last one named (any key when there is none):
+    /// [`StoreError::Conflict`] otherwise, or when another rotation lands first.
+    async fn add_key_rotation(
+        &self,
+        rotation: &KeyRotation,
+        audit: AuditDraft,
+    ) -> Result<(), StoreError>;
 
     async fn get_plan(&self, surface: &str) -> Result<Option<Plan>, StoreError>;
     /// Every revision of a surface's plan, oldest first.

@@ -445,22 +445,23 @@ fn plans_on(fixture: Fixture) {
         400
     );
 
-    let first = deployer.json("PUT", "/v1/plans/home", &single, &[]);
-    assert_eq!(
-        (first.status, first.etag.as_deref()),
-        (200, Some("\"1.0\""))
-    );
-    let read = deployer.get("/v1/plans/home");
-    assert_eq!(read.etag.as_deref(), Some("\"1.0\""));
-    // Every plan revision served is signed: its surface, revision, salt and variants with their manifest digests,
-    // under the registry's key.
-    let served: edgerec_registry_api::records::Plan =
-        serde_json::from_value(read.json()).expect("a plan");
     let key = deployer.get("/v1/signing-key").json()["public_key"]
         .as_str()
         .expect("a key")
         .to_string();
-    edgerec_registry_api::signature::verify_plan_signature(&key, &served)
+    // ETags: the revision, the revocations and the id of the key that signed.
+    let id = edgerec_registry_api::keys::key_id(&key).expect("a key id");
+    let etag = |tag: &str| format!("\"{tag}.{id}\"");
+    let first = deployer.json("PUT", "/v1/plans/home", &single, &[]);
+    assert_eq!((first.status, first.etag), (200, Some(etag("1.0"))));
+    let read = deployer.get("/v1/plans/home");
+    assert_eq!(read.etag, Some(etag("1.0")));
+    // Every plan revision served is signed: its surface, revision, salt and variants with their manifest digests,
+    // under the registry's key.
+    let served: edgerec_registry_api::records::Plan =
+        serde_json::from_value(read.json()).expect("a plan");
+    let keys = edgerec_registry_api::keys::TrustedKeys::single(&key).expect("a key");
+    edgerec_registry_api::signature::verify_plan_signature(&keys, &served, 0)
         .expect("signed with the registry's key");
     let version = deployer
         .get("/v1/models/golden-sasrec/versions/1.0.0")
@@ -543,10 +544,7 @@ fn plans_on(fixture: Fixture) {
         &json!({"reason": "regressed"}),
         &[],
     );
-    assert_eq!(
-        (rolled.status, rolled.etag.as_deref()),
-        (200, Some("\"3.0\""))
-    );
+    assert_eq!((rolled.status, rolled.etag), (200, Some(etag("3.0"))));
     let history = deployer.get("/v1/plans/home/history").json();
     assert_eq!(history.as_array().expect("history").len(), 3);
     assert_eq!(history[2]["variants"], history[0]["variants"]);
@@ -572,7 +570,8 @@ fn revocations_on(admin: &Client, deployer: &Client, key: &str) {
     let signed_plan = |reply: &Reply| {
         let plan: edgerec_registry_api::records::Plan =
             serde_json::from_value(reply.json()).expect("a plan");
-        edgerec_registry_api::signature::verify_plan_signature(key, &plan).expect("signed");
+        let keys = edgerec_registry_api::keys::TrustedKeys::single(key).expect("a key");
+        edgerec_registry_api::signature::verify_plan_signature(&keys, &plan, 0).expect("signed");
         plan.signature.expect("signed").revoked
     };
     let revoke = |client: &Client, version: &str| {
@@ -596,7 +595,8 @@ fn revocations_on(admin: &Client, deployer: &Client, key: &str) {
     let twice = revoke(deployer, "1.1.0");
     assert_eq!((twice.status, twice.kind().as_str()), (409, "conflict"));
     let read = deployer.get("/v1/plans/home");
-    assert_eq!(read.etag.as_deref(), Some("\"3.1\""));
+    let id = edgerec_registry_api::keys::key_id(key).expect("a key id");
+    assert_eq!(read.etag, Some(format!("\"3.1.{id}\"")));
     let digest_of = |version: &str| {
         deployer
             .get(&format!("/v1/models/golden-sasrec/versions/{version}"))
@@ -609,7 +609,15 @@ fn revocations_on(admin: &Client, deployer: &Client, key: &str) {
         json!([{"model": "golden-sasrec", "version": "1.1.0", "manifest_digest": digest_of("1.1.0")}])
     );
     // Polls with the tag from before the revocation get the new list; with the new tag, 304.
-    for (tag, status) in [("\"3\"", 200), ("\"3.0\"", 200), ("\"3.1\"", 304)] {
+    let before = format!("\"3.0.{id}\"");
+    let now = read.etag.clone().expect("an ETag");
+    let tags = [
+        ("\"3\"", 200),
+        (before.as_str(), 200),
+        ("\"3.1\"", 304),
+        (now.as_str(), 304),
+    ];
+    for (tag, status) in tags {
         let reply = deployer.send("GET", "/v1/plans/home", None, &[("If-None-Match", tag)]);
         assert_eq!(reply.status, status, "{tag}");
     }
@@ -618,7 +626,13 @@ fn revocations_on(admin: &Client, deployer: &Client, key: &str) {
         "variants": [{"name": "control", "model": "golden-sasrec", "version": "1.1.0", "weight": 100}],
         "reason": "x",
     });
-    let refused = deployer.json("PUT", "/v1/plans/home", &again, &[("If-Match", "\"3.1\"")]);
+    // If-Match takes the ETag as it came.
+    let refused = deployer.json(
+        "PUT",
+        "/v1/plans/home",
+        &again,
+        &[("If-Match", now.as_str())],
+    );
     assert_eq!(
         (refused.status, refused.kind().as_str()),
         (422, "invalid_bundle_or_plan")
@@ -669,7 +683,7 @@ fn revocations_on(admin: &Client, deployer: &Client, key: &str) {
         ]
     );
     let read = deployer.get("/v1/plans/home");
-    assert_eq!(read.etag.as_deref(), Some("\"3.3\""));
+    assert_eq!(read.etag, Some(format!("\"3.3.{id}\"")));
     assert_eq!(signed_plan(&read).len(), 3);
     let audit = admin.get("/v1/audit?limit=2").json();
     assert_eq!(
@@ -717,7 +731,7 @@ fn the_client_publishes_a_bundle_folder_and_follows_plans() {
     };
     let plan = client.deploy("home", &request, None).expect("deploys");
     assert_eq!(
-        client.plan_if_changed("home", plan.tag()).expect("reads"),
+        client.plan_if_changed("home", &plan.etag()).expect("reads"),
         PlanRead::Unchanged
     );
     let error = client.deploy("home", &request, Some(9)).expect_err("stale");
@@ -726,7 +740,7 @@ fn the_client_publishes_a_bundle_folder_and_follows_plans() {
         .deploy("home", &request, Some(plan.revision))
         .expect("updates");
     assert_eq!(
-        client.plan_if_changed("home", plan.tag()).expect("reads"),
+        client.plan_if_changed("home", &plan.etag()).expect("reads"),
         PlanRead::Changed(Box::new(second))
     );
     assert_eq!(

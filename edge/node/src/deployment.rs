@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use edgerec_core::{Digest, ModelName, Surface, VariantName, Version, ab};
 use edgerec_registry_api::records::{Plan, Variant, VersionRecord};
+use edgerec_registry_api::signature::SigningKeyDocument;
 use serde::Serialize;
 
 use crate::model::LoadedModel;
@@ -124,8 +125,9 @@ pub struct VariantStatus {
 #[derive(Debug, Default)]
 pub struct Deployments {
     current: RwLock<HashMap<String, Arc<Deployment>>>,
-    /// The registry key every served model was verified against, once the follower has settled on one.
-    signing_key: RwLock<Option<String>>,
+    /// The registry key every served model was verified against, once the follower has settled on one, with the
+    /// rotations that lead to it.
+    signing_key: RwLock<Option<SigningKeyDocument>>,
 }
 
 impl Deployments {
@@ -179,11 +181,12 @@ impl Deployments {
         })
     }
 
-    pub fn set_signing_key(&self, key: &str) {
-        *self.signing_key.write().unwrap_or_else(|e| e.into_inner()) = Some(key.to_string());
+    pub fn set_signing_key(&self, document: SigningKeyDocument) {
+        *self.signing_key.write().unwrap_or_else(|e| e.into_inner()) = Some(document);
     }
 
-    pub fn signing_key(&self) -> Option<String> {
+    /// The registry's key document as this node follows it: its current key and the rotations to it.
+    pub fn signing_key(&self) -> Option<SigningKeyDocument> {
         self.signing_key
             .read()
             .unwrap_or_else(|e| e.into_inner())

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use edgerec_core::ab;
 use edgerec_core::{Digest, MODEL_FILE, Surface};
 use edgerec_registry_api::client::{PlanRead, RegistryClient};
+use edgerec_registry_api::keys::TrustedKeys;
 use edgerec_registry_api::records::{Plan, PlanTag, Variant, VersionRecord};
-use edgerec_registry_api::signature::verify_plan_signature;
+use edgerec_registry_api::signature::{verify_manifest_signature, verify_plan_signature};
 use serde::{Deserialize, Serialize};
 
 use crate::config::NodeConfig;
@@ -22,6 +23,7 @@ use crate::host::RankerEngine;
 use crate::metrics::NodeMetrics;
 use crate::model::{LoadedModel, ModelFiles, PoolSettings, RolloutError};
 use crate::plan_health::PlanHealth;
+use crate::registry_keys::RegistryKeys;
 
 /// Longest a registry call may take (a bundle download included), so that a registry that stops answering cannot
 /// hold the follower, or the node's shutdown, for long.
@@ -32,11 +34,17 @@ const MAX_RETRY_WAIT: Duration = Duration::from_secs(300);
 
 /// Checks that `plan` verifies against `key` and is not older than `highest`, the highest tag (revision, then
 /// revocations) verified so far, which it then becomes.
-fn check_signed(key: &str, plan: &Plan, highest: &mut PlanTag) -> Result<(), RolloutError> {
-    verify_plan_signature(key, plan).map_err(|e| RolloutError::PlanSignature {
-        surface: plan.surface.to_string(),
-        revision: plan.revision,
-        message: e.to_string(),
+fn check_signed(
+    keys: &TrustedKeys,
+    plan: &Plan,
+    highest: &mut PlanTag,
+) -> Result<(), RolloutError> {
+    verify_plan_signature(keys, plan, edgerec_features::now_ms()).map_err(|e| {
+        RolloutError::PlanSignature {
+            surface: plan.surface.to_string(),
+            revision: plan.revision,
+            message: e.to_string(),
+        }
     })?;
     if plan.tag() < *highest {
         return Err(RolloutError::Replayed {
@@ -127,8 +135,7 @@ enum Source<'a> {
 
 pub struct Follower {
     client: RegistryClient,
-    configured_key: Option<String>,
-    public_key: Option<String>,
+    keys: RegistryKeys,
     surfaces: Vec<Surface>,
     dir: PathBuf,
     poll_interval: Duration,
@@ -144,8 +151,6 @@ pub struct Follower {
     retry: HashMap<String, (PlanTag, u32, Instant)>,
     /// Surfaces whose registry error was already logged (logged again only after a success).
     unreachable: HashMap<String, String>,
-    /// The last error getting the registry's key, already logged.
-    key_error: Option<String>,
     /// When each surface's plan was last confirmed with the registry.
     plan_health: Arc<PlanHealth>,
     /// The highest plan tag of each surface whose signature verified: a lower revision, or the same with fewer
@@ -176,8 +181,11 @@ impl Follower {
                 config.registry.token.as_deref(),
                 REGISTRY_TIMEOUT,
             ),
-            configured_key: config.registry.public_key.clone(),
-            public_key: None,
+            keys: RegistryKeys::new(
+                config.registry.public_key.clone(),
+                config.models_dir(),
+                deployments.clone(),
+            ),
             surfaces: config.surfaces.clone(),
             dir: config.models_dir(),
             poll_interval: Duration::from_millis(config.registry.poll_interval_ms),
@@ -190,7 +198,6 @@ impl Follower {
             plan_health,
             retry: HashMap::new(),
             unreachable: HashMap::new(),
-            key_error: None,
         }
     }
 
@@ -224,10 +231,10 @@ impl Follower {
                     continue;
                 }
             };
-            let Some(key) = self.key() else {
+            let Some(keys) = self.keys.trusted(&self.client) else {
                 return;
             };
-            match self.roll_out(&key, &saved.plan, Source::Saved(&saved.records)) {
+            match self.roll_out(&keys, &saved.plan, Source::Saved(&saved.records)) {
                 Ok(()) => crate::log_line(
                     "follower",
                     serde_json::json!({"surface": surface, "restored_revision": saved.plan.revision}),
@@ -244,14 +251,18 @@ impl Follower {
     }
 
     fn poll(&mut self, surface: &str) {
-        let Some(key) = self.key() else {
+        if self.keys.trusted(&self.client).is_none() {
             return;
-        };
+        }
         let known = self
             .deployments
             .get(surface)
             .map_or_else(PlanTag::default, |d| d.plan.tag());
-        let plan = match self.client.plan_if_changed(surface, known) {
+        let known_etag = self
+            .deployments
+            .get(surface)
+            .map_or_else(String::new, |d| d.plan.etag());
+        let plan = match self.client.plan_if_changed(surface, &known_etag) {
             Ok(PlanRead::Unchanged) => {
                 self.unreachable.remove(surface);
                 // A 304 confirms the plan only if it is the one in service (not one this node refused).
@@ -296,7 +307,16 @@ impl Follower {
             self.failed(surface, plan.tag(), &error);
             return;
         }
-        match self.roll_out(&key, &plan, Source::Registry) {
+        // A plan signed by a key this node does not accept yet: the registry's rotations are read again first.
+        let signed_by = plan.signature.as_ref().map(|s| s.key_id.clone());
+        if let Some(id) = signed_by {
+            self.keys
+                .accepts(&self.client, &id, edgerec_features::now_ms());
+        }
+        let Some(keys) = self.keys.trusted(&self.client) else {
+            return;
+        };
+        match self.roll_out(&keys, &plan, Source::Registry) {
             Ok(()) => {
                 self.retry.remove(surface);
                 self.plan_health.confirm(surface);
@@ -342,67 +362,23 @@ impl Follower {
         }
     }
 
-    /// The registry key signatures are checked against: configured, else pinned on disk, else asked of the
-    /// registry once and pinned.
-    fn key(&mut self) -> Option<String> {
-        if self.public_key.is_none() {
-            self.public_key = self.configured_key.clone().or_else(|| {
-                let pinned = self.dir.join("registry-key.hex");
-                if let Ok(key) = std::fs::read_to_string(&pinned) {
-                    return Some(key.trim().to_string());
-                }
-                let key = match self.client.signing_key() {
-                    Ok(document) if !document.public_key.is_empty() => document.public_key,
-                    answer => {
-                        let error = match answer {
-                            Err(e) => e.to_string(),
-                            Ok(_) => "the registry returned an empty key".into(),
-                        };
-                        // Logged once per distinct error, like the plan polls.
-                        if self.key_error.as_ref() != Some(&error) {
-                            crate::log_line(
-                                "follower",
-                                serde_json::json!({
-                                    "error": format!("cannot get the registry's signing key, so no model can be verified yet: {error}"),
-                                }),
-                            );
-                            self.key_error = Some(error);
-                        }
-                        return None;
-                    }
-                };
-                let written = std::fs::create_dir_all(&self.dir)
-                    .and_then(|()| std::fs::write(&pinned, &key));
-                crate::log_line(
-                    "follower",
-                    serde_json::json!({
-                        "pinned_registry_key": key,
-                        "path": pinned.display().to_string(),
-                        "warning": "trusting the registry's key on first use; set registry.public_key to pin it explicitly",
-                        "error": written.err().map(|e| e.to_string()),
-                    }),
-                );
-                Some(key)
-            });
-            if let Some(key) = &self.public_key {
-                self.deployments.set_signing_key(key);
-            }
-        }
-        self.public_key.clone()
-    }
-
     /// Checks that `plan` is what the registry signed and no older than a revision already verified here.
-    fn check_signed(&mut self, key: &str, plan: &Plan) -> Result<(), RolloutError> {
+    fn check_signed(&mut self, keys: &TrustedKeys, plan: &Plan) -> Result<(), RolloutError> {
         let highest = self
             .highest_revision
             .entry(plan.surface.to_string())
             .or_default();
-        check_signed(key, plan, highest)
+        check_signed(keys, plan, highest)
     }
 
-    fn roll_out(&mut self, key: &str, plan: &Plan, source: Source) -> Result<(), RolloutError> {
+    fn roll_out(
+        &mut self,
+        keys: &TrustedKeys,
+        plan: &Plan,
+        source: Source,
+    ) -> Result<(), RolloutError> {
         let started = Instant::now();
-        self.check_signed(key, plan)?;
+        self.check_signed(keys, plan)?;
         check_plan(plan, &self.surfaces)?;
         let mut variants = Vec::with_capacity(plan.variants.len());
         let mut revoked = Vec::new();
@@ -419,7 +395,7 @@ impl Follower {
                 revoked.push(variant.clone());
                 continue;
             }
-            let model = self.model_for(key, plan, variant, signed_digest, &source)?;
+            let model = self.model_for(keys, plan, variant, signed_digest, &source)?;
             records.push(model.files.record.clone());
             variants.push(ServingVariant {
                 name: variant.name.clone(),
@@ -474,16 +450,24 @@ impl Follower {
     /// plan and its files against the record, loaded, warmed and kept on disk.
     fn model_for(
         &self,
-        key: &str,
+        keys: &TrustedKeys,
         plan: &Plan,
         variant: &Variant,
         signed_digest: Digest,
         source: &Source,
     ) -> Result<Arc<LoadedModel>, RolloutError> {
+        // Reused as it is while its record is signed by the current key: after a key rotation the record is read
+        // again (re-signed by the registry), so what this node relays to browsers verifies after the old key's
+        // grace.
+        let current = &keys.current().public_key;
         let loaded = self
             .deployments
             .loaded(&variant.model, &variant.version)
-            .filter(|model| model.files.record.manifest_digest == signed_digest);
+            .filter(|model| {
+                let record = &model.files.record;
+                record.manifest_digest == signed_digest
+                    && verify_manifest_signature(current, &signed_digest, &record.signature).is_ok()
+            });
         if let Some(model) = loaded {
             return Ok(model);
         }
@@ -504,7 +488,7 @@ impl Follower {
         };
         check_signed_digest(plan, variant, &record, &signed_digest)?;
         let files = self.files(record, matches!(source, Source::Registry))?;
-        files.check_signature(key)?;
+        files.check_signature(keys)?;
         files.check_binding()?;
         let loaded = LoadedModel::load(self.engine.clone(), files, &self.pool)?;
         let (limit, used) = loaded.memory();
@@ -616,7 +600,7 @@ mod tests {
         Plan, PlanSignature, PlanTag, RevokedVersion, Variant, VersionRecord,
     };
 
-    use super::{check_labels, check_signed};
+    use super::{TrustedKeys, check_labels, check_signed};
     use crate::model::RolloutError;
 
     fn record(model: &str, version: &str) -> VersionRecord {
@@ -692,6 +676,7 @@ mod tests {
         plan.signature = Some(PlanSignature {
             manifest_digests,
             revoked,
+            key_id: String::new(),
             signature: hex::encode(key.sign(statement.as_bytes()).to_bytes()),
         });
         plan
@@ -700,7 +685,8 @@ mod tests {
     #[test]
     fn only_signed_plans_no_older_than_the_last_verified_pass() {
         let key = SigningKey::from_bytes(&[3; 32]);
-        let public = hex::encode(key.verifying_key().to_bytes());
+        let public =
+            TrustedKeys::single(&hex::encode(key.verifying_key().to_bytes())).expect("a key");
         let tag = |revision, revocations| PlanTag {
             revision,
             revocations,

@@ -18,7 +18,6 @@ use edgerec_core::Digest;
 use edgerec_features::ingest::LeaseState;
 use edgerec_features::store::FeatureStore;
 // Which other sites' pages may call the API (`*` for any): the registry's rules, so a page can use either.
-use edgerec_registry_api::signature::SigningKeyDocument;
 
 use crate::auth::{AuthError, Caller};
 use crate::catalogue::PageQuery;
@@ -165,13 +164,14 @@ async fn blob<S: FeatureStore>(
         .body(web::Bytes::from_owner(bytes)))
 }
 
-/// The registry key the node verified its models with; a page that pins its own key ignores this.
+/// The registry key the node verifies with and the rotations that lead to it: a page configured with an earlier
+/// key follows them; a page that pins its own key checks the chain from it.
 async fn signing_key<S: FeatureStore>(state: Shared<S>) -> Result<HttpResponse, ServiceError> {
-    let key = state
+    let document = state
         .deployments
         .signing_key()
         .ok_or(ServiceError::NoKeyYet)?;
-    Ok(HttpResponse::Ok().json(SigningKeyDocument::ed25519(key)))
+    Ok(HttpResponse::Ok().json(document))
 }
 
 async fn catalogue<S: FeatureStore>(

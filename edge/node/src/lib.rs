@@ -18,6 +18,7 @@ pub mod plan_health;
 mod pool;
 pub mod probe;
 pub mod rate;
+mod registry_keys;
 pub mod service;
 
 use std::net::SocketAddr;

@@ -9,8 +9,8 @@ use edgerec_core::{
     Digest, ItemId, MODEL_FILE, Manifest, ModelName, RankRequest, Ranking, ScoredItem, Version,
 };
 use edgerec_registry_api::client::ClientError;
+use edgerec_registry_api::keys::TrustedKeys;
 use edgerec_registry_api::records::{PlanTag, VersionRecord};
-use edgerec_registry_api::signature::verify_manifest_signature;
 
 use crate::host::{HostError, RankerEngine, RankerInstance};
 use crate::pool::InstancePool;
@@ -182,10 +182,14 @@ impl ModelFiles {
 
     /// Checks the record's signature of the manifest digest against `public_key`. With [`Self::check_digests`],
     /// the files are what the registry signed.
-    pub fn check_signature(&self, public_key: &str) -> Result<(), RolloutError> {
+    pub fn check_signature(&self, keys: &TrustedKeys) -> Result<(), RolloutError> {
         let record = &self.record;
-        verify_manifest_signature(public_key, &record.manifest_digest, &record.signature)
-            .map_err(|_| RolloutError::Signature(self.version()))
+        keys.verify_manifest(
+            &record.manifest_digest,
+            &record.signature,
+            edgerec_features::now_ms(),
+        )
+        .map_err(|_| RolloutError::Signature(self.version()))
     }
 }
 
