@@ -207,6 +207,7 @@ fn public_endpoints_and_auth() {
         ("post", "/v1/tokens"),
         ("delete", "/v1/tokens/{id}"),
         ("get", "/v1/signing-key"),
+        ("post", "/v1/signing-key/rotate"),
     ] {
         assert!(
             openapi["paths"][path][method].is_object(),
@@ -233,6 +234,30 @@ fn public_endpoints_and_auth() {
     assert_eq!(reader.get("/v1/models").status, 200);
     let reply = publish_attempt(&reader);
     assert_eq!((reply.status, reply.kind().as_str()), (403, "forbidden"));
+
+    // Key rotation: admin only; the key document then names the new key and the rotation to it, which the old
+    // key signed.
+    let rotate = |client: &Client| {
+        client.json("POST", "/v1/signing-key/rotate", &json!({"grace_hours": 1}), &[])
+    };
+    let before = anonymous.get("/v1/signing-key").json();
+    assert_eq!(rotate(&anonymous).status, 401);
+    assert_eq!(rotate(&reader).status, 403);
+    let bad = admin.json("POST", "/v1/signing-key/rotate", &json!({"grace": 1}), &[]);
+    assert_eq!(bad.status, 400);
+    let rotated = rotate(&admin);
+    assert_eq!(rotated.status, 200);
+    let after: edgerec_registry_api::signature::SigningKeyDocument =
+        serde_json::from_value(anonymous.get("/v1/signing-key").json()).expect("a key document");
+    assert_ne!(json!(after.public_key), before["public_key"]);
+    assert_eq!(json!(after.rotations), json!([rotated.json()]));
+    let old = before["public_key"].as_str().expect("a key");
+    let trusted = edgerec_registry_api::keys::TrustedKeys::from_chain(old, &after.rotations)
+        .expect("the chain verifies from the old key");
+    assert_eq!(
+        (trusted.current().public_key.as_str(), trusted.current().id.as_str()),
+        (after.public_key.as_str(), after.key_id.as_str())
+    );
     assert_eq!(reader.get("/v1/audit").status, 403);
 
     let listed = admin.get("/v1/tokens").json();

@@ -446,3 +446,80 @@ fn a_damaged_blob_is_replaced_by_the_next_upload_and_a_lost_key_is_not_remade() 
         "no new key was made"
     );
 }
+
+on_both_backends!(keys_rotate_in_a_chain_each_retired_key_signs);
+
+/// Two rotations: each statement is signed by the key it retires and lands in the store's chain, which a verifier
+/// configured with the first key follows; plans and records are signed with the newest key; a rotation from a key
+/// that is no longer the current one is refused and leaves the chain as it was.
+fn keys_rotate_in_a_chain_each_retired_key_signs<S: Store>(registry: &Registry<S>) {
+    use edgerec_registry_api::keys::{KeyRotation, TrustedKeys, key_id};
+    publish(registry, "1.0.0");
+    let first = registry.signer.public_key_hex();
+    let one = run(registry.rotate_key(3_600_000, "alice")).expect("rotates");
+    let two = run(registry.rotate_key(0, "alice")).expect("rotates again");
+    assert_eq!(
+        (one.from_key.as_str(), one.to_key.as_str(), two.from_key.as_str()),
+        (first.as_str(), two.from_key.as_str(), one.to_key.as_str())
+    );
+    assert_eq!(one.old_valid_until - one.issued_at, 3_600_000);
+    let chain = run(registry.store.key_rotations()).expect("the chain");
+    assert_eq!(chain, [one.clone(), two.clone()]);
+    assert_eq!(registry.signer.rotations(), chain);
+    let trusted = TrustedKeys::from_chain(&first, &chain).expect("follows the chain");
+    assert_eq!(trusted.current().public_key, registry.signer.public_key_hex());
+    assert_eq!(registry.signer.key_id(), key_id(&two.to_key).expect("an id"));
+    // Records are re-signed with the current key when read.
+    let record = run(registry.version("golden-sasrec", "1.0.0")).expect("the record");
+    verify_manifest_signature(&two.to_key, &record.manifest_digest, &record.signature)
+        .expect("signed by the current key");
+    // A second registry process still holding the middle key tries to rotate: refused, nothing written.
+    let stale = KeyRotation {
+        signature: String::new(),
+        ..one.clone()
+    };
+    let audit = edgerec_registry::store::AuditDraft {
+        actor: "bob".into(),
+        action: "key.rotate",
+        target: String::new(),
+        reason: String::new(),
+        detail: serde_json::Value::Null,
+    };
+    assert!(matches!(
+        run(registry.store.add_key_rotation(&stale, audit)),
+        Err(edgerec_registry::store::StoreError::Conflict(_))
+    ));
+    assert_eq!(run(registry.store.key_rotations()).expect("the chain").len(), 2);
+    let audit = run(registry.store.audit(2)).expect("audit");
+    assert_eq!(
+        (audit[0].action.as_str(), audit[1].action.as_str()),
+        ("key.rotate", "key.rotate")
+    );
+}
+
+#[test]
+fn a_registry_started_with_a_retired_key_refuses_and_an_interrupted_rotation_completes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = edgerec_registry::server::RegistryConfig {
+        root: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    let key_file = dir.path().join("signing.key");
+    let registry = config.open_embedded().expect("opens");
+    let retired = std::fs::read(&key_file).expect("the key");
+    run(registry.rotate_key(60_000, "alice")).expect("rotates");
+    let current = registry.signer.public_key_hex();
+    drop(registry);
+    // The retired key's file put back (a replica that missed the rotation): refused, saying which key to install.
+    let rotated = std::fs::read(&key_file).expect("the new key");
+    std::fs::write(&key_file, &retired).expect("puts the old key back");
+    let error = config.open_embedded().expect_err("refuses the retired key");
+    let current_id = edgerec_registry_api::keys::key_id(&current).expect("an id");
+    assert!(error.to_string().contains(&current_id), "{error}");
+    // A crash after the statement landed but before the new key file moved into place: completed at start.
+    std::fs::write(dir.path().join("signing.next"), &rotated).expect("the prepared key");
+    let registry = config.open_embedded().expect("completes the rotation");
+    assert_eq!(registry.signer.public_key_hex(), current);
+    assert_eq!(std::fs::read(&key_file).expect("the key"), rotated);
+    assert!(!dir.path().join("signing.next").exists());
+}
