@@ -7,6 +7,7 @@ mod edge_nodes;
 mod edge_security;
 mod features_cli;
 mod ingest_crash;
+mod key_rotation;
 mod mpi;
 mod registry_link;
 mod train_choice;

@@ -8,7 +8,16 @@
 // Types: edgerec.d.ts.
 
 import initRanker, { Ranker, rememberItem, sha256Digest } from "./edgerec_ranker.js";
-import { DIGEST, assignment, malformation, olderThan, planStatement, planTag } from "./plan.js";
+import {
+  DIGEST,
+  assignment,
+  keyId,
+  malformation,
+  olderThan,
+  planStatement,
+  planTag,
+  rotationStatement,
+} from "./plan.js";
 
 const MODEL_FILE = "model.onnx";
 const DEFAULTS = {
@@ -616,7 +625,8 @@ export class EdgeRec {
         headers: this.#headers,
       });
       trusted = await this.#publicKey(false);
-      const manifestDigests = await this.#checkPlan(plan, surface, trusted.key);
+      const keys = await this.#acceptedKeys(trusted.key, plan);
+      const manifestDigests = await this.#checkPlan(plan, surface, keys);
       // Core's assignment, as nodes make it: a visitor whose variant is revoked goes to another by weight.
       const { own, serving: index } = assignment(plan, manifestDigests, this.userId);
       if (index === undefined) {
@@ -640,6 +650,7 @@ export class EdgeRec {
         planRevision: plan.revision,
         revokedVariant: index === own ? undefined : plan.variants[own].name,
         signedDigest: manifestDigests[index],
+        keys,
         offline: false,
       };
     } catch (error) {
@@ -668,7 +679,15 @@ export class EdgeRec {
       );
     }
     const { key, pinnedOnFirstUse, pin } = trusted ?? (await this.#publicKey(deployment.offline));
-    if (!(await verifySignature(key, record.manifest_digest, record.signature))) {
+    // The keys the plan was checked with (saved with it for offline starts), each until its grace ends.
+    const keys = (deployment.keys ?? [{ key, id: keyId(key), until: null }]).filter(
+      (k) => k.until === null || Date.now() <= k.until,
+    );
+    let signedByTrusted = false;
+    for (const k of keys) {
+      signedByTrusted ||= await verifySignature(k.key, record.manifest_digest, record.signature);
+    }
+    if (!signedByTrusted) {
       throw new EdgeRecError(
         "bad_signature",
         `the signature of ${named} does not match the registry's key: the bundle was refused`,
@@ -715,13 +734,20 @@ export class EdgeRec {
    * revision, or the same with fewer revocations; a rollback is a new, higher revision); throws
    * `bad_plan_signature` or `replayed_plan` otherwise.
    */
-  async #checkPlan(plan, surface, key) {
+  async #checkPlan(plan, surface, keys) {
     const refused = (kind, why) => new EdgeRecError(kind, `the plan of ${surface} ${why}: it was refused`);
     const problem = malformation(plan, surface);
     if (problem) {
       throw refused("bad_plan_signature", problem);
     }
-    const { manifest_digests: digests, revoked, signature } = plan.signature;
+    const { manifest_digests: digests, revoked, signature, key_id: signedBy } = plan.signature;
+    const key = signedBy ? keys.find((k) => k.id === signedBy)?.key : keys[0].key;
+    if (!key) {
+      throw refused(
+        "bad_plan_signature",
+        `is signed by key ${signedBy}, which this page's key does not lead to (or whose grace has ended)`,
+      );
+    }
     const statement = new TextEncoder().encode(planStatement(plan, digests, revoked));
     if (!(await verifyEd25519(key, statement, signature))) {
       throw refused("bad_plan_signature", `(revision ${plan.revision}) is not what the registry signed`);
@@ -741,6 +767,32 @@ export class EdgeRec {
    * The key signatures are checked with: the page's own (`publicKey`: the only real protection against a source
    * that serves a bundle and a key of its own), else the source's, pinned after its first successful check.
    */
+  /**
+   * The keys a plan may be signed with: `root` (the page's key), and when the plan names another, the keys the
+   * source's signed rotations chain to from it (`/v1/signing-key`), each retired key until its grace ends. A
+   * rotation from an accepted key that it did not sign is refused (`bad_plan_signature`).
+   */
+  async #acceptedKeys(root, plan) {
+    const keys = [{ key: root, id: keyId(root), until: null }];
+    const signedBy = plan?.signature?.key_id;
+    if (!signedBy || signedBy === keys[0].id) return keys;
+    const document = await this.#json(`${this.#source}/v1/signing-key`, { headers: this.#headers });
+    for (const rotation of Array.isArray(document?.rotations) ? document.rotations : []) {
+      const current = keys[keys.length - 1];
+      if (rotation?.from_key !== current.key) continue;
+      const statement = rotationStatement(rotation);
+      if (!statement || !(await verifyEd25519(current.key, new TextEncoder().encode(statement), rotation.signature))) {
+        throw new EdgeRecError(
+          "bad_plan_signature",
+          `the rotation from key ${current.id} is not signed by that key: the key chain is not the registry's`,
+        );
+      }
+      current.until = rotation.old_valid_until;
+      keys.push({ key: rotation.to_key, id: keyId(rotation.to_key), until: null });
+    }
+    return keys.filter((k) => k.until === null || Date.now() <= k.until);
+  }
+
   async #publicKey(offline) {
     if (this.#settings.publicKey) {
       return { key: this.#settings.publicKey, pinnedOnFirstUse: false };

@@ -99,3 +99,31 @@ export function assignment(plan, manifestDigests, userId) {
   const own = assignVariant(plan.salt, userId, weights, new Uint8Array(weights.length).fill(1)) ?? 0;
   return { own, serving: assignVariant(plan.salt, userId, weights, serving) };
 }
+
+const KEY = /^[0-9a-f]{64}$/;
+
+/** The id of an ed25519 public key (hex): the first 16 hex characters of the sha256 of its 32 bytes. */
+export function keyId(publicKeyHex) {
+  const key = String(publicKeyHex ?? "").trim();
+  if (!KEY.test(key)) return "";
+  return sha256Digest(Uint8Array.from(key.match(/../g), (h) => parseInt(h, 16))).slice(0, 16);
+}
+
+/**
+ * What a retiring key signs for a rotation (`KeyRotation::statement` in the registry's crate), if the rotation's
+ * fields are what the registry writes; `null` otherwise.
+ */
+export function rotationStatement(r) {
+  const wellFormed =
+    KEY.test(r?.from_key) &&
+    KEY.test(r.to_key) &&
+    Number.isSafeInteger(r.old_valid_until) &&
+    Number.isSafeInteger(r.issued_at) &&
+    typeof r.signature === "string";
+  if (!wellFormed) return null;
+  return (
+    `edgerec key rotation v1\nfrom ${keyId(r.from_key)} ${r.from_key}\nto ${keyId(r.to_key)} ${r.to_key}\n` +
+    `old_valid_until ${r.old_valid_until}\nissued_at ${r.issued_at}\n`
+  );
+}
+

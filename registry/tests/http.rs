@@ -238,7 +238,12 @@ fn public_endpoints_and_auth() {
     // Key rotation: admin only; the key document then names the new key and the rotation to it, which the old
     // key signed.
     let rotate = |client: &Client| {
-        client.json("POST", "/v1/signing-key/rotate", &json!({"grace_hours": 1}), &[])
+        client.json(
+            "POST",
+            "/v1/signing-key/rotate",
+            &json!({"grace_hours": 1}),
+            &[],
+        )
     };
     let before = anonymous.get("/v1/signing-key").json();
     assert_eq!(rotate(&anonymous).status, 401);
@@ -255,7 +260,10 @@ fn public_endpoints_and_auth() {
     let trusted = edgerec_registry_api::keys::TrustedKeys::from_chain(old, &after.rotations)
         .expect("the chain verifies from the old key");
     assert_eq!(
-        (trusted.current().public_key.as_str(), trusted.current().id.as_str()),
+        (
+            trusted.current().public_key.as_str(),
+            trusted.current().id.as_str()
+        ),
         (after.public_key.as_str(), after.key_id.as_str())
     );
     assert_eq!(reader.get("/v1/audit").status, 403);

@@ -459,7 +459,11 @@ fn keys_rotate_in_a_chain_each_retired_key_signs<S: Store>(registry: &Registry<S
     let one = run(registry.rotate_key(3_600_000, "alice")).expect("rotates");
     let two = run(registry.rotate_key(0, "alice")).expect("rotates again");
     assert_eq!(
-        (one.from_key.as_str(), one.to_key.as_str(), two.from_key.as_str()),
+        (
+            one.from_key.as_str(),
+            one.to_key.as_str(),
+            two.from_key.as_str()
+        ),
         (first.as_str(), two.from_key.as_str(), one.to_key.as_str())
     );
     assert_eq!(one.old_valid_until - one.issued_at, 3_600_000);
@@ -467,8 +471,14 @@ fn keys_rotate_in_a_chain_each_retired_key_signs<S: Store>(registry: &Registry<S
     assert_eq!(chain, [one.clone(), two.clone()]);
     assert_eq!(registry.signer.rotations(), chain);
     let trusted = TrustedKeys::from_chain(&first, &chain).expect("follows the chain");
-    assert_eq!(trusted.current().public_key, registry.signer.public_key_hex());
-    assert_eq!(registry.signer.key_id(), key_id(&two.to_key).expect("an id"));
+    assert_eq!(
+        trusted.current().public_key,
+        registry.signer.public_key_hex()
+    );
+    assert_eq!(
+        registry.signer.key_id(),
+        key_id(&two.to_key).expect("an id")
+    );
     // Records are re-signed with the current key when read.
     let record = run(registry.version("golden-sasrec", "1.0.0")).expect("the record");
     verify_manifest_signature(&two.to_key, &record.manifest_digest, &record.signature)
@@ -489,7 +499,12 @@ fn keys_rotate_in_a_chain_each_retired_key_signs<S: Store>(registry: &Registry<S
         run(registry.store.add_key_rotation(&stale, audit)),
         Err(edgerec_registry::store::StoreError::Conflict(_))
     ));
-    assert_eq!(run(registry.store.key_rotations()).expect("the chain").len(), 2);
+    assert_eq!(
+        run(registry.store.key_rotations())
+            .expect("the chain")
+            .len(),
+        2
+    );
     let audit = run(registry.store.audit(2)).expect("audit");
     assert_eq!(
         (audit[0].action.as_str(), audit[1].action.as_str()),
