@@ -167,24 +167,9 @@ pub enum ModelCommand {
     },
     /// Revoke a version for good: edge nodes and browsers stop serving it at their next poll (its variants'
     /// users go to the plan's other variants, or to popularity), and no plan may name it again.
-    Revoke {
-        model: String,
-        version: String,
-        /// Why (kept in the audit log and the revocation list).
-        #[arg(long)]
-        reason: String,
-        #[command(flatten)]
-        registry: RegistryAddress,
-    },
+    Revoke(VersionChange),
     /// Delete a version no plan names (admin token); it goes on the revocation list.
-    Delete {
-        model: String,
-        version: String,
-        #[arg(long)]
-        reason: String,
-        #[command(flatten)]
-        registry: RegistryAddress,
-    },
+    Delete(VersionChange),
     /// Every revoked or deleted version.
     Revocations {
         #[command(flatten)]
@@ -196,6 +181,18 @@ pub enum ModelCommand {
         #[command(flatten)]
         registry: RegistryAddress,
     },
+}
+
+/// A version to revoke or delete, and why.
+#[derive(clap::Args, Debug)]
+pub struct VersionChange {
+    model: String,
+    version: String,
+    /// Why (kept in the audit log and the revocation list).
+    #[arg(long)]
+    reason: String,
+    #[command(flatten)]
+    registry: RegistryAddress,
 }
 
 /// `name=model@version:weight`.
@@ -455,12 +452,12 @@ fn print_plan(plan: &Plan) {
 /// `model revoke`, `model delete` and `model revocations`.
 fn run_revocation(command: ModelCommand) -> Result<()> {
     match command {
-        ModelCommand::Revoke {
+        ModelCommand::Revoke(VersionChange {
             model,
             version,
             reason,
             registry,
-        } => {
+        }) => {
             let answer = registry.client().revoke(&model, &version, &reason)?;
             println!("revoked {model} {version}");
             for named in answer["still_named_by"].as_array().into_iter().flatten() {
@@ -474,12 +471,12 @@ fn run_revocation(command: ModelCommand) -> Result<()> {
                 );
             }
         }
-        ModelCommand::Delete {
+        ModelCommand::Delete(VersionChange {
             model,
             version,
             reason,
             registry,
-        } => {
+        }) => {
             registry
                 .client()
                 .delete_version(&model, &version, &reason)?;
@@ -570,9 +567,9 @@ pub fn run_model(command: ModelCommand) -> Result<()> {
             let plan = registry.client().rollback(&surface, &reason)?;
             print_plan(&plan);
         }
-        ModelCommand::Revoke { .. }
-        | ModelCommand::Delete { .. }
-        | ModelCommand::Revocations { .. } => run_revocation(command)?,
+        ModelCommand::Revoke(_) | ModelCommand::Delete(_) | ModelCommand::Revocations { .. } => {
+            run_revocation(command)?
+        }
         ModelCommand::History { surface, registry } => {
             let history = registry.client().history(&surface)?;
             if history.is_empty() {

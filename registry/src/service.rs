@@ -331,9 +331,13 @@ impl<S: Store> Registry<S> {
             })
     }
 
-    /// `record` with its manifest digest signed by the current key.
+    /// `record` with its manifest digest signed by the current key, if its stored signature is this registry's
+    /// (by any of its keys); else as stored, so that a record planted in the store without a key is refused by
+    /// every verifier.
     pub fn signed_record(&self, mut record: VersionRecord) -> VersionRecord {
-        record.signature = self.signer.sign(&record.manifest_digest);
+        if self.signer.made(&record.manifest_digest, &record.signature) {
+            record.signature = self.signer.sign(&record.manifest_digest);
+        }
         record
     }
 

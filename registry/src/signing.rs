@@ -8,6 +8,7 @@ use std::sync::RwLock;
 use ed25519_dalek::{Signer, SigningKey};
 use edgerec_core::Digest;
 use edgerec_registry_api::keys::{KeyRotation, key_id};
+use edgerec_registry_api::signature::verify_manifest_signature;
 
 /// Why the signing key could not be loaded or created.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -153,6 +154,17 @@ impl ManifestSigner {
         self.state().rotations.clone()
     }
 
+    /// Whether `signature_hex` over `manifest_digest` was made by this registry: by its current key or one it
+    /// rotated away from. Stored records are re-signed only if it was, so a record written into the store by
+    /// anyone without a key is never vouched for.
+    pub fn made(&self, manifest_digest: &Digest, signature_hex: &str) -> bool {
+        let state = self.state();
+        let current = hex::encode(state.key.verifying_key().to_bytes());
+        std::iter::once(current.as_str())
+            .chain(state.rotations.iter().map(|r| r.from_key.as_str()))
+            .any(|key| verify_manifest_signature(key, manifest_digest, signature_hex).is_ok())
+    }
+
     /// The signature of a manifest digest, hex.
     pub fn sign(&self, manifest_digest: &Digest) -> String {
         hex::encode(self.state().key.sign(manifest_digest.as_bytes()).to_bytes())
@@ -211,7 +223,7 @@ fn error(path: &Path, message: String) -> SigningKeyError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edgerec_registry_api::signature::{SignatureError, verify_manifest_signature};
+    use edgerec_registry_api::signature::SignatureError;
 
     #[test]
     fn signs_verifies_and_keeps_its_key() {

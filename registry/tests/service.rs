@@ -483,20 +483,35 @@ fn keys_rotate_in_a_chain_each_retired_key_signs<S: Store>(registry: &Registry<S
     let record = run(registry.version("golden-sasrec", "1.0.0")).expect("the record");
     verify_manifest_signature(&two.to_key, &record.manifest_digest, &record.signature)
         .expect("signed by the current key");
+    // A record written into the store by someone without a key is served as it was written: never vouched for.
+    let planted = edgerec_registry_api::records::VersionRecord {
+        version: Version::parse("6.6.6").expect("a version"),
+        signature: registry.signer.sign(&Digest::of(b"another manifest")),
+        ..record.clone()
+    };
+    let audit = |action: &'static str| edgerec_registry::store::AuditDraft {
+        actor: "mallory".into(),
+        action,
+        target: String::new(),
+        reason: String::new(),
+        detail: serde_json::Value::Null,
+    };
+    run(registry
+        .store
+        .insert_version(&planted, audit("version.publish")))
+    .expect("planted");
+    let served = run(registry.version("golden-sasrec", "6.6.6")).expect("the record");
+    assert_eq!(served.signature, planted.signature);
+    assert!(
+        verify_manifest_signature(&two.to_key, &served.manifest_digest, &served.signature).is_err()
+    );
     // A second registry process still holding the middle key tries to rotate: refused, nothing written.
     let stale = KeyRotation {
         signature: String::new(),
         ..one.clone()
     };
-    let audit = edgerec_registry::store::AuditDraft {
-        actor: "bob".into(),
-        action: "key.rotate",
-        target: String::new(),
-        reason: String::new(),
-        detail: serde_json::Value::Null,
-    };
     assert!(matches!(
-        run(registry.store.add_key_rotation(&stale, audit)),
+        run(registry.store.add_key_rotation(&stale, audit("key.rotate"))),
         Err(edgerec_registry::store::StoreError::Conflict(_))
     ));
     assert_eq!(
@@ -505,9 +520,9 @@ fn keys_rotate_in_a_chain_each_retired_key_signs<S: Store>(registry: &Registry<S
             .len(),
         2
     );
-    let audit = run(registry.store.audit(2)).expect("audit");
+    let audit = run(registry.store.audit(3)).expect("audit");
     assert_eq!(
-        (audit[0].action.as_str(), audit[1].action.as_str()),
+        (audit[1].action.as_str(), audit[2].action.as_str()),
         ("key.rotate", "key.rotate")
     );
 }

@@ -9,6 +9,8 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 
+import { rejecter } from "./support.mjs";
+
 const [packageDir, node, firstKey] = process.argv.slice(2);
 if (!firstKey) {
   console.error("usage: keys.mjs PACKAGE_DIR NODE_URL FIRST_KEY");
@@ -16,16 +18,7 @@ if (!firstKey) {
 }
 const { EdgeRec, EdgeRecError } = await import(pathToFileURL(join(packageDir, "edgerec.js")));
 const wasm = readFileSync(join(packageDir, "edgerec_ranker_bg.wasm"));
-const rejects = async (promise, kind, what) => {
-  try {
-    await promise;
-  } catch (error) {
-    assert.ok(error instanceof EdgeRecError, `${what}: ${error}`);
-    assert.equal(error.kind, kind, `${what}: ${error.message}`);
-    return;
-  }
-  assert.fail(`${what}: no error`);
-};
+const rejects = rejecter(EdgeRecError);
 /** A fetch in the middle: key documents are handed to `change` before the page sees them. */
 const keyDocumentsChanged = (change) => async (url, init) => {
   const response = await fetch(url, init);
@@ -40,28 +33,13 @@ assert.equal(page.model.version, "1.0.0");
 assert.ok(page.recommend({ k: 3 }).items.length > 0);
 
 const flip = (hex) => `${hex.slice(0, -2)}${hex.endsWith("00") ? "11" : "00"}`;
-await rejects(
-  EdgeRec.connect({
-    node,
-    publicKey: firstKey,
-    wasm,
-    storage: null,
-    fetch: keyDocumentsChanged((d) => (d.rotations[1].signature = flip(d.rotations[1].signature))),
-  }),
-  "bad_plan_signature",
-  "a rotation whose signature was altered",
-);
-await rejects(
-  EdgeRec.connect({
-    node,
-    publicKey: firstKey,
-    wasm,
-    storage: null,
-    fetch: keyDocumentsChanged((d) => (d.rotations[0].old_valid_until += 1)),
-  }),
-  "bad_plan_signature",
-  "a rotation whose grace was stretched",
-);
+for (const [change, what] of [
+  [(d) => (d.rotations[1].signature = flip(d.rotations[1].signature)), "a rotation whose signature was altered"],
+  [(d) => (d.rotations[0].old_valid_until += 1), "a rotation whose grace was stretched"],
+]) {
+  const connecting = EdgeRec.connect({ node, publicKey: firstKey, wasm, storage: null, fetch: keyDocumentsChanged(change) });
+  await rejects(connecting, "bad_plan_signature", what);
+}
 await rejects(
   EdgeRec.connect({ node, publicKey: "11".repeat(32), wasm, storage: null }),
   "bad_plan_signature",

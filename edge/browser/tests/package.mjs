@@ -8,6 +8,8 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 
+import { memory, rejecter } from "./support.mjs";
+
 const [packageDir, registry, token, node, siteToken] = process.argv.slice(2);
 if (!siteToken) {
   console.error("usage: package.mjs PACKAGE_DIR REGISTRY_URL TOKEN NODE_URL SITE_TOKEN");
@@ -15,25 +17,7 @@ if (!siteToken) {
 }
 const { EdgeRec, EdgeRecError } = await import(pathToFileURL(join(packageDir, "edgerec.js")));
 const wasm = readFileSync(join(packageDir, "edgerec_ranker_bg.wasm"));
-const memory = () => {
-  const values = new Map();
-  return {
-    values,
-    getItem: (k) => (values.has(k) ? values.get(k) : null),
-    setItem: (k, v) => values.set(k, String(v)),
-    removeItem: (k) => values.delete(k),
-  };
-};
-const rejects = async (promise, kind, what) => {
-  try {
-    await promise;
-  } catch (error) {
-    assert.ok(error instanceof EdgeRecError, `${what}: ${error}`);
-    assert.equal(error.kind, kind, `${what}: ${error.message}`);
-    return error;
-  }
-  assert.fail(`${what}: no error`);
-};
+const rejects = rejecter(EdgeRecError);
 
 // The registry and the node serve the same verified bundle to the same visitor, and rank alike. From the node, the
 // visitor is an anonymous session the node issued: its id is the session's.

@@ -12,6 +12,8 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 
+import { memory, rejecter } from "./support.mjs";
+
 const [packageDir, registry, token, publicKey, phase, stalePlanFile] = process.argv.slice(2);
 if (!stalePlanFile || !["one", "all"].includes(phase)) {
   console.error("usage: revocation.mjs PACKAGE_DIR REGISTRY_URL TOKEN PUBLIC_KEY one|all STALE_PLAN");
@@ -20,24 +22,7 @@ if (!stalePlanFile || !["one", "all"].includes(phase)) {
 const { EdgeRec, EdgeRecError } = await import(pathToFileURL(join(packageDir, "edgerec.js")));
 const wasm = readFileSync(join(packageDir, "edgerec_ranker_bg.wasm"));
 const stalePlan = readFileSync(stalePlanFile, "utf8");
-const memory = () => {
-  const values = new Map();
-  return {
-    getItem: (k) => (values.has(k) ? values.get(k) : null),
-    setItem: (k, v) => values.set(k, String(v)),
-    removeItem: (k) => values.delete(k),
-  };
-};
-const rejects = async (promise, kind, what) => {
-  try {
-    await promise;
-  } catch (error) {
-    assert.ok(error instanceof EdgeRecError, `${what}: ${error}`);
-    assert.equal(error.kind, kind, `${what}: ${error.message}`);
-    return error;
-  }
-  assert.fail(`${what}: no error`);
-};
+const rejects = rejecter(EdgeRecError);
 /** A fetch in the middle: plan answers are replaced by `answer(plan)`. */
 const plansAnswered = (answer) => async (url, init) => {
   const response = await fetch(url, init);
