@@ -39,6 +39,8 @@ enum Tamper {
     /// Answers every plan request with the plan it was given to hold (a signed answer from before a revocation,
     /// replayed at the same revision).
     Stale,
+    /// Answers every plan request with `304 Not Modified`.
+    NotModified,
 }
 
 /// The plans the man in the middle keeps: the first it saw, and one it was given to replay.
@@ -128,7 +130,10 @@ fn forward(mut client: TcpStream, upstream: &str, mode: Tamper, seen: &Seen) {
         (response.status().as_u16(), etag, body)
     };
     let relabelled = mode == Tamper::RelabelRecord && path.ends_with("/versions/3.0.0");
-    let (status, etag, mut body) = if mode == Tamper::Down && path.starts_with("/v1/plans/") {
+    let (status, etag, mut body) = if mode == Tamper::NotModified && path.starts_with("/v1/plans/")
+    {
+        (304, None, Vec::new())
+    } else if mode == Tamper::Down && path.starts_with("/v1/plans/") {
         (
             503,
             None,
@@ -171,7 +176,11 @@ fn forward(mut client: TcpStream, upstream: &str, mode: Tamper, seen: &Seen) {
             }
             Tamper::ForeignSignature => plan["signature"] = first["signature"].clone(),
             Tamper::Replay => plan = first,
-            Tamper::Nothing | Tamper::RelabelRecord | Tamper::Down | Tamper::Stale => {}
+            Tamper::Nothing
+            | Tamper::RelabelRecord
+            | Tamper::Down
+            | Tamper::Stale
+            | Tamper::NotModified => {}
         }
         body = plan.to_string().into_bytes();
     }
@@ -358,6 +367,27 @@ fn a_man_in_the_middle_cannot_make_a_node_serve_what_the_registry_did_not_sign()
         "the node to be ready again",
         || node.get("/readyz").0 == 200,
     );
+    // Whoever sits on the link answers `304` to every poll, or replays the registry's own signed answer: neither
+    // is a fresh confirmation (only a signature's `served_at` is), so the plan ages all the same.
+    let current = client.plan(SURFACE).expect("reads").expect("a plan");
+    middle.hold(serde_json::to_value(&current).expect("JSON"));
+    for tamper in [Tamper::NotModified, Tamper::Stale] {
+        middle.set(tamper);
+        wait_for(
+            Duration::from_secs(30),
+            &format!("/readyz to flag the plan as stale under {tamper:?}"),
+            || node.get("/readyz").0 == 503,
+        );
+        let (_, body) = node.get("/readyz");
+        assert!(body.contains("stale_plans"), "{tamper:?}: {body}");
+        still_serves(&node, next, &["1.0.0", "3.0.0"]);
+        middle.set(Tamper::Nothing);
+        wait_for(
+            Duration::from_secs(30),
+            "the node to be ready once the link is clean",
+            || node.get("/readyz").0 == 200,
+        );
+    }
 
     // A plan saved unsigned (by a node from before plans were signed) is refused at the restart, and the same
     // revision, signed, is taken from the registry.

@@ -740,7 +740,7 @@ export class EdgeRec {
     if (problem) {
       throw refused("bad_plan_signature", problem);
     }
-    const { manifest_digests: digests, revoked, signature, key_id: signedBy } = plan.signature;
+    const { manifest_digests: digests, revoked, signature, key_id: signedBy, served_at: servedAt } = plan.signature;
     const key = signedBy ? keys.find((k) => k.id === signedBy)?.key : keys[0].key;
     if (!key) {
       throw refused(
@@ -748,7 +748,7 @@ export class EdgeRec {
         `is signed by key ${signedBy}, which this page's key does not lead to (or whose grace has ended)`,
       );
     }
-    const statement = new TextEncoder().encode(planStatement(plan, digests, revoked));
+    const statement = new TextEncoder().encode(planStatement(plan, digests, revoked, servedAt));
     if (!(await verifyEd25519(key, statement, signature))) {
       throw refused("bad_plan_signature", `(revision ${plan.revision}) is not what the registry signed`);
     }

@@ -15,11 +15,11 @@ const isDigest = (d) => typeof d === "string" && DIGEST.test(d);
  * What the registry signs for a plan revision, one fact a line: every field is a name, a number or hex, so the
  * bytes are the same in both languages.
  */
-export function planStatement(plan, manifestDigests, revoked) {
+export function planStatement(plan, manifestDigests, revoked, servedAt) {
   const salt = sha256Digest(new TextEncoder().encode(String(plan.salt)));
   let text =
     `edgerec plan v2\nsurface ${plan.surface}\nrevision ${plan.revision}\n` +
-    `issued_at ${plan.updated_at}\nsalt_sha256 ${salt}\n`;
+    `issued_at ${plan.updated_at}\nserved_at ${servedAt}\nsalt_sha256 ${salt}\n`;
   plan.variants.forEach((v, i) => {
     text += `variant ${v.name} ${v.model} ${v.version} ${v.weight} ${manifestDigests[i]}\n`;
   });
@@ -37,7 +37,11 @@ export function planStatement(plan, manifestDigests, revoked) {
  */
 export function malformation(plan, surface) {
   const signed = plan?.signature;
-  if (!Array.isArray(signed?.manifest_digests) || typeof signed.signature !== "string") {
+  if (
+    !Array.isArray(signed?.manifest_digests) ||
+    typeof signed.signature !== "string" ||
+    !Number.isSafeInteger(signed.served_at)
+  ) {
     return "carries no signature";
   }
   const variants = Array.isArray(plan.variants) ? plan.variants : [];

@@ -66,6 +66,11 @@ pub struct PlanSignature {
     /// The id of the key that signed (`keys::key_id`): a key rotation re-signs every plan, and changes its ETag.
     #[serde(default)]
     pub key_id: String,
+    /// When the registry signed this answer, milliseconds since the Unix epoch: a node counts its plan as
+    /// confirmed from this time, so an old answer replayed (or a `304` from whoever sits in the middle) never
+    /// makes a plan look fresh.
+    #[serde(default)]
+    pub served_at: i64,
     /// ed25519 over the statement's UTF-8 bytes, hex.
     pub signature: String,
 }
@@ -143,13 +148,18 @@ impl std::str::FromStr for PlanTag {
 
 impl Plan {
     /// What the registry signs for this revision, one fact a line: the surface, the revision, when it was issued,
-    /// the sha256 of the salt, each variant's name, model, version, weight and manifest digest, then how many
-    /// versions of the plan's models are revoked and each of them. Every field is a name (letters, digits, `.`,
+    /// when this answer was signed (`served_at`), the sha256 of the salt, each variant's name, model, version,
+    /// weight and manifest digest, then how many versions of the plan's models are revoked and each of them. Every field is a name (letters, digits, `.`,
     /// `_`, `-`), a number or hex, so the lines cannot be confused and the browser package rebuilds the same bytes
     /// in JavaScript.
-    pub fn statement(&self, manifest_digests: &[Digest], revoked: &[RevokedVersion]) -> String {
+    pub fn statement(
+        &self,
+        manifest_digests: &[Digest],
+        revoked: &[RevokedVersion],
+        served_at: i64,
+    ) -> String {
         let mut text = format!(
-            "edgerec plan v2\nsurface {}\nrevision {}\nissued_at {}\nsalt_sha256 {}\n",
+            "edgerec plan v2\nsurface {}\nrevision {}\nissued_at {}\nserved_at {served_at}\nsalt_sha256 {}\n",
             self.surface,
             self.revision,
             self.updated_at,

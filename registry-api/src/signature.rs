@@ -85,7 +85,7 @@ pub fn verify_plan_signature(
             variants: plan.variants.len(),
         });
     }
-    let statement = plan.statement(&signed.manifest_digests, &signed.revoked);
+    let statement = plan.statement(&signed.manifest_digests, &signed.revoked, signed.served_at);
     keys.verify(statement.as_bytes(), &signed.signature, now_ms)
 }
 
@@ -171,11 +171,12 @@ mod tests {
 
     fn signed(mut plan: Plan, key: &SigningKey) -> Plan {
         let digests = vec![Digest::of(b"manifest 1"), Digest::of(b"manifest 2")];
-        let statement = plan.statement(&digests, &revoked());
+        let statement = plan.statement(&digests, &revoked(), 1_765_000_000_500);
         plan.signature = Some(crate::records::PlanSignature {
             manifest_digests: digests,
             revoked: revoked(),
             key_id: String::new(),
+            served_at: 1_765_000_000_500,
             signature: hex::encode(key.sign(statement.as_bytes()).to_bytes()),
         });
         plan
@@ -185,9 +186,10 @@ mod tests {
     fn a_plan_statement_has_one_fact_a_line() {
         let digests = [Digest::of(b"manifest 1"), Digest::of(b"manifest 2")];
         assert_eq!(
-            plan().statement(&digests, &revoked()),
+            plan().statement(&digests, &revoked(), 1_765_000_000_500),
             format!(
-                "edgerec plan v2\nsurface home\nrevision 4\nissued_at 1765000000000\nsalt_sha256 {}\n\
+                "edgerec plan v2\nsurface home\nrevision 4\nissued_at 1765000000000\nserved_at 1765000000500\n\
+                 salt_sha256 {}\n\
                  variant control m 1 90 {}\nvariant treatment m 2 10 {}\nrevocations 1\nrevoked m 0.9 {}\n",
                 Digest::of("a salt with spaces\nand a newline".as_bytes()),
                 digests[0],
@@ -197,7 +199,7 @@ mod tests {
         );
         assert!(
             plan()
-                .statement(&digests, &[])
+                .statement(&digests, &[], 0)
                 .ends_with(&format!("{}\nrevocations 0\n", digests[1]))
         );
     }
@@ -235,6 +237,15 @@ mod tests {
             signature.revoked.clear();
         }
         changes.push(("revocations", unrevoked));
+        // An old answer made to look new.
+        let refreshed = {
+            let mut plan = good.clone();
+            if let Some(signature) = &mut plan.signature {
+                signature.served_at += 60_000;
+            }
+            plan
+        };
+        changes.push(("served_at", refreshed));
         for (what, plan) in changes {
             assert_eq!(
                 verify_plan_signature(&keys, &plan, 0),

@@ -415,13 +415,15 @@ impl<S: Store> Registry<S> {
                 })?;
             manifest_digests.push(record.manifest_digest);
         }
-        let (key_id, signature) = self
-            .signer
-            .sign_statement(&plan.statement(&manifest_digests, &revoked));
+        let served_at = now_ms();
+        let (key_id, signature) =
+            self.signer
+                .sign_statement(&plan.statement(&manifest_digests, &revoked, served_at));
         plan.signature = Some(PlanSignature {
             manifest_digests,
             revoked,
             key_id,
+            served_at,
             signature,
         });
         Ok(plan)

@@ -254,42 +254,17 @@ impl Follower {
         if self.keys.trusted(&self.client).is_none() {
             return;
         }
-        let known = self
-            .deployments
-            .get(surface)
-            .map_or_else(PlanTag::default, |d| d.plan.tag());
-        let known_etag = self
-            .deployments
-            .get(surface)
-            .map_or_else(String::new, |d| d.plan.etag());
-        let plan = match self.client.plan_if_changed(surface, &known_etag) {
-            Ok(PlanRead::Unchanged) => {
-                self.unreachable.remove(surface);
-                // A 304 confirms the plan only if it is the one in service (not one this node refused).
-                if known.revision > 0 {
-                    self.plan_health.confirm(surface);
-                }
-                return;
-            }
-            Ok(PlanRead::Changed(plan)) => *plan,
-            Err(e) if e.status() == Some(404) => {
-                self.unreachable.remove(surface);
-                return;
-            }
-            Err(e) => {
-                let message = e.to_string();
-                if self.unreachable.get(surface) != Some(&message) {
-                    crate::log_line(
-                        "follower",
-                        serde_json::json!({"surface": surface, "error": message, "serving_revision": known.revision}),
-                    );
-                    self.unreachable.insert(surface.to_string(), message);
-                }
-                self.metrics.errors.with_label_values(&["registry"]).inc();
-                return;
-            }
+        let serving = self.deployments.get(surface);
+        // Conditional while the plan in service is fresh; once due, a freshly signed answer (a 304 is unsigned, so
+        // it confirms nothing).
+        let known_etag = match &serving {
+            Some(d) if !self.plan_health.needs_refresh(surface, Instant::now()) => d.plan.etag(),
+            _ => String::new(),
         };
-        self.unreachable.remove(surface);
+        let serving_revision = serving.as_ref().map_or(0, |d| d.plan.revision);
+        let Some(plan) = self.read_plan(surface, &known_etag, serving_revision) else {
+            return;
+        };
         if self.refused.get(surface) == Some(&plan.tag()) {
             return;
         }
@@ -316,12 +291,56 @@ impl Follower {
         let Some(keys) = self.keys.trusted(&self.client) else {
             return;
         };
-        match self.roll_out(&keys, &plan, Source::Registry) {
+        // The plan in service, signed again: only its freshness is news.
+        let outcome = if serving.is_some_and(|d| d.plan.etag() == plan.etag()) {
+            self.check_signed(&keys, &plan)
+        } else {
+            self.roll_out(&keys, &plan, Source::Registry)
+        };
+        match outcome {
             Ok(()) => {
                 self.retry.remove(surface);
-                self.plan_health.confirm(surface);
+                let served_at = plan.signature.as_ref().map_or(0, |s| s.served_at);
+                self.plan_health
+                    .confirm(surface, served_at, edgerec_features::now_ms());
             }
             Err(e) => self.failed(surface, plan.tag(), &e),
+        }
+    }
+
+    /// The registry's plan of `surface` unless it is still `known_etag` (or there is none, or the registry cannot
+    /// be reached: logged once per distinct error and counted).
+    fn read_plan(
+        &mut self,
+        surface: &str,
+        known_etag: &str,
+        serving_revision: u64,
+    ) -> Option<Plan> {
+        match self.client.plan_if_changed(surface, known_etag) {
+            Ok(PlanRead::Changed(plan)) => {
+                self.unreachable.remove(surface);
+                Some(*plan)
+            }
+            Ok(PlanRead::Unchanged) => {
+                self.unreachable.remove(surface);
+                None
+            }
+            Err(e) if e.status() == Some(404) => {
+                self.unreachable.remove(surface);
+                None
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if self.unreachable.get(surface) != Some(&message) {
+                    crate::log_line(
+                        "follower",
+                        serde_json::json!({"surface": surface, "error": message, "serving_revision": serving_revision}),
+                    );
+                    self.unreachable.insert(surface.to_string(), message);
+                }
+                self.metrics.errors.with_label_values(&["registry"]).inc();
+                None
+            }
         }
     }
 
@@ -672,11 +691,12 @@ mod tests {
                 manifest_digest: Digest::of(version.as_bytes()),
             })
             .collect();
-        let statement = plan.statement(&manifest_digests, &revoked);
+        let statement = plan.statement(&manifest_digests, &revoked, 0);
         plan.signature = Some(PlanSignature {
             manifest_digests,
             revoked,
             key_id: String::new(),
+            served_at: 0,
             signature: hex::encode(key.sign(statement.as_bytes()).to_bytes()),
         });
         plan

@@ -1,7 +1,8 @@
 //! What a node knows of its plans' standing with the registry, so that it says when it is out of step instead of
 //! serving an old plan silently (`/readyz`, the `plan_age_seconds` metric): how long ago each surface's plan was
-//! last confirmed (a plan read that verified and is in service, or a `304 Not Modified` for it), and which surfaces'
-//! current plans do not verify against the key the node trusts.
+//! last confirmed (counted from when the registry signed an answer for it, `served_at`: an unsigned `304 Not
+//! Modified`, or an old answer replayed, confirms nothing), and which surfaces' current plans do not verify against
+//! the key the node trusts.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -35,9 +36,23 @@ impl PlanHealth {
         }
     }
 
-    /// The registry confirmed the plan `surface` serves now.
-    pub fn confirm(&self, surface: &str) {
-        self.confirm_at(surface, Instant::now());
+    /// The registry signed an answer for the plan `surface` serves at `served_at_ms` (its clock), read now
+    /// (`now_ms`, this node's): confirmed as of then (never later than now).
+    pub fn confirm(&self, surface: &str, served_at_ms: i64, now_ms: i64) {
+        let ago = Duration::from_millis(now_ms.saturating_sub(served_at_ms).max(0) as u64);
+        let now = Instant::now();
+        self.confirm_at(surface, now.checked_sub(ago).unwrap_or(self.started));
+    }
+
+    /// How often a node asks for a freshly signed answer even when its plan is unchanged: at half the maximum
+    /// age, or every minute without one (so the age metric stays meaningful).
+    pub fn refresh_every(&self) -> Duration {
+        self.max_age.map_or(Duration::from_secs(60), |max| max / 2)
+    }
+
+    /// Whether the plan of `surface` should be confirmed again with a freshly signed answer.
+    pub fn needs_refresh(&self, surface: &str, now: Instant) -> bool {
+        self.age(surface, now) >= self.refresh_every()
     }
 
     fn confirm_at(&self, surface: &str, at: Instant) {
@@ -137,10 +152,32 @@ mod tests {
                 ("search".to_string(), 4, "bad".to_string()),
             ]
         );
-        health.confirm("home");
+        health.confirm("home", 1_000, 1_000);
         assert_eq!(
             health.untrusted_plans(),
             vec![("search".to_string(), 4, "bad".to_string())]
+        );
+    }
+
+    #[test]
+    fn a_plan_is_as_fresh_as_the_answer_the_registry_signed() {
+        let health = PlanHealth::new(Some(Duration::from_secs(10)));
+        assert_eq!(health.refresh_every(), Duration::from_secs(5));
+        // Signed 7 s before it was read (replayed, or held in the middle): 7 s old already.
+        health.confirm("home", 10_000, 17_000);
+        let age = health.age("home", Instant::now());
+        assert!(
+            age >= Duration::from_secs(7) && age < Duration::from_secs(8),
+            "{age:?}"
+        );
+        assert!(health.needs_refresh("home", Instant::now()));
+        // A registry clock ahead of the node's counts as now.
+        health.confirm("home", 20_000, 17_000);
+        assert!(health.age("home", Instant::now()) < Duration::from_secs(1));
+        assert!(!health.needs_refresh("home", Instant::now()));
+        assert_eq!(
+            PlanHealth::new(None).refresh_every(),
+            Duration::from_secs(60)
         );
     }
 }
