@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use edgerec_core::MODEL_FILE;
 use edgerec_registry_api::client::RegistryClient;
+use edgerec_registry_api::keys::{KeyRotation, key_id};
+use edgerec_registry_api::records::Plan;
+use edgerec_registry_api::signature::SigningKeyDocument;
 use serde_json::{Value, json};
 use support::nodes::{Node, Registry, Site, admin_token, manifest_for, wait_for};
 
@@ -41,6 +44,47 @@ enum Tamper {
     Stale,
     /// Answers every plan request with `304 Not Modified`.
     NotModified,
+    /// Swaps the registry's key for one of its own: the key document gets a forged rotation to it, and plans are
+    /// re-signed with it.
+    SwapKey,
+}
+
+/// The key of whoever sits on the link.
+fn attacker_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[66; 32])
+}
+
+/// `plan` re-signed with the attacker's key, naming it.
+fn signed_by_attacker(plan: Value) -> Value {
+    use ed25519_dalek::Signer;
+    let mut plan: Plan = serde_json::from_value(plan).expect("a plan");
+    let key = attacker_key();
+    if let Some(mut signed) = plan.signature.take() {
+        let statement = plan.statement(&signed.manifest_digests, &signed.revoked, signed.served_at);
+        signed.key_id = key_id(&hex::encode(key.verifying_key().to_bytes())).expect("an id");
+        signed.signature = hex::encode(key.sign(statement.as_bytes()).to_bytes());
+        plan.signature = Some(signed);
+    }
+    serde_json::to_value(plan).expect("JSON")
+}
+
+/// The registry's key document with a rotation from its current key to the attacker's, signed by the attacker.
+fn forged_key_document(document: Value) -> Value {
+    use ed25519_dalek::Signer;
+    let mut document: SigningKeyDocument =
+        serde_json::from_value(document).expect("a key document");
+    let key = attacker_key();
+    let mut rotation = KeyRotation {
+        from_key: document.public_key.clone(),
+        to_key: hex::encode(key.verifying_key().to_bytes()),
+        old_valid_until: 0,
+        issued_at: 0,
+        signature: String::new(),
+    };
+    rotation.signature = hex::encode(key.sign(rotation.statement().as_bytes()).to_bytes());
+    document.public_key = rotation.to_key.clone();
+    document.rotations.push(rotation);
+    serde_json::to_value(document).expect("JSON")
 }
 
 /// The plans the man in the middle keeps: the first it saw, and one it was given to replay.
@@ -151,6 +195,10 @@ fn forward(mut client: TcpStream, upstream: &str, mode: Tamper, seen: &Seen) {
     } else {
         get(&path)
     };
+    if mode == Tamper::SwapKey && path == "/v1/signing-key" {
+        let document = serde_json::from_slice(&body).expect("a key document");
+        body = forged_key_document(document).to_string().into_bytes();
+    }
     if relabelled {
         let mut record: Value = serde_json::from_slice(&body).expect("a record");
         record["version"] = json!("3.0.0");
@@ -176,6 +224,7 @@ fn forward(mut client: TcpStream, upstream: &str, mode: Tamper, seen: &Seen) {
             }
             Tamper::ForeignSignature => plan["signature"] = first["signature"].clone(),
             Tamper::Replay => plan = first,
+            Tamper::SwapKey => plan = signed_by_attacker(plan),
             Tamper::Nothing
             | Tamper::RelabelRecord
             | Tamper::Down
@@ -421,8 +470,41 @@ fn a_man_in_the_middle_cannot_make_a_node_serve_what_the_registry_did_not_sign()
         registry: &registry.url,
         token: &token,
         key: &key,
+        log: &log,
     };
     revoked_versions_stop_serving(dir.path(), &link, next);
+    a_swapped_key_is_refused(&link);
+}
+
+/// The man in the middle swaps the registry's key for its own (a forged rotation in the key document, plans
+/// re-signed): the node refuses the new plan, says it is not ready and why, and serves on; the link clean again,
+/// it takes the registry's plan.
+fn a_swapped_key_is_refused(link: &Link) {
+    let node = link.node;
+    let serving = node.revision(SURFACE).expect("a plan in service");
+    link.middle.set(Tamper::SwapKey);
+    let refused = [("surface", SURFACE), ("reason", "plan_signature")];
+    let before = node.metric("edgerec_node_rollout_failures_total", &refused);
+    let next = deploy(link.client, &[("control", "2.0.0", 100)]);
+    wait_for(
+        Duration::from_secs(30),
+        "the re-signed plan refused",
+        || node.metric("edgerec_node_rollout_failures_total", &refused) > before,
+    );
+    let (status, body) = node.get("/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("untrusted_plans"), "{body}");
+    assert_eq!(node.revision(SURFACE), Some(serving));
+    let logged = std::fs::read_to_string(link.log).expect("the node's log");
+    assert!(
+        logged.contains("the key chain is not the registry's"),
+        "the forged rotation was not refused"
+    );
+    link.middle.set(Tamper::Nothing);
+    wait_for(Duration::from_secs(60), "the registry's plan taken", || {
+        node.revision(SURFACE) == Some(next)
+    });
+    assert_eq!(answer_for(node, "visitor-0")["model_version"], "2.0.0");
 }
 
 /// The registry, the node behind the man in the middle, and what the browser package needs to reach them.
@@ -433,6 +515,8 @@ struct Link<'a> {
     registry: &'a str,
     token: &'a str,
     key: &'a str,
+    /// The node's log file.
+    log: &'a Path,
 }
 
 /// The node's answer for `user`, from the plan of `home` (control 1.0.0, candidate 3.0.0, 50/50 at `serving`).
