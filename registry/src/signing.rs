@@ -100,9 +100,11 @@ impl ManifestSigner {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Where a prepared rotation's new key waits until the store holds its statement.
-    fn next_path(&self) -> PathBuf {
-        self.path.with_extension("next")
+    /// Where a prepared rotation's new key (`public_key_hex`) waits until the store holds its statement: a file of
+    /// its own per key, so that two rotations prepared at once never overwrite each other's key.
+    fn next_path(&self, public_key_hex: &str) -> PathBuf {
+        let id = key_id(public_key_hex).unwrap_or_default();
+        self.path.with_extension(format!("next-{id}"))
     }
 
     /// Takes the store's rotations (oldest first), which must end at this key: a registry started with a key that
@@ -113,10 +115,11 @@ impl ManifestSigner {
         if let Some(head) = rotations.last() {
             let own = hex::encode(state.key.verifying_key().to_bytes());
             if head.to_key != own {
-                let next = read_key(&self.next_path()).ok();
+                let next_path = self.next_path(&head.to_key);
+                let next = read_key(&next_path).ok();
                 match next {
                     Some(key) if hex::encode(key.verifying_key().to_bytes()) == head.to_key => {
-                        std::fs::rename(self.next_path(), &self.path)
+                        std::fs::rename(&next_path, &self.path)
                             .map_err(|e| error(&self.path, e.to_string()))?;
                         state.key = key;
                     }
@@ -183,7 +186,8 @@ impl ManifestSigner {
     /// which stays valid for `grace_ms` from `now_ms`.
     pub fn prepare(&self, grace_ms: i64, now_ms: i64) -> Result<PreparedRotation, SigningKeyError> {
         let key = SigningKey::generate(&mut rand_core::OsRng);
-        write_key(&self.next_path(), &key).map_err(|e| error(&self.next_path(), e.to_string()))?;
+        let next_path = self.next_path(&hex::encode(key.verifying_key().to_bytes()));
+        write_key(&next_path, &key).map_err(|e| error(&next_path, e.to_string()))?;
         let state = self.state();
         let mut rotation = KeyRotation {
             from_key: hex::encode(state.key.verifying_key().to_bytes()),
@@ -199,7 +203,7 @@ impl ManifestSigner {
 
     /// Signs with the prepared key from now on (its statement is in the store): the key file is replaced by it.
     pub fn complete(&self, prepared: PreparedRotation) -> Result<(), SigningKeyError> {
-        std::fs::rename(self.next_path(), &self.path)
+        std::fs::rename(self.next_path(&prepared.rotation.to_key), &self.path)
             .map_err(|e| error(&self.path, e.to_string()))?;
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         state.key = prepared.key;
@@ -208,8 +212,8 @@ impl ManifestSigner {
     }
 
     /// Forgets a prepared rotation whose statement did not reach the store.
-    pub fn abandon(&self, _prepared: PreparedRotation) {
-        let _ = std::fs::remove_file(self.next_path());
+    pub fn abandon(&self, prepared: PreparedRotation) {
+        let _ = std::fs::remove_file(self.next_path(&prepared.rotation.to_key));
     }
 }
 

@@ -547,9 +547,32 @@ fn a_registry_started_with_a_retired_key_refuses_and_an_interrupted_rotation_com
     let current_id = edgerec_registry_api::keys::key_id(&current).expect("an id");
     assert!(error.to_string().contains(&current_id), "{error}");
     // A crash after the statement landed but before the new key file moved into place: completed at start.
-    std::fs::write(dir.path().join("signing.next"), &rotated).expect("the prepared key");
+    let prepared = dir.path().join(format!("signing.next-{current_id}"));
+    std::fs::write(&prepared, &rotated).expect("the prepared key");
     let registry = config.open_embedded().expect("completes the rotation");
     assert_eq!(registry.signer.public_key_hex(), current);
     assert_eq!(std::fs::read(&key_file).expect("the key"), rotated);
-    assert!(!dir.path().join("signing.next").exists());
+    assert!(!prepared.exists());
+    // Two rotations at once: whichever way they interleave, neither loses the other's key (one may be refused),
+    // and the key file holds the chain's head.
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let rotations: Vec<_> = (0..2)
+            .map(|_| scope.spawn(|| run(registry.rotate_key(60_000, "alice"))))
+            .collect();
+        rotations
+            .into_iter()
+            .map(|r| r.join().expect("rotates"))
+            .collect()
+    });
+    assert!(results.iter().any(Result::is_ok), "{results:?}");
+    let chain = run(registry.store.key_rotations()).expect("the chain");
+    let head = chain.last().expect("rotations").to_key.clone();
+    assert_eq!(
+        chain.len(),
+        1 + results.iter().filter(|r| r.is_ok()).count()
+    );
+    assert_eq!(registry.signer.public_key_hex(), head);
+    drop(registry);
+    let reopened = config.open_embedded().expect("opens with the chain's head");
+    assert_eq!(reopened.signer.public_key_hex(), head);
 }
