@@ -283,12 +283,16 @@ fn serve_registry<S: Store + Send + Sync + 'static>(
         None => format!("folder {}", config.root.display()),
     };
     let public_key = registry.signer.public_key_hex();
+    let (key_id, rotations) = (registry.signer.key_id(), registry.signer.rotations().len());
     let no_tokens = block_on(registry.store.list_tokens())??.is_empty();
     serve(registry, config, |addresses| {
         for address in addresses {
             eprintln!("edgerec registry listening on http://{address} ({backend})");
         }
-        eprintln!("signing key (configure edge nodes with it): {public_key}");
+        eprintln!(
+            "signing key {key_id}, after {rotations} rotations (configure edge nodes with it, or with any earlier key \
+             of its chain): {public_key}"
+        );
         if no_tokens {
             eprintln!(
                 "no tokens yet: create an admin token with `edgerec registry token create --name admin --scope admin` (registry stopped, same --root or --config)"
