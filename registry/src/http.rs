@@ -293,6 +293,7 @@ async fn get_plan<S: Store + 'static>(
     surface: web::Path<String>,
 ) -> Result<HttpResponse, RegistryError> {
     actor(&registry, &request, Scope::Read).await?;
+    registry.follow_rotations().await;
     let plan = registry
         .store
         .get_plan(&surface)
@@ -444,6 +445,7 @@ async fn rotate_key<S: Store + 'static>(
 }
 
 async fn signing_key<S: Store + 'static>(registry: Shared<S>) -> HttpResponse {
+    registry.follow_rotations().await;
     HttpResponse::Ok().json(SigningKeyDocument::ed25519(
         registry.signer.public_key_hex(),
         registry.signer.rotations(),

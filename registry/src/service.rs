@@ -341,6 +341,32 @@ impl<S: Store> Registry<S> {
         record
     }
 
+    /// Follows a rotation another replica made: at most every 10 s the store's chain is compared with this
+    /// registry's key and, when it has moved on, the new key is taken from the key file the replicas share. Until
+    /// the file holds it, the retired key (valid for its grace) keeps signing, and the registry logs why.
+    pub async fn follow_rotations(&self) {
+        if !self.signer.due(std::time::Duration::from_secs(10)) {
+            return;
+        }
+        let followed = match self.store.key_rotations().await {
+            Ok(rotations) => self.signer.adopt(rotations).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(error) = followed {
+            // A log that cannot be written loses the line, not the answer.
+            let _ = std::io::Write::write_fmt(
+                &mut std::io::stderr().lock(),
+                format_args!(
+                    "{}\n",
+                    serde_json::json!({
+                        "at_ms": now_ms(), "target": "edgerec_registry::keys",
+                        "error": format!("cannot follow the key rotations: {error}"),
+                    })
+                ),
+            );
+        }
+    }
+
     /// Retires the signing key: a new one signs from now on, and the old one stays valid for verification for
     /// `grace_ms`, as the rotation statement it signs says. The statement joins the store's chain (which every
     /// replica reads at start) before the new key is used.

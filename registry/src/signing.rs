@@ -23,6 +23,8 @@ pub struct SigningKeyError {
 pub struct ManifestSigner {
     path: PathBuf,
     state: RwLock<SignerState>,
+    /// When the store's chain was last compared with this key ([`ManifestSigner::due`]).
+    checked: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 #[derive(Debug)]
@@ -93,6 +95,7 @@ impl ManifestSigner {
                 key,
                 rotations: Vec::new(),
             }),
+            checked: std::sync::Mutex::new(None),
         }
     }
 
@@ -107,23 +110,39 @@ impl ManifestSigner {
         self.path.with_extension(format!("next-{id}"))
     }
 
-    /// Takes the store's rotations (oldest first), which must end at this key: a registry started with a key that
-    /// was rotated away (or that is not its own) refuses to sign. A rotation whose statement reached the store but
-    /// whose key file was not yet moved into place (a crash in between) is completed here.
+    /// Whether the store's chain is due to be compared with this key again: at most every `every`.
+    pub fn due(&self, every: std::time::Duration) -> bool {
+        let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if checked.is_some_and(|at| now.duration_since(at) < every) {
+            return false;
+        }
+        *checked = Some(now);
+        true
+    }
+
+    /// Takes the store's rotations (oldest first), which must end at this key. When they end at another (a rotation
+    /// made by another replica, or before a crash), that key is taken from the key file every replica shares, or
+    /// from the prepared key a crash left beside it; otherwise this key is refused (the registry does not start, or
+    /// a running one keeps the key it has, which verifies until its grace ends).
     pub fn adopt(&self, rotations: Vec<KeyRotation>) -> Result<(), SigningKeyError> {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         if let Some(head) = rotations.last() {
             let own = hex::encode(state.key.verifying_key().to_bytes());
             if head.to_key != own {
+                let is_head =
+                    |key: &SigningKey| hex::encode(key.verifying_key().to_bytes()) == head.to_key;
                 let next_path = self.next_path(&head.to_key);
-                let next = read_key(&next_path).ok();
-                match next {
-                    Some(key) if hex::encode(key.verifying_key().to_bytes()) == head.to_key => {
+                let shared = read_key(&self.path).ok().filter(is_head);
+                let next = read_key(&next_path).ok().filter(is_head);
+                match (shared, next) {
+                    (Some(key), _) => state.key = key,
+                    (None, Some(key)) => {
                         std::fs::rename(&next_path, &self.path)
                             .map_err(|e| error(&self.path, e.to_string()))?;
                         state.key = key;
                     }
-                    _ => {
+                    (None, None) => {
                         return Err(error(
                             &self.path,
                             format!(

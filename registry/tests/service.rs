@@ -576,3 +576,35 @@ fn a_registry_started_with_a_retired_key_refuses_and_an_interrupted_rotation_com
     let reopened = config.open_embedded().expect("opens with the chain's head");
     assert_eq!(reopened.signer.public_key_hex(), head);
 }
+
+/// Replicas of the S3 + DynamoDB backend share the store and the key file: a rotation made by one is followed by
+/// the others at their next check; a replica whose key file still holds the retired key keeps signing with it
+/// (valid during the grace) instead of failing.
+#[test]
+fn a_replica_follows_a_rotation_through_the_shared_key_file() {
+    let (shared, own) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let config = aws_config("replica_rotation");
+    let first = aws_registry(&config, shared.path(), 8 << 20);
+    let second = aws_registry(&config, shared.path(), 8 << 20);
+    std::fs::copy(
+        shared.path().join("signing.key"),
+        own.path().join("signing.key"),
+    )
+    .expect("copies the key");
+    let stale = aws_registry(&config, own.path(), 8 << 20);
+    let retired = first.signer.public_key_hex();
+    assert_eq!(second.signer.public_key_hex(), retired);
+    let rotation = run(first.rotate_key(60_000, "alice")).expect("rotates");
+    run(second.follow_rotations());
+    assert_eq!(second.signer.public_key_hex(), rotation.to_key);
+    assert_eq!(second.signer.rotations(), [rotation.clone()]);
+    run(stale.follow_rotations());
+    assert_eq!(
+        stale.signer.public_key_hex(),
+        retired,
+        "keeps the key it has"
+    );
+}
