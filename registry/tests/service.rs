@@ -600,7 +600,7 @@ fn a_replica_follows_a_rotation_through_the_shared_key_file() {
     let rotation = run(first.rotate_key(60_000, "alice")).expect("rotates");
     run(second.follow_rotations());
     assert_eq!(second.signer.public_key_hex(), rotation.to_key);
-    assert_eq!(second.signer.rotations(), [rotation.clone()]);
+    assert_eq!(second.signer.rotations(), [rotation]);
     run(stale.follow_rotations());
     assert_eq!(
         stale.signer.public_key_hex(),
