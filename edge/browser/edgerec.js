@@ -679,10 +679,9 @@ export class EdgeRec {
       );
     }
     const { key, pinnedOnFirstUse, pin } = trusted ?? (await this.#publicKey(deployment.offline));
-    // The keys the plan was checked with (saved with it for offline starts), each until its grace ends.
-    const keys = (deployment.keys ?? [{ key, id: keyId(key), until: null }]).filter(
-      (k) => k.until === null || Date.now() <= k.until,
-    );
+    // The keys the plan was checked with; offline, only the page's own (what the page's storage holds is not
+    // trusted to name keys).
+    const keys = deployment.offline ? [{ key, id: keyId(key), until: null }] : deployment.keys;
     let signedByTrusted = false;
     for (const k of keys) {
       signedByTrusted ||= await verifySignature(k.key, record.manifest_digest, record.signature);
@@ -723,7 +722,7 @@ export class EdgeRec {
     this.#deployment = deployment;
     this.#withdrawn = null;
     if (!deployment.offline) {
-      const { offline, ...kept } = deployment;
+      const { offline, keys: _keys, ...kept } = deployment;
       this.#writeJson(`deployment:${surface}`, kept);
     }
   }
@@ -774,8 +773,7 @@ export class EdgeRec {
    */
   async #acceptedKeys(root, plan) {
     const keys = [{ key: root, id: keyId(root), until: null }];
-    const signedBy = plan?.signature?.key_id;
-    if (!signedBy || signedBy === keys[0].id) return keys;
+    // Read even when the plan names the page's own key: a rotation away from it ends its grace.
     const document = await this.#json(`${this.#source}/v1/signing-key`, { headers: this.#headers });
     for (const rotation of Array.isArray(document?.rotations) ? document.rotations : []) {
       const current = keys[keys.length - 1];

@@ -115,6 +115,17 @@ impl TrustedKeys {
         &self.keys
     }
 
+    /// Whether these keys are `earlier`'s and more: the same keys in the same order, then any later ones. A
+    /// verifier never gives up a rotation it has verified for a chain that leaves it out.
+    pub fn extends(&self, earlier: &TrustedKeys) -> bool {
+        self.keys.len() >= earlier.keys.len()
+            && self
+                .keys
+                .iter()
+                .zip(&earlier.keys)
+                .all(|(now, before)| now.public_key == before.public_key)
+    }
+
     /// The key `id` names, if it is accepted at `now_ms`.
     pub fn valid(&self, id: &str, now_ms: i64) -> Option<&TrustedKey> {
         self.keys
@@ -212,6 +223,9 @@ mod tests {
             Err(SignatureError::BadSignature)
         );
         assert_eq!(trusted.valid(&trusted.all()[0].id, 10_001), None);
+        // A document leaving out the rotations (served by whoever holds a retired key) is not an extension.
+        let shortened = TrustedKeys::from_chain(&public(&keys[0]), &[]).expect("the first key");
+        assert!(trusted.extends(&shortened) && !shortened.extends(&trusted));
         assert!(trusted.valid(&trusted.current().id, 10_001).is_some());
     }
 

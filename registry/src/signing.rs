@@ -7,7 +7,7 @@ use std::sync::RwLock;
 
 use ed25519_dalek::{Signer, SigningKey};
 use edgerec_core::Digest;
-use edgerec_registry_api::keys::{KeyRotation, key_id};
+use edgerec_registry_api::keys::{KeyRotation, TrustedKeys, key_id};
 use edgerec_registry_api::signature::verify_manifest_signature;
 
 /// Why the signing key could not be loaded or created.
@@ -126,7 +126,23 @@ impl ManifestSigner {
     /// from the prepared key a crash left beside it; otherwise this key is refused (the registry does not start, or
     /// a running one keeps the key it has, which verifies until its grace ends).
     pub fn adopt(&self, rotations: Vec<KeyRotation>) -> Result<(), SigningKeyError> {
+        // Each rotation signed by the key it retires, and retiring the key the one before it named: anything else
+        // in the store is not this registry's chain.
+        if let Some(first) = rotations.first() {
+            let chained = TrustedKeys::from_chain(&first.from_key, &rotations)
+                .map_err(|e| error(&self.path, format!("the store's key rotations: {e}")))?;
+            if chained.all().len() != rotations.len() + 1 {
+                return Err(error(
+                    &self.path,
+                    "the store's key rotations do not follow one another".into(),
+                ));
+            }
+        }
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        // Read before a rotation this process just completed: never go back to the shorter chain.
+        if rotations.len() < state.rotations.len() {
+            return Ok(());
+        }
         if let Some(head) = rotations.last() {
             let own = hex::encode(state.key.verifying_key().to_bytes());
             if head.to_key != own {
@@ -182,6 +198,8 @@ impl ManifestSigner {
     pub fn made(&self, manifest_digest: &Digest, signature_hex: &str) -> bool {
         let state = self.state();
         let current = hex::encode(state.key.verifying_key().to_bytes());
+        // Every key of the verified chain: versions published under a key rotated away keep their stored
+        // signature, which is what proves them this registry's.
         std::iter::once(current.as_str())
             .chain(state.rotations.iter().map(|r| r.from_key.as_str()))
             .any(|key| verify_manifest_signature(key, manifest_digest, signature_hex).is_ok())
@@ -222,11 +240,18 @@ impl ManifestSigner {
 
     /// Signs with the prepared key from now on (its statement is in the store): the key file is replaced by it.
     pub fn complete(&self, prepared: PreparedRotation) -> Result<(), SigningKeyError> {
-        std::fs::rename(self.next_path(&prepared.rotation.to_key), &self.path)
-            .map_err(|e| error(&self.path, e.to_string()))?;
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        // A follower ([`ManifestSigner::adopt`]) that read the chain meanwhile may have moved the key already.
+        let moved = read_key(&self.path)
+            .is_ok_and(|key| key.verifying_key() == prepared.key.verifying_key());
+        if !moved {
+            std::fs::rename(self.next_path(&prepared.rotation.to_key), &self.path)
+                .map_err(|e| error(&self.path, e.to_string()))?;
+        }
         state.key = prepared.key;
-        state.rotations.push(prepared.rotation);
+        if state.rotations.last() != Some(&prepared.rotation) {
+            state.rotations.push(prepared.rotation);
+        }
         Ok(())
     }
 

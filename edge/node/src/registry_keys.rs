@@ -92,6 +92,17 @@ impl RegistryKeys {
                 }
             }
         };
+        // A document that leaves out a rotation already verified (a man in the middle bringing back a retired
+        // key) is not taken.
+        if let Some(known) = &self.trusted
+            && !trusted.extends(known)
+        {
+            self.log_once(format!(
+                "the registry's key document leaves out rotations this node verified (from key {root}); keeping \
+                 the keys known"
+            ));
+            return;
+        }
         if self.trusted.as_ref() != Some(&trusted) {
             let current = trusted.current();
             crate::log_line(
