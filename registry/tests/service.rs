@@ -520,6 +520,11 @@ fn keys_rotate_in_a_chain_each_retired_key_signs<S: Store>(registry: &Registry<S
             .len(),
         2
     );
+    // A chain whose links do not follow one another (an item planted in the store) is not adopted.
+    let mut unlinked = chain.clone();
+    unlinked.swap(0, 1);
+    assert!(registry.signer.adopt(unlinked).is_err());
+    assert_eq!(registry.signer.rotations(), chain);
     let audit = run(registry.store.audit(3)).expect("audit");
     assert_eq!(
         (audit[1].action.as_str(), audit[2].action.as_str()),

@@ -62,7 +62,15 @@ impl RegistryKeys {
     /// Reads the registry's key document and follows its rotations from the root key. A chain that does not
     /// verify is logged and ignored: the keys already trusted stay.
     fn refresh(&mut self, client: &RegistryClient) {
-        let document = client.signing_key();
+        // The registry's document, else (unreachable) the one kept from the last time: its rotations are checked
+        // from the root key all the same, so a file altered on disk adds no key.
+        let kept = self.dir.join("registry-keys.json");
+        let document = client.signing_key().or_else(|error| {
+            std::fs::read(&kept)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<SigningKeyDocument>(&bytes).ok())
+                .ok_or(error)
+        });
         if self.root.is_none() {
             self.root = self.configured.clone().or_else(|| self.pinned(&document));
         }
@@ -109,6 +117,14 @@ impl RegistryKeys {
                 "follower",
                 serde_json::json!({ "registry_key": current.id, "keys_trusted": trusted.all().len() }),
             );
+        }
+        if let Ok(document) = &document {
+            let written = std::fs::create_dir_all(&self.dir).and_then(|()| {
+                std::fs::write(&kept, serde_json::to_vec(document).expect("a key document"))
+            });
+            if let Err(e) = written {
+                self.log_once(format!("cannot keep the registry's key document: {e}"));
+            }
         }
         let rotations = document.map(|d| d.rotations).unwrap_or_default();
         self.deployments
