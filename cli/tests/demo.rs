@@ -100,20 +100,19 @@ fn demo_trains_serves_replays_and_stops() {
         "minting a visitor token",
     );
     let site_token = String::from_utf8_lossy(&minted.stdout).to_string();
-    let package_dir = std::env::var("EDGEREC_WASM_DIR").expect(
-        "EDGEREC_WASM_DIR is not set: run the tests through scripts/test.sh, which builds the browser package",
-    );
-    succeeds(
-        Command::new("node")
-            .arg(
-                Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo test"))
-                    .join("../edge/browser/tests/package.mjs"),
-            )
-            .arg(Path::new(&package_dir).join("browser"))
-            .arg(format!("http://127.0.0.1:{registry_port}"))
-            .arg(node_config["registry"]["token"].as_str().expect("token"))
-            .arg(format!("http://127.0.0.1:{node_port}"))
-            .arg(site_token.trim()),
+    let registry_url = format!("http://127.0.0.1:{registry_port}");
+    let node_url = format!("http://127.0.0.1:{node_port}");
+    support::nodes::browser_package_script(
+        "package.mjs",
+        &[
+            registry_url.as_ref(),
+            node_config["registry"]["token"]
+                .as_str()
+                .expect("token")
+                .as_ref(),
+            node_url.as_ref(),
+            site_token.trim().as_ref(),
+        ],
         "the browser package checks",
     );
 

@@ -232,20 +232,9 @@ fn a_node_and_a_page_follow_key_rotations_without_a_failed_request() {
     );
 
     // The browser package, given the first key, follows the same chain; a tampered chain is refused.
-    let package_dir = std::env::var("EDGEREC_WASM_DIR").expect(
-        "EDGEREC_WASM_DIR is not set: run the tests through scripts/test.sh, which builds the browser package",
-    );
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../edge/browser/tests/keys.mjs");
-    let output = std::process::Command::new("node")
-        .arg(script)
-        .arg(Path::new(&package_dir).join("browser"))
-        .args([&node.url, &first])
-        .output()
-        .expect("runs node");
-    assert!(
-        output.status.success(),
-        "the browser package's key checks failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+    support::nodes::browser_package_script(
+        "keys.mjs",
+        &[node.url.as_ref(), first.as_ref()],
+        "the browser package's key checks",
     );
 }

@@ -529,24 +529,19 @@ fn answer_for(node: &Node, user: &str) -> Value {
 /// The browser package's checks of revocations (`phase` one or all), against the registry: each visitor's variant
 /// as the package picked it, by user id.
 fn browser_revocation_checks(dir: &Path, link: &Link, phase: &str) -> Value {
-    let package_dir = std::env::var("EDGEREC_WASM_DIR").expect(
-        "EDGEREC_WASM_DIR is not set: run the tests through scripts/test.sh, which builds the browser package",
+    let stale = dir.join("plan-before-revocation.json");
+    let stdout = support::nodes::browser_package_script(
+        "revocation.mjs",
+        &[
+            link.registry.as_ref(),
+            link.token.as_ref(),
+            link.key.as_ref(),
+            phase.as_ref(),
+            stale.as_os_str(),
+        ],
+        &format!("the browser package's revocation checks ({phase})"),
     );
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../edge/browser/tests/revocation.mjs");
-    let output = std::process::Command::new("node")
-        .arg(script)
-        .arg(Path::new(&package_dir).join("browser"))
-        .args([link.registry, link.token, link.key, phase])
-        .arg(dir.join("plan-before-revocation.json"))
-        .output()
-        .expect("runs node");
-    assert!(
-        output.status.success(),
-        "the browser package's revocation checks ({phase}) failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("the checks' JSON summary")
+    serde_json::from_slice(&stdout).expect("the checks' JSON summary")
 }
 
 /// A revoked version stops serving within a poll, at the same plan revision: its users go to the other variant

@@ -625,7 +625,7 @@ export class EdgeRec {
         headers: this.#headers,
       });
       trusted = await this.#publicKey(false);
-      const keys = await this.#acceptedKeys(trusted.key, plan);
+      const keys = await this.#acceptedKeys(trusted.key, trusted.document);
       const manifestDigests = await this.#checkPlan(plan, surface, keys);
       // Core's assignment, as nodes make it: a visitor whose variant is revoked goes to another by weight.
       const { own, serving: index } = assignment(plan, manifestDigests, this.userId);
@@ -767,14 +767,15 @@ export class EdgeRec {
    * that serves a bundle and a key of its own), else the source's, pinned after its first successful check.
    */
   /**
-   * The keys a plan may be signed with: `root` (the page's key), and when the plan names another, the keys the
-   * source's signed rotations chain to from it (`/v1/signing-key`), each retired key until its grace ends. A
-   * rotation from an accepted key that it did not sign is refused (`bad_plan_signature`).
+   * The keys a plan may be signed with: `root` (the page's key) and the keys the source's signed rotations chain
+   * to from it (`/v1/signing-key`, or `fetched`, the document already read), each retired key until its grace
+   * ends. A rotation from an accepted key that it did not sign is refused (`bad_plan_signature`).
    */
-  async #acceptedKeys(root, plan) {
+  async #acceptedKeys(root, fetched) {
     const keys = [{ key: root, id: keyId(root), until: null }];
-    // Read even when the plan names the page's own key: a rotation away from it ends its grace.
-    const document = await this.#json(`${this.#source}/v1/signing-key`, { headers: this.#headers });
+    // Read even when the plan names the page's own key: a rotation away from it ends its grace (once a load: the
+    // document read to pin a key on first use serves here too).
+    const document = fetched ?? (await this.#json(`${this.#source}/v1/signing-key`, { headers: this.#headers }));
     for (const rotation of Array.isArray(document?.rotations) ? document.rotations : []) {
       const current = keys[keys.length - 1];
       if (rotation?.from_key !== current.key) continue;
@@ -802,7 +803,7 @@ export class EdgeRec {
     }
     const answer = await this.#json(`${this.#source}/v1/signing-key`, { headers: this.#headers });
     const key = String(answer.public_key ?? "");
-    return { key, pinnedOnFirstUse: true, pin: () => this.#write(`key:${this.#source}`, key) };
+    return { key, pinnedOnFirstUse: true, pin: () => this.#write(`key:${this.#source}`, key), document: answer };
   }
 
   /** The Cache API cache of bundle files (absent outside secure contexts and in Node). */

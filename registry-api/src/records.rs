@@ -131,6 +131,13 @@ impl std::fmt::Display for PlanTag {
     }
 }
 
+impl PlanTag {
+    /// The plan's `ETag` without quotes, for a plan signed by key `key_id`: `<revision>.<revocations>.<key id>`.
+    pub fn etag(self, key_id: &str) -> String {
+        format!("{self}.{key_id}")
+    }
+}
+
 impl std::str::FromStr for PlanTag {
     type Err = String;
 
@@ -193,7 +200,7 @@ impl Plan {
     /// `<revision>.<revocations>.<key id>`.
     pub fn etag(&self) -> String {
         let key = self.signature.as_ref().map_or("", |s| s.key_id.as_str());
-        format!("{}.{key}", self.tag())
+        self.tag().etag(key)
     }
 
     /// The revocation covering `variant` with the manifest `digest`, if the plan's signature lists one.

@@ -77,10 +77,11 @@ async fn actor<S: Store>(
         .map(|token| token.name)
 }
 
-/// A plan's `ETag`: its revision, how many revocations its signature lists and the signing key's id, so a
-/// revocation or a key rotation, which change no revision, still reach those who poll with `If-None-Match`.
-fn etag(tag: PlanTag, key_id: &str) -> String {
-    format!("\"{tag}.{key_id}\"")
+/// A plan's `ETag` header: its revision, how many revocations its signature lists and the signing key's id
+/// ([`PlanTag::etag`]), so a revocation or a key rotation, which change no revision, still reach those who poll with
+/// `If-None-Match`.
+fn etag(bare: String) -> String {
+    format!("\"{bare}\"")
 }
 
 /// The revision an `If-Match: "<revision>"` (or a plan's whole `ETag`, `"<revision>.<revocations>.<key id>"`)
@@ -305,7 +306,7 @@ async fn get_plan<S: Store + 'static>(
         revocations: revoked.len(),
     };
     let key_id = registry.signer.key_id();
-    let full = etag(tag, &key_id);
+    let full = etag(tag.etag(&key_id));
     // The whole tag, or a revision alone (`"3"`, as tags were before revocations) or with its revocations (`"3.0"`).
     let unchanged = request
         .headers()
@@ -339,7 +340,7 @@ async fn put_plan<S: Store + 'static>(
         .await?;
     let plan = registry.signed(plan).await?;
     Ok(HttpResponse::Ok()
-        .insert_header((header::ETAG, format!("\"{}\"", plan.etag())))
+        .insert_header((header::ETAG, etag(plan.etag())))
         .json(plan))
 }
 
@@ -361,7 +362,7 @@ async fn rollback<S: Store + 'static>(
         .await?;
     let plan = registry.signed(plan).await?;
     Ok(HttpResponse::Ok()
-        .insert_header((header::ETAG, format!("\"{}\"", plan.etag())))
+        .insert_header((header::ETAG, etag(plan.etag())))
         .json(plan))
 }
 

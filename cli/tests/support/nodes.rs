@@ -17,6 +17,31 @@ use serde_json::{Value, json};
 
 use super::free_port;
 
+/// Runs the browser package's test script `script` (in `edge/browser/tests/`) under Node with the built package
+/// (`$EDGEREC_WASM_DIR/browser`) as its first argument and then `args`; it must succeed. Its standard output.
+pub fn browser_package_script(script: &str, args: &[&std::ffi::OsStr], what: &str) -> Vec<u8> {
+    let package_dir = std::env::var("EDGEREC_WASM_DIR").expect(
+        "EDGEREC_WASM_DIR is not set: run the tests through scripts/test.sh, which builds the browser package",
+    );
+    let output = Command::new("node")
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../edge/browser/tests")
+                .join(script),
+        )
+        .arg(Path::new(&package_dir).join("browser"))
+        .args(args)
+        .output()
+        .expect("runs node");
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
 pub fn wasm() -> PathBuf {
     edgerec_conformance::wasm_artifact("ranker-wasi.wasm")
 }
