@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the two Wasm rankers once each and leaves them in $EDGEREC_WASM_DIR:
-#   ranker-wasi.wasm          the WASI ranker edge nodes run in wasmtime (wasm SIMD, speed-optimised)
+#   ranker-wasi.wasm          the ranker component (wit/ranker.wit, WASI 0.2) edge nodes run in wasmtime (wasm SIMD,
+#                             speed-optimised)
 #   browser/                  the browser package: edgerec.js over the wasm-bindgen module (wasm SIMD, size-optimised)
-#   ranker-wasi-nosimd.wasm   only with --no-simd-too: the WASI ranker without SIMD, for the benchmark
+#   ranker-wasi-nosimd.wasm   only with --no-simd-too: the ranker component without SIMD, for the benchmark
 # Prints raw and gzip sizes.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -10,9 +11,10 @@ source "$here/env.sh"
 cd "$here/.."
 mkdir -p "$EDGEREC_WASM_DIR/browser"
 
-echo "==> WASI ranker (wasm32-wasip1, profile wasm-speed)"
-cargo build --locked -p edgerec-ranker --target wasm32-wasip1 --profile wasm-speed
-cp "$CARGO_TARGET_DIR/wasm32-wasip1/wasm-speed/edgerec_ranker.wasm" "$EDGEREC_WASM_DIR/ranker-wasi.wasm"
+# rustc links wasm32-wasip2 libraries as components itself (wasm-component-ld ships with the target).
+echo "==> ranker component (wasm32-wasip2, profile wasm-speed)"
+cargo build --locked -p edgerec-ranker --target wasm32-wasip2 --profile wasm-speed
+cp "$CARGO_TARGET_DIR/wasm32-wasip2/wasm-speed/edgerec_ranker.wasm" "$EDGEREC_WASM_DIR/ranker-wasi.wasm"
 
 echo "==> browser ranker (wasm32-unknown-unknown, profile wasm-size)"
 cargo build --locked -p edgerec-ranker --target wasm32-unknown-unknown --profile wasm-size
@@ -39,11 +41,11 @@ for name, value in hashes.items():
 PY
 
 if [ "${1:-}" = "--no-simd-too" ]; then
-  echo "==> WASI ranker without SIMD (benchmark only)"
-  CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="-C target-feature=-simd128" \
-    cargo build --locked -p edgerec-ranker --target wasm32-wasip1 --profile wasm-speed \
+  echo "==> ranker component without SIMD (benchmark only)"
+  CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS="-C target-feature=-simd128" \
+    cargo build --locked -p edgerec-ranker --target wasm32-wasip2 --profile wasm-speed \
     --target-dir "$CARGO_TARGET_DIR/nosimd"
-  cp "$CARGO_TARGET_DIR/nosimd/wasm32-wasip1/wasm-speed/edgerec_ranker.wasm" "$EDGEREC_WASM_DIR/ranker-wasi-nosimd.wasm"
+  cp "$CARGO_TARGET_DIR/nosimd/wasm32-wasip2/wasm-speed/edgerec_ranker.wasm" "$EDGEREC_WASM_DIR/ranker-wasi-nosimd.wasm"
 fi
 
 echo "==> sizes (bytes, raw / gzip -9)"

@@ -8,7 +8,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "Rust targets for the Wasm rankers"
 installed="$(rustup target list --installed)"
-for target in wasm32-unknown-unknown wasm32-wasip1; do
+for target in wasm32-unknown-unknown wasm32-wasip2; do
   grep -qx "$target" <<<"$installed" || rustup target add "$target"
 done
 

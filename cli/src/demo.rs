@@ -70,7 +70,7 @@ pub struct DemoArgs {
     /// The web demo folder served at the node's `/` (default: web-demo/ of this repository).
     #[arg(long)]
     web_demo: Option<PathBuf>,
-    /// The WASI ranker module (default: the one scripts/build-wasm.sh built).
+    /// The ranker component (default: the one scripts/build-wasm.sh built).
     #[arg(long, env = "EDGEREC_WASI_RANKER")]
     wasm: Option<PathBuf>,
 }

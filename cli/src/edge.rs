@@ -167,7 +167,7 @@ pub struct ServeArgs {
     /// An origin whose pages may call this node from another site (repeat it; `*` for any).
     #[arg(long = "allow-origin")]
     allowed_origins: Vec<String>,
-    /// The WASI ranker module (default: the one scripts/build-wasm.sh built).
+    /// The ranker component (default: the one scripts/build-wasm.sh built).
     #[arg(long, env = "EDGEREC_WASI_RANKER")]
     wasm: Option<PathBuf>,
 }

@@ -228,9 +228,16 @@ fn acknowledged_events_survive_kill_9_exactly_once() {
             .await
             .expect("reads the log");
         assert_eq!(rows.len(), EVENTS, "every event is in the log");
+        let twice: Vec<&str> = rows
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(id, _)| id.as_str())
+            .collect();
         assert!(
-            rows.values().all(|&n| n == 1),
-            "no event is in the log twice"
+            twice.is_empty(),
+            "no event is in the log twice; {} are, the first with the files and records holding them:\n{}",
+            twice.len(),
+            where_logged(&data, &twice[..twice.len().min(5)])
         );
         assert!(acked.iter().all(|id| rows.contains_key(id)));
         assert_eq!(slice.events.len(), EVENTS);
@@ -283,6 +290,23 @@ fn logged_ids(data: &Path) -> Vec<String> {
             );
         }
         ids
+    })
+}
+
+/// For a failure message: each of `ids` with the log files (and the log records) that hold it.
+fn where_logged(data: &Path, ids: &[&str]) -> String {
+    block_on(async {
+        let log = EventLog::Folder(data.join("log"));
+        let mut lines = Vec::new();
+        for key in log.list("events/").await.expect("lists") {
+            for row in log.events_of(&key).await.expect("reads one file") {
+                if ids.contains(&row.event.id.as_str()) {
+                    lines.push(format!("{} in {key}: {row:?}", row.event.id));
+                }
+            }
+        }
+        lines.sort();
+        lines.join("\n")
     })
 }
 

@@ -52,10 +52,11 @@ fn onnxruntime_native_matches_golden_cases() {
 }
 
 #[test]
-fn wasi_ranker_in_wasmtime_matches_golden_cases() {
+fn ranker_component_in_wasmtime_matches_golden_cases() {
     let wasm = edgerec_conformance::wasm_artifact("ranker-wasi.wasm");
     let cache = std::env::temp_dir().join(format!("edgerec-conformance-{}", std::process::id()));
-    let engine = edgerec_node::RankerEngine::load(&wasm, &cache).expect("the WASI ranker compiles");
+    let engine =
+        edgerec_node::RankerEngine::load(&wasm, &cache).expect("the ranker component compiles");
     let mut instance = engine.instantiate().expect("instantiates");
     let (manifest, model) = golden_bundle();
     let loaded = instance
@@ -65,7 +66,7 @@ fn wasi_ranker_in_wasmtime_matches_golden_cases() {
         (loaded.name.as_str(), loaded.items),
         ("golden-sasrec", 3706)
     );
-    assert_all_cases("wasmtime (WASI ranker)", |case| {
+    assert_all_cases("wasmtime (ranker component)", |case| {
         instance
             .rank(&case.request, std::time::Duration::from_secs(5))
             .expect("golden request ranks")

@@ -31,7 +31,7 @@ pub struct NodeConfig {
     /// The surfaces (plan names in the registry) this node serves.
     pub surfaces: Vec<Surface>,
     pub registry: FollowerConfig,
-    /// The WASI ranker module (`ranker-wasi.wasm` from `scripts/build-wasm.sh`).
+    /// The ranker component (`ranker-wasi.wasm` from `scripts/build-wasm.sh`).
     pub ranker_wasm: Option<PathBuf>,
     /// Where the compiled ranker is cached.
     pub module_cache: Option<PathBuf>,

@@ -1,5 +1,5 @@
-//! The wasmtime host of the WASI ranker: compile once, cache the machine code, one instance per worker, a CPU
-//! deadline on every call and a memory limit on every instance.
+//! The wasmtime host of the ranker component (`wit/ranker.wit`): compile once, cache the machine code, one
+//! instance per worker, a CPU deadline on every call and a memory limit on every instance.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -8,17 +8,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use edgerec_core::{Digest, ErrorReport, RankRequest, Ranking};
-use serde::Deserialize;
-use wasmtime::{
-    Config, Engine, Instance, Linker, Memory, Module, Store, StoreLimits, StoreLimitsBuilder, Trap,
-    TypedFunc,
-};
-use wasmtime_wasi::WasiCtxBuilder;
-use wasmtime_wasi::p1::WasiP1Ctx;
+use edgerec_core::{Digest, ErrorReport, ItemId, RankRequest, Ranking, ScoredItem};
+use wasmtime::component::{Component, Linker, ResourceAny, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-/// The ranker ABI version this host speaks (`edgerec_abi_version` in the module).
-const ABI_VERSION: u32 = 1;
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "edgerec:ranker/ranker",
+    });
+}
+
+use bindings::exports::edgerec::ranker::ranking::{self as wit, ErrorKind};
+use bindings::{Ranker, RankerPre};
+
+/// The interface the component must export; its version is part of the name, so a component built for another
+/// version of `wit/ranker.wit` is refused when the engine loads it.
+const RANKING_INTERFACE: &str = "edgerec:ranker/ranking@0.1.0";
 
 /// How often the engine's epoch advances; deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -26,7 +33,7 @@ const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Default CPU deadline of one ranking call.
 pub const DEFAULT_CALL_DEADLINE: Duration = Duration::from_millis(250);
 
-/// Default deadline for loading (verifying, parsing and optimising) a bundle inside the module.
+/// Default deadline for loading (verifying, parsing and optimising) a bundle inside the component.
 pub const DEFAULT_LOAD_DEADLINE: Duration = Duration::from_secs(30);
 
 /// What the host could not do.
@@ -39,27 +46,23 @@ pub enum HostError {
     },
     #[error("cannot set up wasmtime: {0}")]
     Engine(String),
-    #[error("the ranker module does not compile: {0}")]
+    #[error("the ranker component does not compile: {0}")]
     Compile(String),
-    #[error("the ranker module cannot be instantiated: {0}")]
+    #[error("this is not the EdgeRec ranker component (it must export {RANKING_INTERFACE}): {0}")]
+    NotTheRanker(String),
+    #[error("the ranker component cannot be instantiated: {0}")]
     Instantiate(String),
-    #[error("the ranker module does not export `{0}` (is it the EdgeRec WASI ranker?)")]
-    MissingExport(&'static str),
-    #[error("the ranker module speaks ABI version {found}, this host speaks {expected}")]
-    AbiVersion { found: u32, expected: u32 },
     #[error("the ranker ran past its {0:?} deadline and was stopped")]
     DeadlineExceeded(Duration),
     #[error("the ranker trapped: {0}")]
     Trap(String),
-    #[error("the ranker could not allocate {0} bytes for the input")]
-    OutOfMemory(usize),
-    #[error("the input is {0} bytes, more than the 4 GiB a wasm32 module can address")]
-    InputTooLarge(usize),
     #[error("this instance trapped earlier and must be replaced")]
     Poisoned,
     #[error("no ranker instance was free within {0:?}")]
     Busy(Duration),
-    #[error("the ranker's answer is not what the ABI promises: {0}")]
+    #[error("no model is loaded in this instance")]
+    NoModel,
+    #[error("the ranker's answer is not what its interface promises: {0}")]
     BadAnswer(String),
     #[error("the ranker refused the call: {0}")]
     Guest(ErrorReport),
@@ -79,27 +82,93 @@ fn wasm_error(e: wasmtime::Error) -> String {
     format!("{e:#}")
 }
 
-/// A successful load, as the module reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// A successful load, as the component reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Loaded {
     pub name: String,
     pub version: String,
     pub items: usize,
 }
 
-/// What a store holds besides the instance: its WASI context and its resource limits.
+/// What a store holds besides the instance: its WASI context (the component's standard library needs one; it
+/// gets stderr for panic messages and nothing else) and its resource limits.
 struct HostState {
-    wasi: WasiP1Ctx,
-    limits: StoreLimits,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: MeasuredLimits,
 }
 
-/// The compiled ranker module and the engine that runs it; share one per process.
-#[derive(Debug)]
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The store's limits, counting the linear memory they let the instance grow to (a component's memory is not
+/// exported, so this is where the host learns its size).
+struct MeasuredLimits {
+    limits: StoreLimits,
+    memory_bytes: usize,
+}
+
+impl ResourceLimiter for MeasuredLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.memory_bytes += desired.saturating_sub(current);
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
+/// The compiled ranker component and the engine that runs it; share one per process.
 pub struct RankerEngine {
     engine: Engine,
-    module: Module,
-    linker: Arc<Linker<HostState>>,
+    pre: RankerPre<HostState>,
     ticker: Arc<EpochTicker>,
+}
+
+impl std::fmt::Debug for RankerEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RankerEngine").finish_non_exhaustive()
+    }
 }
 
 /// The thread that advances the engine's epoch, which is what makes deadlines fire. Shared by the engine and every
@@ -142,8 +211,8 @@ impl Drop for EpochTicker {
 }
 
 impl RankerEngine {
-    /// Loads the WASI ranker from `wasm_path`. The machine code is cached in `cache_dir` (keyed by the module's
-    /// sha256 and the engine's configuration), so only the first start compiles.
+    /// Loads the ranker component from `wasm_path`. The machine code is cached in `cache_dir` (keyed by the
+    /// component's sha256 and the engine's configuration), so only the first start compiles.
     pub fn load(wasm_path: &Path, cache_dir: &Path) -> Result<Self, HostError> {
         let engine = new_engine()?;
         let wasm = std::fs::read(wasm_path).map_err(|source| HostError::Io {
@@ -151,35 +220,41 @@ impl RankerEngine {
             source,
         })?;
         let cached = cache_dir.join(cache_file_name(&engine, &wasm));
-        // SAFETY: the file is one this host wrote with `Module::serialize` under a name keyed by the module's
-        // digest and the engine's compatibility hash; wasmtime also checks its header before using it.
+        // SAFETY: the file is one this host wrote with `Component::serialize` under a name keyed by the
+        // component's digest and the engine's compatibility hash; wasmtime also checks its header before using it.
         let deserialized = cached
             .is_file()
-            .then(|| unsafe { Module::deserialize_file(&engine, &cached) });
-        let module = match deserialized {
-            Some(Ok(module)) => module,
+            .then(|| unsafe { Component::deserialize_file(&engine, &cached) });
+        let component = match deserialized {
+            Some(Ok(component)) => component,
             // Missing, or unreadable (corrupt, from another wasmtime): compile and replace it.
             _ => compile_and_cache(&engine, &wasm, &cached)?,
         };
-        Self::with_module(engine, module)
+        Self::with_component(engine, component)
     }
 
-    /// Compiles the WASI ranker from bytes, without a cache.
+    /// Compiles the ranker component from bytes, without a cache.
     pub fn from_wasm(wasm: &[u8]) -> Result<Self, HostError> {
         let engine = new_engine()?;
-        let module = Module::new(&engine, wasm).map_err(|e| HostError::Compile(wasm_error(e)))?;
-        Self::with_module(engine, module)
+        let component =
+            Component::new(&engine, wasm).map_err(|e| HostError::Compile(wasm_error(e)))?;
+        Self::with_component(engine, component)
     }
 
-    fn with_module(engine: Engine, module: Module) -> Result<Self, HostError> {
+    /// Links the component's WASI imports and checks, once, that it exports the ranking interface with the
+    /// types this host was built for.
+    fn with_component(engine: Engine, component: Component) -> Result<Self, HostError> {
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |state: &mut HostState| &mut state.wasi)
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| HostError::Engine(wasm_error(e)))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| HostError::Instantiate(wasm_error(e)))?;
+        let pre = RankerPre::new(pre).map_err(|e| HostError::NotTheRanker(wasm_error(e)))?;
         let ticker = Arc::new(EpochTicker::start(engine.clone())?);
         Ok(Self {
             engine,
-            module,
-            linker: Arc::new(linker),
+            pre,
             ticker,
         })
     }
@@ -189,14 +264,14 @@ impl RankerEngine {
         self.instantiate_limited(None)
     }
 
-    /// A fresh instance whose linear memory may not grow past `memory_bytes`: past it the module's allocations
-    /// fail (it aborts, a trap), so a hostile or broken model cannot take the node's memory.
+    /// A fresh instance whose linear memory may not grow past `memory_bytes`: past it the component's
+    /// allocations fail (it aborts, a trap), so a hostile or broken model cannot take the node's memory.
     pub fn instantiate_limited(
         &self,
         memory_bytes: Option<usize>,
     ) -> Result<RankerInstance, HostError> {
-        let wasi = WasiCtxBuilder::new().inherit_stderr().build_p1();
-        let mut limits = StoreLimitsBuilder::new().instances(1).memories(1);
+        let wasi = WasiCtx::builder().inherit_stderr().build();
+        let mut limits = StoreLimitsBuilder::new();
         if let Some(bytes) = memory_bytes {
             limits = limits.memory_size(bytes);
         }
@@ -204,27 +279,26 @@ impl RankerEngine {
             &self.engine,
             HostState {
                 wasi,
-                limits: limits.build(),
+                table: ResourceTable::new(),
+                limits: MeasuredLimits {
+                    limits: limits.build(),
+                    memory_bytes: 0,
+                },
             },
         );
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(u64::MAX / 2);
-        let instance = self
-            .linker
-            .instantiate(&mut store, &self.module)
+        let ranker = self
+            .pre
+            .instantiate(&mut store)
             .map_err(|e| HostError::Instantiate(wasm_error(e)))?;
-        let mut ranker = RankerInstance::bind(store, instance, self.ticker.clone())?;
-        let found = ranker
-            .abi_version
-            .call(&mut ranker.store, ())
-            .map_err(|e| HostError::Trap(wasm_error(e)))?;
-        if found != ABI_VERSION {
-            return Err(HostError::AbiVersion {
-                found,
-                expected: ABI_VERSION,
-            });
-        }
-        Ok(ranker)
+        Ok(RankerInstance {
+            store,
+            ranker,
+            model: None,
+            poisoned: false,
+            _ticker: self.ticker.clone(),
+        })
     }
 }
 
@@ -232,6 +306,7 @@ fn new_engine() -> Result<Engine, HostError> {
     let mut config = Config::new();
     config.epoch_interruption(true);
     config.wasm_simd(true);
+    config.wasm_component_model(true);
     Engine::new(&config).map_err(|e| HostError::Engine(wasm_error(e)))
 }
 
@@ -245,9 +320,9 @@ fn cache_file_name(engine: &Engine, wasm: &[u8]) -> String {
     )
 }
 
-fn compile_and_cache(engine: &Engine, wasm: &[u8], cached: &Path) -> Result<Module, HostError> {
-    let module = Module::new(engine, wasm).map_err(|e| HostError::Compile(wasm_error(e)))?;
-    let bytes = module
+fn compile_and_cache(engine: &Engine, wasm: &[u8], cached: &Path) -> Result<Component, HostError> {
+    let component = Component::new(engine, wasm).map_err(|e| HostError::Compile(wasm_error(e)))?;
+    let bytes = component
         .serialize()
         .map_err(|e| HostError::Compile(wasm_error(e)))?;
     // The cache only saves time: failing to write it must not stop the node.
@@ -259,20 +334,15 @@ fn compile_and_cache(engine: &Engine, wasm: &[u8], cached: &Path) -> Result<Modu
             let _ = std::fs::remove_file(&partial);
         }
     }
-    Ok(module)
+    Ok(component)
 }
 
-/// One instance of the ranker: its own memory and loaded model. Not shared between threads.
+/// One instance of the ranker: its own memory and at most one loaded model. Not shared between threads.
 pub struct RankerInstance {
     store: Store<HostState>,
-    memory: Memory,
-    abi_version: TypedFunc<(), u32>,
-    alloc: TypedFunc<u32, u32>,
-    free: TypedFunc<(u32, u32), ()>,
-    load: TypedFunc<(u32, u32, u32, u32), u32>,
-    rank: TypedFunc<(u32, u32), u32>,
-    result_ptr: TypedFunc<(), u32>,
-    result_len: TypedFunc<(), u32>,
+    ranker: Ranker,
+    /// The component's `model` resource now serving, and what it reported when it loaded.
+    model: Option<(ResourceAny, Loaded)>,
     poisoned: bool,
     _ticker: Arc<EpochTicker>,
 }
@@ -280,56 +350,46 @@ pub struct RankerInstance {
 impl std::fmt::Debug for RankerInstance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RankerInstance")
+            .field("model", &self.model.as_ref().map(|(_, loaded)| loaded))
             .field("poisoned", &self.poisoned)
             .finish_non_exhaustive()
     }
 }
 
 impl RankerInstance {
-    fn bind(
-        mut store: Store<HostState>,
-        instance: Instance,
-        ticker: Arc<EpochTicker>,
-    ) -> Result<Self, HostError> {
-        macro_rules! func {
-            ($name:literal) => {
-                instance
-                    .get_typed_func(&mut store, $name)
-                    .map_err(|_| HostError::MissingExport($name))?
-            };
-        }
-        let memory = instance
-            .get_memory(&mut store, "memory")
-            .ok_or(HostError::MissingExport("memory"))?;
-        Ok(Self {
-            abi_version: func!("edgerec_abi_version"),
-            alloc: func!("edgerec_alloc"),
-            free: func!("edgerec_free"),
-            load: func!("edgerec_load"),
-            rank: func!("edgerec_rank"),
-            result_ptr: func!("edgerec_result_ptr"),
-            result_len: func!("edgerec_result_len"),
-            memory,
-            store,
-            poisoned: false,
-            _ticker: ticker,
-        })
-    }
-
-    /// Verifies and loads a bundle inside the module. On any error the previously loaded model stays in place.
+    /// Verifies and loads a bundle inside the component. On any error the previously loaded model stays in
+    /// place; on success it is dropped (its memory goes back to the component's allocator).
     pub fn load_bundle(
         &mut self,
         manifest: &[u8],
         model: &[u8],
         deadline: Duration,
     ) -> Result<Loaded, HostError> {
-        let answer = self.call(deadline, &[manifest, model], |this, args| {
-            this.load.call(
-                &mut this.store,
-                (args[0].0, args[0].1, args[1].0, args[1].1),
-            )
+        let bundle = wit::Bundle {
+            manifest: manifest.to_vec(),
+            model: model.to_vec(),
+        };
+        let (resource, loaded) = self.call(deadline, |this| {
+            let api = this.ranker.edgerec_ranker_ranking().model();
+            let resource = match api.call_load(&mut this.store, &bundle)? {
+                Ok(resource) => resource,
+                Err(refused) => return Ok(Err(refused)),
+            };
+            let info = api.call_info(&mut this.store, resource)?;
+            Ok(Ok((resource, info)))
         })?;
-        serde_json::from_slice(&answer).map_err(|e| HostError::BadAnswer(e.to_string()))
+        let loaded = Loaded {
+            name: loaded.name,
+            version: loaded.version,
+            items: loaded.items as usize,
+        };
+        if let Some((previous, _)) = self.model.replace((resource, loaded.clone())) {
+            self.call(deadline, |this| {
+                previous.resource_drop(&mut this.store)?;
+                Ok(Ok(()))
+            })?;
+        }
+        Ok(loaded)
     }
 
     /// Ranks one request within `deadline` of CPU time.
@@ -338,16 +398,25 @@ impl RankerInstance {
         request: &RankRequest,
         deadline: Duration,
     ) -> Result<Ranking, HostError> {
-        let json = serde_json::to_vec(request).map_err(|e| HostError::BadAnswer(e.to_string()))?;
-        let answer = self.rank_json(&json, deadline)?;
-        serde_json::from_slice(&answer).map_err(|e| HostError::BadAnswer(e.to_string()))
+        if self.poisoned {
+            return Err(HostError::Poisoned);
+        }
+        let (resource, _) = self.model.as_ref().ok_or(HostError::NoModel)?;
+        let resource = *resource;
+        let request = wit_request(request);
+        let ranked = self.call(deadline, |this| {
+            this.ranker.edgerec_ranker_ranking().model().call_rank(
+                &mut this.store,
+                resource,
+                &request,
+            )
+        })?;
+        core_ranking(ranked)
     }
 
-    /// Ranks one JSON request and returns the module's JSON answer untouched.
-    pub fn rank_json(&mut self, request: &[u8], deadline: Duration) -> Result<Vec<u8>, HostError> {
-        self.call(deadline, &[request], |this, args| {
-            this.rank.call(&mut this.store, (args[0].0, args[0].1))
-        })
+    /// What the model now serving reported when it loaded.
+    pub fn loaded(&self) -> Option<&Loaded> {
+        self.model.as_ref().map(|(_, loaded)| loaded)
     }
 
     pub fn is_poisoned(&self) -> bool {
@@ -356,48 +425,29 @@ impl RankerInstance {
 
     /// Bytes of linear memory the instance has grown to.
     pub fn memory_bytes(&self) -> usize {
-        self.memory.data_size(&self.store)
+        self.store.data().limits.memory_bytes
     }
 
-    /// Copies each input into a buffer allocated in the module, recording every buffer it allocated (so the
-    /// caller frees them even when a later copy fails).
-    fn copy_in(
-        &mut self,
-        inputs: &[&[u8]],
-        buffers: &mut Vec<(u32, u32)>,
-        trap: &impl Fn(wasmtime::Error) -> HostError,
-    ) -> Result<(), HostError> {
-        for bytes in inputs {
-            let len =
-                u32::try_from(bytes.len()).map_err(|_| HostError::InputTooLarge(bytes.len()))?;
-            if len == 0 {
-                buffers.push((0, 0));
-                continue;
-            }
-            let ptr = self.alloc.call(&mut self.store, len).map_err(trap)?;
-            if ptr == 0 {
-                return Err(HostError::OutOfMemory(bytes.len()));
-            }
-            buffers.push((ptr, len));
-            self.memory
-                .write(&mut self.store, ptr as usize, bytes)
-                .map_err(|e| HostError::BadAnswer(format!("buffer outside memory: {e}")))?;
-        }
-        Ok(())
-    }
-
-    /// Copies `inputs` into the module, runs `entry` under the deadline and returns the answer (or the module's
-    /// error report). A trap or a deadline leaves the module in an unknown state, so the instance is poisoned.
-    fn call(
+    /// Runs `entry` under the deadline and returns its answer (or the component's typed refusal). A trap or a
+    /// deadline leaves the component in an unknown state, so the instance is poisoned.
+    fn call<T>(
         &mut self,
         deadline: Duration,
-        inputs: &[&[u8]],
-        entry: impl FnOnce(&mut Self, &[(u32, u32)]) -> wasmtime::Result<u32>,
-    ) -> Result<Vec<u8>, HostError> {
+        entry: impl FnOnce(&mut Self) -> wasmtime::Result<Result<T, wit::Error>>,
+    ) -> Result<T, HostError> {
         if self.poisoned {
             return Err(HostError::Poisoned);
         }
-        let result = self.call_inner(deadline, inputs, entry);
+        let ticks = deadline.as_micros().div_ceil(EPOCH_TICK.as_micros()).max(1) as u64 + 1;
+        self.store.set_epoch_deadline(ticks);
+        let result = match entry(self) {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(refused)) => Err(HostError::Guest(error_report(refused))),
+            Err(e) => Err(match e.downcast_ref::<Trap>() {
+                Some(Trap::Interrupt) => HostError::DeadlineExceeded(deadline),
+                _ => HostError::Trap(wasm_error(e)),
+            }),
+        };
         if let Err(e) = &result
             && e.poisons_instance()
         {
@@ -405,47 +455,63 @@ impl RankerInstance {
         }
         result
     }
+}
 
-    fn call_inner(
-        &mut self,
-        deadline: Duration,
-        inputs: &[&[u8]],
-        entry: impl FnOnce(&mut Self, &[(u32, u32)]) -> wasmtime::Result<u32>,
-    ) -> Result<Vec<u8>, HostError> {
-        let ticks = deadline.as_micros().div_ceil(EPOCH_TICK.as_micros()).max(1) as u64 + 1;
-        self.store.set_epoch_deadline(ticks);
-        let trap = |e: wasmtime::Error| match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => HostError::DeadlineExceeded(deadline),
-            _ => HostError::Trap(wasm_error(e)),
-        };
-
-        let mut buffers = Vec::with_capacity(inputs.len());
-        let copied = self.copy_in(inputs, &mut buffers, &trap);
-        let status = match copied {
-            Ok(()) => entry(self, &buffers).map_err(trap),
-            Err(e) => Err(e),
-        };
-        // After a trap the module's allocator may be mid-update: leave it alone, the instance is poisoned.
-        if !status.as_ref().is_err_and(HostError::poisons_instance) {
-            for &(ptr, len) in &buffers {
-                self.free.call(&mut self.store, (ptr, len)).map_err(trap)?;
-            }
-        }
-        let status = status?;
-        let ptr = self.result_ptr.call(&mut self.store, ()).map_err(trap)? as usize;
-        let len = self.result_len.call(&mut self.store, ()).map_err(trap)? as usize;
-        let answer = self
-            .memory
-            .data(&self.store)
-            .get(ptr..ptr.saturating_add(len))
-            .ok_or_else(|| HostError::BadAnswer("answer outside memory".into()))?
-            .to_vec();
-        match status {
-            0 => Ok(answer),
-            1 => Err(HostError::Guest(
-                serde_json::from_slice(&answer).map_err(|e| HostError::BadAnswer(e.to_string()))?,
-            )),
-            other => Err(HostError::BadAnswer(format!("unknown status {other}"))),
-        }
+fn wit_request(request: &RankRequest) -> wit::RankRequest {
+    let strings = |ids: &[ItemId]| ids.iter().map(|id| id.as_str().to_owned()).collect();
+    wit::RankRequest {
+        recent_items: strings(&request.recent_items),
+        k: request.k,
+        exclude: strings(&request.exclude),
+        candidates: request.candidates.as_deref().map(strings),
+        context: request
+            .context
+            .iter()
+            .map(|(name, &value)| wit::ContextValue {
+                name: name.clone(),
+                value,
+            })
+            .collect(),
+        exclude_seen: request.exclude_seen,
     }
+}
+
+/// The component's answer as the core type; its ids are checked like any other input.
+fn core_ranking(ranked: wit::Ranked) -> Result<Ranking, HostError> {
+    let id = |text: String| ItemId::parse(text).map_err(|e| HostError::BadAnswer(e.to_string()));
+    Ok(Ranking {
+        items: ranked
+            .items
+            .into_iter()
+            .map(|scored| {
+                Ok(ScoredItem {
+                    item: id(scored.item)?,
+                    score: scored.score,
+                })
+            })
+            .collect::<Result<_, HostError>>()?,
+        unknown_items: ranked
+            .unknown_items
+            .into_iter()
+            .map(id)
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// A refusal with the kind every EdgeRec JSON API uses for it.
+fn error_report(error: wit::Error) -> ErrorReport {
+    let kind = match error.kind {
+        ErrorKind::InvalidBundle => "invalid_bundle",
+        ErrorKind::InvalidModel => "invalid_model",
+        ErrorKind::ProbeFailed => "probe_failed",
+        ErrorKind::InvalidRequest => "invalid_request",
+        ErrorKind::InvalidK => "invalid_k",
+        ErrorKind::RequestTooLarge => "request_too_large",
+        ErrorKind::UnknownCandidate => "unknown_candidate",
+        ErrorKind::InvalidFeatures => "invalid_features",
+        ErrorKind::RuntimeError => "runtime_error",
+        ErrorKind::ModelOutputMismatch => "model_output_mismatch",
+        ErrorKind::NonFiniteScore => "non_finite_score",
+    };
+    ErrorReport::new(kind, error.message)
 }

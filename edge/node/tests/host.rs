@@ -106,10 +106,7 @@ fn bad_bundles_and_requests_are_refused_and_the_current_model_keeps_serving() {
     let no_model = instance
         .rank(&RankRequest::new(vec![], 3), Duration::from_secs(1))
         .expect_err("no model yet");
-    assert!(
-        matches!(&no_model, HostError::Guest(r) if r.kind == "no_model"),
-        "{no_model}"
-    );
+    assert!(matches!(&no_model, HostError::NoModel), "{no_model}");
 
     instance
         .load_bundle(&manifest, &model, DEFAULT_LOAD_DEADLINE)
@@ -164,11 +161,14 @@ fn bad_bundles_and_requests_are_refused_and_the_current_model_keeps_serving() {
             .len(),
         3706
     );
+    let mut unknown = RankRequest::new(vec![], 3);
+    unknown.candidates = Some(items(&["m1", "not-in-the-model"]));
     let err = instance
-        .rank_json(b"{\"k\": 3, \"recent\": []}", Duration::from_secs(1))
-        .expect_err("unknown field");
+        .rank(&unknown, Duration::from_secs(1))
+        .expect_err("unknown candidate");
     assert!(
-        matches!(&err, HostError::Guest(r) if r.kind == "invalid_request"),
+        matches!(&err, HostError::Guest(r) if r.kind == "unknown_candidate"
+            && r.message.contains("not-in-the-model")),
         "{err}"
     );
     assert!(
@@ -181,10 +181,15 @@ fn bad_bundles_and_requests_are_refused_and_the_current_model_keeps_serving() {
 fn modules_that_are_not_the_ranker_are_refused() {
     let err = RankerEngine::from_wasm(b"definitely not wasm").expect_err("garbage");
     assert!(matches!(err, HostError::Compile(_)), "{err}");
-    // The smallest valid module: it compiles and instantiates, but exports nothing.
-    let empty = RankerEngine::from_wasm(b"\0asm\x01\0\0\0").expect("an empty module compiles");
-    let err = empty.instantiate().expect_err("no exports");
-    assert!(matches!(err, HostError::MissingExport("memory")), "{err}");
+    // A core module (as the WASI preview 1 ranker was) is not a component.
+    let err = RankerEngine::from_wasm(b"\0asm\x01\0\0\0").expect_err("a core module");
+    assert!(matches!(err, HostError::Compile(_)), "{err}");
+    // The smallest valid component: it compiles, but does not export the ranking interface.
+    let err = RankerEngine::from_wasm(b"\0asm\x0d\0\x01\0").expect_err("no exports");
+    assert!(
+        matches!(&err, HostError::NotTheRanker(message) if message.contains("edgerec:ranker/ranking@0.1.0")),
+        "{err}"
+    );
 }
 
 /// A model's pool has a fixed size: rankings beyond it wait at most the pool's wait, then are refused as busy
