@@ -8,6 +8,8 @@ export ORT_VERSION="1.31.1"
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$EDGEREC_CACHE/onnxruntime-$ORT_VERSION/libonnxruntime.so.$ORT_VERSION}"
 # Must equal the wasm-bindgen crate version in Cargo.lock.
 export WASM_BINDGEN_VERSION="0.2.130"
+# wasmtime-cli runs the wasi:http worker under `wasmtime serve`; the same version as the workspace's wasmtime.
+export WASMTIME_VERSION="48.0.8"
 # playwright-core (npm) drives Debian's Chromium in the web demo's end-to-end test.
 export EDGEREC_PLAYWRIGHT="$EDGEREC_TOOLS/playwright"
 export PLAYWRIGHT_CORE_VERSION="1.65.1"

@@ -52,3 +52,14 @@ if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$WASM_BINDGE
   cargo install --quiet wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --root "$EDGEREC_TOOLS"
 fi
 wasm-bindgen --version
+
+step "wasmtime-cli $WASMTIME_VERSION (run and serve only), for the wasi:http worker"
+if [ "$(wasmtime --version 2>/dev/null | awk '{print $2}')" != "$WASMTIME_VERSION" ]; then
+  # Built once (about 20 minutes on 2 cores) with only what `wasmtime serve` needs; its build folder stays in the
+  # tools cache so an interrupted build resumes.
+  CARGO_TARGET_DIR="$EDGEREC_TOOLS/wasmtime-build" cargo install --quiet --locked wasmtime-cli \
+    --version "$WASMTIME_VERSION" --no-default-features \
+    --features run,serve,cranelift,component-model,parallel-compilation,cache,pooling-allocator \
+    --root "$EDGEREC_TOOLS"
+fi
+wasmtime --version

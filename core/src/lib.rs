@@ -18,6 +18,7 @@ pub mod id;
 mod metrics;
 mod rank;
 pub mod recent;
+pub mod serving;
 mod spec;
 mod tract_scorer;
 mod vocab;

@@ -143,6 +143,17 @@ pub struct RequestLimits {
     pub max_catalogue_page: usize,
 }
 
+impl RequestLimits {
+    /// The limits every server of `/v1/recommend` checks (`edgerec_core::serving`).
+    pub fn recommend(&self) -> edgerec_core::serving::RecommendLimits {
+        edgerec_core::serving::RecommendLimits {
+            max_k: self.max_k,
+            max_recent_items: self.max_recent_items,
+            max_exclude: self.max_exclude,
+        }
+    }
+}
+
 impl Default for RequestLimits {
     fn default() -> Self {
         Self {

@@ -5,10 +5,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use edgerec_core::{
-    ItemId, ModelName, RankError, RankRequest, Ranking, RequestId, ScoredItem, Surface, UserId,
-    VariantName, Version,
-};
+use edgerec_core::serving::{CheckedRequest, RequestError, fed_request, unknown_items};
+use edgerec_core::{ItemId, RankError, RankRequest, Ranking, RequestId, ScoredItem, Surface};
 use edgerec_features::event::{ClientEvent, ServedRequest};
 use edgerec_features::ingest::{Ack, Ingest, IngestError};
 use edgerec_features::store::FeatureStore;
@@ -25,64 +23,7 @@ use crate::metrics::NodeMetrics;
 use crate::model::LoadedModel;
 use crate::rate::ClientLimits;
 
-/// `POST /v1/recommend`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RecommendRequest {
-    /// Known users get their recent items from the feature store and a sticky A/B variant.
-    #[serde(default)]
-    pub user_id: Option<String>,
-    /// Items the client knows the user just interacted with, oldest first (added after the stored ones).
-    #[serde(default)]
-    pub recent_items: Vec<String>,
-    pub k: u32,
-    #[serde(default)]
-    pub exclude: Vec<String>,
-    pub surface: String,
-    #[serde(default)]
-    pub context: BTreeMap<String, f64>,
-}
-
-/// A [`RecommendRequest`] with its ids parsed.
-struct CheckedRequest {
-    user: Option<UserId>,
-    recent_items: Vec<ItemId>,
-    k: u32,
-    exclude: Vec<ItemId>,
-    surface: String,
-    context: BTreeMap<String, f64>,
-}
-
-/// The answer to a recommendation request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RecommendResponse {
-    /// Quote it in events that answer this request (`request_id`), to tie them to what was served.
-    pub request_id: RequestId,
-    pub items: Vec<ScoredItem>,
-    pub model: ModelName,
-    pub model_version: Version,
-    pub variant: VariantName,
-    pub plan_revision: u64,
-    /// Present when the answer did not come from the model's full path.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub degraded: Option<Degraded>,
-    /// Items of this request's `recent_items` the model does not know (skipped). Never anything stored for the
-    /// user: a request only learns about what it sent.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub unknown_items: Vec<ItemId>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Degraded {
-    /// `feature_store_unavailable`, `deadline_exceeded`, `busy` (no ranker instance free in time),
-    /// `ranker_error`, or `revoked` (the user's variant serves a revoked version).
-    pub reason: String,
-    /// What the answer was made from instead: `recent_items` (the model, on the request's own items),
-    /// `popularity`, or `other_variant` (another variant of the plan, named in the answer's `variant`).
-    pub fallback: String,
-    /// What happened, in words; never a backend's own error text (that goes to the node's log).
-    pub message: String,
-}
+pub use edgerec_core::serving::{Degraded, RecommendRequest, RecommendResponse};
 
 /// `POST /v1/events`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -192,41 +133,12 @@ impl<S: FeatureStore> NodeState<S> {
     /// The request with its ids parsed, if it is within the limits; run once the caller is known to be allowed to
     /// name its user, so a caller without the right learns nothing about the rest of the request.
     fn check(&self, request: RecommendRequest) -> Result<CheckedRequest, ServiceError> {
-        let limits = &self.limits;
-        if request.k == 0 || request.k > limits.max_k {
-            return Err(ServiceError::bad(
-                "invalid_k",
-                format!("k must be between 1 and {}", limits.max_k),
-            ));
-        }
-        for (field, len, max) in [
-            (
-                "recent_items",
-                request.recent_items.len(),
-                limits.max_recent_items,
-            ),
-            ("exclude", request.exclude.len(), limits.max_exclude),
-        ] {
-            if len > max {
-                return Err(ServiceError::TooLarge(format!(
-                    "{field} has {len} entries, more than the limit of {max}"
-                )));
-            }
-        }
-        // The rule `/v1/events` applies to the same ids, so whatever one endpoint takes the other takes.
-        let invalid = |e: edgerec_core::IdError| ServiceError::bad("invalid_id", e.to_string());
-        Ok(CheckedRequest {
-            user: request
-                .user_id
-                .map(UserId::parse)
-                .transpose()
-                .map_err(invalid)?,
-            recent_items: ItemId::parse_all(request.recent_items).map_err(invalid)?,
-            k: request.k,
-            exclude: ItemId::parse_all(request.exclude).map_err(invalid)?,
-            surface: request.surface,
-            context: request.context,
-        })
+        request
+            .check(&self.limits.recommend())
+            .map_err(|e| match e {
+                RequestError::Bad { kind, message } => ServiceError::bad(kind, message),
+                RequestError::TooLarge(message) => ServiceError::TooLarge(message),
+            })
     }
 
     /// The deployment serving `surface`.
@@ -261,7 +173,7 @@ impl<S: FeatureStore> NodeState<S> {
         self.check_record_bound(&request, model)?;
 
         let (history, mut degraded) = self.stored_history(&request).await;
-        let unknown_items = unknown_items(&request.recent_items, model);
+        let unknown_items = unknown_items(&request.recent_items, |item| model.knows(item));
         let surface = request.surface;
         let user = request.user;
         // What the model is fed, and what the serving log records as fed.
@@ -271,7 +183,8 @@ impl<S: FeatureStore> NodeState<S> {
             request.exclude,
             request.k,
             request.context,
-            model,
+            |item| model.knows(item),
+            model.max_len(),
         );
         let (items, rank_request) = if degraded.is_some() && rank_request.recent_items.is_empty() {
             (self.by_popularity(model, &rank_request), rank_request)
@@ -599,41 +512,6 @@ fn model_answer(
             }))
         }
     }
-}
-
-/// What the model is fed: the stored history with the request's items added by the recent-items rule, unknown
-/// ids dropped, and the last `max_len` known items kept; older known items stay excluded from the answer. So
-/// neither a long history nor unknown ids grow the serving log.
-fn fed_request(
-    mut history: Vec<ItemId>,
-    recent_items: &[ItemId],
-    mut exclude: Vec<ItemId>,
-    k: u32,
-    context: BTreeMap<String, f64>,
-    model: &LoadedModel,
-) -> RankRequest {
-    edgerec_core::recent::remember_all(&mut history, recent_items, usize::MAX);
-    history.retain(|item| model.knows(item));
-    let older = history.len().saturating_sub(model.max_len());
-    exclude.extend(history.drain(..older));
-    RankRequest {
-        recent_items: history,
-        k,
-        exclude,
-        candidates: None,
-        context,
-        exclude_seen: true,
-    }
-}
-
-/// The items of `recent` the model does not know, each once, in the request's order.
-fn unknown_items(recent: &[ItemId], model: &LoadedModel) -> Vec<ItemId> {
-    let mut seen = HashSet::new();
-    recent
-        .iter()
-        .filter(|item| !model.knows(item) && seen.insert(item.as_str()))
-        .cloned()
-        .collect()
 }
 
 /// The most bytes the serving-log record of a request can take: its fixed fields (ids, times, names: at most
