@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the two Wasm rankers once each and leaves them in $EDGEREC_WASM_DIR:
+# Builds the Wasm rankers and the CDN worker once each and leaves them in $EDGEREC_WASM_DIR:
 #   ranker-wasi.wasm          the ranker component (wit/ranker.wit, WASI 0.2) edge nodes run in wasmtime (wasm SIMD,
 #                             speed-optimised)
+#   edgerec-worker.wasm       the CDN worker (wasi:http/proxy component, size-optimised), before `edgerec worker build`
 #   browser/                  the browser package: edgerec.js over the wasm-bindgen module (wasm SIMD, size-optimised)
 #   ranker-wasi-nosimd.wasm   only with --no-simd-too: the ranker component without SIMD, for the benchmark
 # Prints raw and gzip sizes.
@@ -15,6 +16,12 @@ mkdir -p "$EDGEREC_WASM_DIR/browser"
 echo "==> ranker component (wasm32-wasip2, profile wasm-speed)"
 cargo build --locked -p edgerec-ranker --target wasm32-wasip2 --profile wasm-speed
 cp "$CARGO_TARGET_DIR/wasm32-wasip2/wasm-speed/edgerec_ranker.wasm" "$EDGEREC_WASM_DIR/ranker-wasi.wasm"
+
+# The CDN worker: a wasi:http/proxy component, size-optimised (platforms limit the upload). `edgerec worker build`
+# embeds a deployment into it.
+echo "==> wasi:http worker (wasm32-wasip2, profile wasm-size)"
+cargo build --locked -p edgerec-worker --target wasm32-wasip2 --profile wasm-size
+cp "$CARGO_TARGET_DIR/wasm32-wasip2/wasm-size/edgerec_worker.wasm" "$EDGEREC_WASM_DIR/edgerec-worker.wasm"
 
 echo "==> browser ranker (wasm32-unknown-unknown, profile wasm-size)"
 cargo build --locked -p edgerec-ranker --target wasm32-unknown-unknown --profile wasm-size
@@ -49,6 +56,6 @@ if [ "${1:-}" = "--no-simd-too" ]; then
 fi
 
 echo "==> sizes (bytes, raw / gzip -9)"
-for f in "$EDGEREC_WASM_DIR"/ranker-wasi*.wasm "$EDGEREC_WASM_DIR/browser/edgerec_ranker_bg.wasm"; do
+for f in "$EDGEREC_WASM_DIR"/ranker-wasi*.wasm "$EDGEREC_WASM_DIR/edgerec-worker.wasm" "$EDGEREC_WASM_DIR/browser/edgerec_ranker_bg.wasm"; do
   printf '%-60s %10d %10d\n' "${f#"$EDGEREC_WASM_DIR"/}" "$(stat -c %s "$f")" "$(gzip -9 -c "$f" | wc -c)"
 done

@@ -59,7 +59,7 @@ if [ "$(wasmtime --version 2>/dev/null | awk '{print $2}')" != "$WASMTIME_VERSIO
   # tools cache so an interrupted build resumes.
   CARGO_TARGET_DIR="$EDGEREC_TOOLS/wasmtime-build" cargo install --quiet --locked wasmtime-cli \
     --version "$WASMTIME_VERSION" --no-default-features \
-    --features run,serve,cranelift,component-model,parallel-compilation,cache,pooling-allocator \
+    --features run,serve,cranelift,component-model,component-model-async,parallel-compilation,cache,pooling-allocator \
     --root "$EDGEREC_TOOLS"
 fi
 wasmtime --version

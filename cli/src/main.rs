@@ -13,6 +13,7 @@ mod processes;
 mod registry;
 mod train;
 mod train_view;
+mod worker;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -76,6 +77,11 @@ enum Command {
     Edge {
         #[command(subcommand)]
         what: edge::EdgeCommand,
+    },
+    /// CDN edge workers: a wasi:http component with a surface's deployment embedded.
+    Worker {
+        #[command(subcommand)]
+        what: worker::WorkerCommand,
     },
     /// Benchmarks.
     Bench {
@@ -155,6 +161,7 @@ fn main() -> Result<()> {
         Command::Features { what } => features::run_features(what),
         Command::Events { what } => features::run_events(what),
         Command::Edge { what } => edge::run(what),
+        Command::Worker { what } => worker::run(what),
         Command::Ab { what } => features::run_ab(what),
         Command::Bench {
             what: BenchCommand::Rank(args),

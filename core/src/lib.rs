@@ -14,6 +14,7 @@
 pub mod ab;
 mod bundle;
 mod digest;
+pub mod embedded;
 pub mod id;
 mod metrics;
 mod rank;

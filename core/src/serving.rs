@@ -209,14 +209,26 @@ mod tests {
     #[test]
     fn refusals_have_stable_kinds() {
         let limits = RecommendLimits::default();
-        assert_eq!(request(0).check(&limits).unwrap_err().kind(), "invalid_k");
-        assert_eq!(request(501).check(&limits).unwrap_err().kind(), "invalid_k");
+        assert_eq!(
+            request(0).check(&limits).expect_err("refused").kind(),
+            "invalid_k"
+        );
+        assert_eq!(
+            request(501).check(&limits).expect_err("refused").kind(),
+            "invalid_k"
+        );
         let mut long = request(5);
         long.exclude = vec!["x".into(); 2_001];
-        assert_eq!(long.check(&limits).unwrap_err().kind(), "request_too_large");
+        assert_eq!(
+            long.check(&limits).expect_err("refused").kind(),
+            "request_too_large"
+        );
         let mut bad_id = request(5);
         bad_id.recent_items = vec![String::new()];
-        assert_eq!(bad_id.check(&limits).unwrap_err().kind(), "invalid_id");
+        assert_eq!(
+            bad_id.check(&limits).expect_err("refused").kind(),
+            "invalid_id"
+        );
         let checked = request(5).check(&limits).expect("valid");
         assert_eq!((checked.k, checked.recent_items), (5, items(&["a"])));
     }

@@ -57,6 +57,54 @@ fn check_signed(
     Ok(())
 }
 
+/// A surface's plan and the files of its variants, fetched from the registry and verified as a node verifies them
+/// before serving, for tools that package a deployment (`edgerec worker build`): the plan's signature by `keys`,
+/// its weights, and for each variant its record (the one asked for, of the manifest the signature names, signed,
+/// naming what its manifest names) and files (matching the record's digests). A variant the signed plan lists as
+/// revoked is not fetched: its entry is `None`.
+pub fn fetch_verified_deployment(
+    client: &RegistryClient,
+    keys: &TrustedKeys,
+    surface: &Surface,
+) -> Result<(Plan, Vec<Option<ModelFiles>>), RolloutError> {
+    let plan = client
+        .plan(surface.as_str())?
+        .ok_or_else(|| RolloutError::Plan {
+            surface: surface.to_string(),
+            message: "the registry has no plan for it".into(),
+        })?;
+    check_signed(keys, &plan, &mut PlanTag::default())?;
+    check_plan(&plan, std::slice::from_ref(surface))?;
+    let signed_digests = plan
+        .signature
+        .as_ref()
+        .map(|s| s.manifest_digests.clone())
+        .unwrap_or_default();
+    let mut files = Vec::with_capacity(plan.variants.len());
+    for (variant, signed_digest) in plan.variants.iter().zip(signed_digests) {
+        if plan.revocation_of(variant, &signed_digest).is_some() {
+            files.push(None);
+            continue;
+        }
+        let record = client.version(&variant.model, &variant.version)?;
+        check_labels(&plan, variant, &record)?;
+        check_signed_digest(&plan, variant, &record, &signed_digest)?;
+        let model_digest = record.files.get(MODEL_FILE).ok_or_else(|| {
+            RolloutError::NoModelFile(format!("{}@{}", record.model, record.version))
+        })?;
+        let variant_files = ModelFiles {
+            manifest: client.blob(&record.manifest_digest)?.into(),
+            model: client.blob(model_digest)?.into(),
+            record,
+        };
+        variant_files.check_digests()?;
+        variant_files.check_signature(keys)?;
+        variant_files.check_binding()?;
+        files.push(Some(variant_files));
+    }
+    Ok((plan, files))
+}
+
 /// The record of `variant` must be of the manifest the plan's signature names for it.
 fn check_signed_digest(
     plan: &Plan,
