@@ -11,3 +11,4 @@ mod key_rotation;
 mod mpi;
 mod registry_link;
 mod train_choice;
+mod worker;
