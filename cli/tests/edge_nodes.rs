@@ -11,13 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use edgerec_core::{Digest, MODEL_FILE};
+use edgerec_core::Digest;
 use edgerec_registry_api::client::RegistryClient;
 use edgerec_registry_api::records::VersionRecord;
 use prost::Message;
 use serde_json::{Value, json};
 use support::nodes::{
-    Node, Registry, Site, admin_token, edgerec, manifest_for, plant_version, run, wait_for,
+    Node, Registry, Site, admin_token, edgerec, plant_version, publish_versions, run, wait_for,
 };
 use support::succeeds;
 
@@ -394,20 +394,6 @@ impl Cluster<'_> {
 }
 
 /// Versions 1.0.0 and 2.0.0 of the golden model.
-fn publish_two_versions(dir: &Path, client: &RegistryClient, golden_model: &[u8]) {
-    for version in ["1.0.0", "2.0.0"] {
-        let bundle = dir.join(format!("bundle-{version}"));
-        std::fs::create_dir_all(&bundle).expect("bundle dir");
-        std::fs::write(
-            bundle.join("manifest.json"),
-            manifest_for(version, golden_model),
-        )
-        .expect("manifest");
-        std::fs::write(bundle.join(MODEL_FILE), golden_model).expect("model");
-        client.publish_bundle(&bundle).expect("publishes");
-    }
-}
-
 /// A node with a wrong registry token never becomes ready, says why, and refuses to guess an answer.
 fn a_node_locked_out_of_the_registry_is_not_ready(cluster: &Cluster) {
     let mut bad_token = cluster.node_config("node-bad-token", None);
@@ -728,7 +714,7 @@ fn nodes_follow_the_registry_refuse_bad_models_and_keep_answering() {
     let mut registry = Registry::start(&registry_root);
     let client = RegistryClient::new(&registry.url, Some(&token));
     let (_, golden_model) = edgerec_conformance::golden_bundle();
-    publish_two_versions(dir.path(), &client, &golden_model);
+    publish_versions(dir.path(), &client, &golden_model, &["1.0.0", "2.0.0"]);
     let revision = deploy(&client, &[("control", "1.0.0", 100)], "first deployment");
 
     // Node A: embedded features. Node B: DynamoDB (the local test server) behind a proxy that can be cut.

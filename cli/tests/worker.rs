@@ -7,11 +7,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use edgerec_core::MODEL_FILE;
 use edgerec_registry_api::client::RegistryClient;
 use serde_json::{Value, json};
 use support::nodes::{
-    Answer, Node, Process, Registry, admin_token, deploy, manifest_for, wait_for,
+    Answer, Node, Process, Registry, admin_token, deploy, publish_versions, wait_for,
 };
 
 use crate::support;
@@ -19,14 +18,6 @@ use crate::support;
 const SURFACE: &str = "home";
 const MODEL: &str = "golden-sasrec";
 const TOLERANCE: f64 = 1e-5;
-
-fn publish(dir: &Path, client: &RegistryClient, model: &[u8], version: &str) {
-    let bundle = dir.join(format!("bundle-{version}"));
-    std::fs::create_dir_all(&bundle).expect("bundle dir");
-    std::fs::write(bundle.join("manifest.json"), manifest_for(version, model)).expect("manifest");
-    std::fs::write(bundle.join(MODEL_FILE), model).expect("model");
-    client.publish_bundle(&bundle).expect("publishes");
-}
 
 /// `wasmtime serve` of the built worker on a free loopback port, once it answers `/healthz`.
 fn serve_worker(component: &Path, log: &Path) -> (Process, String) {
@@ -145,9 +136,7 @@ fn the_worker_answers_as_the_edge_node_does() {
     let registry = Registry::start(&registry_root);
     let client = RegistryClient::new(&registry.url, Some(&token));
     let golden_model = edgerec_conformance::golden_bundle().1;
-    for version in ["1.0.0", "2.0.0"] {
-        publish(dir.path(), &client, &golden_model, version);
-    }
+    publish_versions(dir.path(), &client, &golden_model, &["1.0.0", "2.0.0"]);
     let revision = deploy(
         &client,
         SURFACE,

@@ -513,3 +513,23 @@ pub fn deploy(
         .expect("deploys")
         .revision
 }
+
+/// Publishes the golden model relabelled as each of `versions` (a bundle folder per version under `dir`).
+pub fn publish_versions(
+    dir: &Path,
+    client: &edgerec_registry_api::client::RegistryClient,
+    golden_model: &[u8],
+    versions: &[&str],
+) {
+    for version in versions {
+        let bundle = dir.join(format!("bundle-{version}"));
+        std::fs::create_dir_all(&bundle).expect("bundle dir");
+        std::fs::write(
+            bundle.join("manifest.json"),
+            manifest_for(version, golden_model),
+        )
+        .expect("manifest");
+        std::fs::write(bundle.join(MODEL_FILE), golden_model).expect("model");
+        client.publish_bundle(&bundle).expect("publishes");
+    }
+}
