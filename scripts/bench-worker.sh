@@ -13,7 +13,7 @@ cd "$here/.."
 [ -f "$EDGEREC_WASM_DIR/edgerec-worker.wasm" ] || "$here/build-wasm.sh"
 cargo build --locked -q -p edgerec
 edgerec="$CARGO_TARGET_DIR/debug/edgerec"
-command -v wasmtime >/dev/null || { echo "wasmtime-cli is missing: run scripts/setup.sh" >&2; exit 1; }
+command -v wasmtime >/dev/null || { echo "wasmtime-cli is missing: run scripts/setup.sh --tests" >&2; exit 1; }
 
 work="$(mktemp -d)"
 pids=()

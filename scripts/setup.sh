@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building, testing and benchmarking EdgeRec needs. Idempotent: a second run checks and skips.
+#   scripts/setup.sh            what the main job needs (scripts/run.sh)
+#   scripts/setup.sh --tests    and what only the tests need (wasmtime-cli), for scripts/test.sh
 # Needs network access to the package registries only (crates.io, PyPI, Debian).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -53,7 +55,9 @@ if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$WASM_BINDGE
 fi
 wasm-bindgen --version
 
-step "wasmtime-cli $WASMTIME_VERSION (run and serve only), for the wasi:http worker"
+# Only the tests run the worker under `wasmtime serve`: the main job (scripts/run.sh) does not build it.
+if [ "${1:-}" = "--tests" ]; then
+step "wasmtime-cli $WASMTIME_VERSION (run and serve only), for the wasi:http worker's tests"
 if [ "$(wasmtime --version 2>/dev/null | awk '{print $2}')" != "$WASMTIME_VERSION" ]; then
   # Built once (about 11 minutes on 2 cores) with only what `wasmtime serve` needs; its build folder is in the
   # tools cache, so an interrupted build resumes, and is removed once the binary is installed.
@@ -64,3 +68,4 @@ if [ "$(wasmtime --version 2>/dev/null | awk '{print $2}')" != "$WASMTIME_VERSIO
   rm -rf "$EDGEREC_TOOLS/wasmtime-build"
 fi
 wasmtime --version
+fi

@@ -4,7 +4,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/env.sh"
-"$here/setup.sh"
+"$here/setup.sh" --tests
 "$here/build-wasm.sh"
 cd "$here/.."
 echo "==> cargo fmt --check"
