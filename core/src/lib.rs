@@ -23,6 +23,7 @@ pub mod serving;
 mod spec;
 mod tract_scorer;
 mod vocab;
+pub mod worker;
 
 pub use bundle::{
     Bundle, BundleError, FileEntry, MANIFEST_FORMAT_VERSION, MAX_BUNDLE_FILES, MODEL_FILE,

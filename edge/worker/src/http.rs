@@ -6,6 +6,7 @@
 use std::sync::Mutex;
 
 use edgerec_core::RequestId;
+use edgerec_core::worker::{Answer, Worker};
 use wasip2::exports::http::incoming_handler::Guest as IncomingHandler;
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
@@ -13,8 +14,6 @@ use wasip2::http::types::{
     ResponseOutparam, Scheme,
 };
 use wasip2::io::streams::{InputStream, OutputStream, StreamError};
-
-use crate::worker::{Answer, Worker};
 
 /// Set once by `wizer-initialize`, then read from the snapshot.
 static WORKER: Mutex<Option<Worker>> = Mutex::new(None);

@@ -1,14 +1,15 @@
-//! What the worker answers, apart from HTTP: the embedded deployment's models, `/v1/recommend` as edge nodes answer
-//! it (the checks, the A/B assignment and the fed history of `edgerec_core::serving` and `edgerec_core::ab`), and
-//! `/healthz`. No I/O: the `wasi:http` glue hands it bodies and sends its answers.
+//! What EdgeRec's workers answer, apart from HTTP: the embedded deployment's models, `/v1/recommend` as edge nodes
+//! answer it (the checks, the A/B assignment and the fed history of [`crate::serving`] and [`crate::ab`]), and
+//! `/healthz`. No I/O: a worker's glue (the `wasi:http` component in `edge/worker`) hands it bodies and sends its
+//! answers.
 
 use std::cell::RefCell;
 
-use edgerec_core::embedded::{self, EmbeddedBundle, EmbeddedError, EmbeddedPlan};
-use edgerec_core::serving::{
+use crate::embedded::{self, EmbeddedBundle, EmbeddedError, EmbeddedPlan};
+use crate::serving::{
     Degraded, RecommendRequest, RecommendResponse, RequestError, fed_request, unknown_items,
 };
-use edgerec_core::{
+use crate::{
     ErrorReport, ItemId, LoadError, RankError, RankRequest, Ranker, RequestId, ScoredItem,
     TractScorer, ab, load_tract_ranker,
 };
@@ -285,15 +286,15 @@ fn by_popularity(model: &ServingModel, request: &RankRequest) -> Vec<ScoredItem>
 
 #[cfg(test)]
 mod tests {
-    use edgerec_core::embedded::{EmbeddedVariant, encode};
-    use edgerec_core::serving::RecommendLimits;
-    use edgerec_core::{ModelName, Surface, VariantName, Version};
+    use crate::embedded::{EmbeddedVariant, encode};
+    use crate::serving::RecommendLimits;
+    use crate::{ModelName, Surface, VariantName, Version};
 
     use super::*;
 
     fn golden() -> EmbeddedBundle {
         let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/golden/bundle");
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden/bundle");
         let read = |n: &str| std::fs::read(dir.join(n)).expect("golden bundle is committed");
         EmbeddedBundle {
             manifest: read("manifest.json"),
