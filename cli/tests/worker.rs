@@ -192,6 +192,7 @@ fn the_worker_answers_as_the_edge_node_does() {
         printed.contains("Cloudflare Workers, paid plan"),
         "sizes against limits: {printed}"
     );
+    refuses_what_it_cannot_verify_or_build(&registry.url, &token, &public_key, dir.path());
     let (_worker, worker_url) = serve_worker(
         &out.join("edgerec-worker.wasm"),
         &dir.path().join("worker.log"),
@@ -285,4 +286,56 @@ fn the_worker_answers_as_the_edge_node_does() {
         "the node took the forwarded event: {}",
         again.body
     );
+}
+
+/// `edgerec worker build` writes nothing and says why for a key that did not sign the plan, a surface without a
+/// plan, an events target that is not a URL and a component that is not the worker.
+fn refuses_what_it_cannot_verify_or_build(registry: &str, token: &str, key: &str, dir: &Path) {
+    let other_key = hex::encode(
+        ed25519_dalek::SigningKey::from_bytes(&[9; 32])
+            .verifying_key()
+            .to_bytes(),
+    );
+    let not_the_worker = support::nodes::wasm();
+    for (what, surface, key, extra, expected) in [
+        (
+            "another key",
+            SURFACE,
+            other_key.as_str(),
+            vec![],
+            "signature",
+        ),
+        ("no plan", "nowhere", key, vec![], "has no plan"),
+        (
+            "events target",
+            SURFACE,
+            key,
+            vec!["--events-to", "node.example:8081"],
+            "http:// or https:// URL",
+        ),
+        (
+            "not the worker",
+            SURFACE,
+            key,
+            vec!["--worker", not_the_worker.to_str().expect("a UTF-8 path")],
+            "wizer-initialize",
+        ),
+    ] {
+        let out = dir.join(format!("refused-{}", what.replace(' ', "-")));
+        let output = support::nodes::edgerec()
+            .args(["worker", "build", "--registry", registry, "--token", token])
+            .args(["--surface", surface, "--public-key", key])
+            .args(&extra)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .expect("runs edgerec worker build");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{what}: built anyway");
+        assert!(stderr.contains(expected), "{what}: {stderr}");
+        assert!(
+            !out.join("edgerec-worker.wasm").exists(),
+            "{what}: wrote a worker"
+        );
+    }
 }
