@@ -203,10 +203,17 @@ fn the_worker_answers_as_the_edge_node_does() {
         .timeout_global(Some(Duration::from_secs(30)))
         .build()
         .into();
+    answers_alike(&agent, &node.url, &worker_url, revision);
+    refuses_alike(&agent, &node.url, &worker_url);
+    forwards_events(&agent, &node.url, &worker_url);
+}
+
+/// The 50 histories get the same answers from the node and the worker, from both variants.
+fn answers_alike(agent: &ureq::Agent, node: &str, worker: &str, revision: u64) {
     let mut variants = std::collections::BTreeSet::new();
     for request in histories() {
-        let from_node = post(&agent, &node.url, "/v1/recommend", request.to_string());
-        let from_worker = post(&agent, &worker_url, "/v1/recommend", request.to_string());
+        let from_node = post(agent, node, "/v1/recommend", request.to_string());
+        let from_worker = post(agent, worker, "/v1/recommend", request.to_string());
         assert_eq!(
             (from_node.status, from_worker.status),
             (200, 200),
@@ -219,7 +226,10 @@ fn the_worker_answers_as_the_edge_node_does() {
         variants.insert(from_worker.body["variant"].to_string());
     }
     assert_eq!(variants.len(), 2, "visitors of both variants were compared");
+}
 
+/// Bad requests get the same status and kind from both.
+fn refuses_alike(agent: &ureq::Agent, node: &str, worker: &str) {
     let oversized =
         json!({ "surface": SURFACE, "k": 5, "exclude": vec!["m1"; 60_000] }).to_string();
     for (what, body, status, kind) in [
@@ -261,8 +271,8 @@ fn the_worker_answers_as_the_edge_node_does() {
         ),
         ("oversized body", oversized, 413, "too_large"),
     ] {
-        for (runtime, url) in [("node", node.url.as_str()), ("worker", worker_url.as_str())] {
-            let answer = post(&agent, url, "/v1/recommend", body.clone());
+        for (runtime, url) in [("node", node), ("worker", worker)] {
+            let answer = post(agent, url, "/v1/recommend", body.clone());
             assert_eq!(
                 (answer.status, answer.kind()),
                 (status, Some(kind)),
@@ -271,15 +281,18 @@ fn the_worker_answers_as_the_edge_node_does() {
             );
         }
     }
+}
 
+/// An event sent to the worker reaches the node, which then holds it (a resend is a duplicate there).
+fn forwards_events(agent: &ureq::Agent, node: &str, worker: &str) {
     let events = json!({ "events": [{
         "id": "worker-event-1", "user": "someone-else", "item": "m1", "kind": "click",
         "time_ms": edgerec_features::now_ms(),
     }] });
-    let forwarded = post(&agent, &worker_url, "/v1/events", events.to_string());
+    let forwarded = post(agent, worker, "/v1/events", events.to_string());
     assert_eq!(forwarded.status, 200, "{}", forwarded.body);
     assert_eq!(forwarded.body["accepted"], json!(1), "{}", forwarded.body);
-    let again = post(&agent, &node.url, "/v1/events", events.to_string());
+    let again = post(agent, node, "/v1/events", events.to_string());
     assert_eq!(
         again.body["duplicates"],
         json!(1),

@@ -214,32 +214,21 @@ impl Worker {
             knows,
             model.max_len,
         );
-        let ranked = model.ranker.borrow_mut().rank(&fed);
-        let (items, mut degraded) = match ranked {
-            Ok(ranking) => (ranking.items, None),
-            Err(e) if RankError::REQUEST_KINDS.contains(&e.kind()) => {
-                return Err(Answer::error(400, e.kind(), &e));
-            }
-            Err(_) => (
-                by_popularity(model, &fed),
-                Some(Degraded {
-                    reason: "ranker_error".into(),
-                    fallback: "popularity".into(),
-                    message: "the model failed on this request; ranked by popularity".into(),
-                }),
-            ),
-        };
-        if degraded.is_none() && own != serving {
-            let own = &self.plan.variants[own];
-            degraded = Some(Degraded {
-                reason: "revoked".into(),
-                fallback: "other_variant".into(),
-                message: format!(
-                    "variant `{}` serves {}@{}, which the registry revoked; answered by variant `{}`",
-                    own.name, own.model, own.version, variant.name
-                ),
-            });
-        }
+        let (items, degraded) = rank_or_fall_back(model, &fed)?;
+        // A fault of the serving variant says more than the reassignment it answered for.
+        let degraded = degraded.or_else(|| {
+            (own != serving).then(|| {
+                let own = &self.plan.variants[own];
+                Degraded {
+                    reason: "revoked".into(),
+                    fallback: "other_variant".into(),
+                    message: format!(
+                        "variant `{}` serves {}@{}, which the registry revoked; answered by variant `{}`",
+                        own.name, own.model, own.version, variant.name
+                    ),
+                }
+            })
+        });
         Ok(RecommendResponse {
             request_id,
             items,
@@ -265,6 +254,28 @@ impl Worker {
             // The registry only signs plans whose weights cover every bucket.
             _ => (first_serving, first_serving),
         }
+    }
+}
+
+/// The model's ranking of `fed`; a refusal of the request (the caller's error, 400); or, for a fault of the model,
+/// its popularity answer, flagged.
+fn rank_or_fall_back(
+    model: &ServingModel,
+    fed: &RankRequest,
+) -> Result<(Vec<ScoredItem>, Option<Degraded>), Answer> {
+    match model.ranker.borrow_mut().rank(fed) {
+        Ok(ranking) => Ok((ranking.items, None)),
+        Err(e) if RankError::REQUEST_KINDS.contains(&e.kind()) => {
+            Err(Answer::error(400, e.kind(), &e))
+        }
+        Err(_) => Ok((
+            by_popularity(model, fed),
+            Some(Degraded {
+                reason: "ranker_error".into(),
+                fallback: "popularity".into(),
+                message: "the model failed on this request; ranked by popularity".into(),
+            }),
+        )),
     }
 }
 
