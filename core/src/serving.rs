@@ -59,6 +59,86 @@ pub struct Degraded {
     pub message: String,
 }
 
+impl Degraded {
+    /// The visitor's variant serves a version the registry revoked: answered by the plan's variant `serving`.
+    pub fn revoked(
+        own: &VariantName,
+        model: &ModelName,
+        version: &Version,
+        serving: &VariantName,
+    ) -> Self {
+        Self {
+            reason: "revoked".into(),
+            fallback: "other_variant".into(),
+            message: format!(
+                "variant `{own}` serves {model}@{version}, which the registry revoked; answered by variant \
+                 `{serving}`"
+            ),
+        }
+    }
+
+    /// The model failed on this request (not the request's fault): answered by popularity.
+    pub fn ranker_error() -> Self {
+        Self {
+            reason: "ranker_error".into(),
+            fallback: "popularity".into(),
+            message: "the model failed on this request; ranked by popularity".into(),
+        }
+    }
+}
+
+/// Items kept from a model's empty-history ranking, for answers by popularity.
+pub const PRIOR_LEN: u32 = 1_000;
+
+/// The empty-history ranking a server keeps per model for answers by popularity: the top [`PRIOR_LEN`] of its
+/// `items`.
+pub fn prior_request(items: usize) -> RankRequest {
+    let k = u32::try_from(items).unwrap_or(u32::MAX).clamp(1, PRIOR_LEN);
+    RankRequest::new(Vec::new(), k)
+}
+
+/// The rankings a model must pass before it serves: histories of its own items, `max_len` at a time, covering
+/// every item of its vocabulary, so a model that fails on some input (non-finite scores) is caught before a
+/// visitor sees it. Each with its step's name (`history of items a..b`).
+pub fn warm_up_requests(
+    items: &[ItemId],
+    max_len: usize,
+) -> impl Iterator<Item = (String, RankRequest)> {
+    let window = max_len.max(1);
+    items.chunks(window).enumerate().map(move |(i, chunk)| {
+        (
+            format!(
+                "history of items {}..{}",
+                i * window,
+                i * window + chunk.len()
+            ),
+            RankRequest::new(chunk.to_vec(), 10),
+        )
+    })
+}
+
+/// An answer by popularity: the first `k` items of `ranked` (most popular first) that the model `knows`, each
+/// once, leaving out the `history` fed and the `exclude`d items.
+pub fn by_popularity<'a>(
+    ranked: impl IntoIterator<Item = &'a ScoredItem>,
+    history: &[ItemId],
+    exclude: &[ItemId],
+    k: u32,
+    knows: impl Fn(&ItemId) -> bool,
+) -> Vec<ScoredItem> {
+    let mut skip: HashSet<&str> = history.iter().chain(exclude).map(ItemId::as_str).collect();
+    let mut answer = Vec::with_capacity(k as usize);
+    for item in ranked {
+        if answer.len() == k as usize {
+            break;
+        }
+        if knows(&item.item) && skip.insert(item.item.as_str()) {
+            answer.push(item.clone());
+        }
+    }
+    answer
+}
+
 /// How large a request may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecommendLimits {
@@ -231,6 +311,42 @@ mod tests {
         );
         let checked = request(5).check(&limits).expect("valid");
         assert_eq!((checked.k, checked.recent_items), (5, items(&["a"])));
+    }
+
+    #[test]
+    fn popularity_answers_skip_the_fed_history_exclusions_unknown_and_repeated_items() {
+        let scored = |id: &str| ScoredItem {
+            item: ItemId::parse(id).expect("id"),
+            score: 1.0,
+        };
+        let live = [scored("a"), scored("gone"), scored("b")];
+        let prior = [scored("b"), scored("c"), scored("d"), scored("e")];
+        let answer = by_popularity(
+            live.iter().chain(&prior),
+            &items(&["c"]),
+            &items(&["d"]),
+            3,
+            |item| item.as_str() != "gone",
+        );
+        let ids: Vec<&str> = answer.iter().map(|s| s.item.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "e"]);
+    }
+
+    #[test]
+    fn warm_up_covers_every_item_and_the_prior_is_bounded() {
+        let vocabulary: Vec<ItemId> = (0..7)
+            .map(|i| ItemId::parse(format!("i{i}")).expect("id"))
+            .collect();
+        let steps: Vec<(String, RankRequest)> = warm_up_requests(&vocabulary, 3).collect();
+        let covered: Vec<ItemId> = steps
+            .iter()
+            .flat_map(|(_, r)| r.recent_items.clone())
+            .collect();
+        assert_eq!(covered, vocabulary);
+        assert_eq!(steps[2].0, "history of items 6..7");
+        assert_eq!(prior_request(3).k, 3);
+        assert_eq!(prior_request(0).k, 1);
+        assert_eq!(prior_request(1 << 20).k, PRIOR_LEN);
     }
 
     #[test]

@@ -7,16 +7,14 @@ use std::cell::RefCell;
 
 use crate::embedded::{self, EmbeddedBundle, EmbeddedError, EmbeddedPlan};
 use crate::serving::{
-    Degraded, RecommendRequest, RecommendResponse, RequestError, fed_request, unknown_items,
+    Degraded, RecommendRequest, RecommendResponse, RequestError, by_popularity, fed_request,
+    prior_request, unknown_items, warm_up_requests,
 };
 use crate::{
     ErrorReport, ItemId, LoadError, RankError, RankRequest, Ranker, RequestId, ScoredItem,
     TractScorer, ab, load_tract_ranker,
 };
 use serde::Serialize;
-
-/// Items of the popularity answer kept per model (the model's ranking with no history), as nodes keep.
-const PRIOR_LEN: u32 = 500;
 
 /// Why the embedded deployment cannot serve.
 #[derive(Debug, thiserror::Error)]
@@ -121,13 +119,22 @@ impl Worker {
                     found,
                 });
             }
-            let k = PRIOR_LEN.min(ranker.vocab().len() as u32).max(1);
             let prior = ranker
-                .rank(&RankRequest::new(Vec::new(), k))
+                .rank(&prior_request(ranker.vocab().len()))
                 .map_err(|e| failed(LoadError::Probe(e)))?
                 .items;
+            // The warm-up nodes run before serving: a model they would refuse is not embedded either.
+            let max_len = ranker.spec().sequence.max_len;
+            let warm_up: Vec<RankRequest> = warm_up_requests(ranker.vocab().ids(), max_len)
+                .map(|(_, request)| request)
+                .collect();
+            for request in &warm_up {
+                ranker
+                    .rank(request)
+                    .map_err(|e| failed(LoadError::Probe(e)))?;
+            }
             models.push(Some(ServingModel {
-                max_len: ranker.spec().sequence.max_len,
+                max_len,
                 ranker: RefCell::new(ranker),
                 prior,
             }));
@@ -219,14 +226,7 @@ impl Worker {
         let degraded = degraded.or_else(|| {
             (own != serving).then(|| {
                 let own = &self.plan.variants[own];
-                Degraded {
-                    reason: "revoked".into(),
-                    fallback: "other_variant".into(),
-                    message: format!(
-                        "variant `{}` serves {}@{}, which the registry revoked; answered by variant `{}`",
-                        own.name, own.model, own.version, variant.name
-                    ),
-                }
+                Degraded::revoked(&own.name, &own.model, &own.version, &variant.name)
             })
         });
         Ok(RecommendResponse {
@@ -269,30 +269,12 @@ fn rank_or_fall_back(
             Err(Answer::error(400, e.kind(), &e))
         }
         Err(_) => Ok((
-            by_popularity(model, fed),
-            Some(Degraded {
-                reason: "ranker_error".into(),
-                fallback: "popularity".into(),
-                message: "the model failed on this request; ranked by popularity".into(),
+            by_popularity(&model.prior, &fed.recent_items, &fed.exclude, fed.k, |_| {
+                true
             }),
+            Some(Degraded::ranker_error()),
         )),
     }
-}
-
-/// The model's popularity answer without the fed history and the exclusions.
-fn by_popularity(model: &ServingModel, request: &RankRequest) -> Vec<ScoredItem> {
-    let skip: std::collections::HashSet<&ItemId> = request
-        .recent_items
-        .iter()
-        .chain(&request.exclude)
-        .collect();
-    model
-        .prior
-        .iter()
-        .filter(|item| !skip.contains(&item.item))
-        .take(request.k as usize)
-        .cloned()
-        .collect()
 }
 
 #[cfg(test)]

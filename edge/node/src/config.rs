@@ -156,10 +156,12 @@ impl RequestLimits {
 
 impl Default for RequestLimits {
     fn default() -> Self {
+        // Every server of `/v1/recommend` starts from the same limits.
+        let recommend = edgerec_core::serving::RecommendLimits::default();
         Self {
-            max_k: 500,
-            max_recent_items: 500,
-            max_exclude: 2_000,
+            max_k: recommend.max_k,
+            max_recent_items: recommend.max_recent_items,
+            max_exclude: recommend.max_exclude,
             max_recommend_bytes: 256 << 10,
             max_events_bytes: 2 << 20,
             max_served_record_bytes: 128 << 10,

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use edgerec_core::serving::{prior_request, warm_up_requests};
 use edgerec_core::{
     Digest, ItemId, MODEL_FILE, Manifest, ModelName, RankRequest, Ranking, ScoredItem, Version,
 };
@@ -14,9 +15,6 @@ use edgerec_registry_api::records::{PlanTag, VersionRecord};
 
 use crate::host::{HostError, RankerEngine, RankerInstance};
 use crate::pool::InstancePool;
-
-/// Items kept from the empty-history ranking, for answers when nothing better is known.
-const PRIOR_LEN: u32 = 1_000;
 
 /// Why a model version was not put into service. The version that was serving keeps serving.
 #[derive(Debug, thiserror::Error)]
@@ -274,28 +272,14 @@ impl LoadedModel {
             version: version.clone(),
             message: format!("`items`: {e}"),
         })?;
-        let k = PRIOR_LEN.min(items.len() as u32).max(1);
         let prior = first
-            .rank(&RankRequest::new(Vec::new(), k), settings.load_deadline)
+            .rank(&prior_request(items.len()), settings.load_deadline)
             .map_err(|e| warm_up("no history".into(), e))?
             .items;
-        let window = manifest.feature_spec.sequence.max_len.max(1);
-        for (i, chunk) in items.chunks(window).enumerate() {
+        for (step, request) in warm_up_requests(&items, manifest.feature_spec.sequence.max_len) {
             first
-                .rank(
-                    &RankRequest::new(chunk.to_vec(), 10),
-                    settings.load_deadline,
-                )
-                .map_err(|e| {
-                    warm_up(
-                        format!(
-                            "history of items {}..{}",
-                            i * window,
-                            i * window + chunk.len()
-                        ),
-                        e,
-                    )
-                })?;
+                .rank(&request, settings.load_deadline)
+                .map_err(|e| warm_up(step, e))?;
         }
         let memory_used = first.memory_bytes();
         let mut instances = vec![first];

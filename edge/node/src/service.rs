@@ -1,11 +1,13 @@
 //! What the node does per request, apart from HTTP: pick the variant, read features, rank (or fall back), log the
 //! answer; and take events into the durable ingest.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use edgerec_core::serving::{CheckedRequest, RequestError, fed_request, unknown_items};
+use edgerec_core::serving::{
+    CheckedRequest, RequestError, by_popularity, fed_request, unknown_items,
+};
 use edgerec_core::{ItemId, RankError, RankRequest, Ranking, RequestId, ScoredItem, Surface};
 use edgerec_features::event::{ClientEvent, ServedRequest};
 use edgerec_features::ingest::{Ack, Ingest, IngestError};
@@ -200,14 +202,7 @@ impl<S: FeatureStore> NodeState<S> {
         };
         // A fault of the serving variant says more than the reassignment it answered for.
         let degraded = degraded.or_else(|| {
-            revoked.map(|own| Degraded {
-                reason: "revoked".into(),
-                fallback: "other_variant".into(),
-                message: format!(
-                    "variant `{}` serves {}@{}, which the registry revoked; answered by variant `{}`",
-                    own.name, own.model, own.version, variant.name
-                ),
-            })
+            revoked.map(|own| Degraded::revoked(&own.name, &own.model, &own.version, &variant.name))
         });
         if let Some(degraded) = &degraded {
             self.metrics
@@ -382,19 +377,14 @@ impl<S: FeatureStore> NodeState<S> {
                 self.limits.max_served_record_bytes
             )));
         }
-        let mut skip: HashSet<&ItemId> = request
-            .recent_items
-            .iter()
-            .chain(&request.exclude)
-            .collect();
-        let items: Vec<ScoredItem> = self
-            .popularity
-            .ranked()
-            .iter()
-            .filter(|item| skip.insert(&item.item))
-            .take(request.k as usize)
-            .cloned()
-            .collect();
+        // No variant serves, so no model's vocabulary limits what live popularity answers.
+        let items = by_popularity(
+            self.popularity.ranked().iter(),
+            &request.recent_items,
+            &request.exclude,
+            request.k,
+            |_| true,
+        );
         let degraded = Degraded {
             reason: "revoked".into(),
             fallback: "popularity".into(),
@@ -432,19 +422,13 @@ impl<S: FeatureStore> NodeState<S> {
     /// The most popular items the model knows, not in `history` or `exclude`, topped up from the model's
     /// no-history ranking when fewer than `k` items have popularity figures (a new catalogue, a fresh node).
     fn by_popularity(&self, model: &LoadedModel, request: &RankRequest) -> Vec<ScoredItem> {
-        let (history, exclude, k) = (&request.recent_items, &request.exclude, request.k);
-        let mut skip: HashSet<&str> = history.iter().chain(exclude).map(ItemId::as_str).collect();
-        let popular = self.popularity.ranked();
-        let mut answer = Vec::with_capacity(k as usize);
-        for item in popular.iter().chain(model.prior()) {
-            if answer.len() == k as usize {
-                break;
-            }
-            if model.knows(&item.item) && skip.insert(item.item.as_str()) {
-                answer.push(item.clone());
-            }
-        }
-        answer
+        by_popularity(
+            self.popularity.ranked().iter().chain(model.prior()),
+            &request.recent_items,
+            &request.exclude,
+            request.k,
+            |item| model.knows(item),
+        )
     }
 
     /// Takes `batch` for `caller`, who must be allowed to name every event's user (before anything is written).
@@ -491,24 +475,21 @@ fn model_answer(
             if !matches!(e, HostError::Busy(_)) {
                 crate::log_line("ranker", serde_json::json!({ "error": e.to_string() }));
             }
-            let (reason, message) = match e {
-                HostError::DeadlineExceeded(_) => (
-                    "deadline_exceeded",
-                    "the model did not answer within its deadline; ranked by popularity",
-                ),
-                HostError::Busy(_) => (
-                    "busy",
-                    "every ranker instance was busy; ranked by popularity",
-                ),
-                _ => (
-                    "ranker_error",
-                    "the model failed on this request; ranked by popularity",
-                ),
-            };
-            Ok(Err(Degraded {
+            let by_popularity = |reason: &str, message: &str| Degraded {
                 reason: reason.into(),
                 fallback: "popularity".into(),
                 message: message.into(),
+            };
+            Ok(Err(match e {
+                HostError::DeadlineExceeded(_) => by_popularity(
+                    "deadline_exceeded",
+                    "the model did not answer within its deadline; ranked by popularity",
+                ),
+                HostError::Busy(_) => by_popularity(
+                    "busy",
+                    "every ranker instance was busy; ranked by popularity",
+                ),
+                _ => Degraded::ranker_error(),
             }))
         }
     }
