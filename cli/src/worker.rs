@@ -348,10 +348,10 @@ impl ComponentInstanceState for Snapshotted<'_> {
     }
 }
 
+/// Written whole or not at all ([`edgerec_storage::write_durably`]): a worker half-written is never deployed.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let partial = path.with_extension("partial");
-    std::fs::write(&partial, bytes).with_context(|| format!("writing {}", partial.display()))?;
-    std::fs::rename(&partial, path).with_context(|| format!("writing {}", path.display()))
+    edgerec_storage::write_durably(path, bytes, edgerec_storage::Access::Shared)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn print_sizes(component: &[u8]) -> Result<()> {

@@ -65,7 +65,9 @@ impl RegistryKeys {
         // The registry's document, else (unreachable) the one kept from the last time: its rotations are checked
         // from the root key all the same, so a file altered on disk adds no key.
         let kept = self.dir.join("registry-keys.json");
-        let document = client.signing_key().or_else(|error| {
+        let fetched = client.signing_key();
+        let from_registry = fetched.is_ok();
+        let document = fetched.or_else(|error| {
             std::fs::read(&kept)
                 .ok()
                 .and_then(|bytes| serde_json::from_slice::<SigningKeyDocument>(&bytes).ok())
@@ -118,9 +120,16 @@ impl RegistryKeys {
                 serde_json::json!({ "registry_key": current.id, "keys_trusted": trusted.all().len() }),
             );
         }
-        if let Ok(document) = &document {
+        // Kept whole or not at all, and only when it came from the registry (the kept one is already on disk).
+        if let Ok(document) = &document
+            && from_registry
+        {
             let written = std::fs::create_dir_all(&self.dir).and_then(|()| {
-                std::fs::write(&kept, serde_json::to_vec(document).expect("a key document"))
+                edgerec_storage::write_durably(
+                    &kept,
+                    &serde_json::to_vec(document).expect("a key document"),
+                    edgerec_storage::Access::Shared,
+                )
             });
             if let Err(e) = written {
                 self.log_once(format!("cannot keep the registry's key document: {e}"));
