@@ -2,7 +2,6 @@
 //! (`ETag` / `If-Match` / `If-None-Match`), `/healthz`, Prometheus `/metrics` and `/openapi.json`.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -584,20 +583,15 @@ pub async fn observe(
     if let Some(metrics) = metrics {
         metrics.record(&method, &route, status, seconds);
     }
-    // A log that cannot be written (stderr sent to a file on a full disk) loses the line, not the answer:
-    // `eprintln!` would panic.
-    let _ = writeln!(
-        std::io::stderr().lock(),
-        "{}",
+    crate::log_line(
+        "http",
         serde_json::json!({
-            "at_ms": edgerec_storage::now_ms(),
-            "target": "edgerec_registry::http",
             "method": method,
             "path": path,
             "route": route,
             "status": status,
             "duration_ms": (seconds * 1e6).round() / 1e3,
-        })
+        }),
     );
     Ok(response)
 }

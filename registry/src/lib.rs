@@ -12,3 +12,16 @@ pub mod server;
 pub mod service;
 pub mod signing;
 pub mod store;
+
+/// Writes one JSON log line (`at_ms`, `target`, then `fields`) to stderr. A log that cannot be written (stderr sent
+/// to a file on a full disk) loses the line, not the answer: `eprintln!` would panic.
+pub(crate) fn log_line(target: &str, mut fields: serde_json::Value) {
+    if let Some(map) = fields.as_object_mut() {
+        map.insert("at_ms".into(), edgerec_storage::now_ms().into());
+        map.insert(
+            "target".into(),
+            format!("edgerec_registry::{target}").into(),
+        );
+    }
+    let _ = std::io::Write::write_fmt(&mut std::io::stderr().lock(), format_args!("{fields}\n"));
+}

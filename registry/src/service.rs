@@ -353,16 +353,9 @@ impl<S: Store> Registry<S> {
             Err(e) => Err(e.to_string()),
         };
         if let Err(error) = followed {
-            // A log that cannot be written loses the line, not the answer.
-            let _ = std::io::Write::write_fmt(
-                &mut std::io::stderr().lock(),
-                format_args!(
-                    "{}\n",
-                    serde_json::json!({
-                        "at_ms": now_ms(), "target": "edgerec_registry::keys",
-                        "error": format!("cannot follow the key rotations: {error}"),
-                    })
-                ),
+            crate::log_line(
+                "keys",
+                serde_json::json!({ "error": format!("cannot follow the key rotations: {error}") }),
             );
         }
     }
