@@ -283,8 +283,31 @@ fn refuses_alike(agent: &ureq::Agent, node: &str, worker: &str) {
     }
 }
 
-/// An event sent to the worker reaches the node, which then holds it (a resend is a duplicate there).
+/// An event sent to the worker reaches the node, which then holds it (a resend is a duplicate there); a batch past
+/// the events limit is refused by both before it is forwarded; the worker has no other routes.
 fn forwards_events(agent: &ureq::Agent, node: &str, worker: &str) {
+    let oversized = json!({ "events": [{
+        "id": "big", "user": "someone-else", "item": "x".repeat(3 << 20), "kind": "click", "time_ms": 0,
+    }] })
+    .to_string();
+    for (runtime, url) in [("node", node), ("worker", worker)] {
+        let answer = post(agent, url, "/v1/events", oversized.clone());
+        assert_eq!(
+            (answer.status, answer.kind()),
+            (413, Some("too_large")),
+            "an oversized batch on the {runtime}: {}",
+            answer.body
+        );
+    }
+    let unknown = post(agent, worker, "/v1/elsewhere", "{}".into());
+    assert_eq!((unknown.status, unknown.kind()), (404, Some("not_found")));
+    let mut wrong_method = agent
+        .get(format!("{worker}/v1/recommend"))
+        .call()
+        .expect("answers");
+    let text = wrong_method.body_mut().read_to_string().unwrap_or_default();
+    assert_eq!(wrong_method.status().as_u16(), 405, "{text}");
+
     let events = json!({ "events": [{
         "id": "worker-event-1", "user": "someone-else", "item": "m1", "kind": "click",
         "time_ms": edgerec_features::now_ms(),

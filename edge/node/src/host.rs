@@ -515,3 +515,86 @@ fn error_report(error: wit::Error) -> ErrorReport {
     };
     ErrorReport::new(kind, error.message)
 }
+
+#[cfg(test)]
+mod tests {
+    use edgerec_core::{BundleError, ItemId, LoadError, ModelError, RankError, ScoreError};
+
+    use super::{ErrorKind, error_report, wit};
+
+    /// Each kind the component reports becomes the kind core gives the same error, so a refusal reads the same
+    /// from every runtime.
+    #[test]
+    fn component_error_kinds_are_cores() {
+        let rank = |error: RankError| error.kind();
+        let load = |error: LoadError| error.kind();
+        for (kind, expected) in [
+            (
+                ErrorKind::InvalidBundle,
+                load(LoadError::Bundle(BundleError::ManifestJson(String::new()))),
+            ),
+            (
+                ErrorKind::InvalidModel,
+                load(LoadError::Model(ModelError::Load(String::new()))),
+            ),
+            (
+                ErrorKind::ProbeFailed,
+                load(LoadError::Probe(RankError::ZeroK)),
+            ),
+            (ErrorKind::InvalidK, rank(RankError::ZeroK)),
+            (
+                ErrorKind::RequestTooLarge,
+                rank(RankError::TooLarge {
+                    field: "exclude",
+                    len: 2,
+                    max: 1,
+                }),
+            ),
+            (
+                ErrorKind::UnknownCandidate,
+                rank(RankError::UnknownCandidate(ItemId::parse("x").expect("id"))),
+            ),
+            (
+                ErrorKind::RuntimeError,
+                rank(RankError::Score(ScoreError::Runtime(String::new()))),
+            ),
+            (
+                ErrorKind::ModelOutputMismatch,
+                rank(RankError::OutputLength {
+                    expected: 1,
+                    actual: 2,
+                }),
+            ),
+            (
+                ErrorKind::NonFiniteScore,
+                rank(RankError::NonFiniteScore {
+                    index: 0,
+                    score: f32::NAN,
+                }),
+            ),
+        ] {
+            let report = error_report(wit::Error {
+                kind,
+                message: String::new(),
+            });
+            assert_eq!(report.kind, expected, "{kind:?}");
+        }
+        // The request's own faults: a feature value out of range, an id that is not one.
+        assert_eq!(
+            error_report(wit::Error {
+                kind: ErrorKind::InvalidFeatures,
+                message: String::new()
+            })
+            .kind,
+            RankError::REQUEST_KINDS[3]
+        );
+        assert_eq!(
+            error_report(wit::Error {
+                kind: ErrorKind::InvalidRequest,
+                message: String::new()
+            })
+            .kind,
+            "invalid_request"
+        );
+    }
+}
